@@ -1,0 +1,316 @@
+//! The replicated state machine: a key/value map plus the session table that makes retried
+//! requests execute exactly once. Every replica applies the same commands in the same order per
+//! key, so both tables, and the digest, agree.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::command::{Command, Op, OpResult};
+use crate::ids::{ClientId, RequestId};
+
+/// The key/value state machine.
+#[derive(Debug, Default, Clone)]
+pub struct KvStore {
+    map: HashMap<Bytes, Bytes>,
+    /// Per client session: the last request executed and its result, so that a retry of it is
+    /// answered without executing again.
+    sessions: HashMap<ClientId, (RequestId, OpResult)>,
+    /// Order-independent digest of `map`: the wrapping sum of each entry's hash, kept up to date
+    /// on every change so that `Status` costs O(1).
+    digest: u64,
+    executed: u64,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The command executed now.
+    Executed(OpResult),
+    /// A retry of the session's last executed request: its original result, not executed again.
+    Duplicate(OpResult),
+    /// Older than the session's last request: the client has moved on, nothing to do.
+    Stale,
+}
+
+impl Applied {
+    /// The result to send to a waiting client, if any.
+    pub fn result(&self) -> Option<&OpResult> {
+        match self {
+            Applied::Executed(r) | Applied::Duplicate(r) => Some(r),
+            Applied::Stale => None,
+        }
+    }
+}
+
+impl KvStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one command, at most once per (client, request).
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        if let Some((last, result)) = self.sessions.get(&cmd.client) {
+            if cmd.request == *last {
+                return Applied::Duplicate(result.clone());
+            }
+            if cmd.request < *last {
+                return Applied::Stale;
+            }
+        }
+        let result = self.execute(&cmd.op);
+        self.executed += 1;
+        self.sessions
+            .insert(cmd.client, (cmd.request, result.clone()));
+        Applied::Executed(result)
+    }
+
+    fn execute(&mut self, op: &Op) -> OpResult {
+        match op {
+            Op::Get { key } => match self.map.get(key) {
+                Some(v) => OpResult {
+                    found: true,
+                    value: v.clone(),
+                    success: true,
+                },
+                None => OpResult::default(),
+            },
+            Op::Put { key, value } => {
+                let old = self.set(key, Some(value.clone()));
+                OpResult {
+                    found: old.is_some(),
+                    value: Bytes::new(),
+                    success: true,
+                }
+            }
+            Op::Delete { key } => {
+                let old = self.set(key, None);
+                OpResult {
+                    found: old.is_some(),
+                    value: Bytes::new(),
+                    success: old.is_some(),
+                }
+            }
+            Op::Cas { key, expected, new } => {
+                let current = self.map.get(key).cloned();
+                let success = current.as_ref() == expected.as_ref();
+                if success {
+                    self.set(key, Some(new.clone()));
+                }
+                OpResult {
+                    found: current.is_some(),
+                    value: current.unwrap_or_default(),
+                    success,
+                }
+            }
+        }
+    }
+
+    /// Sets or removes a key, keeping the digest current. Returns the old value.
+    fn set(&mut self, key: &Bytes, value: Option<Bytes>) -> Option<Bytes> {
+        let old = match value {
+            Some(v) => {
+                self.digest = self.digest.wrapping_add(entry_hash(key, &v));
+                self.map.insert(key.clone(), v)
+            }
+            None => self.map.remove(key),
+        };
+        if let Some(o) = &old {
+            self.digest = self.digest.wrapping_sub(entry_hash(key, o));
+        }
+        old
+    }
+
+    /// Reads a key without going through consensus (tests and checks only).
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.map.get(key)
+    }
+
+    /// Digest of the key/value map; equal maps have equal digests.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Commands executed (duplicates and stale requests excluded).
+    pub fn executed(&self) -> u64 {
+        self.executed
+    }
+
+    /// Number of keys stored.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// FNV-1a over the key's length, the key and the value. Hand-written: it is ten lines, and the
+/// digest must be stable across builds and platforms, which std's `DefaultHasher` does not
+/// promise.
+fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut h = OFFSET;
+    let len = (key.len() as u64).to_le_bytes();
+    for b in len.iter().chain(key).chain(value) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(client: u64, request: u64, op: Op) -> Command {
+        Command {
+            client: ClientId(client),
+            request: RequestId(request),
+            op,
+        }
+    }
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn get_put_delete_cas() {
+        let mut kv = KvStore::new();
+        let r = kv.apply(&cmd(1, 1, Op::Get { key: b("k") }));
+        assert_eq!(r, Applied::Executed(OpResult::default()));
+        kv.apply(&cmd(
+            1,
+            2,
+            Op::Put {
+                key: b("k"),
+                value: b("v1"),
+            },
+        ));
+        let r = kv.apply(&cmd(1, 3, Op::Get { key: b("k") }));
+        assert_eq!(r.result().unwrap().value, b("v1"));
+        // CAS with the wrong expectation fails and reports the current value.
+        let r = kv.apply(&cmd(
+            1,
+            4,
+            Op::Cas {
+                key: b("k"),
+                expected: Some(b("x")),
+                new: b("v2"),
+            },
+        ));
+        let r = r.result().unwrap();
+        assert!(!r.success);
+        assert_eq!(r.value, b("v1"));
+        // CAS expecting absence fails on a present key, succeeds after delete.
+        let r = kv.apply(&cmd(
+            1,
+            5,
+            Op::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("v2"),
+            },
+        ));
+        assert!(!r.result().unwrap().success);
+        let r = kv.apply(&cmd(1, 6, Op::Delete { key: b("k") }));
+        assert!(r.result().unwrap().found);
+        let r = kv.apply(&cmd(
+            1,
+            7,
+            Op::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("v3"),
+            },
+        ));
+        assert!(r.result().unwrap().success);
+        let r = kv.apply(&cmd(
+            1,
+            8,
+            Op::Cas {
+                key: b("k"),
+                expected: Some(b("v3")),
+                new: b("v4"),
+            },
+        ));
+        assert!(r.result().unwrap().success);
+        assert_eq!(kv.get(b"k"), Some(&b("v4")));
+    }
+
+    #[test]
+    fn retry_executes_once_and_gets_same_answer() {
+        let mut kv = KvStore::new();
+        let put = cmd(
+            7,
+            1,
+            Op::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("v"),
+            },
+        );
+        let first = kv.apply(&put);
+        let again = kv.apply(&put);
+        assert_eq!(first.result(), again.result());
+        assert!(matches!(again, Applied::Duplicate(_)));
+        assert_eq!(kv.executed(), 1);
+        kv.apply(&cmd(7, 2, Op::Get { key: b("k") }));
+        assert_eq!(kv.apply(&put), Applied::Stale);
+        assert_eq!(kv.executed(), 2);
+    }
+
+    #[test]
+    fn digest_depends_on_content_not_history() {
+        let mut a = KvStore::new();
+        let mut b_ = KvStore::new();
+        a.apply(&cmd(
+            1,
+            1,
+            Op::Put {
+                key: b("x"),
+                value: b("1"),
+            },
+        ));
+        a.apply(&cmd(
+            1,
+            2,
+            Op::Put {
+                key: b("y"),
+                value: b("2"),
+            },
+        ));
+        b_.apply(&cmd(
+            2,
+            1,
+            Op::Put {
+                key: b("y"),
+                value: b("0"),
+            },
+        ));
+        b_.apply(&cmd(
+            2,
+            2,
+            Op::Put {
+                key: b("x"),
+                value: b("1"),
+            },
+        ));
+        assert_ne!(a.digest(), b_.digest());
+        b_.apply(&cmd(
+            2,
+            3,
+            Op::Put {
+                key: b("y"),
+                value: b("2"),
+            },
+        ));
+        assert_eq!(a.digest(), b_.digest());
+        a.apply(&cmd(1, 3, Op::Delete { key: b("x") }));
+        a.apply(&cmd(1, 4, Op::Delete { key: b("y") }));
+        assert_eq!(a.digest(), KvStore::new().digest());
+    }
+}

@@ -1,0 +1,967 @@
+//! The protocol core: one replica's whole EPaxos* state machine, with no I/O.
+//!
+//! Inputs, each with the current time as a value:
+//! - [`Replica::propose`]: a client command (with an opaque token naming whom to answer);
+//! - [`Replica::handle`]: a message from a peer;
+//! - [`Replica::flush`]: start instances from the pending proposals (the runtime calls it after
+//!   draining a burst of inputs, which is what batches proposals into one instance);
+//! - [`Replica::tick`]: timers (resending to silent peers, fetching missing commits).
+//!
+//! Outputs collect in a [`Ready`] that the runtime drains with [`Replica::take_ready`] and
+//! carries out: send the messages, answer the clients.
+//!
+//! Deliberately absent for now (later issues): durability, recovery of instances whose leader
+//! died (explicit prepare), garbage collection of executed instances.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::command::{Command, OpResult};
+use crate::deps::ConflictIndex;
+use crate::execute::{self, Node, Outcome};
+use crate::ids::{Ballot, InstanceId, ReplicaId};
+use crate::instance::{Instance, Leading, Phase, Status};
+use crate::kv::{Applied, KvStore};
+use crate::message::{Commands, Message};
+use crate::quorum;
+
+/// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
+pub type Time = Duration;
+
+/// Opaque to the core: the runtime's name for a waiting client.
+pub type Token = u64;
+
+/// Tunables, validated at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub id: ReplicaId,
+    pub n: usize,
+    /// Send PreAccept and Accept only to as many peers as the quorum needs.
+    pub thrifty: bool,
+    /// Most commands batched into one instance.
+    pub batch_max: usize,
+    /// Most proposals waiting for an instance; beyond it proposals are refused.
+    pub pending_max: usize,
+    /// Most instances this replica leads at once that are not committed yet. Bounds the work in
+    /// flight and, under conflicts, how large dependency components grow.
+    pub inflight_max: usize,
+    /// First wait before resending to peers that did not answer; doubles up to `retry_max`.
+    pub retry: Duration,
+    pub retry_max: Duration,
+    /// How long an execution may wait on a dependency before asking peers for its Commit.
+    pub fetch_after: Duration,
+}
+
+impl Options {
+    /// Defaults for replica `id` of `n`.
+    pub fn new(id: ReplicaId, n: usize) -> Self {
+        Options {
+            id,
+            n,
+            thrifty: false,
+            batch_max: 1024,
+            pending_max: 65_536,
+            inflight_max: 256,
+            retry: Duration::from_millis(200),
+            retry_max: Duration::from_secs(2),
+            fetch_after: Duration::from_millis(300),
+        }
+    }
+
+    /// Checks the relations between the tunables.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.n == 0 || self.id.index() >= self.n {
+            return Err(OptionsError::Id(self.id, self.n));
+        }
+        for (name, v) in [
+            ("batch_max", self.batch_max),
+            ("pending_max", self.pending_max),
+            ("inflight_max", self.inflight_max),
+        ] {
+            if v == 0 {
+                return Err(OptionsError::Zero(name));
+            }
+        }
+        if self.retry.is_zero() || self.retry > self.retry_max || self.fetch_after.is_zero() {
+            return Err(OptionsError::Timers);
+        }
+        Ok(())
+    }
+}
+
+/// Invalid [`Options`].
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("replica id {0} is not in a cluster of {1}")]
+    Id(ReplicaId, usize),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("timers must be positive and retry must not exceed retry_max")]
+    Timers,
+}
+
+/// A message to send to some peers. The runtime encodes it once for all of them.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Outgoing {
+    pub to: Vec<ReplicaId>,
+    pub msg: Message,
+}
+
+/// An answer for a waiting client.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Reply {
+    pub token: Token,
+    pub result: Result<OpResult, ReplyError>,
+}
+
+/// Why a proposal got no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// The session had already moved past this request number.
+    #[error("request is older than the session's last executed request")]
+    Stale,
+}
+
+/// The proposal queue is full.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replica overloaded: {0} proposals already waiting")]
+pub struct Overloaded(pub usize);
+
+/// An instance became committed here.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub instance: InstanceId,
+    /// For instances this replica led: which path decided it and how long it took.
+    pub led: Option<(Path, Duration)>,
+    pub commands: usize,
+}
+
+/// How a led instance was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Fast,
+    Slow,
+}
+
+/// Everything the runtime must carry out after feeding inputs.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Ready {
+    pub messages: Vec<Outgoing>,
+    pub replies: Vec<Reply>,
+    pub committed: Vec<Committed>,
+    /// Instances executed, in execution order.
+    pub executed: Vec<InstanceId>,
+    /// Sizes of the batches started (one entry per new instance).
+    pub batches: Vec<usize>,
+}
+
+/// A dependency that execution waits for.
+#[derive(Debug)]
+struct Waiting {
+    /// Committed instances whose execution waits for it.
+    roots: Vec<InstanceId>,
+    next_fetch: Time,
+    backoff: Duration,
+    fetches: u32,
+}
+
+/// One replica's protocol state.
+pub struct Replica {
+    opts: Options,
+    fast_quorum: usize,
+    slow_quorum: usize,
+    instances: HashMap<InstanceId, Instance>,
+    index: ConflictIndex,
+    kv: KvStore,
+    next_slot: u64,
+    pending: VecDeque<(Token, Command)>,
+    /// Instances this replica leads that are not committed yet (ordered for determinism).
+    leading: BTreeMap<InstanceId, Leading>,
+    /// Clients waiting on commands of an instance: (index in the batch, token).
+    clients: HashMap<InstanceId, Vec<(usize, Token)>>,
+    /// Uncommitted dependencies that block execution, ordered for deterministic fetching.
+    waiting: BTreeMap<InstanceId, Waiting>,
+    committed_count: u64,
+    unexecuted: u64,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A fresh replica. Panics on invalid options: validate them first.
+    pub fn new(opts: Options) -> Replica {
+        opts.validate()
+            .expect("options are validated by the caller");
+        Replica {
+            fast_quorum: quorum::fast_quorum(opts.n),
+            slow_quorum: quorum::slow_quorum(opts.n),
+            index: ConflictIndex::new(opts.n),
+            instances: HashMap::new(),
+            kv: KvStore::new(),
+            next_slot: 0,
+            pending: VecDeque::new(),
+            leading: BTreeMap::new(),
+            clients: HashMap::new(),
+            waiting: BTreeMap::new(),
+            committed_count: 0,
+            unexecuted: 0,
+            ready: Ready::default(),
+            opts,
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    pub fn id(&self) -> ReplicaId {
+        self.opts.id
+    }
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+    pub fn instance(&self, id: InstanceId) -> Option<&Instance> {
+        self.instances.get(&id)
+    }
+    pub fn instances(&self) -> impl Iterator<Item = (&InstanceId, &Instance)> {
+        self.instances.iter()
+    }
+    /// Instances committed here so far.
+    pub fn committed_count(&self) -> u64 {
+        self.committed_count
+    }
+    /// Committed instances not executed yet.
+    pub fn unexecuted(&self) -> u64 {
+        self.unexecuted
+    }
+    /// Proposals waiting for an instance.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+    /// Instances this replica leads that are not committed.
+    pub fn inflight(&self) -> usize {
+        self.leading.len()
+    }
+
+    /// Drains the outputs accumulated since the last call.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Queues a client command. It starts in an instance at the next [`Replica::flush`].
+    pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
+        if self.pending.len() >= self.opts.pending_max {
+            return Err(Overloaded(self.pending.len()));
+        }
+        self.pending.push_back((token, cmd));
+        Ok(())
+    }
+
+    /// Starts instances from the pending proposals, up to `batch_max` commands each, while
+    /// fewer than `inflight_max` instances are in flight.
+    pub fn flush(&mut self, now: Time) {
+        while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
+            self.start_instance(now);
+        }
+    }
+
+    /// Handles one message from peer `from`. Malformed input (a sender or row outside the
+    /// cluster, a ballot its sender cannot own) is dropped.
+    pub fn handle(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        if from.index() >= self.opts.n || from == self.opts.id {
+            return;
+        }
+        if let Some(inst) = msg.instance() {
+            if inst.replica.index() >= self.opts.n {
+                return;
+            }
+        }
+        match msg {
+            Message::PreAccept {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => {
+                if self.owns(instance, ballot, from) {
+                    self.handle_pre_accept(from, instance, ballot, commands, deps);
+                }
+            }
+            Message::PreAcceptOk {
+                instance,
+                ballot,
+                deps,
+            } => self.handle_pre_accept_ok(now, from, instance, ballot, deps),
+            Message::Accept {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => {
+                if self.owns(instance, ballot, from) {
+                    self.handle_accept(from, instance, ballot, commands, deps);
+                }
+            }
+            Message::AcceptOk { instance, ballot } => {
+                self.handle_accept_ok(now, from, instance, ballot)
+            }
+            Message::Commit {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => self.handle_commit(now, instance, ballot, commands, deps),
+            Message::Nack { instance, promised } => self.handle_nack(instance, promised),
+            Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
+        }
+    }
+
+    /// Fires due timers: resends to peers that did not answer (falling back to the slow path
+    /// when a slow quorum answered but the fast one did not come), and asks peers for the
+    /// Commit of dependencies that execution has waited on for too long.
+    pub fn tick(&mut self, now: Time) {
+        let due: Vec<InstanceId> = self
+            .leading
+            .iter()
+            .filter(|(_, l)| now >= l.sent_at + l.retry_after)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.on_retry_timeout(now, id);
+        }
+        self.fetch_missing(now);
+    }
+
+    // ---- leader side ----------------------------------------------------------------------
+
+    fn start_instance(&mut self, now: Time) {
+        let id = InstanceId::new(self.opts.id, self.next_slot);
+        self.next_slot += 1;
+        let take = self.pending.len().min(self.opts.batch_max);
+        let mut commands = Vec::with_capacity(take);
+        let mut tokens = Vec::with_capacity(take);
+        for (i, (token, cmd)) in self.pending.drain(..take).enumerate() {
+            tokens.push((i, token));
+            commands.push(cmd);
+        }
+        let mut deps = Vec::new();
+        self.index.collect(id, &commands, true, &mut deps);
+        self.index.record(id, &commands);
+        let commands: Commands = Arc::new(commands);
+        let ballot = Ballot::initial(self.opts.id);
+        self.instances.insert(
+            id,
+            Instance {
+                status: Status::PreAccepted,
+                ballot,
+                accepted_ballot: None,
+                commands: commands.clone(),
+                deps: deps.clone(),
+                init_deps: deps.clone(),
+            },
+        );
+        self.clients.insert(id, tokens);
+        self.ready.batches.push(commands.len());
+        let asked = self.targets(self.fast_quorum - 1);
+        self.leading.insert(
+            id,
+            Leading {
+                phase: Phase::PreAccepting {
+                    replies: Vec::new(),
+                },
+                asked: asked.clone(),
+                started_at: now,
+                sent_at: now,
+                retry_after: self.opts.retry,
+            },
+        );
+        self.send(
+            asked,
+            Message::PreAccept {
+                instance: id,
+                ballot,
+                commands,
+                deps,
+            },
+        );
+        self.decide_pre_accept(now, id, false);
+    }
+
+    /// Peers to ask in a phase that needs `needed` answers besides the leader's: all peers, or
+    /// in thrifty mode just `needed` of them (the next ids after ours, a fixed choice).
+    fn targets(&self, needed: usize) -> Vec<ReplicaId> {
+        let n = self.opts.n as u32;
+        let count = if self.opts.thrifty {
+            needed
+        } else {
+            self.opts.n - 1
+        };
+        (1..n)
+            .map(|k| ReplicaId((self.opts.id.0 + k) % n))
+            .take(count)
+            .collect()
+    }
+
+    fn handle_pre_accept_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.ballot != ballot {
+            return;
+        }
+        let Some(lead) = self.leading.get_mut(&id) else {
+            return; // decided already: a late or duplicated answer
+        };
+        let Phase::PreAccepting { replies } = &mut lead.phase else {
+            return;
+        };
+        if replies.iter().any(|(r, _)| *r == from) {
+            return;
+        }
+        replies.push((from, deps));
+        self.decide_pre_accept(now, id, false);
+    }
+
+    /// The EPaxos* fast-path rule: commit the initial deps once a fast quorum (leader included)
+    /// reported exactly them. Otherwise go to the slow path with the union of all answers once a
+    /// slow quorum answered and either the fast path can no longer happen or `timed_out`.
+    fn decide_pre_accept(&mut self, now: Time, id: InstanceId, timed_out: bool) {
+        let (Some(inst), Some(lead)) = (self.instances.get(&id), self.leading.get(&id)) else {
+            return;
+        };
+        let Phase::PreAccepting { replies } = &lead.phase else {
+            return;
+        };
+        let matching = 1 + replies.iter().filter(|(_, d)| *d == inst.init_deps).count();
+        let answered = 1 + replies.len();
+        let unanswered = lead
+            .asked
+            .iter()
+            .filter(|p| !lead.has_answered(**p))
+            .count();
+        if matching >= self.fast_quorum {
+            let deps = inst.init_deps.clone();
+            self.commit_led(now, id, deps, Path::Fast);
+            return;
+        }
+        let fast_possible = matching + unanswered >= self.fast_quorum;
+        if answered >= self.slow_quorum && (!fast_possible || timed_out) {
+            let mut union = inst.init_deps.clone();
+            for (_, d) in replies {
+                union.extend_from_slice(d);
+            }
+            union.sort_unstable();
+            union.dedup();
+            self.start_accept(now, id, union);
+        }
+    }
+
+    fn start_accept(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>) {
+        let asked = self.targets(self.slow_quorum - 1);
+        let inst = self
+            .instances
+            .get_mut(&id)
+            .expect("a led instance is in the table");
+        inst.status = Status::Accepted;
+        inst.accepted_ballot = Some(inst.ballot);
+        inst.deps = deps.clone();
+        let msg = Message::Accept {
+            instance: id,
+            ballot: inst.ballot,
+            commands: inst.commands.clone(),
+            deps,
+        };
+        let lead = self
+            .leading
+            .get_mut(&id)
+            .expect("start_accept on a led instance");
+        lead.phase = Phase::Accepting { acks: Vec::new() };
+        lead.asked = asked.clone();
+        lead.sent_at = now;
+        lead.retry_after = self.opts.retry;
+        self.send(asked, msg);
+        self.decide_accept(now, id);
+    }
+
+    fn handle_accept_ok(&mut self, now: Time, from: ReplicaId, id: InstanceId, ballot: Ballot) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.ballot != ballot {
+            return;
+        }
+        let Some(lead) = self.leading.get_mut(&id) else {
+            return;
+        };
+        let Phase::Accepting { acks } = &mut lead.phase else {
+            return;
+        };
+        if !acks.contains(&from) {
+            acks.push(from);
+            self.decide_accept(now, id);
+        }
+    }
+
+    fn decide_accept(&mut self, now: Time, id: InstanceId) {
+        let Some(lead) = self.leading.get(&id) else {
+            return;
+        };
+        if let Phase::Accepting { acks } = &lead.phase {
+            if 1 + acks.len() >= self.slow_quorum {
+                let deps = self.instances[&id].deps.clone();
+                self.commit_led(now, id, deps, Path::Slow);
+            }
+        }
+    }
+
+    fn commit_led(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>, path: Path) {
+        let lead = self
+            .leading
+            .remove(&id)
+            .expect("only led instances are committed by their leader");
+        let inst = self
+            .instances
+            .get_mut(&id)
+            .expect("a led instance is in the table");
+        inst.deps = deps.clone();
+        inst.status = Status::Committed;
+        let msg = Message::Commit {
+            instance: id,
+            ballot: inst.ballot,
+            commands: inst.commands.clone(),
+            deps,
+        };
+        let commands = inst.commands.len();
+        self.send(self.peers(), msg);
+        self.committed_count += 1;
+        self.unexecuted += 1;
+        self.ready.committed.push(Committed {
+            instance: id,
+            led: Some((path, now.saturating_sub(lead.started_at))),
+            commands,
+        });
+        self.on_committed(now, id);
+    }
+
+    fn on_retry_timeout(&mut self, now: Time, id: InstanceId) {
+        let Some(lead) = self.leading.get(&id) else {
+            return;
+        };
+        if let Phase::PreAccepting { replies } = &lead.phase {
+            if 1 + replies.len() >= self.slow_quorum {
+                // A slow quorum answered but the fast quorum did not come in time.
+                self.decide_pre_accept(now, id, true);
+                return;
+            }
+        }
+        // Resend to every peer that has not answered, not just the ones first asked: in thrifty
+        // mode a silent peer would otherwise stall the instance.
+        let silent: Vec<ReplicaId> = self
+            .peers()
+            .into_iter()
+            .filter(|p| !lead.has_answered(*p))
+            .collect();
+        let inst = &self.instances[&id];
+        let msg = match &lead.phase {
+            Phase::PreAccepting { .. } => Message::PreAccept {
+                instance: id,
+                ballot: inst.ballot,
+                commands: inst.commands.clone(),
+                deps: inst.init_deps.clone(),
+            },
+            Phase::Accepting { .. } => Message::Accept {
+                instance: id,
+                ballot: inst.ballot,
+                commands: inst.commands.clone(),
+                deps: inst.deps.clone(),
+            },
+        };
+        let retry_max = self.opts.retry_max;
+        let lead = self.leading.get_mut(&id).expect("checked above");
+        lead.asked = silent.clone();
+        lead.sent_at = now;
+        lead.retry_after = (lead.retry_after * 2).min(retry_max);
+        self.send(silent, msg);
+    }
+
+    fn handle_nack(&mut self, id: InstanceId, promised: Ballot) {
+        if let Some(inst) = self.instances.get_mut(&id) {
+            if promised > inst.ballot && !inst.status.is_decided() {
+                // Another replica took the instance over (recovery, a later issue): stop
+                // leading it. Its clients get their answer once it is committed and executed.
+                inst.ballot = promised;
+                self.leading.remove(&id);
+            }
+        }
+    }
+
+    // ---- acceptor side ----------------------------------------------------------------------
+
+    /// Whether `from` may send phase messages for `id` at `ballot`: it owns the ballot, and
+    /// round 0 belongs to the instance's own leader.
+    fn owns(&self, id: InstanceId, ballot: Ballot, from: ReplicaId) -> bool {
+        ballot.replica == from && (ballot.round > 0 || id.replica == from)
+    }
+
+    fn handle_pre_accept(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        init_deps: Vec<InstanceId>,
+    ) {
+        if let Some(inst) = self.instances.get(&id) {
+            if ballot < inst.ballot {
+                self.send(
+                    vec![from],
+                    Message::Nack {
+                        instance: id,
+                        promised: inst.ballot,
+                    },
+                );
+                return;
+            }
+            match inst.status {
+                // A resent PreAccept: answer what we answered before.
+                Status::PreAccepted if ballot == inst.ballot => {
+                    let deps = inst.deps.clone();
+                    self.send(
+                        vec![from],
+                        Message::PreAcceptOk {
+                            instance: id,
+                            ballot,
+                            deps,
+                        },
+                    );
+                    return;
+                }
+                Status::Committed | Status::Executed => {
+                    self.send_commit(from, id);
+                    return;
+                }
+                // Accepted already (the leader moved on) or a higher ballot's PreAccept:
+                // recovery's business, a later issue.
+                _ => return,
+            }
+        }
+        let mut deps = init_deps.clone();
+        self.index.collect(id, &commands, false, &mut deps);
+        self.index.record(id, &commands);
+        self.instances.insert(
+            id,
+            Instance {
+                status: Status::PreAccepted,
+                ballot,
+                accepted_ballot: None,
+                commands,
+                deps: deps.clone(),
+                init_deps,
+            },
+        );
+        self.send(
+            vec![from],
+            Message::PreAcceptOk {
+                instance: id,
+                ballot,
+                deps,
+            },
+        );
+    }
+
+    fn handle_accept(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        match self.instances.get_mut(&id) {
+            Some(inst) if inst.status.is_decided() => {
+                self.send_commit(from, id);
+                return;
+            }
+            Some(inst) if ballot < inst.ballot => {
+                let promised = inst.ballot;
+                self.send(
+                    vec![from],
+                    Message::Nack {
+                        instance: id,
+                        promised,
+                    },
+                );
+                return;
+            }
+            Some(inst) => {
+                inst.status = Status::Accepted;
+                inst.ballot = ballot;
+                inst.accepted_ballot = Some(ballot);
+                inst.deps = deps;
+            }
+            None => {
+                self.index.record(id, &commands);
+                self.instances.insert(
+                    id,
+                    Instance {
+                        status: Status::Accepted,
+                        ballot,
+                        accepted_ballot: Some(ballot),
+                        commands,
+                        // We never saw the PreAccept; the initial deps are unknown here.
+                        init_deps: Vec::new(),
+                        deps,
+                    },
+                );
+            }
+        }
+        self.send(
+            vec![from],
+            Message::AcceptOk {
+                instance: id,
+                ballot,
+            },
+        );
+    }
+
+    fn handle_commit(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        match self.instances.get_mut(&id) {
+            Some(inst) if inst.status.is_decided() => return,
+            Some(inst) => {
+                inst.status = Status::Committed;
+                inst.ballot = inst.ballot.max(ballot);
+                inst.commands = commands.clone();
+                inst.deps = deps;
+            }
+            None => {
+                self.index.record(id, &commands);
+                self.instances.insert(
+                    id,
+                    Instance {
+                        status: Status::Committed,
+                        ballot,
+                        accepted_ballot: None,
+                        commands: commands.clone(),
+                        init_deps: Vec::new(),
+                        deps,
+                    },
+                );
+            }
+        }
+        self.leading.remove(&id);
+        self.committed_count += 1;
+        self.unexecuted += 1;
+        self.ready.committed.push(Committed {
+            instance: id,
+            led: None,
+            commands: commands.len(),
+        });
+        self.on_committed(now, id);
+    }
+
+    fn handle_commit_request(&mut self, from: ReplicaId, ids: Vec<InstanceId>) {
+        for id in ids {
+            if self
+                .instances
+                .get(&id)
+                .is_some_and(|i| i.status.is_decided())
+            {
+                self.send_commit(from, id);
+            }
+        }
+    }
+
+    fn send_commit(&mut self, to: ReplicaId, id: InstanceId) {
+        let inst = &self.instances[&id];
+        let msg = Message::Commit {
+            instance: id,
+            ballot: inst.ballot,
+            commands: inst.commands.clone(),
+            deps: inst.deps.clone(),
+        };
+        self.send(vec![to], msg);
+    }
+
+    // ---- execution ----------------------------------------------------------------------
+
+    /// `id` became committed: try to execute it and whatever waited for it.
+    fn on_committed(&mut self, now: Time, id: InstanceId) {
+        let mut roots = vec![id];
+        if let Some(w) = self.waiting.remove(&id) {
+            roots.extend(w.roots);
+        }
+        // Instances found blocked during this pass, with what blocks them: a root among them
+        // is registered without walking the graph again.
+        let mut blocked_now: HashMap<InstanceId, InstanceId> = HashMap::new();
+        for root in roots {
+            if let Some(missing) = blocked_now.get(&root) {
+                self.wait_for(now, *missing, root);
+                continue;
+            }
+            if let Some((missing, waiting)) = self.try_execute(root) {
+                self.wait_for(now, missing, root);
+                for w in waiting {
+                    blocked_now.insert(w, missing);
+                }
+            }
+        }
+    }
+
+    fn wait_for(&mut self, now: Time, missing: InstanceId, root: InstanceId) {
+        let w = self.waiting.entry(missing).or_insert_with(|| Waiting {
+            roots: Vec::new(),
+            next_fetch: now + self.opts.fetch_after,
+            backoff: self.opts.fetch_after,
+            fetches: 0,
+        });
+        if !w.roots.contains(&root) {
+            w.roots.push(root);
+        }
+    }
+
+    /// Executes what can run from `root`. Returns what blocks the rest, if anything.
+    fn try_execute(&mut self, root: InstanceId) -> Option<(InstanceId, Vec<InstanceId>)> {
+        let mut components = Vec::new();
+        let instances = &self.instances;
+        let outcome = execute::order(
+            root,
+            |id| match instances.get(&id) {
+                Some(i) if i.status == Status::Executed => Node::Done,
+                Some(i) if i.status == Status::Committed => Node::Ready(&i.deps),
+                _ => Node::Missing,
+            },
+            &mut components,
+        );
+        for component in components {
+            for id in component {
+                self.execute_instance(id);
+            }
+        }
+        match outcome {
+            Outcome::Complete => None,
+            Outcome::Blocked { missing, waiting } => Some((missing, waiting)),
+        }
+    }
+
+    fn execute_instance(&mut self, id: InstanceId) {
+        let inst = self
+            .instances
+            .get_mut(&id)
+            .expect("executed instances come from the table");
+        debug_assert_eq!(inst.status, Status::Committed, "{id} executes once");
+        inst.status = Status::Executed;
+        let commands = inst.commands.clone();
+        let tokens = self.clients.remove(&id).unwrap_or_default();
+        let mut tokens = tokens.into_iter().peekable();
+        for (i, cmd) in commands.iter().enumerate() {
+            let applied = self.kv.apply(cmd);
+            if let Some((_, token)) = tokens.next_if(|(j, _)| *j == i) {
+                let result = match applied {
+                    Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
+                    Applied::Stale => Err(ReplyError::Stale),
+                };
+                self.ready.replies.push(Reply { token, result });
+            }
+        }
+        self.unexecuted -= 1;
+        self.ready.executed.push(id);
+    }
+
+    /// Asks peers for the Commit of dependencies execution has waited on past `fetch_after`:
+    /// first the dependency's own leader, then everyone, with exponential backoff.
+    fn fetch_missing(&mut self, now: Time) {
+        let me = self.opts.id;
+        let peers = self.peers();
+        let mut asks: BTreeMap<ReplicaId, Vec<InstanceId>> = BTreeMap::new();
+        for (id, w) in self.waiting.iter_mut() {
+            if now < w.next_fetch || self.leading.contains_key(id) {
+                continue;
+            }
+            if id.replica != me {
+                asks.entry(id.replica).or_default().push(*id);
+            }
+            if w.fetches > 0 || id.replica == me {
+                for p in &peers {
+                    if *p != id.replica {
+                        asks.entry(*p).or_default().push(*id);
+                    }
+                }
+            }
+            w.fetches += 1;
+            w.backoff = (w.backoff * 2).min(self.opts.retry_max);
+            w.next_fetch = now + w.backoff;
+        }
+        for (to, instances) in asks {
+            self.send(vec![to], Message::CommitRequest { instances });
+        }
+    }
+
+    // ---- helpers ----------------------------------------------------------------------------
+
+    fn peers(&self) -> Vec<ReplicaId> {
+        (0..self.opts.n as u32)
+            .map(ReplicaId)
+            .filter(|r| *r != self.opts.id)
+            .collect()
+    }
+
+    fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
+        if !to.is_empty() {
+            self.ready.messages.push(Outgoing { to, msg });
+        }
+    }
+
+    /// Checks the invariants this replica can check alone. For tests and the simulator.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut unexecuted = 0;
+        for (id, inst) in &self.instances {
+            if inst.status == Status::Committed {
+                unexecuted += 1;
+            }
+            if let Some(ab) = inst.accepted_ballot {
+                if ab > inst.ballot {
+                    return Err(format!(
+                        "{id}: accepted ballot {ab} above ballot {}",
+                        inst.ballot
+                    ));
+                }
+            }
+            if inst.deps.contains(id) {
+                return Err(format!("{id} depends on itself"));
+            }
+        }
+        if unexecuted != self.unexecuted {
+            return Err(format!(
+                "unexecuted counter {} but {unexecuted} committed instances wait",
+                self.unexecuted
+            ));
+        }
+        let leading: HashSet<_> = self.leading.keys().collect();
+        for id in leading {
+            if self.instances.get(id).is_none_or(|i| i.status.is_decided()) {
+                return Err(format!("leading {id} which is decided or unknown"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! Conversions between the protobuf contract and the core's types. Everything that arrives from
+//! the network is validated here; a malformed message becomes a [`WireError`], never a panic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::command::{Command, CommandError, Op, OpResult};
+use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::message::Message;
+use crate::proto;
+
+/// Why a message from the network was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A required field is missing.
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// A replica id outside the cluster.
+    #[error("replica {0} is not in the cluster")]
+    UnknownReplica(u32),
+    /// The bytes do not decode.
+    #[error("cannot decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// A command breaks the limits.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// Converts a client operation.
+pub fn op_from_proto(op: Option<proto::Operation>) -> Result<Op, CommandError> {
+    use proto::operation::Kind;
+    let op = match op.and_then(|o| o.kind).ok_or(CommandError::Missing)? {
+        Kind::Get(g) => Op::Get { key: g.key },
+        Kind::Put(p) => Op::Put {
+            key: p.key,
+            value: p.value,
+        },
+        Kind::Delete(d) => Op::Delete { key: d.key },
+        Kind::Cas(c) => Op::Cas {
+            key: c.key,
+            expected: c.expected,
+            new: c.new_value,
+        },
+    };
+    op.validate()?;
+    Ok(op)
+}
+
+/// Converts a core operation to the contract.
+pub fn op_to_proto(op: &Op) -> proto::Operation {
+    use proto::operation::Kind;
+    let kind = match op {
+        Op::Get { key } => Kind::Get(proto::Get { key: key.clone() }),
+        Op::Put { key, value } => Kind::Put(proto::Put {
+            key: key.clone(),
+            value: value.clone(),
+        }),
+        Op::Delete { key } => Kind::Delete(proto::Delete { key: key.clone() }),
+        Op::Cas { key, expected, new } => Kind::Cas(proto::Cas {
+            key: key.clone(),
+            expected: expected.clone(),
+            new_value: new.clone(),
+        }),
+    };
+    proto::Operation { kind: Some(kind) }
+}
+
+/// Converts a client request into a command.
+pub fn command_from_request(req: proto::ProposeRequest) -> Result<Command, CommandError> {
+    if req.request_id == 0 {
+        return Err(CommandError::ZeroRequestId);
+    }
+    Ok(Command {
+        client: ClientId(req.client_id),
+        request: RequestId(req.request_id),
+        op: op_from_proto(req.op)?,
+    })
+}
+
+pub fn result_to_proto(r: &OpResult) -> proto::OpResult {
+    proto::OpResult {
+        found: r.found,
+        value: r.value.clone(),
+        success: r.success,
+    }
+}
+
+/// Encodes a peer message once; the bytes go to every addressee.
+pub fn encode(msg: &Message) -> Bytes {
+    use prost::Message as _;
+    Bytes::from(message_to_proto(msg).encode_to_vec())
+}
+
+/// Decodes and validates one peer message for a cluster of `n` replicas.
+pub fn decode(bytes: &[u8], n: usize) -> Result<Message, WireError> {
+    use prost::Message as _;
+    message_from_proto(proto::PeerMessage::decode(bytes)?, n)
+}
+
+fn id_to_proto(id: InstanceId) -> proto::InstanceId {
+    proto::InstanceId {
+        replica: id.replica.0,
+        slot: id.slot,
+    }
+}
+
+fn ballot_to_proto(b: Ballot) -> proto::Ballot {
+    proto::Ballot {
+        round: b.round,
+        replica: b.replica.0,
+    }
+}
+
+fn commands_to_proto(cmds: &[Command]) -> Vec<proto::Command> {
+    cmds.iter()
+        .map(|c| proto::Command {
+            client_id: c.client.0,
+            request_id: c.request.0,
+            op: Some(op_to_proto(&c.op)),
+        })
+        .collect()
+}
+
+fn deps_to_proto(deps: &[InstanceId]) -> Vec<proto::InstanceId> {
+    deps.iter().map(|d| id_to_proto(*d)).collect()
+}
+
+/// Converts a core message to the contract.
+pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
+    use proto::peer_message::Kind;
+    let kind = match msg {
+        Message::PreAccept {
+            instance,
+            ballot,
+            commands,
+            deps,
+        } => Kind::PreAccept(proto::PreAccept {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            commands: commands_to_proto(commands),
+            deps: deps_to_proto(deps),
+        }),
+        Message::PreAcceptOk {
+            instance,
+            ballot,
+            deps,
+        } => Kind::PreAcceptOk(proto::PreAcceptOk {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            deps: deps_to_proto(deps),
+        }),
+        Message::Accept {
+            instance,
+            ballot,
+            commands,
+            deps,
+        } => Kind::Accept(proto::Accept {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            commands: commands_to_proto(commands),
+            deps: deps_to_proto(deps),
+        }),
+        Message::AcceptOk { instance, ballot } => Kind::AcceptOk(proto::AcceptOk {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+        }),
+        Message::Commit {
+            instance,
+            ballot,
+            commands,
+            deps,
+        } => Kind::Commit(proto::Commit {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            commands: commands_to_proto(commands),
+            deps: deps_to_proto(deps),
+        }),
+        Message::Nack { instance, promised } => Kind::Nack(proto::Nack {
+            instance: Some(id_to_proto(*instance)),
+            promised: Some(ballot_to_proto(*promised)),
+        }),
+        Message::CommitRequest { instances } => Kind::CommitRequest(proto::CommitRequest {
+            instances: deps_to_proto(instances),
+        }),
+    };
+    proto::PeerMessage { kind: Some(kind) }
+}
+
+fn replica(id: u32, n: usize) -> Result<ReplicaId, WireError> {
+    if (id as usize) < n {
+        Ok(ReplicaId(id))
+    } else {
+        Err(WireError::UnknownReplica(id))
+    }
+}
+
+fn id_from(p: Option<proto::InstanceId>, n: usize) -> Result<InstanceId, WireError> {
+    let p = p.ok_or(WireError::Missing("instance"))?;
+    Ok(InstanceId::new(replica(p.replica, n)?, p.slot))
+}
+
+fn ballot_from(p: Option<proto::Ballot>, n: usize) -> Result<Ballot, WireError> {
+    let p = p.ok_or(WireError::Missing("ballot"))?;
+    Ok(Ballot {
+        round: p.round,
+        replica: replica(p.replica, n)?,
+    })
+}
+
+fn deps_from(p: Vec<proto::InstanceId>, n: usize) -> Result<Vec<InstanceId>, WireError> {
+    let mut deps = p
+        .into_iter()
+        .map(|d| id_from(Some(d), n))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The core relies on sorted, duplicate-free deps (equality is the fast-path test).
+    deps.sort_unstable();
+    deps.dedup();
+    Ok(deps)
+}
+
+fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError> {
+    let cmds = p
+        .into_iter()
+        .map(|c| {
+            Ok(Command {
+                client: ClientId(c.client_id),
+                request: RequestId(c.request_id),
+                op: op_from_proto(c.op)?,
+            })
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok(Arc::new(cmds))
+}
+
+/// Converts and validates a peer message for a cluster of `n` replicas.
+pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, WireError> {
+    use proto::peer_message::Kind;
+    Ok(match p.kind.ok_or(WireError::Missing("kind"))? {
+        Kind::PreAccept(m) => Message::PreAccept {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            commands: commands_from(m.commands)?,
+            deps: deps_from(m.deps, n)?,
+        },
+        Kind::PreAcceptOk(m) => Message::PreAcceptOk {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            deps: deps_from(m.deps, n)?,
+        },
+        Kind::Accept(m) => Message::Accept {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            commands: commands_from(m.commands)?,
+            deps: deps_from(m.deps, n)?,
+        },
+        Kind::AcceptOk(m) => Message::AcceptOk {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+        },
+        Kind::Commit(m) => Message::Commit {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            commands: commands_from(m.commands)?,
+            deps: deps_from(m.deps, n)?,
+        },
+        Kind::Nack(m) => Message::Nack {
+            instance: id_from(m.instance, n)?,
+            promised: ballot_from(m.promised, n)?,
+        },
+        Kind::CommitRequest(m) => Message::CommitRequest {
+            instances: deps_from(m.instances, n)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let cmds = Arc::new(vec![Command {
+            client: ClientId(9),
+            request: RequestId(3),
+            op: Op::Cas {
+                key: Bytes::from_static(b"k"),
+                expected: None,
+                new: Bytes::from_static(b"v"),
+            },
+        }]);
+        let id = InstanceId::new(ReplicaId(2), 17);
+        let b = Ballot::initial(ReplicaId(2));
+        let deps = vec![
+            InstanceId::new(ReplicaId(0), 1),
+            InstanceId::new(ReplicaId(1), 4),
+        ];
+        let msgs = vec![
+            Message::PreAccept {
+                instance: id,
+                ballot: b,
+                commands: cmds.clone(),
+                deps: deps.clone(),
+            },
+            Message::PreAcceptOk {
+                instance: id,
+                ballot: b,
+                deps: deps.clone(),
+            },
+            Message::Accept {
+                instance: id,
+                ballot: b,
+                commands: cmds.clone(),
+                deps: deps.clone(),
+            },
+            Message::AcceptOk {
+                instance: id,
+                ballot: b,
+            },
+            Message::Commit {
+                instance: id,
+                ballot: b,
+                commands: cmds,
+                deps: deps.clone(),
+            },
+            Message::Nack {
+                instance: id,
+                promised: b,
+            },
+            Message::CommitRequest { instances: deps },
+        ];
+        for m in msgs {
+            assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);
+        }
+    }
+
+    #[test]
+    fn garbage_and_bad_ids_are_errors() {
+        assert!(decode(&[0xff, 0xff, 0xff, 0x01], 3).is_err());
+        let m = Message::AcceptOk {
+            instance: InstanceId::new(ReplicaId(7), 1),
+            ballot: Ballot::initial(ReplicaId(0)),
+        };
+        assert!(matches!(
+            decode(&encode(&m), 3),
+            Err(WireError::UnknownReplica(7))
+        ));
+        assert!(matches!(decode(&[], 3), Err(WireError::Missing("kind"))));
+    }
+}
