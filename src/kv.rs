@@ -65,6 +65,14 @@ impl KvStore {
         Applied::Executed(result)
     }
 
+    /// Applies a command even if it already executed: the exactly-once bug that
+    /// `Sabotage::skip_dedup` plants for tests.
+    pub fn apply_without_dedup(&mut self, cmd: &Command) -> Applied {
+        let result = self.execute(&cmd.op);
+        self.executed += 1;
+        Applied::Executed(result)
+    }
+
     fn execute(&mut self, op: &Op) -> OpResult {
         match op {
             Op::Get { key } => match self.map.get(key) {

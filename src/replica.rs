@@ -51,6 +51,27 @@ pub struct Options {
     pub retry_max: Duration,
     /// How long an execution may wait on a dependency before asking peers for its Commit.
     pub fetch_after: Duration,
+    /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
+    /// production; nothing outside tests sets them.
+    pub sabotage: Sabotage,
+}
+
+/// Deliberate protocol bugs that tests plant to show that each safety or liveness check can
+/// fail. Every flag defaults to off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sabotage {
+    /// Compute no dependencies (visibility and execution order break).
+    pub forget_deps: bool,
+    /// Execute a strongly connected component in reverse `InstanceId` order.
+    pub reverse_component_order: bool,
+    /// On Commit, keep this replica's own deps instead of the decided ones (agreement breaks).
+    pub keep_own_deps_on_commit: bool,
+    /// Apply every command, retries included (exactly-once breaks).
+    pub skip_dedup: bool,
+    /// Answer GETs from local state when proposed, without consensus (linearizability breaks).
+    pub local_reads: bool,
+    /// Never resend and never fetch missing commits (liveness breaks under message loss).
+    pub no_retransmit: bool,
 }
 
 impl Options {
@@ -66,6 +87,7 @@ impl Options {
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
+            sabotage: Sabotage::default(),
         }
     }
 
@@ -259,6 +281,23 @@ impl Replica {
         if self.pending.len() >= self.opts.pending_max {
             return Err(Overloaded(self.pending.len()));
         }
+        if self.opts.sabotage.local_reads {
+            if let crate::command::Op::Get { key } = &cmd.op {
+                let result = match self.kv.get(key) {
+                    Some(v) => OpResult {
+                        found: true,
+                        value: v.clone(),
+                        success: true,
+                    },
+                    None => OpResult::default(),
+                };
+                self.ready.replies.push(Reply {
+                    token,
+                    result: Ok(result),
+                });
+                return Ok(());
+            }
+        }
         self.pending.push_back((token, cmd));
         Ok(())
     }
@@ -326,6 +365,9 @@ impl Replica {
     /// when a slow quorum answered but the fast one did not come), and asks peers for the
     /// Commit of dependencies that execution has waited on for too long.
     pub fn tick(&mut self, now: Time) {
+        if self.opts.sabotage.no_retransmit {
+            return;
+        }
         let due: Vec<InstanceId> = self
             .leading
             .iter()
@@ -351,7 +393,9 @@ impl Replica {
             commands.push(cmd);
         }
         let mut deps = Vec::new();
-        self.index.collect(id, &commands, true, &mut deps);
+        if !self.opts.sabotage.forget_deps {
+            self.index.collect(id, &commands, true, &mut deps);
+        }
         self.index.record(id, &commands);
         let commands: Commands = Arc::new(commands);
         let ballot = Ballot::initial(self.opts.id);
@@ -659,7 +703,9 @@ impl Replica {
             }
         }
         let mut deps = init_deps.clone();
-        self.index.collect(id, &commands, false, &mut deps);
+        if !self.opts.sabotage.forget_deps {
+            self.index.collect(id, &commands, false, &mut deps);
+        }
         self.index.record(id, &commands);
         self.instances.insert(
             id,
@@ -751,7 +797,9 @@ impl Replica {
                 inst.status = Status::Committed;
                 inst.ballot = inst.ballot.max(ballot);
                 inst.commands = commands.clone();
-                inst.deps = deps;
+                if !self.opts.sabotage.keep_own_deps_on_commit {
+                    inst.deps = deps;
+                }
             }
             None => {
                 self.index.record(id, &commands);
@@ -852,7 +900,10 @@ impl Replica {
             },
             &mut components,
         );
-        for component in components {
+        for mut component in components {
+            if self.opts.sabotage.reverse_component_order {
+                component.reverse();
+            }
             for id in component {
                 self.execute_instance(id);
             }
@@ -874,7 +925,11 @@ impl Replica {
         let tokens = self.clients.remove(&id).unwrap_or_default();
         let mut tokens = tokens.into_iter().peekable();
         for (i, cmd) in commands.iter().enumerate() {
-            let applied = self.kv.apply(cmd);
+            let applied = if self.opts.sabotage.skip_dedup {
+                self.kv.apply_without_dedup(cmd)
+            } else {
+                self.kv.apply(cmd)
+            };
             if let Some((_, token)) = tokens.next_if(|(j, _)| *j == i) {
                 let result = match applied {
                     Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
