@@ -44,6 +44,18 @@ impl Op {
         !matches!(self, Op::Get { .. })
     }
 
+    /// Key and value bytes the operation carries.
+    pub fn size_bytes(&self) -> usize {
+        self.key().len()
+            + match self {
+                Op::Get { .. } | Op::Delete { .. } => 0,
+                Op::Put { value, .. } => value.len(),
+                Op::Cas { expected, new, .. } => {
+                    new.len() + expected.as_ref().map_or(0, |e| e.len())
+                }
+            }
+    }
+
     /// Checks the limits on keys and values.
     pub fn validate(&self) -> Result<(), CommandError> {
         if self.key().len() > KEY_BYTES_MAX {
@@ -63,10 +75,16 @@ impl Op {
     }
 }
 
-/// The one interference predicate, used for dependencies and checked by the tests: two
-/// operations interfere when they touch the same key and at least one may write.
-pub fn interferes(a: &Op, b: &Op) -> bool {
+/// Whether two operations interfere: they touch the same key and at least one may write.
+pub fn ops_interfere(a: &Op, b: &Op) -> bool {
     (a.is_write() || b.is_write()) && a.key() == b.key()
+}
+
+/// The one interference predicate between commands, used for dependencies (`deps`) and checked
+/// by the tests: their operations interfere, or they belong to the same client session (so that
+/// a session's requests execute in one order everywhere, as exactly-once needs).
+pub fn interferes(a: &Command, b: &Command) -> bool {
+    a.client == b.client || ops_interfere(&a.op, &b.op)
 }
 
 /// A client's command as replicated: who asked, which request, what to do.
@@ -144,7 +162,7 @@ mod tests {
             (del("a"), cas("a"), true),
         ];
         for (a, b, want) in cases {
-            assert_eq!(interferes(&a, &b), want, "{a:?} vs {b:?}");
+            assert_eq!(ops_interfere(&a, &b), want, "{a:?} vs {b:?}");
         }
     }
 

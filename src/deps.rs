@@ -14,13 +14,26 @@
 //! that depends on the latest read of a row is ordered after all that row's reads. Visibility
 //! therefore holds through reachability in the dependency graph, which is what execution uses.
 //! (Recovery, a later issue, must keep this chain when it commits a no-op.)
+//!
+//! Besides its key, every command writes a per-session pseudo-key: the commands of one client
+//! session then interfere and execute in the same order everywhere, which the exactly-once
+//! table (the last request of each session) needs. Without it, two requests of one session on
+//! different keys could execute in different orders at two replicas, and a request could be
+//! taken as stale at one of them and executed at the other.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use crate::command::Command;
-use crate::ids::{InstanceId, ReplicaId};
+use crate::ids::{ClientId, InstanceId, ReplicaId};
+
+/// What commands conflict on: a key, or a client session (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ConflictKey {
+    Key(Bytes),
+    Session(ClientId),
+}
 
 /// Per-row latest slots for one key.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,18 +46,19 @@ struct Latest {
 #[derive(Debug)]
 pub struct ConflictIndex {
     n: usize,
-    by_key: HashMap<Bytes, Vec<Latest>>,
+    by_key: HashMap<ConflictKey, Vec<Latest>>,
 }
 
-/// Whether each distinct key of a batch is written by it.
-pub fn keys_of(commands: &[Command]) -> Vec<(&Bytes, bool)> {
-    let mut keys: Vec<(&Bytes, bool)> = Vec::with_capacity(commands.len());
+/// The distinct conflict keys of a batch, each with whether the batch writes it.
+pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
+    let mut keys: Vec<(ConflictKey, bool)> = Vec::with_capacity(2 * commands.len());
+    let mut add = |key: ConflictKey, write: bool| match keys.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, w)) => *w |= write,
+        None => keys.push((key, write)),
+    };
     for c in commands {
-        let key = c.op.key();
-        match keys.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, w)) => *w |= c.op.is_write(),
-            None => keys.push((key, c.op.is_write())),
-        }
+        add(ConflictKey::Key(c.op.key().clone()), c.op.is_write());
+        add(ConflictKey::Session(c.client), true);
     }
     keys
 }
@@ -68,7 +82,7 @@ impl ConflictIndex {
         deps: &mut Vec<InstanceId>,
     ) {
         for (key, write) in keys_of(commands) {
-            let Some(rows) = self.by_key.get(key) else {
+            let Some(rows) = self.by_key.get(&key) else {
                 continue;
             };
             for (row, latest) in rows.iter().enumerate() {
@@ -101,7 +115,7 @@ impl ConflictIndex {
         for (key, write) in keys_of(commands) {
             let rows = self
                 .by_key
-                .entry(key.clone())
+                .entry(key)
                 .or_insert_with(|| vec![Latest::default(); n]);
             let Some(latest) = rows.get_mut(instance.replica.index()) else {
                 continue; // a row outside the cluster: wire validation rejects these first
@@ -128,11 +142,13 @@ impl ConflictIndex {
 mod tests {
     use super::*;
     use crate::command::Op;
-    use crate::ids::{ClientId, RequestId};
+    use crate::ids::RequestId;
 
+    /// A command of a fresh session, so that only keys conflict.
     fn cmd(op: Op) -> Command {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Command {
-            client: ClientId(1),
+            client: ClientId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             request: RequestId(1),
             op,
         }
@@ -206,6 +222,18 @@ mod tests {
             deps_of(&ix, id(1, 2), &[get("a"), put("b")], true),
             vec![id(0, 3), id(1, 1)]
         );
+    }
+
+    #[test]
+    fn commands_of_one_session_conflict_whatever_their_keys() {
+        let mut ix = ConflictIndex::new(2);
+        let mut a = get("a");
+        a.client = ClientId(42);
+        let mut b = get("b");
+        b.client = ClientId(42);
+        ix.record(id(0, 1), &[a]);
+        assert_eq!(deps_of(&ix, id(1, 1), &[b], true), vec![id(0, 1)]);
+        assert!(deps_of(&ix, id(1, 1), &[get("b")], true).is_empty());
     }
 
     #[test]

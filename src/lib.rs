@@ -16,11 +16,11 @@ pub mod ids;
 pub mod instance;
 pub mod kv;
 pub mod message;
-// pub mod metrics;
+pub mod metrics;
 pub mod quorum;
 pub mod replica;
-// pub mod runtime;
-// pub mod transport;
+pub mod runtime;
+pub mod transport;
 pub mod wire;
 
 /// Code generated from `proto/epaxos.proto`.

@@ -1,1 +1,91 @@
-fn main() {}
+//! `replica --config config.json --id N`: one EPaxos* key/value replica.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use epaxos_kv::config::Config;
+use epaxos_kv::replica::Options;
+use epaxos_kv::runtime::{self, RuntimeOptions};
+
+/// One replica of the EPaxos* key/value service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Cluster configuration file.
+    #[arg(long, default_value = "config.json")]
+    config: String,
+    /// This replica's id in the configuration.
+    #[arg(long)]
+    id: u32,
+    /// Thrifty mode: send PreAccept and Accept only to as many peers as the quorum needs.
+    #[arg(long)]
+    thrifty: bool,
+    /// Most commands batched into one instance.
+    #[arg(long, default_value_t = 1024)]
+    batch_max: usize,
+    /// Most uncommitted instances this replica leads at once.
+    #[arg(long, default_value_t = 256)]
+    inflight_max: usize,
+    /// Most client proposals waiting for an instance before new ones are refused.
+    #[arg(long, default_value_t = 65_536)]
+    pending_max: usize,
+    /// How long a client's Propose may wait for its command to execute, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    propose_timeout_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::load(&args.config).context("loading the cluster configuration")?;
+    let me = config.replica(args.id).context("checking --id")?.id;
+    let mut core = Options::new(me, config.n());
+    core.thrifty = args.thrifty;
+    core.batch_max = args.batch_max;
+    core.inflight_max = args.inflight_max;
+    core.pending_max = args.pending_max;
+    core.validate().context("checking the options")?;
+    let mut opts = RuntimeOptions::new(core);
+    opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        runtime::serve(config, me, opts, shutdown_signal())
+            .await
+            .with_context(|| format!("replica {}", args.id))
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

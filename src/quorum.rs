@@ -18,7 +18,8 @@ pub fn slow_quorum(n: usize) -> usize {
 /// F + floor((F+1)/2). For N = 1 the leader alone decides.
 pub fn fast_quorum(n: usize) -> usize {
     let f = max_failures(n);
-    (f + (f + 1) / 2).max(1)
+    // floor((F+1)/2) == ceil(F/2)
+    (f + f.div_ceil(2)).max(1)
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub struct Options {
     pub thrifty: bool,
     /// Most commands batched into one instance.
     pub batch_max: usize,
+    /// Most key and value bytes batched into one instance (one larger command still goes
+    /// alone): keeps messages well under the transport's limit.
+    pub batch_bytes_max: usize,
     /// Most proposals waiting for an instance; beyond it proposals are refused.
     pub pending_max: usize,
     /// Most instances this replica leads at once that are not committed yet. Bounds the work in
@@ -82,6 +85,7 @@ impl Options {
             n,
             thrifty: false,
             batch_max: 1024,
+            batch_bytes_max: 4 * 1024 * 1024,
             pending_max: 65_536,
             inflight_max: 256,
             retry: Duration::from_millis(200),
@@ -98,6 +102,7 @@ impl Options {
         }
         for (name, v) in [
             ("batch_max", self.batch_max),
+            ("batch_bytes_max", self.batch_bytes_max),
             ("pending_max", self.pending_max),
             ("inflight_max", self.inflight_max),
         ] {
@@ -385,7 +390,15 @@ impl Replica {
     fn start_instance(&mut self, now: Time) {
         let id = InstanceId::new(self.opts.id, self.next_slot);
         self.next_slot += 1;
-        let take = self.pending.len().min(self.opts.batch_max);
+        let mut take = 0;
+        let mut bytes = 0;
+        for (_, cmd) in self.pending.iter().take(self.opts.batch_max) {
+            bytes += cmd.op.size_bytes();
+            if take > 0 && bytes > self.opts.batch_bytes_max {
+                break;
+            }
+            take += 1;
+        }
         let mut commands = Vec::with_capacity(take);
         let mut tokens = Vec::with_capacity(take);
         for (i, (token, cmd)) in self.pending.drain(..take).enumerate() {

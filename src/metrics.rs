@@ -1,0 +1,211 @@
+//! The replica's Prometheus metrics: names, descriptions, and cached handles for the hot path.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::config::REPLICAS_MAX;
+use crate::message::Message;
+use crate::replica::Path;
+
+/// Message types, in the order of [`kind_index`].
+pub const KINDS: [&str; 7] = [
+    "PreAccept",
+    "PreAcceptOk",
+    "Accept",
+    "AcceptOk",
+    "Commit",
+    "Nack",
+    "CommitRequest",
+];
+
+/// Peer ids as label values (labels must be `'static` to stay allocation-free).
+const PEERS: [&str; REPLICAS_MAX] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
+];
+
+/// The position of a message's type in [`KINDS`].
+pub fn kind_index(m: &Message) -> usize {
+    match m {
+        Message::PreAccept { .. } => 0,
+        Message::PreAcceptOk { .. } => 1,
+        Message::Accept { .. } => 2,
+        Message::AcceptOk { .. } => 3,
+        Message::Commit { .. } => 4,
+        Message::Nack { .. } => 5,
+        Message::CommitRequest { .. } => 6,
+    }
+}
+
+/// Starts the `/metrics` endpoint on `addr`. Call once per process, inside a tokio runtime.
+pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    // Seconds; covers loopback round trips (tens of microseconds) to stalled instances.
+    const LATENCY_BUCKETS: [f64; 16] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("epaxos_batch_size".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )?
+        .install()?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        "epaxos_messages_sent_total",
+        "Protocol messages sent, by type and peer."
+    );
+    describe_counter!(
+        "epaxos_messages_received_total",
+        "Protocol messages received, by type and peer."
+    );
+    describe_counter!(
+        "epaxos_proposals_total",
+        "Client proposals accepted into the queue."
+    );
+    describe_counter!(
+        "epaxos_proposals_rejected_total",
+        "Client proposals refused (invalid or overloaded), by reason."
+    );
+    describe_counter!("epaxos_batches_total", "Instances started by this replica.");
+    describe_histogram!("epaxos_batch_size", "Commands per instance started here.");
+    describe_counter!(
+        "epaxos_commits_total",
+        "Instances led here and committed, by path (fast or slow)."
+    );
+    describe_counter!(
+        "epaxos_committed_instances_total",
+        "Instances committed, all rows."
+    );
+    describe_counter!("epaxos_executed_instances_total", "Instances executed.");
+    describe_counter!(
+        "epaxos_executed_commands_total",
+        "Commands executed (duplicates included)."
+    );
+    describe_gauge!(
+        "epaxos_waiting_instances",
+        "Committed instances waiting for their dependencies to execute."
+    );
+    describe_gauge!("epaxos_big_channel_depth", "Events queued in bigChannel.");
+    describe_gauge!(
+        "epaxos_pending_proposals",
+        "Proposals waiting for an instance."
+    );
+    describe_gauge!(
+        "epaxos_inflight_instances",
+        "Instances led here, not yet committed."
+    );
+    describe_histogram!(
+        "epaxos_commit_latency_seconds",
+        Unit::Seconds,
+        "From PreAccept to commit, instances led here."
+    );
+    describe_histogram!(
+        "epaxos_execution_latency_seconds",
+        Unit::Seconds,
+        "From a proposal's arrival to its reply (after execution)."
+    );
+    describe_counter!(
+        "epaxos_peer_queue_dropped_total",
+        "Messages dropped because a peer's queue was full (resent by the protocol)."
+    );
+    describe_counter!(
+        "epaxos_wire_errors_total",
+        "Peer messages that failed to decode, by peer."
+    );
+    describe_gauge!(
+        "epaxos_peer_connected",
+        "1 while the outbound stream to a peer is open."
+    );
+}
+
+/// Label value for a peer id.
+pub fn peer_label(id: u32) -> &'static str {
+    PEERS.get(id as usize).copied().unwrap_or("other")
+}
+
+/// Handles the event loop updates for every batch of work: looked up once, not per message.
+pub struct LoopMetrics {
+    sent: Vec<[Counter; KINDS.len()]>,
+    received: Vec<[Counter; KINDS.len()]>,
+    pub dropped: Vec<Counter>,
+    pub proposals: Counter,
+    pub rejected_overloaded: Counter,
+    pub batches: Counter,
+    pub batch_size: Histogram,
+    pub fast: Counter,
+    pub slow: Counter,
+    pub committed: Counter,
+    pub executed_instances: Counter,
+    pub executed_commands: Counter,
+    pub waiting: Gauge,
+    pub big_channel: Gauge,
+    pub pending: Gauge,
+    pub inflight: Gauge,
+    pub commit_latency: Histogram,
+    pub execution_latency: Histogram,
+}
+
+impl LoopMetrics {
+    pub fn new(n: usize) -> Self {
+        let per_peer = |name: &'static str| -> Vec<[Counter; KINDS.len()]> {
+            (0..n as u32)
+                .map(|p| KINDS.map(|k| counter!(name, "type" => k, "peer" => peer_label(p))))
+                .collect()
+        };
+        LoopMetrics {
+            sent: per_peer("epaxos_messages_sent_total"),
+            received: per_peer("epaxos_messages_received_total"),
+            dropped: (0..n as u32)
+                .map(|p| counter!("epaxos_peer_queue_dropped_total", "peer" => peer_label(p)))
+                .collect(),
+            proposals: counter!("epaxos_proposals_total"),
+            rejected_overloaded: counter!("epaxos_proposals_rejected_total", "reason" => "overloaded"),
+            batches: counter!("epaxos_batches_total"),
+            batch_size: histogram!("epaxos_batch_size"),
+            fast: counter!("epaxos_commits_total", "path" => "fast"),
+            slow: counter!("epaxos_commits_total", "path" => "slow"),
+            committed: counter!("epaxos_committed_instances_total"),
+            executed_instances: counter!("epaxos_executed_instances_total"),
+            executed_commands: counter!("epaxos_executed_commands_total"),
+            waiting: gauge!("epaxos_waiting_instances"),
+            big_channel: gauge!("epaxos_big_channel_depth"),
+            pending: gauge!("epaxos_pending_proposals"),
+            inflight: gauge!("epaxos_inflight_instances"),
+            commit_latency: histogram!("epaxos_commit_latency_seconds"),
+            execution_latency: histogram!("epaxos_execution_latency_seconds"),
+        }
+    }
+
+    pub fn sent(&self, peer: u32, m: &Message) {
+        if let Some(c) = self.sent.get(peer as usize) {
+            c[kind_index(m)].increment(1);
+        }
+    }
+
+    pub fn received(&self, peer: u32, m: &Message) {
+        if let Some(c) = self.received.get(peer as usize) {
+            c[kind_index(m)].increment(1);
+        }
+    }
+
+    pub fn commit(&self, path: Path) {
+        match path {
+            Path::Fast => self.fast.increment(1),
+            Path::Slow => self.slow.increment(1),
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The runtime: the thin async shell around the protocol core.
+//!
+//! - gRPC handlers decode and validate, then push one [`Event`] into `bigChannel` (bounded).
+//! - One event loop task owns the [`Replica`] and nothing else touches it: it takes an event,
+//!   drains whatever else is already queued (up to [`DRAIN_MAX`]), stamps `now`, feeds the core,
+//!   calls `flush` (which is what batches the drained proposals into one instance) and then
+//!   carries out the core's [`Ready`] in order: encode each message once and hand the bytes to
+//!   each addressee's bounded queue, answer clients, update metrics.
+//! - One link task per peer (see `transport`) writes that peer's queue onto its stream.
+//!
+//! No locks guard protocol state: it lives on one task.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::command::{Command, OpResult};
+use crate::config::Config;
+use crate::ids::ReplicaId;
+use crate::message::Message;
+use crate::metrics::LoopMetrics;
+use crate::proto::kv_server::{Kv, KvServer};
+use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
+use crate::replica::{Options, Ready, Replica, ReplyError, Token};
+use crate::{transport, wire};
+
+/// Most events taken from bigChannel before the loop flushes and sends.
+pub const DRAIN_MAX: usize = 4096;
+
+/// Tunables of the shell.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub core: Options,
+    /// How often the core's timers are checked.
+    pub tick: Duration,
+    /// How long a client's Propose may wait for its command to execute.
+    pub propose_timeout: Duration,
+    /// Capacity of bigChannel, in events.
+    pub big_channel_max: usize,
+    /// Capacity of each peer's outbound queue, in messages.
+    pub peer_queue_max: usize,
+}
+
+impl RuntimeOptions {
+    pub fn new(core: Options) -> Self {
+        RuntimeOptions {
+            core,
+            tick: Duration::from_millis(10),
+            propose_timeout: Duration::from_secs(10),
+            big_channel_max: 65_536,
+            peer_queue_max: 65_536,
+        }
+    }
+}
+
+/// Why the replica could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The metrics endpoint could not start (address in use?).
+    #[error("cannot start metrics endpoint on {0}: {1}")]
+    Metrics(SocketAddr, String),
+    /// The gRPC server could not bind or failed.
+    #[error("gRPC server on {0}: {1}")]
+    Server(SocketAddr, tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// Invalid options.
+    #[error(transparent)]
+    Options(#[from] crate::replica::OptionsError),
+}
+
+/// What the handlers put into bigChannel.
+pub enum Event {
+    /// A client's command and where its answer goes.
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<OpResult, Status>>,
+        at: Instant,
+    },
+    /// Messages from one peer, decoded and validated.
+    Peer {
+        from: ReplicaId,
+        messages: Vec<Message>,
+    },
+    /// A status query.
+    Status {
+        reply: oneshot::Sender<proto::StatusReply>,
+    },
+}
+
+/// Runs replica `id` of `config` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    id: ReplicaId,
+    opts: RuntimeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    opts.core.validate()?;
+    let me = config.replicas[id.index()].clone();
+    crate::metrics::install(me.metrics_addr)
+        .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
+    metrics::gauge!("epaxos_durable").set(0.0);
+
+    let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
+    let mut peer_queues: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; config.n()];
+    for peer in &config.replicas {
+        if peer.id == id {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(opts.peer_queue_max);
+        peer_queues[peer.id.index()] = Some(tx);
+        tokio::spawn(transport::run_link(id, peer.id, peer.addr, rx));
+    }
+
+    let core = Replica::new(opts.core.clone());
+    let event_loop = tokio::spawn(run_loop(core, big_rx, peer_queues, opts.tick));
+
+    let service = Service {
+        id,
+        n: config.n(),
+        big: big_tx,
+        propose_timeout: opts.propose_timeout,
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KvServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
+
+    tracing::info!(replica = %id, addr = %me.addr, metrics = %me.metrics_addr, n = config.n(),
+        thrifty = opts.core.thrifty, "replica serving (durability: none)");
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            KvServer::new(service)
+                .max_decoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_shutdown(me.addr, shutdown)
+        .await
+        .map_err(|e| RuntimeError::Server(me.addr, e));
+    event_loop.abort();
+    result
+}
+
+/// A client waiting for its command: where the answer goes and when the proposal arrived.
+type Waiter = (oneshot::Sender<Result<OpResult, Status>>, Instant);
+
+/// The single-threaded event loop's state: the core and what the shell needs to carry out its
+/// outputs.
+struct EventLoop {
+    core: Replica,
+    me: ReplicaId,
+    start: Instant,
+    peers: Vec<Option<mpsc::Sender<Bytes>>>,
+    waiting: HashMap<Token, Waiter>,
+    next_token: Token,
+    m: LoopMetrics,
+}
+
+/// Runs the event loop that owns all protocol state until bigChannel closes.
+async fn run_loop(
+    core: Replica,
+    mut big: mpsc::Receiver<Event>,
+    peers: Vec<Option<mpsc::Sender<Bytes>>>,
+    tick: Duration,
+) {
+    let mut el = EventLoop {
+        me: core.id(),
+        m: LoopMetrics::new(peers.len()),
+        core,
+        start: Instant::now(),
+        peers,
+        waiting: HashMap::new(),
+        next_token: 0,
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = big.recv() => match ev {
+                Some(ev) => el.handle(ev),
+                None => return,
+            },
+            _ = ticker.tick() => el.core.tick(el.start.elapsed()),
+        }
+        for _ in 0..DRAIN_MAX {
+            match big.try_recv() {
+                Ok(ev) => el.handle(ev),
+                Err(_) => break,
+            }
+        }
+        el.core.flush(el.start.elapsed());
+        let ready = el.core.take_ready();
+        el.carry_out(ready);
+        el.m.big_channel.set(big.len() as f64);
+        el.m.waiting.set(el.core.unexecuted() as f64);
+        el.m.pending.set(el.core.pending() as f64);
+        el.m.inflight.set(el.core.inflight() as f64);
+    }
+}
+
+impl EventLoop {
+    fn handle(&mut self, ev: Event) {
+        let now = self.start.elapsed();
+        match ev {
+            Event::Propose { cmd, reply, at } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                match self.core.propose(token, cmd) {
+                    Ok(()) => {
+                        self.m.proposals.increment(1);
+                        self.waiting.insert(token, (reply, at));
+                    }
+                    Err(e) => {
+                        self.m.rejected_overloaded.increment(1);
+                        let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+                    }
+                }
+            }
+            Event::Peer { from, messages } => {
+                for msg in messages {
+                    self.m.received(from.0, &msg);
+                    tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
+                        instance = ?msg.instance(), ballot = ?msg.ballot(), deps = ?msg.deps());
+                    self.core.handle(now, from, msg);
+                }
+            }
+            Event::Status { reply } => {
+                let _ = reply.send(proto::StatusReply {
+                    id: self.me.0,
+                    executed: self.core.kv().executed(),
+                    digest: self.core.kv().digest(),
+                    committed: self.core.committed_count(),
+                    keys: self.core.kv().len() as u64,
+                    waiting: self.core.unexecuted(),
+                });
+            }
+        }
+    }
+
+    /// Carries out the core's outputs. Nothing is durable yet, so nothing waits for an fsync.
+    fn carry_out(&mut self, ready: Ready) {
+        let m = &self.m;
+        for out in ready.messages {
+            let bytes = wire::encode(&out.msg);
+            for to in out.to {
+                m.sent(to.0, &out.msg);
+                tracing::debug!(dir = "send", kind = out.msg.kind(), from = %self.me, to = %to,
+                    instance = ?out.msg.instance(), ballot = ?out.msg.ballot(),
+                    deps = ?out.msg.deps());
+                let Some(Some(q)) = self.peers.get(to.index()) else {
+                    continue;
+                };
+                if q.try_send(bytes.clone()).is_err() {
+                    m.dropped[to.index()].increment(1);
+                }
+            }
+        }
+        for batch in ready.batches {
+            m.batches.increment(1);
+            m.batch_size.record(batch as f64);
+        }
+        for c in ready.committed {
+            m.committed.increment(1);
+            if let Some((path, latency)) = c.led {
+                m.commit(path);
+                m.commit_latency.record(latency.as_secs_f64());
+            }
+        }
+        m.executed_instances.increment(ready.executed.len() as u64);
+        for reply in ready.replies {
+            m.executed_commands.increment(1);
+            if let Some((tx, at)) = self.waiting.remove(&reply.token) {
+                m.execution_latency.record(at.elapsed().as_secs_f64());
+                let _ = tx.send(reply.result.map_err(|e| match e {
+                    ReplyError::Stale => Status::failed_precondition(e.to_string()),
+                }));
+            }
+        }
+    }
+}
+
+/// The gRPC service: translates calls into events.
+struct Service {
+    id: ReplicaId,
+    n: usize,
+    big: mpsc::Sender<Event>,
+    propose_timeout: Duration,
+}
+
+#[tonic::async_trait]
+impl Kv for Service {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let cmd = wire::command_from_request(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let event = Event::Propose {
+            cmd,
+            reply: tx,
+            at: Instant::now(),
+        };
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        match tokio::time::timeout_at(deadline, self.big.send(event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("replica is shutting down")),
+            Err(_) => return Err(Status::resource_exhausted("replica overloaded")),
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(result))) => Ok(Response::new(ProposeReply {
+                result: Some(wire::result_to_proto(&result)),
+                replica: self.id.0,
+            })),
+            Ok(Ok(Err(status))) => Err(status),
+            Ok(Err(_)) => Err(Status::unavailable("replica is shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "command did not execute in time; retry with the same client_id and request_id",
+            )),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.big
+            .send(Event::Status { reply: tx })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(s)) => Ok(Response::new(s)),
+            _ => Err(Status::unavailable("replica did not answer in time")),
+        }
+    }
+
+    type DispatchStream = ReceiverStream<Result<DispatchAck, Status>>;
+
+    async fn dispatch(
+        &self,
+        request: Request<tonic::Streaming<PeerBatch>>,
+    ) -> Result<Response<Self::DispatchStream>, Status> {
+        let mut inbound = request.into_inner();
+        // The response stream stays open (and empty) while `keep_open` lives in the reader.
+        let (keep_open, rx) = mpsc::channel(1);
+        let big = self.big.clone();
+        let n = self.n;
+        tokio::spawn(async move {
+            let _keep_open = keep_open;
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "peer stream ended");
+                        break;
+                    }
+                };
+                if batch.from as usize >= n {
+                    tracing::warn!(
+                        from = batch.from,
+                        "batch from a replica not in the config; closing stream"
+                    );
+                    break;
+                }
+                let from = ReplicaId(batch.from);
+                let mut messages = Vec::with_capacity(batch.messages.len());
+                for bytes in &batch.messages {
+                    match wire::decode(bytes, n) {
+                        Ok(m) => messages.push(m),
+                        Err(e) => {
+                            metrics::counter!("epaxos_wire_errors_total",
+                                "peer" => crate::metrics::peer_label(from.0))
+                            .increment(1);
+                            tracing::warn!(%from, error = %e, "dropping malformed peer message");
+                        }
+                    }
+                }
+                // Backpressure: a full bigChannel slows the peer's stream down.
+                if big.send(Event::Peer { from, messages }).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

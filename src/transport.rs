@@ -1,0 +1,122 @@
+//! Outbound peer links: one task per peer drains that peer's bounded queue of encoded messages
+//! onto the `Dispatch` stream this replica dialed. Only the dialer writes; the receiver reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::gauge;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::ids::ReplicaId;
+use crate::metrics::peer_label;
+use crate::proto::kv_client::KvClient;
+use crate::proto::PeerBatch;
+
+/// Most messages written as one stream item.
+pub const BATCH_MESSAGES_MAX: usize = 1024;
+/// Most bytes (roughly) written as one stream item; a single larger message still goes alone.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest gRPC message a replica accepts (a batch of large values).
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Stream items buffered between the link task and the HTTP/2 stream.
+const STREAM_ITEMS_MAX: usize = 16;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the link to `peer` until `queue` closes (the replica is shutting down). Dials with
+/// exponential backoff, so a peer that starts later or restarts is reconnected by itself.
+/// Messages handed over while the link is down wait in the queue; a message lost when a
+/// stream breaks is resent by the protocol's own retransmission.
+pub async fn run_link(
+    me: ReplicaId,
+    peer: ReplicaId,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Bytes>,
+) {
+    let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+            Ok(e) => e
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(10)),
+            Err(e) => {
+                tracing::error!(%peer, %addr, error = %e, "invalid peer address; link disabled");
+                return;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, %addr, error = %e, ?backoff, "dial failed; retrying");
+                if queue.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let mut client = KvClient::new(channel)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let (tx, rx) = mpsc::channel::<PeerBatch>(STREAM_ITEMS_MAX);
+        let mut responses = match client.dispatch(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "dispatch refused; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        tracing::info!(%peer, %addr, "connected to peer");
+        connected.set(1.0);
+        backoff = BACKOFF_MIN;
+        let closed = loop {
+            let first = tokio::select! {
+                m = queue.recv() => match m {
+                    Some(m) => m,
+                    None => break true,
+                },
+                // The peer never writes back; a message or end here means the stream is gone.
+                _ = responses.message() => break false,
+            };
+            let mut bytes = first.len();
+            let mut messages = vec![first];
+            while messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+                match queue.try_recv() {
+                    Ok(m) => {
+                        bytes += m.len();
+                        messages.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if tx
+                .send(PeerBatch {
+                    from: me.0,
+                    messages,
+                })
+                .await
+                .is_err()
+            {
+                // The stream is gone with this batch; the protocol resends what matters.
+                break false;
+            }
+        };
+        connected.set(0.0);
+        if closed {
+            return;
+        }
+        tracing::info!(%peer, "peer stream closed; redialing");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

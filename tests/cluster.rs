@@ -1,0 +1,233 @@
+//! End-to-end tests on real replica processes over real sockets.
+
+mod common;
+
+use common::*;
+use epaxos_kv::proto;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_then_get_on_every_replica() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut s = Session::new();
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let r = s.call(&mut c0, put("alpha", "one")).await.expect("put");
+    assert!(r.success);
+    assert!(!r.found, "alpha did not exist before");
+    for i in 0..3 {
+        let mut c = cluster.client(i).await.expect("connect");
+        let r = s.call(&mut c, get("alpha")).await.expect("get");
+        assert!(r.found, "replica {i} sees the acknowledged put");
+        assert_eq!(&r.value[..], b"one");
+    }
+    let r = s.call(&mut c0, get("missing")).await.expect("get");
+    assert!(!r.found);
+    cluster.converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_and_delete_semantics() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut s = Session::new();
+    let mut c = cluster.client(1).await.expect("connect");
+    let r = s.call(&mut c, cas("k", None, "v1")).await.expect("cas");
+    assert!(r.success, "cas on an absent key expecting absence succeeds");
+    let r = s.call(&mut c, cas("k", None, "v2")).await.expect("cas");
+    assert!(!r.success, "cas expecting absence fails on a present key");
+    assert_eq!(&r.value[..], b"v1");
+    let r = s
+        .call(&mut c, cas("k", Some("wrong"), "v2"))
+        .await
+        .expect("cas");
+    assert!(!r.success);
+    let r = s
+        .call(&mut c, cas("k", Some("v1"), "v2"))
+        .await
+        .expect("cas");
+    assert!(r.success);
+    let r = s.call(&mut c, delete("k")).await.expect("delete");
+    assert!(r.found);
+    let r = s.call(&mut c, delete("k")).await.expect("delete");
+    assert!(!r.found);
+    let r = s.call(&mut c, get("k")).await.expect("get");
+    assert!(!r.found);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_request_executes_once_with_same_answer() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let mut c2 = cluster.client(2).await.expect("connect");
+    let id = rand::random::<u64>();
+    let req = |op| proto::ProposeRequest {
+        client_id: id,
+        request_id: 1,
+        op: Some(op),
+    };
+    // The same request (a CAS that only the first execution can win) at two replicas.
+    let first = c0
+        .propose(req(cas("once", None, "x")))
+        .await
+        .expect("first")
+        .into_inner();
+    let retry = c2
+        .propose(req(cas("once", None, "x")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(
+        first.result, retry.result,
+        "a retry gets the original answer"
+    );
+    assert!(first.result.expect("result").success);
+    cluster.converged().await;
+    for i in 0..3 {
+        assert_eq!(
+            cluster.status(i).await.executed,
+            1,
+            "replica {i} executed it once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut c = cluster.client(0).await.expect("connect");
+    let big = "k".repeat(epaxos_kv::command::KEY_BYTES_MAX + 1);
+    let err = Session::new()
+        .call(&mut c, get(&big))
+        .await
+        .expect_err("oversized key");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("key is"), "{}", err.message());
+    let err = c
+        .propose(proto::ProposeRequest {
+            client_id: 1,
+            request_id: 1,
+            op: None,
+        })
+        .await
+        .expect_err("no op");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = c
+        .propose(proto::ProposeRequest {
+            client_id: 1,
+            request_id: 0,
+            op: Some(get("k")),
+        })
+        .await
+        .expect_err("request id 0");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // The replica is still fine.
+    let r = Session::new()
+        .call(&mut c, put("k", "v"))
+        .await
+        .expect("put");
+    assert!(r.success);
+}
+
+/// Concurrent sessions on conflicting and non-conflicting keys, at one replica or spread over
+/// all; every reply checked against a per-session model, then digests compared.
+async fn concurrent_load(n: usize, round_robin: bool, flags: &[&str]) {
+    let cluster = Cluster::start(n, flags).await;
+    let mut tasks = Vec::new();
+    const SESSIONS: usize = 24;
+    const OPS: usize = 60;
+    for w in 0..SESSIONS {
+        let mut clients = Vec::new();
+        for i in 0..n {
+            clients.push(cluster.client(i).await.expect("connect"));
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut s = Session::new();
+            // Each session owns a private key (its model is exact) and shares a hot key.
+            let own = format!("own-{w}");
+            let mut expect: Option<String> = None;
+            for k in 0..OPS {
+                let target = if round_robin {
+                    (w + k) % clients.len()
+                } else {
+                    0
+                };
+                let c = &mut clients[target];
+                match k % 5 {
+                    0 | 1 => {
+                        let v = format!("{w}-{k}");
+                        let r = s.call(c, put(&own, &v)).await.expect("put");
+                        assert_eq!(r.found, expect.is_some());
+                        expect = Some(v);
+                    }
+                    2 => {
+                        let r = s.call(c, get(&own)).await.expect("get");
+                        assert_eq!(r.found, expect.is_some(), "session {w} op {k}");
+                        if let Some(v) = &expect {
+                            assert_eq!(&r.value[..], v.as_bytes(), "session {w} op {k}");
+                        }
+                    }
+                    3 => {
+                        // The hot key: increments by CAS, retried until it wins.
+                        loop {
+                            let cur = s.call(c, get("hot")).await.expect("get hot");
+                            let n: u64 = if cur.found {
+                                std::str::from_utf8(&cur.value)
+                                    .expect("utf8")
+                                    .parse()
+                                    .expect("number")
+                            } else {
+                                0
+                            };
+                            let exp = if cur.found { Some(n.to_string()) } else { None };
+                            let r = s
+                                .call(c, cas("hot", exp.as_deref(), &(n + 1).to_string()))
+                                .await
+                                .expect("cas hot");
+                            if r.success {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        let r = s.call(c, delete(&own)).await.expect("delete");
+                        assert_eq!(r.found, expect.is_some());
+                        expect = None;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("session task");
+    }
+    cluster.converged().await;
+    // Every successful CAS incremented the hot key exactly once.
+    let mut c = cluster.client(n - 1).await.expect("connect");
+    let r = Session::new()
+        .call(&mut c, get("hot"))
+        .await
+        .expect("get hot");
+    let incs = SESSIONS * OPS.div_ceil(5);
+    assert_eq!(
+        std::str::from_utf8(&r.value).expect("utf8"),
+        incs.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_single_target_concurrent() {
+    concurrent_load(3, false, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_round_robin_concurrent() {
+    concurrent_load(3, true, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_round_robin_concurrent() {
+    concurrent_load(5, true, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_thrifty_round_robin() {
+    concurrent_load(5, true, &["--thrifty"]).await;
+}

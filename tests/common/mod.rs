@@ -1,0 +1,245 @@
+//! Test harness: a cluster of real `replica` processes on ephemeral loopback ports, and a small
+//! gRPC client over the public contract. Every process is killed when the cluster drops.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use epaxos_kv::proto::kv_client::KvClient;
+use epaxos_kv::proto::{self, operation::Kind};
+use tonic::transport::Channel;
+
+/// A running cluster.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub addrs: Vec<String>,
+    pub metrics: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+/// Reserves `count` distinct free loopback ports. The listeners are dropped just before the
+/// replicas bind; another process could take a port in between, which `start` then reports.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+impl Cluster {
+    /// Starts `n` replicas with extra flags and waits until each answers Status.
+    pub async fn start(n: usize, flags: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "epaxos-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let ports = free_ports(2 * n);
+        let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+        let metrics: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}", ports[n + i]))
+            .collect();
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"id": {i}, "addr": "{}", "metrics_addr": "{}"}}"#,
+                    addrs[i], metrics[i]
+                )
+            })
+            .collect();
+        let config = dir.join("config.json");
+        std::fs::write(
+            &config,
+            format!(r#"{{"replicas": [{}]}}"#, entries.join(", ")),
+        )
+        .expect("write config");
+        let mut cluster = Cluster {
+            dir,
+            config,
+            addrs,
+            metrics,
+            children: Vec::new(),
+        };
+        for i in 0..n {
+            let child = cluster.spawn(i, flags);
+            cluster.children.push(Some(child));
+        }
+        for i in 0..n {
+            cluster.wait_up(i).await;
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize, flags: &[&str]) -> Child {
+        let log = std::fs::File::create(self.dir.join(format!("replica-{i}.log")))
+            .expect("create log file");
+        Command::new(env!("CARGO_BIN_EXE_replica"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--id")
+            .arg(i.to_string())
+            .args(flags)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn replica")
+    }
+
+    /// Waits (bounded) until replica `i` answers Status.
+    pub async fn wait_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = self.client(i).await {
+                if c.status(proto::StatusRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not come up; log:\n{}",
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("replica-{i}.log"))).unwrap_or_default()
+    }
+
+    pub async fn client(&self, i: usize) -> Result<KvClient<Channel>, tonic::transport::Error> {
+        let ch = Channel::from_shared(format!("http://{}", self.addrs[i]))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await?;
+        Ok(KvClient::new(ch))
+    }
+
+    pub async fn status(&self, i: usize) -> proto::StatusReply {
+        let mut c = self.client(i).await.expect("connect");
+        c.status(proto::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// Waits (bounded) until all replicas report the same digest and executed count, and
+    /// returns the digest.
+    pub async fn converged(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut s = Vec::new();
+            for i in 0..self.addrs.len() {
+                s.push(self.status(i).await);
+            }
+            let same = s.windows(2).all(|w| {
+                w[0].digest == w[1].digest && w[0].executed == w[1].executed && w[0].waiting == 0
+            }) && s[s.len() - 1].waiting == 0;
+            if same {
+                return s[0].digest;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    rand::random::<u64>()
+}
+
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+pub fn get(key: &str) -> proto::Operation {
+    proto::Operation {
+        kind: Some(Kind::Get(proto::Get { key: b(key) })),
+    }
+}
+
+pub fn put(key: &str, value: &str) -> proto::Operation {
+    proto::Operation {
+        kind: Some(Kind::Put(proto::Put {
+            key: b(key),
+            value: b(value),
+        })),
+    }
+}
+
+pub fn delete(key: &str) -> proto::Operation {
+    proto::Operation {
+        kind: Some(Kind::Delete(proto::Delete { key: b(key) })),
+    }
+}
+
+pub fn cas(key: &str, expected: Option<&str>, new: &str) -> proto::Operation {
+    proto::Operation {
+        kind: Some(Kind::Cas(proto::Cas {
+            key: b(key),
+            expected: expected.map(b),
+            new_value: b(new),
+        })),
+    }
+}
+
+/// A client session: one request in flight, numbered from 1.
+pub struct Session {
+    pub id: u64,
+    pub next: u64,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session {
+            id: rand::random(),
+            next: 1,
+        }
+    }
+
+    /// Sends `op` as the next request to `client`.
+    pub async fn call(
+        &mut self,
+        client: &mut KvClient<Channel>,
+        op: proto::Operation,
+    ) -> Result<proto::OpResult, tonic::Status> {
+        let req = proto::ProposeRequest {
+            client_id: self.id,
+            request_id: self.next,
+            op: Some(op),
+        };
+        self.next += 1;
+        let reply = client.propose(req).await?.into_inner();
+        Ok(reply.result.unwrap_or_default())
+    }
+}
