@@ -59,11 +59,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         runtime::serve(config, me, opts, shutdown_signal())
             .await
             .with_context(|| format!("replica {}", args.id))
-    })
+    });
+    // Peer links and open streams are abandoned, not awaited.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -30,6 +30,9 @@ use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::replica::{Options, Ready, Replica, ReplyError, Token};
 use crate::{transport, wire};
 
+/// How long a stopping replica waits for in-flight calls.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
 /// Most events taken from bigChannel before the loop flushes and sends.
 pub const DRAIN_MAX: usize = 4096;
 
@@ -143,7 +146,16 @@ pub async fn serve(
 
     tracing::info!(replica = %id, addr = %me.addr, metrics = %me.metrics_addr, n = config.n(),
         thrifty = opts.core.thrifty, "replica serving (durability: none)");
-    let result = tonic::transport::Server::builder()
+    // Peers keep their Dispatch streams open forever, so a graceful stop waits at most
+    // SHUTDOWN_GRACE for in-flight calls and then ends the server.
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop_server = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.notify_waiters();
+        stop.notify_one();
+    });
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -153,9 +165,17 @@ pub async fn serve(
                 .max_decoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX),
         )
-        .serve_with_shutdown(me.addr, shutdown)
-        .await
-        .map_err(|e| RuntimeError::Server(me.addr, e));
+        .serve_with_shutdown(me.addr, {
+            let stop = stop_server.clone();
+            async move { stop.notified().await }
+        });
+    let result = tokio::select! {
+        r = server => r.map_err(|e| RuntimeError::Server(me.addr, e)),
+        _ = async {
+            stop_server.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    };
     event_loop.abort();
     result
 }

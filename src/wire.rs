@@ -27,20 +27,23 @@ pub enum WireError {
     Command(#[from] CommandError),
 }
 
-/// Converts a client operation.
+/// Converts a client operation. Keys and values are copied out of the decode buffer: a `Bytes`
+/// slice would otherwise pin the whole received gRPC message (a batch of many peer messages)
+/// for as long as the instance or the conflict index keeps the key.
 pub fn op_from_proto(op: Option<proto::Operation>) -> Result<Op, CommandError> {
     use proto::operation::Kind;
+    let own = |b: Bytes| Bytes::copy_from_slice(&b);
     let op = match op.and_then(|o| o.kind).ok_or(CommandError::Missing)? {
-        Kind::Get(g) => Op::Get { key: g.key },
+        Kind::Get(g) => Op::Get { key: own(g.key) },
         Kind::Put(p) => Op::Put {
-            key: p.key,
-            value: p.value,
+            key: own(p.key),
+            value: own(p.value),
         },
-        Kind::Delete(d) => Op::Delete { key: d.key },
+        Kind::Delete(d) => Op::Delete { key: own(d.key) },
         Kind::Cas(c) => Op::Cas {
-            key: c.key,
-            expected: c.expected,
-            new: c.new_value,
+            key: own(c.key),
+            expected: c.expected.map(own),
+            new: own(c.new_value),
         },
     };
     op.validate()?;
