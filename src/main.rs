@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::load(&args.config).context("loading the cluster configuration")?;
     let me = config.replica(args.id).context("checking --id")?.id;

@@ -1,6 +1,7 @@
 //! The protocol's messages between replicas, as the core sees them. `wire` converts them to and
 //! from the protobuf contract.
 
+use std::fmt;
 use std::sync::Arc;
 
 use crate::command::Command;
@@ -103,5 +104,36 @@ impl Message {
             | Message::Commit { deps, .. } => Some(deps),
             _ => None,
         }
+    }
+}
+
+/// Shows an optional value as itself or `-`, for traces.
+pub struct Show<T>(pub Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Show<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Shows a dependency list as `[0.1,2.7]`, for traces.
+pub struct ShowDeps<'a>(pub Option<&'a [InstanceId]>);
+
+impl fmt::Display for ShowDeps<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(deps) = self.0 else {
+            return f.write_str("-");
+        };
+        f.write_str("[")?;
+        for (i, d) in deps.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            d.fmt(f)?;
+        }
+        f.write_str("]")
     }
 }

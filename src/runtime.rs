@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::command::{Command, OpResult};
 use crate::config::Config;
 use crate::ids::ReplicaId;
-use crate::message::Message;
+use crate::message::{Message, Show, ShowDeps};
 use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
@@ -259,7 +259,8 @@ impl EventLoop {
                 for msg in messages {
                     self.m.received(from.0, &msg);
                     tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
-                        instance = ?msg.instance(), ballot = ?msg.ballot(), deps = ?msg.deps());
+                        instance = %Show(msg.instance()), ballot = %Show(msg.ballot()),
+                        deps = %ShowDeps(msg.deps()));
                     self.core.handle(now, from, msg);
                 }
             }
@@ -284,8 +285,8 @@ impl EventLoop {
             for to in out.to {
                 m.sent(to.0, &out.msg);
                 tracing::debug!(dir = "send", kind = out.msg.kind(), from = %self.me, to = %to,
-                    instance = ?out.msg.instance(), ballot = ?out.msg.ballot(),
-                    deps = ?out.msg.deps());
+                    instance = %Show(out.msg.instance()), ballot = %Show(out.msg.ballot()),
+                    deps = %ShowDeps(out.msg.deps()));
                 let Some(Some(q)) = self.peers.get(to.index()) else {
                     continue;
                 };
