@@ -231,3 +231,134 @@ async fn five_replicas_round_robin_concurrent() {
 async fn five_replicas_thrifty_round_robin() {
     concurrent_load(5, true, &["--thrifty"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_replicas_agree() {
+    let cluster = Cluster::start(7, &[]).await;
+    let mut s = Session::new();
+    for i in 0..7 {
+        let mut c = cluster.client(i).await.expect("connect");
+        let r = s
+            .call(&mut c, put("seven", &i.to_string()))
+            .await
+            .expect("put");
+        assert_eq!(r.found, i > 0);
+        let r = s.call(&mut c, get("seven")).await.expect("get");
+        assert_eq!(
+            &r.value[..],
+            i.to_string().as_bytes(),
+            "replica {i} reads its own write"
+        );
+    }
+    cluster.converged().await;
+}
+
+/// Starts `replica` on a config text and returns its exit status and stderr.
+fn replica_exit(config: &str, id: &str) -> (bool, String) {
+    let path = std::env::temp_dir().join(format!("epaxos-badcfg-{}.json", rand::random::<u64>()));
+    std::fs::write(&path, config).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--id")
+        .arg(id)
+        .output()
+        .expect("run replica");
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_stops_the_replica_with_a_named_problem() {
+    let ok_entry = r#"{"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"}"#;
+    let cases = [
+        ("{ not json".to_string(), "0", "invalid config file"),
+        (
+            format!(r#"{{"replicas": [{ok_entry}]}}"#),
+            "3",
+            "replica id 3 is not in the config",
+        ),
+        (
+            format!(r#"{{"replicas": [{ok_entry}, {ok_entry}]}}"#),
+            "0",
+            "duplicate replica id 0",
+        ),
+        (
+            r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1"}]}"#.to_string(),
+            "0",
+            "metrics_addr",
+        ),
+    ];
+    for (config, id, want) in cases {
+        let (success, stderr) = replica_exit(&config, id);
+        assert!(!success, "replica must refuse {config}");
+        assert!(
+            stderr.contains(want),
+            "for {config}: want {want:?} in {stderr}"
+        );
+    }
+}
+
+/// Fetches a replica's `/metrics` text over plain HTTP/1.0.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read metrics");
+    body
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_peer_is_counted_and_dropped() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut c = cluster.client(0).await.expect("connect");
+    let batches = vec![
+        proto::PeerBatch {
+            from: 1,
+            messages: vec![bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x01])],
+        },
+        proto::PeerBatch {
+            from: 99,
+            messages: vec![],
+        },
+    ];
+    // The stream is closed by the replica after the batch from an unknown sender.
+    let resp = c
+        .dispatch(tokio_stream::iter(batches))
+        .await
+        .expect("dispatch call");
+    let mut inbound = resp.into_inner();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message()).await;
+    assert!(
+        matches!(end, Ok(Ok(None)) | Ok(Err(_))),
+        "stream closed: {end:?}"
+    );
+    // The replica still works and counted the malformed message.
+    let r = Session::new()
+        .call(&mut c, put("after", "garbage"))
+        .await
+        .expect("put");
+    assert!(r.success);
+    let text = scrape(&cluster.metrics[0]);
+    assert_eq!(
+        metric(&text, "epaxos_wire_errors_total{peer=\"1\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "epaxos_messages_sent_total") > 0.0);
+    assert!(metric(&text, "epaxos_commits_total") >= 1.0);
+}
