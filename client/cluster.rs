@@ -1,0 +1,281 @@
+//! The client's view of the cluster: one gRPC channel per replica, and which replica a request
+//! goes to.
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::ValueEnum;
+use epaxos_kv::config::Config;
+use epaxos_kv::proto::kv_client::KvClient;
+use epaxos_kv::proto::StatusRequest;
+use tonic::transport::{Channel, Endpoint};
+
+/// How requests are spread over the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetMode {
+    /// Every request goes to one replica (the first, or `--replica ID`); retries too.
+    Single,
+    /// Successive requests go to successive replicas; a retry goes to the next replica.
+    /// Replicas that just answered UNAVAILABLE (for example refused the connection) are
+    /// skipped for a second.
+    RoundRobin,
+}
+
+impl TargetMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetMode::Single => "single",
+            TargetMode::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// One lazily connected channel per replica. Channels multiplex any number of concurrent
+/// requests over one HTTP/2 connection; clients are cheap clones of them.
+pub struct Cluster {
+    addrs: Vec<SocketAddr>,
+    clients: Vec<KvClient<Channel>>,
+    /// Per replica: until when (ms since `epoch`) round-robin traffic avoids it, because it
+    /// refused a connection or said it is unavailable.
+    down_until_ms: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+/// How long round-robin requests avoid a replica that answered UNAVAILABLE.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Loads and validates the config file, and prepares (without dialing) a channel to each
+    /// replica.
+    pub fn load(path: &Path, connect_timeout: Duration) -> Result<Cluster> {
+        // The error names the file and the problem (and already includes its cause).
+        let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+        Cluster::new(&config, connect_timeout)
+    }
+
+    pub fn new(config: &Config, connect_timeout: Duration) -> Result<Cluster> {
+        let mut addrs = Vec::with_capacity(config.n());
+        let mut clients = Vec::with_capacity(config.n());
+        for r in &config.replicas {
+            let endpoint = Endpoint::from_shared(format!("http://{}", r.addr))
+                .with_context(|| format!("replica {}: bad address {}", r.id.0, r.addr))?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true);
+            addrs.push(r.addr);
+            clients.push(KvClient::new(endpoint.connect_lazy()));
+        }
+        let down_until_ms = addrs.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(Cluster {
+            addrs,
+            clients,
+            down_until_ms,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Notes that replica `idx` is unreachable or shutting down: round-robin requests skip it
+    /// for a while.
+    pub fn mark_down(&self, idx: usize) {
+        let until = self.now_ms().saturating_add(DOWN_FOR.as_millis() as u64);
+        self.down_until_ms[idx].fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether replica `idx` was recently marked down.
+    pub fn is_down(&self, idx: usize) -> bool {
+        self.down_until_ms[idx].load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// Number of replicas.
+    pub fn n(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The address of replica `idx`.
+    pub fn addr(&self, idx: usize) -> SocketAddr {
+        self.addrs[idx]
+    }
+
+    /// A client for replica `idx` (a cheap clone sharing the replica's channel).
+    pub fn client(&self, idx: usize) -> KvClient<Channel> {
+        self.clients[idx].clone()
+    }
+
+    /// Checks that `--replica` names a replica of the config and returns its index.
+    pub fn check_replica(&self, id: u32) -> Result<usize> {
+        let idx = id as usize;
+        if idx >= self.n() {
+            bail!(
+                "--replica {id}: replica id {id} is not in the config (it lists ids 0..={})",
+                self.n() - 1
+            );
+        }
+        Ok(idx)
+    }
+
+    /// Asks replica `idx` for its status (which also opens the connection), within `timeout`.
+    pub async fn probe(&self, idx: usize, timeout: Duration) -> Result<()> {
+        let mut client = self.client(idx);
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.status(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if !is_local_timeout(&status) => {
+                if status.code() == tonic::Code::Unavailable {
+                    self.mark_down(idx);
+                }
+                bail!(
+                    "replica {idx} at {}: {}",
+                    self.addr(idx),
+                    describe_status(&status)
+                )
+            }
+            _ => bail!(
+                "replica {idx} at {}: no answer within {} ms",
+                self.addr(idx),
+                timeout.as_millis()
+            ),
+        }
+    }
+}
+
+/// Chooses the replica of each request and of each retry, for one session.
+#[derive(Debug, Clone)]
+pub struct Picker {
+    mode: TargetMode,
+    n: usize,
+    next: usize,
+}
+
+impl Picker {
+    /// In single mode every request goes to `start`; in round-robin mode the first request goes
+    /// to `start` and each following one to the next replica.
+    pub fn new(mode: TargetMode, n: usize, start: usize) -> Picker {
+        Picker {
+            mode,
+            n,
+            next: start % n.max(1),
+        }
+    }
+
+    /// The replica for a new request. Round-robin skips replicas recently marked down (unless
+    /// all are).
+    pub fn first(&mut self, cluster: &Cluster) -> usize {
+        match self.mode {
+            TargetMode::Single => self.next,
+            TargetMode::RoundRobin => {
+                let r = self.up_from(self.next, cluster);
+                self.next = (self.next + 1) % self.n;
+                r
+            }
+        }
+    }
+
+    /// The replica for a retry of a request last sent to `prev`: the same one in single mode,
+    /// the next one not marked down in round-robin mode.
+    pub fn retry(&self, prev: usize, cluster: &Cluster) -> usize {
+        match self.mode {
+            TargetMode::Single => prev,
+            TargetMode::RoundRobin => self.up_from((prev + 1) % self.n, cluster),
+        }
+    }
+
+    /// The first replica from `start` on (cyclically) not marked down, or `start` if all are.
+    fn up_from(&self, start: usize, cluster: &Cluster) -> usize {
+        (0..self.n)
+            .map(|i| (start + i) % self.n)
+            .find(|&r| !cluster.is_down(r))
+            .unwrap_or(start)
+    }
+}
+
+/// Whether tonic itself gave up waiting: its channel enforces the request's grpc-timeout and
+/// then reports CANCELLED "Timeout expired", usually just before our own timer fires.
+pub fn is_local_timeout(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Cancelled {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message() == tonic::TimeoutExpired(()).to_string()
+}
+
+/// A gRPC status as one line: its code, its message and the causes tonic attaches (for example
+/// "Unavailable: tcp connect error: Connection refused (os error 111)").
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut out = format!("{:?}", status.code());
+    let mut seen = String::new();
+    if !status.message().is_empty() {
+        out.push_str(": ");
+        out.push_str(status.message());
+        seen.push_str(status.message());
+    }
+    let mut source = status.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !seen.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+            seen.push_str(&text);
+        }
+        source = e.source();
+    }
+    if status.code() == tonic::Code::Unavailable && seen.contains("onnection refused") {
+        out.push_str(" (is the replica running?)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let text = r#"{"replicas": [
+            {"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"},
+            {"id": 1, "addr": "127.0.0.1:3", "metrics_addr": "127.0.0.1:4"},
+            {"id": 2, "addr": "127.0.0.1:5", "metrics_addr": "127.0.0.1:6"}]}"#;
+        let config = Config::parse(text).expect("valid config");
+        Cluster::new(&config, Duration::from_secs(1)).expect("cluster")
+    }
+
+    #[tokio::test]
+    async fn picker_single_stays() {
+        let c = cluster();
+        c.mark_down(2);
+        let mut p = Picker::new(TargetMode::Single, 3, 2);
+        assert_eq!([p.first(&c), p.first(&c), p.retry(2, &c)], [2, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn picker_round_robin_rotates_and_skips_down_replicas() {
+        let c = cluster();
+        let mut p = Picker::new(TargetMode::RoundRobin, 3, 1);
+        let got: Vec<usize> = (0..4).map(|_| p.first(&c)).collect();
+        assert_eq!(got, [1, 2, 0, 1]);
+        assert_eq!(p.retry(2, &c), 0);
+        c.mark_down(0);
+        assert_eq!(p.retry(2, &c), 1);
+        let got: Vec<usize> = (0..3).map(|_| p.first(&c)).collect();
+        assert_eq!(got, [2, 1, 1]);
+        c.mark_down(1);
+        c.mark_down(2);
+        assert_eq!(p.first(&c), 2, "all down: plain rotation");
+    }
+}

@@ -1,0 +1,276 @@
+//! Client sessions and the retry loop.
+//!
+//! The protocol allows a session (`client_id`) at most one request in flight, numbers its
+//! requests 1, 2, 3, ... and makes a retry reuse the number, so that the command executes at most
+//! once. A session here is owned by one task and used for one request at a time.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use epaxos_kv::proto::{Operation, ProposeReply, ProposeRequest};
+use rand::Rng;
+use tonic::Code;
+
+use crate::cluster::{describe_status, is_local_timeout, Cluster, Picker};
+
+/// One client session: a random id and the next request number.
+#[derive(Debug)]
+pub struct Session {
+    client_id: u64,
+    next_request_id: u64,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session {
+            client_id: fresh_client_id(),
+            next_request_id: 1,
+        }
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Takes the number for a new request.
+    fn take_request_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    /// Starts over under a new id. Used after giving up on a request that may still be in
+    /// flight somewhere, so that the old session never has two requests outstanding.
+    fn renew(&mut self) {
+        self.client_id = fresh_client_id();
+        self.next_request_id = 1;
+    }
+}
+
+fn fresh_client_id() -> u64 {
+    // 0 is a legal id, but a zero is what an uninitialised field looks like: avoid it.
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// How long to wait for each attempt and how often to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Further attempts after the first.
+    pub retries: u32,
+    /// Backoff before the first retry; doubles with each further one.
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn new(timeout: Duration, retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            timeout,
+            retries,
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+        }
+    }
+
+    /// The pause before retry number `retry` (1-based), with +-50% jitter.
+    fn backoff(&self, retry: u32, rng: &mut impl Rng) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16));
+        let d = exp.min(self.backoff_max);
+        d.mul_f64(rng.random_range(0.5..1.5))
+    }
+}
+
+/// A request that was answered.
+#[derive(Debug)]
+pub struct Success {
+    pub reply: ProposeReply,
+    /// Attempts made, 1 when the first one succeeded.
+    pub attempts: u32,
+    /// The replica (index) that answered.
+    pub replica: usize,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone)]
+pub enum AttemptError {
+    /// No answer within the per-attempt timeout.
+    Timeout { replica: usize, addr: SocketAddr },
+    /// The replica (or the transport) answered with an error status.
+    Status {
+        replica: usize,
+        addr: SocketAddr,
+        status: tonic::Status,
+    },
+}
+
+impl AttemptError {
+    /// A short name for counting errors by kind: "Timeout" or the gRPC code.
+    pub fn kind(&self) -> String {
+        match self {
+            AttemptError::Timeout { .. } => "Timeout".to_string(),
+            AttemptError::Status { status, .. } => format!("{:?}", status.code()),
+        }
+    }
+
+    /// Whether the same request may succeed when sent again.
+    fn retryable(&self) -> bool {
+        match self {
+            AttemptError::Timeout { .. } => true,
+            AttemptError::Status { status, .. } => matches!(
+                status.code(),
+                Code::DeadlineExceeded
+                    | Code::Unavailable
+                    | Code::ResourceExhausted
+                    // The connection broke with the request outstanding (the replica stopped).
+                    | Code::Cancelled
+                    | Code::Aborted
+            ),
+        }
+    }
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Timeout { replica, addr } => {
+                write!(f, "replica {replica} at {addr}: no answer in time")
+            }
+            AttemptError::Status {
+                replica,
+                addr,
+                status,
+            } => write!(
+                f,
+                "replica {replica} at {addr}: {}",
+                describe_status(status)
+            ),
+        }
+    }
+}
+
+/// A request given up on.
+#[derive(Debug)]
+pub struct Failure {
+    pub attempts: u32,
+    pub last: AttemptError,
+    /// Whether a retry was still allowed but was not made because `stop_retrying_at` passed.
+    pub stopped: bool,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.attempts == 1 {
+            write!(f, "{}", self.last)
+        } else {
+            write!(
+                f,
+                "gave up after {} attempts; last error: {}",
+                self.attempts, self.last
+            )
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Executes `op` as the session's next request: sends it to the replica `picker` chooses and,
+/// when an attempt times out or fails with a transient error (DEADLINE_EXCEEDED, UNAVAILABLE,
+/// RESOURCE_EXHAUSTED), sends it again with the same `(client_id, request_id)` after a backoff:
+/// to the next replica in round-robin mode, to the same one in single mode. No retry starts
+/// after `stop_retrying_at`.
+pub async fn execute(
+    cluster: &Cluster,
+    session: &mut Session,
+    picker: &mut Picker,
+    op: Operation,
+    policy: &RetryPolicy,
+    stop_retrying_at: Option<Instant>,
+    rng: &mut impl Rng,
+) -> Result<Success, Failure> {
+    let request_id = session.take_request_id();
+    let mut replica = picker.first(cluster);
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let mut req = tonic::Request::new(ProposeRequest {
+            client_id: session.client_id(),
+            request_id,
+            op: Some(op.clone()),
+        });
+        // Tells the replica how long we wait (grpc-timeout); we also enforce it ourselves.
+        req.set_timeout(policy.timeout);
+        let mut client = cluster.client(replica);
+        let addr = cluster.addr(replica);
+        let err = match tokio::time::timeout(policy.timeout, client.propose(req)).await {
+            Ok(Ok(reply)) => {
+                return Ok(Success {
+                    reply: reply.into_inner(),
+                    attempts: attempt,
+                    replica,
+                })
+            }
+            Ok(Err(status)) if is_local_timeout(&status) => AttemptError::Timeout { replica, addr },
+            Ok(Err(status)) => AttemptError::Status {
+                replica,
+                addr,
+                status,
+            },
+            Err(_) => AttemptError::Timeout { replica, addr },
+        };
+        if let AttemptError::Status { status, .. } = &err {
+            if status.code() == Code::Unavailable {
+                cluster.mark_down(replica);
+            }
+        }
+        let may_retry = err.retryable() && attempt <= policy.retries;
+        let stopped = may_retry && stop_retrying_at.is_some_and(|t| Instant::now() >= t);
+        if !may_retry || stopped {
+            // The request may still be in flight at some replica: continue under a new id.
+            session.renew();
+            return Err(Failure {
+                attempts: attempt,
+                last: err,
+                stopped,
+            });
+        }
+        tokio::time::sleep(policy.backoff(attempt, rng)).await;
+        replica = picker.retry(replica, cluster);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_increase_from_one_and_restart_on_renew() {
+        let mut s = Session::new();
+        assert_eq!([s.take_request_id(), s.take_request_id()], [1, 2]);
+        let old = s.client_id();
+        s.renew();
+        assert_ne!(s.client_id(), old);
+        assert_eq!(s.take_request_id(), 1);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::new(Duration::from_secs(1), 10);
+        let mut rng = rand::rng();
+        for retry in 1..=10 {
+            let d = p.backoff(retry, &mut rng);
+            assert!(d <= p.backoff_max.mul_f64(1.5), "{retry}: {d:?}");
+            assert!(d >= p.backoff_base.mul_f64(0.5), "{retry}: {d:?}");
+        }
+    }
+}
