@@ -26,8 +26,9 @@ struct Args {
     /// Most commands batched into one instance.
     #[arg(long, default_value_t = 1024)]
     batch_max: usize,
-    /// Most uncommitted instances this replica leads at once.
-    #[arg(long, default_value_t = 256)]
+    /// Most uncommitted instances this replica leads at once. Proposals that arrive meanwhile
+    /// wait and go out together: a low limit makes batches, not queues.
+    #[arg(long, default_value_t = 16)]
     inflight_max: usize,
     /// Most client proposals waiting for an instance before new ones are refused.
     #[arg(long, default_value_t = 65_536)]

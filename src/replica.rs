@@ -87,7 +87,7 @@ impl Options {
             batch_max: 1024,
             batch_bytes_max: 4 * 1024 * 1024,
             pending_max: 65_536,
-            inflight_max: 256,
+            inflight_max: 16,
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
