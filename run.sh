@@ -72,7 +72,7 @@ start() {
     fi
     mkdir -p "$DATA/replica-$id"
     # shellcheck disable=SC2086
-    nohup "$BIN/replica" --config "$CONFIG" --id "$id" ${REPLICA_FLAGS:-} \
+    nohup "$BIN/replica" --config "$CONFIG" --id "$id" --data-dir "$DATA/replica-$id" ${REPLICA_FLAGS:-} \
       >>"$DATA/replica-$id.log" 2>&1 </dev/null &
     echo $! >"$DATA/replica-$id.pid"
     started+=("$id")

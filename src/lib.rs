@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod quorum;
 pub mod replica;
 pub mod runtime;
+pub mod storage;
 pub mod transport;
 pub mod wire;
 

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 use epaxos_kv::config::Config;
 use epaxos_kv::replica::Options;
 use epaxos_kv::runtime::{self, RuntimeOptions};
+use epaxos_kv::storage::Sync;
 
 /// One replica of the EPaxos* key/value service.
 #[derive(Parser, Debug)]
@@ -36,6 +37,19 @@ struct Args {
     /// How long a client's Propose may wait for its command to execute, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     propose_timeout_ms: u64,
+    /// Where this replica keeps its durable log (default: data/replica-<id>).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// `fsync`: sync the log before any reply or message that depends on it (durable).
+    /// `none`: never sync (survives a clean stop, not a crash); for experiments.
+    #[arg(long, value_enum, default_value_t = SyncArg::Fsync)]
+    sync: SyncArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SyncArg {
+    Fsync,
+    None,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +70,19 @@ fn main() -> anyhow::Result<()> {
     core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
+    opts.data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| format!("data/replica-{}", args.id).into());
+    opts.sync = match args.sync {
+        SyncArg::Fsync => Sync::Fsync,
+        SyncArg::None => {
+            tracing::warn!(
+                "--sync none: the log is not synced; a crash can lose acknowledged writes"
+            );
+            Sync::None
+        }
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -173,10 +173,14 @@ pub enum Path {
     Slow,
 }
 
-/// Everything the runtime must carry out after feeding inputs.
+/// Everything the runtime must carry out after feeding inputs, in this order: make `persist`
+/// durable first, then send `messages` and `replies` (they may reveal what `persist` holds).
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Ready {
+    /// Instance states to make durable, in order (a later entry for the same instance
+    /// supersedes an earlier one). Executed is never written: it is re-derived on restart.
+    pub persist: Vec<(InstanceId, Instance)>,
     pub messages: Vec<Outgoing>,
     pub replies: Vec<Reply>,
     pub committed: Vec<Committed>,
@@ -238,6 +242,88 @@ impl Replica {
             ready: Ready::default(),
             opts,
         }
+    }
+
+    /// Rebuilds a replica from its durable log (instance states in the order they were
+    /// written; the last one of an instance wins) and resumes: committed instances execute again
+    /// from an empty key/value state, which rebuilds it exactly (execution is deterministic), and
+    /// the instances this replica leads that were not committed resend their current phase at
+    /// the same ballot with the same values (safe: what it sends is what it made durable before
+    /// sending the first time). Clients that were waiting are gone; they retry.
+    pub fn restore(
+        opts: Options,
+        now: Time,
+        records: impl IntoIterator<Item = (InstanceId, Instance)>,
+    ) -> Replica {
+        let mut r = Replica::new(opts);
+        let me = r.opts.id;
+        for (id, inst) in records {
+            if id.replica.index() >= r.opts.n {
+                continue;
+            }
+            r.index.record(id, &inst.commands);
+            r.instances.insert(id, inst);
+        }
+        let mut ids: Vec<InstanceId> = r.instances.keys().copied().collect();
+        ids.sort_unstable();
+        r.next_slot = ids
+            .iter()
+            .filter(|i| i.replica == me)
+            .map(|i| i.slot + 1)
+            .max()
+            .unwrap_or(0);
+        for id in &ids {
+            let inst = r.instances.get_mut(id).expect("ids come from the table");
+            if inst.status.is_decided() {
+                inst.status = Status::Committed;
+                r.committed_count += 1;
+                r.unexecuted += 1;
+            } else if id.replica == me && inst.ballot == Ballot::initial(me) {
+                let (phase, msg) = match inst.status {
+                    Status::PreAccepted => (
+                        Phase::PreAccepting {
+                            replies: Vec::new(),
+                        },
+                        Message::PreAccept {
+                            instance: *id,
+                            ballot: inst.ballot,
+                            commands: inst.commands.clone(),
+                            deps: inst.init_deps.clone(),
+                        },
+                    ),
+                    _ => (
+                        Phase::Accepting { acks: Vec::new() },
+                        Message::Accept {
+                            instance: *id,
+                            ballot: inst.ballot,
+                            commands: inst.commands.clone(),
+                            deps: inst.deps.clone(),
+                        },
+                    ),
+                };
+                let peers = r.peers();
+                r.leading.insert(
+                    *id,
+                    Leading {
+                        phase,
+                        asked: peers.clone(),
+                        started_at: now,
+                        sent_at: now,
+                        retry_after: r.opts.retry,
+                    },
+                );
+                r.send(peers, msg);
+            }
+        }
+        for id in ids {
+            if r.instances[&id].status == Status::Committed {
+                r.on_committed(now, id);
+            }
+        }
+        // Re-execution answers nobody: those clients are gone.
+        r.ready.replies.clear();
+        r.ready.executed.clear();
+        r
     }
 
     // ---- getters ------------------------------------------------------------------------
@@ -424,6 +510,7 @@ impl Replica {
             },
         );
         self.clients.insert(id, tokens);
+        self.save(id);
         self.ready.batches.push(commands.len());
         let asked = self.targets(self.fast_quorum - 1);
         self.leading.insert(
@@ -541,6 +628,7 @@ impl Replica {
             commands: inst.commands.clone(),
             deps,
         };
+        self.save(id);
         let lead = self
             .leading
             .get_mut(&id)
@@ -602,6 +690,7 @@ impl Replica {
             deps,
         };
         let commands = inst.commands.len();
+        self.save(id);
         self.send(self.peers(), msg);
         self.committed_count += 1;
         self.unexecuted += 1;
@@ -731,6 +820,7 @@ impl Replica {
                 init_deps,
             },
         );
+        self.save(id);
         self.send(
             vec![from],
             Message::PreAcceptOk {
@@ -787,6 +877,7 @@ impl Replica {
                 );
             }
         }
+        self.save(id);
         self.send(
             vec![from],
             Message::AcceptOk {
@@ -830,6 +921,7 @@ impl Replica {
             }
         }
         self.leading.remove(&id);
+        self.save(id);
         self.committed_count += 1;
         self.unexecuted += 1;
         self.ready.committed.push(Committed {
@@ -985,6 +1077,13 @@ impl Replica {
     }
 
     // ---- helpers ----------------------------------------------------------------------------
+
+    /// Queues the current state of `id` for the durable log.
+    fn save(&mut self, id: InstanceId) {
+        if let Some(inst) = self.instances.get(&id) {
+            self.ready.persist.push((id, inst.clone()));
+        }
+    }
 
     fn peers(&self) -> Vec<ReplicaId> {
         (0..self.opts.n as u32)

@@ -28,6 +28,7 @@ use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::replica::{Options, Ready, Replica, ReplyError, Token};
+use crate::storage::{Log, StorageError, Sync};
 use crate::{transport, wire};
 
 /// How long a stopping replica waits for in-flight calls.
@@ -48,6 +49,10 @@ pub struct RuntimeOptions {
     pub big_channel_max: usize,
     /// Capacity of each peer's outbound queue, in messages.
     pub peer_queue_max: usize,
+    /// Where the durable log lives.
+    pub data_dir: std::path::PathBuf,
+    /// Whether the log is synced before messages that depend on it leave.
+    pub sync: Sync,
 }
 
 impl RuntimeOptions {
@@ -58,6 +63,8 @@ impl RuntimeOptions {
             propose_timeout: Duration::from_secs(10),
             big_channel_max: 65_536,
             peer_queue_max: 65_536,
+            data_dir: std::path::PathBuf::from("data"),
+            sync: Sync::Fsync,
         }
     }
 }
@@ -77,6 +84,9 @@ pub enum RuntimeError {
     /// Invalid options.
     #[error(transparent)]
     Options(#[from] crate::replica::OptionsError),
+    /// The durable log could not be opened or written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// What the handlers put into bigChannel.
@@ -109,7 +119,14 @@ pub async fn serve(
     let me = config.replicas[id.index()].clone();
     crate::metrics::install(me.metrics_addr)
         .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
-    metrics::gauge!("epaxos_durable").set(0.0);
+    let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
+    if recovered.truncated_bytes > 0 {
+        tracing::warn!(dir = %opts.data_dir.display(), bytes = recovered.truncated_bytes,
+            "cut a torn tail off the log (a crash interrupted the last append)");
+    }
+    let durable = opts.sync == Sync::Fsync;
+    metrics::gauge!("epaxos_durable").set(if durable { 1.0 } else { 0.0 });
+    let restored = recovered.records.len();
 
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
     let mut peer_queues: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; config.n()];
@@ -122,8 +139,14 @@ pub async fn serve(
         tokio::spawn(transport::run_link(id, peer.id, peer.addr, rx));
     }
 
-    let core = Replica::new(opts.core.clone());
-    let event_loop = tokio::spawn(run_loop(core, big_rx, peer_queues, opts.tick));
+    let core = Replica::restore(opts.core.clone(), Duration::ZERO, recovered.records);
+    tracing::info!(
+        records = restored,
+        committed = core.committed_count(),
+        executed = core.kv().executed(),
+        "restored from the log"
+    );
+    let mut event_loop = tokio::spawn(run_loop(core, big_rx, peer_queues, opts.tick, log));
 
     let service = Service {
         id,
@@ -145,7 +168,7 @@ pub async fn serve(
         .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
 
     tracing::info!(replica = %id, addr = %me.addr, metrics = %me.metrics_addr, n = config.n(),
-        thrifty = opts.core.thrifty, "replica serving (durability: none)");
+        thrifty = opts.core.thrifty, durable, "replica serving");
     // Peers keep their Dispatch streams open forever, so a graceful stop waits at most
     // SHUTDOWN_GRACE for in-flight calls and then ends the server.
     let stop = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -171,6 +194,10 @@ pub async fn serve(
         });
     let result = tokio::select! {
         r = server => r.map_err(|e| RuntimeError::Server(me.addr, e)),
+        r = &mut event_loop => match r {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        },
         _ = async {
             stop_server.notified().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -201,7 +228,10 @@ async fn run_loop(
     mut big: mpsc::Receiver<Event>,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
     tick: Duration,
-) {
+    mut log: Log,
+) -> Result<(), RuntimeError> {
+    let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
+    let persisted = metrics::counter!("epaxos_persisted_records_total");
     let mut el = EventLoop {
         me: core.id(),
         m: LoopMetrics::new(peers.len()),
@@ -217,7 +247,7 @@ async fn run_loop(
         tokio::select! {
             ev = big.recv() => match ev {
                 Some(ev) => el.handle(ev),
-                None => return,
+                None => return Ok(()),
             },
             _ = ticker.tick() => el.core.tick(el.start.elapsed()),
         }
@@ -228,7 +258,18 @@ async fn run_loop(
             }
         }
         el.core.flush(el.start.elapsed());
-        let ready = el.core.take_ready();
+        let mut ready = el.core.take_ready();
+        if !ready.persist.is_empty() {
+            // Group commit: one write and one sync for everything this iteration changed,
+            // before any message or reply that depends on it leaves.
+            let started = Instant::now();
+            let records = std::mem::take(&mut ready.persist);
+            tokio::task::block_in_place(|| log.append(&records)).inspect_err(|e| {
+                tracing::error!(error = %e, "cannot persist; stopping the replica");
+            })?;
+            fsync_latency.record(started.elapsed().as_secs_f64());
+            persisted.increment(records.len() as u64);
+        }
         el.carry_out(ready);
         el.m.big_channel.set(big.len() as f64);
         el.m.waiting.set(el.core.unexecuted() as f64);
@@ -277,7 +318,7 @@ impl EventLoop {
         }
     }
 
-    /// Carries out the core's outputs. Nothing is durable yet, so nothing waits for an fsync.
+    /// Carries out the core's outputs once `ready.persist` is durable.
     fn carry_out(&mut self, ready: Ready) {
         let m = &self.m;
         for out in ready.messages {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::command::{Command, CommandError, Op, OpResult};
 use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::instance::{Instance, Status};
 use crate::message::Message;
 use crate::proto;
 
@@ -275,6 +276,51 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
             instances: deps_from(m.instances, n)?,
         },
     })
+}
+
+/// Encodes an instance's state for the durable log.
+pub fn record_to_proto(id: InstanceId, inst: &Instance) -> proto::InstanceRecord {
+    proto::InstanceRecord {
+        instance: Some(id_to_proto(id)),
+        status: match inst.status {
+            Status::PreAccepted => 1,
+            Status::Accepted => 2,
+            Status::Committed | Status::Executed => 3,
+        },
+        ballot: Some(ballot_to_proto(inst.ballot)),
+        accepted_ballot: inst.accepted_ballot.map(ballot_to_proto),
+        commands: commands_to_proto(&inst.commands),
+        deps: deps_to_proto(&inst.deps),
+        init_deps: deps_to_proto(&inst.init_deps),
+    }
+}
+
+/// Decodes and validates a durable log record for a cluster of `n` replicas.
+pub fn record_from_proto(
+    p: proto::InstanceRecord,
+    n: usize,
+) -> Result<(InstanceId, Instance), WireError> {
+    let status = match p.status {
+        1 => Status::PreAccepted,
+        2 => Status::Accepted,
+        3 => Status::Committed,
+        _ => return Err(WireError::Missing("status")),
+    };
+    let accepted_ballot = match p.accepted_ballot {
+        Some(b) => Some(ballot_from(Some(b), n)?),
+        None => None,
+    };
+    Ok((
+        id_from(p.instance, n)?,
+        Instance {
+            status,
+            ballot: ballot_from(p.ballot, n)?,
+            accepted_ballot,
+            commands: commands_from(p.commands)?,
+            deps: deps_from(p.deps, n)?,
+            init_deps: deps_from(p.init_deps, n)?,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -86,6 +86,8 @@ impl Cluster {
             .arg(&self.config)
             .arg("--id")
             .arg(i.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("replica-{i}")))
             .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
