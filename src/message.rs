@@ -53,6 +53,8 @@ pub enum Message {
     },
     /// Send me Commit for those of these instances you know to be committed.
     CommitRequest { instances: Vec<InstanceId> },
+    /// Per row, the first slot the sender does not know to be committed (anti-entropy).
+    Watermark { committed_prefix: Vec<u64> },
 }
 
 impl Message {
@@ -66,6 +68,7 @@ impl Message {
             Message::Commit { .. } => "Commit",
             Message::Nack { .. } => "Nack",
             Message::CommitRequest { .. } => "CommitRequest",
+            Message::Watermark { .. } => "Watermark",
         }
     }
 
@@ -78,7 +81,7 @@ impl Message {
             | Message::AcceptOk { instance, .. }
             | Message::Commit { instance, .. }
             | Message::Nack { instance, .. } => Some(*instance),
-            Message::CommitRequest { .. } => None,
+            Message::CommitRequest { .. } | Message::Watermark { .. } => None,
         }
     }
 
@@ -91,7 +94,7 @@ impl Message {
             | Message::AcceptOk { ballot, .. }
             | Message::Commit { ballot, .. } => Some(*ballot),
             Message::Nack { promised, .. } => Some(*promised),
-            Message::CommitRequest { .. } => None,
+            Message::CommitRequest { .. } | Message::Watermark { .. } => None,
         }
     }
 

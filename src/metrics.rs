@@ -11,7 +11,7 @@ use crate::message::Message;
 use crate::replica::Path;
 
 /// Message types, in the order of [`kind_index`].
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "PreAccept",
     "PreAcceptOk",
     "Accept",
@@ -19,6 +19,7 @@ pub const KINDS: [&str; 7] = [
     "Commit",
     "Nack",
     "CommitRequest",
+    "Watermark",
 ];
 
 /// Peer ids as label values (labels must be `'static` to stay allocation-free).
@@ -36,6 +37,7 @@ pub fn kind_index(m: &Message) -> usize {
         Message::Commit { .. } => 4,
         Message::Nack { .. } => 5,
         Message::CommitRequest { .. } => 6,
+        Message::Watermark { .. } => 7,
     }
 }
 

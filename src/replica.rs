@@ -54,6 +54,10 @@ pub struct Options {
     pub retry_max: Duration,
     /// How long an execution may wait on a dependency before asking peers for its Commit.
     pub fetch_after: Duration,
+    /// How often to send peers a Watermark (anti-entropy for lost or missed commits).
+    pub watermark_every: Duration,
+    /// Most Commits sent in answer to one Watermark.
+    pub watermark_commits_max: usize,
     /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
     /// production; nothing outside tests sets them.
     pub sabotage: Sabotage,
@@ -91,6 +95,8 @@ impl Options {
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
+            watermark_every: Duration::from_secs(1),
+            watermark_commits_max: 256,
             sabotage: Sabotage::default(),
         }
     }
@@ -110,7 +116,11 @@ impl Options {
                 return Err(OptionsError::Zero(name));
             }
         }
-        if self.retry.is_zero() || self.retry > self.retry_max || self.fetch_after.is_zero() {
+        if self.retry.is_zero()
+            || self.retry > self.retry_max
+            || self.fetch_after.is_zero()
+            || self.watermark_every.is_zero()
+        {
             return Err(OptionsError::Timers);
         }
         Ok(())
@@ -218,6 +228,11 @@ pub struct Replica {
     waiting: BTreeMap<InstanceId, Waiting>,
     committed_count: u64,
     unexecuted: u64,
+    /// Per row: the first slot not known to be committed here.
+    committed_prefix: Vec<u64>,
+    /// Per row: one past the highest slot committed here.
+    committed_end: Vec<u64>,
+    next_watermark: Time,
     ready: Ready,
 }
 
@@ -239,6 +254,9 @@ impl Replica {
             waiting: BTreeMap::new(),
             committed_count: 0,
             unexecuted: 0,
+            committed_prefix: vec![0; opts.n],
+            committed_end: vec![0; opts.n],
+            next_watermark: Duration::ZERO,
             ready: Ready::default(),
             opts,
         }
@@ -449,6 +467,9 @@ impl Replica {
             } => self.handle_commit(now, instance, ballot, commands, deps),
             Message::Nack { instance, promised } => self.handle_nack(instance, promised),
             Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
+            Message::Watermark { committed_prefix } => {
+                self.handle_watermark(from, committed_prefix)
+            }
         }
     }
 
@@ -469,6 +490,13 @@ impl Replica {
             self.on_retry_timeout(now, id);
         }
         self.fetch_missing(now);
+        if now >= self.next_watermark {
+            self.next_watermark = now + self.opts.watermark_every;
+            let msg = Message::Watermark {
+                committed_prefix: self.committed_prefix.clone(),
+            };
+            self.send(self.peers(), msg);
+        }
     }
 
     // ---- leader side ----------------------------------------------------------------------
@@ -932,6 +960,46 @@ impl Replica {
         self.on_committed(now, id);
     }
 
+    /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
+    /// `watermark_commits_max`.
+    fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>) {
+        let mut budget = self.opts.watermark_commits_max;
+        // Slots looked at, sent or not: bounds the work one Watermark can cause.
+        let mut scan = 16 * self.opts.watermark_commits_max;
+        for (row, start) in prefix.into_iter().enumerate().take(self.opts.n) {
+            let row_id = ReplicaId(row as u32);
+            let mut slot = start;
+            while slot < self.committed_end[row] && budget > 0 && scan > 0 {
+                scan -= 1;
+                let id = InstanceId::new(row_id, slot);
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.status.is_decided())
+                {
+                    self.send_commit(from, id);
+                    budget -= 1;
+                }
+                slot += 1;
+            }
+        }
+    }
+
+    /// Moves the committed prefix and end of `id`'s row past `id` where it can.
+    fn advance_prefix(&mut self, id: InstanceId) {
+        let row = id.replica.index();
+        self.committed_end[row] = self.committed_end[row].max(id.slot + 1);
+        let mut p = self.committed_prefix[row];
+        while self
+            .instances
+            .get(&InstanceId::new(id.replica, p))
+            .is_some_and(|i| i.status.is_decided())
+        {
+            p += 1;
+        }
+        self.committed_prefix[row] = p;
+    }
+
     fn handle_commit_request(&mut self, from: ReplicaId, ids: Vec<InstanceId>) {
         for id in ids {
             if self
@@ -959,6 +1027,7 @@ impl Replica {
 
     /// `id` became committed: try to execute it and whatever waited for it.
     fn on_committed(&mut self, now: Time, id: InstanceId) {
+        self.advance_prefix(id);
         let mut roots = vec![id];
         if let Some(w) = self.waiting.remove(&id) {
             roots.extend(w.roots);
@@ -1130,5 +1199,103 @@ impl Replica {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Op;
+    use crate::ids::{ClientId, RequestId};
+    use bytes::Bytes;
+
+    fn cluster(n: usize) -> Vec<Replica> {
+        (0..n as u32)
+            .map(|i| Replica::new(Options::new(ReplicaId(i), n)))
+            .collect()
+    }
+
+    fn put(client: u64, key: &'static str) -> Command {
+        Command {
+            client: ClientId(client),
+            request: RequestId(1),
+            op: Op::Put {
+                key: Bytes::from_static(key.as_bytes()),
+                value: Bytes::from_static(b"v"),
+            },
+        }
+    }
+
+    /// Delivers every pending message until quiet, except those `drop` refuses.
+    fn settle(rs: &mut [Replica], now: Time, drop: impl Fn(ReplicaId, ReplicaId) -> bool) {
+        for _ in 0..1000 {
+            let mut sent = Vec::new();
+            for r in rs.iter_mut() {
+                r.flush(now);
+                let from = r.id();
+                for out in r.take_ready().messages {
+                    for to in out.to {
+                        sent.push((from, to, out.msg.clone()));
+                    }
+                }
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (from, to, msg) in sent {
+                if !drop(from, to) {
+                    rs[to.index()].handle(now, from, msg);
+                }
+            }
+        }
+        panic!("messages kept flowing");
+    }
+
+    #[test]
+    fn a_replica_that_missed_an_instance_learns_it_from_a_watermark() {
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        // r2 hears nothing: r0 and r1 form the fast quorum and commit without it.
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(2));
+        assert_eq!(rs[0].kv().executed(), 1);
+        assert_eq!(rs[2].kv().executed(), 0);
+        // The next watermark round (at each replica's first tick) carries it over.
+        let t = Duration::from_millis(10);
+        for r in rs.iter_mut() {
+            r.tick(t);
+        }
+        settle(&mut rs, t, |_, _| false);
+        assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
+        assert_eq!(rs[2].kv().digest(), rs[0].kv().digest());
+        assert_eq!(rs[2].committed_prefix, vec![1, 0, 0]);
+    }
+
+    #[test]
+    fn restore_rebuilds_state_and_resumes_led_instances() {
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        // r1 leads an instance that reaches nobody before it "crashes".
+        rs[1].propose(2, put(2, "b")).expect("room");
+        rs[1].flush(Duration::ZERO);
+        let log: Vec<_> = rs[1].take_ready().persist;
+        let mut earlier: Vec<(InstanceId, Instance)> = rs[1]
+            .instances()
+            .filter(|(id, _)| id.replica == ReplicaId(0))
+            .map(|(id, i)| (*id, i.clone()))
+            .collect();
+        earlier.extend(log);
+        rs[1] = Replica::restore(Options::new(ReplicaId(1), 3), Duration::ZERO, earlier);
+        assert_eq!(rs[1].kv().executed(), 1, "the committed instance ran again");
+        assert_eq!(
+            rs[1].inflight(),
+            1,
+            "the uncommitted own instance is led again"
+        );
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        for r in &rs {
+            assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
+        }
+        assert_eq!(rs[1].next_slot, 1, "slots are not reused");
     }
 }

@@ -187,6 +187,9 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
         Message::CommitRequest { instances } => Kind::CommitRequest(proto::CommitRequest {
             instances: deps_to_proto(instances),
         }),
+        Message::Watermark { committed_prefix } => Kind::Watermark(proto::Watermark {
+            committed_prefix: committed_prefix.clone(),
+        }),
     };
     proto::PeerMessage { kind: Some(kind) }
 }
@@ -275,6 +278,16 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
         Kind::CommitRequest(m) => Message::CommitRequest {
             instances: deps_from(m.instances, n)?,
         },
+        Kind::Watermark(m) => {
+            if m.committed_prefix.len() > n {
+                return Err(WireError::UnknownReplica(
+                    m.committed_prefix.len() as u32 - 1,
+                ));
+            }
+            Message::Watermark {
+                committed_prefix: m.committed_prefix,
+            }
+        }
     })
 }
 
@@ -377,6 +390,9 @@ mod tests {
                 promised: b,
             },
             Message::CommitRequest { instances: deps },
+            Message::Watermark {
+                committed_prefix: vec![3, 0, 9],
+            },
         ];
         for m in msgs {
             assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);

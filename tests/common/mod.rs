@@ -18,6 +18,7 @@ pub struct Cluster {
     pub config: PathBuf,
     pub addrs: Vec<String>,
     pub metrics: Vec<String>,
+    flags: Vec<String>,
     children: Vec<Option<Child>>,
 }
 
@@ -66,10 +67,11 @@ impl Cluster {
             config,
             addrs,
             metrics,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
             children: Vec::new(),
         };
         for i in 0..n {
-            let child = cluster.spawn(i, flags);
+            let child = cluster.spawn(i);
             cluster.children.push(Some(child));
         }
         for i in 0..n {
@@ -78,9 +80,12 @@ impl Cluster {
         cluster
     }
 
-    fn spawn(&self, i: usize, flags: &[&str]) -> Child {
-        let log = std::fs::File::create(self.dir.join(format!("replica-{i}.log")))
-            .expect("create log file");
+    fn spawn(&self, i: usize) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("replica-{i}.log")))
+            .expect("open log file");
         Command::new(env!("CARGO_BIN_EXE_replica"))
             .arg("--config")
             .arg(&self.config)
@@ -88,7 +93,7 @@ impl Cluster {
             .arg(i.to_string())
             .arg("--data-dir")
             .arg(self.dir.join(format!("replica-{i}")))
-            .args(flags)
+            .args(&self.flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -159,6 +164,15 @@ impl Cluster {
         }
     }
 
+    /// Starts replica `i` again on its data directory and waits until it answers.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let child = self.spawn(i);
+        self.children[i] = Some(child);
+        self.wait_up(i).await;
+    }
+
+    /// SIGKILLs replica `i` (no clean shutdown).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
