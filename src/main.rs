@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     core.batch_max = args.batch_max;
     core.inflight_max = args.inflight_max;
     core.pending_max = args.pending_max;
+    core.gc_executed = true;
     core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::command::{Command, OpResult};
 use crate::deps::ConflictIndex;
 use crate::execute::{self, Node, Outcome};
-use crate::ids::{Ballot, InstanceId, ReplicaId};
+use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::instance::{Instance, Leading, Phase, Status};
 use crate::kv::{Applied, KvStore};
 use crate::message::{Commands, Message};
@@ -58,6 +58,10 @@ pub struct Options {
     pub watermark_every: Duration,
     /// Most Commits sent in answer to one Watermark.
     pub watermark_commits_max: usize,
+    /// Drop instances from memory once they are executed here and every peer reported them
+    /// committed (through Watermarks): nobody can need their Commit from us any more. Off by
+    /// default so that tests can inspect every instance; the replica binary turns it on.
+    pub gc_executed: bool,
     /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
     /// production; nothing outside tests sets them.
     pub sabotage: Sabotage,
@@ -97,6 +101,7 @@ impl Options {
             fetch_after: Duration::from_millis(300),
             watermark_every: Duration::from_secs(1),
             watermark_commits_max: 256,
+            gc_executed: false,
             sabotage: Sabotage::default(),
         }
     }
@@ -219,11 +224,13 @@ pub struct Replica {
     index: ConflictIndex,
     kv: KvStore,
     next_slot: u64,
-    pending: VecDeque<(Token, Command)>,
+    pending: VecDeque<Command>,
     /// Instances this replica leads that are not committed yet (ordered for determinism).
     leading: BTreeMap<InstanceId, Leading>,
-    /// Clients waiting on commands of an instance: (index in the batch, token).
-    clients: HashMap<InstanceId, Vec<(usize, Token)>>,
+    /// Clients waiting here, by request: a retry of a request that is still pending or in
+    /// flight here joins the waiting list instead of starting another instance (which, under a
+    /// storm of retries, would snowball); the first execution of the request answers them all.
+    clients: HashMap<(ClientId, RequestId), Vec<Token>>,
     /// Uncommitted dependencies that block execution, ordered for deterministic fetching.
     waiting: BTreeMap<InstanceId, Waiting>,
     committed_count: u64,
@@ -232,6 +239,13 @@ pub struct Replica {
     committed_prefix: Vec<u64>,
     /// Per row: one past the highest slot committed here.
     committed_end: Vec<u64>,
+    /// Per row: the first slot not executed here.
+    executed_prefix: Vec<u64>,
+    /// Per peer, per row: the committed prefix it last reported.
+    peer_committed: Vec<Vec<u64>>,
+    /// Per row: slots below this were dropped from memory (all executed here, all committed
+    /// everywhere). A dependency on one of them counts as executed.
+    gc_prefix: Vec<u64>,
     next_watermark: Time,
     ready: Ready,
 }
@@ -256,6 +270,9 @@ impl Replica {
             unexecuted: 0,
             committed_prefix: vec![0; opts.n],
             committed_end: vec![0; opts.n],
+            executed_prefix: vec![0; opts.n],
+            peer_committed: vec![vec![0; opts.n]; opts.n],
+            gc_prefix: vec![0; opts.n],
             next_watermark: Duration::ZERO,
             ready: Ready::default(),
             opts,
@@ -407,7 +424,13 @@ impl Replica {
                 return Ok(());
             }
         }
-        self.pending.push_back((token, cmd));
+        match self.clients.entry((cmd.client, cmd.request)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(token),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(vec![token]);
+                self.pending.push_back(cmd);
+            }
+        }
         Ok(())
     }
 
@@ -490,6 +513,9 @@ impl Replica {
             self.on_retry_timeout(now, id);
         }
         self.fetch_missing(now);
+        if self.opts.gc_executed {
+            self.collect_garbage();
+        }
         if now >= self.next_watermark {
             self.next_watermark = now + self.opts.watermark_every;
             let msg = Message::Watermark {
@@ -506,19 +532,14 @@ impl Replica {
         self.next_slot += 1;
         let mut take = 0;
         let mut bytes = 0;
-        for (_, cmd) in self.pending.iter().take(self.opts.batch_max) {
+        for cmd in self.pending.iter().take(self.opts.batch_max) {
             bytes += cmd.op.size_bytes();
             if take > 0 && bytes > self.opts.batch_bytes_max {
                 break;
             }
             take += 1;
         }
-        let mut commands = Vec::with_capacity(take);
-        let mut tokens = Vec::with_capacity(take);
-        for (i, (token, cmd)) in self.pending.drain(..take).enumerate() {
-            tokens.push((i, token));
-            commands.push(cmd);
-        }
+        let commands: Vec<Command> = self.pending.drain(..take).collect();
         let mut deps = Vec::new();
         if !self.opts.sabotage.forget_deps {
             self.index.collect(id, &commands, true, &mut deps);
@@ -537,7 +558,6 @@ impl Replica {
                 init_deps: deps.clone(),
             },
         );
-        self.clients.insert(id, tokens);
         self.save(id);
         self.ready.batches.push(commands.len());
         let asked = self.targets(self.fast_quorum - 1);
@@ -798,6 +818,9 @@ impl Replica {
         commands: Commands,
         init_deps: Vec<InstanceId>,
     ) {
+        if self.forgotten(id) {
+            return; // executed and committed everywhere: a stale resend
+        }
         if let Some(inst) = self.instances.get(&id) {
             if ballot < inst.ballot {
                 self.send(
@@ -867,6 +890,9 @@ impl Replica {
         commands: Commands,
         deps: Vec<InstanceId>,
     ) {
+        if self.forgotten(id) {
+            return;
+        }
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => {
                 self.send_commit(from, id);
@@ -923,6 +949,9 @@ impl Replica {
         commands: Commands,
         deps: Vec<InstanceId>,
     ) {
+        if self.forgotten(id) {
+            return;
+        }
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => return,
             Some(inst) => {
@@ -963,6 +992,11 @@ impl Replica {
     /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
     /// `watermark_commits_max`.
     fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>) {
+        if let Some(known) = self.peer_committed.get_mut(from.index()) {
+            for (k, p) in known.iter_mut().zip(&prefix) {
+                *k = (*k).max(*p);
+            }
+        }
         let mut budget = self.opts.watermark_commits_max;
         // Slots looked at, sent or not: bounds the work one Watermark can cause.
         let mut scan = 16 * self.opts.watermark_commits_max;
@@ -1070,6 +1104,7 @@ impl Replica {
             |id| match instances.get(&id) {
                 Some(i) if i.status == Status::Executed => Node::Done,
                 Some(i) if i.status == Status::Committed => Node::Ready(&i.deps),
+                None if id.slot < self.gc_prefix[id.replica.index()] => Node::Done,
                 _ => Node::Missing,
             },
             &mut components,
@@ -1096,24 +1131,66 @@ impl Replica {
         debug_assert_eq!(inst.status, Status::Committed, "{id} executes once");
         inst.status = Status::Executed;
         let commands = inst.commands.clone();
-        let tokens = self.clients.remove(&id).unwrap_or_default();
-        let mut tokens = tokens.into_iter().peekable();
-        for (i, cmd) in commands.iter().enumerate() {
+        for cmd in commands.iter() {
             let applied = if self.opts.sabotage.skip_dedup {
                 self.kv.apply_without_dedup(cmd)
             } else {
                 self.kv.apply(cmd)
             };
-            if let Some((_, token)) = tokens.next_if(|(j, _)| *j == i) {
+            if let Some(tokens) = self.clients.remove(&(cmd.client, cmd.request)) {
                 let result = match applied {
                     Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
                     Applied::Stale => Err(ReplyError::Stale),
                 };
-                self.ready.replies.push(Reply { token, result });
+                for token in tokens {
+                    self.ready.replies.push(Reply {
+                        token,
+                        result: result.clone(),
+                    });
+                }
             }
         }
         self.unexecuted -= 1;
         self.ready.executed.push(id);
+        let row = id.replica.index();
+        let mut p = self.executed_prefix[row];
+        while self
+            .instances
+            .get(&InstanceId::new(id.replica, p))
+            .is_some_and(|i| i.status == Status::Executed)
+        {
+            p += 1;
+        }
+        self.executed_prefix[row] = p;
+    }
+
+    /// Whether `id` was dropped from memory (see `gc_prefix`).
+    fn forgotten(&self, id: InstanceId) -> bool {
+        id.slot < self.gc_prefix[id.replica.index()]
+    }
+
+    /// Drops the instances that are executed here and committed at every peer.
+    fn collect_garbage(&mut self) {
+        for row in 0..self.opts.n {
+            let mut limit = self.executed_prefix[row].min(self.committed_prefix[row]);
+            for (peer, prefixes) in self.peer_committed.iter().enumerate() {
+                if peer != self.opts.id.index() {
+                    limit = limit.min(prefixes[row]);
+                }
+            }
+            let row_id = ReplicaId(row as u32);
+            for slot in self.gc_prefix[row]..limit {
+                let id = InstanceId::new(row_id, slot);
+                debug_assert!(
+                    self.instances
+                        .get(&id)
+                        .is_none_or(|i| i.status == Status::Executed),
+                    "{id} collected before it executed"
+                );
+                self.instances.remove(&id);
+            }
+            self.gc_prefix[row] = self.gc_prefix[row].max(limit);
+        }
     }
 
     /// Asks peers for the Commit of dependencies execution has waited on past `fetch_after`:
@@ -1268,6 +1345,52 @@ mod tests {
         assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
         assert_eq!(rs[2].kv().digest(), rs[0].kv().digest());
         assert_eq!(rs[2].committed_prefix, vec![1, 0, 0]);
+    }
+
+    #[test]
+    fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
+        let mut rs: Vec<Replica> = (0..3u32)
+            .map(|i| {
+                let mut o = Options::new(ReplicaId(i), 3);
+                o.gc_executed = true;
+                Replica::new(o)
+            })
+            .collect();
+        rs[0].propose(1, put(1, "a")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        let first = InstanceId::new(ReplicaId(0), 0);
+        let commit = Message::Commit {
+            instance: first,
+            ballot: Ballot::initial(ReplicaId(0)),
+            commands: rs[0].instance(first).expect("known").commands.clone(),
+            deps: vec![],
+        };
+        // Two watermark rounds: everyone learns that everyone committed 0.0.
+        for round in 1..=2u64 {
+            let t = Duration::from_secs(round);
+            for r in rs.iter_mut() {
+                r.tick(t);
+            }
+            settle(&mut rs, t, |_, _| false);
+        }
+        for r in rs.iter_mut() {
+            r.tick(Duration::from_secs(3));
+            let _ = r.take_ready();
+            assert!(r.instance(first).is_none(), "{} dropped 0.0", r.id());
+        }
+        // A late duplicate Commit does not execute it again.
+        let t = Duration::from_secs(3);
+        rs[1].handle(t, ReplicaId(0), commit);
+        assert_eq!(rs[1].kv().executed(), 1);
+        // A new write on the same key depends on the dropped instance and still executes.
+        rs[2].propose(2, put(2, "a")).expect("room");
+        settle(&mut rs, t, |_, _| false);
+        let second = InstanceId::new(ReplicaId(2), 0);
+        assert_eq!(rs[2].instance(second).expect("kept").deps, vec![first]);
+        for r in &rs {
+            assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
+            r.check_invariants().expect("invariants");
+        }
     }
 
     #[test]

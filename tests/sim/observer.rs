@@ -1,0 +1,593 @@
+//! The safety checks on what the cores report: agreement, visibility, execution order and
+//! exactly-once execution. The observer sees every `Ready` of every replica and reads the
+//! instance table through `Replica::instance`; it never trusts the core's own bookkeeping.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+
+use epaxos_kv::command::{interferes, Command};
+use epaxos_kv::ids::{ClientId, InstanceId, RequestId};
+use epaxos_kv::instance::Status;
+use epaxos_kv::message::{Commands, ShowDeps};
+use epaxos_kv::replica::Replica;
+
+use super::{Check, Violation};
+
+/// What was decided for an instance, as first seen committed.
+#[derive(Debug, Clone)]
+struct Decided {
+    commands: Commands,
+    deps: Vec<InstanceId>,
+    seen_at: usize,
+}
+
+/// Statistics about the committed dependency graph.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GraphStats {
+    pub instances: usize,
+    pub component_max: usize,
+}
+
+#[derive(Debug)]
+pub struct Observer {
+    decided: BTreeMap<InstanceId, Decided>,
+    /// Per replica: instances in execution order.
+    executed: Vec<Vec<InstanceId>>,
+    executed_set: Vec<HashSet<InstanceId>>,
+    /// Per replica: the (client, request) pairs executed there, and the core's counter so far.
+    applied: Vec<HashSet<(ClientId, RequestId)>>,
+    kv_executed: Vec<u64>,
+    violations: Vec<Violation>,
+}
+
+impl Observer {
+    pub fn new(n: usize) -> Observer {
+        Observer {
+            decided: BTreeMap::new(),
+            executed: vec![Vec::new(); n],
+            executed_set: vec![HashSet::new(); n],
+            applied: vec![HashSet::new(); n],
+            kv_executed: vec![0; n],
+            violations: Vec::new(),
+        }
+    }
+
+    pub fn take_violations(&mut self) -> Vec<Violation> {
+        std::mem::take(&mut self.violations)
+    }
+
+    fn report(&mut self, check: Check, detail: String, instances: Vec<InstanceId>) {
+        // One report per check is enough to explain a run; the rest would be echoes.
+        if self.violations.iter().all(|v| v.check != check) {
+            self.violations.push(Violation {
+                check,
+                detail,
+                instances,
+            });
+        }
+    }
+
+    pub fn executed_at(&self, r: usize) -> &HashSet<InstanceId> {
+        &self.executed_set[r]
+    }
+
+    /// Agreement: `id` became committed at replica `r`; compare it with every earlier commit.
+    pub fn on_commit(&mut self, r: usize, replica: &Replica, id: InstanceId) {
+        let Some(inst) = replica.instance(id) else {
+            self.report(
+                Check::Agreement,
+                format!("r{r} reported {id} committed but does not know it"),
+                vec![id],
+            );
+            return;
+        };
+        if !inst.status.is_decided() {
+            self.report(
+                Check::Agreement,
+                format!(
+                    "r{r} reported {id} committed but holds it {:?}",
+                    inst.status
+                ),
+                vec![id],
+            );
+            return;
+        }
+        self.compare(r, id, &inst.commands, &inst.deps);
+    }
+
+    fn compare(&mut self, r: usize, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
+        match self.decided.get(&id) {
+            None => {
+                self.decided.insert(
+                    id,
+                    Decided {
+                        commands: commands.clone(),
+                        deps: deps.to_vec(),
+                        seen_at: r,
+                    },
+                );
+            }
+            Some(d) => {
+                let same_commands =
+                    std::sync::Arc::ptr_eq(&d.commands, commands) || *d.commands == **commands;
+                if !same_commands || d.deps != deps {
+                    let detail =
+                        format!(
+                        "{id} committed at r{} with deps {} and {} commands, at r{r} with deps \
+                         {} and {} commands{}",
+                        d.seen_at,
+                        ShowDeps(Some(&d.deps)),
+                        d.commands.len(),
+                        ShowDeps(Some(deps)),
+                        commands.len(),
+                        if same_commands { "" } else { " (commands differ)" }
+                    );
+                    self.report(Check::Agreement, detail, vec![id]);
+                }
+            }
+        }
+    }
+
+    /// Exactly once: replica `r` executed `ids` (in order) in one step. Every command of them
+    /// whose (client, request) is new at `r` must have executed, and nothing else.
+    pub fn on_executed(&mut self, r: usize, replica: &Replica, ids: &[InstanceId]) {
+        let mut fresh = 0u64;
+        for &id in ids {
+            if !self.executed_set[r].insert(id) {
+                self.report(
+                    Check::ExactlyOnce,
+                    format!("r{r} executed instance {id} twice"),
+                    vec![id],
+                );
+            }
+            self.executed[r].push(id);
+            let Some(inst) = replica.instance(id) else {
+                self.report(
+                    Check::ExactlyOnce,
+                    format!("r{r} executed {id} which it does not know"),
+                    vec![id],
+                );
+                continue;
+            };
+            if inst.status != Status::Executed {
+                self.report(
+                    Check::ExactlyOnce,
+                    format!("r{r} reported {id} executed but holds it {:?}", inst.status),
+                    vec![id],
+                );
+            }
+            for c in inst.commands.iter() {
+                if self.applied[r].insert((c.client, c.request)) {
+                    fresh += 1;
+                }
+            }
+        }
+        let expected = self.kv_executed[r] + fresh;
+        let actual = replica.kv().executed();
+        self.kv_executed[r] = actual;
+        if actual != expected {
+            let what = if actual > expected {
+                "applied a retried request again"
+            } else {
+                "skipped a request it had never applied (it took it for stale)"
+            };
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} {what}: executing {} applied {} commands, {fresh} of them new",
+                    ShowDeps(Some(ids)),
+                    actual - (expected - fresh)
+                ),
+                ids.to_vec(),
+            );
+        }
+    }
+
+    /// The end-of-run checks: every decided instance held alike everywhere, visibility over the
+    /// committed graph, and the same order of interfering instances at every replica.
+    pub fn finish(&mut self, replicas: &[Replica]) -> GraphStats {
+        for (r, replica) in replicas.iter().enumerate() {
+            let mut held: Vec<_> = replica
+                .instances()
+                .filter(|(_, i)| i.status.is_decided())
+                .map(|(id, i)| (*id, i.commands.clone(), i.deps.clone()))
+                .collect();
+            held.sort_by_key(|(id, _, _)| *id);
+            for (id, commands, deps) in held {
+                self.compare(r, id, &commands, &deps);
+            }
+        }
+        let graph = Graph::new(&self.decided);
+        self.check_visibility(&graph);
+        self.check_execution_order();
+        graph.stats()
+    }
+
+    fn check_visibility(&mut self, g: &Graph) {
+        for (key, members) in g.by_key() {
+            // Members in emission order (dependencies first). Consecutive writes must be
+            // connected; a read must reach the write before it and be reached by the write after
+            // it. Transitivity then connects every interfering pair.
+            let mut last_write: Option<usize> = None;
+            let mut reads_since: Vec<usize> = Vec::new();
+            for &(v, write) in &members {
+                if write {
+                    if let Some(w) = last_write {
+                        self.expect_reach(g, v, w, &key);
+                    }
+                    for &rd in &reads_since {
+                        self.expect_reach(g, v, rd, &key);
+                    }
+                    reads_since.clear();
+                    last_write = Some(v);
+                } else {
+                    if let Some(w) = last_write {
+                        self.expect_reach(g, v, w, &key);
+                    }
+                    reads_since.push(v);
+                }
+            }
+        }
+    }
+
+    fn expect_reach(&mut self, g: &Graph, from: usize, to: usize, key: &Conflict) {
+        let (a, b) = (g.ids[from], g.ids[to]);
+        assert!(
+            interferes(g.rep_command(from, key), g.rep_command(to, key)),
+            "the checker grouped non-interfering {a} and {b} under {key}"
+        );
+        if g.reaches(from, to) == Reach::No && g.reaches(to, from) == Reach::No {
+            self.report(
+                Check::Visibility,
+                format!(
+                    "{a} and {b} interfere ({key}) and are committed, but neither reaches the \
+                     other: {a} deps {}, {b} deps {}",
+                    ShowDeps(Some(&g.deps_of(from))),
+                    ShowDeps(Some(&g.deps_of(to)))
+                ),
+                vec![a, b],
+            );
+        }
+    }
+
+    fn check_execution_order(&mut self) {
+        // Per conflict key, per replica: the instances touching it in execution order, as
+        // (instance, writes it).
+        let mut per_key: BTreeMap<Conflict, Vec<Vec<(InstanceId, bool)>>> = BTreeMap::new();
+        let n = self.executed.len();
+        for (r, order) in self.executed.iter().enumerate() {
+            for id in order {
+                let Some(d) = self.decided.get(id) else {
+                    continue;
+                };
+                for (key, write) in keys_of(&d.commands) {
+                    per_key.entry(key).or_insert_with(|| vec![Vec::new(); n])[r].push((*id, write));
+                }
+            }
+        }
+        let mut found = None;
+        'keys: for (key, seqs) in &per_key {
+            for r1 in 0..n {
+                for r2 in r1 + 1..n {
+                    if let Some(d) = order_difference(&seqs[r1], &seqs[r2]) {
+                        found = Some((key.clone(), r1, r2, d));
+                        break 'keys;
+                    }
+                }
+            }
+        }
+        if let Some((key, r1, r2, (a, b))) = found {
+            self.report(
+                Check::ExecutionOrder,
+                format!(
+                    "r{r1} and r{r2} execute {a} and {b}, which interfere ({key}), in different \
+                     orders"
+                ),
+                vec![a, b],
+            );
+        }
+    }
+}
+
+/// What two commands can conflict on: `interferes` says two commands conflict when their
+/// operations touch one key and one of them writes, or when they come from one client session.
+/// Grouping instances by these lets the checks look at conflicting pairs only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Conflict {
+    Key(Bytes),
+    Session(ClientId),
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conflict::Key(k) => write!(f, "key {}", String::from_utf8_lossy(k)),
+            Conflict::Session(c) => write!(f, "session {}", c.0),
+        }
+    }
+}
+
+/// What a batch conflicts on, each with whether the batch writes it (a session is always
+/// written: all its commands conflict).
+pub fn keys_of(commands: &[Command]) -> Vec<(Conflict, bool)> {
+    let mut keys: BTreeMap<Conflict, bool> = BTreeMap::new();
+    for c in commands {
+        *keys.entry(Conflict::Key(c.op.key().clone())).or_default() |= c.op.is_write();
+        keys.insert(Conflict::Session(c.client), true);
+    }
+    keys.into_iter().collect()
+}
+
+/// Two replicas' executions of one conflict key, each as (instance, writes). Restricted to the
+/// instances both executed, the writes must come in one order and each read between the same
+/// writes.
+/// Returns an interfering pair ordered differently, if any.
+fn order_difference(
+    a: &[(InstanceId, bool)],
+    b: &[(InstanceId, bool)],
+) -> Option<(InstanceId, InstanceId)> {
+    let in_b: HashSet<InstanceId> = b.iter().map(|(i, _)| *i).collect();
+    let in_a: HashSet<InstanceId> = a.iter().map(|(i, _)| *i).collect();
+    // For each common instance: its write index (writes) or the last write before it (reads).
+    let shape = |seq: &[(InstanceId, bool)], other: &HashSet<InstanceId>| {
+        let mut writes = Vec::new();
+        let mut read_after: BTreeMap<InstanceId, Option<InstanceId>> = BTreeMap::new();
+        for (id, write) in seq.iter().filter(|(i, _)| other.contains(i)) {
+            if *write {
+                writes.push(*id);
+            } else {
+                read_after.insert(*id, writes.last().copied());
+            }
+        }
+        (writes, read_after)
+    };
+    let (wa, ra) = shape(a, &in_b);
+    let (wb, rb) = shape(b, &in_a);
+    if let Some(pos) = wa.iter().zip(&wb).position(|(x, y)| x != y) {
+        return Some((wa[pos], wb[pos]));
+    }
+    for (read, before_a) in &ra {
+        let before_b = rb.get(read).copied().flatten();
+        if *before_a != before_b {
+            let w = before_a.or(before_b).expect("one of them is a write");
+            return Some((*read, w));
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Yes,
+    No,
+    /// The search ran into an instance that is not committed: its deps are not final.
+    Unknown,
+}
+
+/// The committed dependency graph, condensed by Tarjan's algorithm (written here again, on an
+/// explicit stack, so that the check does not lean on the core's `execute::order`).
+struct Graph {
+    ids: Vec<InstanceId>,
+    commands: Vec<Commands>,
+    succ: Vec<Vec<usize>>,
+    /// Whether the instance has a dependency that is not committed anywhere.
+    open: Vec<bool>,
+    /// Per component: whether it reaches an open instance (itself included). Through the
+    /// unknown deps of an open instance, anything may be reachable.
+    comp_open: Vec<bool>,
+    comp: Vec<usize>,
+    comp_sizes: Vec<usize>,
+}
+
+impl Graph {
+    fn new(decided: &BTreeMap<InstanceId, Decided>) -> Graph {
+        let ids: Vec<InstanceId> = decided.keys().copied().collect();
+        let index: HashMap<InstanceId, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut succ = Vec::with_capacity(ids.len());
+        let mut open = Vec::with_capacity(ids.len());
+        let mut commands = Vec::with_capacity(ids.len());
+        for d in decided.values() {
+            let mut s = Vec::new();
+            let mut o = false;
+            for dep in &d.deps {
+                match index.get(dep) {
+                    Some(&j) => s.push(j),
+                    None => o = true,
+                }
+            }
+            succ.push(s);
+            open.push(o);
+            commands.push(d.commands.clone());
+        }
+        let (comp, comp_sizes) = tarjan(&succ);
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); comp_sizes.len()];
+        for (v, &c) in comp.iter().enumerate() {
+            members[c].push(v);
+        }
+        // Components in emission order: whatever a component reaches was numbered before it.
+        let mut comp_open = vec![false; comp_sizes.len()];
+        for (c, vs) in members.iter().enumerate() {
+            comp_open[c] = vs
+                .iter()
+                .any(|&v| open[v] || succ[v].iter().any(|&w| comp[w] != c && comp_open[comp[w]]));
+        }
+        Graph {
+            ids,
+            commands,
+            succ,
+            open,
+            comp_open,
+            comp,
+            comp_sizes,
+        }
+    }
+
+    fn stats(&self) -> GraphStats {
+        GraphStats {
+            instances: self.ids.len(),
+            component_max: self.comp_sizes.iter().copied().max().unwrap_or(0),
+        }
+    }
+
+    fn deps_of(&self, v: usize) -> Vec<InstanceId> {
+        self.succ[v].iter().map(|&j| self.ids[j]).collect()
+    }
+
+    /// A command of `v` conflicting on `key`, a write if it has one: what `interferes`
+    /// compares.
+    fn rep_command(&self, v: usize, key: &Conflict) -> &Command {
+        let on_key = || {
+            self.commands[v].iter().filter(move |c| match key {
+                Conflict::Key(k) => c.op.key() == k,
+                Conflict::Session(s) => c.client == *s,
+            })
+        };
+        on_key()
+            .find(|c| c.op.is_write())
+            .or_else(|| on_key().next())
+            .expect("a member of a key's list touches the key")
+    }
+
+    /// Per key: the instances touching it, in component emission order (dependencies first),
+    /// with whether they write it.
+    fn by_key(&self) -> BTreeMap<Conflict, Vec<(usize, bool)>> {
+        let mut out: BTreeMap<Conflict, Vec<(usize, bool)>> = BTreeMap::new();
+        for v in 0..self.ids.len() {
+            for (key, write) in keys_of(&self.commands[v]) {
+                out.entry(key).or_default().push((v, write));
+            }
+        }
+        for members in out.values_mut() {
+            members.sort_by_key(|(v, _)| (self.comp[*v], *v));
+        }
+        out
+    }
+
+    /// Whether `to` is reachable from `from`. Components are numbered in emission order, so
+    /// anything that reaches `to` through known deps has a component number at least `to`'s:
+    /// the rest is pruned, unless it reaches an open instance, whose unknown deps might lead to
+    /// `to`.
+    fn reaches(&self, from: usize, to: usize) -> Reach {
+        if self.comp[from] == self.comp[to] {
+            return Reach::Yes;
+        }
+        let floor = self.comp[to];
+        let mut seen = HashSet::new();
+        let mut stack = vec![from];
+        let mut open = false;
+        while let Some(v) = stack.pop() {
+            if v == to {
+                return Reach::Yes;
+            }
+            if !seen.insert(v) {
+                continue;
+            }
+            open |= self.open[v];
+            for &w in &self.succ[v] {
+                if self.comp[w] >= floor {
+                    stack.push(w);
+                } else {
+                    open |= self.comp_open[self.comp[w]];
+                }
+            }
+        }
+        if open {
+            Reach::Unknown
+        } else {
+            Reach::No
+        }
+    }
+}
+
+/// Tarjan's strongly connected components. Returns each vertex's component number (in
+/// emission order: a component is numbered after every component it reaches) and the sizes.
+fn tarjan(succ: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+    const UNSEEN: usize = usize::MAX;
+    let n = succ.len();
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut comp = vec![UNSEEN; n];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    let mut next = 0;
+    for root in 0..n {
+        if index[root] != UNSEEN {
+            continue;
+        }
+        let mut calls: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut i)) = calls.last_mut() {
+            if let Some(&w) = succ[v].get(*i) {
+                *i += 1;
+                if index[w] == UNSEEN {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if low[v] == index[v] {
+                let c = sizes.len();
+                let mut size = 0;
+                while let Some(u) = stack.pop() {
+                    on_stack[u] = false;
+                    comp[u] = c;
+                    size += 1;
+                    if u == v {
+                        break;
+                    }
+                }
+                sizes.push(size);
+            }
+            if let Some(&(p, _)) = calls.last() {
+                low[p] = low[p].min(low[v]);
+            }
+        }
+    }
+    (comp, sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epaxos_kv::ids::ReplicaId;
+
+    fn id(r: u32, s: u64) -> InstanceId {
+        InstanceId::new(ReplicaId(r), s)
+    }
+
+    #[test]
+    fn tarjan_numbers_components_dependencies_first() {
+        // 0 -> 1 -> 2 -> 1, 3 alone.
+        let succ = vec![vec![1], vec![2], vec![1], vec![]];
+        let (comp, sizes) = tarjan(&succ);
+        assert_eq!(comp[1], comp[2]);
+        assert!(comp[0] > comp[1]);
+        assert_eq!(sizes.iter().copied().max(), Some(2));
+    }
+
+    #[test]
+    fn order_difference_ignores_reads_among_themselves() {
+        let (w1, r1, r2, w2) = (id(0, 1), id(1, 1), id(2, 1), id(0, 2));
+        let a = [(w1, true), (r1, false), (r2, false), (w2, true)];
+        let b = [(w1, true), (r2, false), (r1, false), (w2, true)];
+        assert_eq!(order_difference(&a, &b), None);
+        let c = [(w1, true), (r2, false), (w2, true), (r1, false)];
+        assert!(order_difference(&a, &c).is_some());
+        let d = [(w2, true), (w1, true)];
+        assert!(order_difference(&a, &d).is_some());
+    }
+}

@@ -1,0 +1,1466 @@
+//! The simulated world: replicas of the real core, a network, clients and faults, all driven
+//! by one event queue in virtual time and one seeded generator.
+//!
+//! A run has two phases:
+//! 1. chaos (`Config::chaos` long): clients issue random operations on a few keys; the network
+//!    delays (a base latency plus a rare long tail, so messages overtake each other), loses and
+//!    duplicates messages; partitions (symmetric and one-way) come and heal; up to F replicas
+//!    crash;
+//! 2. settling: every link heals, loss and duplication stop, clients finish what they started
+//!    and issue no more; one barrier write per key follows (see `Config::barrier`). Every
+//!    command must then commit and execute at every live replica within `Config::settle_max`.
+//!
+//! Crashes are permanent: there is no durability yet, so a replica that came back would have to
+//! start empty and could never vote again; a crashed replica simply stops. Nor is there recovery
+//! (explicit prepare) yet: an instance whose leader crashed before it was committed stays
+//! uncommitted forever, and so does everything that depends on it. In runs with crashes,
+//! liveness is therefore demanded only of what such instances cannot block: see
+//! `Sim::liveness_gaps`. A later issue adds recovery and must make that exemption go.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use epaxos_kv::command::{Command, Op, OpResult};
+use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use epaxos_kv::instance::Status;
+use epaxos_kv::message::{Message, ShowDeps};
+use epaxos_kv::quorum;
+use epaxos_kv::replica::{Options, Path, Replica, ReplyError, Sabotage, Token};
+
+use super::linearizability::{self, Entry, RegOp, RegResult, Value, Verdict};
+use super::observer::{keys_of, Conflict, Observer};
+use super::rng::Rng;
+use super::trace::{Trace, What};
+use super::{Check, Violation};
+
+/// How often each replica's timer fires.
+const TICK: Duration = Duration::from_millis(10);
+/// How often the settling phase looks for quiescence.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+/// Most events one run may process: a simulator needs a step limit too.
+const EVENTS_MAX: u64 = 50_000_000;
+/// How many operations of a non-linearizable key's history a failure report shows.
+const HISTORY_SHOWN: usize = 60;
+/// How many trace events a failure report shows.
+const REPORT_EVENTS: usize = 40;
+
+/// Everything that shapes a run. `Config::random(seed)` derives one from a seed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub n: usize,
+    pub thrifty: bool,
+    pub batch_max: usize,
+    /// `Options::inflight_max`: small values queue proposals and grow batches.
+    pub inflight_max: usize,
+    /// `Options::retry` and `Options::fetch_after` of every replica.
+    pub retry: Duration,
+    pub fetch_after: Duration,
+    /// Client sessions (besides one barrier session per key).
+    pub clients: usize,
+    pub keys: usize,
+    /// Whether clients issue random operations during chaos (scripted runs say false).
+    pub random_ops: bool,
+    /// Longest pause of a client between two operations.
+    pub think_max: Duration,
+    /// How long a client waits for an answer before retrying (doubling, up to 4 times this).
+    pub client_timeout: Duration,
+    /// Length of the faulty phase.
+    pub chaos: Duration,
+    /// How long after healing everything must have committed and executed everywhere.
+    pub settle_max: Duration,
+    /// Replica-to-replica latency: uniform in `latency_min..=latency_max`, plus with
+    /// probability `tail_chance` up to `tail_max` more.
+    pub latency_min: Duration,
+    pub latency_max: Duration,
+    pub tail_chance: f64,
+    pub tail_max: Duration,
+    /// Probability that a message (or a client request or reply) is lost, or duplicated.
+    pub loss: f64,
+    pub dup: f64,
+    /// Whether random partitions come and go during chaos.
+    pub partitions: bool,
+    /// Replicas that crash during chaos, at most F.
+    pub crashes: usize,
+    /// After healing, one write per key from a fresh session (a CAS that fails, so that the
+    /// state stays as chaos left it). Its deps reach every earlier instance on the key, so every
+    /// replica fetches any Commit it lost. The core resends a
+    /// Commit only when execution waits on it: without this barrier, a Commit lost for the last
+    /// instance of a key would leave that replica behind forever (reported as a core gap).
+    pub barrier: bool,
+    pub sabotage: Sabotage,
+    /// Plant the sabotage at this replica only (all of them when `None`).
+    pub sabotage_only: Option<usize>,
+    /// The test that built this configuration by hand, to name in the replay command; `None`
+    /// for `Config::random(seed)`, which `SIM_SEED` replays.
+    pub scenario: Option<&'static str>,
+}
+
+impl Config {
+    /// The configuration a random run derives from its seed.
+    pub fn random(seed: u64) -> Config {
+        let mut r = Rng::new(seed ^ 0x0c0f_f1ee_5eed_5a17);
+        let ms = Duration::from_millis;
+        let n = *r.pick(&[3, 5]);
+        let f = quorum::max_failures(n) as u64;
+        Config {
+            seed,
+            n,
+            thrifty: r.chance(0.4),
+            batch_max: *r.pick(&[1, 4, 1024]),
+            inflight_max: *r.pick(&[2, 256]),
+            retry: *r.pick(&[ms(50), ms(200)]),
+            fetch_after: *r.pick(&[ms(100), ms(300)]),
+            clients: r.range(2, 12) as usize,
+            keys: *r.pick(&[1, 2, 3, 4, 8]),
+            random_ops: true,
+            think_max: *r.pick(&[ms(0), ms(5), ms(30)]),
+            client_timeout: *r.pick(&[ms(300), ms(1000)]),
+            chaos: ms(r.range(1000, 6000)),
+            settle_max: Duration::from_secs(30),
+            latency_min: ms(1),
+            latency_max: *r.pick(&[ms(2), ms(10), ms(40)]),
+            tail_chance: *r.pick(&[0.0, 0.01, 0.05]),
+            tail_max: ms(200),
+            loss: *r.pick(&[0.0, 0.01, 0.05, 0.2]),
+            dup: *r.pick(&[0.0, 0.02, 0.1]),
+            partitions: r.chance(0.5),
+            crashes: if r.chance(0.2) {
+                r.range(1, f) as usize
+            } else {
+                0
+            },
+            barrier: true,
+            sabotage: Sabotage::default(),
+            sabotage_only: None,
+            scenario: None,
+        }
+    }
+
+    /// A quiet network for scripted scenarios: 1 ms on every link, nothing lost, no random
+    /// traffic or faults; the script says what happens. Settling starts at `chaos`. `scenario`
+    /// names the test, for the replay command.
+    pub fn scripted(
+        scenario: &'static str,
+        n: usize,
+        clients: usize,
+        keys: usize,
+        chaos: Duration,
+    ) -> Config {
+        let ms = Duration::from_millis;
+        Config {
+            seed: 1,
+            n,
+            thrifty: false,
+            batch_max: 1024,
+            inflight_max: 256,
+            retry: ms(200),
+            fetch_after: ms(300),
+            clients,
+            keys,
+            random_ops: false,
+            think_max: ms(0),
+            client_timeout: ms(500),
+            chaos,
+            settle_max: Duration::from_secs(30),
+            latency_min: ms(1),
+            latency_max: ms(1),
+            tail_chance: 0.0,
+            tail_max: ms(0),
+            loss: 0.0,
+            dup: 0.0,
+            partitions: false,
+            crashes: 0,
+            barrier: true,
+            sabotage: Sabotage::default(),
+            sabotage_only: None,
+            scenario: Some(scenario),
+        }
+    }
+}
+
+impl Config {
+    /// The command that replays a run of this configuration.
+    pub fn replay(&self) -> String {
+        match self.scenario {
+            Some(test) => format!("cargo test --release --test simulation {test} -- --nocapture"),
+            None => format!(
+                "{}SIM_SEED={} cargo test --release --test simulation random_seeds -- --nocapture",
+                if self.barrier { "" } else { "SIM_BARRIER=0 " },
+                self.seed
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "n={} thrifty={} batch_max={} inflight_max={} retry={:?} fetch_after={:?} clients={} keys={} \
+             think_max={:?} client_timeout={:?} chaos={:?} latency={:?}..{:?} tail={}%<{:?} \
+             loss={}% dup={}% partitions={} crashes={} barrier={}",
+            self.n,
+            self.thrifty,
+            self.batch_max,
+            self.inflight_max,
+            self.retry,
+            self.fetch_after,
+            self.clients,
+            self.keys,
+            self.think_max,
+            self.client_timeout,
+            self.chaos,
+            self.latency_min,
+            self.latency_max,
+            self.tail_chance * 100.0,
+            self.tail_max,
+            self.loss * 100.0,
+            self.dup * 100.0,
+            self.partitions,
+            self.crashes,
+            self.barrier,
+        )?;
+        if self.sabotage != Sabotage::default() {
+            write!(f, " sabotage={:?}", self.sabotage)?;
+            if let Some(r) = self.sabotage_only {
+                write!(f, " (at r{r} only)")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A step of a scripted scenario.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Client `client` (idle) sends `op` to `replica`; it retries on timeout like any client.
+    Op {
+        client: usize,
+        replica: usize,
+        op: Op,
+    },
+    /// Cut every link between different groups, both ways.
+    Partition(Vec<Vec<usize>>),
+    /// Cut the link from `from` to `to` only.
+    Cut { from: usize, to: usize },
+    /// Restore every link.
+    HealLinks,
+    /// Replica `r` stops for good.
+    Crash(usize),
+    /// Lose the next message of this type from `from` to `to`.
+    DropNext {
+        from: usize,
+        to: usize,
+        kind: &'static str,
+    },
+}
+
+/// What a run measured.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub events: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub ops_done: u64,
+    pub ops_open: u64,
+    pub retries: u64,
+    pub fast: u64,
+    pub slow: u64,
+    pub instances: usize,
+    pub component_max: usize,
+    pub sim_time: Duration,
+    /// From healing to quiescence.
+    pub settle_time: Option<Duration>,
+    pub wall: Duration,
+    pub inconclusive_keys: usize,
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub config: Config,
+    pub violations: Vec<Violation>,
+    pub stats: Stats,
+    pub trace_hash: u64,
+    /// A reproduction to print when the run failed; empty otherwise.
+    pub report: String,
+}
+
+impl Outcome {
+    pub fn failed(&self, check: Check) -> bool {
+        self.violations.iter().any(|v| v.check == check)
+    }
+}
+
+#[derive(Debug)]
+enum Fault {
+    /// Cut these links (one way each).
+    Cut(Vec<(usize, usize)>, String),
+    HealLinks,
+    Crash(usize),
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Message,
+    },
+    Tick(usize),
+    ClientNext(usize),
+    Request {
+        replica: usize,
+        token: Token,
+        cmd: Command,
+    },
+    Response {
+        client: usize,
+        request: u64,
+        result: Result<OpResult, ReplyError>,
+    },
+    ClientTimeout {
+        client: usize,
+        request: u64,
+        attempt: u32,
+    },
+    Fault(Fault),
+    Script(Action),
+    EndChaos,
+    Check,
+    Deadline,
+}
+
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: `BinaryHeap` pops the earliest event, ties in scheduling order.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A client session's request in flight.
+#[derive(Debug)]
+struct Current {
+    request: u64,
+    cmd: Command,
+    hist: usize,
+    attempt: u32,
+    /// The replica the last attempt went to.
+    replica: usize,
+}
+
+#[derive(Debug)]
+struct Client {
+    id: ClientId,
+    next_request: u64,
+    current: Option<Current>,
+    /// The last value this client saw per key (CAS expects it).
+    last_seen: BTreeMap<Bytes, Option<Bytes>>,
+    /// Results received per request: retries must all be answered alike.
+    answers: BTreeMap<u64, OpResult>,
+}
+
+/// One operation of the client-observed history.
+#[derive(Debug)]
+struct HistOp {
+    client: usize,
+    op: Op,
+    call: u64,
+    ret: Option<u64>,
+    result: Option<OpResult>,
+}
+
+/// A simulated cluster and its clients.
+pub struct Sim {
+    cfg: Config,
+    now: Duration,
+    rng: Rng,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    replicas: Vec<Replica>,
+    alive: Vec<bool>,
+    /// `blocked[from][to]`: the link is cut.
+    blocked: Vec<Vec<bool>>,
+    loss: f64,
+    dup: f64,
+    settling: bool,
+    healed_at: Duration,
+    keys: Vec<Bytes>,
+    clients: Vec<Client>,
+    tokens: BTreeMap<Token, (usize, u64)>,
+    next_token: Token,
+    history: Vec<HistOp>,
+    /// Logical clock of the history: orders invocations and returns strictly.
+    stamp: u64,
+    observer: Observer,
+    trace: Trace,
+    stats: Stats,
+    drop_next: Vec<(usize, usize, &'static str)>,
+    violations: Vec<Violation>,
+    done: bool,
+    ticks: Vec<u64>,
+}
+
+impl Sim {
+    /// A random run of `cfg`.
+    pub fn new(cfg: Config) -> Sim {
+        Sim::scripted(cfg, Vec::new())
+    }
+
+    /// A run of `cfg` with `script` steps at the given times.
+    pub fn scripted(cfg: Config, script: Vec<(Duration, Action)>) -> Sim {
+        let n = cfg.n;
+        let replicas = (0..n)
+            .map(|i| {
+                let mut o = Options::new(ReplicaId(i as u32), n);
+                o.thrifty = cfg.thrifty;
+                o.batch_max = cfg.batch_max;
+                o.inflight_max = cfg.inflight_max;
+                o.retry = cfg.retry;
+                o.retry_max = o.retry_max.max(cfg.retry);
+                o.fetch_after = cfg.fetch_after;
+                if cfg.sabotage_only.is_none_or(|r| r == i) {
+                    o.sabotage = cfg.sabotage.clone();
+                }
+                Replica::new(o)
+            })
+            .collect();
+        let keys: Vec<Bytes> = (0..cfg.keys)
+            .map(|k| Bytes::from(format!("k{k}")))
+            .collect();
+        let clients = (0..cfg.clients + cfg.keys)
+            .map(|c| Client {
+                id: ClientId(c as u64 + 1),
+                next_request: 1,
+                current: None,
+                last_seen: BTreeMap::new(),
+                answers: BTreeMap::new(),
+            })
+            .collect();
+        let mut sim = Sim {
+            rng: Rng::new(cfg.seed),
+            now: Duration::ZERO,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            replicas,
+            alive: vec![true; n],
+            blocked: vec![vec![false; n]; n],
+            loss: cfg.loss,
+            dup: cfg.dup,
+            settling: false,
+            healed_at: cfg.chaos,
+            keys,
+            clients,
+            tokens: BTreeMap::new(),
+            next_token: 1,
+            history: Vec::new(),
+            stamp: 0,
+            observer: Observer::new(n),
+            trace: Trace::default(),
+            stats: Stats::default(),
+            drop_next: Vec::new(),
+            violations: Vec::new(),
+            done: false,
+            ticks: vec![0; n],
+            cfg,
+        };
+        for (at, action) in script {
+            sim.schedule_at(at, Event::Script(action));
+        }
+        sim
+    }
+
+    fn schedule_at(&mut self, at: Duration, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        });
+    }
+
+    fn schedule(&mut self, after: Duration, event: Event) {
+        self.schedule_at(self.now + after, event);
+    }
+
+    /// Runs to quiescence after settling, or to the liveness deadline, and checks everything.
+    pub fn run(mut self) -> Outcome {
+        let wall = Instant::now();
+        self.start();
+        while let Some(s) = self.queue.pop() {
+            self.now = s.at;
+            self.stats.events += 1;
+            self.handle(s.event);
+            if self.done {
+                break;
+            }
+            if self.stats.events >= EVENTS_MAX {
+                self.violations.push(Violation {
+                    check: Check::Liveness,
+                    detail: format!("no quiescence within {EVENTS_MAX} events"),
+                    instances: Vec::new(),
+                });
+                break;
+            }
+        }
+        self.finish(wall)
+    }
+
+    fn start(&mut self) {
+        let n = self.cfg.n;
+        for r in 0..n {
+            // Staggered so that the replicas' timers do not fire in lockstep.
+            self.schedule_at(Duration::from_micros(1 + 997 * r as u64), Event::Tick(r));
+        }
+        if self.cfg.random_ops {
+            for c in 0..self.cfg.clients {
+                let at = Duration::from_micros(self.rng.range(0, 5_000));
+                self.schedule_at(at, Event::ClientNext(c));
+            }
+        }
+        let mut faults = self.rng.fork();
+        if self.cfg.partitions {
+            self.plan_partitions(&mut faults);
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, faults.index(i + 1));
+        }
+        let chaos_ms = self.cfg.chaos.as_millis() as u64;
+        for &r in order.iter().take(self.cfg.crashes) {
+            let at = Duration::from_millis(faults.range(100, chaos_ms.max(101)));
+            self.schedule_at(at, Event::Fault(Fault::Crash(r)));
+        }
+        self.schedule_at(self.cfg.chaos, Event::EndChaos);
+    }
+
+    /// Partitions, one at a time, each healing before the next.
+    fn plan_partitions(&mut self, rng: &mut Rng) {
+        let n = self.cfg.n;
+        let chaos = self.cfg.chaos.as_millis() as u64;
+        let mut t = rng.range(50, 400);
+        while t < chaos {
+            let (cut, what) = match rng.below(3) {
+                0 => {
+                    let r = rng.index(n);
+                    let cut = (0..n)
+                        .filter(|&o| o != r)
+                        .flat_map(|o| [(r, o), (o, r)])
+                        .collect();
+                    (cut, format!("isolate r{r}"))
+                }
+                1 => {
+                    let side: Vec<bool> = (0..n).map(|_| rng.chance(0.5)).collect();
+                    let cut = (0..n)
+                        .flat_map(|a| (0..n).map(move |b| (a, b)))
+                        .filter(|&(a, b)| side[a] != side[b])
+                        .collect();
+                    (cut, format!("split {side:?}"))
+                }
+                _ => {
+                    let mut cut = Vec::new();
+                    for _ in 0..rng.range(1, n as u64) {
+                        let a = rng.index(n);
+                        let b = (a + 1 + rng.index(n - 1)) % n;
+                        cut.push((a, b));
+                    }
+                    let what = format!("one-way cuts {cut:?}");
+                    (cut, what)
+                }
+            };
+            let dur = rng.range(30, 700);
+            self.schedule_at(
+                Duration::from_millis(t),
+                Event::Fault(Fault::Cut(cut, what)),
+            );
+            let heal = (t + dur).min(chaos);
+            self.schedule_at(Duration::from_millis(heal), Event::Fault(Fault::HealLinks));
+            t = heal + rng.range(50, 500);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, msg } => self.on_deliver(from, to, msg),
+            Event::Tick(r) => self.on_tick(r),
+            Event::ClientNext(c) => {
+                if !self.settling && self.clients[c].current.is_none() {
+                    let op = self.random_op(c);
+                    self.start_op(c, op, None);
+                }
+            }
+            Event::Request {
+                replica,
+                token,
+                cmd,
+            } => {
+                if !self.alive[replica] {
+                    self.lost_request(replica, token);
+                    return;
+                }
+                if self.replicas[replica].propose(token, cmd).is_err() {
+                    self.lost_request(replica, token);
+                    return;
+                }
+                self.after_input(replica);
+            }
+            Event::Response {
+                client,
+                request,
+                result,
+            } => self.on_response(client, request, result),
+            Event::ClientTimeout {
+                client,
+                request,
+                attempt,
+            } => {
+                let retry = self.clients[client]
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.request == request && c.attempt == attempt);
+                if retry {
+                    self.stats.retries += 1;
+                    self.send_attempt(client, None);
+                }
+            }
+            Event::Fault(f) => self.on_fault(f),
+            Event::Script(a) => self.on_action(a),
+            Event::EndChaos => self.end_chaos(),
+            Event::Check => {
+                if self.quiescent() {
+                    self.stats.settle_time = Some(self.now - self.healed_at);
+                    self.done = true;
+                } else {
+                    self.schedule(CHECK_EVERY, Event::Check);
+                }
+            }
+            Event::Deadline => {
+                let gaps = self.liveness_gaps();
+                if !gaps.is_empty() {
+                    let instances = gaps.iter().filter_map(|(i, _)| *i).take(4).collect();
+                    let shown: Vec<&str> = gaps.iter().take(8).map(|(_, s)| s.as_str()).collect();
+                    self.violations.push(Violation {
+                        check: Check::Liveness,
+                        detail: format!(
+                            "{} things still undone {:?} after healing: {}",
+                            gaps.len(),
+                            self.cfg.settle_max,
+                            shown.join("; ")
+                        ),
+                        instances,
+                    });
+                }
+                self.done = true;
+            }
+        }
+    }
+
+    fn lost_request(&mut self, replica: usize, token: Token) {
+        if let Some(&(client, request)) = self.tokens.get(&token) {
+            self.trace.record(
+                self.now,
+                What::RequestLost {
+                    client,
+                    request,
+                    replica,
+                },
+            );
+        }
+    }
+
+    fn on_deliver(&mut self, from: usize, to: usize, msg: Message) {
+        let why = if !self.alive[to] {
+            Some("crashed")
+        } else if self.blocked[from][to] {
+            Some("partition")
+        } else {
+            None
+        };
+        let (kind, instance) = (msg.kind(), msg.instance());
+        if let Some(why) = why {
+            self.stats.dropped += 1;
+            self.trace.record(
+                self.now,
+                What::Drop {
+                    from,
+                    to,
+                    kind,
+                    instance,
+                    why,
+                },
+            );
+            return;
+        }
+        self.stats.delivered += 1;
+        self.trace.mix_message(&msg);
+        self.trace.record(
+            self.now,
+            What::Deliver {
+                from,
+                to,
+                kind,
+                instance,
+                deps: msg.deps().map_or(0, |d| d.len()),
+            },
+        );
+        self.replicas[to].handle(self.now, ReplicaId(from as u32), msg);
+        self.after_input(to);
+    }
+
+    fn on_tick(&mut self, r: usize) {
+        if !self.alive[r] {
+            return;
+        }
+        self.replicas[r].tick(self.now);
+        self.after_input(r);
+        self.ticks[r] += 1;
+        // The full invariant check walks every instance: every 10th tick keeps it affordable.
+        if self.ticks[r].is_multiple_of(10) {
+            self.check_invariants(r);
+        }
+        self.schedule(TICK, Event::Tick(r));
+    }
+
+    fn check_invariants(&mut self, r: usize) {
+        if let Err(e) = self.replicas[r].check_invariants() {
+            if self.violations.iter().all(|v| v.check != Check::Invariant) {
+                self.violations.push(Violation {
+                    check: Check::Invariant,
+                    detail: format!("r{r} at {:?}: {e}", self.now),
+                    instances: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// After any input: flush (start instances from what was proposed), then carry out the
+    /// replica's outputs and show them to the observer.
+    fn after_input(&mut self, r: usize) {
+        self.replicas[r].flush(self.now);
+        let ready = self.replicas[r].take_ready();
+        for out in ready.messages {
+            for to in out.to {
+                self.send(r, to.index(), out.msg.clone());
+            }
+        }
+        for c in &ready.committed {
+            match c.led {
+                Some((Path::Fast, _)) => self.stats.fast += 1,
+                Some((Path::Slow, _)) => self.stats.slow += 1,
+                None => {}
+            }
+            let deps = self.replicas[r]
+                .instance(c.instance)
+                .map(|i| i.deps.clone())
+                .unwrap_or_default();
+            self.trace.mix(&[r as u64, c.instance.slot]);
+            self.trace.record(
+                self.now,
+                What::Commit {
+                    replica: r,
+                    instance: c.instance,
+                    deps,
+                },
+            );
+            self.observer.on_commit(r, &self.replicas[r], c.instance);
+        }
+        if !ready.executed.is_empty() {
+            for &instance in &ready.executed {
+                self.trace.record(
+                    self.now,
+                    What::Execute {
+                        replica: r,
+                        instance,
+                    },
+                );
+            }
+            self.observer
+                .on_executed(r, &self.replicas[r], &ready.executed);
+        }
+        for reply in ready.replies {
+            let Some(&(client, request)) = self.tokens.get(&reply.token) else {
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail: format!("r{r} answered unknown token {}", reply.token),
+                    instances: Vec::new(),
+                });
+                continue;
+            };
+            if self.rng.chance(self.loss) {
+                continue;
+            }
+            let after = self.client_latency();
+            self.schedule(
+                after,
+                Event::Response {
+                    client,
+                    request,
+                    result: reply.result,
+                },
+            );
+        }
+    }
+
+    fn latency(&mut self) -> Duration {
+        let lo = self.cfg.latency_min.as_micros() as u64;
+        let hi = self.cfg.latency_max.as_micros() as u64;
+        let mut us = self.rng.range(lo, hi.max(lo));
+        if self.rng.chance(self.cfg.tail_chance) {
+            us += self.rng.range(0, self.cfg.tail_max.as_micros() as u64);
+        }
+        Duration::from_micros(us)
+    }
+
+    fn client_latency(&mut self) -> Duration {
+        if self.cfg.latency_min == self.cfg.latency_max {
+            return self.cfg.latency_min;
+        }
+        Duration::from_micros(self.rng.range(200, 2_000))
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Message) {
+        let kind = msg.kind();
+        let instance = msg.instance();
+        if let Some(pos) = self
+            .drop_next
+            .iter()
+            .position(|&(f, t, k)| (f, t, k) == (from, to, kind))
+        {
+            self.drop_next.remove(pos);
+            self.stats.dropped += 1;
+            let why = "scripted";
+            self.trace.record(
+                self.now,
+                What::Drop {
+                    from,
+                    to,
+                    kind,
+                    instance,
+                    why,
+                },
+            );
+            return;
+        }
+        if self.rng.chance(self.loss) {
+            self.stats.dropped += 1;
+            let why = "loss";
+            self.trace.record(
+                self.now,
+                What::Drop {
+                    from,
+                    to,
+                    kind,
+                    instance,
+                    why,
+                },
+            );
+            return;
+        }
+        if self.rng.chance(self.dup) {
+            self.stats.duplicated += 1;
+            self.trace.record(
+                self.now,
+                What::Duplicate {
+                    from,
+                    to,
+                    kind,
+                    instance,
+                },
+            );
+            let after = self.latency();
+            self.schedule(
+                after,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        let after = self.latency();
+        self.schedule(after, Event::Deliver { from, to, msg });
+    }
+
+    // ---- clients ----------------------------------------------------------------------------
+
+    fn random_op(&mut self, c: usize) -> Op {
+        let key = self.keys[self.rng.index(self.keys.len())].clone();
+        let fresh = Bytes::from(format!("{}.{}", c, self.clients[c].next_request));
+        match self.rng.below(100) {
+            0..35 => Op::Get { key },
+            35..65 => Op::Put { key, value: fresh },
+            65..75 => Op::Delete { key },
+            _ => {
+                let expected = if self.rng.chance(0.8) {
+                    self.clients[c].last_seen.get(&key).cloned().flatten()
+                } else {
+                    None
+                };
+                Op::Cas {
+                    key,
+                    expected,
+                    new: fresh,
+                }
+            }
+        }
+    }
+
+    fn start_op(&mut self, c: usize, op: Op, replica: Option<usize>) {
+        let client = &mut self.clients[c];
+        assert!(
+            client.current.is_none(),
+            "client {c} has a request in flight already"
+        );
+        let request = client.next_request;
+        client.next_request += 1;
+        let cmd = Command {
+            client: client.id,
+            request: RequestId(request),
+            op: op.clone(),
+        };
+        self.stamp += 1;
+        self.history.push(HistOp {
+            client: c,
+            op,
+            call: self.stamp,
+            ret: None,
+            result: None,
+        });
+        self.clients[c].current = Some(Current {
+            request,
+            cmd,
+            hist: self.history.len() - 1,
+            attempt: 0,
+            replica: 0,
+        });
+        self.send_attempt(c, replica);
+    }
+
+    /// Sends the client's current request to `replica`, or for a first attempt to a random
+    /// replica; a retry goes to the same replica once in a while (the first retry only), and
+    /// otherwise to the next one, so that a client finds a live replica within F+1 retries.
+    fn send_attempt(&mut self, c: usize, replica: Option<usize>) {
+        let n = self.cfg.n;
+        let token = self.next_token;
+        self.next_token += 1;
+        let same = self.rng.chance(0.3);
+        let first = self.rng.index(n);
+        let Some(cur) = self.clients[c].current.as_mut() else {
+            return;
+        };
+        cur.replica = match (replica, cur.attempt) {
+            (Some(r), _) => r,
+            (None, 0) => first,
+            (None, 1) if same => cur.replica,
+            (None, _) => (cur.replica + 1) % n,
+        };
+        cur.attempt += 1;
+        let (request, attempt, cmd, replica) =
+            (cur.request, cur.attempt, cur.cmd.clone(), cur.replica);
+        self.tokens.insert(token, (c, request));
+        self.trace.record(
+            self.now,
+            What::Request {
+                client: c,
+                request,
+                replica,
+                op: format!("{:?}", cmd.op),
+                attempt,
+            },
+        );
+        if self.rng.chance(self.loss) {
+            self.trace.record(
+                self.now,
+                What::RequestLost {
+                    client: c,
+                    request,
+                    replica,
+                },
+            );
+        } else {
+            let after = self.client_latency();
+            self.schedule(
+                after,
+                Event::Request {
+                    replica,
+                    token,
+                    cmd,
+                },
+            );
+        }
+        let backoff = self.cfg.client_timeout * (1 << (attempt - 1).min(2));
+        self.schedule(
+            backoff,
+            Event::ClientTimeout {
+                client: c,
+                request,
+                attempt,
+            },
+        );
+    }
+
+    fn on_response(&mut self, c: usize, request: u64, result: Result<OpResult, ReplyError>) {
+        let is_current = self.clients[c]
+            .current
+            .as_ref()
+            .is_some_and(|cur| cur.request == request);
+        let result = match result {
+            Ok(r) => r,
+            Err(ReplyError::Stale) => {
+                // Only a request older than the session's last executed one is stale; a
+                // session never moves past its current request.
+                if is_current {
+                    self.violations.push(Violation {
+                        check: Check::ExactlyOnce,
+                        detail: format!(
+                            "client {c}'s current request {request} was answered Stale"
+                        ),
+                        instances: Vec::new(),
+                    });
+                }
+                return;
+            }
+        };
+        self.trace.record(
+            self.now,
+            What::Reply {
+                client: c,
+                request,
+                result: format!("{result:?}"),
+            },
+        );
+        let client = &mut self.clients[c];
+        if let Some(before) = client.answers.get(&request) {
+            if *before != result {
+                let detail =
+                    format!("client {c} request {request} answered {before:?} and {result:?}");
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail,
+                    instances: Vec::new(),
+                });
+            }
+        } else {
+            client.answers.insert(request, result.clone());
+        }
+        if !is_current {
+            return;
+        }
+        let Some(cur) = client.current.take() else {
+            return;
+        };
+        let key = cur.cmd.op.key().clone();
+        let seen = match &cur.cmd.op {
+            Op::Get { .. } => result.found.then(|| result.value.clone()),
+            Op::Put { value, .. } => Some(value.clone()),
+            Op::Delete { .. } => None,
+            Op::Cas { new, .. } if result.success => Some(new.clone()),
+            Op::Cas { .. } => result.found.then(|| result.value.clone()),
+        };
+        client.last_seen.insert(key, seen);
+        self.stamp += 1;
+        let h = &mut self.history[cur.hist];
+        h.ret = Some(self.stamp);
+        h.result = Some(result);
+        self.stats.ops_done += 1;
+        if self.cfg.random_ops && !self.settling && c < self.cfg.clients {
+            let think = self.rng.range(0, self.cfg.think_max.as_micros() as u64);
+            self.schedule(Duration::from_micros(think), Event::ClientNext(c));
+        }
+    }
+
+    // ---- faults -----------------------------------------------------------------------------
+
+    fn on_fault(&mut self, f: Fault) {
+        match f {
+            Fault::Cut(links, what) => {
+                if self.settling {
+                    return;
+                }
+                for (a, b) in links {
+                    self.blocked[a][b] = true;
+                }
+                self.trace.record(self.now, What::Fault(what));
+            }
+            Fault::HealLinks => self.heal_links(),
+            Fault::Crash(r) => self.crash(r),
+        }
+    }
+
+    fn heal_links(&mut self) {
+        for row in &mut self.blocked {
+            row.fill(false);
+        }
+        self.trace
+            .record(self.now, What::Fault("heal links".into()));
+    }
+
+    fn crash(&mut self, r: usize) {
+        self.alive[r] = false;
+        let crashed = self.alive.iter().filter(|a| !**a).count();
+        assert!(
+            crashed <= quorum::max_failures(self.cfg.n),
+            "at most F replicas may crash"
+        );
+        self.trace
+            .record(self.now, What::Fault(format!("crash r{r}")));
+    }
+
+    fn on_action(&mut self, a: Action) {
+        match a {
+            Action::Op {
+                client,
+                replica,
+                op,
+            } => self.start_op(client, op, Some(replica)),
+            Action::Partition(groups) => {
+                let n = self.cfg.n;
+                let group_of = |r: usize| groups.iter().position(|g| g.contains(&r));
+                for a in 0..n {
+                    for b in 0..n {
+                        if group_of(a) != group_of(b) {
+                            self.blocked[a][b] = true;
+                        }
+                    }
+                }
+                self.trace
+                    .record(self.now, What::Fault(format!("partition {groups:?}")));
+            }
+            Action::Cut { from, to } => {
+                self.blocked[from][to] = true;
+                self.trace
+                    .record(self.now, What::Fault(format!("cut r{from} -> r{to}")));
+            }
+            Action::HealLinks => self.heal_links(),
+            Action::Crash(r) => self.crash(r),
+            Action::DropNext { from, to, kind } => self.drop_next.push((from, to, kind)),
+        }
+    }
+
+    fn end_chaos(&mut self) {
+        self.heal_links();
+        self.loss = 0.0;
+        self.dup = 0.0;
+        self.settling = true;
+        self.healed_at = self.now;
+        self.trace
+            .record(self.now, What::Fault("end of chaos: settling".into()));
+        if self.cfg.barrier {
+            for k in 0..self.keys.len() {
+                let c = self.cfg.clients + k;
+                // A write for the deps, but one that never succeeds: it leaves the state as
+                // chaos left it, so that the convergence check still compares that.
+                let op = Op::Cas {
+                    key: self.keys[k].clone(),
+                    expected: Some(Bytes::from_static(b"never written")),
+                    new: Bytes::from(format!("barrier.{k}")),
+                };
+                self.start_op(c, op, None);
+            }
+        }
+        self.schedule(CHECK_EVERY, Event::Check);
+        self.schedule(self.cfg.settle_max, Event::Deadline);
+    }
+
+    // ---- liveness ---------------------------------------------------------------------------
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.cfg.n).filter(|r| self.alive[*r])
+    }
+
+    /// Cheap test first: anything pending means not quiescent.
+    fn quiescent(&self) -> bool {
+        if self.alive.iter().all(|a| *a) {
+            let busy = self.clients.iter().any(|c| c.current.is_some())
+                || self.live().any(|r| {
+                    let rep = &self.replicas[r];
+                    rep.pending() > 0 || rep.inflight() > 0 || rep.unexecuted() > 0
+                });
+            if busy {
+                return false;
+            }
+        }
+        self.liveness_gaps().is_empty()
+    }
+
+    /// What is not done yet: client requests unanswered, instances not executed at some live
+    /// replica. With crashes, what an instance of a crashed leader can block is exempt (there is
+    /// no recovery yet): such an instance that no live replica holds committed, whatever
+    /// depends on it, and everything on the keys any of those touch, transitively.
+    fn liveness_gaps(&self) -> Vec<(Option<InstanceId>, String)> {
+        // What the live replicas know of every instance: its keys and deps.
+        let mut known: BTreeMap<InstanceId, (Vec<Conflict>, BTreeSet<InstanceId>)> =
+            BTreeMap::new();
+        for r in self.live() {
+            for (id, inst) in self.replicas[r].instances() {
+                let e = known.entry(*id).or_insert_with(|| {
+                    let keys = keys_of(&inst.commands)
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .collect();
+                    (keys, BTreeSet::new())
+                });
+                e.1.extend(inst.deps.iter().copied());
+            }
+        }
+        let mut exempt: BTreeSet<InstanceId> = BTreeSet::new();
+        let mut exempt_keys: BTreeSet<Conflict> = BTreeSet::new();
+        if self.alive.iter().any(|a| !*a) {
+            let held_committed = |id: &InstanceId| {
+                self.live().any(|r| {
+                    self.replicas[r]
+                        .instance(*id)
+                        .is_some_and(|i| i.status.is_decided())
+                })
+            };
+            let mentioned = known
+                .iter()
+                .flat_map(|(id, (_, deps))| std::iter::once(*id).chain(deps.iter().copied()));
+            for id in mentioned {
+                if !self.alive[id.replica.index()] && !held_committed(&id) {
+                    exempt.insert(id);
+                }
+            }
+            loop {
+                let before = exempt.len();
+                for (id, (keys, deps)) in &known {
+                    if exempt.contains(id)
+                        || deps.iter().any(|d| exempt.contains(d))
+                        || keys.iter().any(|k| exempt_keys.contains(k))
+                    {
+                        exempt.insert(*id);
+                        exempt_keys.extend(keys.iter().cloned());
+                    }
+                }
+                if exempt.len() == before {
+                    break;
+                }
+            }
+        }
+        let mut gaps = Vec::new();
+        for (c, client) in self.clients.iter().enumerate() {
+            if let Some(cur) = &client.current {
+                let key = Conflict::Key(cur.cmd.op.key().clone());
+                if !exempt_keys.contains(&key)
+                    && !exempt_keys.contains(&Conflict::Session(client.id))
+                {
+                    gaps.push((
+                        None,
+                        format!("client {c} request {} unanswered", cur.request),
+                    ));
+                }
+            }
+        }
+        for r in self.live() {
+            if self.replicas[r].pending() > 0 {
+                gaps.push((None, format!("r{r} has proposals pending")));
+            }
+        }
+        for id in known.keys() {
+            if exempt.contains(id) {
+                continue;
+            }
+            for r in self.live() {
+                let status = self.replicas[r].instance(*id).map(|i| i.status);
+                if status != Some(Status::Executed) {
+                    let status = status.map_or("unknown".to_string(), |s| format!("{s:?}"));
+                    gaps.push((Some(*id), format!("{id} is {status} at r{r}")));
+                }
+            }
+        }
+        gaps
+    }
+
+    // ---- the end ----------------------------------------------------------------------------
+
+    fn finish(mut self, wall: Instant) -> Outcome {
+        for r in 0..self.cfg.n {
+            self.check_invariants(r);
+        }
+        let graph = self.observer.finish(&self.replicas);
+        self.stats.instances = graph.instances;
+        self.stats.component_max = graph.component_max;
+        self.check_convergence();
+        self.check_linearizability();
+        self.stats.sim_time = self.now;
+        self.stats.ops_open = self.history.iter().filter(|h| h.ret.is_none()).count() as u64;
+        self.stats.wall = wall.elapsed();
+        let mut violations = self.observer.take_violations();
+        violations.append(&mut self.violations);
+        violations.sort_by_key(|v| v.check);
+        if std::env::var_os("SIM_TRACE").is_some() {
+            for e in self.trace.tail(&[], usize::MAX) {
+                eprintln!("{:>12.3?} {}", e.at, e.what);
+            }
+        }
+        let report = if violations.is_empty() {
+            String::new()
+        } else {
+            self.report(&violations)
+        };
+        Outcome {
+            violations,
+            stats: self.stats.clone(),
+            trace_hash: self.trace.hash(),
+            report,
+            config: self.cfg,
+        }
+    }
+
+    /// Live replicas that executed the same instances must hold the same state.
+    fn check_convergence(&mut self) {
+        let live: Vec<usize> = self.live().collect();
+        for (i, &a) in live.iter().enumerate() {
+            for &b in &live[i + 1..] {
+                let (ea, eb) = (self.observer.executed_at(a), self.observer.executed_at(b));
+                if ea != eb {
+                    continue;
+                }
+                let (da, db) = (
+                    self.replicas[a].kv().digest(),
+                    self.replicas[b].kv().digest(),
+                );
+                if da != db {
+                    self.violations.push(Violation {
+                        check: Check::Convergence,
+                        detail: format!(
+                            "r{a} and r{b} executed the same {} instances but their states \
+                             differ (digest {da:#x} vs {db:#x})",
+                            ea.len()
+                        ),
+                        instances: Vec::new(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn check_linearizability(&mut self) {
+        let mut values: BTreeMap<Bytes, Value> = BTreeMap::new();
+        let mut intern = |b: &Bytes| {
+            let next = values.len() as Value;
+            *values.entry(b.clone()).or_insert(next)
+        };
+        let mut by_key: BTreeMap<Bytes, Vec<Entry>> = BTreeMap::new();
+        for (i, h) in self.history.iter().enumerate() {
+            let (key, op) = match &h.op {
+                Op::Get { key } => (key, RegOp::Get),
+                Op::Put { key, value } => (key, RegOp::Put(intern(value))),
+                Op::Delete { key } => (key, RegOp::Delete),
+                Op::Cas { key, expected, new } => (
+                    key,
+                    RegOp::Cas {
+                        expected: expected.as_ref().map(&mut intern),
+                        new: intern(new),
+                    },
+                ),
+            };
+            let result = h.result.as_ref().map(|r| RegResult {
+                found: r.found,
+                value: match &h.op {
+                    Op::Get { .. } | Op::Cas { .. } if r.found => Some(intern(&r.value)),
+                    _ => None,
+                },
+                success: r.success,
+            });
+            by_key.entry(key.clone()).or_default().push(Entry {
+                id: i,
+                call: h.call,
+                ret: h.ret.unwrap_or(u64::MAX),
+                op,
+                result,
+            });
+        }
+        let (bad, inconclusive) = linearizability::check_all(by_key);
+        self.stats.inconclusive_keys = inconclusive;
+        if let Some((key, Verdict::Violation { stuck_at })) = bad.into_iter().next() {
+            let show = |i: usize| {
+                let h = &self.history[i];
+                format!(
+                    "[{}..{}] client {} {:?} -> {:?}",
+                    h.call,
+                    h.ret.map_or("?".into(), |r| r.to_string()),
+                    h.client,
+                    h.op,
+                    h.result
+                )
+            };
+            let stuck: Vec<String> = stuck_at
+                .iter()
+                .rev()
+                .take(6)
+                .rev()
+                .map(|&i| show(i))
+                .collect();
+            let whole: Vec<String> = (0..self.history.len())
+                .filter(|&i| self.history[i].op.key() == &key)
+                .take(HISTORY_SHOWN)
+                .map(show)
+                .collect();
+            self.violations.push(Violation {
+                check: Check::Linearizability,
+                detail: format!(
+                    "history of key {} is not linearizable; the search got stuck around:\n      \
+                     {}\n    the key's history ([call..return] in logical time):\n      {}",
+                    String::from_utf8_lossy(&key),
+                    stuck.join("\n      "),
+                    whole.join("\n      ")
+                ),
+                instances: Vec::new(),
+            });
+        }
+    }
+
+    fn report(&self, violations: &[Violation]) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let seed = self.cfg.seed;
+        let _ = writeln!(out, "simulation seed {seed} FAILED");
+        let _ = writeln!(out, "config: {}", self.cfg);
+        for v in violations {
+            let _ = writeln!(out, "  {v}");
+        }
+        let instances: Vec<InstanceId> = violations
+            .iter()
+            .flat_map(|v| v.instances.iter().copied())
+            .take(6)
+            .collect();
+        let _ = writeln!(
+            out,
+            "last events{}:",
+            if instances.is_empty() {
+                String::new()
+            } else {
+                format!(" touching {}", ShowDeps(Some(&instances)))
+            }
+        );
+        for e in self.trace.tail(&instances, REPORT_EVENTS) {
+            let _ = writeln!(out, "  {:>12.3?} {}", e.at, e.what);
+        }
+        let _ = writeln!(out, "replay: {}", self.cfg.replay());
+        out
+    }
+}
