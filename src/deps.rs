@@ -43,7 +43,7 @@ struct Latest {
 }
 
 /// The conflict index of one replica.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConflictIndex {
     n: usize,
     by_key: HashMap<ConflictKey, Vec<Latest>>,
@@ -125,6 +125,31 @@ impl ConflictIndex {
                 latest.write = latest.write.max(Some(instance.slot));
             }
         }
+    }
+
+    /// Every entry, for a checkpoint: the key and, per row, (latest slot, latest write slot).
+    #[allow(clippy::type_complexity)]
+    pub fn export(&self) -> impl Iterator<Item = (&ConflictKey, Vec<(Option<u64>, Option<u64>)>)> {
+        self.by_key
+            .iter()
+            .map(|(k, rows)| (k, rows.iter().map(|l| (l.any, l.write)).collect()))
+    }
+
+    /// Rebuilds an index from a checkpoint's entries.
+    pub fn import(
+        n: usize,
+        entries: impl IntoIterator<Item = (ConflictKey, Vec<(Option<u64>, Option<u64>)>)>,
+    ) -> ConflictIndex {
+        let mut ix = ConflictIndex::new(n);
+        for (key, rows) in entries {
+            let mut latest = vec![Latest::default(); n];
+            for (l, (any, write)) in latest.iter_mut().zip(rows) {
+                l.any = any;
+                l.write = write;
+            }
+            ix.by_key.insert(key, latest);
+        }
+        ix
     }
 
     /// Number of keys indexed.

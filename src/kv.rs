@@ -129,6 +129,35 @@ impl KvStore {
         old
     }
 
+    /// The whole state, for a checkpoint: entries, sessions, executed count.
+    #[allow(clippy::type_complexity)]
+    pub fn export(
+        &self,
+    ) -> (
+        impl Iterator<Item = (&Bytes, &Bytes)>,
+        impl Iterator<Item = (&ClientId, &(RequestId, OpResult))>,
+        u64,
+    ) {
+        (self.map.iter(), self.sessions.iter(), self.executed)
+    }
+
+    /// Rebuilds a state from a checkpoint's parts.
+    pub fn import(
+        entries: impl IntoIterator<Item = (Bytes, Bytes)>,
+        sessions: impl IntoIterator<Item = (ClientId, (RequestId, OpResult))>,
+        executed: u64,
+    ) -> KvStore {
+        let mut kv = KvStore {
+            sessions: sessions.into_iter().collect(),
+            executed,
+            ..KvStore::default()
+        };
+        for (k, v) in entries {
+            kv.set(&k, Some(v));
+        }
+        kv
+    }
+
     /// Reads a key without going through consensus (tests and checks only).
     pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
         self.map.get(key)

@@ -8,6 +8,7 @@
 //! - the runtime ([`runtime`], [`transport`]) is the thin async shell that feeds it from the
 //!   network and carries out its outputs.
 
+pub mod checkpoint;
 pub mod command;
 pub mod config;
 pub mod deps;

@@ -44,6 +44,10 @@ struct Args {
     /// `none`: never sync (survives a clean stop, not a crash); for experiments.
     #[arg(long, value_enum, default_value_t = SyncArg::Fsync)]
     sync: SyncArg,
+    /// Write a checkpoint and cut the log each time this many more instances have been
+    /// executed here and committed everywhere.
+    #[arg(long, default_value_t = 20_000)]
+    checkpoint_every: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -72,6 +76,10 @@ fn main() -> anyhow::Result<()> {
     core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
+    if args.checkpoint_every == 0 {
+        anyhow::bail!("--checkpoint-every must be at least 1");
+    }
+    opts.checkpoint_every = args.checkpoint_every;
     opts.data_dir = args
         .data_dir
         .clone()

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::Checkpoint;
 use crate::command::{Command, OpResult};
 use crate::deps::ConflictIndex;
 use crate::execute::{self, Node, Outcome};
@@ -290,10 +291,33 @@ impl Replica {
         now: Time,
         records: impl IntoIterator<Item = (InstanceId, Instance)>,
     ) -> Replica {
+        Replica::restore_from(opts, now, None, records)
+    }
+
+    /// [`Replica::restore`] on top of a checkpoint: the log records of instances the checkpoint
+    /// covers are skipped, and those it lists as executed are not executed again.
+    pub fn restore_from(
+        opts: Options,
+        now: Time,
+        checkpoint: Option<Checkpoint>,
+        records: impl IntoIterator<Item = (InstanceId, Instance)>,
+    ) -> Replica {
         let mut r = Replica::new(opts);
         let me = r.opts.id;
+        let mut executed_above = HashSet::new();
+        if let Some(c) = checkpoint {
+            r.kv = c.kv;
+            r.index = c.index;
+            r.next_slot = c.next_slot;
+            r.committed_count = c.gc_prefix.iter().sum();
+            r.executed_prefix = c.gc_prefix.clone();
+            r.committed_prefix = c.gc_prefix.clone();
+            r.committed_end = c.gc_prefix.clone();
+            r.gc_prefix = c.gc_prefix;
+            executed_above = c.executed_above.into_iter().collect();
+        }
         for (id, inst) in records {
-            if id.replica.index() >= r.opts.n {
+            if id.replica.index() >= r.opts.n || r.forgotten(id) {
                 continue;
             }
             r.index.record(id, &inst.commands);
@@ -306,10 +330,16 @@ impl Replica {
             .filter(|i| i.replica == me)
             .map(|i| i.slot + 1)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(r.next_slot);
         for id in &ids {
             let inst = r.instances.get_mut(id).expect("ids come from the table");
-            if inst.status.is_decided() {
+            if inst.status.is_decided() && executed_above.contains(id) {
+                inst.status = Status::Executed;
+                r.committed_count += 1;
+                r.advance_prefix(*id);
+                r.advance_executed(*id);
+            } else if inst.status.is_decided() {
                 inst.status = Status::Committed;
                 r.committed_count += 1;
                 r.unexecuted += 1;
@@ -1152,6 +1182,11 @@ impl Replica {
         }
         self.unexecuted -= 1;
         self.ready.executed.push(id);
+        self.advance_executed(id);
+    }
+
+    /// Moves the executed prefix of `id`'s row forward where it can.
+    fn advance_executed(&mut self, id: InstanceId) {
         let row = id.replica.index();
         let mut p = self.executed_prefix[row];
         while self
@@ -1162,6 +1197,36 @@ impl Replica {
             p += 1;
         }
         self.executed_prefix[row] = p;
+    }
+
+    /// Instances dropped from memory so far, all rows: the runtime checkpoints when this has
+    /// grown enough since its last checkpoint.
+    pub fn collected(&self) -> u64 {
+        self.gc_prefix.iter().sum()
+    }
+
+    /// A checkpoint of the current state, and the instance states the log must keep beside it
+    /// (every instance still in memory), both in `InstanceId` order.
+    pub fn checkpoint(&self) -> (Checkpoint, Vec<(InstanceId, Instance)>) {
+        let mut live: Vec<(InstanceId, Instance)> = self
+            .instances
+            .iter()
+            .map(|(id, inst)| (*id, inst.clone()))
+            .collect();
+        live.sort_unstable_by_key(|(id, _)| *id);
+        let executed_above = live
+            .iter()
+            .filter(|(_, i)| i.status == Status::Executed)
+            .map(|(id, _)| *id)
+            .collect();
+        let checkpoint = Checkpoint {
+            kv: self.kv.clone(),
+            index: self.index.clone(),
+            gc_prefix: self.gc_prefix.clone(),
+            executed_above,
+            next_slot: self.next_slot,
+        };
+        (checkpoint, live)
     }
 
     /// Whether `id` was dropped from memory (see `gc_prefix`).
@@ -1391,6 +1456,48 @@ mod tests {
             assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
             r.check_invariants().expect("invariants");
         }
+    }
+
+    #[test]
+    fn restore_from_a_checkpoint_keeps_state_and_skips_covered_instances() {
+        let mut rs: Vec<Replica> = (0..3u32)
+            .map(|i| {
+                let mut o = Options::new(ReplicaId(i), 3);
+                o.gc_executed = true;
+                Replica::new(o)
+            })
+            .collect();
+        for k in 0..6u64 {
+            rs[(k % 3) as usize]
+                .propose(k, put(k + 1, ["a", "b"][k as usize % 2]))
+                .expect("room");
+            settle(&mut rs, Duration::ZERO, |_, _| false);
+        }
+        for round in 1..=3u64 {
+            let t = Duration::from_secs(round);
+            for r in rs.iter_mut() {
+                r.tick(t);
+            }
+            settle(&mut rs, t, |_, _| false);
+        }
+        assert!(rs[0].collected() > 0, "some instances were dropped");
+        let (cp, live) = rs[0].checkpoint();
+        let digest = rs[0].kv().digest();
+        let mut o = Options::new(ReplicaId(0), 3);
+        o.gc_executed = true;
+        let mut back = Replica::restore_from(o, Duration::from_secs(4), Some(cp), live);
+        let _ = back.take_ready();
+        assert_eq!(back.kv().digest(), digest);
+        assert_eq!(back.kv().executed(), 6, "nothing executed twice");
+        assert_eq!(back.next_slot, rs[0].next_slot);
+        back.check_invariants().expect("invariants");
+        rs[0] = back;
+        rs[0].propose(9, put(9, "a")).expect("room");
+        settle(&mut rs, Duration::from_secs(4), |_, _| false);
+        for r in &rs {
+            assert_eq!(r.kv().executed(), 7, "{} executed the new write", r.id());
+        }
+        assert_eq!(rs[0].kv().digest(), rs[1].kv().digest());
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct RuntimeOptions {
     pub data_dir: std::path::PathBuf,
     /// Whether the log is synced before messages that depend on it leave.
     pub sync: Sync,
+    /// Checkpoint (and cut the log) each time this many more instances were dropped from
+    /// memory (executed here, committed everywhere).
+    pub checkpoint_every: u64,
 }
 
 impl RuntimeOptions {
@@ -65,6 +68,7 @@ impl RuntimeOptions {
             peer_queue_max: 65_536,
             data_dir: std::path::PathBuf::from("data"),
             sync: Sync::Fsync,
+            checkpoint_every: 20_000,
         }
     }
 }
@@ -139,14 +143,26 @@ pub async fn serve(
         tokio::spawn(transport::run_link(id, peer.id, peer.addr, rx));
     }
 
-    let core = Replica::restore(opts.core.clone(), Duration::ZERO, recovered.records);
+    let core = Replica::restore_from(
+        opts.core.clone(),
+        Duration::ZERO,
+        recovered.checkpoint,
+        recovered.records,
+    );
     tracing::info!(
         records = restored,
         committed = core.committed_count(),
         executed = core.kv().executed(),
         "restored from the log"
     );
-    let mut event_loop = tokio::spawn(run_loop(core, big_rx, peer_queues, opts.tick, log));
+    let mut event_loop = tokio::spawn(run_loop(
+        core,
+        big_rx,
+        peer_queues,
+        opts.tick,
+        log,
+        opts.checkpoint_every,
+    ));
 
     let service = Service {
         id,
@@ -229,9 +245,14 @@ async fn run_loop(
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
     tick: Duration,
     mut log: Log,
+    checkpoint_every: u64,
 ) -> Result<(), RuntimeError> {
     let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
     let persisted = metrics::counter!("epaxos_persisted_records_total");
+    let checkpoints = metrics::counter!("epaxos_checkpoints_total");
+    let checkpoint_latency = metrics::histogram!("epaxos_checkpoint_seconds");
+    let log_bytes = metrics::gauge!("epaxos_log_bytes");
+    let mut checkpointed_at = core.collected();
     let mut el = EventLoop {
         me: core.id(),
         m: LoopMetrics::new(peers.len()),
@@ -271,6 +292,23 @@ async fn run_loop(
             persisted.increment(records.len() as u64);
         }
         el.carry_out(ready);
+        if el.core.collected() >= checkpointed_at + checkpoint_every {
+            let started = Instant::now();
+            let (checkpoint, live) = el.core.checkpoint();
+            tokio::task::block_in_place(|| log.checkpoint(&checkpoint, &live)).inspect_err(
+                |e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"),
+            )?;
+            checkpointed_at = el.core.collected();
+            checkpoints.increment(1);
+            checkpoint_latency.record(started.elapsed().as_secs_f64());
+            log_bytes.set(log.len_bytes() as f64);
+            tracing::info!(
+                keys = checkpoint.kv.len(),
+                live = live.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "checkpoint written, log cut"
+            );
+        }
         el.m.big_channel.set(big.len() as f64);
         el.m.waiting.set(el.core.unexecuted() as f64);
         el.m.pending.set(el.core.pending() as f64);

@@ -14,7 +14,11 @@
 //! - damage *before* the tail (a bad frame followed by more data) refuses to start: that is not
 //!   a torn write, and serving from such a log could lose acknowledged data.
 //!
-//! Not yet (a later issue): segments, checkpoints and truncation; the log grows without bound.
+//! Checkpoints bound the log: [`Log::checkpoint`] writes the checkpoint (temporary file, sync,
+//! rename, sync of the directory) and then replaces the log by one holding only the instances
+//! still in memory (same dance). A crash between the two leaves the new checkpoint with the old
+//! log, whose records of checkpointed instances are skipped on replay; a crash before a rename
+//! leaves the previous file in place. Either way nothing acknowledged is lost.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
+use crate::checkpoint::Checkpoint;
 use crate::ids::InstanceId;
 use crate::instance::Instance;
 use crate::proto;
@@ -31,6 +36,9 @@ use crate::wire;
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
+const CHECKPOINT_FILE: &str = "checkpoint";
+/// Largest checkpoint accepted when reading back.
+pub const CHECKPOINT_BYTES_MAX: usize = u32::MAX as usize;
 
 /// Whether appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,8 @@ pub enum StorageError {
 /// What reading the log back found.
 #[derive(Debug)]
 pub struct Recovered {
+    /// The last checkpoint, if one was written.
+    pub checkpoint: Option<Checkpoint>,
     /// Instance states in the order they were written.
     pub records: Vec<(InstanceId, Instance)>,
     /// Bytes cut off a torn tail (0 when the log was clean).
@@ -72,6 +82,7 @@ pub struct Recovered {
 pub struct Log {
     file: File,
     path: PathBuf,
+    dir: PathBuf,
     sync: Sync,
     buf: Vec<u8>,
 }
@@ -106,21 +117,69 @@ impl Log {
             file.sync_all().map_err(io)?;
         }
         // A new file's directory entry must be durable too.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        sync_dir(dir);
+        // Leftovers of a checkpoint interrupted before its rename.
+        for tmp in [LOG_FILE, CHECKPOINT_FILE] {
+            let _ = std::fs::remove_file(dir.join(format!("{tmp}.tmp")));
         }
+        let checkpoint = read_checkpoint(dir, n)?;
         Ok((
             Log {
                 file,
                 path,
+                dir: dir.to_path_buf(),
                 sync,
                 buf: Vec::new(),
             },
             Recovered {
+                checkpoint,
                 records,
                 truncated_bytes,
             },
         ))
+    }
+
+    /// Makes `checkpoint` durable, then replaces the log by `live` (the instance states the
+    /// checkpoint does not cover). Always synced, whatever the sync mode: a torn checkpoint
+    /// would lose everything it replaced.
+    pub fn checkpoint(
+        &mut self,
+        checkpoint: &Checkpoint,
+        live: &[(InstanceId, Instance)],
+    ) -> Result<(), StorageError> {
+        let payload = checkpoint.to_proto().encode_to_vec();
+        if payload.len() > CHECKPOINT_BYTES_MAX {
+            return Err(StorageError::Corrupt {
+                path: self.dir.join(CHECKPOINT_FILE),
+                offset: 0,
+                reason: format!("checkpoint of {} bytes is too large", payload.len()),
+            });
+        }
+        let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
+        framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        framed.extend_from_slice(&payload);
+        replace_file(&self.dir, CHECKPOINT_FILE, &framed)?;
+        self.buf.clear();
+        for (id, inst) in live {
+            frame_record(&mut self.buf, *id, inst);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        replace_file(&self.dir, LOG_FILE, &buf)?;
+        self.buf = buf;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Bytes in the log file now.
+    pub fn len_bytes(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Appends instance states and, in `Sync::Fsync` mode, makes them durable: one write and
@@ -131,12 +190,7 @@ impl Log {
         }
         self.buf.clear();
         for (id, inst) in records {
-            let payload = wire::record_to_proto(*id, inst).encode_to_vec();
-            self.buf
-                .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            self.buf
-                .extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-            self.buf.extend_from_slice(&payload);
+            frame_record(&mut self.buf, *id, inst);
         }
         let io = |source| StorageError::Io {
             path: self.path.clone(),
@@ -153,6 +207,69 @@ impl Log {
     pub fn sync(&self) -> Sync {
         self.sync
     }
+}
+
+fn frame_record(buf: &mut Vec<u8>, id: InstanceId, inst: &Instance) {
+    let payload = wire::record_to_proto(id, inst).encode_to_vec();
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    buf.extend_from_slice(&payload);
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Replaces `dir/name` atomically by `bytes`: temporary file, sync, rename, sync the directory.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |source| StorageError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Reads the checkpoint, if any. A checkpoint is replaced whole by rename, so any damage is
+/// real corruption: refuse to start.
+fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StorageError::Io { path, source }),
+    };
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        reason,
+    };
+    if bytes.len() < HEADER_BYTES {
+        return Err(corrupt("shorter than its header".into()));
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let payload = &bytes[HEADER_BYTES..];
+    if payload.len() != len || len > CHECKPOINT_BYTES_MAX {
+        return Err(corrupt(format!(
+            "length {len} but {} bytes follow",
+            payload.len()
+        )));
+    }
+    if crc32c::crc32c(payload) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let p = proto::Checkpoint::decode(payload).map_err(|e| corrupt(e.to_string()))?;
+    Checkpoint::from_proto(p, n)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 /// Parses frames. Returns the records and the length of the good prefix, or the offset and
@@ -293,6 +410,58 @@ mod tests {
             assert_eq!(rec.truncated_bytes, 0);
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    #[test]
+    fn checkpoint_cuts_the_log_and_comes_back() {
+        use crate::checkpoint::Checkpoint;
+        use crate::deps::ConflictIndex;
+        use crate::kv::KvStore;
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        let many: Vec<_> = (0..50).map(|s| record(s, Status::Committed)).collect();
+        log.append(&many).expect("append");
+        let before = log.len_bytes();
+        let mut kv = KvStore::new();
+        kv.apply(&record(0, Status::Committed).1.commands[0]);
+        let mut index = ConflictIndex::new(3);
+        index.record(
+            record(0, Status::Committed).0,
+            &record(0, Status::Committed).1.commands,
+        );
+        let cp = Checkpoint {
+            kv,
+            index,
+            gc_prefix: vec![0, 49, 0],
+            executed_above: vec![InstanceId::new(ReplicaId(1), 49)],
+            next_slot: 3,
+        };
+        log.checkpoint(&cp, &[record(49, Status::Committed)])
+            .expect("checkpoint");
+        assert!(log.len_bytes() < before / 10, "the log was cut");
+        log.append(&[record(50, Status::PreAccepted)])
+            .expect("append after cut");
+        drop(log);
+        let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("reopen");
+        let back = rec.checkpoint.clone().expect("checkpoint read back");
+        assert_eq!(back.gc_prefix, vec![0, 49, 0]);
+        assert_eq!(back.executed_above, cp.executed_above);
+        assert_eq!(back.next_slot, 3);
+        assert_eq!(back.kv.digest(), cp.kv.digest());
+        assert_eq!(back.kv.executed(), 1);
+        assert_eq!(
+            ids(&rec),
+            vec![(49, Status::Committed), (50, Status::PreAccepted)]
+        );
+        // A damaged checkpoint refuses to start.
+        let path = d.join(CHECKPOINT_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = Log::open(&d, 3, Sync::Fsync).err().expect("must refuse");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
