@@ -26,52 +26,25 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Converts to the stored form.
-    pub fn to_proto(&self) -> proto::Checkpoint {
-        let (entries, sessions, executed) = self.kv.export();
-        let plus_one = |v: Option<u64>| v.map_or(0, |s| s + 1);
-        proto::Checkpoint {
-            entries: entries
-                .map(|(k, v)| proto::KvPair {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            sessions: sessions
-                .map(|(c, (r, res))| proto::SessionEntry {
-                    client_id: c.0,
-                    request_id: r.0,
-                    result: Some(crate::wire::result_to_proto(res)),
-                })
-                .collect(),
-            index: self
-                .index
-                .export()
-                .map(|(k, rows)| proto::IndexEntry {
-                    key: Some(match k {
-                        ConflictKey::Key(b) => proto::index_entry::Key::DataKey(b.clone()),
-                        ConflictKey::Session(c) => proto::index_entry::Key::Session(c.0),
-                    }),
-                    any_plus_one: rows.iter().map(|(a, _)| plus_one(*a)).collect(),
-                    write_plus_one: rows.iter().map(|(_, w)| plus_one(*w)).collect(),
-                })
-                .collect(),
-            gc_prefix: self.gc_prefix.clone(),
-            executed_above: self
-                .executed_above
-                .iter()
-                .map(|id| proto::InstanceId {
-                    replica: id.replica.0,
-                    slot: id.slot,
-                })
-                .collect(),
-            next_slot: self.next_slot,
-            executed,
-        }
+    /// The stored form (an encoded `proto::Checkpoint`).
+    pub fn encode(&self) -> Vec<u8> {
+        encode(
+            &self.kv,
+            &self.index,
+            &self.gc_prefix,
+            &self.executed_above,
+            self.next_slot,
+        )
+    }
+
+    /// Decodes and validates the stored form for a cluster of `n` replicas.
+    pub fn decode(bytes: &[u8], n: usize) -> Result<Checkpoint, WireError> {
+        use prost::Message as _;
+        Checkpoint::from_proto(proto::Checkpoint::decode(bytes)?, n)
     }
 
     /// Converts and validates the stored form for a cluster of `n` replicas.
-    pub fn from_proto(p: proto::Checkpoint, n: usize) -> Result<Checkpoint, WireError> {
+    fn from_proto(p: proto::Checkpoint, n: usize) -> Result<Checkpoint, WireError> {
         if p.gc_prefix.len() != n {
             return Err(WireError::Missing("gc_prefix for every replica"));
         }
@@ -128,4 +101,61 @@ impl Checkpoint {
             next_slot: p.next_slot,
         })
     }
+}
+
+/// Encodes a checkpoint straight from the live state, field by field into one buffer, without
+/// copying the key/value map or the index first: a checkpoint of 100,000 keys then costs one
+/// large buffer (which the allocator hands back to the system when freed) instead of hundreds of
+/// thousands of small allocations that fragment the heap and keep the process's memory growing.
+pub fn encode(
+    kv: &KvStore,
+    index: &ConflictIndex,
+    gc_prefix: &[u64],
+    executed_above: &[InstanceId],
+    next_slot: u64,
+) -> Vec<u8> {
+    use prost::encoding::{message, uint64};
+    let (entries, sessions, executed) = kv.export();
+    let mut buf = Vec::with_capacity(64 * (kv.len() + index.len()) + 1024);
+    for (k, v) in entries {
+        let pair = proto::KvPair {
+            key: k.clone(),
+            value: v.clone(),
+        };
+        message::encode(1, &pair, &mut buf);
+    }
+    for (c, (r, res)) in sessions {
+        let entry = proto::SessionEntry {
+            client_id: c.0,
+            request_id: r.0,
+            result: Some(crate::wire::result_to_proto(res)),
+        };
+        message::encode(2, &entry, &mut buf);
+    }
+    // One entry reused for every key: its two vectors keep their allocation.
+    let mut entry = proto::IndexEntry::default();
+    for (k, rows) in index.export() {
+        entry.key = Some(match k {
+            ConflictKey::Key(b) => proto::index_entry::Key::DataKey(b.clone()),
+            ConflictKey::Session(c) => proto::index_entry::Key::Session(c.0),
+        });
+        entry.any_plus_one.clear();
+        entry.write_plus_one.clear();
+        for (any, write) in rows {
+            entry.any_plus_one.push(any.map_or(0, |s| s + 1));
+            entry.write_plus_one.push(write.map_or(0, |s| s + 1));
+        }
+        message::encode(3, &entry, &mut buf);
+    }
+    uint64::encode_packed(4, gc_prefix, &mut buf);
+    for id in executed_above {
+        let id = proto::InstanceId {
+            replica: id.replica.0,
+            slot: id.slot,
+        };
+        message::encode(5, &id, &mut buf);
+    }
+    uint64::encode(6, &next_slot, &mut buf);
+    uint64::encode(7, &executed, &mut buf);
+    buf
 }

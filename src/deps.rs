@@ -129,10 +129,17 @@ impl ConflictIndex {
 
     /// Every entry, for a checkpoint: the key and, per row, (latest slot, latest write slot).
     #[allow(clippy::type_complexity)]
-    pub fn export(&self) -> impl Iterator<Item = (&ConflictKey, Vec<(Option<u64>, Option<u64>)>)> {
+    pub fn export(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ConflictKey,
+            impl Iterator<Item = (Option<u64>, Option<u64>)> + '_,
+        ),
+    > {
         self.by_key
             .iter()
-            .map(|(k, rows)| (k, rows.iter().map(|l| (l.any, l.write)).collect()))
+            .map(|(k, rows)| (k, rows.iter().map(|l| (l.any, l.write))))
     }
 
     /// Rebuilds an index from a checkpoint's entries.

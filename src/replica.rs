@@ -1205,28 +1205,28 @@ impl Replica {
         self.gc_prefix.iter().sum()
     }
 
-    /// A checkpoint of the current state, and the instance states the log must keep beside it
-    /// (every instance still in memory), both in `InstanceId` order.
-    pub fn checkpoint(&self) -> (Checkpoint, Vec<(InstanceId, Instance)>) {
+    /// An encoded checkpoint of the current state (see `checkpoint`), and the instance states
+    /// the log must keep beside it (every instance still in memory), in `InstanceId` order.
+    pub fn checkpoint(&self) -> (Vec<u8>, Vec<(InstanceId, Instance)>) {
         let mut live: Vec<(InstanceId, Instance)> = self
             .instances
             .iter()
             .map(|(id, inst)| (*id, inst.clone()))
             .collect();
         live.sort_unstable_by_key(|(id, _)| *id);
-        let executed_above = live
+        let executed_above: Vec<InstanceId> = live
             .iter()
             .filter(|(_, i)| i.status == Status::Executed)
             .map(|(id, _)| *id)
             .collect();
-        let checkpoint = Checkpoint {
-            kv: self.kv.clone(),
-            index: self.index.clone(),
-            gc_prefix: self.gc_prefix.clone(),
-            executed_above,
-            next_slot: self.next_slot,
-        };
-        (checkpoint, live)
+        let encoded = crate::checkpoint::encode(
+            &self.kv,
+            &self.index,
+            &self.gc_prefix,
+            &executed_above,
+            self.next_slot,
+        );
+        (encoded, live)
     }
 
     /// Whether `id` was dropped from memory (see `gc_prefix`).
@@ -1481,7 +1481,8 @@ mod tests {
             settle(&mut rs, t, |_, _| false);
         }
         assert!(rs[0].collected() > 0, "some instances were dropped");
-        let (cp, live) = rs[0].checkpoint();
+        let (encoded, live) = rs[0].checkpoint();
+        let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
         let digest = rs[0].kv().digest();
         let mut o = Options::new(ReplicaId(0), 3);
         o.gc_executed = true;
@@ -1549,7 +1550,8 @@ mod tests {
             settle(&mut rs, t, |_, _| false);
         }
         assert!(rs[0].collected() > 0);
-        let (cp, _live) = rs[0].checkpoint();
+        let (encoded, _live) = rs[0].checkpoint();
+        let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
         let mut o = Options::new(ReplicaId(0), 3);
         o.gc_executed = true;
         let back = Replica::restore_from(o, Duration::from_secs(5), Some(cp), disk);

@@ -303,7 +303,7 @@ async fn run_loop(
             checkpoint_latency.record(started.elapsed().as_secs_f64());
             log_bytes.set(log.len_bytes() as f64);
             tracing::info!(
-                keys = checkpoint.kv.len(),
+                bytes = checkpoint.len(),
                 live = live.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "checkpoint written, log cut"

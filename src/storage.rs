@@ -144,10 +144,9 @@ impl Log {
     /// would lose everything it replaced.
     pub fn checkpoint(
         &mut self,
-        checkpoint: &Checkpoint,
+        payload: &[u8],
         live: &[(InstanceId, Instance)],
     ) -> Result<(), StorageError> {
-        let payload = checkpoint.to_proto().encode_to_vec();
         if payload.len() > CHECKPOINT_BYTES_MAX {
             return Err(StorageError::Corrupt {
                 path: self.dir.join(CHECKPOINT_FILE),
@@ -157,8 +156,8 @@ impl Log {
         }
         let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
         framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        framed.extend_from_slice(&payload);
+        framed.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        framed.extend_from_slice(payload);
         replace_file(&self.dir, CHECKPOINT_FILE, &framed)?;
         self.buf.clear();
         for (id, inst) in live {
@@ -266,8 +265,7 @@ fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageEr
     if crc32c::crc32c(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let p = proto::Checkpoint::decode(payload).map_err(|e| corrupt(e.to_string()))?;
-    Checkpoint::from_proto(p, n)
+    Checkpoint::decode(payload, n)
         .map(Some)
         .map_err(|e| corrupt(e.to_string()))
 }
@@ -436,7 +434,7 @@ mod tests {
             executed_above: vec![InstanceId::new(ReplicaId(1), 49)],
             next_slot: 3,
         };
-        log.checkpoint(&cp, &[record(49, Status::Committed)])
+        log.checkpoint(&cp.encode(), &[record(49, Status::Committed)])
             .expect("checkpoint");
         assert!(log.len_bytes() < before / 10, "the log was cut");
         log.append(&[record(50, Status::PreAccepted)])
