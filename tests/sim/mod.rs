@@ -31,6 +31,9 @@ pub enum Check {
     Liveness,
     /// A request applied twice, or a new one skipped, or one request answered two ways.
     ExactlyOnce,
+    /// A replica sent (or reported committed) a state of an instance that its disk does not
+    /// hold: a crash right after could make it contradict itself.
+    Durability,
     /// `Replica::check_invariants` failed, or the run panicked.
     Invariant,
 }

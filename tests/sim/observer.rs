@@ -1,6 +1,13 @@
 //! The safety checks on what the cores report: agreement, visibility, execution order and
-//! exactly-once execution. The observer sees every `Ready` of every replica and reads the
-//! instance table through `Replica::instance`; it never trusts the core's own bookkeeping.
+//! exactly-once execution. The observer sees every `Ready` of every replica and every restart;
+//! it records what it needs when it sees a commit (garbage collection may drop an instance from
+//! the table soon after it executes) and never trusts the core's own bookkeeping.
+//!
+//! A restarted replica executes its committed instances again from scratch, and `restore` does
+//! not report that replay: the observer closes the replica's execution sequence at the restart
+//! (it stays in the order check as an earlier incarnation's) and starts a new one with what
+//! executes afterwards; the replayed set and the key/value store's counter are checked against
+//! each other at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -8,7 +15,7 @@ use bytes::Bytes;
 
 use epaxos_kv::command::{interferes, Command};
 use epaxos_kv::ids::{ClientId, InstanceId, RequestId};
-use epaxos_kv::instance::Status;
+use epaxos_kv::instance::{Instance, Status};
 use epaxos_kv::message::{Commands, ShowDeps};
 use epaxos_kv::replica::Replica;
 
@@ -32,9 +39,18 @@ pub struct GraphStats {
 #[derive(Debug)]
 pub struct Observer {
     decided: BTreeMap<InstanceId, Decided>,
-    /// Per replica: instances in execution order.
+    /// Whether replicas drop executed instances (`Options::gc_executed`): an instance missing
+    /// from the table right after it executed is then no surprise.
+    gc: bool,
+    /// Per replica, since its last restart: instances in execution order.
     executed: Vec<Vec<InstanceId>>,
+    /// Execution sequences of earlier incarnations: (replica, restarts before it, sequence).
+    incarnations: Vec<(usize, u32, Vec<InstanceId>)>,
+    restarts: Vec<u32>,
+    /// Per replica, in its current incarnation: instances executed (replayed ones included),
+    /// instances committed.
     executed_set: Vec<HashSet<InstanceId>>,
+    committed: Vec<HashSet<InstanceId>>,
     /// Per replica: the (client, request) pairs executed there, and the core's counter so far.
     applied: Vec<HashSet<(ClientId, RequestId)>>,
     kv_executed: Vec<u64>,
@@ -42,15 +58,31 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(n: usize) -> Observer {
+    pub fn new(n: usize, gc: bool) -> Observer {
         Observer {
             decided: BTreeMap::new(),
+            gc,
             executed: vec![Vec::new(); n],
+            incarnations: Vec::new(),
+            restarts: vec![0; n],
             executed_set: vec![HashSet::new(); n],
+            committed: vec![HashSet::new(); n],
             applied: vec![HashSet::new(); n],
             kv_executed: vec![0; n],
             violations: Vec::new(),
         }
+    }
+
+    /// Every instance committed somewhere: its commands and deps.
+    pub fn decided(&self) -> impl Iterator<Item = (InstanceId, &[Command], &[InstanceId])> {
+        self.decided
+            .iter()
+            .map(|(id, d)| (*id, d.commands.as_slice(), d.deps.as_slice()))
+    }
+
+    /// Whether replica `r`, in its current incarnation, holds `id` committed.
+    pub fn committed_at(&self, r: usize, id: InstanceId) -> bool {
+        self.committed[r].contains(&id)
     }
 
     pub fn take_violations(&mut self) -> Vec<Violation> {
@@ -72,9 +104,11 @@ impl Observer {
         &self.executed_set[r]
     }
 
-    /// Agreement: `id` became committed at replica `r`; compare it with every earlier commit.
-    pub fn on_commit(&mut self, r: usize, replica: &Replica, id: InstanceId) {
-        let Some(inst) = replica.instance(id) else {
+    /// Agreement: `id` became committed at replica `r`, which holds it as `inst` (from its
+    /// table, or from the record it just persisted if it dropped it already); compare it with
+    /// every earlier commit.
+    pub fn on_commit(&mut self, r: usize, id: InstanceId, inst: Option<&Instance>) {
+        let Some(inst) = inst else {
             self.report(
                 Check::Agreement,
                 format!("r{r} reported {id} committed but does not know it"),
@@ -93,7 +127,82 @@ impl Observer {
             );
             return;
         }
+        self.committed[r].insert(id);
         self.compare(r, id, &inst.commands, &inst.deps);
+    }
+
+    /// Replica `r` restarted as `replica`: it replayed its disk. What it holds committed must
+    /// agree with every commit seen; it must have executed again everything it had executed
+    /// before (whose state had digest `digest_before`), reaching the same state if nothing
+    /// more; the requests its replay applied must be exactly those of the instances it executed
+    /// again; its execution sequence starts anew.
+    pub fn on_restart(&mut self, r: usize, replica: &Replica, digest_before: u64) {
+        let old = std::mem::take(&mut self.executed[r]);
+        self.incarnations.push((r, self.restarts[r], old));
+        self.restarts[r] += 1;
+        let mut held: Vec<(InstanceId, &Instance)> = replica
+            .instances()
+            .filter(|(_, i)| i.status.is_decided())
+            .map(|(id, i)| (*id, i))
+            .collect();
+        held.sort_by_key(|(id, _)| *id);
+        self.committed[r] = held.iter().map(|(id, _)| *id).collect();
+        let before = std::mem::take(&mut self.executed_set[r]);
+        self.applied[r].clear();
+        for (id, inst) in &held {
+            self.compare(r, *id, &inst.commands, &inst.deps);
+            if inst.status == Status::Executed {
+                self.executed_set[r].insert(*id);
+                for c in inst.commands.iter() {
+                    self.applied[r].insert((c.client, c.request));
+                }
+            }
+        }
+        let mut forgotten: Vec<InstanceId> = before
+            .iter()
+            .filter(|id| !self.executed_set[r].contains(*id))
+            .copied()
+            .collect();
+        forgotten.sort_unstable();
+        if let Some(&first) = forgotten.first() {
+            self.report(
+                Check::Durability,
+                format!(
+                    "r{r} restarted and did not execute again {} of the instances it had \
+                     executed: {}",
+                    forgotten.len(),
+                    ShowDeps(Some(&forgotten[..forgotten.len().min(8)]))
+                ),
+                vec![first],
+            );
+        } else if before.len() == self.executed_set[r].len()
+            && replica.kv().digest() != digest_before
+        {
+            self.report(
+                Check::Convergence,
+                format!(
+                    "r{r} restarted and executed the same {} instances again, but its state \
+                     differs from before the crash (digest {:#x} vs {digest_before:#x})",
+                    before.len(),
+                    replica.kv().digest()
+                ),
+                Vec::new(),
+            );
+        }
+        let actual = replica.kv().executed();
+        let expected = self.applied[r].len() as u64;
+        self.kv_executed[r] = actual;
+        if actual != expected {
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} restarted and executed {} instances again, holding {expected} \
+                     distinct requests, but applied {actual}",
+                    self.executed_set[r].len()
+                ),
+                Vec::new(),
+            );
+        }
     }
 
     fn compare(&mut self, r: usize, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
@@ -142,22 +251,31 @@ impl Observer {
                 );
             }
             self.executed[r].push(id);
-            let Some(inst) = replica.instance(id) else {
-                self.report(
-                    Check::ExactlyOnce,
-                    format!("r{r} executed {id} which it does not know"),
-                    vec![id],
-                );
-                continue;
-            };
-            if inst.status != Status::Executed {
-                self.report(
+            match replica.instance(id) {
+                Some(inst) if inst.status != Status::Executed => self.report(
                     Check::ExactlyOnce,
                     format!("r{r} reported {id} executed but holds it {:?}", inst.status),
                     vec![id],
+                ),
+                Some(_) => {}
+                None if self.gc => {} // executed, then dropped in the same step
+                None => self.report(
+                    Check::ExactlyOnce,
+                    format!("r{r} executed {id} which it does not know"),
+                    vec![id],
+                ),
+            }
+            if !self.committed[r].contains(&id) {
+                self.report(
+                    Check::ExactlyOnce,
+                    format!("r{r} executed {id} which it never reported committed"),
+                    vec![id],
                 );
             }
-            for c in inst.commands.iter() {
+            let Some(d) = self.decided.get(&id) else {
+                continue;
+            };
+            for c in d.commands.clone().iter() {
                 if self.applied[r].insert((c.client, c.request)) {
                     fresh += 1;
                 }
@@ -252,11 +370,30 @@ impl Observer {
     }
 
     fn check_execution_order(&mut self) {
-        // Per conflict key, per replica: the instances touching it in execution order, as
+        // Every execution sequence: each replica's current one and those of its earlier
+        // incarnations (an incarnation must agree with the replica's later ones too).
+        let mut seqs: Vec<(usize, u32, &[InstanceId])> = self
+            .incarnations
+            .iter()
+            .map(|(r, i, s)| (*r, *i, s.as_slice()))
+            .collect();
+        for (r, s) in self.executed.iter().enumerate() {
+            seqs.push((r, self.restarts[r], s.as_slice()));
+        }
+        let name = |(r, i): (usize, u32)| {
+            if self.restarts[r] == 0 {
+                format!("r{r}")
+            } else if i == 0 {
+                format!("r{r} (before its first restart)")
+            } else {
+                format!("r{r} (after restart {i})")
+            }
+        };
+        // Per conflict key, per sequence: the instances touching it in execution order, as
         // (instance, writes it).
         let mut per_key: BTreeMap<Conflict, Vec<Vec<(InstanceId, bool)>>> = BTreeMap::new();
-        let n = self.executed.len();
-        for (r, order) in self.executed.iter().enumerate() {
+        let n = seqs.len();
+        for (r, &(_, _, order)) in seqs.iter().enumerate() {
             for id in order {
                 let Some(d) = self.decided.get(id) else {
                     continue;
@@ -277,11 +414,15 @@ impl Observer {
                 }
             }
         }
-        if let Some((key, r1, r2, (a, b))) = found {
+        if let Some((key, s1, s2, (a, b))) = found {
+            let (n1, n2) = (
+                name((seqs[s1].0, seqs[s1].1)),
+                name((seqs[s2].0, seqs[s2].1)),
+            );
             self.report(
                 Check::ExecutionOrder,
                 format!(
-                    "r{r1} and r{r2} execute {a} and {b}, which interfere ({key}), in different \
+                    "{n1} and {n2} execute {a} and {b}, which interfere ({key}), in different \
                      orders"
                 ),
                 vec![a, b],

@@ -4,31 +4,40 @@
 //! A run has two phases:
 //! 1. chaos (`Config::chaos` long): clients issue random operations on a few keys; the network
 //!    delays (a base latency plus a rare long tail, so messages overtake each other), loses and
-//!    duplicates messages; partitions (symmetric and one-way) come and heal; up to F replicas
-//!    crash;
-//! 2. settling: every link heals, loss and duplication stop, clients finish what they started
-//!    and issue no more; one barrier write per key follows (see `Config::barrier`). Every
-//!    command must then commit and execute at every live replica within `Config::settle_max`.
+//!    duplicates messages; partitions (symmetric and one-way) come and heal; replicas crash and
+//!    restart, and up to F crash for good (at most F are down at any moment);
+//! 2. settling: every link heals, loss and duplication stop, every replica that is down for a
+//!    restart comes back, clients finish what they started and issue no more; one barrier write
+//!    per key follows (see `Config::barrier`). Every command must then commit and execute at
+//!    every live replica within `Config::settle_max`.
 //!
-//! Crashes are permanent: there is no durability yet, so a replica that came back would have to
-//! start empty and could never vote again; a crashed replica simply stops. Nor is there recovery
-//! (explicit prepare) yet: an instance whose leader crashed before it was committed stays
-//! uncommitted forever, and so does everything that depends on it. In runs with crashes,
-//! liveness is therefore demanded only of what such instances cannot block: see
-//! `Sim::liveness_gaps`. A later issue adds recovery and must make that exemption go.
+//! The crash model keeps exactly what the real replica persists. Each replica has a disk: every
+//! `Ready.persist` record it produced, in order (what the runtime appends and syncs before it
+//! sends anything of that `Ready`). A crash happens between steps, after a `Ready` was carried
+//! out whole, or, when torn, during the next step: that step's messages and replies never leave
+//! and only a prefix of its records reaches the disk (the log's torn tail is cut at a record
+//! boundary). A restart replaces the replica by `Replica::restore` of its disk. Messages that
+//! reach a replica while it is down are lost. The simulator also checks, for every message a
+//! replica sends, that the state it reveals is on the replica's disk (`Check::Durability`).
+//!
+//! There is no recovery (explicit prepare) yet: an instance whose leader crashed for good before
+//! it was committed stays uncommitted forever, and so does everything that depends on it. In
+//! runs with permanent crashes, liveness is therefore demanded only of what such instances cannot
+//! block: see `Sim::liveness_gaps`. A leader that restarts resumes its uncommitted instances from
+//! its disk, so restarts need no exemption.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use epaxos_kv::command::{Command, Op, OpResult};
 use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use epaxos_kv::instance::Status;
+use epaxos_kv::instance::{Instance, Status};
 use epaxos_kv::message::{Message, ShowDeps};
 use epaxos_kv::quorum;
-use epaxos_kv::replica::{Options, Path, Replica, ReplyError, Sabotage, Token};
+use epaxos_kv::replica::{Options, Path, Ready, Replica, ReplyError, Sabotage, Token};
 
 use super::linearizability::{self, Entry, RegOp, RegResult, Value, Verdict};
 use super::observer::{keys_of, Conflict, Observer};
@@ -83,8 +92,19 @@ pub struct Config {
     pub dup: f64,
     /// Whether random partitions come and go during chaos.
     pub partitions: bool,
-    /// Replicas that crash during chaos, at most F.
+    /// Replicas that crash for good during chaos, at most F.
     pub crashes: usize,
+    /// Crash-restart cycles planned during chaos (one may be skipped when it would take more
+    /// than F replicas down at once, counting the permanent crashes still to come).
+    pub restarts: usize,
+    /// Whether some of those crashes are torn: they lose the replica's next step whole (its
+    /// messages and replies) and keep only a prefix of that step's records.
+    pub torn: bool,
+    /// `Options::gc_executed` of every replica.
+    pub gc_executed: bool,
+    /// A simulator-side sabotage: the disk silently loses every fifth record, so that replicas
+    /// send what they did not persist (to show that `Check::Durability` can fail).
+    pub sabotage_disk: bool,
     /// After healing, one write per key from a fresh session (a CAS that fails, so that the
     /// state stays as chaos left it). Its deps reach every earlier instance on the key, so every
     /// replica fetches any Commit it lost. The core resends a
@@ -137,6 +157,15 @@ impl Config {
             sabotage: Sabotage::default(),
             sabotage_only: None,
             scenario: None,
+            // Drawn last: the draws above keep the configurations of earlier versions.
+            restarts: if r.chance(0.4) {
+                r.range(1, 6) as usize
+            } else {
+                0
+            },
+            torn: r.chance(0.5),
+            gc_executed: r.chance(0.3),
+            sabotage_disk: false,
         }
     }
 
@@ -174,6 +203,10 @@ impl Config {
             dup: 0.0,
             partitions: false,
             crashes: 0,
+            restarts: 0,
+            torn: false,
+            gc_executed: false,
+            sabotage_disk: false,
             barrier: true,
             sabotage: Sabotage::default(),
             sabotage_only: None,
@@ -202,7 +235,8 @@ impl fmt::Display for Config {
             f,
             "n={} thrifty={} batch_max={} inflight_max={} retry={:?} fetch_after={:?} clients={} keys={} \
              think_max={:?} client_timeout={:?} chaos={:?} latency={:?}..{:?} tail={}%<{:?} \
-             loss={}% dup={}% partitions={} crashes={} barrier={}",
+             loss={}% dup={}% partitions={} crashes={} restarts={} torn={} gc_executed={} \
+             barrier={}",
             self.n,
             self.thrifty,
             self.batch_max,
@@ -222,8 +256,14 @@ impl fmt::Display for Config {
             self.dup * 100.0,
             self.partitions,
             self.crashes,
+            self.restarts,
+            self.torn,
+            self.gc_executed,
             self.barrier,
         )?;
+        if self.sabotage_disk {
+            write!(f, " sabotage_disk")?;
+        }
         if self.sabotage != Sabotage::default() {
             write!(f, " sabotage={:?}", self.sabotage)?;
             if let Some(r) = self.sabotage_only {
@@ -251,6 +291,14 @@ pub enum Action {
     HealLinks,
     /// Replica `r` stops for good.
     Crash(usize),
+    /// Replica `r` crashes between two steps (everything it produced so far is on its disk and
+    /// was carried out); a `Restart` brings it back.
+    CrashForRestart(usize),
+    /// Replica `r` crashes during its next step: that step's messages and replies are lost, and
+    /// only a prefix of its records reaches the disk.
+    CrashTorn(usize),
+    /// Replica `r`, down after `CrashForRestart` or `CrashTorn`, restarts from its disk.
+    Restart(usize),
     /// Lose the next message of this type from `from` to `to`.
     DropNext {
         from: usize,
@@ -278,6 +326,13 @@ pub struct Stats {
     pub settle_time: Option<Duration>,
     pub wall: Duration,
     pub inconclusive_keys: usize,
+    /// Restarts performed, torn crashes among the crashes before them, and own uncommitted
+    /// instances the restarted replicas resumed from their disks.
+    pub restarts: u64,
+    pub torn: u64,
+    pub resumed: u64,
+    /// Records written to the replicas' disks.
+    pub records: u64,
 }
 
 /// The result of one run.
@@ -302,8 +357,35 @@ enum Fault {
     /// Cut these links (one way each).
     Cut(Vec<(usize, usize)>, String),
     HealLinks,
+    /// A crash for good.
     Crash(usize),
+    /// Crash-restart cycle `cycle` takes replica `r` down (torn or not)...
+    Down {
+        r: usize,
+        cycle: u64,
+        torn: bool,
+    },
+    /// ... and brings it back, unless it was skipped or `r` crashed for good meanwhile.
+    Restart {
+        r: usize,
+        cycle: u64,
+    },
 }
+
+/// Where a replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Up,
+    /// Crashes during its next step (see `Action::CrashTorn`), for cycle `.0`.
+    Torn(u64),
+    /// Down until the restart of cycle `.0`.
+    Down(u64),
+    /// Crashed for good.
+    Dead,
+}
+
+/// The cycle of scripted crashes: `Action::Restart` restarts whatever cycle took it down.
+const SCRIPTED: u64 = u64::MAX;
 
 #[derive(Debug)]
 enum Event {
@@ -312,7 +394,8 @@ enum Event {
         to: usize,
         msg: Message,
     },
-    Tick(usize),
+    /// A replica's timer, for one incarnation (a restart starts a new chain of ticks).
+    Tick(usize, u64),
     ClientNext(usize),
     Request {
         replica: usize,
@@ -400,7 +483,21 @@ pub struct Sim {
     queue: BinaryHeap<Scheduled>,
     seq: u64,
     replicas: Vec<Replica>,
-    alive: Vec<bool>,
+    /// Each replica's options, to restore it with.
+    opts: Vec<Options>,
+    life: Vec<Life>,
+    /// Bumped by every restart: ticks of an earlier incarnation stop.
+    incarnation: Vec<u64>,
+    /// Per replica: every record it persisted, in order (the log a restart replays).
+    disk: Vec<Vec<(InstanceId, Instance)>>,
+    /// Per replica, per instance: the last record on its disk (what a message may reveal).
+    durable: Vec<HashMap<InstanceId, Instance>>,
+    /// Per replica: the digest of its store after its last `Ready` carried out (a torn crash
+    /// loses what the step it interrupts executed).
+    digest: Vec<u64>,
+    /// Permanent crashes scheduled that have not happened yet: a restart cycle keeps room for
+    /// them under the limit of F replicas down.
+    crashes_ahead: usize,
     /// `blocked[from][to]`: the link is cut.
     blocked: Vec<Vec<bool>>,
     loss: f64,
@@ -432,7 +529,7 @@ impl Sim {
     /// A run of `cfg` with `script` steps at the given times.
     pub fn scripted(cfg: Config, script: Vec<(Duration, Action)>) -> Sim {
         let n = cfg.n;
-        let replicas = (0..n)
+        let opts: Vec<Options> = (0..n)
             .map(|i| {
                 let mut o = Options::new(ReplicaId(i as u32), n);
                 o.thrifty = cfg.thrifty;
@@ -441,12 +538,15 @@ impl Sim {
                 o.retry = cfg.retry;
                 o.retry_max = o.retry_max.max(cfg.retry);
                 o.fetch_after = cfg.fetch_after;
+                o.gc_executed = cfg.gc_executed;
                 if cfg.sabotage_only.is_none_or(|r| r == i) {
                     o.sabotage = cfg.sabotage.clone();
                 }
-                Replica::new(o)
+                o
             })
             .collect();
+        let replicas: Vec<Replica> = opts.iter().map(|o| Replica::new(o.clone())).collect();
+        let digest = replicas.iter().map(|r| r.kv().digest()).collect();
         let keys: Vec<Bytes> = (0..cfg.keys)
             .map(|k| Bytes::from(format!("k{k}")))
             .collect();
@@ -465,7 +565,13 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             replicas,
-            alive: vec![true; n],
+            opts,
+            life: vec![Life::Up; n],
+            incarnation: vec![0; n],
+            disk: vec![Vec::new(); n],
+            durable: vec![HashMap::new(); n],
+            digest,
+            crashes_ahead: 0,
             blocked: vec![vec![false; n]; n],
             loss: cfg.loss,
             dup: cfg.dup,
@@ -477,7 +583,7 @@ impl Sim {
             next_token: 1,
             history: Vec::new(),
             stamp: 0,
-            observer: Observer::new(n),
+            observer: Observer::new(n, cfg.gc_executed),
             trace: Trace::default(),
             stats: Stats::default(),
             drop_next: Vec::new(),
@@ -532,7 +638,7 @@ impl Sim {
         let n = self.cfg.n;
         for r in 0..n {
             // Staggered so that the replicas' timers do not fire in lockstep.
-            self.schedule_at(Duration::from_micros(1 + 997 * r as u64), Event::Tick(r));
+            self.schedule_at(Duration::from_micros(1 + 997 * r as u64), Event::Tick(r, 0));
         }
         if self.cfg.random_ops {
             for c in 0..self.cfg.clients {
@@ -552,6 +658,22 @@ impl Sim {
         for &r in order.iter().take(self.cfg.crashes) {
             let at = Duration::from_millis(faults.range(100, chaos_ms.max(101)));
             self.schedule_at(at, Event::Fault(Fault::Crash(r)));
+        }
+        self.crashes_ahead = self.cfg.crashes;
+        for cycle in 0..self.cfg.restarts as u64 {
+            let r = faults.index(n);
+            let at = faults.range(50, chaos_ms.max(51));
+            // From a blink (messages sent before the crash still arrive after the restart) to
+            // well past the clients' timeouts.
+            let down = *faults.pick(&[1, 5, 40, 300, 1500]);
+            let down = faults.range(down / 2, down);
+            let torn = self.cfg.torn && faults.chance(0.5);
+            self.schedule_at(
+                Duration::from_millis(at),
+                Event::Fault(Fault::Down { r, cycle, torn }),
+            );
+            let back = Duration::from_millis(at + down).min(self.cfg.chaos);
+            self.schedule_at(back, Event::Fault(Fault::Restart { r, cycle }));
         }
         self.schedule_at(self.cfg.chaos, Event::EndChaos);
     }
@@ -604,7 +726,7 @@ impl Sim {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Deliver { from, to, msg } => self.on_deliver(from, to, msg),
-            Event::Tick(r) => self.on_tick(r),
+            Event::Tick(r, incarnation) => self.on_tick(r, incarnation),
             Event::ClientNext(c) => {
                 if !self.settling && self.clients[c].current.is_none() {
                     let op = self.random_op(c);
@@ -616,7 +738,7 @@ impl Sim {
                 token,
                 cmd,
             } => {
-                if !self.alive[replica] {
+                if !self.alive(replica) {
                     self.lost_request(replica, token);
                     return;
                 }
@@ -691,7 +813,7 @@ impl Sim {
     }
 
     fn on_deliver(&mut self, from: usize, to: usize, msg: Message) {
-        let why = if !self.alive[to] {
+        let why = if !self.alive(to) {
             Some("crashed")
         } else if self.blocked[from][to] {
             Some("partition")
@@ -729,8 +851,8 @@ impl Sim {
         self.after_input(to);
     }
 
-    fn on_tick(&mut self, r: usize) {
-        if !self.alive[r] {
+    fn on_tick(&mut self, r: usize, incarnation: u64) {
+        if !self.alive(r) || incarnation != self.incarnation[r] {
             return;
         }
         self.replicas[r].tick(self.now);
@@ -740,7 +862,7 @@ impl Sim {
         if self.ticks[r].is_multiple_of(10) {
             self.check_invariants(r);
         }
-        self.schedule(TICK, Event::Tick(r));
+        self.schedule(TICK, Event::Tick(r, incarnation));
     }
 
     fn check_invariants(&mut self, r: usize) {
@@ -757,10 +879,20 @@ impl Sim {
 
     /// After any input: flush (start instances from what was proposed), then carry out the
     /// replica's outputs and show them to the observer.
+    ///
+    /// Like the runtime, the replica's records reach its disk before anything else of the
+    /// `Ready` is carried out; a torn crash (see `Life::Torn`) happens here instead.
     fn after_input(&mut self, r: usize) {
         self.replicas[r].flush(self.now);
         let ready = self.replicas[r].take_ready();
+        if let Life::Torn(cycle) = self.life[r] {
+            self.torn_crash(r, cycle, ready);
+            return;
+        }
+        self.write_disk(r, &ready.persist);
+        self.digest[r] = self.replicas[r].kv().digest();
         for out in ready.messages {
+            self.check_durable(r, &out.msg);
             for to in out.to {
                 self.send(r, to.index(), out.msg.clone());
             }
@@ -771,20 +903,33 @@ impl Sim {
                 Some((Path::Slow, _)) => self.stats.slow += 1,
                 None => {}
             }
-            let deps = self.replicas[r]
-                .instance(c.instance)
-                .map(|i| i.deps.clone())
-                .unwrap_or_default();
-            self.trace.mix(&[r as u64, c.instance.slot]);
+            let id = c.instance;
+            let durable = self.durable[r].get(&id);
+            if !durable.is_some_and(|i| i.status.is_decided()) {
+                self.durability_violation(
+                    format!(
+                        "r{r} reported {id} committed, but its disk holds it {}",
+                        durable.map_or("nowhere".to_string(), |i| format!("{:?}", i.status))
+                    ),
+                    id,
+                );
+            }
+            // Garbage collection may have dropped it already (in the same step): the record
+            // just persisted says what was committed.
+            let inst = self.replicas[r]
+                .instance(id)
+                .or_else(|| self.durable[r].get(&id));
+            let deps = inst.map(|i| i.deps.clone()).unwrap_or_default();
+            self.observer.on_commit(r, id, inst);
+            self.trace.mix(&[r as u64, id.slot]);
             self.trace.record(
                 self.now,
                 What::Commit {
                     replica: r,
-                    instance: c.instance,
+                    instance: id,
                     deps,
                 },
             );
-            self.observer.on_commit(r, &self.replicas[r], c.instance);
         }
         if !ready.executed.is_empty() {
             for &instance in &ready.executed {
@@ -820,6 +965,84 @@ impl Sim {
                     result: reply.result,
                 },
             );
+        }
+    }
+
+    /// Appends `records` to `r`'s disk.
+    fn write_disk(&mut self, r: usize, records: &[(InstanceId, Instance)]) {
+        for (id, inst) in records {
+            self.stats.records += 1;
+            if self.cfg.sabotage_disk && self.stats.records.is_multiple_of(5) {
+                continue;
+            }
+            self.durable[r].insert(*id, inst.clone());
+            self.disk[r].push((*id, inst.clone()));
+        }
+    }
+
+    /// Persist before send: what `msg` (sent by `r`) reveals of its instance must be on `r`'s
+    /// disk, or a crash right after sending could make `r` contradict it.
+    fn check_durable(&mut self, r: usize, msg: &Message) {
+        let Some(id) = msg.instance() else {
+            return;
+        };
+        let rec = self.durable[r].get(&id);
+        let fine = match (msg, rec) {
+            (
+                Message::Nack { .. } | Message::CommitRequest { .. } | Message::Watermark { .. },
+                _,
+            ) => true,
+            (_, None) => false,
+            (Message::PreAccept { ballot, deps, .. }, Some(i)) => {
+                i.ballot > *ballot
+                    || (i.ballot == *ballot
+                        && (i.status != Status::PreAccepted || i.init_deps == *deps))
+            }
+            (Message::PreAcceptOk { ballot, deps, .. }, Some(i)) => {
+                i.ballot > *ballot
+                    || (i.ballot == *ballot && (i.status != Status::PreAccepted || i.deps == *deps))
+            }
+            (Message::Accept { ballot, deps, .. }, Some(i)) => {
+                i.status.is_decided()
+                    || i.accepted_ballot > Some(*ballot)
+                    || (i.accepted_ballot == Some(*ballot) && i.deps == *deps)
+            }
+            (Message::AcceptOk { ballot, .. }, Some(i)) => {
+                i.status.is_decided() || i.accepted_ballot >= Some(*ballot)
+            }
+            (Message::Commit { deps, commands, .. }, Some(i)) => {
+                i.status.is_decided() && i.deps == *deps && *i.commands == **commands
+            }
+        };
+        if !fine {
+            let held = rec.map_or("nothing".to_string(), |i| {
+                format!(
+                    "{:?} at ballot {} (accepted at {:?}) with deps {}",
+                    i.status,
+                    i.ballot,
+                    i.accepted_ballot.map(|b| b.to_string()),
+                    ShowDeps(Some(&i.deps))
+                )
+            });
+            self.durability_violation(
+                format!(
+                    "r{r} sent {} {id} (ballot {:?}, deps {}) but its disk holds {held}",
+                    msg.kind(),
+                    msg.ballot().map(|b| b.to_string()),
+                    ShowDeps(msg.deps())
+                ),
+                id,
+            );
+        }
+    }
+
+    fn durability_violation(&mut self, detail: String, id: InstanceId) {
+        if self.violations.iter().all(|v| v.check != Check::Durability) {
+            self.violations.push(Violation {
+                check: Check::Durability,
+                detail,
+                instances: vec![id],
+            });
         }
     }
 
@@ -1105,8 +1328,87 @@ impl Sim {
                 self.trace.record(self.now, What::Fault(what));
             }
             Fault::HealLinks => self.heal_links(),
-            Fault::Crash(r) => self.crash(r),
+            Fault::Crash(r) => {
+                self.crashes_ahead -= 1;
+                self.crash(r);
+            }
+            Fault::Down { r, cycle, torn } => {
+                let down = self.life.iter().filter(|l| **l != Life::Up).count();
+                let f = quorum::max_failures(self.cfg.n);
+                if self.settling || self.life[r] != Life::Up || down + self.crashes_ahead >= f {
+                    return; // skipped: it would take too many replicas down
+                }
+                self.go_down(r, cycle, torn);
+            }
+            Fault::Restart { r, cycle } => {
+                if matches!(self.life[r], Life::Down(c) | Life::Torn(c) if c == cycle) {
+                    self.restart(r);
+                }
+            }
         }
+    }
+
+    /// A crash that a restart can undo: between steps, or torn (during the next step).
+    fn go_down(&mut self, r: usize, cycle: u64, torn: bool) {
+        if torn {
+            self.life[r] = Life::Torn(cycle);
+            self.trace.record(
+                self.now,
+                What::Fault(format!("r{r} crashes in its next step")),
+            );
+        } else {
+            self.life[r] = Life::Down(cycle);
+            self.trace
+                .record(self.now, What::Fault(format!("crash r{r} (to restart)")));
+        }
+    }
+
+    /// The torn crash of `r`: `ready` is lost but for a prefix of its records, which reached
+    /// the disk before the crash (the log cuts a torn tail at a record boundary).
+    fn torn_crash(&mut self, r: usize, cycle: u64, ready: Ready) {
+        let total = ready.persist.len();
+        let kept = self.rng.range(0, total as u64) as usize;
+        self.write_disk(r, &ready.persist[..kept]);
+        self.life[r] = Life::Down(cycle);
+        self.stats.torn += 1;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "r{r} crashes mid-step: {kept} of {total} records reached its disk; {} messages \
+                 and {} replies lost",
+                ready.messages.len(),
+                ready.replies.len()
+            )),
+        );
+    }
+
+    /// Replaces `r` by what its disk restores, and carries out what the restored replica
+    /// sends (its uncommitted instances resumed).
+    fn restart(&mut self, r: usize) {
+        let records = self.disk[r].clone();
+        let replica = Replica::restore(self.opts[r].clone(), self.now, records);
+        self.replicas[r] = replica;
+        self.life[r] = Life::Up;
+        self.incarnation[r] += 1;
+        self.stats.restarts += 1;
+        let resumed = self.replicas[r].inflight();
+        self.stats.resumed += resumed as u64;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "restart r{r} from {} records: {} instances, {} executed again, {resumed} \
+                 resumed",
+                self.disk[r].len(),
+                self.replicas[r].instances().count(),
+                self.replicas[r].kv().executed(),
+            )),
+        );
+        self.observer
+            .on_restart(r, &self.replicas[r], self.digest[r]);
+        self.check_invariants(r);
+        self.after_input(r);
+        let incarnation = self.incarnation[r];
+        self.schedule(TICK, Event::Tick(r, incarnation));
     }
 
     fn heal_links(&mut self) {
@@ -1118,14 +1420,14 @@ impl Sim {
     }
 
     fn crash(&mut self, r: usize) {
-        self.alive[r] = false;
-        let crashed = self.alive.iter().filter(|a| !**a).count();
+        self.life[r] = Life::Dead;
+        let down = self.life.iter().filter(|l| **l != Life::Up).count();
         assert!(
-            crashed <= quorum::max_failures(self.cfg.n),
-            "at most F replicas may crash"
+            down <= quorum::max_failures(self.cfg.n),
+            "at most F replicas may be down when one crashes for good"
         );
         self.trace
-            .record(self.now, What::Fault(format!("crash r{r}")));
+            .record(self.now, What::Fault(format!("crash r{r} for good")));
     }
 
     fn on_action(&mut self, a: Action) {
@@ -1155,12 +1457,24 @@ impl Sim {
             }
             Action::HealLinks => self.heal_links(),
             Action::Crash(r) => self.crash(r),
+            Action::CrashForRestart(r) => self.go_down(r, SCRIPTED, false),
+            Action::CrashTorn(r) => self.go_down(r, SCRIPTED, true),
+            Action::Restart(r) => {
+                if matches!(self.life[r], Life::Down(_) | Life::Torn(_)) {
+                    self.restart(r);
+                }
+            }
             Action::DropNext { from, to, kind } => self.drop_next.push((from, to, kind)),
         }
     }
 
     fn end_chaos(&mut self) {
         self.heal_links();
+        for r in 0..self.cfg.n {
+            if matches!(self.life[r], Life::Down(_) | Life::Torn(_)) {
+                self.restart(r);
+            }
+        }
         self.loss = 0.0;
         self.dup = 0.0;
         self.settling = true;
@@ -1186,13 +1500,18 @@ impl Sim {
 
     // ---- liveness ---------------------------------------------------------------------------
 
+    /// Whether `r` is running (a torn crash waits for its next step).
+    fn alive(&self, r: usize) -> bool {
+        matches!(self.life[r], Life::Up | Life::Torn(_))
+    }
+
     fn live(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.cfg.n).filter(|r| self.alive[*r])
+        (0..self.cfg.n).filter(|r| self.alive(*r))
     }
 
     /// Cheap test first: anything pending means not quiescent.
     fn quiescent(&self) -> bool {
-        if self.alive.iter().all(|a| *a) {
+        if self.life.iter().all(|l| *l == Life::Up) {
             let busy = self.clients.iter().any(|c| c.current.is_some())
                 || self.live().any(|r| {
                     let rep = &self.replicas[r];
@@ -1206,40 +1525,40 @@ impl Sim {
     }
 
     /// What is not done yet: client requests unanswered, instances not executed at some live
-    /// replica. With crashes, what an instance of a crashed leader can block is exempt (there is
-    /// no recovery yet): such an instance that no live replica holds committed, whatever
-    /// depends on it, and everything on the keys any of those touch, transitively.
+    /// replica. With permanent crashes, what an instance of a dead leader can block is exempt
+    /// (there is no recovery yet): such an instance that no live replica holds committed,
+    /// whatever depends on it, and everything on the keys any of those touch, transitively.
+    /// Restarts need no exemption: a restarted leader resumes its instances from its disk.
     fn liveness_gaps(&self) -> Vec<(Option<InstanceId>, String)> {
-        // What the live replicas know of every instance: its keys and deps.
+        // What is known of every instance: its keys and deps, from the live replicas' tables
+        // and from every commit seen (garbage collection drops executed instances).
         let mut known: BTreeMap<InstanceId, (Vec<Conflict>, BTreeSet<InstanceId>)> =
             BTreeMap::new();
+        let mut learn = |id: InstanceId, commands: &[Command], deps: &[InstanceId]| {
+            let e = known.entry(id).or_insert_with(|| {
+                let keys = keys_of(commands).into_iter().map(|(k, _)| k).collect();
+                (keys, BTreeSet::new())
+            });
+            e.1.extend(deps.iter().copied());
+        };
         for r in self.live() {
             for (id, inst) in self.replicas[r].instances() {
-                let e = known.entry(*id).or_insert_with(|| {
-                    let keys = keys_of(&inst.commands)
-                        .into_iter()
-                        .map(|(k, _)| k)
-                        .collect();
-                    (keys, BTreeSet::new())
-                });
-                e.1.extend(inst.deps.iter().copied());
+                learn(*id, &inst.commands, &inst.deps);
             }
+        }
+        for (id, commands, deps) in self.observer.decided() {
+            learn(id, commands, deps);
         }
         let mut exempt: BTreeSet<InstanceId> = BTreeSet::new();
         let mut exempt_keys: BTreeSet<Conflict> = BTreeSet::new();
-        if self.alive.iter().any(|a| !*a) {
-            let held_committed = |id: &InstanceId| {
-                self.live().any(|r| {
-                    self.replicas[r]
-                        .instance(*id)
-                        .is_some_and(|i| i.status.is_decided())
-                })
-            };
+        if self.life.contains(&Life::Dead) {
+            let held_committed =
+                |id: &InstanceId| self.live().any(|r| self.observer.committed_at(r, *id));
             let mentioned = known
                 .iter()
                 .flat_map(|(id, (_, deps))| std::iter::once(*id).chain(deps.iter().copied()));
             for id in mentioned {
-                if !self.alive[id.replica.index()] && !held_committed(&id) {
+                if self.life[id.replica.index()] == Life::Dead && !held_committed(&id) {
                     exempt.insert(id);
                 }
             }
@@ -1283,8 +1602,8 @@ impl Sim {
                 continue;
             }
             for r in self.live() {
-                let status = self.replicas[r].instance(*id).map(|i| i.status);
-                if status != Some(Status::Executed) {
+                if !self.observer.executed_at(r).contains(id) {
+                    let status = self.replicas[r].instance(*id).map(|i| i.status);
                     let status = status.map_or("unknown".to_string(), |s| format!("{s:?}"));
                     gaps.push((Some(*id), format!("{id} is {status} at r{r}")));
                 }
