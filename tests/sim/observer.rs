@@ -8,13 +8,19 @@
 //! (it stays in the order check as an earlier incarnation's) and starts a new one with what
 //! executes afterwards; the replayed set and the key/value store's counter are checked against
 //! each other at once.
+//!
+//! A replica restored from a checkpoint does not execute again what the checkpoint covers (the
+//! instances below its `gc_prefix` and those in its `executed_above`): the observer counts them
+//! as executed (and committed) in the new incarnation, their requests as applied (the store's
+//! counter comes back from the checkpoint), and checks that they are among what the replica had
+//! executed before.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
 use epaxos_kv::command::{interferes, Command};
-use epaxos_kv::ids::{ClientId, InstanceId, RequestId};
+use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::instance::{Instance, Status};
 use epaxos_kv::message::{Commands, ShowDeps};
 use epaxos_kv::replica::Replica;
@@ -136,7 +142,15 @@ impl Observer {
     /// before (whose state had digest `digest_before`), reaching the same state if nothing
     /// more; the requests its replay applied must be exactly those of the instances it executed
     /// again; its execution sequence starts anew.
-    pub fn on_restart(&mut self, r: usize, replica: &Replica, digest_before: u64) {
+    ///
+    /// `checkpoint`, when the replica restored from one: its `gc_prefix` and `executed_above`.
+    pub fn on_restart(
+        &mut self,
+        r: usize,
+        replica: &Replica,
+        digest_before: u64,
+        checkpoint: Option<(Vec<u64>, Vec<InstanceId>)>,
+    ) {
         let old = std::mem::take(&mut self.executed[r]);
         self.incarnations.push((r, self.restarts[r], old));
         self.restarts[r] += 1;
@@ -149,6 +163,37 @@ impl Observer {
         self.committed[r] = held.iter().map(|(id, _)| *id).collect();
         let before = std::mem::take(&mut self.executed_set[r]);
         self.applied[r].clear();
+        if let Some((gc_prefix, executed_above)) = checkpoint {
+            let below = gc_prefix.iter().enumerate().flat_map(|(row, &end)| {
+                (0..end).map(move |slot| InstanceId::new(ReplicaId(row as u32), slot))
+            });
+            let mut unknown = Vec::new();
+            for id in below.chain(executed_above) {
+                if !before.contains(&id) {
+                    unknown.push(id);
+                }
+                self.executed_set[r].insert(id);
+                self.committed[r].insert(id);
+                if let Some(d) = self.decided.get(&id) {
+                    for c in d.commands.iter() {
+                        self.applied[r].insert((c.client, c.request));
+                    }
+                }
+            }
+            unknown.sort_unstable();
+            if let Some(&first) = unknown.first() {
+                self.report(
+                    Check::ExactlyOnce,
+                    format!(
+                        "r{r} restarted from a checkpoint that covers {} instances it had not \
+                         executed: {}",
+                        unknown.len(),
+                        ShowDeps(Some(&unknown[..unknown.len().min(8)]))
+                    ),
+                    vec![first],
+                );
+            }
+        }
         for (id, inst) in &held {
             self.compare(r, *id, &inst.commands, &inst.deps);
             if inst.status == Status::Executed {

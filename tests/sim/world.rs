@@ -16,7 +16,12 @@
 //! sends anything of that `Ready`). A crash happens between steps, after a `Ready` was carried
 //! out whole, or, when torn, during the next step: that step's messages and replies never leave
 //! and only a prefix of its records reaches the disk (the log's torn tail is cut at a record
-//! boundary). A restart replaces the replica by `Replica::restore` of its disk. Messages that
+//! boundary). With `gc_executed`, a replica also checkpoints like the runtime (see
+//! `Config::checkpoint_every`): the disk keeps the encoded checkpoint, then its records are
+//! replaced by the live ones; a crash may hit between the two (`Config::checkpoint_crash`,
+//! `Action::CrashAtCheckpoint`), leaving the new checkpoint beside the old, uncut log. A restart
+//! replaces the replica by `Replica::restore_from` of its disk (checkpoint, if any, and
+//! records). Messages that
 //! reach a replica while it is down are lost. The simulator also checks, for every message a
 //! replica sends, that the state it reveals is on the replica's disk (`Check::Durability`).
 //!
@@ -32,6 +37,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use epaxos_kv::checkpoint::Checkpoint;
 use epaxos_kv::command::{Command, Op, OpResult};
 use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::instance::{Instance, Status};
@@ -102,6 +108,13 @@ pub struct Config {
     pub torn: bool,
     /// `Options::gc_executed` of every replica.
     pub gc_executed: bool,
+    /// With `gc_executed`: like the runtime, a replica checkpoints once `collected()` has grown
+    /// this much since its last checkpoint (0: never), and cuts its log to the live records.
+    pub checkpoint_every: u64,
+    /// Probability that a replica crashes between storing a checkpoint and cutting its log
+    /// (during chaos, when one more replica may go down): the new checkpoint then sits beside
+    /// the old, uncut log.
+    pub checkpoint_crash: f64,
     /// A simulator-side sabotage: the disk silently loses every fifth record, so that replicas
     /// send what they did not persist (to show that `Check::Durability` can fail).
     pub sabotage_disk: bool,
@@ -166,6 +179,9 @@ impl Config {
             torn: r.chance(0.5),
             gc_executed: r.chance(0.3),
             sabotage_disk: false,
+            // Drawn after everything above, for the same reason.
+            checkpoint_every: r.range(2, 50),
+            checkpoint_crash: *r.pick(&[0.0, 0.05, 0.2]),
         }
     }
 
@@ -206,6 +222,8 @@ impl Config {
             restarts: 0,
             torn: false,
             gc_executed: false,
+            checkpoint_every: 0,
+            checkpoint_crash: 0.0,
             sabotage_disk: false,
             barrier: true,
             sabotage: Sabotage::default(),
@@ -261,6 +279,14 @@ impl fmt::Display for Config {
             self.gc_executed,
             self.barrier,
         )?;
+        if self.gc_executed && self.checkpoint_every > 0 {
+            write!(
+                f,
+                " checkpoint_every={} checkpoint_crash={}%",
+                self.checkpoint_every,
+                self.checkpoint_crash * 100.0
+            )?;
+        }
         if self.sabotage_disk {
             write!(f, " sabotage_disk")?;
         }
@@ -297,8 +323,12 @@ pub enum Action {
     /// Replica `r` crashes during its next step: that step's messages and replies are lost, and
     /// only a prefix of its records reaches the disk.
     CrashTorn(usize),
-    /// Replica `r`, down after `CrashForRestart` or `CrashTorn`, restarts from its disk.
+    /// Replica `r`, down after `CrashForRestart`, `CrashTorn` or `CrashAtCheckpoint`, restarts
+    /// from its disk.
     Restart(usize),
+    /// Replica `r` crashes at its next checkpoint, between storing the checkpoint and cutting
+    /// its log (needs `gc_executed` and `checkpoint_every`).
+    CrashAtCheckpoint(usize),
     /// Lose the next message of this type from `from` to `to`.
     DropNext {
         from: usize,
@@ -333,6 +363,13 @@ pub struct Stats {
     pub resumed: u64,
     /// Records written to the replicas' disks.
     pub records: u64,
+    /// Checkpoints stored, crashes between storing one and cutting the log, and restarts from a
+    /// checkpoint (with the log beside it).
+    pub checkpoints: u64,
+    pub checkpoint_crashes: u64,
+    pub checkpoint_restarts: u64,
+    /// The store digest of every live replica at the end of the run.
+    pub final_digests: Vec<u64>,
 }
 
 /// The result of one run.
@@ -386,6 +423,9 @@ enum Life {
 
 /// The cycle of scripted crashes: `Action::Restart` restarts whatever cycle took it down.
 const SCRIPTED: u64 = u64::MAX;
+/// Crashes between a checkpoint and the log cut get cycles from here on (the planned
+/// crash-restart cycles are numbered from 0).
+const CHECKPOINT_CYCLES: u64 = 1 << 32;
 
 #[derive(Debug)]
 enum Event {
@@ -488,8 +528,17 @@ pub struct Sim {
     life: Vec<Life>,
     /// Bumped by every restart: ticks of an earlier incarnation stop.
     incarnation: Vec<u64>,
-    /// Per replica: every record it persisted, in order (the log a restart replays).
+    /// Per replica: every record it persisted since its last log cut, in order (the log a
+    /// restart replays), and its last checkpoint, encoded.
     disk: Vec<Vec<(InstanceId, Instance)>>,
+    checkpoint: Vec<Option<Vec<u8>>>,
+    /// Per replica: `collected()` at its last checkpoint (or restart), as the runtime keeps it.
+    checkpointed_at: Vec<u64>,
+    /// Per replica: a scripted crash waits for its next checkpoint.
+    crash_at_checkpoint: Vec<bool>,
+    /// Decides the crashes between checkpoint and log cut, apart from `rng` so that the other
+    /// draws of a run stay what they were before checkpoints existed.
+    checkpoint_rng: Rng,
     /// Per replica, per instance: the last record on its disk (what a message may reveal).
     durable: Vec<HashMap<InstanceId, Instance>>,
     /// Per replica: the digest of its store after its last `Ready` carried out (a torn crash
@@ -569,6 +618,10 @@ impl Sim {
             life: vec![Life::Up; n],
             incarnation: vec![0; n],
             disk: vec![Vec::new(); n],
+            checkpoint: vec![None; n],
+            checkpointed_at: vec![0; n],
+            crash_at_checkpoint: vec![false; n],
+            checkpoint_rng: Rng::new(cfg.seed ^ 0xc4ec_4b01_47c0_ffee),
             durable: vec![HashMap::new(); n],
             digest,
             crashes_ahead: 0,
@@ -966,6 +1019,69 @@ impl Sim {
                 },
             );
         }
+        self.maybe_checkpoint(r);
+    }
+
+    /// Like the runtime after carrying out a `Ready`: once `collected()` has grown by
+    /// `checkpoint_every` since the last checkpoint, store a new checkpoint, then replace the
+    /// log by the live records. A crash may hit between the two: the new checkpoint then sits
+    /// beside the old, uncut log, and the replica is down.
+    fn maybe_checkpoint(&mut self, r: usize) {
+        let every = self.cfg.checkpoint_every;
+        if !self.cfg.gc_executed || every == 0 {
+            return;
+        }
+        let collected = self.replicas[r].collected();
+        if collected < self.checkpointed_at[r] + every {
+            return;
+        }
+        let (bytes, live) = self.replicas[r].checkpoint();
+        self.checkpointed_at[r] = collected;
+        self.stats.checkpoints += 1;
+        let size = bytes.len();
+        self.checkpoint[r] = Some(bytes);
+        let crash = if std::mem::take(&mut self.crash_at_checkpoint[r]) {
+            Some(SCRIPTED)
+        } else {
+            let down = self.life.iter().filter(|l| **l != Life::Up).count();
+            let f = quorum::max_failures(self.cfg.n);
+            let room = !self.settling && down + self.crashes_ahead < f;
+            (room && self.checkpoint_rng.chance(self.cfg.checkpoint_crash))
+                .then_some(CHECKPOINT_CYCLES + self.stats.checkpoint_crashes)
+        };
+        if let Some(cycle) = crash {
+            self.life[r] = Life::Down(cycle);
+            self.stats.checkpoint_crashes += 1;
+            self.trace.record(
+                self.now,
+                What::Fault(format!(
+                    "r{r} crashes after storing a checkpoint ({collected} collected, {size} \
+                     bytes) and before cutting its log of {} records to {}",
+                    self.disk[r].len(),
+                    live.len()
+                )),
+            );
+            if cycle != SCRIPTED {
+                let down = *self.checkpoint_rng.pick(&[1, 5, 40, 300]);
+                let down = self.checkpoint_rng.range(down / 2, down);
+                let back = (self.now + Duration::from_millis(down)).min(self.cfg.chaos);
+                self.schedule_at(back, Event::Fault(Fault::Restart { r, cycle }));
+            }
+            return;
+        }
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "r{r} checkpoints ({collected} collected, {size} bytes) and cuts its log of {} \
+                 records to {}",
+                self.disk[r].len(),
+                live.len()
+            )),
+        );
+        for (id, inst) in &live {
+            self.durable[r].insert(*id, inst.clone());
+        }
+        self.disk[r] = live;
     }
 
     /// Appends `records` to `r`'s disk.
@@ -1386,7 +1502,17 @@ impl Sim {
     /// sends (its uncommitted instances resumed).
     fn restart(&mut self, r: usize) {
         let records = self.disk[r].clone();
-        let replica = Replica::restore(self.opts[r].clone(), self.now, records);
+        let checkpoint = self.checkpoint[r].as_ref().map(|b| {
+            Checkpoint::decode(b, self.cfg.n).expect("a checkpoint the core encoded decodes")
+        });
+        let covered = checkpoint
+            .as_ref()
+            .map(|c| (c.gc_prefix.clone(), c.executed_above.clone()));
+        if checkpoint.is_some() {
+            self.stats.checkpoint_restarts += 1;
+        }
+        let replica = Replica::restore_from(self.opts[r].clone(), self.now, checkpoint, records);
+        self.checkpointed_at[r] = replica.collected();
         self.replicas[r] = replica;
         self.life[r] = Life::Up;
         self.incarnation[r] += 1;
@@ -1396,15 +1522,21 @@ impl Sim {
         self.trace.record(
             self.now,
             What::Fault(format!(
-                "restart r{r} from {} records: {} instances, {} executed again, {resumed} \
+                "restart r{r} from {}{} records: {} instances, {} executed again, {resumed} \
                  resumed",
+                covered
+                    .as_ref()
+                    .map_or(String::new(), |(prefix, _)| format!(
+                        "a checkpoint (collected {}) and ",
+                        prefix.iter().sum::<u64>()
+                    )),
                 self.disk[r].len(),
                 self.replicas[r].instances().count(),
                 self.replicas[r].kv().executed(),
             )),
         );
         self.observer
-            .on_restart(r, &self.replicas[r], self.digest[r]);
+            .on_restart(r, &self.replicas[r], self.digest[r], covered);
         self.check_invariants(r);
         self.after_input(r);
         let incarnation = self.incarnation[r];
@@ -1465,6 +1597,7 @@ impl Sim {
                 }
             }
             Action::DropNext { from, to, kind } => self.drop_next.push((from, to, kind)),
+            Action::CrashAtCheckpoint(r) => self.crash_at_checkpoint[r] = true,
         }
     }
 
@@ -1622,6 +1755,10 @@ impl Sim {
         self.stats.instances = graph.instances;
         self.stats.component_max = graph.component_max;
         self.check_convergence();
+        self.stats.final_digests = self
+            .live()
+            .map(|r| self.replicas[r].kv().digest())
+            .collect();
         self.check_linearizability();
         self.stats.sim_time = self.now;
         self.stats.ops_open = self.history.iter().filter(|h| h.ret.is_none()).count() as u64;
