@@ -48,6 +48,13 @@ struct Args {
     /// executed here and committed everywhere.
     #[arg(long, default_value_t = 20_000)]
     checkpoint_every: u64,
+    /// How often to send each peer a Watermark, which is also the heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_ms: u64,
+    /// Suspect a peer after this long without any message from it, in milliseconds (must
+    /// exceed --heartbeat-ms).
+    #[arg(long, default_value_t = 3_000)]
+    suspect_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -79,6 +86,8 @@ fn main() -> anyhow::Result<()> {
     core.inflight_max = args.inflight_max;
     core.pending_max = args.pending_max;
     core.gc_executed = true;
+    core.watermark_every = Duration::from_millis(args.heartbeat_ms);
+    core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);

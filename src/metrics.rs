@@ -132,6 +132,10 @@ fn describe() {
         "epaxos_peer_connected",
         "1 while the outbound stream to a peer is open."
     );
+    describe_gauge!(
+        "epaxos_peer_suspected",
+        "1 while nothing was heard from a peer for the suspicion timeout (heartbeat: Watermark)."
+    );
 }
 
 /// Label value for a peer id.
@@ -144,6 +148,8 @@ pub struct LoopMetrics {
     sent: Vec<[Counter; KINDS.len()]>,
     received: Vec<[Counter; KINDS.len()]>,
     pub dropped: Vec<Counter>,
+    /// Per peer: 1 while suspected (nothing heard for `suspect_after`), else 0.
+    pub suspected: Vec<Gauge>,
     pub proposals: Counter,
     pub rejected_overloaded: Counter,
     pub batches: Counter,
@@ -173,6 +179,9 @@ impl LoopMetrics {
             received: per_peer("epaxos_messages_received_total"),
             dropped: (0..n as u32)
                 .map(|p| counter!("epaxos_peer_queue_dropped_total", "peer" => peer_label(p)))
+                .collect(),
+            suspected: (0..n as u32)
+                .map(|p| gauge!("epaxos_peer_suspected", "peer" => peer_label(p)))
                 .collect(),
             proposals: counter!("epaxos_proposals_total"),
             rejected_overloaded: counter!("epaxos_proposals_rejected_total", "reason" => "overloaded"),

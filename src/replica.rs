@@ -55,8 +55,11 @@ pub struct Options {
     pub retry_max: Duration,
     /// How long an execution may wait on a dependency before asking peers for its Commit.
     pub fetch_after: Duration,
-    /// How often to send peers a Watermark (anti-entropy for lost or missed commits).
+    /// How often to send peers a Watermark (anti-entropy for lost or missed commits; also the
+    /// heartbeat).
     pub watermark_every: Duration,
+    /// A peer not heard from for this long is suspected (see `Replica::is_suspected`).
+    pub suspect_after: Duration,
     /// Most Commits sent in answer to one Watermark.
     pub watermark_commits_max: usize,
     /// Drop instances from memory once they are executed here and every peer reported them
@@ -101,6 +104,7 @@ impl Options {
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
             watermark_every: Duration::from_secs(1),
+            suspect_after: Duration::from_secs(3),
             watermark_commits_max: 256,
             gc_executed: false,
             sabotage: Sabotage::default(),
@@ -126,6 +130,7 @@ impl Options {
             || self.retry > self.retry_max
             || self.fetch_after.is_zero()
             || self.watermark_every.is_zero()
+            || self.suspect_after <= self.watermark_every
         {
             return Err(OptionsError::Timers);
         }
@@ -140,7 +145,10 @@ pub enum OptionsError {
     Id(ReplicaId, usize),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error("timers must be positive and retry must not exceed retry_max")]
+    #[error(
+        "timers must be positive, retry must not exceed retry_max, and suspect_after must \
+         exceed watermark_every"
+    )]
     Timers,
 }
 
@@ -248,6 +256,8 @@ pub struct Replica {
     /// everywhere). A dependency on one of them counts as executed.
     gc_prefix: Vec<u64>,
     next_watermark: Time,
+    /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
+    last_heard: Vec<Time>,
     ready: Ready,
 }
 
@@ -275,6 +285,7 @@ impl Replica {
             peer_committed: vec![vec![0; opts.n]; opts.n],
             gc_prefix: vec![0; opts.n],
             next_watermark: Duration::ZERO,
+            last_heard: vec![Duration::ZERO; opts.n],
             ready: Ready::default(),
             opts,
         }
@@ -478,6 +489,7 @@ impl Replica {
         if from.index() >= self.opts.n || from == self.opts.id {
             return;
         }
+        self.last_heard[from.index()] = now;
         if let Some(inst) = msg.instance() {
             if inst.replica.index() >= self.opts.n {
                 return;
@@ -590,7 +602,7 @@ impl Replica {
         );
         self.save(id);
         self.ready.batches.push(commands.len());
-        let asked = self.targets(self.fast_quorum - 1);
+        let asked = self.targets(now, self.fast_quorum - 1);
         self.leading.insert(
             id,
             Leading {
@@ -617,17 +629,30 @@ impl Replica {
 
     /// Peers to ask in a phase that needs `needed` answers besides the leader's: all peers, or
     /// in thrifty mode just `needed` of them (the next ids after ours, a fixed choice).
-    fn targets(&self, needed: usize) -> Vec<ReplicaId> {
+    /// In thrifty mode, peers not suspected come first (then the next ids after ours), so a
+    /// dead peer does not cost every instance a resend timeout.
+    fn targets(&self, now: Time, needed: usize) -> Vec<ReplicaId> {
         let n = self.opts.n as u32;
         let count = if self.opts.thrifty {
             needed
         } else {
             self.opts.n - 1
         };
-        (1..n)
+        let mut peers: Vec<ReplicaId> = (1..n)
             .map(|k| ReplicaId((self.opts.id.0 + k) % n))
-            .take(count)
-            .collect()
+            .collect();
+        // Stable: keeps the id order among peers alike.
+        peers.sort_by_key(|p| self.is_suspected(*p, now));
+        peers.truncate(count);
+        peers
+    }
+
+    /// Whether nothing was heard from `peer` for `suspect_after`. Every peer sends at least a
+    /// Watermark each `watermark_every`, which serves as the heartbeat.
+    pub fn is_suspected(&self, peer: ReplicaId, now: Time) -> bool {
+        self.last_heard
+            .get(peer.index())
+            .is_some_and(|heard| now.saturating_sub(*heard) > self.opts.suspect_after)
     }
 
     fn handle_pre_accept_ok(
@@ -692,7 +717,7 @@ impl Replica {
     }
 
     fn start_accept(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>) {
-        let asked = self.targets(self.slow_quorum - 1);
+        let asked = self.targets(now, self.slow_quorum - 1);
         let inst = self
             .instances
             .get_mut(&id)
@@ -1558,6 +1583,38 @@ mod tests {
         assert_eq!(back.kv().digest(), rs[0].kv().digest());
         assert_eq!(back.kv().executed(), rs[0].kv().executed());
         back.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn thrifty_leader_skips_a_suspected_peer() {
+        let mut o = Options::new(ReplicaId(0), 3);
+        o.thrifty = true;
+        let mut r0 = Replica::new(o);
+        // Before anything is suspected, thrifty asks the next id: r1.
+        r0.propose(1, put(1, "a")).expect("room");
+        r0.flush(Duration::ZERO);
+        let first: Vec<_> = r0.take_ready().messages;
+        assert_eq!(first[0].to, vec![ReplicaId(1)]);
+        // r2 keeps talking (its Watermarks are the heartbeat); r1 goes silent.
+        let t = Duration::from_secs(5);
+        r0.handle(
+            t,
+            ReplicaId(2),
+            Message::Watermark {
+                committed_prefix: vec![0, 0, 0],
+            },
+        );
+        assert!(r0.is_suspected(ReplicaId(1), t));
+        assert!(!r0.is_suspected(ReplicaId(2), t));
+        r0.propose(2, put(2, "b")).expect("room");
+        r0.flush(t);
+        let ready = r0.take_ready();
+        let pre_accept = ready
+            .messages
+            .iter()
+            .find(|m| matches!(m.msg, Message::PreAccept { .. }))
+            .expect("a PreAccept");
+        assert_eq!(pre_accept.to, vec![ReplicaId(2)], "the live peer is asked");
     }
 
     #[test]

@@ -270,7 +270,16 @@ async fn run_loop(
                 Some(ev) => el.handle(ev),
                 None => return Ok(()),
             },
-            _ = ticker.tick() => el.core.tick(el.start.elapsed()),
+            _ = ticker.tick() => {
+                let now = el.start.elapsed();
+                el.core.tick(now);
+                for (p, g) in el.m.suspected.iter().enumerate() {
+                    let peer = ReplicaId(p as u32);
+                    if peer != el.me {
+                        g.set(if el.core.is_suspected(peer, now) { 1.0 } else { 0.0 });
+                    }
+                }
+            }
         }
         for _ in 0..DRAIN_MAX {
             match big.try_recv() {

@@ -551,3 +551,46 @@ async fn health_and_reflection_serve_generic_grpc_tools() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_peer_becomes_suspected_in_metrics() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.kill(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape(&cluster.metrics[0]);
+        if metric(&text, "epaxos_peer_suspected{peer=\"2\"}") == 1.0 {
+            assert_eq!(
+                metric(&text, "epaxos_peer_suspected{peer=\"1\"}"),
+                0.0,
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "peer 2 never suspected:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The two survivors still commit (a majority), and suspicion clears when 2 is back.
+    let mut c = cluster.client(0).await.expect("connect");
+    let r = Session::new()
+        .call(&mut c, put("k", "v"))
+        .await
+        .expect("put");
+    assert!(r.success);
+    cluster.restart(2).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metric(
+        &scrape(&cluster.metrics[0]),
+        "epaxos_peer_suspected{peer=\"2\"}",
+    ) != 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "suspicion never cleared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
