@@ -1382,6 +1382,13 @@ mod tests {
             .collect()
     }
 
+    /// Options of replica `i` of 3 with memory GC on.
+    fn gc_options(i: u32) -> Options {
+        let mut o = Options::new(ReplicaId(i), 3);
+        o.gc_executed = true;
+        o
+    }
+
     fn put(client: u64, key: &'static str) -> Command {
         Command {
             client: ClientId(client),
@@ -1439,13 +1446,7 @@ mod tests {
 
     #[test]
     fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
-        let mut rs: Vec<Replica> = (0..3u32)
-            .map(|i| {
-                let mut o = Options::new(ReplicaId(i), 3);
-                o.gc_executed = true;
-                Replica::new(o)
-            })
-            .collect();
+        let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
         rs[0].propose(1, put(1, "a")).expect("room");
         settle(&mut rs, Duration::ZERO, |_, _| false);
         let first = InstanceId::new(ReplicaId(0), 0);
@@ -1485,13 +1486,7 @@ mod tests {
 
     #[test]
     fn restore_from_a_checkpoint_keeps_state_and_skips_covered_instances() {
-        let mut rs: Vec<Replica> = (0..3u32)
-            .map(|i| {
-                let mut o = Options::new(ReplicaId(i), 3);
-                o.gc_executed = true;
-                Replica::new(o)
-            })
-            .collect();
+        let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
         for k in 0..6u64 {
             rs[(k % 3) as usize]
                 .propose(k, put(k + 1, ["a", "b"][k as usize % 2]))
@@ -1509,9 +1504,7 @@ mod tests {
         let (encoded, live) = rs[0].checkpoint();
         let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
         let digest = rs[0].kv().digest();
-        let mut o = Options::new(ReplicaId(0), 3);
-        o.gc_executed = true;
-        let mut back = Replica::restore_from(o, Duration::from_secs(4), Some(cp), live);
+        let mut back = Replica::restore_from(gc_options(0), Duration::from_secs(4), Some(cp), live);
         let _ = back.take_ready();
         assert_eq!(back.kv().digest(), digest);
         assert_eq!(back.kv().executed(), 6, "nothing executed twice");
@@ -1531,13 +1524,7 @@ mod tests {
     /// skip what the checkpoint covers and execute nothing twice.
     #[test]
     fn crash_between_checkpoint_and_log_cut_restores_the_same_state() {
-        let mut rs: Vec<Replica> = (0..3u32)
-            .map(|i| {
-                let mut o = Options::new(ReplicaId(i), 3);
-                o.gc_executed = true;
-                Replica::new(o)
-            })
-            .collect();
+        let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
         let mut disk: Vec<(InstanceId, Instance)> = Vec::new();
         for k in 0..8u64 {
             rs[(k % 3) as usize]
@@ -1577,9 +1564,7 @@ mod tests {
         assert!(rs[0].collected() > 0);
         let (encoded, _live) = rs[0].checkpoint();
         let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
-        let mut o = Options::new(ReplicaId(0), 3);
-        o.gc_executed = true;
-        let back = Replica::restore_from(o, Duration::from_secs(5), Some(cp), disk);
+        let back = Replica::restore_from(gc_options(0), Duration::from_secs(5), Some(cp), disk);
         assert_eq!(back.kv().digest(), rs[0].kv().digest());
         assert_eq!(back.kv().executed(), rs[0].kv().executed());
         back.check_invariants().expect("invariants");
