@@ -875,17 +875,7 @@ impl Sim {
         };
         let (kind, instance) = (msg.kind(), msg.instance());
         if let Some(why) = why {
-            self.stats.dropped += 1;
-            self.trace.record(
-                self.now,
-                What::Drop {
-                    from,
-                    to,
-                    kind,
-                    instance,
-                    why,
-                },
-            );
+            self.drop_message(from, to, kind, instance, why);
             return;
         }
         self.stats.delivered += 1;
@@ -1179,6 +1169,28 @@ impl Sim {
         Duration::from_micros(self.rng.range(200, 2_000))
     }
 
+    /// Counts and traces a message that will not arrive.
+    fn drop_message(
+        &mut self,
+        from: usize,
+        to: usize,
+        kind: &'static str,
+        instance: Option<InstanceId>,
+        why: &'static str,
+    ) {
+        self.stats.dropped += 1;
+        self.trace.record(
+            self.now,
+            What::Drop {
+                from,
+                to,
+                kind,
+                instance,
+                why,
+            },
+        );
+    }
+
     fn send(&mut self, from: usize, to: usize, msg: Message) {
         let kind = msg.kind();
         let instance = msg.instance();
@@ -1188,33 +1200,11 @@ impl Sim {
             .position(|&(f, t, k)| (f, t, k) == (from, to, kind))
         {
             self.drop_next.remove(pos);
-            self.stats.dropped += 1;
-            let why = "scripted";
-            self.trace.record(
-                self.now,
-                What::Drop {
-                    from,
-                    to,
-                    kind,
-                    instance,
-                    why,
-                },
-            );
+            self.drop_message(from, to, kind, instance, "scripted");
             return;
         }
         if self.rng.chance(self.loss) {
-            self.stats.dropped += 1;
-            let why = "loss";
-            self.trace.record(
-                self.now,
-                What::Drop {
-                    from,
-                    to,
-                    kind,
-                    instance,
-                    why,
-                },
-            );
+            self.drop_message(from, to, kind, instance, "loss");
             return;
         }
         if self.rng.chance(self.dup) {
