@@ -1,19 +1,21 @@
 //! Dependency computation: which known instances a new command interferes with.
 //!
-//! Per key and per row (the replica that leads the instances of that row) the index keeps the
-//! latest slot that touched the key and the latest slot that wrote it. Dependencies are then
+//! **What a dependency means.** Deps hold at most one entry per row: `q.s` in the deps of `x`
+//! means "every instance of row `q` up to slot `s`" (the downward closure of the row, as in
+//! the original Go implementation). Execution orders `x` after each of those that interferes
+//! with it (see `execute::Unexecuted`), and waits until all of them are committed, since only
+//! then is it known which of them interfere. This meaning is exact and cheap to test
+//! (`covers`), which EPaxos* recovery needs: its Validate phase asks "is `y` in `D`?" and
+//! "is `x` in the deps of `y`?", and a recovered no-op must not break what depends on a slot.
 //!
-//! - for a write on `k`: the latest instance on `k` of every other row;
-//! - for a read on `k`: the latest write on `k` of every other row;
+//! **How they are computed.** Per key and per row the index keeps the latest slot that touched
+//! the key and the latest slot that wrote it. A command's deps take, per row, the highest of
+//!
+//! - for a write on `k`: the latest instance on `k` of that row;
+//! - for a read on `k`: the latest write on `k` of that row;
 //! - in the leader's own row: its previous instance on `k`, read or write.
 //!
-//! Why the latest is enough: a leader always puts its own previous instance on `k` into the
-//! initial deps of its next one, and every replica's deps contain the initial deps, so the
-//! instances of one row on one key form a chain and depending on the latest reaches all earlier
-//! ones. Reads chain too (a read depends on the previous read of its own row), so a later write
-//! that depends on the latest read of a row is ordered after all that row's reads. Visibility
-//! therefore holds through reachability in the dependency graph, which is what execution uses.
-//! (Recovery, a later issue, must keep this chain when it commits a no-op.)
+//! Only the leader adds from its own row: other replicas leave that row to the leader.
 //!
 //! Besides its key, every command writes a per-session pseudo-key: the commands of one client
 //! session then interfere and execute in the same order everywhere, which the exactly-once
@@ -27,6 +29,25 @@ use bytes::Bytes;
 
 use crate::command::Command;
 use crate::ids::{ClientId, InstanceId, ReplicaId};
+
+/// Keeps the highest slot of each row, sorted by row: the one shape deps have.
+pub fn normalize(deps: &mut Vec<InstanceId>) {
+    deps.sort_unstable_by(|a, b| a.replica.cmp(&b.replica).then(b.slot.cmp(&a.slot)));
+    deps.dedup_by_key(|d| d.replica);
+}
+
+/// The union of two deps: per row, the higher slot.
+pub fn union(a: &[InstanceId], b: &[InstanceId]) -> Vec<InstanceId> {
+    let mut u: Vec<InstanceId> = a.iter().chain(b).copied().collect();
+    normalize(&mut u);
+    u
+}
+
+/// Whether `deps` include `id`: `id`'s row has an entry at or above its slot.
+pub fn covers(deps: &[InstanceId], id: InstanceId) -> bool {
+    deps.iter()
+        .any(|d| d.replica == id.replica && d.slot >= id.slot)
+}
 
 /// What commands conflict on: a key, or a client session (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,9 +73,14 @@ pub struct ConflictIndex {
 /// The distinct conflict keys of a batch, each with whether the batch writes it.
 pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
     let mut keys: Vec<(ConflictKey, bool)> = Vec::with_capacity(2 * commands.len());
-    let mut add = |key: ConflictKey, write: bool| match keys.iter_mut().find(|(k, _)| *k == key) {
-        Some((_, w)) => *w |= write,
-        None => keys.push((key, write)),
+    // Position of each key in `keys`: a linear search would make large batches quadratic.
+    let mut at: HashMap<ConflictKey, usize> = HashMap::with_capacity(2 * commands.len());
+    let mut add = |key: ConflictKey, write: bool| match at.get(&key) {
+        Some(&i) => keys[i].1 |= write,
+        None => {
+            at.insert(key.clone(), keys.len());
+            keys.push((key, write));
+        }
     };
     for c in commands {
         add(ConflictKey::Key(c.op.key().clone()), c.op.is_write());
@@ -105,8 +131,7 @@ impl ConflictIndex {
                 }
             }
         }
-        deps.sort_unstable();
-        deps.dedup();
+        normalize(deps);
     }
 
     /// Records that `instance` touches the keys of `commands`.
@@ -274,5 +299,29 @@ mod tests {
         ix.record(id(0, 7), &[put("a")]);
         ix.record(id(0, 5), &[put("a")]);
         assert_eq!(deps_of(&ix, id(1, 1), &[put("a")], true), vec![id(0, 7)]);
+    }
+
+    #[test]
+    fn deps_keep_the_highest_slot_per_row_and_cover_below_it() {
+        let mut d = vec![id(1, 2), id(0, 4), id(1, 9), id(0, 1)];
+        normalize(&mut d);
+        assert_eq!(d, vec![id(0, 4), id(1, 9)]);
+        assert_eq!(
+            union(&d, &[id(0, 7), id(2, 0)]),
+            vec![id(0, 7), id(1, 9), id(2, 0)]
+        );
+        assert!(covers(&d, id(0, 4)) && covers(&d, id(0, 0)) && covers(&d, id(1, 3)));
+        assert!(!covers(&d, id(0, 5)) && !covers(&d, id(2, 0)));
+    }
+
+    #[test]
+    fn a_batch_touching_two_keys_of_one_row_gets_one_entry() {
+        let mut ix = ConflictIndex::new(2);
+        ix.record(id(0, 3), &[put("a")]);
+        ix.record(id(0, 8), &[put("b")]);
+        assert_eq!(
+            deps_of(&ix, id(1, 1), &[put("a"), put("b")], true),
+            vec![id(0, 8)]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Execution order: strongly connected components of the committed dependency graph.
 //!
-//! An instance can execute once every instance reachable through its deps is committed. Tarjan's
+//! An instance's edges are the committed instances its deps cover that interfere with it (see
+//! `deps` for what a dependency means, and [`Unexecuted::edges`] for how they are found).
+//! An instance can execute once every instance reachable through its edges is committed. Tarjan's
 //! algorithm emits the components of that graph dependencies first; inside a component the
 //! instances run in `InstanceId` order, which every replica shares. EPaxos* needs no `seq`:
 //! a client is answered only after its command executes, so any fixed order inside a component
@@ -13,16 +15,18 @@
 //! That also keeps execution from livelocking on a component that keeps growing under constant
 //! conflicts: whatever does not reach the growing frontier runs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
+use crate::command::Command;
+use crate::deps::{keys_of, ConflictKey};
 use crate::ids::InstanceId;
 
 /// What the walk needs to know about an instance.
-pub enum Node<'a> {
+pub enum Node {
     /// Executed already: the walk does not enter it.
     Done,
-    /// Committed, not executed: these are its deps.
-    Ready(&'a [InstanceId]),
+    /// Committed, not executed: these are its edges.
+    Ready(Vec<InstanceId>),
     /// Unknown here, or known but not committed: whatever reaches it must wait.
     Missing,
 }
@@ -49,9 +53,9 @@ struct Mark {
 
 /// Walks the graph from `root` and appends to `out` the components that can execute, in
 /// execution order, each sorted by `InstanceId`.
-pub fn order<'a>(
+pub fn order(
     root: InstanceId,
-    node: impl Fn(InstanceId) -> Node<'a>,
+    mut node: impl FnMut(InstanceId) -> Node,
     out: &mut Vec<Vec<InstanceId>>,
 ) -> Outcome {
     let root_deps = match node(root) {
@@ -67,14 +71,14 @@ pub fn order<'a>(
     let mut marks: HashMap<InstanceId, Mark> = HashMap::new();
     let mut stack: Vec<InstanceId> = Vec::new();
     // The explicit call stack: (instance, its deps, next dep to look at).
-    let mut calls: Vec<(InstanceId, &'a [InstanceId], usize)> = Vec::new();
+    let mut calls: Vec<(InstanceId, Vec<InstanceId>, usize)> = Vec::new();
     let mut next_index = 0u32;
 
     let mut enter = |id: InstanceId,
-                     deps: &'a [InstanceId],
+                     deps: Vec<InstanceId>,
                      marks: &mut HashMap<InstanceId, Mark>,
                      stack: &mut Vec<InstanceId>,
-                     calls: &mut Vec<(InstanceId, &'a [InstanceId], usize)>| {
+                     calls: &mut Vec<(InstanceId, Vec<InstanceId>, usize)>| {
         marks.insert(
             id,
             Mark {
@@ -90,8 +94,8 @@ pub fn order<'a>(
     enter(root, root_deps, &mut marks, &mut stack, &mut calls);
 
     while let Some(top) = calls.last_mut() {
-        let (v, deps, next) = (top.0, top.1, top.2);
-        if let Some(&w) = deps.get(next) {
+        let (v, next) = (top.0, top.2);
+        if let Some(&w) = top.1.get(next) {
             top.2 += 1;
             match marks.get(&w).copied() {
                 Some(mw) => {
@@ -135,6 +139,126 @@ pub fn order<'a>(
     Outcome::Complete
 }
 
+/// Per row, the slots of committed instances not executed yet that touch one key.
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    any: BTreeSet<u64>,
+    write: BTreeSet<u64>,
+}
+
+/// The committed instances not executed yet, per conflict key and row: where the walk finds an
+/// instance's edges.
+#[derive(Debug, Clone)]
+pub struct Unexecuted {
+    n: usize,
+    by_key: HashMap<ConflictKey, Vec<Slots>>,
+}
+
+impl Unexecuted {
+    pub fn new(n: usize) -> Unexecuted {
+        Unexecuted {
+            n,
+            by_key: HashMap::new(),
+        }
+    }
+
+    /// `id` (with `commands`) is committed and waits to execute.
+    pub fn insert(&mut self, id: InstanceId, commands: &[Command]) {
+        let n = self.n;
+        for (key, write) in keys_of(commands) {
+            let rows = self
+                .by_key
+                .entry(key)
+                .or_insert_with(|| vec![Slots::default(); n]);
+            if let Some(slots) = rows.get_mut(id.replica.index()) {
+                slots.any.insert(id.slot);
+                if write {
+                    slots.write.insert(id.slot);
+                }
+            }
+        }
+    }
+
+    /// `id` executed.
+    pub fn remove(&mut self, id: InstanceId, commands: &[Command]) {
+        for (key, _) in keys_of(commands) {
+            let Some(rows) = self.by_key.get_mut(&key) else {
+                continue;
+            };
+            if let Some(slots) = rows.get_mut(id.replica.index()) {
+                slots.any.remove(&id.slot);
+                slots.write.remove(&id.slot);
+            }
+            if rows.iter().all(|s| s.any.is_empty()) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// The edges of `id`: for each key of its commands and each row its deps cover up to slot
+    /// `s`, the latest unexecuted instance of that row at or below `s` that interferes (for a
+    /// write or in the instance's own row, the latest on the key; for a read, the latest write).
+    ///
+    /// The latest is enough: the leader of a row puts its previous instance on a key into the
+    /// initial deps of its next one, and committed deps contain the initial deps, so the
+    /// interfering instances of one row on one key form a chain and the latest reaches all
+    /// earlier ones. A no-op breaks no chain: it touches no key, so the walk skips it, and the
+    /// next instance on the key reaches past it directly. Executed instances are gone from the
+    /// index; those below them on the same key executed before them, so the chain stays whole.
+    ///
+    /// The caller must also make the instance wait until every slot its deps cover is
+    /// committed: only then is it known which of them interfere.
+    pub fn edges(
+        &self,
+        id: InstanceId,
+        commands: &[Command],
+        deps: &[InstanceId],
+    ) -> Vec<InstanceId> {
+        let mut edges = Vec::new();
+        for (key, write) in keys_of(commands) {
+            let Some(rows) = self.by_key.get(&key) else {
+                continue;
+            };
+            for dep in deps {
+                let Some(slots) = rows.get(dep.replica.index()) else {
+                    continue;
+                };
+                let set = if write || dep.replica == id.replica {
+                    &slots.any
+                } else {
+                    &slots.write
+                };
+                if let Some(&slot) = set.range(..=dep.slot).next_back() {
+                    let e = InstanceId::new(dep.replica, slot);
+                    if e != id {
+                        edges.push(e);
+                    }
+                }
+            }
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        edges
+    }
+
+    /// Number of keys with unexecuted instances.
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+/// Rows of `deps` whose covered slots are not all committed: the first uncommitted slot of each,
+/// given per row the first slot not known to be committed.
+pub fn gaps<'a>(
+    deps: &'a [InstanceId],
+    committed_prefix: &'a [u64],
+) -> impl Iterator<Item = InstanceId> + 'a {
+    deps.iter().filter_map(move |d| {
+        let p = *committed_prefix.get(d.replica.index())?;
+        (p <= d.slot).then_some(InstanceId::new(d.replica, p))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +290,7 @@ mod tests {
                         return Node::Done;
                     }
                     match self.nodes.get(&i) {
-                        Some(Some(d)) => Node::Ready(d),
+                        Some(Some(d)) => Node::Ready(d.clone()),
                         _ => Node::Missing,
                     }
                 },
@@ -248,7 +372,7 @@ mod tests {
         let mut out = vec![];
         let o = order(
             id(0, LEN - 1),
-            |i| Node::Ready(&deps[i.slot as usize]),
+            |i| Node::Ready(deps[i.slot as usize].clone()),
             &mut out,
         );
         assert_eq!(o, Outcome::Complete);
@@ -263,9 +387,68 @@ mod tests {
         // 0 -> 1 -> ... -> LEN-1 -> 0
         let deps: Vec<Vec<InstanceId>> = (0..LEN).map(|s| vec![id(0, (s + 1) % LEN)]).collect();
         let mut out = vec![];
-        order(id(0, 0), |i| Node::Ready(&deps[i.slot as usize]), &mut out);
+        order(
+            id(0, 0),
+            |i| Node::Ready(deps[i.slot as usize].clone()),
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].len(), LEN as usize);
         assert!(out[0].windows(2).all(|w| w[0] < w[1]));
+    }
+
+    mod unexecuted {
+        use super::*;
+        use crate::command::{Command, Op};
+        use crate::ids::{ClientId, RequestId};
+        use bytes::Bytes;
+
+        fn cmd(client: u64, key: &'static str, write: bool) -> Command {
+            let key = Bytes::from_static(key.as_bytes());
+            Command {
+                client: ClientId(client),
+                request: RequestId(1),
+                op: if write {
+                    Op::Put {
+                        key,
+                        value: Bytes::from_static(b"v"),
+                    }
+                } else {
+                    Op::Get { key }
+                },
+            }
+        }
+
+        #[test]
+        fn edges_go_to_the_latest_interfering_covered_instance_of_each_row() {
+            let mut u = Unexecuted::new(3);
+            u.insert(id(0, 1), &[cmd(1, "a", true)]);
+            u.insert(id(0, 2), &[cmd(2, "b", true)]);
+            u.insert(id(0, 3), &[cmd(3, "a", false)]);
+            u.insert(id(1, 5), &[cmd(4, "a", true)]);
+            // A write on a covering row 0 up to 3 and row 1 up to 5: the latest on a of each.
+            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 3), id(1, 5)]);
+            assert_eq!(e, vec![id(0, 3), id(1, 5)]);
+            // A read skips reads of other rows: the latest write on a in row 0 is 0.1.
+            let e = u.edges(id(2, 0), &[cmd(9, "a", false)], &[id(0, 3)]);
+            assert_eq!(e, vec![id(0, 1)]);
+            // Slots above the dep's are not covered; other keys do not interfere.
+            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 2)]);
+            assert_eq!(e, vec![id(0, 1)]);
+            let e = u.edges(id(2, 0), &[cmd(9, "c", true)], &[id(0, 3), id(1, 5)]);
+            assert!(e.is_empty());
+            // Executed instances leave the index.
+            u.remove(id(0, 3), &[cmd(3, "a", false)]);
+            u.remove(id(0, 1), &[cmd(1, "a", true)]);
+            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 3)]);
+            assert!(e.is_empty());
+        }
+
+        #[test]
+        fn uncommitted_covered_slots_are_gaps() {
+            let prefix = [4, 0, 9];
+            let g: Vec<_> = gaps(&[id(0, 3), id(1, 0), id(2, 9)], &prefix).collect();
+            assert_eq!(g, vec![id(1, 0), id(2, 9)]);
+        }
     }
 }

@@ -244,6 +244,8 @@ pub struct Replica {
     waiting: BTreeMap<InstanceId, Waiting>,
     committed_count: u64,
     unexecuted: u64,
+    /// The committed instances not executed yet, by key: where execution finds edges.
+    to_execute: execute::Unexecuted,
     /// Per row: the first slot not known to be committed here.
     committed_prefix: Vec<u64>,
     /// Per row: one past the highest slot committed here.
@@ -279,6 +281,7 @@ impl Replica {
             waiting: BTreeMap::new(),
             committed_count: 0,
             unexecuted: 0,
+            to_execute: execute::Unexecuted::new(opts.n),
             committed_prefix: vec![0; opts.n],
             committed_end: vec![0; opts.n],
             executed_prefix: vec![0; opts.n],
@@ -352,8 +355,13 @@ impl Replica {
                 r.advance_executed(*id);
             } else if inst.status.is_decided() {
                 inst.status = Status::Committed;
+                // Every committed instance goes into the execution index and the committed
+                // prefix before anything executes: edges are looked up there.
+                let commands = inst.commands.clone();
+                r.to_execute.insert(*id, &commands);
                 r.committed_count += 1;
                 r.unexecuted += 1;
+                r.advance_prefix(*id);
             } else if id.replica == me && inst.ballot == Ballot::initial(me) {
                 let (phase, msg) = match inst.status {
                     Status::PreAccepted => (
@@ -710,8 +718,7 @@ impl Replica {
             for (_, d) in replies {
                 union.extend_from_slice(d);
             }
-            union.sort_unstable();
-            union.dedup();
+            crate::deps::normalize(&mut union);
             self.start_accept(now, id, union);
         }
     }
@@ -1117,6 +1124,9 @@ impl Replica {
     /// `id` became committed: try to execute it and whatever waited for it.
     fn on_committed(&mut self, now: Time, id: InstanceId) {
         self.advance_prefix(id);
+        if let Some(inst) = self.instances.get(&id) {
+            self.to_execute.insert(id, &inst.commands);
+        }
         let mut roots = vec![id];
         if let Some(w) = self.waiting.remove(&id) {
             roots.extend(w.roots);
@@ -1154,11 +1164,17 @@ impl Replica {
     fn try_execute(&mut self, root: InstanceId) -> Option<(InstanceId, Vec<InstanceId>)> {
         let mut components = Vec::new();
         let instances = &self.instances;
+        let to_execute = &self.to_execute;
+        let committed_prefix = &self.committed_prefix;
         let outcome = execute::order(
             root,
             |id| match instances.get(&id) {
                 Some(i) if i.status == Status::Executed => Node::Done,
-                Some(i) if i.status == Status::Committed => Node::Ready(&i.deps),
+                Some(i) if i.status == Status::Committed => {
+                    let mut edges = to_execute.edges(id, &i.commands, &i.deps);
+                    edges.extend(execute::gaps(&i.deps, committed_prefix));
+                    Node::Ready(edges)
+                }
                 None if id.slot < self.gc_prefix[id.replica.index()] => Node::Done,
                 _ => Node::Missing,
             },
@@ -1186,6 +1202,7 @@ impl Replica {
         debug_assert_eq!(inst.status, Status::Committed, "{id} executes once");
         inst.status = Status::Executed;
         let commands = inst.commands.clone();
+        self.to_execute.remove(id, &commands);
         for cmd in commands.iter() {
             let applied = if self.opts.sabotage.skip_dedup {
                 self.kv.apply_without_dedup(cmd)

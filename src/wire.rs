@@ -220,9 +220,8 @@ fn deps_from(p: Vec<proto::InstanceId>, n: usize) -> Result<Vec<InstanceId>, Wir
         .into_iter()
         .map(|d| id_from(Some(d), n))
         .collect::<Result<Vec<_>, _>>()?;
-    // The core relies on sorted, duplicate-free deps (equality is the fast-path test).
-    deps.sort_unstable();
-    deps.dedup();
+    // The core relies on one entry per row, sorted (equality is the fast-path test).
+    crate::deps::normalize(&mut deps);
     Ok(deps)
 }
 

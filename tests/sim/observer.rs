@@ -551,6 +551,9 @@ enum Reach {
     Unknown,
 }
 
+/// An instance touching a key: (slot, whether it writes the key, its vertex).
+type Member = (u64, bool, usize);
+
 /// The committed dependency graph, condensed by Tarjan's algorithm (written here again, on an
 /// explicit stack, so that the check does not lean on the core's `execute::order`).
 struct Graph {
@@ -567,22 +570,54 @@ struct Graph {
 }
 
 impl Graph {
+    /// Edges follow what a dependency means (see `epaxos_kv::deps`): `q.s` in the deps of `v`
+    /// covers every instance of row `q` up to slot `s`, and `v` has an edge to each of those that
+    /// interferes with it. This is the definition itself, every covered interfering instance,
+    /// not the executor's shortcut through the latest one per key (which leans on the chain
+    /// each leader builds), so the checks also test that shortcut.
     fn new(decided: &BTreeMap<InstanceId, Decided>) -> Graph {
         let ids: Vec<InstanceId> = decided.keys().copied().collect();
-        let index: HashMap<InstanceId, usize> =
-            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // Per conflict key and row: the decided instances touching it, (slot, writes, vertex).
+        let mut members: HashMap<(Conflict, u32), Vec<Member>> = HashMap::new();
+        // Per row: the first slot not decided anywhere.
+        let mut prefix: BTreeMap<u32, u64> = BTreeMap::new();
+        for (v, (id, d)) in decided.iter().enumerate() {
+            for (key, write) in keys_of(&d.commands) {
+                members
+                    .entry((key, id.replica.0))
+                    .or_default()
+                    .push((id.slot, write, v));
+            }
+        }
+        for id in &ids {
+            let p = prefix.entry(id.replica.0).or_insert(0);
+            if *p == id.slot {
+                *p += 1;
+            }
+        }
         let mut succ = Vec::with_capacity(ids.len());
         let mut open = Vec::with_capacity(ids.len());
         let mut commands = Vec::with_capacity(ids.len());
-        for d in decided.values() {
+        for (v, d) in decided.values().enumerate() {
             let mut s = Vec::new();
             let mut o = false;
             for dep in &d.deps {
-                match index.get(dep) {
-                    Some(&j) => s.push(j),
-                    None => o = true,
+                o |= prefix.get(&dep.replica.0).copied().unwrap_or(0) <= dep.slot;
+            }
+            for (key, write) in keys_of(&d.commands) {
+                for dep in &d.deps {
+                    let Some(list) = members.get(&(key.clone(), dep.replica.0)) else {
+                        continue;
+                    };
+                    for &(slot, w_write, w) in list {
+                        if slot <= dep.slot && w != v && (write || w_write) {
+                            s.push(w);
+                        }
+                    }
                 }
             }
+            s.sort_unstable();
+            s.dedup();
             succ.push(s);
             open.push(o);
             commands.push(d.commands.clone());

@@ -1680,16 +1680,27 @@ impl Sim {
             let mentioned = known
                 .iter()
                 .flat_map(|(id, (_, deps))| std::iter::once(*id).chain(deps.iter().copied()));
+            // A dependency covers its row up to its slot (see `epaxos_kv::deps`).
             for id in mentioned {
-                if self.life[id.replica.index()] == Life::Dead && !held_committed(&id) {
-                    exempt.insert(id);
+                if self.life[id.replica.index()] == Life::Dead {
+                    for slot in 0..=id.slot {
+                        let covered = InstanceId::new(id.replica, slot);
+                        if !held_committed(&covered) {
+                            exempt.insert(covered);
+                        }
+                    }
                 }
             }
             loop {
                 let before = exempt.len();
                 for (id, (keys, deps)) in &known {
                     if exempt.contains(id)
-                        || deps.iter().any(|d| exempt.contains(d))
+                        || deps.iter().any(|d| {
+                            exempt
+                                .range(InstanceId::new(d.replica, 0)..=*d)
+                                .next()
+                                .is_some()
+                        })
                         || keys.iter().any(|k| exempt_keys.contains(k))
                     {
                         exempt.insert(*id);
