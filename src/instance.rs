@@ -19,6 +19,9 @@ use crate::message::Commands;
 /// Where an instance stands at one replica. Ordered: an instance only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
+    /// Known only through recovery: a promised ballot and, after a Validate, the command and
+    /// initial deps a recoverer proposed. Not a vote for anything.
+    Initial,
     PreAccepted,
     Accepted,
     Committed,
@@ -33,7 +36,7 @@ impl Status {
 }
 
 /// What every replica keeps about an instance it has heard of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub status: Status,
     /// The highest ballot this replica has taken part in for the instance (`bal`).
@@ -46,8 +49,28 @@ pub struct Instance {
     /// The current dependencies: final once the status is Committed.
     pub deps: Vec<InstanceId>,
     /// The leader's initial dependencies (what the fast path compares against, and what
-    /// EPaxos* recovery needs).
-    pub init_deps: Vec<InstanceId>,
+    /// EPaxos* recovery needs); `None` where neither its PreAccept nor a Validate arrived.
+    pub init_deps: Option<Vec<InstanceId>>,
+}
+
+impl Instance {
+    /// What a replica knows of an instance it never heard of but is asked to recover: nothing
+    /// but the original leader's ballot.
+    pub fn unknown(id: InstanceId) -> Instance {
+        Instance {
+            status: Status::Initial,
+            ballot: Ballot::initial(id.replica),
+            accepted_ballot: None,
+            commands: Commands::default(),
+            deps: Vec::new(),
+            init_deps: None,
+        }
+    }
+
+    /// Committed (or accepted) as a no-op by recovery: no command.
+    pub fn is_nop(&self) -> bool {
+        self.status >= Status::Accepted && self.commands.is_empty()
+    }
 }
 
 /// Phase of an instance at its leader, while it is being decided.
@@ -72,6 +95,8 @@ pub struct Leading {
     pub sent_at: Duration,
     /// How long to wait before resending to peers that did not answer (doubles each time).
     pub retry_after: Duration,
+    /// Led by this replica's recovery (at a ballot above round 0), not as original leader.
+    pub recovery: bool,
 }
 
 impl Leading {

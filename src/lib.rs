@@ -19,6 +19,7 @@ pub mod kv;
 pub mod message;
 pub mod metrics;
 pub mod quorum;
+pub mod recovery;
 pub mod replica;
 pub mod runtime;
 pub mod storage;

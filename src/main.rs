@@ -55,6 +55,10 @@ struct Args {
     /// exceed --heartbeat-ms).
     #[arg(long, default_value_t = 3_000)]
     suspect_after_ms: u64,
+    /// Take over (recover) an instance that execution has waited on for this long while it
+    /// stays uncommitted, in milliseconds; later attempts back off.
+    #[arg(long, default_value_t = 1_000)]
+    recover_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
     core.gc_executed = true;
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
+    core.recover_after = Duration::from_millis(args.recover_after_ms);
     core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);

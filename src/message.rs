@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::command::Command;
 use crate::ids::{Ballot, InstanceId};
+use crate::instance::Status;
 
 /// A batch of commands decided together in one instance. Shared, never copied, between the
 /// instance table and the messages that carry it.
@@ -53,8 +54,51 @@ pub enum Message {
     },
     /// Send me Commit for those of these instances you know to be committed.
     CommitRequest { instances: Vec<InstanceId> },
-    /// Per row, the first slot the sender does not know to be committed (anti-entropy).
-    Watermark { committed_prefix: Vec<u64> },
+    /// Per row, the first slot the sender does not know to be committed (anti-entropy) and
+    /// the first it has not executed (garbage collection).
+    Watermark {
+        committed_prefix: Vec<u64>,
+        executed_prefix: Vec<u64>,
+    },
+    /// Recovery: the sender takes the instance over at `ballot`.
+    Recover {
+        instance: InstanceId,
+        ballot: Ballot,
+    },
+    /// What the sender knows of the instance, having promised `ballot`.
+    RecoverOk {
+        instance: InstanceId,
+        ballot: Ballot,
+        reply: RecoverReply,
+    },
+    /// Recovery checks whether `commands` with `deps` may have been committed on the fast path.
+    Validate {
+        instance: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    },
+    /// The interfering instances the sender knows that `deps` do not cover and that do not
+    /// depend on the instance, each with whether it is committed at the sender.
+    ValidateOk {
+        instance: InstanceId,
+        ballot: Ballot,
+        conflicts: Vec<(InstanceId, bool)>,
+    },
+    /// The sender's recovery of `instance` waits, with `matching` pre-accepts that matched.
+    Waiting { instance: InstanceId, matching: u32 },
+}
+
+/// A replica's state of an instance, as a RecoverOk carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverReply {
+    /// `Initial`, `PreAccepted`, `Accepted` or `Committed` (never `Executed`).
+    pub status: Status,
+    pub accepted_ballot: Option<Ballot>,
+    /// Empty: unknown (status `Initial`) or a no-op (accepted or committed).
+    pub commands: Commands,
+    pub deps: Vec<InstanceId>,
+    pub init_deps: Option<Vec<InstanceId>>,
 }
 
 impl Message {
@@ -69,6 +113,11 @@ impl Message {
             Message::Nack { .. } => "Nack",
             Message::CommitRequest { .. } => "CommitRequest",
             Message::Watermark { .. } => "Watermark",
+            Message::Recover { .. } => "Recover",
+            Message::RecoverOk { .. } => "RecoverOk",
+            Message::Validate { .. } => "Validate",
+            Message::ValidateOk { .. } => "ValidateOk",
+            Message::Waiting { .. } => "Waiting",
         }
     }
 
@@ -80,7 +129,12 @@ impl Message {
             | Message::Accept { instance, .. }
             | Message::AcceptOk { instance, .. }
             | Message::Commit { instance, .. }
-            | Message::Nack { instance, .. } => Some(*instance),
+            | Message::Nack { instance, .. }
+            | Message::Recover { instance, .. }
+            | Message::RecoverOk { instance, .. }
+            | Message::Validate { instance, .. }
+            | Message::ValidateOk { instance, .. }
+            | Message::Waiting { instance, .. } => Some(*instance),
             Message::CommitRequest { .. } | Message::Watermark { .. } => None,
         }
     }
@@ -92,9 +146,15 @@ impl Message {
             | Message::PreAcceptOk { ballot, .. }
             | Message::Accept { ballot, .. }
             | Message::AcceptOk { ballot, .. }
-            | Message::Commit { ballot, .. } => Some(*ballot),
+            | Message::Commit { ballot, .. }
+            | Message::Recover { ballot, .. }
+            | Message::RecoverOk { ballot, .. }
+            | Message::Validate { ballot, .. }
+            | Message::ValidateOk { ballot, .. } => Some(*ballot),
             Message::Nack { promised, .. } => Some(*promised),
-            Message::CommitRequest { .. } | Message::Watermark { .. } => None,
+            Message::CommitRequest { .. } | Message::Watermark { .. } | Message::Waiting { .. } => {
+                None
+            }
         }
     }
 
@@ -104,7 +164,9 @@ impl Message {
             Message::PreAccept { deps, .. }
             | Message::PreAcceptOk { deps, .. }
             | Message::Accept { deps, .. }
-            | Message::Commit { deps, .. } => Some(deps),
+            | Message::Commit { deps, .. }
+            | Message::Validate { deps, .. } => Some(deps),
+            Message::RecoverOk { reply, .. } => Some(&reply.deps),
             _ => None,
         }
     }

@@ -11,7 +11,7 @@ use crate::message::Message;
 use crate::replica::Path;
 
 /// Message types, in the order of [`kind_index`].
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 13] = [
     "PreAccept",
     "PreAcceptOk",
     "Accept",
@@ -20,6 +20,11 @@ pub const KINDS: [&str; 8] = [
     "Nack",
     "CommitRequest",
     "Watermark",
+    "Recover",
+    "RecoverOk",
+    "Validate",
+    "ValidateOk",
+    "Waiting",
 ];
 
 /// Peer ids as label values (labels must be `'static` to stay allocation-free).
@@ -38,6 +43,11 @@ pub fn kind_index(m: &Message) -> usize {
         Message::Nack { .. } => 5,
         Message::CommitRequest { .. } => 6,
         Message::Watermark { .. } => 7,
+        Message::Recover { .. } => 8,
+        Message::RecoverOk { .. } => 9,
+        Message::Validate { .. } => 10,
+        Message::ValidateOk { .. } => 11,
+        Message::Waiting { .. } => 12,
     }
 }
 
@@ -83,6 +93,14 @@ fn describe() {
         "Client proposals refused (invalid or overloaded), by reason."
     );
     describe_counter!("epaxos_batches_total", "Instances started by this replica.");
+    describe_counter!(
+        "epaxos_recoveries_started_total",
+        "Recovery attempts (explicit prepare) started here, each retry counted."
+    );
+    describe_counter!(
+        "epaxos_recovered_total",
+        "Instances decided by a recovery run here, by outcome (command or nop)."
+    );
     describe_histogram!("epaxos_batch_size", "Commands per instance started here.");
     describe_counter!(
         "epaxos_commits_total",
@@ -156,6 +174,9 @@ pub struct LoopMetrics {
     pub batch_size: Histogram,
     pub fast: Counter,
     pub slow: Counter,
+    pub recoveries_started: Counter,
+    pub recovered_command: Counter,
+    pub recovered_nop: Counter,
     pub committed: Counter,
     pub executed_instances: Counter,
     pub executed_commands: Counter,
@@ -189,6 +210,9 @@ impl LoopMetrics {
             batch_size: histogram!("epaxos_batch_size"),
             fast: counter!("epaxos_commits_total", "path" => "fast"),
             slow: counter!("epaxos_commits_total", "path" => "slow"),
+            recoveries_started: counter!("epaxos_recoveries_started_total"),
+            recovered_command: counter!("epaxos_recovered_total", "outcome" => "command"),
+            recovered_nop: counter!("epaxos_recovered_total", "outcome" => "nop"),
             committed: counter!("epaxos_committed_instances_total"),
             executed_instances: counter!("epaxos_executed_instances_total"),
             executed_commands: counter!("epaxos_executed_commands_total"),
@@ -213,10 +237,13 @@ impl LoopMetrics {
         }
     }
 
-    pub fn commit(&self, path: Path) {
+    /// An instance decided by this replica, as leader or recoverer (`commands` 0: a no-op).
+    pub fn commit(&self, path: Path, commands: usize) {
         match path {
             Path::Fast => self.fast.increment(1),
             Path::Slow => self.slow.increment(1),
+            Path::Recovered if commands == 0 => self.recovered_nop.increment(1),
+            Path::Recovered => self.recovered_command.increment(1),
         }
     }
 }

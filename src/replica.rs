@@ -10,8 +10,8 @@
 //! Outputs collect in a [`Ready`] that the runtime drains with [`Replica::take_ready`] and
 //! carries out: send the messages, answer the clients.
 //!
-//! Deliberately absent for now (later issues): durability, recovery of instances whose leader
-//! died (explicit prepare), garbage collection of executed instances.
+//! Recovery of instances whose leader died (EPaxos* explicit prepare) lives in `recovery`
+//! (its rules) and in the "recovery" section below (its bookkeeping).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,13 +19,14 @@ use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
 use crate::command::{Command, OpResult};
-use crate::deps::ConflictIndex;
+use crate::deps::{covers, keys_of, ConflictIndex, ConflictKey};
 use crate::execute::{self, Node, Outcome};
 use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::instance::{Instance, Leading, Phase, Status};
 use crate::kv::{Applied, KvStore};
-use crate::message::{Commands, Message};
+use crate::message::{Commands, Message, RecoverReply};
 use crate::quorum;
+use crate::recovery::{self, AfterValidate, Awaited, Decision};
 
 /// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
 pub type Time = Duration;
@@ -55,6 +56,9 @@ pub struct Options {
     pub retry_max: Duration,
     /// How long an execution may wait on a dependency before asking peers for its Commit.
     pub fetch_after: Duration,
+    /// How long an execution may wait on an uncommitted dependency before this replica takes
+    /// it over (recovery); later attempts back off exponentially.
+    pub recover_after: Duration,
     /// How often to send peers a Watermark (anti-entropy for lost or missed commits; also the
     /// heartbeat).
     pub watermark_every: Duration,
@@ -103,6 +107,7 @@ impl Options {
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
+            recover_after: Duration::from_secs(1),
             watermark_every: Duration::from_secs(1),
             suspect_after: Duration::from_secs(3),
             watermark_commits_max: 256,
@@ -129,6 +134,7 @@ impl Options {
         if self.retry.is_zero()
             || self.retry > self.retry_max
             || self.fetch_after.is_zero()
+            || self.recover_after.is_zero()
             || self.watermark_every.is_zero()
             || self.suspect_after <= self.watermark_every
         {
@@ -195,6 +201,8 @@ pub struct Committed {
 pub enum Path {
     Fast,
     Slow,
+    /// Decided by this replica's recovery of another leader's (or its own) instance.
+    Recovered,
 }
 
 /// Everything the runtime must carry out after feeding inputs, in this order: make `persist`
@@ -212,6 +220,8 @@ pub struct Ready {
     pub executed: Vec<InstanceId>,
     /// Sizes of the batches started (one entry per new instance).
     pub batches: Vec<usize>,
+    /// Recoveries started (each attempt counts).
+    pub recoveries_started: u64,
 }
 
 /// A dependency that execution waits for.
@@ -222,6 +232,38 @@ struct Waiting {
     next_fetch: Time,
     backoff: Duration,
     fetches: u32,
+    /// When to take the dependency over if it is still uncommitted, and the wait after that.
+    recover_at: Time,
+    recover_backoff: Duration,
+}
+
+/// A recovery this replica runs (see `recovery` for the rules).
+struct Recovery {
+    ballot: Ballot,
+    started_at: Time,
+    phase: RecoveryPhase,
+}
+
+enum RecoveryPhase {
+    /// Waiting for RecoverOks (ours included).
+    Recovering {
+        replies: Vec<(ReplicaId, RecoverReply)>,
+    },
+    /// Waiting for the ValidateOks of the whole quorum.
+    Validating {
+        quorum: Vec<ReplicaId>,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+        matching: usize,
+        replies: Vec<(ReplicaId, Vec<(InstanceId, bool)>)>,
+    },
+    /// Waiting for `awaited` to commit here.
+    Waiting {
+        quorum: Vec<ReplicaId>,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+        awaited: Vec<InstanceId>,
+    },
 }
 
 /// One replica's protocol state.
@@ -254,6 +296,13 @@ pub struct Replica {
     executed_prefix: Vec<u64>,
     /// Per peer, per row: the committed prefix it last reported.
     peer_committed: Vec<Vec<u64>>,
+    /// Per peer, per row: the executed prefix it last reported.
+    peer_executed: Vec<Vec<u64>>,
+    /// Recoveries this replica runs.
+    recovering: BTreeMap<InstanceId, Recovery>,
+    /// Per uncommitted instance: the highest matching count a recoverer of it announced in a
+    /// Waiting message (breaks waiting cycles, see `recovery`). Dropped at commit.
+    announced: HashMap<InstanceId, u32>,
     /// Per row: slots below this were dropped from memory (all executed here, all committed
     /// everywhere). A dependency on one of them counts as executed.
     gc_prefix: Vec<u64>,
@@ -286,6 +335,9 @@ impl Replica {
             committed_end: vec![0; opts.n],
             executed_prefix: vec![0; opts.n],
             peer_committed: vec![vec![0; opts.n]; opts.n],
+            peer_executed: vec![vec![0; opts.n]; opts.n],
+            recovering: BTreeMap::new(),
+            announced: HashMap::new(),
             gc_prefix: vec![0; opts.n],
             next_watermark: Duration::ZERO,
             last_heard: vec![Duration::ZERO; opts.n],
@@ -372,7 +424,7 @@ impl Replica {
                             instance: *id,
                             ballot: inst.ballot,
                             commands: inst.commands.clone(),
-                            deps: inst.init_deps.clone(),
+                            deps: inst.init_deps.clone().unwrap_or_default(),
                         },
                     ),
                     _ => (
@@ -394,6 +446,7 @@ impl Replica {
                         started_at: now,
                         sent_at: now,
                         retry_after: r.opts.retry,
+                        recovery: false,
                     },
                 );
                 r.send(peers, msg);
@@ -538,11 +591,38 @@ impl Replica {
                 commands,
                 deps,
             } => self.handle_commit(now, instance, ballot, commands, deps),
-            Message::Nack { instance, promised } => self.handle_nack(instance, promised),
+            Message::Nack { instance, promised } => self.handle_nack(now, instance, promised),
             Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
-            Message::Watermark { committed_prefix } => {
-                self.handle_watermark(from, committed_prefix)
+            Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            } => self.handle_watermark(from, committed_prefix, executed_prefix),
+            Message::Recover { instance, ballot } => {
+                if ballot.round > 0 && ballot.replica == from {
+                    self.handle_recover(now, from, instance, ballot);
+                }
             }
+            Message::RecoverOk {
+                instance,
+                ballot,
+                reply,
+            } => self.handle_recover_ok(now, from, instance, ballot, reply),
+            Message::Validate {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => {
+                if ballot.replica == from {
+                    self.handle_validate(from, instance, ballot, commands, deps);
+                }
+            }
+            Message::ValidateOk {
+                instance,
+                ballot,
+                conflicts,
+            } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
+            Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
         }
     }
 
@@ -563,13 +643,16 @@ impl Replica {
             self.on_retry_timeout(now, id);
         }
         self.fetch_missing(now);
+        self.recover_stuck(now);
         if self.opts.gc_executed {
             self.collect_garbage();
         }
         if now >= self.next_watermark {
             self.next_watermark = now + self.opts.watermark_every;
+            self.need_stragglers(now);
             let msg = Message::Watermark {
                 committed_prefix: self.committed_prefix.clone(),
+                executed_prefix: self.executed_prefix.clone(),
             };
             self.send(self.peers(), msg);
         }
@@ -605,7 +688,7 @@ impl Replica {
                 accepted_ballot: None,
                 commands: commands.clone(),
                 deps: deps.clone(),
-                init_deps: deps.clone(),
+                init_deps: Some(deps.clone()),
             },
         );
         self.save(id);
@@ -621,6 +704,7 @@ impl Replica {
                 started_at: now,
                 sent_at: now,
                 retry_after: self.opts.retry,
+                recovery: false,
             },
         );
         self.send(
@@ -700,7 +784,8 @@ impl Replica {
         let Phase::PreAccepting { replies } = &lead.phase else {
             return;
         };
-        let matching = 1 + replies.iter().filter(|(_, d)| *d == inst.init_deps).count();
+        let init_deps = inst.init_deps.clone().unwrap_or_default();
+        let matching = 1 + replies.iter().filter(|(_, d)| *d == init_deps).count();
         let answered = 1 + replies.len();
         let unanswered = lead
             .asked
@@ -708,13 +793,12 @@ impl Replica {
             .filter(|p| !lead.has_answered(**p))
             .count();
         if matching >= self.fast_quorum {
-            let deps = inst.init_deps.clone();
-            self.commit_led(now, id, deps, Path::Fast);
+            self.commit_led(now, id, init_deps, Path::Fast);
             return;
         }
         let fast_possible = matching + unanswered >= self.fast_quorum;
         if answered >= self.slow_quorum && (!fast_possible || timed_out) {
-            let mut union = inst.init_deps.clone();
+            let mut union = init_deps;
             for (_, d) in replies {
                 union.extend_from_slice(d);
             }
@@ -776,8 +860,13 @@ impl Replica {
         };
         if let Phase::Accepting { acks } = &lead.phase {
             if 1 + acks.len() >= self.slow_quorum {
+                let path = if lead.recovery {
+                    Path::Recovered
+                } else {
+                    Path::Slow
+                };
                 let deps = self.instances[&id].deps.clone();
-                self.commit_led(now, id, deps, Path::Slow);
+                self.commit_led(now, id, deps, path);
             }
         }
     }
@@ -802,6 +891,7 @@ impl Replica {
         let commands = inst.commands.len();
         self.save(id);
         self.send(self.peers(), msg);
+        self.announced.remove(&id);
         self.committed_count += 1;
         self.unexecuted += 1;
         self.ready.committed.push(Committed {
@@ -836,7 +926,7 @@ impl Replica {
                 instance: id,
                 ballot: inst.ballot,
                 commands: inst.commands.clone(),
-                deps: inst.init_deps.clone(),
+                deps: inst.init_deps.clone().unwrap_or_default(),
             },
             Phase::Accepting { .. } => Message::Accept {
                 instance: id,
@@ -853,13 +943,17 @@ impl Replica {
         self.send(silent, msg);
     }
 
-    fn handle_nack(&mut self, id: InstanceId, promised: Ballot) {
+    fn handle_nack(&mut self, now: Time, id: InstanceId, promised: Ballot) {
         if let Some(inst) = self.instances.get_mut(&id) {
             if promised > inst.ballot && !inst.status.is_decided() {
-                // Another replica took the instance over (recovery, a later issue): stop
-                // leading it. Its clients get their answer once it is committed and executed.
+                // Another replica took the instance over: stop leading (or recovering) it. Its
+                // clients get their answer once it is committed and executed (or, if it ends
+                // as a no-op, once their commands are proposed again). Not made durable: a
+                // promise forgotten only lets this replica accept what it would have anyway.
                 inst.ballot = promised;
                 self.leading.remove(&id);
+                self.recovering.remove(&id);
+                self.postpone_recovery(now, id);
             }
         }
     }
@@ -885,13 +979,8 @@ impl Replica {
         }
         if let Some(inst) = self.instances.get(&id) {
             if ballot < inst.ballot {
-                self.send(
-                    vec![from],
-                    Message::Nack {
-                        instance: id,
-                        promised: inst.ballot,
-                    },
-                );
+                let promised = inst.ballot;
+                self.nack(from, id, promised);
                 return;
             }
             match inst.status {
@@ -930,7 +1019,7 @@ impl Replica {
                 accepted_ballot: None,
                 commands,
                 deps: deps.clone(),
-                init_deps,
+                init_deps: Some(init_deps),
             },
         );
         self.save(id);
@@ -962,20 +1051,22 @@ impl Replica {
             }
             Some(inst) if ballot < inst.ballot => {
                 let promised = inst.ballot;
-                self.send(
-                    vec![from],
-                    Message::Nack {
-                        instance: id,
-                        promised,
-                    },
-                );
+                self.nack(from, id, promised);
                 return;
             }
             Some(inst) => {
+                let raised = ballot > inst.ballot;
                 inst.status = Status::Accepted;
                 inst.ballot = ballot;
                 inst.accepted_ballot = Some(ballot);
                 inst.deps = deps;
+                let old = std::mem::replace(&mut inst.commands, commands);
+                if raised {
+                    // Someone else took the instance over.
+                    self.leading.remove(&id);
+                    self.recovering.remove(&id);
+                }
+                self.commands_changed(id, &old);
             }
             None => {
                 self.index.record(id, &commands);
@@ -987,7 +1078,7 @@ impl Replica {
                         accepted_ballot: Some(ballot),
                         commands,
                         // We never saw the PreAccept; the initial deps are unknown here.
-                        init_deps: Vec::new(),
+                        init_deps: None,
                         deps,
                     },
                 );
@@ -1014,15 +1105,29 @@ impl Replica {
         if self.forgotten(id) {
             return;
         }
+        self.commit_here(now, id, ballot, commands, deps, None);
+    }
+
+    /// Commits `id` here with a decided value (from a Commit, or found by recovery).
+    fn commit_here(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+        led: Option<(Path, Duration)>,
+    ) {
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => return,
             Some(inst) => {
                 inst.status = Status::Committed;
                 inst.ballot = inst.ballot.max(ballot);
-                inst.commands = commands.clone();
+                let old = std::mem::replace(&mut inst.commands, commands.clone());
                 if !self.opts.sabotage.keep_own_deps_on_commit {
                     inst.deps = deps;
                 }
+                self.commands_changed(id, &old);
             }
             None => {
                 self.index.record(id, &commands);
@@ -1033,29 +1138,56 @@ impl Replica {
                         ballot,
                         accepted_ballot: None,
                         commands: commands.clone(),
-                        init_deps: Vec::new(),
+                        init_deps: None,
                         deps,
                     },
                 );
             }
         }
         self.leading.remove(&id);
+        self.recovering.remove(&id);
+        self.announced.remove(&id);
         self.save(id);
         self.committed_count += 1;
         self.unexecuted += 1;
         self.ready.committed.push(Committed {
             instance: id,
-            led: None,
+            led,
             commands: commands.len(),
         });
         self.on_committed(now, id);
     }
 
+    /// The commands of `id` were `old` and are now whatever the instance holds: a command
+    /// learnt goes into the conflict index; a command replaced by a no-op is proposed again for
+    /// the clients waiting here (exactly-once execution absorbs a command that also survives
+    /// elsewhere).
+    fn commands_changed(&mut self, id: InstanceId, old: &Commands) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if old.is_empty() && !inst.commands.is_empty() {
+            let commands = inst.commands.clone();
+            self.index.record(id, &commands);
+        } else if !old.is_empty() && inst.commands.is_empty() {
+            for cmd in old.iter() {
+                if self.clients.contains_key(&(cmd.client, cmd.request)) {
+                    self.pending.push_back(cmd.clone());
+                }
+            }
+        }
+    }
+
     /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
     /// `watermark_commits_max`.
-    fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>) {
+    fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>, executed: Vec<u64>) {
         if let Some(known) = self.peer_committed.get_mut(from.index()) {
             for (k, p) in known.iter_mut().zip(&prefix) {
+                *k = (*k).max(*p);
+            }
+        }
+        if let Some(known) = self.peer_executed.get_mut(from.index()) {
+            for (k, p) in known.iter_mut().zip(&executed) {
                 *k = (*k).max(*p);
             }
         }
@@ -1123,6 +1255,7 @@ impl Replica {
 
     /// `id` became committed: try to execute it and whatever waited for it.
     fn on_committed(&mut self, now: Time, id: InstanceId) {
+        self.recheck_waiting(now, id);
         self.advance_prefix(id);
         if let Some(inst) = self.instances.get(&id) {
             self.to_execute.insert(id, &inst.commands);
@@ -1149,15 +1282,26 @@ impl Replica {
     }
 
     fn wait_for(&mut self, now: Time, missing: InstanceId, root: InstanceId) {
-        let w = self.waiting.entry(missing).or_insert_with(|| Waiting {
-            roots: Vec::new(),
-            next_fetch: now + self.opts.fetch_after,
-            backoff: self.opts.fetch_after,
-            fetches: 0,
-        });
+        let w = self.need(now, missing);
         if !w.roots.contains(&root) {
             w.roots.push(root);
         }
+    }
+
+    /// Registers that this replica needs `id` committed: it fetches its Commit after
+    /// `fetch_after` and takes it over after `recover_after` (staggered by replica id, so that
+    /// replicas needing the same instance do not all start at once).
+    fn need(&mut self, now: Time, id: InstanceId) -> &mut Waiting {
+        let stagger = self.opts.retry * self.opts.id.0;
+        let (fetch_after, recover_after) = (self.opts.fetch_after, self.opts.recover_after);
+        self.waiting.entry(id).or_insert_with(|| Waiting {
+            roots: Vec::new(),
+            next_fetch: now + fetch_after,
+            backoff: fetch_after,
+            fetches: 0,
+            recover_at: now + recover_after + stagger,
+            recover_backoff: recover_after,
+        })
     }
 
     /// Executes what can run from `root`. Returns what blocks the rest, if anything.
@@ -1276,11 +1420,14 @@ impl Replica {
         id.slot < self.gc_prefix[id.replica.index()]
     }
 
-    /// Drops the instances that are executed here and committed at every peer.
+    /// Drops the instances that are executed here and at every peer.
     fn collect_garbage(&mut self) {
         for row in 0..self.opts.n {
+            // Executed everywhere, not just committed: recovery's Validate cannot see forgotten
+            // instances, and ignoring them is safe only if every replica executed them before
+            // anything recovered after them (see `recovery`).
             let mut limit = self.executed_prefix[row].min(self.committed_prefix[row]);
-            for (peer, prefixes) in self.peer_committed.iter().enumerate() {
+            for (peer, prefixes) in self.peer_executed.iter().enumerate() {
                 if peer != self.opts.id.index() {
                     limit = limit.min(prefixes[row]);
                 }
@@ -1329,6 +1476,546 @@ impl Replica {
         }
     }
 
+    // ---- recovery (rules and their safety: see `recovery`) -----------------------------------
+
+    /// `e` of EPaxos*: how many replicas the fast path may miss.
+    fn e(&self) -> usize {
+        self.opts.n - self.fast_quorum
+    }
+
+    /// `f`: how many replicas may fail.
+    fn f(&self) -> usize {
+        self.opts.n - self.slow_quorum
+    }
+
+    /// Takes over the needed instances that stayed uncommitted past their recovery time (and
+    /// that no recovery of ours is already carrying to a decision in an Accept phase).
+    fn recover_stuck(&mut self, now: Time) {
+        let cap = self.opts.recover_after * 8;
+        let mut due = Vec::new();
+        for (id, w) in self.waiting.iter_mut() {
+            if now < w.recover_at || self.leading.contains_key(id) {
+                continue;
+            }
+            w.recover_backoff = (w.recover_backoff * 2).min(cap);
+            w.recover_at = now + w.recover_backoff;
+            due.push(*id);
+        }
+        for id in due {
+            self.start_recovery(now, id);
+        }
+    }
+
+    /// Every uncommitted instance known here is eventually needed, even if nothing waits for
+    /// it: otherwise the pre-accept of a leader that died before anyone depended on it would
+    /// stay uncommitted forever (and hold back the committed prefix, so garbage collection).
+    fn need_stragglers(&mut self, now: Time) {
+        let stragglers: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(id, i)| {
+                !i.status.is_decided()
+                    && !self.leading.contains_key(id)
+                    && !self.waiting.contains_key(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stragglers {
+            self.need(now, id);
+        }
+    }
+
+    /// Another replica works on `id`: leave it time before trying ourselves.
+    fn postpone_recovery(&mut self, now: Time, id: InstanceId) {
+        if let Some(w) = self.waiting.get_mut(&id) {
+            w.recover_at = w.recover_at.max(now + w.recover_backoff);
+        }
+    }
+
+    /// Step 1: promise a ballot above any seen here and ask everyone for their state.
+    fn start_recovery(&mut self, now: Time, id: InstanceId) {
+        if self.forgotten(id) {
+            return;
+        }
+        let me = self.opts.id;
+        let inst = self
+            .instances
+            .entry(id)
+            .or_insert_with(|| Instance::unknown(id));
+        if inst.status.is_decided() {
+            return;
+        }
+        let ballot = Ballot {
+            round: inst.ballot.round + 1,
+            replica: me,
+        };
+        inst.ballot = ballot;
+        let mine = reply_of(inst);
+        self.save(id);
+        self.leading.remove(&id);
+        self.recovering.insert(
+            id,
+            Recovery {
+                ballot,
+                started_at: now,
+                phase: RecoveryPhase::Recovering {
+                    replies: vec![(me, mine)],
+                },
+            },
+        );
+        self.ready.recoveries_started += 1;
+        self.send(
+            self.peers(),
+            Message::Recover {
+                instance: id,
+                ballot,
+            },
+        );
+    }
+
+    fn handle_recover(&mut self, now: Time, from: ReplicaId, id: InstanceId, ballot: Ballot) {
+        if self.forgotten(id) {
+            return;
+        }
+        let inst = self
+            .instances
+            .entry(id)
+            .or_insert_with(|| Instance::unknown(id));
+        if inst.status.is_decided() {
+            self.send_commit(from, id);
+            return;
+        }
+        if ballot < inst.ballot {
+            let promised = inst.ballot;
+            self.nack(from, id, promised);
+            return;
+        }
+        let raised = ballot > inst.ballot;
+        inst.ballot = ballot;
+        let reply = reply_of(inst);
+        // Saved even when not raised: a Nack may have raised the ballot in memory only.
+        self.save(id);
+        if raised {
+            // The original leader (or an earlier recoverer) stops: from now on it ignores the
+            // answers of its lower ballot, so it can no longer commit on the fast path.
+            self.leading.remove(&id);
+            self.recovering.remove(&id);
+            self.postpone_recovery(now, id);
+        }
+        self.send(
+            vec![from],
+            Message::RecoverOk {
+                instance: id,
+                ballot,
+                reply,
+            },
+        );
+    }
+
+    fn handle_recover_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        reply: RecoverReply,
+    ) {
+        let e = self.e();
+        let slow_quorum = self.slow_quorum;
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        if rec.ballot != ballot {
+            return;
+        }
+        match &mut rec.phase {
+            RecoveryPhase::Recovering { replies } => {
+                if replies.iter().any(|(r, _)| *r == from) {
+                    return;
+                }
+                replies.push((from, reply));
+                if replies.len() >= slow_quorum {
+                    let decision = recovery::decide(id.replica, e, replies);
+                    let quorum: Vec<ReplicaId> = replies.iter().map(|(r, _)| *r).collect();
+                    self.apply_decision(now, id, decision, quorum);
+                }
+            }
+            RecoveryPhase::Waiting { quorum, .. } if !quorum.contains(&from) => {
+                // A late answer from outside the quorum can settle a waiting recovery.
+                let decision = if reply.status.is_decided() {
+                    Decision::Commit(reply.commands, reply.deps)
+                } else if reply.status == Status::Accepted {
+                    Decision::Accept(reply.commands, reply.deps)
+                } else if from == id.replica {
+                    Decision::Nop
+                } else {
+                    return;
+                };
+                self.apply_decision(now, id, decision, Vec::new());
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_decision(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        decision: Decision,
+        quorum: Vec<ReplicaId>,
+    ) {
+        match decision {
+            Decision::Commit(commands, deps) => self.recovered_commit(now, id, commands, deps),
+            Decision::Accept(commands, deps) => self.recovery_accept(now, id, commands, deps),
+            Decision::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            Decision::Validate {
+                commands,
+                deps,
+                matching,
+            } => {
+                let me = self.opts.id;
+                let Some(rec) = self.recovering.get(&id) else {
+                    return;
+                };
+                let ballot = rec.ballot;
+                self.apply_validate(id, &commands, &deps);
+                self.save(id);
+                let mine = self.validate_conflicts(id, &commands, &deps);
+                let others: Vec<ReplicaId> = quorum.iter().copied().filter(|r| *r != me).collect();
+                if let Some(rec) = self.recovering.get_mut(&id) {
+                    rec.phase = RecoveryPhase::Validating {
+                        quorum,
+                        commands: commands.clone(),
+                        deps: deps.clone(),
+                        matching,
+                        replies: vec![(me, mine)],
+                    };
+                }
+                self.send(
+                    others,
+                    Message::Validate {
+                        instance: id,
+                        ballot,
+                        commands,
+                        deps,
+                    },
+                );
+                self.check_validated(now, id);
+            }
+        }
+    }
+
+    /// Recovery found the instance committed: commit it here and tell everyone.
+    fn recovered_commit(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(rec) = self.recovering.remove(&id) else {
+            return;
+        };
+        let took = now.saturating_sub(rec.started_at);
+        self.commit_here(
+            now,
+            id,
+            rec.ballot,
+            commands,
+            deps,
+            Some((Path::Recovered, took)),
+        );
+        if let Some(inst) = self.instances.get(&id) {
+            if inst.status.is_decided() {
+                self.send_commit_to_all(id);
+            }
+        }
+    }
+
+    /// Phase 2 at the recovery ballot with the chosen value (a no-op when `commands` is empty).
+    fn recovery_accept(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(rec) = self.recovering.remove(&id) else {
+            return;
+        };
+        let Some(inst) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if inst.status.is_decided() || inst.ballot != rec.ballot {
+            return;
+        }
+        let old = std::mem::replace(&mut inst.commands, commands);
+        self.commands_changed(id, &old);
+        self.leading.insert(
+            id,
+            Leading {
+                phase: Phase::Accepting { acks: Vec::new() },
+                asked: Vec::new(),
+                started_at: rec.started_at,
+                sent_at: now,
+                retry_after: self.opts.retry,
+                recovery: true,
+            },
+        );
+        self.start_accept(now, id, deps);
+    }
+
+    /// What a Validate leaves at a replica of the quorum: the command and initial deps the
+    /// recoverer proposes, as if its PreAccept had arrived (later recoveries of other
+    /// instances then see it in their own Validate).
+    fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
+        let Some(inst) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if inst.status >= Status::Accepted {
+            return;
+        }
+        let old = std::mem::replace(&mut inst.commands, commands.clone());
+        inst.init_deps = Some(deps.to_vec());
+        self.commands_changed(id, &old);
+    }
+
+    /// The instances known here that interfere with `commands`, that `deps` do not cover and
+    /// that do not depend on `id` (by their committed deps, or by the initial deps their
+    /// leader proposed if they are not committed), each with whether it is committed here.
+    /// Instances never pre-accepted or validated here (initial deps unknown) are skipped, and
+    /// so are forgotten ones, which every replica executed (see `collect_garbage`).
+    fn validate_conflicts(
+        &self,
+        id: InstanceId,
+        commands: &Commands,
+        deps: &[InstanceId],
+    ) -> Vec<(InstanceId, bool)> {
+        let keys: HashMap<ConflictKey, bool> = keys_of(commands).into_iter().collect();
+        let interferes = |other: &Commands| {
+            keys_of(other)
+                .into_iter()
+                .any(|(k, w)| keys.get(&k).is_some_and(|mine| *mine || w))
+        };
+        let mut found = Vec::new();
+        for (other, inst) in &self.instances {
+            if *other == id || covers(deps, *other) || inst.commands.is_empty() {
+                continue;
+            }
+            let (their_deps, committed) = if inst.status.is_decided() {
+                (&inst.deps, true)
+            } else if let Some(init) = &inst.init_deps {
+                (init, false)
+            } else {
+                continue;
+            };
+            if !covers(their_deps, id) && interferes(&inst.commands) {
+                found.push((*other, committed));
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    fn handle_validate(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        if self.forgotten(id) {
+            return;
+        }
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.status.is_decided() {
+            self.send_commit(from, id);
+            return;
+        }
+        if ballot != inst.ballot {
+            if ballot < inst.ballot {
+                let promised = inst.ballot;
+                self.nack(from, id, promised);
+            }
+            return;
+        }
+        self.apply_validate(id, &commands, &deps);
+        self.save(id);
+        let conflicts = self.validate_conflicts(id, &commands, &deps);
+        self.send(
+            vec![from],
+            Message::ValidateOk {
+                instance: id,
+                ballot,
+                conflicts,
+            },
+        );
+    }
+
+    fn handle_validate_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        conflicts: Vec<(InstanceId, bool)>,
+    ) {
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        if rec.ballot != ballot {
+            return;
+        }
+        if let RecoveryPhase::Validating {
+            quorum, replies, ..
+        } = &mut rec.phase
+        {
+            if quorum.contains(&from) && !replies.iter().any(|(r, _)| *r == from) {
+                replies.push((from, conflicts));
+            }
+        }
+        self.check_validated(now, id);
+    }
+
+    /// Step 3, once the whole quorum answered Validate.
+    fn check_validated(&mut self, now: Time, id: InstanceId) {
+        let e = self.e();
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        let RecoveryPhase::Validating {
+            quorum,
+            commands,
+            deps,
+            matching,
+            replies,
+        } = &rec.phase
+        else {
+            return;
+        };
+        if replies.len() < quorum.len() {
+            return;
+        }
+        let mut union: BTreeMap<InstanceId, bool> = BTreeMap::new();
+        for (_, found) in replies {
+            for (other, committed) in found {
+                *union.entry(*other).or_default() |= *committed;
+            }
+        }
+        let union: Vec<(InstanceId, bool)> = union.into_iter().collect();
+        let (commands, deps, quorum) = (commands.clone(), deps.clone(), quorum.clone());
+        match recovery::after_validate(e, &quorum, *matching, &union) {
+            AfterValidate::Accept => self.recovery_accept(now, id, commands, deps),
+            AfterValidate::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            AfterValidate::Wait(awaited) => {
+                let matching = *matching as u32;
+                rec.phase = RecoveryPhase::Waiting {
+                    quorum,
+                    commands,
+                    deps,
+                    awaited: awaited.clone(),
+                };
+                self.send(
+                    self.peers(),
+                    Message::Waiting {
+                        instance: id,
+                        matching,
+                    },
+                );
+                self.handle_waiting(now, id, matching);
+                for other in awaited {
+                    if !self
+                        .instances
+                        .get(&other)
+                        .is_some_and(|i| i.status.is_decided())
+                    {
+                        self.need(now, other);
+                    }
+                }
+                self.check_waiting(now, id);
+            }
+        }
+    }
+
+    /// A recoverer of `id` waits with `matching` matching pre-accepts.
+    fn handle_waiting(&mut self, now: Time, id: InstanceId, matching: u32) {
+        const ANNOUNCED_MAX: usize = 1 << 16;
+        if self
+            .instances
+            .get(&id)
+            .is_some_and(|i| i.status.is_decided())
+            || self.forgotten(id)
+            || (self.announced.len() >= ANNOUNCED_MAX && !self.announced.contains_key(&id))
+        {
+            return;
+        }
+        let m = self.announced.entry(id).or_default();
+        *m = (*m).max(matching);
+        self.recheck_waiting(now, id);
+    }
+
+    /// Re-evaluates the waiting recoveries that await `changed`.
+    fn recheck_waiting(&mut self, now: Time, changed: InstanceId) {
+        let ids: Vec<InstanceId> = self
+            .recovering
+            .iter()
+            .filter(|(_, r)| {
+                matches!(&r.phase, RecoveryPhase::Waiting { awaited, .. } if awaited.contains(&changed))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.check_waiting(now, id);
+        }
+    }
+
+    fn check_waiting(&mut self, now: Time, id: InstanceId) {
+        let Some(rec) = self.recovering.get(&id) else {
+            return;
+        };
+        let RecoveryPhase::Waiting {
+            commands,
+            deps,
+            awaited,
+            ..
+        } = &rec.phase
+        else {
+            return;
+        };
+        let states: Vec<Awaited> = awaited
+            .iter()
+            .map(|other| match self.instances.get(other) {
+                Some(i) if i.status.is_decided() => {
+                    if i.commands.is_empty() || covers(&i.deps, id) {
+                        Awaited::Harmless
+                    } else {
+                        Awaited::Conflicting
+                    }
+                }
+                // Executed everywhere: ordered before anything recovered now.
+                None if self.forgotten(*other) => Awaited::Harmless,
+                _ => Awaited::Open {
+                    waiting_matching: self.announced.get(other).copied().unwrap_or(0),
+                },
+            })
+            .collect();
+        let (commands, deps) = (commands.clone(), deps.clone());
+        match recovery::after_waiting(self.opts.n, self.f(), self.e(), &states) {
+            Some(Decision::Accept(..)) => self.recovery_accept(now, id, commands, deps),
+            Some(_) => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            None => {}
+        }
+    }
+
+    fn send_commit_to_all(&mut self, id: InstanceId) {
+        for peer in self.peers() {
+            self.send_commit(peer, id);
+        }
+    }
+
     // ---- helpers ----------------------------------------------------------------------------
 
     /// Queues the current state of `id` for the durable log.
@@ -1343,6 +2030,17 @@ impl Replica {
             .map(ReplicaId)
             .filter(|r| *r != self.opts.id)
             .collect()
+    }
+
+    /// Tells `to` that this replica promised `promised` for `id`, above its message's ballot.
+    fn nack(&mut self, to: ReplicaId, id: InstanceId, promised: Ballot) {
+        self.send(
+            vec![to],
+            Message::Nack {
+                instance: id,
+                promised,
+            },
+        );
     }
 
     fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
@@ -1383,6 +2081,17 @@ impl Replica {
             }
         }
         Ok(())
+    }
+}
+
+/// What a RecoverOk tells of an instance.
+fn reply_of(inst: &Instance) -> RecoverReply {
+    RecoverReply {
+        status: inst.status.min(Status::Committed),
+        accepted_ballot: inst.accepted_ballot,
+        commands: inst.commands.clone(),
+        deps: inst.deps.clone(),
+        init_deps: inst.init_deps.clone(),
     }
 }
 
@@ -1604,6 +2313,7 @@ mod tests {
             ReplicaId(2),
             Message::Watermark {
                 committed_prefix: vec![0, 0, 0],
+                executed_prefix: vec![0, 0, 0],
             },
         );
         assert!(r0.is_suspected(ReplicaId(1), t));

@@ -27,7 +27,7 @@ use crate::message::{Message, Show, ShowDeps};
 use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
-use crate::replica::{Options, Ready, Replica, ReplyError, Token};
+use crate::replica::{Options, Path, Ready, Replica, ReplyError, Token};
 use crate::storage::{Log, StorageError, Sync};
 use crate::{transport, wire};
 
@@ -387,11 +387,21 @@ impl EventLoop {
             m.batches.increment(1);
             m.batch_size.record(batch as f64);
         }
+        m.recoveries_started.increment(ready.recoveries_started);
         for c in ready.committed {
             m.committed.increment(1);
             if let Some((path, latency)) = c.led {
-                m.commit(path);
-                m.commit_latency.record(latency.as_secs_f64());
+                m.commit(path, c.commands);
+                if path == Path::Recovered {
+                    tracing::info!(
+                        instance = %c.instance,
+                        outcome = if c.commands == 0 { "nop" } else { "command" },
+                        took_ms = latency.as_millis() as u64,
+                        "recovered instance"
+                    );
+                } else {
+                    m.commit_latency.record(latency.as_secs_f64());
+                }
             }
         }
         m.executed_instances.increment(ready.executed.len() as u64);

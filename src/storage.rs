@@ -344,7 +344,7 @@ mod tests {
                     },
                 }]),
                 deps: vec![InstanceId::new(ReplicaId(0), slot)],
-                init_deps: vec![],
+                init_deps: None,
             },
         )
     }

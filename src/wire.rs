@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::command::{Command, CommandError, Op, OpResult};
 use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::instance::{Instance, Status};
-use crate::message::Message;
+use crate::message::{Message, RecoverReply};
 use crate::proto;
 
 /// Why a message from the network was refused.
@@ -187,8 +187,60 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
         Message::CommitRequest { instances } => Kind::CommitRequest(proto::CommitRequest {
             instances: deps_to_proto(instances),
         }),
-        Message::Watermark { committed_prefix } => Kind::Watermark(proto::Watermark {
+        Message::Watermark {
+            committed_prefix,
+            executed_prefix,
+        } => Kind::Watermark(proto::Watermark {
             committed_prefix: committed_prefix.clone(),
+            executed_prefix: executed_prefix.clone(),
+        }),
+        Message::Recover { instance, ballot } => Kind::Recover(proto::Recover {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+        }),
+        Message::RecoverOk {
+            instance,
+            ballot,
+            reply,
+        } => Kind::RecoverOk(proto::RecoverOk {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            status: status_to_proto(reply.status),
+            accepted_ballot: reply.accepted_ballot.map(ballot_to_proto),
+            commands: commands_to_proto(&reply.commands),
+            deps: deps_to_proto(&reply.deps),
+            init_known: reply.init_deps.is_some(),
+            init_deps: deps_to_proto(reply.init_deps.as_deref().unwrap_or_default()),
+        }),
+        Message::Validate {
+            instance,
+            ballot,
+            commands,
+            deps,
+        } => Kind::Validate(proto::Validate {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            commands: commands_to_proto(commands),
+            deps: deps_to_proto(deps),
+        }),
+        Message::ValidateOk {
+            instance,
+            ballot,
+            conflicts,
+        } => Kind::ValidateOk(proto::ValidateOk {
+            instance: Some(id_to_proto(*instance)),
+            ballot: Some(ballot_to_proto(*ballot)),
+            conflicts: conflicts
+                .iter()
+                .map(|(id, committed)| proto::Conflict {
+                    instance: Some(id_to_proto(*id)),
+                    committed: *committed,
+                })
+                .collect(),
+        }),
+        Message::Waiting { instance, matching } => Kind::Waiting(proto::Waiting {
+            instance: Some(id_to_proto(*instance)),
+            matching: *matching,
         }),
     };
     proto::PeerMessage { kind: Some(kind) }
@@ -278,15 +330,78 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
             instances: deps_from(m.instances, n)?,
         },
         Kind::Watermark(m) => {
-            if m.committed_prefix.len() > n {
-                return Err(WireError::UnknownReplica(
-                    m.committed_prefix.len() as u32 - 1,
-                ));
+            let rows = m.committed_prefix.len().max(m.executed_prefix.len());
+            if rows > n {
+                return Err(WireError::UnknownReplica(rows as u32 - 1));
             }
             Message::Watermark {
                 committed_prefix: m.committed_prefix,
+                executed_prefix: m.executed_prefix,
             }
         }
+        Kind::Recover(m) => Message::Recover {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+        },
+        Kind::RecoverOk(m) => {
+            let status = status_from_proto(m.status)?;
+            Message::RecoverOk {
+                instance: id_from(m.instance, n)?,
+                ballot: ballot_from(m.ballot, n)?,
+                reply: RecoverReply {
+                    status,
+                    accepted_ballot: m
+                        .accepted_ballot
+                        .map(|b| ballot_from(Some(b), n))
+                        .transpose()?,
+                    commands: commands_from(m.commands)?,
+                    deps: deps_from(m.deps, n)?,
+                    init_deps: if m.init_known {
+                        Some(deps_from(m.init_deps, n)?)
+                    } else {
+                        None
+                    },
+                },
+            }
+        }
+        Kind::Validate(m) => Message::Validate {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            commands: commands_from(m.commands)?,
+            deps: deps_from(m.deps, n)?,
+        },
+        Kind::ValidateOk(m) => Message::ValidateOk {
+            instance: id_from(m.instance, n)?,
+            ballot: ballot_from(m.ballot, n)?,
+            conflicts: m
+                .conflicts
+                .into_iter()
+                .map(|c| Ok((id_from(c.instance, n)?, c.committed)))
+                .collect::<Result<Vec<_>, WireError>>()?,
+        },
+        Kind::Waiting(m) => Message::Waiting {
+            instance: id_from(m.instance, n)?,
+            matching: m.matching,
+        },
+    })
+}
+
+fn status_to_proto(s: Status) -> u32 {
+    match s {
+        Status::Initial => 0,
+        Status::PreAccepted => 1,
+        Status::Accepted => 2,
+        Status::Committed | Status::Executed => 3,
+    }
+}
+
+fn status_from_proto(s: u32) -> Result<Status, WireError> {
+    Ok(match s {
+        0 => Status::Initial,
+        1 => Status::PreAccepted,
+        2 => Status::Accepted,
+        3 => Status::Committed,
+        _ => return Err(WireError::Missing("status")),
     })
 }
 
@@ -294,16 +409,13 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
 pub fn record_to_proto(id: InstanceId, inst: &Instance) -> proto::InstanceRecord {
     proto::InstanceRecord {
         instance: Some(id_to_proto(id)),
-        status: match inst.status {
-            Status::PreAccepted => 1,
-            Status::Accepted => 2,
-            Status::Committed | Status::Executed => 3,
-        },
+        status: status_to_proto(inst.status),
         ballot: Some(ballot_to_proto(inst.ballot)),
         accepted_ballot: inst.accepted_ballot.map(ballot_to_proto),
         commands: commands_to_proto(&inst.commands),
         deps: deps_to_proto(&inst.deps),
-        init_deps: deps_to_proto(&inst.init_deps),
+        init_deps: deps_to_proto(inst.init_deps.as_deref().unwrap_or_default()),
+        init_known: inst.init_deps.is_some(),
     }
 }
 
@@ -312,12 +424,7 @@ pub fn record_from_proto(
     p: proto::InstanceRecord,
     n: usize,
 ) -> Result<(InstanceId, Instance), WireError> {
-    let status = match p.status {
-        1 => Status::PreAccepted,
-        2 => Status::Accepted,
-        3 => Status::Committed,
-        _ => return Err(WireError::Missing("status")),
-    };
+    let status = status_from_proto(p.status)?;
     let accepted_ballot = match p.accepted_ballot {
         Some(b) => Some(ballot_from(Some(b), n)?),
         None => None,
@@ -330,7 +437,11 @@ pub fn record_from_proto(
             accepted_ballot,
             commands: commands_from(p.commands)?,
             deps: deps_from(p.deps, n)?,
-            init_deps: deps_from(p.init_deps, n)?,
+            init_deps: if p.init_known || status == Status::PreAccepted {
+                Some(deps_from(p.init_deps, n)?)
+            } else {
+                None
+            },
         },
     ))
 }
@@ -381,16 +492,60 @@ mod tests {
             Message::Commit {
                 instance: id,
                 ballot: b,
-                commands: cmds,
+                commands: cmds.clone(),
                 deps: deps.clone(),
             },
             Message::Nack {
                 instance: id,
                 promised: b,
             },
-            Message::CommitRequest { instances: deps },
+            Message::CommitRequest {
+                instances: deps.clone(),
+            },
             Message::Watermark {
                 committed_prefix: vec![3, 0, 9],
+                executed_prefix: vec![1, 0, 2],
+            },
+            Message::Recover {
+                instance: id,
+                ballot: b,
+            },
+            Message::RecoverOk {
+                instance: id,
+                ballot: b,
+                reply: RecoverReply {
+                    status: Status::PreAccepted,
+                    accepted_ballot: Some(b),
+                    commands: cmds.clone(),
+                    deps: deps.clone(),
+                    init_deps: Some(vec![]),
+                },
+            },
+            Message::RecoverOk {
+                instance: id,
+                ballot: b,
+                reply: RecoverReply {
+                    status: Status::Initial,
+                    accepted_ballot: None,
+                    commands: Arc::new(vec![]),
+                    deps: vec![],
+                    init_deps: None,
+                },
+            },
+            Message::Validate {
+                instance: id,
+                ballot: b,
+                commands: cmds.clone(),
+                deps: deps.clone(),
+            },
+            Message::ValidateOk {
+                instance: id,
+                ballot: b,
+                conflicts: vec![(id, true)],
+            },
+            Message::Waiting {
+                instance: id,
+                matching: 2,
             },
         ];
         for m in msgs {

@@ -406,18 +406,19 @@ fn scenario_crashed_leader_after_commit_the_rest_goes_on() {
     assert_eq!(o.stats.ops_open, 0);
 }
 
+/// 0.0 reaches r1 only, then r0 crashes for good: r1 pre-accepted exactly the initial deps, so
+/// the command may have been committed on the fast path; recovery validates it and commits it
+/// with its command, and the client (which retries at another replica) gets its answer once.
 #[test]
-fn scenario_crashed_leader_before_commit_blocks_only_its_key() {
-    // 0.0 reaches r1 only, then r0 crashes: without recovery, 0.0 and what depends on it never
-    // commit. Liveness is demanded only elsewhere.
+fn scenario_crashed_leader_instance_is_recovered_with_its_command() {
     let mut cfg = Config::scripted(
-        "scenario_crashed_leader_before_commit_blocks_only_its_key",
+        "scenario_crashed_leader_instance_is_recovered_with_its_command",
         3,
         2,
         2,
         ms(1_000),
     );
-    cfg.settle_max = ms(5_000);
+    cfg.settle_max = ms(10_000);
     let o = clean(
         cfg,
         vec![
@@ -428,9 +429,43 @@ fn scenario_crashed_leader_before_commit_blocks_only_its_key() {
             (ms(10), op(1, 1, put(1, "elsewhere"))),
         ],
     );
+    assert_eq!(o.stats.ops_open, 0, "every client got its answer");
     assert!(
-        o.stats.ops_open >= 1,
-        "the orphan's client never hears back"
+        o.stats.recovered >= 1,
+        "0.0 was recovered with its command: {:?}",
+        o.stats
+    );
+}
+
+/// 0.0 (a write on k0) reaches r1 only, after r1 pre-accepted r2's write 2.0 on k0 that r0 did
+/// not know: r1's deps differ from the initial ones, so no fast path can have committed 0.0,
+/// and recovery commits a no-op. The orphan's client retries and its write executes once.
+#[test]
+fn scenario_crashed_leader_instance_is_recovered_as_a_nop() {
+    let mut cfg = Config::scripted(
+        "scenario_crashed_leader_instance_is_recovered_as_a_nop",
+        3,
+        2,
+        1,
+        ms(1_000),
+    );
+    cfg.settle_max = ms(10_000);
+    let o = clean(
+        cfg,
+        vec![
+            (ms(0), Action::Cut { from: 0, to: 2 }),
+            (ms(0), Action::Cut { from: 2, to: 0 }),
+            (ms(0), Action::Cut { from: 1, to: 0 }),
+            (ms(1), op(1, 2, put(0, "first"))),
+            (ms(40), op(0, 0, put(0, "orphan"))),
+            (ms(43), Action::Crash(0)),
+        ],
+    );
+    assert_eq!(o.stats.ops_open, 0, "every client got its answer");
+    assert!(
+        o.stats.recovered_nop >= 1,
+        "0.0 was recovered as a no-op: {:?}",
+        o.stats
     );
 }
 

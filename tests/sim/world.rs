@@ -25,11 +25,10 @@
 //! reach a replica while it is down are lost. The simulator also checks, for every message a
 //! replica sends, that the state it reveals is on the replica's disk (`Check::Durability`).
 //!
-//! There is no recovery (explicit prepare) yet: an instance whose leader crashed for good before
-//! it was committed stays uncommitted forever, and so does everything that depends on it. In
-//! runs with permanent crashes, liveness is therefore demanded only of what such instances cannot
-//! block: see `Sim::liveness_gaps`. A leader that restarts resumes its uncommitted instances from
-//! its disk, so restarts need no exemption.
+//! Liveness is demanded of everything, permanent crashes included: an instance whose leader
+//! crashed for good (mid-instance, or while it was recovering another) is taken over by
+//! recovery (see `epaxos_kv::recovery`), and a leader that restarts resumes its uncommitted
+//! instances from its disk.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -46,7 +45,7 @@ use epaxos_kv::quorum;
 use epaxos_kv::replica::{Options, Path, Ready, Replica, ReplyError, Sabotage, Token};
 
 use super::linearizability::{self, Entry, RegOp, RegResult, Value, Verdict};
-use super::observer::{keys_of, Conflict, Observer};
+use super::observer::Observer;
 use super::rng::Rng;
 use super::trace::{Trace, What};
 use super::{Check, Violation};
@@ -349,6 +348,9 @@ pub struct Stats {
     pub retries: u64,
     pub fast: u64,
     pub slow: u64,
+    /// Instances decided by a recovery: with their command, and as no-ops.
+    pub recovered: u64,
+    pub recovered_nop: u64,
     pub instances: usize,
     pub component_max: usize,
     pub sim_time: Duration,
@@ -944,6 +946,8 @@ impl Sim {
             match c.led {
                 Some((Path::Fast, _)) => self.stats.fast += 1,
                 Some((Path::Slow, _)) => self.stats.slow += 1,
+                Some((Path::Recovered, _)) if c.commands == 0 => self.stats.recovered_nop += 1,
+                Some((Path::Recovered, _)) => self.stats.recovered += 1,
                 None => {}
             }
             let id = c.instance;
@@ -1095,14 +1099,17 @@ impl Sim {
         let rec = self.durable[r].get(&id);
         let fine = match (msg, rec) {
             (
-                Message::Nack { .. } | Message::CommitRequest { .. } | Message::Watermark { .. },
+                Message::Nack { .. }
+                | Message::CommitRequest { .. }
+                | Message::Watermark { .. }
+                | Message::Waiting { .. },
                 _,
             ) => true,
             (_, None) => false,
             (Message::PreAccept { ballot, deps, .. }, Some(i)) => {
                 i.ballot > *ballot
                     || (i.ballot == *ballot
-                        && (i.status != Status::PreAccepted || i.init_deps == *deps))
+                        && (i.status != Status::PreAccepted || i.init_deps.as_ref() == Some(deps)))
             }
             (Message::PreAcceptOk { ballot, deps, .. }, Some(i)) => {
                 i.ballot > *ballot
@@ -1118,6 +1125,23 @@ impl Sim {
             }
             (Message::Commit { deps, commands, .. }, Some(i)) => {
                 i.status.is_decided() && i.deps == *deps && *i.commands == **commands
+            }
+            // A promise (and what a Validate left) must be durable before it is revealed.
+            (Message::Recover { ballot, .. } | Message::ValidateOk { ballot, .. }, Some(i)) => {
+                i.status.is_decided() || i.ballot >= *ballot
+            }
+            (Message::Validate { ballot, deps, .. }, Some(i)) => {
+                i.status.is_decided()
+                    || i.ballot > *ballot
+                    || (i.ballot == *ballot && i.init_deps.as_ref() == Some(deps))
+            }
+            (Message::RecoverOk { ballot, reply, .. }, Some(i)) => {
+                i.status.is_decided()
+                    || i.ballot > *ballot
+                    || (i.ballot == *ballot
+                        && i.status == reply.status
+                        && i.accepted_ballot == reply.accepted_ballot
+                        && i.deps == reply.deps)
             }
         };
         if !fine {
@@ -1648,82 +1672,23 @@ impl Sim {
     }
 
     /// What is not done yet: client requests unanswered, instances not executed at some live
-    /// replica. With permanent crashes, what an instance of a dead leader can block is exempt
-    /// (there is no recovery yet): such an instance that no live replica holds committed,
-    /// whatever depends on it, and everything on the keys any of those touch, transitively.
-    /// Restarts need no exemption: a restarted leader resumes its instances from its disk.
+    /// replica. Nothing is exempt: with at most F replicas down, recovery must finish whatever
+    /// a dead leader left.
     fn liveness_gaps(&self) -> Vec<(Option<InstanceId>, String)> {
-        // What is known of every instance: its keys and deps, from the live replicas' tables
-        // and from every commit seen (garbage collection drops executed instances).
-        let mut known: BTreeMap<InstanceId, (Vec<Conflict>, BTreeSet<InstanceId>)> =
-            BTreeMap::new();
-        let mut learn = |id: InstanceId, commands: &[Command], deps: &[InstanceId]| {
-            let e = known.entry(id).or_insert_with(|| {
-                let keys = keys_of(commands).into_iter().map(|(k, _)| k).collect();
-                (keys, BTreeSet::new())
-            });
-            e.1.extend(deps.iter().copied());
-        };
+        // Every instance known: from the live replicas' tables and from every commit seen
+        // (garbage collection drops executed instances).
+        let mut known: BTreeSet<InstanceId> = BTreeSet::new();
         for r in self.live() {
-            for (id, inst) in self.replicas[r].instances() {
-                learn(*id, &inst.commands, &inst.deps);
-            }
+            known.extend(self.replicas[r].instances().map(|(id, _)| *id));
         }
-        for (id, commands, deps) in self.observer.decided() {
-            learn(id, commands, deps);
-        }
-        let mut exempt: BTreeSet<InstanceId> = BTreeSet::new();
-        let mut exempt_keys: BTreeSet<Conflict> = BTreeSet::new();
-        if self.life.contains(&Life::Dead) {
-            let held_committed =
-                |id: &InstanceId| self.live().any(|r| self.observer.committed_at(r, *id));
-            let mentioned = known
-                .iter()
-                .flat_map(|(id, (_, deps))| std::iter::once(*id).chain(deps.iter().copied()));
-            // A dependency covers its row up to its slot (see `epaxos_kv::deps`).
-            for id in mentioned {
-                if self.life[id.replica.index()] == Life::Dead {
-                    for slot in 0..=id.slot {
-                        let covered = InstanceId::new(id.replica, slot);
-                        if !held_committed(&covered) {
-                            exempt.insert(covered);
-                        }
-                    }
-                }
-            }
-            loop {
-                let before = exempt.len();
-                for (id, (keys, deps)) in &known {
-                    if exempt.contains(id)
-                        || deps.iter().any(|d| {
-                            exempt
-                                .range(InstanceId::new(d.replica, 0)..=*d)
-                                .next()
-                                .is_some()
-                        })
-                        || keys.iter().any(|k| exempt_keys.contains(k))
-                    {
-                        exempt.insert(*id);
-                        exempt_keys.extend(keys.iter().cloned());
-                    }
-                }
-                if exempt.len() == before {
-                    break;
-                }
-            }
-        }
+        known.extend(self.observer.decided().map(|(id, _, _)| id));
         let mut gaps = Vec::new();
         for (c, client) in self.clients.iter().enumerate() {
             if let Some(cur) = &client.current {
-                let key = Conflict::Key(cur.cmd.op.key().clone());
-                if !exempt_keys.contains(&key)
-                    && !exempt_keys.contains(&Conflict::Session(client.id))
-                {
-                    gaps.push((
-                        None,
-                        format!("client {c} request {} unanswered", cur.request),
-                    ));
-                }
+                gaps.push((
+                    None,
+                    format!("client {c} request {} unanswered", cur.request),
+                ));
             }
         }
         for r in self.live() {
@@ -1731,10 +1696,7 @@ impl Sim {
                 gaps.push((None, format!("r{r} has proposals pending")));
             }
         }
-        for id in known.keys() {
-            if exempt.contains(id) {
-                continue;
-            }
+        for id in &known {
             for r in self.live() {
                 if !self.observer.executed_at(r).contains(id) {
                     let status = self.replicas[r].instance(*id).map(|i| i.status);
