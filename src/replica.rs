@@ -91,6 +91,12 @@ pub struct Sabotage {
     pub local_reads: bool,
     /// Never resend and never fetch missing commits (liveness breaks under message loss).
     pub no_retransmit: bool,
+    /// Recovery commits a no-op unless it finds the instance committed (agreement breaks: a
+    /// command committed outside the recovery's quorum loses its instance).
+    pub recovery_always_nop: bool,
+    /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
+    /// the command may never have been committed, and a conflicting one went ahead without it).
+    pub recovery_skips_validate: bool,
 }
 
 impl Options {
@@ -1664,6 +1670,16 @@ impl Replica {
         decision: Decision,
         quorum: Vec<ReplicaId>,
     ) {
+        let decision = match decision {
+            Decision::Commit(..) => decision,
+            _ if self.opts.sabotage.recovery_always_nop => Decision::Nop,
+            Decision::Validate { commands, deps, .. }
+                if self.opts.sabotage.recovery_skips_validate =>
+            {
+                Decision::Accept(commands, deps)
+            }
+            _ => decision,
+        };
         match decision {
             Decision::Commit(commands, deps) => self.recovered_commit(now, id, commands, deps),
             Decision::Accept(commands, deps) => self.recovery_accept(now, id, commands, deps),

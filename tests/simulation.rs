@@ -753,6 +753,39 @@ fn sabotage_keep_own_deps_on_commit_breaks_agreement() {
 }
 
 #[test]
+fn sabotage_recovery_always_nop_breaks_agreement() {
+    caught(
+        "sabotage_recovery_always_nop_breaks_agreement",
+        &[Check::Agreement],
+        200,
+        |c| {
+            c.sabotage = Sabotage {
+                recovery_always_nop: true,
+                ..Sabotage::default()
+            };
+            c.crashes = c.crashes.max(1);
+        },
+    );
+}
+
+#[test]
+fn sabotage_recovery_skips_validate_breaks_visibility() {
+    caught(
+        "sabotage_recovery_skips_validate_breaks_visibility",
+        &[Check::Visibility],
+        400,
+        |c| {
+            c.sabotage = Sabotage {
+                recovery_skips_validate: true,
+                ..Sabotage::default()
+            };
+            c.crashes = c.crashes.max(1);
+            c.keys = 1;
+        },
+    );
+}
+
+#[test]
 fn sabotage_skip_dedup_breaks_exactly_once() {
     caught(
         "sabotage_skip_dedup_breaks_exactly_once",
