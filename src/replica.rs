@@ -793,10 +793,12 @@ impl Replica {
         let init_deps = inst.init_deps.clone().unwrap_or_default();
         let matching = 1 + replies.iter().filter(|(_, d)| *d == init_deps).count();
         let answered = 1 + replies.len();
+        // A suspected peer is not waited for: with a dead peer, an instance whose fast path
+        // failed would otherwise wait for the resend timer before taking the slow path.
         let unanswered = lead
             .asked
             .iter()
-            .filter(|p| !lead.has_answered(**p))
+            .filter(|p| !lead.has_answered(**p) && !self.is_suspected(**p, now))
             .count();
         if matching >= self.fast_quorum {
             self.commit_led(now, id, init_deps, Path::Fast);
@@ -1276,6 +1278,17 @@ impl Replica {
         for root in roots {
             if let Some(missing) = blocked_now.get(&root) {
                 self.wait_for(now, *missing, root);
+                continue;
+            }
+            // A root whose own deps cover an uncommitted slot waits for it without a walk: a
+            // replica catching up (restarted, or after a partition) would otherwise walk its
+            // whole blocked backlog again for every commit, quadratic in the backlog.
+            let gap = self
+                .instances
+                .get(&root)
+                .and_then(|i| execute::gaps(&i.deps, &self.committed_prefix).find(|g| *g != root));
+            if let Some(gap) = gap {
+                self.wait_for(now, gap, root);
                 continue;
             }
             if let Some((missing, waiting)) = self.try_execute(root) {
