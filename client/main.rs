@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { .. } => unreachable!("handled above"),
     };
     let picker = Picker::new(cli.target, cluster.n(), start);
-    oneshot::run(&cluster, picker, &policy, request).await
+    oneshot::run(cluster, picker, cli.target, &policy, request).await
 }
 
 /// Reads `cas [--expect-absent] KEY EXPECTED NEW` / `KEY NEW`.

@@ -2,14 +2,16 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use epaxos_kv::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use epaxos_kv::proto::{operation, Cas, Delete, Get, OpResult, Operation, Put};
 
-use crate::cluster::{Cluster, Picker};
-use crate::session::{execute, RetryPolicy, Session};
+use crate::cluster::{Cluster, Picker, TargetMode};
+use crate::session::{execute, Failure, RetryPolicy, Session};
 
 /// A key/value command given on the command line.
 #[derive(Debug, Clone)]
@@ -91,18 +93,22 @@ impl Request {
 }
 
 /// Sends one request (retrying as the policy allows) and prints its result. Returns exit code
-/// 0, or 1 when a GET found nothing or a CAS did not swap.
+/// 0, or 1 when a GET found nothing or a CAS did not swap. A request that got no answer (every
+/// attempt timed out or found its replica unavailable) is reported with which replicas answer a
+/// status probe, so that a cluster without a majority up is named as such.
 pub async fn run(
-    cluster: &Cluster,
+    cluster: Arc<Cluster>,
     mut picker: Picker,
+    mode: TargetMode,
     policy: &RetryPolicy,
     request: Request,
 ) -> Result<ExitCode> {
     request.validate()?;
     let mut session = Session::new();
     let mut rng = rand::rng();
-    let success = execute(
-        cluster,
+    let started = Instant::now();
+    let result = execute(
+        &cluster,
         &mut session,
         &mut picker,
         request.to_operation(),
@@ -110,8 +116,20 @@ pub async fn run(
         None,
         &mut rng,
     )
-    .await
-    .context("request failed")?;
+    .await;
+    let success = match result {
+        Ok(s) => s,
+        Err(failure) if failure.last.retryable() => {
+            let elapsed = started.elapsed();
+            let probe_timeout = policy.timeout.min(Duration::from_secs(1));
+            let probes = probe_all(&cluster, probe_timeout).await;
+            return Err(anyhow!(
+                "{}",
+                no_reply_message(&failure, elapsed, policy, mode, &probes)
+            ));
+        }
+        Err(failure) => return Err(anyhow!("request failed: {failure}")),
+    };
     if success.attempts > 1 {
         eprintln!(
             "(answered by replica {} after {} attempts)",
@@ -121,6 +139,88 @@ pub async fn run(
     // A reply without a result would be a replica bug; treat it as all-false rather than fail.
     let result = success.reply.result.unwrap_or_default();
     print_result(&request, &result)
+}
+
+/// Asks every replica for its status at once; per replica (by index), `None` if it answered
+/// within `timeout`, else why not.
+async fn probe_all(cluster: &Arc<Cluster>, timeout: Duration) -> Vec<Option<String>> {
+    let mut set = tokio::task::JoinSet::new();
+    for idx in 0..cluster.n() {
+        let cluster = cluster.clone();
+        set.spawn(async move { (idx, cluster.probe(idx, timeout).await) });
+    }
+    let mut out: Vec<Option<String>> = (0..cluster.n())
+        .map(|_| Some("no answer to the probe".to_string()))
+        .collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((idx, result)) = joined {
+            out[idx] = result.err().map(|e| {
+                let text = format!("{e:#}");
+                let reason = if text.contains("onnection refused") {
+                    "connection refused"
+                } else {
+                    // Cluster::probe's errors start with "replica N at ADDR: ".
+                    text.split_once(": ").map_or(text.as_str(), |(_, r)| r)
+                };
+                format!("replica {idx} at {} ({reason})", cluster.addr(idx))
+            });
+        }
+    }
+    out
+}
+
+/// The error for a request that got no answer: how long and how often it was tried, the last
+/// error, which replicas are unreachable and whether a majority is up.
+fn no_reply_message(
+    failure: &Failure,
+    elapsed: Duration,
+    policy: &RetryPolicy,
+    mode: TargetMode,
+    probes: &[Option<String>],
+) -> String {
+    let n = probes.len();
+    let up = probes.iter().filter(|p| p.is_none()).count();
+    let majority = n / 2 + 1;
+    let whom = match mode {
+        TargetMode::Single => format!("from replica {}", failure.last.replica()),
+        TargetMode::RoundRobin => "from any replica".to_string(),
+    };
+    let mut msg = format!(
+        "no reply {whom} within {:.1} s ({} attempt{}, {} ms each; last: {})",
+        elapsed.as_secs_f64(),
+        failure.attempts,
+        if failure.attempts == 1 { "" } else { "s" },
+        policy.timeout.as_millis(),
+        failure.last,
+    );
+    let down: Vec<&str> = probes.iter().filter_map(|p| p.as_deref()).collect();
+    if !down.is_empty() {
+        msg.push_str(&format!(
+            "; not answering a status probe: {}",
+            down.join(", ")
+        ));
+    }
+    // In single mode every attempt went to one replica: say so if that is the one down.
+    let target_down = probes
+        .get(failure.last.replica())
+        .is_none_or(|p| p.is_some());
+    if up < majority {
+        msg.push_str(&format!(
+            "; only {up} of {n} replicas answer and committing needs a majority ({majority} of \
+             {n}): is a majority of the cluster up?"
+        ));
+    } else if mode == TargetMode::Single && target_down {
+        msg.push_str(&format!(
+            "; {up} of {n} replicas answer: try another with --replica, or --target round-robin"
+        ));
+    } else {
+        msg.push_str(&format!(
+            "; {up} of {n} replicas answer, a majority: the command may be waiting for an \
+             instance of a failed replica, or the cluster is overloaded (a longer --timeout-ms \
+             or more --retries may help)"
+        ));
+    }
+    msg
 }
 
 fn print_result(request: &Request, r: &OpResult) -> Result<ExitCode> {

@@ -101,6 +101,14 @@ pub struct Success {
     pub replica: usize,
 }
 
+/// Whether `status` was made here from a broken connection rather than sent by a replica: tonic
+/// reports a replica that died with the request outstanding as UNKNOWN "transport error: ...
+/// broken pipe" (or connection reset), with the underlying error as its source; statuses a
+/// replica sends have no source. Retrying is safe: the retry has the same request id.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.code() == Code::Unknown && std::error::Error::source(status).is_some()
+}
+
 /// Why one attempt failed.
 #[derive(Debug, Clone)]
 pub enum AttemptError {
@@ -123,19 +131,30 @@ impl AttemptError {
         }
     }
 
+    /// The replica (index) of the attempt.
+    pub fn replica(&self) -> usize {
+        match self {
+            AttemptError::Timeout { replica, .. } | AttemptError::Status { replica, .. } => {
+                *replica
+            }
+        }
+    }
+
     /// Whether the same request may succeed when sent again.
-    fn retryable(&self) -> bool {
+    pub fn retryable(&self) -> bool {
         match self {
             AttemptError::Timeout { .. } => true,
-            AttemptError::Status { status, .. } => matches!(
-                status.code(),
-                Code::DeadlineExceeded
-                    | Code::Unavailable
-                    | Code::ResourceExhausted
-                    // The connection broke with the request outstanding (the replica stopped).
-                    | Code::Cancelled
-                    | Code::Aborted
-            ),
+            AttemptError::Status { status, .. } => {
+                matches!(
+                    status.code(),
+                    Code::DeadlineExceeded
+                        | Code::Unavailable
+                        | Code::ResourceExhausted
+                        // The connection broke with the request outstanding (the replica stopped).
+                        | Code::Cancelled
+                        | Code::Aborted
+                ) || is_transport_failure(status)
+            }
         }
     }
 }
@@ -261,6 +280,23 @@ mod tests {
         s.renew();
         assert_ne!(s.client_id(), old);
         assert_eq!(s.take_request_id(), 1);
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_but_a_replica_error_is_not() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let err = |status| AttemptError::Status {
+            replica: 0,
+            addr,
+            status,
+        };
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let broken = tonic::Status::from_error(Box::new(io));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(err(broken).retryable());
+        assert!(!err(tonic::Status::unknown("from the replica")).retryable());
+        assert!(!err(tonic::Status::invalid_argument("bad key")).retryable());
+        assert!(err(tonic::Status::unavailable("down")).retryable());
     }
 
     #[test]

@@ -259,3 +259,88 @@ impl Session {
         Ok(reply.result.unwrap_or_default())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for tests where some replicas are down.
+
+impl Cluster {
+    /// Replica `i`'s Status within `timeout`, or why not.
+    pub async fn try_status(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<proto::StatusReply, String> {
+        let call = async {
+            let mut c = self.client(i).await.map_err(|e| format!("connect: {e}"))?;
+            c.status(proto::StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| format!("status: {e}"))
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no status answer within {timeout:?}")),
+        }
+    }
+
+    /// Like `converged`, over the replicas `ids` only (for example the survivors of a kill),
+    /// waiting at most `timeout`: they report the same digest and executed count and nothing
+    /// waiting. Returns the digest.
+    pub async fn converged_among(&self, ids: &[usize], timeout: Duration) -> u64 {
+        assert!(!ids.is_empty(), "converged_among needs replicas");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut s = Vec::new();
+            for &i in ids {
+                s.push(self.try_status(i, Duration::from_secs(3)).await);
+            }
+            let ok: Vec<&proto::StatusReply> = s.iter().filter_map(|r| r.as_ref().ok()).collect();
+            if ok.len() == ids.len()
+                && ok.iter().all(|r| {
+                    r.digest == ok[0].digest && r.executed == ok[0].executed && r.waiting == 0
+                })
+            {
+                return ok[0].digest;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas {ids:?} did not converge within {timeout:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last `lines` lines of replica `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let log = self.log(i);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Fetches the Prometheus text of `/metrics` at `addr` over plain HTTP/1.0, with bounded connect,
+/// write and read times.
+pub fn scrape_metrics(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    Ok(body)
+}
+
+/// The sum of every sample whose line starts with `prefix` (a metric name, optionally with
+/// labels), 0 when there is none.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
