@@ -44,9 +44,9 @@
 //! the clients still waiting on it, and exactly-once execution (the session table) absorbs a
 //! command that ends up both recovered and retried.
 //!
-//! Not covered: a replica that lost its disk must not vote again (it may have promised what it
-//! no longer remembers); it must be treated as a new replica, which this service does not do
-//! yet.
+//! A replica that lost its disk must not vote again (it may have promised what it no longer
+//! remembers): it comes back as another incarnation, and its peers refuse it (see
+//! `storage::PeerIncarnations`).
 
 use crate::ids::{Ballot, InstanceId, ReplicaId};
 use crate::instance::Status;

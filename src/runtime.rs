@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::replica::{Options, Path, Ready, Replica, ReplyError, Token};
-use crate::storage::{Log, StorageError, Sync};
+use crate::storage::{self, Incarnation, Log, PeerIncarnations, StorageError, Sync};
 use crate::{transport, wire};
 
 /// How long a stopping replica waits for in-flight calls.
@@ -131,6 +132,8 @@ pub async fn serve(
     let durable = opts.sync == Sync::Fsync;
     metrics::gauge!("epaxos_durable").set(if durable { 1.0 } else { 0.0 });
     let restored = recovered.records.len();
+    let incarnation = storage::incarnation(&opts.data_dir)?;
+    let peer_incarnations = PeerIncarnations::load(&opts.data_dir, config.n())?;
 
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
     let mut peer_queues: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; config.n()];
@@ -140,7 +143,7 @@ pub async fn serve(
         }
         let (tx, rx) = mpsc::channel(opts.peer_queue_max);
         peer_queues[peer.id.index()] = Some(tx);
-        tokio::spawn(transport::run_link(id, peer.id, peer.addr, rx));
+        tokio::spawn(transport::run_link(id, incarnation, peer.id, peer.addr, rx));
     }
 
     let core = Replica::restore_from(
@@ -169,6 +172,7 @@ pub async fn serve(
         n: config.n(),
         big: big_tx,
         propose_timeout: opts.propose_timeout,
+        incarnations: Arc::new(std::sync::Mutex::new(peer_incarnations)),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Service>>().await;
@@ -423,6 +427,8 @@ struct Service {
     n: usize,
     big: mpsc::Sender<Event>,
     propose_timeout: Duration,
+    /// Peers' incarnations as first seen (durable): a peer that lost its data is refused.
+    incarnations: Arc<std::sync::Mutex<PeerIncarnations>>,
 }
 
 #[tonic::async_trait]
@@ -484,8 +490,10 @@ impl Kv for Service {
         let (keep_open, rx) = mpsc::channel(1);
         let big = self.big.clone();
         let n = self.n;
+        let incarnations = self.incarnations.clone();
         tokio::spawn(async move {
-            let _keep_open = keep_open;
+            // The incarnation this stream's sender was accepted with.
+            let mut accepted: Option<(u32, u64)> = None;
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(b)) => b,
@@ -503,6 +511,15 @@ impl Kv for Service {
                     break;
                 }
                 let from = ReplicaId(batch.from);
+                if accepted != Some((batch.from, batch.incarnation)) {
+                    match check_incarnation(&incarnations, from, batch.incarnation) {
+                        Ok(()) => accepted = Some((batch.from, batch.incarnation)),
+                        Err(status) => {
+                            let _ = keep_open.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                }
                 let mut messages = Vec::with_capacity(batch.messages.len());
                 for bytes in &batch.messages {
                     match wire::decode(bytes, n) {
@@ -522,5 +539,48 @@ impl Kv for Service {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Accepts a batch from `from` only with the incarnation recorded for it (the first one seen is
+/// recorded durably): a replica that lost its data directory may have forgotten promises and
+/// votes, so its peers refuse it instead of letting it vote again as if it had not.
+fn check_incarnation(
+    incarnations: &std::sync::Mutex<PeerIncarnations>,
+    from: ReplicaId,
+    incarnation: u64,
+) -> Result<(), Status> {
+    let refuse = |why: String| {
+        metrics::counter!("epaxos_peer_refused_total", "peer" => crate::metrics::peer_label(from.0))
+            .increment(1);
+        Err(Status::failed_precondition(why))
+    };
+    if incarnation == 0 {
+        metrics::counter!("epaxos_wire_errors_total", "peer" => crate::metrics::peer_label(from.0))
+            .increment(1);
+        tracing::warn!(%from, "peer batch without an incarnation; closing stream");
+        return refuse("batch without an incarnation".to_string());
+    }
+    // Poisoned only if a holder panicked, which the code under the lock cannot do but through
+    // a bug; the map itself stays consistent (one assignment), so go on with it.
+    let mut known = incarnations
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match tokio::task::block_in_place(|| known.check(from.index(), incarnation)) {
+        Ok(Incarnation::Known) => Ok(()),
+        Ok(Incarnation::Changed { recorded }) => {
+            tracing::error!(%from, incarnation, recorded,
+                "peer came back without its data (another incarnation): refused; it may have \
+                 forgotten promises, and must be replaced, not restarted on an empty directory");
+            refuse(format!(
+                "{from} is incarnation {incarnation} but was {recorded}: it lost its data \
+                 directory and may have forgotten promises; its peers refuse it (restore its data \
+                 directory, or replace the replica)"
+            ))
+        }
+        Err(e) => {
+            tracing::error!(%from, error = %e, "cannot record a peer's incarnation; refusing it");
+            refuse(format!("cannot record the incarnation of {from}"))
+        }
     }
 }

@@ -236,6 +236,111 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError
     Ok(())
 }
 
+/// This replica's incarnation: drawn at random (nonzero) when the data directory is new, kept
+/// in `dir/incarnation` ever after. Peers remember it (see [`PeerIncarnations`]): a replica that
+/// lost its data directory comes back as another incarnation, which they refuse.
+pub fn incarnation(dir: &Path) -> Result<u64, StorageError> {
+    const NAME: &str = "incarnation";
+    let path = dir.join(NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            text.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v != 0)
+                .ok_or(StorageError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "incarnation file does not hold a nonzero number".to_string(),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = rand::random::<u64>().max(1);
+            replace_file(dir, NAME, format!("{value}\n").as_bytes())?;
+            Ok(value)
+        }
+        Err(source) => Err(StorageError::Io { path, source }),
+    }
+}
+
+/// The incarnation of each peer, as first seen, durable in `dir/peers`: one `id incarnation`
+/// line per peer seen.
+#[derive(Debug)]
+pub struct PeerIncarnations {
+    dir: PathBuf,
+    known: Vec<Option<u64>>,
+}
+
+/// What [`PeerIncarnations::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incarnation {
+    /// The peer's known incarnation (or its first, now recorded).
+    Known,
+    /// Another incarnation than the one recorded: the peer lost its data.
+    Changed { recorded: u64 },
+}
+
+impl PeerIncarnations {
+    const NAME: &'static str = "peers";
+
+    /// Loads what was recorded; unreadable lines are an error (the file is replaced whole).
+    pub fn load(dir: &Path, n: usize) -> Result<PeerIncarnations, StorageError> {
+        let path = dir.join(Self::NAME);
+        let mut known = vec![None; n];
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let mut parts = line.split_whitespace();
+                    let parsed = (|| {
+                        let id: usize = parts.next()?.parse().ok()?;
+                        let inc: u64 = parts.next()?.parse().ok()?;
+                        Some((id, inc))
+                    })();
+                    match parsed {
+                        Some((id, inc)) if id < n && inc != 0 => known[id] = Some(inc),
+                        _ => {
+                            return Err(StorageError::Corrupt {
+                                path,
+                                offset: 0,
+                                reason: "peers file holds a line that is not `id incarnation`"
+                                    .to_string(),
+                            })
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StorageError::Io { path, source }),
+        }
+        Ok(PeerIncarnations {
+            dir: dir.to_path_buf(),
+            known,
+        })
+    }
+
+    /// Checks `peer`'s incarnation, recording it durably the first time (before the caller
+    /// acts on anything the peer sent).
+    pub fn check(&mut self, peer: usize, incarnation: u64) -> Result<Incarnation, StorageError> {
+        match self.known.get(peer).copied().flatten() {
+            Some(recorded) if recorded == incarnation => Ok(Incarnation::Known),
+            Some(recorded) => Ok(Incarnation::Changed { recorded }),
+            None => {
+                if let Some(slot) = self.known.get_mut(peer) {
+                    *slot = Some(incarnation);
+                }
+                let text: String = self
+                    .known
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(id, inc)| inc.map(|v| format!("{id} {v}\n")))
+                    .collect();
+                replace_file(&self.dir, Self::NAME, text.as_bytes())?;
+                Ok(Incarnation::Known)
+            }
+        }
+    }
+}
+
 /// Reads the checkpoint, if any. A checkpoint is replaced whole by rename, so any damage is
 /// real corruption: refuse to start.
 fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageError> {
@@ -480,5 +585,26 @@ mod tests {
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
         let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn incarnations_are_drawn_once_and_peers_are_held_to_theirs() {
+        let d = dir();
+        let mine = incarnation(&d).expect("draw");
+        assert_ne!(mine, 0);
+        assert_eq!(incarnation(&d).expect("read"), mine, "kept across restarts");
+        let mut peers = PeerIncarnations::load(&d, 3).expect("load");
+        assert_eq!(peers.check(1, 77).expect("record"), Incarnation::Known);
+        assert_eq!(peers.check(1, 77).expect("check"), Incarnation::Known);
+        // Durable: a restarted replica still knows peer 1's incarnation.
+        let mut peers = PeerIncarnations::load(&d, 3).expect("reload");
+        assert_eq!(
+            peers.check(1, 78).expect("check"),
+            Incarnation::Changed { recorded: 77 }
+        );
+        assert_eq!(peers.check(2, 5).expect("record"), Incarnation::Known);
+        std::fs::write(d.join("peers"), "1 garbage\n").expect("damage");
+        assert!(PeerIncarnations::load(&d, 3).is_err());
+        std::fs::remove_dir_all(&d).expect("clean up");
     }
 }

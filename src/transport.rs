@@ -33,6 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// stream breaks is resent by the protocol's own retransmission.
 pub async fn run_link(
     me: ReplicaId,
+    incarnation: u64,
     peer: ReplicaId,
     addr: SocketAddr,
     mut queue: mpsc::Receiver<Bytes>,
@@ -86,7 +87,15 @@ pub async fn run_link(
                     None => break true,
                 },
                 // The peer never writes back; a message or end here means the stream is gone.
-                _ = responses.message() => break false,
+                r = responses.message() => {
+                    if let Err(status) = r {
+                        if status.code() == tonic::Code::FailedPrecondition {
+                            tracing::error!(%peer, reason = status.message(),
+                                "peer refuses this replica");
+                        }
+                    }
+                    break false;
+                }
             };
             let mut bytes = first.len();
             let mut messages = vec![first];
@@ -103,6 +112,7 @@ pub async fn run_link(
                 .send(PeerBatch {
                     from: me.0,
                     messages,
+                    incarnation,
                 })
                 .await
                 .is_err()

@@ -326,14 +326,22 @@ fn metric(text: &str, prefix: &str) -> f64 {
 async fn garbage_from_a_peer_is_counted_and_dropped() {
     let cluster = Cluster::start(3, &[]).await;
     let mut c = cluster.client(0).await.expect("connect");
+    // Posing as replica 1 takes its incarnation (a batch without one is refused whole).
+    let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-1/incarnation"))
+        .expect("replica 1's incarnation file")
+        .trim()
+        .parse()
+        .expect("a number");
     let batches = vec![
         proto::PeerBatch {
             from: 1,
             messages: vec![bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x01])],
+            incarnation,
         },
         proto::PeerBatch {
             from: 99,
             messages: vec![],
+            incarnation,
         },
     ];
     // The stream is closed by the replica after the batch from an unknown sender.
@@ -593,4 +601,48 @@ async fn a_killed_peer_becomes_suspected_in_metrics() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A replica restarted on an empty data directory is another incarnation: it may have forgotten
+/// promises and votes, so its peers refuse it (it never votes again as if it had not), say why
+/// in their metrics and its log, and the others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_data_is_refused_by_its_peers() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let mut c = cluster.client(0).await.expect("connect");
+    let mut s = Session::new();
+    for i in 0..20 {
+        let r = s
+            .call(&mut c, put(&format!("k{i}"), "v"))
+            .await
+            .expect("put");
+        assert!(r.success);
+    }
+    cluster.kill(2);
+    std::fs::remove_dir_all(cluster.dir.join("replica-2")).expect("wipe replica 2");
+    cluster.restart(2).await;
+    // Its peers refuse its stream (its Watermark heartbeat arrives within a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let refused = metric(
+            &scrape(&cluster.metrics[0]),
+            "epaxos_peer_refused_total{peer=\"2\"}",
+        );
+        if refused >= 1.0 && cluster.log(2).contains("peer refuses this replica") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica 2 was not refused; r0 log:\n{}\nr2 log:\n{}",
+            cluster.log(0),
+            cluster.log(2)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(cluster.log(0).contains("another incarnation"));
+    // The other two are a majority and keep serving.
+    let r = s.call(&mut c, put("after", "wipe")).await.expect("put");
+    assert!(r.success);
+    let r = s.call(&mut c, get("k7")).await.expect("get");
+    assert!(r.found);
 }
