@@ -152,6 +152,8 @@ struct Slots {
 pub struct Unexecuted {
     n: usize,
     by_key: HashMap<ConflictKey, Vec<Slots>>,
+    /// Each instance's conflict keys, computed once when it commits.
+    footprints: HashMap<InstanceId, Vec<(ConflictKey, bool)>>,
 }
 
 impl Unexecuted {
@@ -159,16 +161,19 @@ impl Unexecuted {
         Unexecuted {
             n,
             by_key: HashMap::new(),
+            footprints: HashMap::new(),
         }
     }
 
     /// `id` (with `commands`) is committed and waits to execute.
     pub fn insert(&mut self, id: InstanceId, commands: &[Command]) {
         let n = self.n;
-        for (key, write) in keys_of(commands) {
+        let keys = keys_of(commands);
+        for (key, write) in &keys {
+            let write = *write;
             let rows = self
                 .by_key
-                .entry(key)
+                .entry(key.clone())
                 .or_insert_with(|| vec![Slots::default(); n]);
             if let Some(slots) = rows.get_mut(id.replica.index()) {
                 slots.any.insert(id.slot);
@@ -177,11 +182,15 @@ impl Unexecuted {
                 }
             }
         }
+        self.footprints.insert(id, keys);
     }
 
     /// `id` executed.
-    pub fn remove(&mut self, id: InstanceId, commands: &[Command]) {
-        for (key, _) in keys_of(commands) {
+    pub fn remove(&mut self, id: InstanceId) {
+        let Some(keys) = self.footprints.remove(&id) else {
+            return;
+        };
+        for (key, _) in keys {
             let Some(rows) = self.by_key.get_mut(&key) else {
                 continue;
             };
@@ -215,8 +224,17 @@ impl Unexecuted {
         deps: &[InstanceId],
     ) -> Vec<InstanceId> {
         let mut edges = Vec::new();
-        for (key, write) in keys_of(commands) {
-            let Some(rows) = self.by_key.get(&key) else {
+        let computed;
+        let keys = match self.footprints.get(&id) {
+            Some(k) => k,
+            None => {
+                computed = keys_of(commands);
+                &computed
+            }
+        };
+        for (key, write) in keys {
+            let write = *write;
+            let Some(rows) = self.by_key.get(key) else {
                 continue;
             };
             for dep in deps {
@@ -438,8 +456,8 @@ mod tests {
             let e = u.edges(id(2, 0), &[cmd(9, "c", true)], &[id(0, 3), id(1, 5)]);
             assert!(e.is_empty());
             // Executed instances leave the index.
-            u.remove(id(0, 3), &[cmd(3, "a", false)]);
-            u.remove(id(0, 1), &[cmd(1, "a", true)]);
+            u.remove(id(0, 3));
+            u.remove(id(0, 1));
             let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 3)]);
             assert!(e.is_empty());
         }

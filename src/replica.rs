@@ -1365,7 +1365,7 @@ impl Replica {
         debug_assert_eq!(inst.status, Status::Committed, "{id} executes once");
         inst.status = Status::Executed;
         let commands = inst.commands.clone();
-        self.to_execute.remove(id, &commands);
+        self.to_execute.remove(id);
         for cmd in commands.iter() {
             let applied = if self.opts.sabotage.skip_dedup {
                 self.kv.apply_without_dedup(cmd)
