@@ -13,7 +13,7 @@
 //! Recovery of instances whose leader died (EPaxos* explicit prepare) lives in `recovery`
 //! (its rules) and in the "recovery" section below (its bookkeeping).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,7 +234,7 @@ pub struct Ready {
 #[derive(Debug)]
 struct Waiting {
     /// Committed instances whose execution waits for it.
-    roots: Vec<InstanceId>,
+    roots: BTreeSet<InstanceId>,
     next_fetch: Time,
     backoff: Duration,
     fetches: u32,
@@ -290,6 +290,9 @@ pub struct Replica {
     clients: HashMap<(ClientId, RequestId), Vec<Token>>,
     /// Uncommitted dependencies that block execution, ordered for deterministic fetching.
     waiting: BTreeMap<InstanceId, Waiting>,
+    /// Per row: committed instances waiting for the row's committed prefix to pass a slot
+    /// (their deps cover it), by that slot.
+    prefix_waiters: Vec<BTreeMap<u64, Vec<InstanceId>>>,
     committed_count: u64,
     unexecuted: u64,
     /// The committed instances not executed yet, by key: where execution finds edges.
@@ -334,6 +337,7 @@ impl Replica {
             leading: BTreeMap::new(),
             clients: HashMap::new(),
             waiting: BTreeMap::new(),
+            prefix_waiters: vec![BTreeMap::new(); opts.n],
             committed_count: 0,
             unexecuted: 0,
             to_execute: execute::Unexecuted::new(opts.n),
@@ -1272,6 +1276,13 @@ impl Replica {
         if let Some(w) = self.waiting.remove(&id) {
             roots.extend(w.roots);
         }
+        // Instances that waited for this row's committed prefix to pass a slot it now passed.
+        let row = id.replica.index();
+        let passed = self.committed_prefix[row];
+        let still = self.prefix_waiters[row].split_off(&passed);
+        for (_, waiters) in std::mem::replace(&mut self.prefix_waiters[row], still) {
+            roots.extend(waiters);
+        }
         // Instances found blocked during this pass, with what blocks them: a root among them
         // is registered without walking the graph again.
         let mut blocked_now: HashMap<InstanceId, InstanceId> = HashMap::new();
@@ -1280,15 +1291,22 @@ impl Replica {
                 self.wait_for(now, *missing, root);
                 continue;
             }
-            // A root whose own deps cover an uncommitted slot waits for it without a walk: a
-            // replica catching up (restarted, or after a partition) would otherwise walk its
-            // whole blocked backlog again for every commit, quadratic in the backlog.
-            let gap = self
-                .instances
-                .get(&root)
-                .and_then(|i| execute::gaps(&i.deps, &self.committed_prefix).find(|g| *g != root));
-            if let Some(gap) = gap {
-                self.wait_for(now, gap, root);
+            // A root whose own deps cover an uncommitted slot waits, without a walk, until its
+            // row's committed prefix passes the covered slot (and the gap is fetched or
+            // recovered meanwhile): a replica catching up (restarted, or after a partition)
+            // would otherwise walk, or requeue, its whole blocked backlog for every commit.
+            let gap = self.instances.get(&root).and_then(|i| {
+                i.deps.iter().find_map(|d| {
+                    let p = self.committed_prefix[d.replica.index()];
+                    (p <= d.slot).then_some((InstanceId::new(d.replica, p), *d))
+                })
+            });
+            if let Some((gap, covered)) = gap {
+                self.prefix_waiters[covered.replica.index()]
+                    .entry(covered.slot)
+                    .or_default()
+                    .push(root);
+                self.need(now, gap);
                 continue;
             }
             if let Some((missing, waiting)) = self.try_execute(root) {
@@ -1302,9 +1320,7 @@ impl Replica {
 
     fn wait_for(&mut self, now: Time, missing: InstanceId, root: InstanceId) {
         let w = self.need(now, missing);
-        if !w.roots.contains(&root) {
-            w.roots.push(root);
-        }
+        w.roots.insert(root);
     }
 
     /// Registers that this replica needs `id` committed: it fetches its Commit after
@@ -1314,7 +1330,7 @@ impl Replica {
         let stagger = self.opts.retry * self.opts.id.0;
         let (fetch_after, recover_after) = (self.opts.fetch_after, self.opts.recover_after);
         self.waiting.entry(id).or_insert_with(|| Waiting {
-            roots: Vec::new(),
+            roots: BTreeSet::new(),
             next_fetch: now + fetch_after,
             backoff: fetch_after,
             fetches: 0,
