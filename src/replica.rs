@@ -1283,6 +1283,10 @@ impl Replica {
         for (_, waiters) in std::mem::replace(&mut self.prefix_waiters[row], still) {
             roots.extend(waiters);
         }
+        if !self.prefix_waiters[row].is_empty() {
+            // Some still wait for this row: its next gap is needed (fetched, then recovered).
+            self.need(now, InstanceId::new(id.replica, passed));
+        }
         // Instances found blocked during this pass, with what blocks them: a root among them
         // is registered without walking the graph again.
         let mut blocked_now: HashMap<InstanceId, InstanceId> = HashMap::new();
