@@ -373,12 +373,14 @@ async fn garbage_from_a_peer_is_counted_and_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_all_under_load_then_restart_loses_no_acknowledged_write() {
-    kill_all_under_load_and_restart(&[], false).await;
+    kill_all_under_load_and_restart(&[], KillAt::Load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_all_with_frequent_checkpoints_loses_nothing() {
-    let cluster = kill_all_under_load_and_restart(&["--checkpoint-every", "20"], true).await;
+    let cluster =
+        kill_all_under_load_and_restart(&["--checkpoint-every", "20"], KillAt::AfterCheckpoint)
+            .await;
     for i in 0..3 {
         let dir = cluster.dir.join(format!("replica-{i}"));
         assert!(dir.join("checkpoint").exists(), "replica {i} checkpointed");
@@ -390,58 +392,126 @@ async fn sigkill_all_with_frequent_checkpoints_loses_nothing() {
     }
 }
 
-/// Load from 16 sessions, SIGKILL of every replica mid-load, restart of all: every
-/// acknowledged write is read back through consensus and the replicas converge. With
-/// `after_checkpoint`, the kill waits until every replica has written a checkpoint, so that the
-/// restart goes through checkpoint plus log replay.
-async fn kill_all_under_load_and_restart(flags: &[&str], after_checkpoint: bool) -> Cluster {
+/// SIGKILL of every replica while one of them is writing a checkpoint (its temporary checkpoint
+/// or log file exists): after the restart nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_checkpoint_loses_nothing() {
+    let cluster =
+        kill_all_under_load_and_restart(&["--checkpoint-every", "20"], KillAt::DuringCheckpoint)
+            .await;
+    assert!(
+        (0..3).any(|i| cluster.log(i).contains("checkpoint written")),
+        "checkpoints happened"
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KillAt {
+    /// Once 300 writes are acknowledged.
+    Load,
+    /// Once every replica has written a checkpoint.
+    AfterCheckpoint,
+    /// While a replica's checkpoint is being written (large values make that take a while);
+    /// rounds of load and kill repeat until a kill leaves a temporary file behind.
+    DuringCheckpoint,
+}
+
+/// The temporary files of a checkpoint in progress in replica `i`'s data directory.
+fn checkpoint_in_progress(cluster: &Cluster, i: usize) -> bool {
+    let dir = cluster.dir.join(format!("replica-{i}"));
+    ["checkpoint.tmp", "instances.log.tmp"]
+        .iter()
+        .any(|f| dir.join(f).exists())
+}
+
+/// Load from 16 sessions, SIGKILL of every replica mid-load (see `KillAt`), restart of all:
+/// every acknowledged write is read back through consensus and the replicas converge.
+async fn kill_all_under_load_and_restart(flags: &[&str], at: KillAt) -> Cluster {
     use std::sync::{Arc, Mutex};
     let mut cluster = Cluster::start(3, flags).await;
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let mut clients = Vec::new();
-        for i in 0..3 {
-            clients.push(cluster.client(i).await.expect("connect"));
-        }
-        let (acked, stop) = (acked.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut s = Session::new();
-            for k in 0.. {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let (key, value) = (format!("w{w}-{}", k % 50), format!("{w}-{k}"));
-                let c = &mut clients[(w + k) % 3];
-                match s.call(c, put(&key, &value)).await {
-                    Ok(_) => acked.lock().expect("lock").push((key, value)),
-                    Err(_) => break, // the cluster was killed
-                }
+    let padding = if at == KillAt::DuringCheckpoint {
+        "x".repeat(4096)
+    } else {
+        String::new()
+    };
+    const ROUNDS: usize = 8;
+    let mut caught = false;
+    for round in 0..ROUNDS {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..16 {
+            let mut clients = Vec::new();
+            for i in 0..3 {
+                clients.push(cluster.client(i).await.expect("connect"));
             }
-        }));
+            let (acked, stop, padding) = (acked.clone(), stop.clone(), padding.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut s = Session::new();
+                for k in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    // Values grow across rounds ("w-round*1e6+k"): later writes, later values.
+                    let seq = round * 1_000_000 + k;
+                    let key = format!("w{w}-{}", k % 50);
+                    let value = format!("{w}-{seq}-{padding}");
+                    let c = &mut clients[(w + k) % 3];
+                    match s.call(c, put(&key, &value)).await {
+                        Ok(_) => acked.lock().expect("lock").push((key, value)),
+                        Err(_) => break, // the cluster was killed
+                    }
+                }
+            }));
+        }
+        // Kill everything while the load runs, at the chosen moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let start = acked.lock().expect("lock").len();
+        loop {
+            let enough = acked.lock().expect("lock").len() >= start + 300;
+            let ready = match at {
+                KillAt::Load => enough,
+                KillAt::AfterCheckpoint => {
+                    enough && (0..3).all(|i| cluster.log(i).contains("checkpoint written"))
+                }
+                KillAt::DuringCheckpoint => (0..3).any(|i| checkpoint_in_progress(&cluster, i)),
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "load made no progress (or no checkpoint started)"
+            );
+            let poll = if at == KillAt::DuringCheckpoint {
+                1
+            } else {
+                20
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(poll)).await;
+        }
+        for i in 0..3 {
+            cluster.kill(i);
+        }
+        caught = (0..3).any(|i| checkpoint_in_progress(&cluster, i));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("load task");
+        }
+        for i in 0..3 {
+            cluster.restart(i).await;
+        }
+        if at != KillAt::DuringCheckpoint || caught {
+            if caught {
+                eprintln!("round {round}: the kill landed while a checkpoint was being written");
+            }
+            break;
+        }
     }
-    // Kill everything while the load runs, as soon as enough writes are acknowledged.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while acked.lock().expect("lock").len() < 300
-        || (after_checkpoint && !(0..3).all(|i| cluster.log(i).contains("checkpoint written")))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "load made no progress"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    for i in 0..3 {
-        cluster.kill(i);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("load task");
-    }
-    for i in 0..3 {
-        cluster.restart(i).await;
-    }
+    assert!(
+        at != KillAt::DuringCheckpoint || caught,
+        "no kill in {ROUNDS} rounds landed while a checkpoint was being written"
+    );
     // The last acknowledged value of every key is what a read through consensus returns.
     let mut last = std::collections::HashMap::new();
     for (k, v) in acked.lock().expect("lock").iter() {
@@ -453,12 +523,15 @@ async fn kill_all_under_load_and_restart(flags: &[&str], after_checkpoint: bool)
         let r = s.call(&mut c, get(k)).await.expect("get after restart");
         assert!(r.found, "acknowledged key {k} lost");
         // A write may have executed after its ack was lost to the kill, so the value can be
-        // newer than the last acknowledged one, never older: values are "w-k" with k growing.
+        // newer than the last acknowledged one, never older: values are "w-seq-..." with seq
+        // growing.
         let got = std::str::from_utf8(&r.value).expect("utf8");
         let seq = |x: &str| x.split('-').nth(1).and_then(|n| n.parse::<u64>().ok());
         assert!(
             seq(got) >= seq(v),
-            "key {k}: read {got} older than acknowledged {v}"
+            "key {k}: read {} older than acknowledged {}",
+            &got[..got.len().min(40)],
+            &v[..v.len().min(40)]
         );
     }
     cluster.converged().await;
