@@ -15,6 +15,7 @@ pub mod deps;
 pub mod execute;
 pub mod ids;
 pub mod instance;
+pub mod join;
 pub mod kv;
 pub mod message;
 pub mod metrics;

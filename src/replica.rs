@@ -315,6 +315,10 @@ pub struct Replica {
     /// Per row: slots below this were dropped from memory (all executed here, all committed
     /// everywhere). A dependency on one of them counts as executed.
     gc_prefix: Vec<u64>,
+    /// Per row: how far the row reached anywhere when this replica joined with a new data
+    /// directory (all zeros for a replica that never lost its data). Below it, an earlier
+    /// incarnation may have voted and forgotten: see `rejoin`.
+    horizons: Vec<u64>,
     next_watermark: Time,
     /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
     last_heard: Vec<Time>,
@@ -349,6 +353,7 @@ impl Replica {
             recovering: BTreeMap::new(),
             announced: HashMap::new(),
             gc_prefix: vec![0; opts.n],
+            horizons: vec![0; opts.n],
             next_watermark: Duration::ZERO,
             last_heard: vec![Duration::ZERO; opts.n],
             ready: Ready::default(),
@@ -686,6 +691,7 @@ impl Replica {
         let mut deps = Vec::new();
         if !self.opts.sabotage.forget_deps {
             self.index.collect(id, &commands, true, &mut deps);
+            self.add_horizon_deps(&mut deps);
         }
         self.index.record(id, &commands);
         let commands: Commands = Arc::new(commands);
@@ -989,6 +995,9 @@ impl Replica {
         if self.forgotten(id) {
             return; // executed and committed everywhere: a stale resend
         }
+        if self.abstains(id) {
+            return;
+        }
         if let Some(inst) = self.instances.get(&id) {
             if ballot < inst.ballot {
                 let promised = inst.ballot;
@@ -1021,6 +1030,7 @@ impl Replica {
         let mut deps = init_deps.clone();
         if !self.opts.sabotage.forget_deps {
             self.index.collect(id, &commands, false, &mut deps);
+            self.add_horizon_deps(&mut deps);
         }
         self.index.record(id, &commands);
         self.instances.insert(
@@ -1053,7 +1063,7 @@ impl Replica {
         commands: Commands,
         deps: Vec<InstanceId>,
     ) {
-        if self.forgotten(id) {
+        if self.forgotten(id) || self.abstains(id) {
             return;
         }
         match self.instances.get_mut(&id) {
@@ -1573,7 +1583,8 @@ impl Replica {
 
     /// Step 1: promise a ballot above any seen here and ask everyone for their state.
     fn start_recovery(&mut self, now: Time, id: InstanceId) {
-        if self.forgotten(id) {
+        // Below a horizon this replica's own answer is not a vote it may give: peers recover.
+        if self.forgotten(id) || self.abstains(id) {
             return;
         }
         let me = self.opts.id;
@@ -1613,7 +1624,7 @@ impl Replica {
     }
 
     fn handle_recover(&mut self, now: Time, from: ReplicaId, id: InstanceId, ballot: Ballot) {
-        if self.forgotten(id) {
+        if self.forgotten(id) || self.abstains(id) {
             return;
         }
         let inst = self
@@ -1874,7 +1885,7 @@ impl Replica {
         commands: Commands,
         deps: Vec<InstanceId>,
     ) {
-        if self.forgotten(id) {
+        if self.forgotten(id) || self.abstains(id) {
             return;
         }
         let Some(inst) = self.instances.get(&id) else {
@@ -2057,6 +2068,96 @@ impl Replica {
             Some(_) => self.recovery_accept(now, id, Commands::default(), Vec::new()),
             None => {}
         }
+    }
+
+    // ---- rejoin (a replica that lost its data directory) ----------------------------------------
+    //
+    // A replica that comes back without its data may have voted (pre-accepted, accepted,
+    // promised) on instances it no longer remembers, and those votes may have counted. Its new
+    // incarnation therefore:
+    // - announces itself to every peer (`peer_rejoined` there), which from then on refuses the
+    //   old incarnation; every vote of the old one that ever counted was counted by some peer
+    //   before that moment, for an instance that peer knew, so below the highest slot any peer
+    //   knew per row (the `horizons`) lie all the instances the old incarnation may have voted
+    //   on, its own row's instances included;
+    // - starts from a peer's snapshot (`snapshot`) with its next own slot at its row's horizon;
+    // - abstains below the horizons (`abstains`): it learns Commits there but never answers
+    //   PreAccept, Accept, Recover or Validate, nor recovers; peers decide those instances
+    //   without it, as if it were down;
+    // - above the horizons it takes part normally, but until it has learnt a row committed up
+    //   to its horizon it makes every dependency set it computes cover that row up to the
+    //   horizon (`add_horizon_deps`): an old instance its predecessor saw and it did not may
+    //   interfere, and without that cover two interfering instances, one old and one new, could
+    //   each commit without the other in its deps (their quorums may meet only at this replica).
+
+    /// Sets the horizons a rejoined replica keeps (durable in its data directory: they apply
+    /// after a restart too). Its own row continues at its horizon.
+    pub fn set_horizons(&mut self, horizons: Vec<u64>) {
+        if horizons.len() != self.opts.n {
+            return;
+        }
+        self.next_slot = self.next_slot.max(horizons[self.opts.id.index()]);
+        self.horizons = horizons;
+    }
+
+    /// Whether this replica must not vote on `id`: below its row's horizon and not known
+    /// committed here (a decided value is a fact anyone may repeat).
+    fn abstains(&self, id: InstanceId) -> bool {
+        id.slot < self.horizons[id.replica.index()]
+            && !self
+                .instances
+                .get(&id)
+                .is_some_and(|i| i.status.is_decided())
+    }
+
+    /// Covers every row up to its horizon until this replica learnt it committed that far.
+    fn add_horizon_deps(&self, deps: &mut Vec<InstanceId>) {
+        let cover: Vec<InstanceId> = self
+            .horizons
+            .iter()
+            .enumerate()
+            .filter(|(row, h)| **h > 0 && self.committed_prefix[*row] < **h)
+            .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1))
+            .collect();
+        if !cover.is_empty() {
+            *deps = crate::deps::union(deps, &cover);
+        }
+    }
+
+    /// Peer `peer` joined with a new data directory: forget what its old incarnation reported
+    /// (garbage collection waits for the new one's progress) and answer how far each row
+    /// reaches here (one past the highest slot known, committed or not, forgotten included; the
+    /// next slot for this replica's own row).
+    pub fn peer_rejoined(&mut self, peer: ReplicaId) -> Vec<u64> {
+        if let Some(p) = self.peer_committed.get_mut(peer.index()) {
+            p.iter_mut().for_each(|s| *s = 0);
+        }
+        if let Some(p) = self.peer_executed.get_mut(peer.index()) {
+            p.iter_mut().for_each(|s| *s = 0);
+        }
+        let mut ends: Vec<u64> = (0..self.opts.n)
+            .map(|row| self.committed_end[row].max(self.gc_prefix[row]))
+            .collect();
+        ends[self.opts.id.index()] = ends[self.opts.id.index()].max(self.next_slot);
+        for id in self.instances.keys() {
+            let end = &mut ends[id.replica.index()];
+            *end = (*end).max(id.slot + 1);
+        }
+        ends
+    }
+
+    /// Per row: the executed prefix here.
+    pub fn executed_prefix(&self) -> &[u64] {
+        &self.executed_prefix
+    }
+
+    /// What a joining peer starts from: an encoded checkpoint of the current state and the
+    /// decided instances still in memory. Undecided ones stay out: their votes here are not the
+    /// joiner's (it abstains on them anyway).
+    pub fn snapshot(&self) -> (Vec<u8>, Vec<(InstanceId, Instance)>) {
+        let (encoded, mut live) = self.checkpoint();
+        live.retain(|(_, i)| i.status.is_decided());
+        (encoded, live)
     }
 
     fn send_commit_to_all(&mut self, id: InstanceId) {
@@ -2343,6 +2444,109 @@ mod tests {
         assert_eq!(back.kv().digest(), rs[0].kv().digest());
         assert_eq!(back.kv().executed(), rs[0].kv().executed());
         back.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
+        let mut r = Replica::new(Options::new(ReplicaId(2), 3));
+        r.set_horizons(vec![5, 0, 3]);
+        let now = Duration::ZERO;
+        let (r0, b0) = (ReplicaId(0), Ballot::initial(ReplicaId(0)));
+        let commands: Commands = Arc::new(vec![put(1, "k")]);
+        // Below the horizon: no vote of any kind, nothing kept.
+        for msg in [
+            Message::PreAccept {
+                instance: InstanceId::new(r0, 4),
+                ballot: b0,
+                commands: commands.clone(),
+                deps: vec![],
+            },
+            Message::Accept {
+                instance: InstanceId::new(r0, 3),
+                ballot: b0,
+                commands: commands.clone(),
+                deps: vec![],
+            },
+            Message::Recover {
+                instance: InstanceId::new(r0, 2),
+                ballot: Ballot {
+                    round: 1,
+                    replica: r0,
+                },
+            },
+        ] {
+            r.handle(now, r0, msg);
+        }
+        let ready = r.take_ready();
+        assert!(ready.messages.is_empty(), "{:?}", ready.messages);
+        assert!(ready.persist.is_empty());
+        // A Commit below the horizon is a fact: learnt.
+        r.handle(
+            now,
+            r0,
+            Message::Commit {
+                instance: InstanceId::new(r0, 0),
+                ballot: b0,
+                commands: commands.clone(),
+                deps: vec![],
+            },
+        );
+        assert!(r.instance(InstanceId::new(r0, 0)).is_some());
+        let _ = r.take_ready();
+        // At the horizon it votes, with deps covering every row up to its horizon (the old
+        // instances it never saw may interfere).
+        r.handle(
+            now,
+            r0,
+            Message::PreAccept {
+                instance: InstanceId::new(r0, 5),
+                ballot: b0,
+                commands: Arc::new(vec![put(2, "other")]),
+                deps: vec![],
+            },
+        );
+        let ready = r.take_ready();
+        match &ready.messages[..] {
+            [Outgoing {
+                msg: Message::PreAcceptOk { deps, .. },
+                ..
+            }] => assert_eq!(
+                deps,
+                &vec![InstanceId::new(r0, 4), InstanceId::new(ReplicaId(2), 2)]
+            ),
+            other => panic!("expected one PreAcceptOk, got {other:?}"),
+        }
+        // Its own row continues at its horizon.
+        r.propose(0, put(3, "mine")).expect("room");
+        r.flush(now);
+        let ready = r.take_ready();
+        assert!(ready
+            .persist
+            .iter()
+            .any(|(id, _)| *id == InstanceId::new(ReplicaId(2), 3)));
+    }
+
+    #[test]
+    fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
+        let mut rs = cluster(3);
+        rs[0].propose(0, put(1, "a")).expect("room");
+        rs[0].flush(Duration::ZERO);
+        rs[1].propose(0, put(2, "b")).expect("room");
+        rs[1].flush(Duration::ZERO);
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        // Replica 0 also knows an uncommitted instance of row 1 nobody else has.
+        rs[0].handle(
+            Duration::ZERO,
+            ReplicaId(1),
+            Message::PreAccept {
+                instance: InstanceId::new(ReplicaId(1), 7),
+                ballot: Ballot::initial(ReplicaId(1)),
+                commands: Arc::new(vec![put(3, "c")]),
+                deps: vec![],
+            },
+        );
+        assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![1, 8, 0]);
+        assert!(rs[0].peer_executed[2].iter().all(|s| *s == 0));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,8 @@ use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::replica::{Options, Path, Ready, Replica, ReplyError, Token};
-use crate::storage::{self, Incarnation, Log, PeerIncarnations, StorageError, Sync};
-use crate::{transport, wire};
+use crate::storage::{self, Incarnation, Log, Membership, PeerIncarnations, StorageError, Sync};
+use crate::{join, transport, wire};
 
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -102,15 +103,29 @@ pub enum Event {
         reply: oneshot::Sender<Result<OpResult, Status>>,
         at: Instant,
     },
-    /// Messages from one peer, decoded and validated.
+    /// Messages from one peer (sent by its incarnation `incarnation`), decoded and validated.
     Peer {
         from: ReplicaId,
+        incarnation: u64,
         messages: Vec<Message>,
     },
     /// A status query.
     Status {
         reply: oneshot::Sender<proto::StatusReply>,
     },
+    /// A peer with a new data directory announces itself (see `join`).
+    Join {
+        from: ReplicaId,
+        incarnation: u64,
+        reply: oneshot::Sender<Result<proto::JoinReply, Status>>,
+    },
+    /// A joining peer asks for a snapshot: the encoded `proto::Snapshot`.
+    Snapshot {
+        from: ReplicaId,
+        reply: oneshot::Sender<Result<Vec<u8>, Status>>,
+    },
+    /// This replica's own join is decided.
+    Joined(Box<join::Joined>),
 }
 
 /// Runs replica `id` of `config` until `shutdown` completes.
@@ -121,6 +136,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     opts.core.validate()?;
+    let new_dir = storage::is_new(&opts.data_dir);
     let me = config.replicas[id.index()].clone();
     crate::metrics::install(me.metrics_addr)
         .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
@@ -134,6 +150,24 @@ pub async fn serve(
     let restored = recovered.records.len();
     let incarnation = storage::incarnation(&opts.data_dir)?;
     let peer_incarnations = PeerIncarnations::load(&opts.data_dir, config.n())?;
+    // What each peer's Dispatch streams are checked against (0: none recorded yet); the event
+    // loop, which owns the durable record, updates it.
+    let accepted: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..config.n())
+            .map(|p| AtomicU64::new(peer_incarnations.get(p).unwrap_or(0)))
+            .collect(),
+    );
+    let membership = match Membership::load(&opts.data_dir, config.n())? {
+        Some(m) => m,
+        None if new_dir => {
+            Membership::Joining.store(&opts.data_dir)?;
+            Membership::Joining
+        }
+        // A data directory from before joins existed: it never lost its data.
+        None => Membership::Joined {
+            horizons: vec![0; config.n()],
+        },
+    };
 
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
     let mut peer_queues: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; config.n()];
@@ -146,25 +180,51 @@ pub async fn serve(
         tokio::spawn(transport::run_link(id, incarnation, peer.id, peer.addr, rx));
     }
 
-    let core = Replica::restore_from(
-        opts.core.clone(),
-        Duration::ZERO,
-        recovered.checkpoint,
-        recovered.records,
-    );
-    tracing::info!(
-        records = restored,
-        committed = core.committed_count(),
-        executed = core.kv().executed(),
-        "restored from the log"
-    );
+    let joining = membership == Membership::Joining;
+    let core = match membership {
+        Membership::Joined { horizons } => {
+            let mut core = Replica::restore_from(
+                opts.core.clone(),
+                Duration::ZERO,
+                recovered.checkpoint,
+                recovered.records,
+            );
+            core.set_horizons(horizons);
+            tracing::info!(
+                records = restored,
+                committed = core.committed_count(),
+                executed = core.kv().executed(),
+                "restored from the log"
+            );
+            core
+        }
+        Membership::Joining => {
+            // Whatever an interrupted join left is replaced by the snapshot it takes now.
+            let interrupted = !new_dir;
+            tracing::info!(interrupted, "new data directory: joining the cluster first");
+            let config = config.clone();
+            let big = big_tx.clone();
+            tokio::spawn(async move {
+                let joined = join::run(&config, id, incarnation, interrupted).await;
+                let _ = big.send(Event::Joined(Box::new(joined))).await;
+            });
+            Replica::new(opts.core.clone())
+        }
+    };
     let mut event_loop = tokio::spawn(run_loop(
         core,
         big_rx,
         peer_queues,
-        opts.tick,
-        log,
-        opts.checkpoint_every,
+        LoopSetup {
+            tick: opts.tick,
+            log,
+            checkpoint_every: opts.checkpoint_every,
+            data_dir: opts.data_dir.clone(),
+            core_opts: opts.core.clone(),
+            joining,
+            incarnations: peer_incarnations,
+            accepted: accepted.clone(),
+        },
     ));
 
     let service = Service {
@@ -172,7 +232,7 @@ pub async fn serve(
         n: config.n(),
         big: big_tx,
         propose_timeout: opts.propose_timeout,
-        incarnations: Arc::new(std::sync::Mutex::new(peer_incarnations)),
+        accepted,
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<KvServer<Service>>().await;
@@ -230,6 +290,19 @@ pub async fn serve(
 /// A client waiting for its command: where the answer goes and when the proposal arrived.
 type Waiter = (oneshot::Sender<Result<OpResult, Status>>, Instant);
 
+/// What the event loop needs besides the core and its channels.
+struct LoopSetup {
+    tick: Duration,
+    log: Log,
+    checkpoint_every: u64,
+    data_dir: std::path::PathBuf,
+    core_opts: Options,
+    /// The replica has not finished joining (see `join`): it takes part in nothing yet.
+    joining: bool,
+    incarnations: PeerIncarnations,
+    accepted: Arc<Vec<AtomicU64>>,
+}
+
 /// The single-threaded event loop's state: the core and what the shell needs to carry out its
 /// outputs.
 struct EventLoop {
@@ -240,6 +313,13 @@ struct EventLoop {
     waiting: HashMap<Token, Waiter>,
     next_token: Token,
     m: LoopMetrics,
+    log: Log,
+    data_dir: std::path::PathBuf,
+    core_opts: Options,
+    joining: bool,
+    /// Each peer's incarnation (durable; the truth that `accepted` mirrors for the readers).
+    incarnations: PeerIncarnations,
+    accepted: Arc<Vec<AtomicU64>>,
 }
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
@@ -247,15 +327,24 @@ async fn run_loop(
     core: Replica,
     mut big: mpsc::Receiver<Event>,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
-    tick: Duration,
-    mut log: Log,
-    checkpoint_every: u64,
+    setup: LoopSetup,
 ) -> Result<(), RuntimeError> {
     let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
     let persisted = metrics::counter!("epaxos_persisted_records_total");
     let checkpoints = metrics::counter!("epaxos_checkpoints_total");
     let checkpoint_latency = metrics::histogram!("epaxos_checkpoint_seconds");
     let log_bytes = metrics::gauge!("epaxos_log_bytes");
+    let joining_gauge = metrics::gauge!("epaxos_joining");
+    let LoopSetup {
+        tick,
+        log,
+        checkpoint_every,
+        data_dir,
+        core_opts,
+        joining,
+        incarnations,
+        accepted,
+    } = setup;
     let mut checkpointed_at = core.collected();
     let mut el = EventLoop {
         me: core.id(),
@@ -265,18 +354,26 @@ async fn run_loop(
         peers,
         waiting: HashMap::new(),
         next_token: 0,
+        log,
+        data_dir,
+        core_opts,
+        joining,
+        incarnations,
+        accepted,
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ev = big.recv() => match ev {
-                Some(ev) => el.handle(ev),
+                Some(ev) => el.handle(ev)?,
                 None => return Ok(()),
             },
             _ = ticker.tick() => {
                 let now = el.start.elapsed();
-                el.core.tick(now);
+                if !el.joining {
+                    el.core.tick(now);
+                }
                 for (p, g) in el.m.suspected.iter().enumerate() {
                     let peer = ReplicaId(p as u32);
                     if peer != el.me {
@@ -287,9 +384,13 @@ async fn run_loop(
         }
         for _ in 0..DRAIN_MAX {
             match big.try_recv() {
-                Ok(ev) => el.handle(ev),
+                Ok(ev) => el.handle(ev)?,
                 Err(_) => break,
             }
+        }
+        joining_gauge.set(if el.joining { 1.0 } else { 0.0 });
+        if el.joining {
+            continue;
         }
         el.core.flush(el.start.elapsed());
         let mut ready = el.core.take_ready();
@@ -298,6 +399,7 @@ async fn run_loop(
             // before any message or reply that depends on it leaves.
             let started = Instant::now();
             let records = std::mem::take(&mut ready.persist);
+            let log = &mut el.log;
             tokio::task::block_in_place(|| log.append(&records)).inspect_err(|e| {
                 tracing::error!(error = %e, "cannot persist; stopping the replica");
             })?;
@@ -308,13 +410,14 @@ async fn run_loop(
         if el.core.collected() >= checkpointed_at + checkpoint_every {
             let started = Instant::now();
             let (checkpoint, live) = el.core.checkpoint();
+            let log = &mut el.log;
             tokio::task::block_in_place(|| log.checkpoint(&checkpoint, &live)).inspect_err(
                 |e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"),
             )?;
             checkpointed_at = el.core.collected();
             checkpoints.increment(1);
             checkpoint_latency.record(started.elapsed().as_secs_f64());
-            log_bytes.set(log.len_bytes() as f64);
+            log_bytes.set(el.log.len_bytes() as f64);
             tracing::info!(
                 bytes = checkpoint.len(),
                 live = live.len(),
@@ -330,9 +433,15 @@ async fn run_loop(
 }
 
 impl EventLoop {
-    fn handle(&mut self, ev: Event) {
+    fn handle(&mut self, ev: Event) -> Result<(), RuntimeError> {
         let now = self.start.elapsed();
         match ev {
+            Event::Propose { reply, .. } if self.joining => {
+                let _ = reply.send(Err(Status::unavailable(
+                    "replica is joining the cluster (its data directory is new); try another \
+                     replica",
+                )));
+            }
             Event::Propose { cmd, reply, at } => {
                 let token = self.next_token;
                 self.next_token += 1;
@@ -347,7 +456,16 @@ impl EventLoop {
                     }
                 }
             }
-            Event::Peer { from, messages } => {
+            // Not taking part yet: the peers resend what matters once this replica has joined.
+            Event::Peer { .. } if self.joining => {}
+            Event::Peer {
+                from,
+                incarnation,
+                messages,
+            } => {
+                if !self.peer_incarnation_ok(from, incarnation) {
+                    return Ok(());
+                }
                 for msg in messages {
                     self.m.received(from.0, &msg);
                     tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
@@ -364,9 +482,142 @@ impl EventLoop {
                     committed: self.core.committed_count(),
                     keys: self.core.kv().len() as u64,
                     waiting: self.core.unexecuted(),
+                    joining: self.joining,
                 });
             }
+            Event::Join {
+                from,
+                incarnation,
+                reply,
+            } => {
+                let _ = reply.send(self.answer_join(from, incarnation));
+            }
+            Event::Snapshot { reply, .. } if self.joining => {
+                let _ = reply.send(Err(Status::unavailable("this replica is joining itself")));
+            }
+            Event::Snapshot { from, reply } => {
+                let started = Instant::now();
+                let (checkpoint, records) = self.core.snapshot();
+                let snapshot = proto::Snapshot {
+                    checkpoint: checkpoint.into(),
+                    records: records
+                        .iter()
+                        .map(|(id, inst)| wire::record_to_proto(*id, inst))
+                        .collect(),
+                };
+                let bytes = prost::Message::encode_to_vec(&snapshot);
+                tracing::info!(peer = %from, bytes = bytes.len(), records = records.len(),
+                    ms = started.elapsed().as_millis() as u64, "snapshot taken for a joining peer");
+                metrics::counter!("epaxos_snapshots_sent_total").increment(1);
+                let _ = reply.send(Ok(bytes));
+            }
+            Event::Joined(joined) => self.install(*joined)?,
         }
+        Ok(())
+    }
+
+    /// Accepts a batch only from the incarnation recorded for its sender (recording the first
+    /// one seen, durably): a replica that lost its data may have forgotten promises and votes,
+    /// so only the incarnation that joined in its place (see `join`) is heard.
+    fn peer_incarnation_ok(&mut self, from: ReplicaId, incarnation: u64) -> bool {
+        let result =
+            tokio::task::block_in_place(|| self.incarnations.check(from.index(), incarnation));
+        match result {
+            Ok(Incarnation::Known) => {
+                if let Some(a) = self.accepted.get(from.index()) {
+                    a.store(incarnation, Ordering::Relaxed);
+                }
+                true
+            }
+            // The stream's reader refuses it from its next batch on (it reads `accepted`).
+            Ok(Incarnation::Changed { .. }) => false,
+            Err(e) => {
+                tracing::error!(%from, error = %e, "cannot record a peer's incarnation; \
+                    ignoring its messages");
+                false
+            }
+        }
+    }
+
+    /// A peer with a new data directory joins: from now on only its new incarnation is heard
+    /// (recorded durably before the answer leaves), and the answer tells how far each row
+    /// reaches here.
+    fn answer_join(
+        &mut self,
+        from: ReplicaId,
+        incarnation: u64,
+    ) -> Result<proto::JoinReply, Status> {
+        if from == self.me || incarnation == 0 {
+            return Err(Status::invalid_argument(
+                "join from this replica's own id, or without an incarnation",
+            ));
+        }
+        let previous = self.incarnations.get(from.index());
+        if previous != Some(incarnation) {
+            tokio::task::block_in_place(|| self.incarnations.replace(from.index(), incarnation))
+                .map_err(|e| {
+                    tracing::error!(%from, error = %e, "cannot record a joining peer");
+                    Status::unavailable("cannot record the joining incarnation")
+                })?;
+            if let Some(a) = self.accepted.get(from.index()) {
+                a.store(incarnation, Ordering::Relaxed);
+            }
+        }
+        if let Some(old) = previous.filter(|p| *p != incarnation) {
+            tracing::warn!(peer = %from, old, new = incarnation,
+                "peer rejoins with a new data directory: its old incarnation is refused from now on");
+            metrics::counter!("epaxos_peer_rejoined_total",
+                "peer" => crate::metrics::peer_label(from.0))
+            .increment(1);
+        }
+        let row_ends = self.core.peer_rejoined(from);
+        Ok(proto::JoinReply {
+            previous_incarnation: previous.unwrap_or(0),
+            row_ends,
+            executed_prefix: self.core.executed_prefix().to_vec(),
+            joining: self.joining,
+        })
+    }
+
+    /// This replica's join is decided: start from the snapshot (made durable first, as this
+    /// replica's checkpoint and log), keep the horizons, and take part from now on.
+    fn install(&mut self, joined: join::Joined) -> Result<(), RuntimeError> {
+        let n = self.core_opts.n;
+        let now = self.start.elapsed();
+        let horizons = joined.horizons;
+        if let Some(join::Snapshot {
+            from: peer,
+            mut checkpoint,
+            records,
+        }) = joined.snapshot
+        {
+            // The peer's next slot is its own row's; ours continues at our row's horizon.
+            checkpoint.next_slot = horizons[self.me.index()];
+            let encoded = checkpoint.encode();
+            let log = &mut self.log;
+            tokio::task::block_in_place(|| log.checkpoint(&encoded, &records))?;
+            let mut core =
+                Replica::restore_from(self.core_opts.clone(), now, Some(checkpoint), records);
+            core.set_horizons(horizons.clone());
+            // Re-execution on restore answers nobody and sends nothing that matters.
+            drop(core.take_ready());
+            tracing::info!(from = %peer, keys = core.kv().len(),
+                committed = core.committed_count(), executed = core.kv().executed(),
+                horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
+            metrics::counter!("epaxos_rejoins_total").increment(1);
+            self.core = core;
+        } else {
+            tracing::info!("joined the cluster as a new replica");
+        }
+        debug_assert_eq!(
+            horizons.len(),
+            n,
+            "join answers are checked for the cluster size"
+        );
+        let dir = &self.data_dir;
+        tokio::task::block_in_place(|| Membership::Joined { horizons }.store(dir))?;
+        self.joining = false;
+        Ok(())
     }
 
     /// Carries out the core's outputs once `ready.persist` is durable.
@@ -427,8 +678,9 @@ struct Service {
     n: usize,
     big: mpsc::Sender<Event>,
     propose_timeout: Duration,
-    /// Peers' incarnations as first seen (durable): a peer that lost its data is refused.
-    incarnations: Arc<std::sync::Mutex<PeerIncarnations>>,
+    /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
+    /// by the event loop, which holds the durable record.
+    accepted: Arc<Vec<AtomicU64>>,
 }
 
 #[tonic::async_trait]
@@ -479,6 +731,78 @@ impl Kv for Service {
         }
     }
 
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        let req = request.into_inner();
+        if req.from as usize >= self.n {
+            return Err(Status::invalid_argument(format!(
+                "replica {} is not in the configuration",
+                req.from
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.big
+            .send(Event::Join {
+                from: ReplicaId(req.from),
+                incarnation: req.incarnation,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(r)) => r.map(Response::new),
+            _ => Err(Status::unavailable("replica did not answer in time")),
+        }
+    }
+
+    type SnapshotStream = ReceiverStream<Result<proto::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let req = request.into_inner();
+        let from = ReplicaId(req.from);
+        let recorded = self
+            .accepted
+            .get(from.index())
+            .map(|a| a.load(Ordering::Relaxed));
+        // Only for a peer that joined as this incarnation (its Join was answered here).
+        if recorded != Some(req.incarnation) || req.incarnation == 0 {
+            return Err(Status::failed_precondition(
+                "snapshot only for a replica that joined with this incarnation",
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.big
+            .send(Event::Snapshot { from, reply: tx })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        let bytes = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(r)) => r?,
+            _ => return Err(Status::unavailable("replica did not answer in time")),
+        };
+        // Bounded: the sender waits for the joiner to take each chunk.
+        let (chunks, out) = mpsc::channel(4);
+        let bytes = Bytes::from(bytes);
+        tokio::spawn(async move {
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + join::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let chunk = proto::SnapshotChunk {
+                    data: bytes.slice(at..end),
+                };
+                at = end;
+                if chunks.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
     type DispatchStream = ReceiverStream<Result<DispatchAck, Status>>;
 
     async fn dispatch(
@@ -490,10 +814,8 @@ impl Kv for Service {
         let (keep_open, rx) = mpsc::channel(1);
         let big = self.big.clone();
         let n = self.n;
-        let incarnations = self.incarnations.clone();
+        let accepted = self.accepted.clone();
         tokio::spawn(async move {
-            // The incarnation this stream's sender was accepted with.
-            let mut accepted: Option<(u32, u64)> = None;
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(b)) => b,
@@ -511,14 +833,9 @@ impl Kv for Service {
                     break;
                 }
                 let from = ReplicaId(batch.from);
-                if accepted != Some((batch.from, batch.incarnation)) {
-                    match check_incarnation(&incarnations, from, batch.incarnation) {
-                        Ok(()) => accepted = Some((batch.from, batch.incarnation)),
-                        Err(status) => {
-                            let _ = keep_open.send(Err(status)).await;
-                            break;
-                        }
-                    }
+                if let Err(status) = check_incarnation(&accepted, from, batch.incarnation) {
+                    let _ = keep_open.send(Err(status)).await;
+                    break;
                 }
                 let mut messages = Vec::with_capacity(batch.messages.len());
                 for bytes in &batch.messages {
@@ -533,7 +850,12 @@ impl Kv for Service {
                     }
                 }
                 // Backpressure: a full bigChannel slows the peer's stream down.
-                if big.send(Event::Peer { from, messages }).await.is_err() {
+                let event = Event::Peer {
+                    from,
+                    incarnation: batch.incarnation,
+                    messages,
+                };
+                if big.send(event).await.is_err() {
                     break;
                 }
             }
@@ -542,11 +864,12 @@ impl Kv for Service {
     }
 }
 
-/// Accepts a batch from `from` only with the incarnation recorded for it (the first one seen is
-/// recorded durably): a replica that lost its data directory may have forgotten promises and
-/// votes, so its peers refuse it instead of letting it vote again as if it had not.
+/// Refuses a stream whose batches carry another incarnation than the one recorded for their
+/// sender (the event loop checks again, in order with Joins, and records a first one): a
+/// replica that lost its data directory may have forgotten promises and votes; only the
+/// incarnation that joined in its place (see `join`) is heard.
 fn check_incarnation(
-    incarnations: &std::sync::Mutex<PeerIncarnations>,
+    accepted: &[AtomicU64],
     from: ReplicaId,
     incarnation: u64,
 ) -> Result<(), Status> {
@@ -561,26 +884,18 @@ fn check_incarnation(
         tracing::warn!(%from, "peer batch without an incarnation; closing stream");
         return refuse("batch without an incarnation".to_string());
     }
-    // Poisoned only if a holder panicked, which the code under the lock cannot do but through
-    // a bug; the map itself stays consistent (one assignment), so go on with it.
-    let mut known = incarnations
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match tokio::task::block_in_place(|| known.check(from.index(), incarnation)) {
-        Ok(Incarnation::Known) => Ok(()),
-        Ok(Incarnation::Changed { recorded }) => {
-            tracing::error!(%from, incarnation, recorded,
-                "peer came back without its data (another incarnation): refused; it may have \
-                 forgotten promises, and must be replaced, not restarted on an empty directory");
-            refuse(format!(
-                "{from} is incarnation {incarnation} but was {recorded}: it lost its data \
-                 directory and may have forgotten promises; its peers refuse it (restore its data \
-                 directory, or replace the replica)"
-            ))
-        }
-        Err(e) => {
-            tracing::error!(%from, error = %e, "cannot record a peer's incarnation; refusing it");
-            refuse(format!("cannot record the incarnation of {from}"))
-        }
+    let recorded = accepted
+        .get(from.index())
+        .map_or(0, |a| a.load(Ordering::Relaxed));
+    if recorded != 0 && recorded != incarnation {
+        tracing::error!(%from, incarnation, recorded,
+            "batch from a replaced incarnation of a peer (it lost its data and another \
+             incarnation joined in its place): refused");
+        return refuse(format!(
+            "{from} is incarnation {incarnation} but {recorded} joined in its place: an \
+             incarnation that lost its data directory may have forgotten promises; restart the \
+             replica on an empty data directory to join again"
+        ));
     }
+    Ok(())
 }

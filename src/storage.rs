@@ -263,6 +263,78 @@ pub fn incarnation(dir: &Path) -> Result<u64, StorageError> {
     }
 }
 
+/// Whether `dir` holds no replica state yet (no incarnation was ever drawn there): a replica
+/// starting on it must join before it takes part (see `runtime`).
+pub fn is_new(dir: &Path) -> bool {
+    !dir.join("incarnation").exists()
+}
+
+/// Where a replica stands in its cluster, durable in `dir/membership`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Its data directory is new and it has not finished joining (or was interrupted doing so):
+    /// it takes part in nothing until it has.
+    Joining,
+    /// It takes part, abstaining below `horizons` (per row; all zeros unless it replaced an
+    /// incarnation that lost its data, see `Replica::set_horizons`).
+    Joined { horizons: Vec<u64> },
+}
+
+impl Membership {
+    const NAME: &'static str = "membership";
+
+    /// Reads the membership of the replica whose data lives in `dir`; `None` if none was
+    /// written (a data directory from before joins existed, or a new one).
+    pub fn load(dir: &Path, n: usize) -> Result<Option<Membership>, StorageError> {
+        let path = dir.join(Self::NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StorageError::Io { path, source }),
+        };
+        let corrupt = |reason: &str| StorageError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason: reason.to_string(),
+        };
+        let mut words = text.split_whitespace();
+        match words.next() {
+            Some("joining") => Ok(Some(Membership::Joining)),
+            Some("joined") => {
+                let horizons = words
+                    .map(|w| w.parse::<u64>())
+                    .collect::<Result<Vec<u64>, _>>()
+                    .map_err(|_| corrupt("membership horizons are not numbers"))?;
+                if horizons.len() != n {
+                    return Err(corrupt(
+                        "membership holds horizons for another cluster size",
+                    ));
+                }
+                Ok(Some(Membership::Joined { horizons }))
+            }
+            _ => Err(corrupt(
+                "membership file is neither `joining` nor `joined ...`",
+            )),
+        }
+    }
+
+    /// Makes this membership durable (replacing the file atomically).
+    pub fn store(&self, dir: &Path) -> Result<(), StorageError> {
+        let text = match self {
+            Membership::Joining => "joining\n".to_string(),
+            Membership::Joined { horizons } => {
+                let h: Vec<String> = horizons.iter().map(u64::to_string).collect();
+                format!("joined {}\n", h.join(" "))
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        replace_file(dir, Self::NAME, text.as_bytes())
+    }
+}
+
 /// The incarnation of each peer, as first seen, durable in `dir/peers`: one `id incarnation`
 /// line per peer seen.
 #[derive(Debug)]
@@ -321,23 +393,34 @@ impl PeerIncarnations {
     /// Checks `peer`'s incarnation, recording it durably the first time (before the caller
     /// acts on anything the peer sent).
     pub fn check(&mut self, peer: usize, incarnation: u64) -> Result<Incarnation, StorageError> {
-        match self.known.get(peer).copied().flatten() {
+        match self.get(peer) {
             Some(recorded) if recorded == incarnation => Ok(Incarnation::Known),
             Some(recorded) => Ok(Incarnation::Changed { recorded }),
             None => {
-                if let Some(slot) = self.known.get_mut(peer) {
-                    *slot = Some(incarnation);
-                }
-                let text: String = self
-                    .known
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(id, inc)| inc.map(|v| format!("{id} {v}\n")))
-                    .collect();
-                replace_file(&self.dir, Self::NAME, text.as_bytes())?;
+                self.replace(peer, incarnation)?;
                 Ok(Incarnation::Known)
             }
         }
+    }
+
+    /// The incarnation recorded for `peer`, if any.
+    pub fn get(&self, peer: usize) -> Option<u64> {
+        self.known.get(peer).copied().flatten()
+    }
+
+    /// Records `incarnation` as `peer`'s from now on, durably: the peer joined again after
+    /// losing its data, and its old incarnation is refused from here on.
+    pub fn replace(&mut self, peer: usize, incarnation: u64) -> Result<(), StorageError> {
+        if let Some(slot) = self.known.get_mut(peer) {
+            *slot = Some(incarnation);
+        }
+        let text: String = self
+            .known
+            .iter()
+            .enumerate()
+            .filter_map(|(id, inc)| inc.map(|v| format!("{id} {v}\n")))
+            .collect();
+        replace_file(&self.dir, Self::NAME, text.as_bytes())
     }
 }
 
@@ -584,6 +667,26 @@ mod tests {
         assert!(msg.contains("checksum mismatch"), "{msg}");
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn membership_round_trips_and_rejects_damage() {
+        let d = dir();
+        assert_eq!(Membership::load(&d, 3).expect("none yet"), None);
+        Membership::Joining.store(&d).expect("store");
+        assert_eq!(
+            Membership::load(&d, 3).expect("load"),
+            Some(Membership::Joining)
+        );
+        let joined = Membership::Joined {
+            horizons: vec![4, 0, 17],
+        };
+        joined.store(&d).expect("store");
+        assert_eq!(Membership::load(&d, 3).expect("load"), Some(joined));
+        assert!(Membership::load(&d, 5).is_err(), "another cluster size");
+        std::fs::write(d.join("membership"), "joined 1 x 3\n").expect("write");
+        assert!(Membership::load(&d, 3).is_err());
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -101,12 +101,15 @@ impl Cluster {
             .expect("spawn replica")
     }
 
-    /// Waits (bounded) until replica `i` answers Status.
+    /// Waits (bounded) until replica `i` answers Status and has joined its cluster.
     pub async fn wait_up(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = self.client(i).await {
-                if c.status(proto::StatusRequest {}).await.is_ok() {
+                if c.status(proto::StatusRequest {})
+                    .await
+                    .is_ok_and(|s| !s.into_inner().joining)
+                {
                     return;
                 }
             }
