@@ -12,7 +12,9 @@
 # counted as "right after the kill"), CONCURRENCY=32, WRITE_PCT=50, CONFLICT_PCT=5 (share of
 # requests on one hot key, so that survivors depend on the dead replica's instances), KEYS=100000,
 # TIMEOUT_MS=1000 (client per-attempt timeout), RECOVERY_TIMEOUT=15 (s), CONFIG, DATA,
-# REPLICA_FLAGS (passed to run.sh).
+# REPLICA_FLAGS (passed to run.sh), WIPE=0 (1: delete the killed replica's data directory after
+# the kill, so that it comes back empty and rejoins from a peer's snapshot; the time to rejoin
+# is then reported too).
 # The cluster is (re)started with ./run.sh start and stopped at exit, as bench/matrix.sh does; the
 # exit status is 0 when the restarted replica caught up (same digest everywhere within 30 s).
 # Needs bash, python3 and cargo only.
@@ -31,6 +33,9 @@ TIMEOUT_MS=${TIMEOUT_MS:-1000}
 RECOVERY_TIMEOUT=${RECOVERY_TIMEOUT:-15}
 CONFIG=${CONFIG:-config.json}
 export CONFIG
+DATA=${DATA:-data}
+export DATA
+WIPE=${WIPE:-0}
 CLIENT=target/release/client
 
 die() { echo "failover.sh: $*" >&2; exit 1; }
@@ -147,6 +152,9 @@ kill -0 "$bench_pid" 2>/dev/null || { cat "$tmp/progress.log" >&2; die "the benc
 baseline=$(recovered $survivor_metrics)
 kill_ms=$(now_ms)
 ./run.sh kill "$KILL_ID" >/dev/null
+if [ "$WIPE" = 1 ]; then
+  rm -rf "${DATA:?}/replica-$KILL_ID"
+fi
 # shellcheck disable=SC2086
 recovered --wait "$baseline" "$kill_ms" "$RECOVERY_TIMEOUT" $survivor_metrics >"$tmp/recovery" &
 poll_pid=$!
@@ -159,6 +167,8 @@ bench_pid=""
 
 # The killed replica comes back; bounded wait until every replica is up with the same digest
 # (`client status` exits 0 only then).
+log_file="$DATA/replica-$KILL_ID.log"
+log_skip=$(( $(wc -l <"$log_file" 2>/dev/null || echo 0) + 1 ))
 restart_ms=$(now_ms)
 ./run.sh start "$KILL_ID" >/dev/null
 agreed=""
@@ -173,10 +183,11 @@ done
 
 python3 - "$tmp/progress.log" "$tmp/result.json" "$((kill_ms - t0))" "$WINDOW" "$KILL_ID" "$n" \
   "${rec_ms:-}" "${rec_sum:-}" "${rec_seen:-}" "$baseline" "$RECOVERY_TIMEOUT" "$agreed" \
-  "$survivor_ids" "$CONCURRENCY" "$WRITE_PCT" "$CONFLICT_PCT" "$TIMEOUT_MS" <<'PY'
+  "$survivor_ids" "$CONCURRENCY" "$WRITE_PCT" "$CONFLICT_PCT" "$TIMEOUT_MS" "$WIPE" "" \
+  "$log_file" "$log_skip" <<'PY'
 import json, re, sys
 (progress, result, kill_ms, window, kill_id, n, rec_ms, rec_sum, rec_seen, baseline, rec_timeout,
- agreed, survivors, conc, writes, conflicts, timeout_ms) = sys.argv[1:18]
+ agreed, survivors, conc, writes, conflicts, timeout_ms, wipe, joined, log, skip) = sys.argv[1:22]
 kill_s, window = int(kill_ms) / 1000, float(window)
 line_re = re.compile(r"^\[\s*([\d.]+)s\]\s+([\d.]+) ops/s\s+errors\s+(\d+)")
 before, during, after = [], [], []
@@ -214,6 +225,31 @@ else:
 print(f"  bench total: {r['ops']} ops, {r['errors']} errors {r.get('errors_by_kind', {})}, "
       f"{r['ops_per_sec']:.0f} ops/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
       f"max {r['max_ms']:.0f} ms")
+if wipe == "1":
+    snap = ""
+    for i, line in enumerate(open(log, errors="replace")):
+        if i + 1 >= int(skip) and "snapshot received" in line:
+            b = re.search(r"bytes=(\d+)", line)
+            rc = re.search(r"records=(\d+)", line)
+            snap = f" (snapshot of {int(b[1]):,} bytes and {rc[1]} committed instances)" if b and rc else ""
+    from datetime import datetime
+    def stamp(line):
+        try:
+            return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        except (ValueError, IndexError):
+            return None
+    began = joined = None
+    for i, line in enumerate(open(log, errors="replace")):
+        if i + 1 < int(skip):
+            continue
+        if began is None and "joining the cluster first" in line:
+            began = stamp(line)
+        if "rejoined the cluster from a peer's snapshot" in line:
+            joined = stamp(line)
+    if began is not None and joined is not None:
+        print(f"  replica {kill_id} wiped: rejoined from a peer's snapshot {(joined - began) * 1000:.0f} ms after it started joining{snap}")
+    else:
+        print(f"  replica {kill_id} wiped: did NOT rejoin within 30 s (see {log})")
 if agreed:
     print(f"  replica {kill_id} restarted: every replica up with the same digest after {agreed} ms")
 else:

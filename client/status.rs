@@ -77,6 +77,7 @@ pub async fn run(
                     "committed": s.committed,
                     "waiting": s.waiting,
                     "keys": s.keys,
+                    "joining": s.joining,
                     "rtt_ms": r.rtt.as_secs_f64() * 1e3,
                 }),
                 Err(e) => json!({
@@ -102,6 +103,12 @@ pub async fn run(
                         "{:>3}  {:<21}  {:<4}  {:>12}  {:>12}  {:>8}  {:>10}  {:016x}",
                         r.id, r.addr, "yes", s.executed, s.committed, s.waiting, s.keys, s.digest
                     );
+                    if s.joining {
+                        println!(
+                            "     joining: its data directory is new and it waits for its peers \
+                             (a replica that lost its data waits for every peer)"
+                        );
+                    }
                     if s.id as usize != r.id {
                         println!(
                             "     warning: the replica at {} says it is replica {}",

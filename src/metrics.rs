@@ -154,6 +154,26 @@ fn describe() {
         "epaxos_peer_suspected",
         "1 while nothing was heard from a peer for the suspicion timeout (heartbeat: Watermark)."
     );
+    describe_gauge!(
+        "epaxos_joining",
+        "1 while this replica (new data directory) waits to join its cluster."
+    );
+    describe_counter!(
+        "epaxos_rejoins_total",
+        "Times this replica rejoined from a peer's snapshot after losing its data."
+    );
+    describe_counter!(
+        "epaxos_peer_rejoined_total",
+        "Peers that rejoined with a new data directory (their old incarnation is refused)."
+    );
+    describe_counter!(
+        "epaxos_snapshots_sent_total",
+        "Snapshots sent to joining peers."
+    );
+    describe_counter!(
+        "epaxos_peer_refused_total",
+        "Peer streams refused because they came from a replaced incarnation."
+    );
 }
 
 /// Label value for a peer id.

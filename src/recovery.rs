@@ -44,9 +44,10 @@
 //! the clients still waiting on it, and exactly-once execution (the session table) absorbs a
 //! command that ends up both recovered and retried.
 //!
-//! A replica that lost its disk must not vote again (it may have promised what it no longer
-//! remembers): it comes back as another incarnation, and its peers refuse it (see
-//! `storage::PeerIncarnations`).
+//! A replica that lost its disk must not vote again on what it may have voted on before (it
+//! may have promised what it no longer remembers): it joins again as another incarnation,
+//! which its peers fence the old one against, and abstains below the horizons they report
+//! (see `Replica` "rejoin" and `join`).
 
 use crate::ids::{Ballot, InstanceId, ReplicaId};
 use crate::instance::Status;

@@ -320,6 +320,8 @@ struct EventLoop {
     /// Each peer's incarnation (durable; the truth that `accepted` mirrors for the readers).
     incarnations: PeerIncarnations,
     accepted: Arc<Vec<AtomicU64>>,
+    /// `core.collected()` when the last checkpoint was written.
+    checkpointed_at: u64,
 }
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
@@ -345,8 +347,8 @@ async fn run_loop(
         incarnations,
         accepted,
     } = setup;
-    let mut checkpointed_at = core.collected();
     let mut el = EventLoop {
+        checkpointed_at: core.collected(),
         me: core.id(),
         m: LoopMetrics::new(peers.len()),
         core,
@@ -407,14 +409,14 @@ async fn run_loop(
             persisted.increment(records.len() as u64);
         }
         el.carry_out(ready);
-        if el.core.collected() >= checkpointed_at + checkpoint_every {
+        if el.core.collected() >= el.checkpointed_at + checkpoint_every {
             let started = Instant::now();
             let (checkpoint, live) = el.core.checkpoint();
             let log = &mut el.log;
             tokio::task::block_in_place(|| log.checkpoint(&checkpoint, &live)).inspect_err(
                 |e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"),
             )?;
-            checkpointed_at = el.core.collected();
+            el.checkpointed_at = el.core.collected();
             checkpoints.increment(1);
             checkpoint_latency.record(started.elapsed().as_secs_f64());
             log_bytes.set(el.log.len_bytes() as f64);
@@ -605,6 +607,7 @@ impl EventLoop {
                 committed = core.committed_count(), executed = core.kv().executed(),
                 horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
             metrics::counter!("epaxos_rejoins_total").increment(1);
+            self.checkpointed_at = core.collected();
             self.core = core;
         } else {
             tracing::info!("joined the cluster as a new replica");
