@@ -765,3 +765,97 @@ async fn a_wiped_replica_rejoins_from_a_snapshot_and_votes_again() {
         "a restart on its data directory is not a rejoin"
     );
 }
+
+/// Kills a replica process started outside the `Cluster` when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_incarnation_still_running_is_refused_once_a_new_one_joined() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let mut s = Session::new();
+    for i in 0..20 {
+        let r = s
+            .call(&mut c0, put(&format!("k{i}"), "v"))
+            .await
+            .expect("put");
+        assert!(r.success);
+    }
+    // A machine believed dead was only cut off: replica 2 keeps running while a replacement
+    // starts on an empty data directory (here on other ports, so both can run).
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port()
+        })
+        .collect();
+    let (addr, metrics_addr) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let config = std::fs::read_to_string(&cluster.config)
+        .expect("read config")
+        .replace(&cluster.addrs[2], &addr)
+        .replace(&cluster.metrics[2], &metrics_addr);
+    let config_path = cluster.dir.join("config-replacement.json");
+    std::fs::write(&config_path, config).expect("write config");
+    let log_path = cluster.dir.join("replacement.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let _replacement = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--id", "2", "--data-dir"])
+            .arg(cluster.dir.join("replica-2-replacement"))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the replacement"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let replacement_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let refused = metric(
+            &scrape(&cluster.metrics[0]),
+            "epaxos_peer_refused_total{peer=\"2\"}",
+        ) >= 1.0
+            && metric(
+                &scrape(&cluster.metrics[1]),
+                "epaxos_peer_refused_total{peer=\"2\"}",
+            ) >= 1.0;
+        if replacement_log.contains("rejoined the cluster from a peer's snapshot")
+            && refused
+            && cluster.log(2).contains("peer refuses this replica")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old incarnation was not refused; replacement log:\n{replacement_log}\nold r2 \
+             log:\n{}\nr0 log:\n{}",
+            cluster.log_tail(2, 20),
+            cluster.log_tail(0, 20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Replicas 0 and 1 are a majority and keep serving; the old incarnation's votes no longer
+    // count anywhere.
+    let r = s
+        .call(&mut c0, put("after", "replacement"))
+        .await
+        .expect("put");
+    assert!(r.success);
+    let r = s.call(&mut c0, get("k7")).await.expect("get");
+    assert!(r.found);
+}
