@@ -158,6 +158,11 @@ fn describe() {
         "epaxos_joining",
         "1 while this replica (new data directory) waits to join its cluster."
     );
+    describe_gauge!(
+        "epaxos_abstaining",
+        "1 while a rejoined replica has not learnt every row committed up to its horizons (it \
+         counts against the tolerated failures until then)."
+    );
     describe_counter!(
         "epaxos_rejoins_total",
         "Times this replica rejoined from a peer's snapshot after losing its data."

@@ -2100,6 +2100,16 @@ impl Replica {
         self.horizons = horizons;
     }
 
+    /// Whether this replica, having rejoined, still abstains somewhere: some row is not known
+    /// committed up to its horizon. Until then it counts against the failures the cluster
+    /// tolerates, like a replica that is down (below the horizons it does not vote).
+    pub fn abstaining(&self) -> bool {
+        self.horizons
+            .iter()
+            .zip(&self.committed_prefix)
+            .any(|(h, c)| c < h)
+    }
+
     /// Whether this replica must not vote on `id`: below its row's horizon and not known
     /// committed here (a decided value is a fact anyone may repeat).
     fn abstains(&self, id: InstanceId) -> bool {

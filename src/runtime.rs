@@ -322,6 +322,8 @@ struct EventLoop {
     accepted: Arc<Vec<AtomicU64>>,
     /// `core.collected()` when the last checkpoint was written.
     checkpointed_at: u64,
+    /// What `epaxos_abstaining` last reported.
+    abstaining: bool,
 }
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
@@ -337,6 +339,7 @@ async fn run_loop(
     let checkpoint_latency = metrics::histogram!("epaxos_checkpoint_seconds");
     let log_bytes = metrics::gauge!("epaxos_log_bytes");
     let joining_gauge = metrics::gauge!("epaxos_joining");
+    let abstaining_gauge = metrics::gauge!("epaxos_abstaining");
     let LoopSetup {
         tick,
         log,
@@ -349,6 +352,7 @@ async fn run_loop(
     } = setup;
     let mut el = EventLoop {
         checkpointed_at: core.collected(),
+        abstaining: false,
         me: core.id(),
         m: LoopMetrics::new(peers.len()),
         core,
@@ -391,6 +395,19 @@ async fn run_loop(
             }
         }
         joining_gauge.set(if el.joining { 1.0 } else { 0.0 });
+        let abstaining = el.core.abstaining();
+        if abstaining != el.abstaining {
+            if abstaining {
+                tracing::warn!(
+                    "abstaining below the rejoin horizons until every row is known \
+                    committed up to them: until then this replica counts as a failure"
+                );
+            } else {
+                tracing::info!("caught up to the rejoin horizons: votes on everything again");
+            }
+            el.abstaining = abstaining;
+            abstaining_gauge.set(if abstaining { 1.0 } else { 0.0 });
+        }
         if el.joining {
             continue;
         }

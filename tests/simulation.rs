@@ -25,6 +25,9 @@
 //! instance of a dead leader blocks. Restarts need no such exemption. With `gc_executed`,
 //! replicas also checkpoint and cut their logs like the runtime, and some crash between storing
 //! the checkpoint and cutting the log; they restart from the checkpoint and the log beside it.
+//! In some seeds a replica loses its disk and rejoins like the runtime does it (fenced by every
+//! peer, from a peer's snapshot, abstaining below the horizons the peers report; see
+//! `Sim::wipe`).
 
 mod sim;
 
@@ -145,7 +148,10 @@ fn random_seeds() {
          component {} (seed {}); slowest settling after heal {:?} (seed {}); {inconclusive} \
          keys inconclusive; {} restarts in {} seeds ({} after torn crashes, {} instances \
          resumed), {} records persisted; {} seeds with permanent crashes, {} with gc_executed; \
-         {} checkpoints, {} crashes between checkpoint and log cut, {} restarts from a checkpoint",
+         {} checkpoints, {} crashes between checkpoint and log cut, {} restarts from a checkpoint; \
+         {} wipes (rejoins) in {} seeds, {} skipped (a peer down, or no room for one more \
+         failure), {} instances executed after a rejoin, {} restarts after a rejoin, {} rejoined \
+         replicas still abstaining at the end",
         seeds.len(),
         seeds.first().copied().unwrap_or(0),
         seeds.last().copied().unwrap_or(0),
@@ -164,6 +170,12 @@ fn random_seeds() {
         sum(|o| o.stats.checkpoints),
         sum(|o| o.stats.checkpoint_crashes),
         sum(|o| o.stats.checkpoint_restarts),
+        sum(|o| o.stats.wipes),
+        count(|o| o.stats.wipes > 0),
+        sum(|o| o.stats.wipes_skipped),
+        sum(|o| o.stats.executed_after_rejoin),
+        sum(|o| o.stats.restarts_after_rejoin),
+        sum(|o| o.stats.still_abstaining),
     );
     if single {
         let o = &outcomes[0];
@@ -202,11 +214,12 @@ fn same_seed_same_trace() {
         pick(|c| c.partitions && c.loss > 0.0 && c.dup > 0.0),
         pick(|c| c.restarts > 0 && c.torn && c.loss > 0.0),
         pick(|c| c.restarts > 0 && c.gc_executed && c.checkpoint_crash > 0.0),
+        pick(|c| c.wipes > 0 && c.gc_executed),
     ]
     .into_iter()
     .flatten()
     .collect();
-    assert!(seeds.len() == 4, "the seed filters found too few seeds");
+    assert!(seeds.len() == 5, "the seed filters found too few seeds");
     for seed in seeds {
         let a = Sim::new(Config::random(seed)).run();
         let b = Sim::new(Config::random(seed)).run();
@@ -218,6 +231,7 @@ fn same_seed_same_trace() {
         assert_eq!(a.stats.delivered, b.stats.delivered, "seed {seed}");
         assert_eq!(a.stats.sim_time, b.stats.sim_time, "seed {seed}");
         assert_eq!(a.stats.restarts, b.stats.restarts, "seed {seed}");
+        assert_eq!(a.stats.wipes, b.stats.wipes, "seed {seed}");
         assert!(a.stats.delivered > 0, "seed {seed} did nothing");
     }
     let (zero, one) = (
@@ -678,6 +692,172 @@ fn scenario_crash_between_checkpoint_and_log_cut_restart_no_acknowledged_write_l
     );
 }
 
+// ---- a replica loses its disk and rejoins ------------------------------------------------------
+
+/// Replica 2 of 3 loses its disk in the middle of a steady load (random operations from six
+/// clients, at a different moment in each run, so that its own instances are caught in
+/// different phases; with and without garbage collection and checkpoints) and rejoins from a
+/// peer's snapshot: every check holds, it executes new commands afterwards, and every replica
+/// ends with the same state.
+#[test]
+fn scenario_replica_loses_its_disk_under_load_and_rejoins() {
+    let n = 3;
+    for seed in 1..=8u64 {
+        let mut cfg = Config::scripted(
+            "scenario_replica_loses_its_disk_under_load_and_rejoins",
+            n,
+            6,
+            3,
+            ms(2_500),
+        );
+        cfg.seed = seed;
+        cfg.random_ops = true;
+        cfg.think_max = ms(5);
+        cfg.inflight_max = 4;
+        cfg.batch_max = 4;
+        cfg.gc_executed = seed % 2 == 0;
+        cfg.checkpoint_every = 3;
+        // After the first Watermarks (one a second), so that with garbage collection the
+        // snapshot's checkpoint covers collected instances.
+        let wipe_at = 1_200 + 7 * seed;
+        let o = clean(cfg, vec![(ms(wipe_at), Action::Wipe(2))]);
+        assert_eq!(o.stats.wipes, 1, "seed {seed}: {:?}", o.stats);
+        assert!(
+            o.stats.executed_after_rejoin > 20,
+            "seed {seed}: r2 executes new commands after it rejoined: {:?}",
+            o.stats
+        );
+        assert!(o.stats.ops_done > 50, "seed {seed}: {:?}", o.stats);
+        let d = &o.stats.final_digests;
+        assert!(
+            d.len() == n && d.iter().all(|x| *x == d[0]),
+            "seed {seed}: digests differ: {d:x?}"
+        );
+    }
+}
+
+/// The scenario in which a forgotten vote matters. r1 commits 1.0 (a write on k0) on the fast
+/// path; its Commit to r0 is lost, so r0 holds 1.0 only pre-accepted. r0 then commits 0.0 (a
+/// write on k0, deps {1.0}) on the fast path with the fast quorum {r0, r2}: its PreAccept and
+/// its Commit to r1 are lost, so only r0 and r2 know 0.0; r0 cannot execute it (1.0 is not
+/// committed there). 0.1 (deps {0.0, 1.0}) commits at every replica, so r1 needs 0.0. r0 is cut
+/// off, and r2 loses its disk and rejoins: from r1's snapshot (r1 executed most), which knows
+/// nothing of 0.0. Only the horizons (row 0 reaches slot 2 at r0 and r1) keep the new r2 from
+/// voting on 0.0: a recovery of 0.0 by {r1, r2} would see nobody who pre-accepted it and commit a
+/// no-op.
+/// With `without_horizons`, the new r2 rejoins as if its old incarnation never voted.
+/// With `restart`, the new r2 also crashes and restarts from its disk before the recovery: its
+/// horizons must survive that (the runtime stores them beside its data).
+fn forgotten_vote_scenario(name: &'static str, without_horizons: bool, restart: bool) -> Outcome {
+    let mut cfg = Config::scripted(name, 3, 3, 1, ms(1_500));
+    cfg.sabotage_rejoin_without_horizons = without_horizons;
+    cfg.settle_max = ms(10_000);
+    let mut script = vec![
+        (
+            ms(0),
+            Action::DropNext {
+                from: 1,
+                to: 0,
+                kind: "Commit",
+            },
+        ),
+        (
+            ms(0),
+            Action::DropNext {
+                from: 0,
+                to: 1,
+                kind: "PreAccept",
+            },
+        ),
+        (
+            ms(0),
+            Action::DropNext {
+                from: 0,
+                to: 1,
+                kind: "Commit",
+            },
+        ),
+        (ms(1), op(0, 1, put(0, "b"))),
+        (ms(10), op(1, 0, put(0, "a"))),
+        (ms(20), op(2, 0, put(0, "a2"))),
+        (ms(30), Action::Partition(vec![vec![0], vec![1, 2]])),
+        (ms(40), Action::Wipe(2)),
+    ];
+    if restart {
+        script.push((ms(100), Action::CrashForRestart(2)));
+        script.push((ms(200), Action::Restart(2)));
+    }
+    Sim::scripted(cfg, script).run()
+}
+
+/// With its horizons, the rejoined r2 abstains on 0.0: the recovery of 0.0 waits until r0 is
+/// reachable again, and finds it committed.
+#[test]
+fn scenario_rejoined_replica_does_not_vote_on_what_it_forgot() {
+    let o = forgotten_vote_scenario(
+        "scenario_rejoined_replica_does_not_vote_on_what_it_forgot",
+        false,
+        false,
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!(o.stats.wipes, 1, "{:?}", o.stats);
+    assert!(
+        o.stats.fast >= 3,
+        "1.0, 0.0 and 0.1 took the fast path: {:?}",
+        o.stats
+    );
+    assert_eq!(o.stats.ops_open, 0, "{:?}", o.stats);
+    assert_eq!(
+        o.stats.recovered_nop, 0,
+        "0.0 keeps its command: {:?}",
+        o.stats
+    );
+}
+
+/// The same, with the rejoined r2 crashing and restarting from its disk before the recovery of
+/// 0.0 asks it: restored, it still abstains on 0.0.
+#[test]
+fn scenario_rejoined_replica_keeps_its_horizons_across_a_restart() {
+    let o = forgotten_vote_scenario(
+        "scenario_rejoined_replica_keeps_its_horizons_across_a_restart",
+        false,
+        true,
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!((o.stats.wipes, o.stats.restarts), (1, 1), "{:?}", o.stats);
+    assert_eq!(
+        o.stats.checkpoint_restarts, 1,
+        "from the snapshot's checkpoint: {:?}",
+        o.stats
+    );
+    assert_eq!(o.stats.ops_open, 0, "{:?}", o.stats);
+    assert_eq!(
+        o.stats.recovered_nop, 0,
+        "0.0 keeps its command: {:?}",
+        o.stats
+    );
+}
+
+/// The same scenario, but r2 rejoins without horizons: it answers the recovery of 0.0 as if it
+/// had never seen it, and 0.0, committed with its command at r0, is committed as a no-op
+/// elsewhere (Agreement).
+#[test]
+fn sabotage_rejoin_without_horizons_breaks_agreement() {
+    let o = forgotten_vote_scenario(
+        "sabotage_rejoin_without_horizons_breaks_agreement",
+        true,
+        false,
+    );
+    assert_eq!(o.stats.wipes, 1, "{:?}", o.stats);
+    assert!(
+        o.failed(Check::Agreement),
+        "the forgotten vote went unnoticed: {:?}\n{}",
+        o.violations,
+        o.report
+    );
+    println!("{}", o.report);
+}
+
 // ---- each check can fail -------------------------------------------------------------------
 
 /// Runs `seeds` random seeds changed by `tweak` (which plants a sabotage); each of `checks`
@@ -844,5 +1024,19 @@ fn sabotage_disk_losing_records_breaks_durability() {
         &[Check::Durability],
         10,
         |c| c.sabotage_disk = true,
+    );
+}
+
+#[test]
+fn sabotage_rejoin_without_horizons_in_random_runs_breaks_agreement() {
+    caught(
+        "sabotage_rejoin_without_horizons_in_random_runs_breaks_agreement",
+        &[Check::Agreement],
+        200,
+        |c| {
+            c.wipes = 1;
+            c.sabotage_rejoin_without_horizons = true;
+            c.crashes = 0;
+        },
     );
 }

@@ -14,6 +14,12 @@
 //! as executed (and committed) in the new incarnation, their requests as applied (the store's
 //! counter comes back from the checkpoint), and checks that they are among what the replica had
 //! executed before.
+//!
+//! A replica that lost its disk and rejoined (see `Sim::wipe`) starts from a peer's snapshot: its
+//! old incarnation's execution sequence stays in the order check like a restarted one's, and the
+//! new incarnation counts as executed (and committed) exactly what the snapshot covers (the
+//! peer's `gc_prefix` and `executed_above`) and what restoring it executed. The snapshot must
+//! cover exactly what the peer had executed, and the new replica's state must be the peer's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -52,6 +58,9 @@ pub struct Observer {
     executed: Vec<Vec<InstanceId>>,
     /// Execution sequences of earlier incarnations: (replica, restarts before it, sequence).
     incarnations: Vec<(usize, u32, Vec<InstanceId>)>,
+    /// Per replica: how each of its incarnations after the first began ("restart" or
+    /// "rejoin"); `restarts[r]` is its length.
+    began: Vec<Vec<&'static str>>,
     restarts: Vec<u32>,
     /// Per replica, in its current incarnation: instances executed (replayed ones included),
     /// instances committed.
@@ -77,6 +86,7 @@ impl Observer {
             gc,
             executed: vec![Vec::new(); n],
             incarnations: Vec::new(),
+            began: vec![Vec::new(); n],
             restarts: vec![0; n],
             executed_set: vec![HashSet::new(); n],
             committed: vec![HashSet::new(); n],
@@ -114,6 +124,12 @@ impl Observer {
 
     pub fn executed_at(&self, r: usize) -> &HashSet<InstanceId> {
         &self.executed_set[r]
+    }
+
+    /// What replica `r` holds committed in its current incarnation (what a checkpoint or a
+    /// snapshot covers included).
+    pub fn committed_at(&self, r: usize) -> &HashSet<InstanceId> {
+        &self.committed[r]
     }
 
     /// Agreement: `id` became committed at replica `r`, which holds it as `inst` (from its
@@ -159,9 +175,7 @@ impl Observer {
         digest_before: u64,
         checkpoint: Option<(Vec<u64>, Vec<InstanceId>)>,
     ) {
-        let old = std::mem::take(&mut self.executed[r]);
-        self.incarnations.push((r, self.restarts[r], old));
-        self.restarts[r] += 1;
+        self.new_incarnation(r, "restart");
         let mut held: Vec<(InstanceId, &Instance)> = replica
             .instances()
             .filter(|(_, i)| i.status.is_decided())
@@ -255,6 +269,141 @@ impl Observer {
                 ),
                 Vec::new(),
             );
+        }
+    }
+
+    /// Closes `r`'s execution sequence (it stays in the order check as an earlier
+    /// incarnation's) and starts a new one.
+    fn new_incarnation(&mut self, r: usize, how: &'static str) {
+        let old = std::mem::take(&mut self.executed[r]);
+        self.incarnations.push((r, self.restarts[r], old));
+        self.restarts[r] += 1;
+        self.began[r].push(how);
+    }
+
+    /// Replica `r` lost its disk and rejoined as `replica`, from a snapshot of replica `source`
+    /// (whose store had digest `source_digest`) whose checkpoint has `gc_prefix` and
+    /// `executed_above` (`checkpoint`). What `r` executed before no longer applies: its new
+    /// incarnation counts as executed (and committed) what the snapshot covers and what
+    /// restoring it executed, and as applied their requests. The snapshot must cover exactly
+    /// what `source` had executed (ExactlyOnce: otherwise the new replica would execute some
+    /// instance again, or never); what `r` holds committed must agree with every commit seen; if
+    /// it executed exactly what `source` did, its state must be `source`'s (Convergence).
+    pub fn on_rejoin(
+        &mut self,
+        r: usize,
+        replica: &Replica,
+        source: usize,
+        source_digest: u64,
+        checkpoint: (Vec<u64>, Vec<InstanceId>),
+    ) {
+        self.new_incarnation(r, "rejoin");
+        let mut held: Vec<(InstanceId, &Instance)> = replica
+            .instances()
+            .filter(|(_, i)| i.status.is_decided())
+            .map(|(id, i)| (*id, i))
+            .collect();
+        held.sort_by_key(|(id, _)| *id);
+        self.committed[r] = held.iter().map(|(id, _)| *id).collect();
+        self.executed_set[r].clear();
+        self.applied[r].clear();
+        let (gc_prefix, executed_above) = checkpoint;
+        let below = gc_prefix.iter().enumerate().flat_map(|(row, &end)| {
+            (0..end).map(move |slot| InstanceId::new(ReplicaId(row as u32), slot))
+        });
+        let mut not_executed = Vec::new();
+        for id in below.chain(executed_above) {
+            if !self.executed_set[source].contains(&id) {
+                not_executed.push(id);
+            }
+            self.mark_executed(r, id);
+            self.committed[r].insert(id);
+        }
+        for (id, inst) in &held {
+            self.compare(r, *id, &inst.commands, &inst.deps);
+            if inst.status == Status::Executed {
+                self.mark_executed(r, *id);
+            }
+        }
+        not_executed.sort_unstable();
+        if let Some(&first) = not_executed.first() {
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} rejoined from r{source}'s snapshot, which covers {} instances \
+                     r{source} had not executed: {}",
+                    not_executed.len(),
+                    ShowDeps(Some(&not_executed[..not_executed.len().min(8)]))
+                ),
+                vec![first],
+            );
+        }
+        let mut left_out: Vec<InstanceId> = self.executed_set[source]
+            .iter()
+            .filter(|id| !self.executed_set[r].contains(*id))
+            .copied()
+            .collect();
+        left_out.sort_unstable();
+        if let Some(&first) = left_out.first() {
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} rejoined from r{source}'s snapshot, which leaves out {} instances \
+                     r{source} had executed (their effects are in its state, and r{r} would \
+                     execute them again): {}",
+                    left_out.len(),
+                    ShowDeps(Some(&left_out[..left_out.len().min(8)]))
+                ),
+                vec![first],
+            );
+        } else if self.executed_set[r].len() == self.executed_set[source].len()
+            && replica.kv().digest() != source_digest
+        {
+            self.report(
+                Check::Convergence,
+                format!(
+                    "r{r} rejoined from r{source}'s snapshot and holds the same {} instances \
+                     executed, but its state differs from r{source}'s (digest {:#x} vs \
+                     {source_digest:#x})",
+                    self.executed_set[r].len(),
+                    replica.kv().digest()
+                ),
+                Vec::new(),
+            );
+        }
+        let actual = replica.kv().executed();
+        let expected = self.applied[r].len() as u64;
+        self.kv_executed[r] = actual;
+        if actual != expected {
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} rejoined from r{source}'s snapshot holding {} instances executed, \
+                     with {expected} distinct requests, but its store applied {actual}",
+                    self.executed_set[r].len()
+                ),
+                Vec::new(),
+            );
+        }
+    }
+
+    /// `id` is executed at `r` since its rejoin (its effects are in the snapshot's state, or
+    /// restoring executed it): its requests count as applied there, and `r` as one of the
+    /// replicas that executed it.
+    fn mark_executed(&mut self, r: usize, id: InstanceId) {
+        if !self.executed_set[r].insert(id) {
+            return;
+        }
+        if let Some(d) = self.decided.get(&id) {
+            for c in d.commands.iter() {
+                self.applied[r].insert((c.client, c.request));
+            }
+        }
+        self.clock += 1;
+        let (mask, everywhere) = self.executed_by.entry(id).or_default();
+        *mask |= 1 << r;
+        if everywhere.is_none() && mask.count_ones() as usize == self.n {
+            *everywhere = Some(self.clock);
         }
     }
 
@@ -455,9 +604,9 @@ impl Observer {
             if self.restarts[r] == 0 {
                 format!("r{r}")
             } else if i == 0 {
-                format!("r{r} (before its first restart)")
+                format!("r{r} (before its first {})", self.began[r][0])
             } else {
-                format!("r{r} (after restart {i})")
+                format!("r{r} (after {} {i})", self.began[r][i as usize - 1])
             }
         };
         // Per conflict key, per sequence: the instances touching it in execution order, as

@@ -25,6 +25,13 @@
 //! reach a replica while it is down are lost. The simulator also checks, for every message a
 //! replica sends, that the state it reveals is on the replica's disk (`Check::Durability`).
 //!
+//! A replica may also lose its disk and rejoin (`Config::wipes`, `Action::Wipe`; see
+//! `Sim::wipe`), as the runtime does it: every peer fences its old incarnation (what that sent
+//! and is still in flight is refused) and reports how far each row reaches; it starts from the
+//! snapshot of the peer that executed most, and abstains below those horizons (across later
+//! restarts too). Until it has learnt everything below its horizons committed, it counts against
+//! the F failures like a replica that is down.
+//!
 //! Liveness is demanded of everything, permanent crashes included: an instance whose leader
 //! crashed for good (mid-instance, or while it was recovering another) is taken over by
 //! recovery (see `epaxos_kv::recovery`), and a leader that restarts resumes its uncommitted
@@ -117,6 +124,14 @@ pub struct Config {
     /// A simulator-side sabotage: the disk silently loses every fifth record, so that replicas
     /// send what they did not persist (to show that `Check::Durability` can fail).
     pub sabotage_disk: bool,
+    /// Replicas that lose their disk and rejoin during chaos (see `Sim::wipe`); a wipe is
+    /// skipped when some other replica is down at its time, when the replica crashed for good,
+    /// or when counting it as a failure until it catches up would leave no room for the
+    /// permanent crashes still to come.
+    pub wipes: usize,
+    /// A simulator-side sabotage: a wiped replica rejoins without horizons (it votes as if its
+    /// old incarnation never voted), to show that the checks catch an unsafe rejoin.
+    pub sabotage_rejoin_without_horizons: bool,
     /// After healing, one write per key from a fresh session (a CAS that fails, so that the
     /// state stays as chaos left it). Its deps reach every earlier instance on the key, so every
     /// replica fetches any Commit it lost. The core resends a
@@ -181,6 +196,9 @@ impl Config {
             // Drawn after everything above, for the same reason.
             checkpoint_every: r.range(2, 50),
             checkpoint_crash: *r.pick(&[0.0, 0.05, 0.2]),
+            // Drawn after everything above, for the same reason.
+            wipes: usize::from(r.chance(0.15)),
+            sabotage_rejoin_without_horizons: false,
         }
     }
 
@@ -224,6 +242,8 @@ impl Config {
             checkpoint_every: 0,
             checkpoint_crash: 0.0,
             sabotage_disk: false,
+            wipes: 0,
+            sabotage_rejoin_without_horizons: false,
             barrier: true,
             sabotage: Sabotage::default(),
             sabotage_only: None,
@@ -252,8 +272,8 @@ impl fmt::Display for Config {
             f,
             "n={} thrifty={} batch_max={} inflight_max={} retry={:?} fetch_after={:?} clients={} keys={} \
              think_max={:?} client_timeout={:?} chaos={:?} latency={:?}..{:?} tail={}%<{:?} \
-             loss={}% dup={}% partitions={} crashes={} restarts={} torn={} gc_executed={} \
-             barrier={}",
+             loss={}% dup={}% partitions={} crashes={} restarts={} torn={} wipes={} \
+             gc_executed={} barrier={}",
             self.n,
             self.thrifty,
             self.batch_max,
@@ -275,6 +295,7 @@ impl fmt::Display for Config {
             self.crashes,
             self.restarts,
             self.torn,
+            self.wipes,
             self.gc_executed,
             self.barrier,
         )?;
@@ -288,6 +309,9 @@ impl fmt::Display for Config {
         }
         if self.sabotage_disk {
             write!(f, " sabotage_disk")?;
+        }
+        if self.sabotage_rejoin_without_horizons {
+            write!(f, " sabotage_rejoin_without_horizons")?;
         }
         if self.sabotage != Sabotage::default() {
             write!(f, " sabotage={:?}", self.sabotage)?;
@@ -328,6 +352,9 @@ pub enum Action {
     /// Replica `r` crashes at its next checkpoint, between storing the checkpoint and cutting
     /// its log (needs `gc_executed` and `checkpoint_every`).
     CrashAtCheckpoint(usize),
+    /// Replica `r` loses its disk and rejoins (see `Sim::wipe`): needs every other replica
+    /// alive, and `r` not crashed for good (skipped otherwise, and traced).
+    Wipe(usize),
     /// Lose the next message of this type from `from` to `to`.
     DropNext {
         from: usize,
@@ -370,6 +397,17 @@ pub struct Stats {
     pub checkpoints: u64,
     pub checkpoint_crashes: u64,
     pub checkpoint_restarts: u64,
+    /// Wipes performed (the replica rejoined from a peer's snapshot), and wipes skipped (see
+    /// `Config::wipes`).
+    pub wipes: u64,
+    pub wipes_skipped: u64,
+    /// Instances executed (and reported) by replicas after they rejoined, and restarts of
+    /// replicas that had rejoined (from the snapshot's checkpoint and what they logged since).
+    pub executed_after_rejoin: u64,
+    pub restarts_after_rejoin: u64,
+    /// Live replicas that rejoined and, at the end of the run, have still not learnt every
+    /// instance below their horizons committed (see `Sim::abstaining`).
+    pub still_abstaining: u64,
     /// The store digest of every live replica at the end of the run.
     pub final_digests: Vec<u64>,
 }
@@ -409,6 +447,8 @@ enum Fault {
         r: usize,
         cycle: u64,
     },
+    /// Replica `r` loses its disk and rejoins.
+    Wipe(usize),
 }
 
 /// Where a replica stands.
@@ -435,6 +475,8 @@ enum Event {
         from: usize,
         to: usize,
         msg: Message,
+        /// The sender's `generation` when it sent: a wipe fences the older ones.
+        generation: u64,
     },
     /// A replica's timer, for one incarnation (a restart starts a new chain of ticks).
     Tick(usize, u64),
@@ -528,8 +570,20 @@ pub struct Sim {
     /// Each replica's options, to restore it with.
     opts: Vec<Options>,
     life: Vec<Life>,
-    /// Bumped by every restart: ticks of an earlier incarnation stop.
+    /// Bumped by every restart and rejoin: ticks of an earlier incarnation stop.
     incarnation: Vec<u64>,
+    /// Bumped by every wipe: the peers refuse what an earlier generation sent (the runtime's
+    /// incarnation fence; a restart keeps its generation, its messages still count).
+    generation: Vec<u64>,
+    /// Per replica: the horizons it rejoined with, durable beside its disk (the runtime's
+    /// `Membership::Joined`); a restart sets them again. `None`: it never lost its disk.
+    horizons: Vec<Option<Vec<u64>>>,
+    /// Per replica: known to have learnt every instance below its horizons committed (it
+    /// abstains on nothing any more; see `abstaining`).
+    caught_up: Vec<bool>,
+    /// Per replica that rejoined, per row: the first slot not known committed there (how far
+    /// `abstaining` has looked).
+    learnt: Vec<Vec<u64>>,
     /// Per replica: every record it persisted since its last log cut, in order (the log a
     /// restart replays), and its last checkpoint, encoded.
     disk: Vec<Vec<(InstanceId, Instance)>>,
@@ -619,6 +673,10 @@ impl Sim {
             opts,
             life: vec![Life::Up; n],
             incarnation: vec![0; n],
+            generation: vec![0; n],
+            horizons: vec![None; n],
+            caught_up: vec![true; n],
+            learnt: vec![vec![0; n]; n],
             disk: vec![Vec::new(); n],
             checkpoint: vec![None; n],
             checkpointed_at: vec![0; n],
@@ -730,6 +788,12 @@ impl Sim {
             let back = Duration::from_millis(at + down).min(self.cfg.chaos);
             self.schedule_at(back, Event::Fault(Fault::Restart { r, cycle }));
         }
+        // Drawn after the faults above, which stay what they were before wipes existed.
+        for _ in 0..self.cfg.wipes {
+            let r = faults.index(n);
+            let at = faults.range(50, chaos_ms.max(51));
+            self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Wipe(r)));
+        }
         self.schedule_at(self.cfg.chaos, Event::EndChaos);
     }
 
@@ -780,7 +844,12 @@ impl Sim {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, msg } => self.on_deliver(from, to, msg),
+            Event::Deliver {
+                from,
+                to,
+                msg,
+                generation,
+            } => self.on_deliver(from, to, msg, generation),
             Event::Tick(r, incarnation) => self.on_tick(r, incarnation),
             Event::ClientNext(c) => {
                 if !self.settling && self.clients[c].current.is_none() {
@@ -867,9 +936,12 @@ impl Sim {
         }
     }
 
-    fn on_deliver(&mut self, from: usize, to: usize, msg: Message) {
+    fn on_deliver(&mut self, from: usize, to: usize, msg: Message, generation: u64) {
         let why = if !self.alive(to) {
             Some("crashed")
+        } else if generation != self.generation[from] {
+            // Sent by an incarnation that lost its disk: every peer refuses it since the wipe.
+            Some("old incarnation")
         } else if self.blocked[from][to] {
             Some("partition")
         } else {
@@ -978,7 +1050,13 @@ impl Sim {
                 },
             );
         }
+        if !self.caught_up[r] {
+            self.abstaining(r);
+        }
         if !ready.executed.is_empty() {
+            if self.horizons[r].is_some() {
+                self.stats.executed_after_rejoin += ready.executed.len() as u64;
+            }
             for &instance in &ready.executed {
                 self.trace.record(
                     self.now,
@@ -1037,7 +1115,7 @@ impl Sim {
         let crash = if std::mem::take(&mut self.crash_at_checkpoint[r]) {
             Some(SCRIPTED)
         } else {
-            let down = self.life.iter().filter(|l| **l != Life::Up).count();
+            let down = self.impaired_except(r);
             let f = quorum::max_failures(self.cfg.n);
             let room = !self.settling && down + self.crashes_ahead < f;
             (room && self.checkpoint_rng.chance(self.cfg.checkpoint_crash))
@@ -1249,11 +1327,21 @@ impl Sim {
                     from,
                     to,
                     msg: msg.clone(),
+                    generation: self.generation[from],
                 },
             );
         }
         let after = self.latency();
-        self.schedule(after, Event::Deliver { from, to, msg });
+        let generation = self.generation[from];
+        self.schedule(
+            after,
+            Event::Deliver {
+                from,
+                to,
+                msg,
+                generation,
+            },
+        );
     }
 
     // ---- clients ----------------------------------------------------------------------------
@@ -1463,7 +1551,7 @@ impl Sim {
                 self.crash(r);
             }
             Fault::Down { r, cycle, torn } => {
-                let down = self.life.iter().filter(|l| **l != Life::Up).count();
+                let down = self.impaired_except(r);
                 let f = quorum::max_failures(self.cfg.n);
                 if self.settling || self.life[r] != Life::Up || down + self.crashes_ahead >= f {
                     return; // skipped: it would take too many replicas down
@@ -1475,6 +1563,7 @@ impl Sim {
                     self.restart(r);
                 }
             }
+            Fault::Wipe(r) => self.wipe(r),
         }
     }
 
@@ -1525,7 +1614,13 @@ impl Sim {
         if checkpoint.is_some() {
             self.stats.checkpoint_restarts += 1;
         }
-        let replica = Replica::restore_from(self.opts[r].clone(), self.now, checkpoint, records);
+        let mut replica =
+            Replica::restore_from(self.opts[r].clone(), self.now, checkpoint, records);
+        // Like the runtime: a replica that rejoined keeps its horizons across restarts.
+        if let Some(h) = &self.horizons[r] {
+            replica.set_horizons(h.clone());
+            self.stats.restarts_after_rejoin += 1;
+        }
         self.checkpointed_at[r] = replica.collected();
         self.replicas[r] = replica;
         self.life[r] = Life::Up;
@@ -1557,6 +1652,121 @@ impl Sim {
         self.schedule(TICK, Event::Tick(r, incarnation));
     }
 
+    /// Replica `r` loses its disk and rejoins, as the runtime does it (`answer_join`, `join`,
+    /// `install`), atomically: every other replica fences `r`'s old incarnation (what it sent
+    /// and is still in flight is refused from now on, see `on_deliver`) and answers how far each
+    /// row reaches (`peer_rejoined`); the horizons are the per-row maximum. `r` then starts from
+    /// a snapshot of the peer that executed most (its checkpoint, with `r`'s next slot at its
+    /// row's horizon, and the decided instances beside it), keeps the horizons, and discards
+    /// what restoring produced (re-execution answers nobody). Its disk becomes exactly that
+    /// checkpoint and those records; clients waiting on the old incarnation get no answer.
+    ///
+    /// A rejoin waits for every peer: skipped (and traced) when another replica is down, or when
+    /// `r` crashed for good. `r` itself may be up or down for a restart. It is skipped too when
+    /// there is no room for one more failure (see `abstaining`): other replicas abstaining, and
+    /// permanent crashes still to come, would then exceed F.
+    fn wipe(&mut self, r: usize) {
+        let n = self.cfg.n;
+        let down: Vec<usize> = (0..n).filter(|&p| p != r && !self.alive(p)).collect();
+        // Until it has caught up to its horizons, the rejoined replica counts as a failure (see
+        // `abstaining`): keep room for the permanent crashes still to come.
+        let f = quorum::max_failures(n);
+        let impaired = self.impaired_except(r);
+        if self.life[r] == Life::Dead || !down.is_empty() || impaired + self.crashes_ahead >= f {
+            self.stats.wipes_skipped += 1;
+            let why = if self.life[r] == Life::Dead {
+                "it crashed for good".to_string()
+            } else if !down.is_empty() {
+                format!("{} down", ShowReplicas(&down))
+            } else {
+                format!(
+                    "it counts as a failure until it catches up, and {impaired} other replicas \
+                     abstain and {} permanent crashes are ahead (F = {f})",
+                    self.crashes_ahead
+                )
+            };
+            self.trace.record(
+                self.now,
+                What::Fault(format!("wipe of r{r} skipped: {why}")),
+            );
+            return;
+        }
+        // Every peer fences the old incarnation and reports its row ends.
+        self.generation[r] += 1;
+        let me = ReplicaId(r as u32);
+        let mut horizons = vec![0; n];
+        for p in (0..n).filter(|&p| p != r) {
+            let ends = self.replicas[p].peer_rejoined(me);
+            for (h, e) in horizons.iter_mut().zip(ends) {
+                *h = (*h).max(e);
+            }
+        }
+        // The snapshot comes from the peer with the largest executed prefix (ties: the highest
+        // id, as `join::fetch_best` sorts).
+        let s = (0..n)
+            .filter(|&p| p != r)
+            .max_by_key(|&p| (self.replicas[p].executed_prefix().iter().sum::<u64>(), p))
+            .expect("a cluster that rejoins has other replicas");
+        let (encoded, records) = self.replicas[s].snapshot();
+        let mut checkpoint =
+            Checkpoint::decode(&encoded, n).expect("a snapshot the core encoded decodes");
+        checkpoint.next_slot = horizons[r];
+        let covered = (
+            checkpoint.gc_prefix.clone(),
+            checkpoint.executed_above.clone(),
+        );
+        let stored = checkpoint.encode();
+        let mut replica = Replica::restore_from(
+            self.opts[r].clone(),
+            self.now,
+            Some(checkpoint),
+            records.clone(),
+        );
+        let installed = if self.cfg.sabotage_rejoin_without_horizons {
+            vec![0; n]
+        } else {
+            horizons.clone()
+        };
+        replica.set_horizons(installed.clone());
+        // Re-execution on restore answers nobody (and the runtime sends nothing of it).
+        let _ = replica.take_ready();
+        self.durable[r] = records.iter().cloned().collect();
+        self.disk[r] = records;
+        self.checkpoint[r] = Some(stored);
+        self.horizons[r] = Some(installed);
+        self.caught_up[r] = false;
+        self.learnt[r].fill(0);
+        // The runtime's loop of a joining replica started with nothing collected.
+        self.checkpointed_at[r] = 0;
+        self.replicas[r] = replica;
+        self.digest[r] = self.replicas[r].kv().digest();
+        self.life[r] = Life::Up;
+        self.incarnation[r] += 1;
+        self.stats.wipes += 1;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "wipe r{r}: it rejoins from r{s}'s snapshot ({} records, collected {}, {} \
+                 executed) with horizons {horizons:?}{}",
+                self.disk[r].len(),
+                covered.0.iter().sum::<u64>(),
+                self.replicas[r].kv().executed(),
+                if self.cfg.sabotage_rejoin_without_horizons {
+                    " (sabotage: installs none)"
+                } else {
+                    ""
+                }
+            )),
+        );
+        let source_digest = self.replicas[s].kv().digest();
+        self.observer
+            .on_rejoin(r, &self.replicas[r], s, source_digest, covered);
+        self.check_invariants(r);
+        self.after_input(r);
+        let incarnation = self.incarnation[r];
+        self.schedule(TICK, Event::Tick(r, incarnation));
+    }
+
     fn heal_links(&mut self) {
         for row in &mut self.blocked {
             row.fill(false);
@@ -1567,10 +1777,11 @@ impl Sim {
 
     fn crash(&mut self, r: usize) {
         self.life[r] = Life::Dead;
-        let down = self.life.iter().filter(|l| **l != Life::Up).count();
+        let down = self.impaired_except(r) + 1;
         assert!(
             down <= quorum::max_failures(self.cfg.n),
-            "at most F replicas may be down when one crashes for good"
+            "at most F replicas may be down (or abstaining after a rejoin) when one crashes for \
+             good"
         );
         self.trace
             .record(self.now, What::Fault(format!("crash r{r} for good")));
@@ -1612,6 +1823,7 @@ impl Sim {
             }
             Action::DropNext { from, to, kind } => self.drop_next.push((from, to, kind)),
             Action::CrashAtCheckpoint(r) => self.crash_at_checkpoint[r] = true,
+            Action::Wipe(r) => self.wipe(r),
         }
     }
 
@@ -1650,6 +1862,48 @@ impl Sim {
     /// Whether `r` is running (a torn crash waits for its next step).
     fn alive(&self, r: usize) -> bool {
         matches!(self.life[r], Life::Up | Life::Torn(_))
+    }
+
+    /// Whether `r` rejoined and still abstains on some instance: below its horizons, not known
+    /// committed there. Its peers decide those without it, as if it were down: until it has
+    /// learnt them all committed, it counts against the F failures the cluster tolerates (a
+    /// permanent crash meanwhile could leave an instance that only the crashed replica and
+    /// the wiped one's old incarnation knew, which nobody can decide safely any more).
+    fn abstaining(&mut self, r: usize) -> bool {
+        if self.caught_up[r] {
+            return false;
+        }
+        let Some(horizons) = &self.horizons[r] else {
+            return false;
+        };
+        let committed = self.observer.committed_at(r);
+        let mut behind = false;
+        for (row, &h) in horizons.iter().enumerate() {
+            let next = &mut self.learnt[r][row];
+            while *next < h && committed.contains(&InstanceId::new(ReplicaId(row as u32), *next)) {
+                *next += 1;
+            }
+            behind |= *next < h;
+        }
+        if !behind {
+            self.caught_up[r] = true;
+            self.trace.record(
+                self.now,
+                What::Fault(format!(
+                    "r{r} learnt everything below its horizons committed: it abstains no more"
+                )),
+            );
+        }
+        behind
+    }
+
+    /// Replicas other than `r` that are down, or abstain after a rejoin: what counts against
+    /// the F failures.
+    fn impaired_except(&mut self, r: usize) -> usize {
+        (0..self.cfg.n)
+            .filter(|&p| p != r)
+            .filter(|&p| self.life[p] != Life::Up || self.abstaining(p))
+            .count()
     }
 
     fn live(&self) -> impl Iterator<Item = usize> + '_ {
@@ -1713,6 +1967,9 @@ impl Sim {
     fn finish(mut self, wall: Instant) -> Outcome {
         for r in 0..self.cfg.n {
             self.check_invariants(r);
+            if self.alive(r) && self.abstaining(r) {
+                self.stats.still_abstaining += 1;
+            }
         }
         let graph = self.observer.finish(&self.replicas);
         self.stats.instances = graph.instances;
@@ -1881,5 +2138,20 @@ impl Sim {
         }
         let _ = writeln!(out, "replay: {}", self.cfg.replay());
         out
+    }
+}
+
+/// A list of replicas, as `r0, r2`.
+struct ShowReplicas<'a>(&'a [usize]);
+
+impl fmt::Display for ShowReplicas<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "r{r}")?;
+        }
+        Ok(())
     }
 }
