@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Soak: a long `client bench` against a fresh local cluster (run.sh, config.json), sampling every
 # replica's resident memory (VmRSS) and data directory size every SAMPLE seconds; prints the
-# samples at the start (after WARMUP s), middle and end, and the growth from start to end.
+# samples at the start (after WARMUP s), middle and end, the growth from start to end, and the
+# maximum of each quarter of the run (disk use is a sawtooth between checkpoints, so the highs
+# are what shows whether it stays flat).
 # Usage:
 #   bench/soak.sh [DURATION_S]                  (default 600)
 # Environment (defaults): SAMPLE=10, WARMUP=60, CONCURRENCY=128, WRITE_PCT=50, KEYS=100000,
@@ -78,7 +80,7 @@ import json, sys
 rows = [l.split() for l in open(sys.argv[1])]
 head, rows = rows[0], [list(map(int, r)) for r in rows[1:]]
 warm = [r for r in rows if r[0] >= int(sys.argv[3])]
-if len(warm) < 3:
+if len(warm) < 8:
     sys.exit("soak.sh: too few samples after the warm-up")
 picks = [("start", warm[0]), ("middle", warm[len(warm) // 2]), ("end", warm[-1])]
 print("       " + "  ".join(f"{h:>13}" for h in head))
@@ -87,6 +89,13 @@ for name, r in picks:
 grow = [e - s for s, e in zip(warm[0][1:], warm[-1][1:])]
 print("growth " + " " * 15 + "  ".join(f"{g:>+13}" for g in grow))
 print("max    " + " " * 15 + "  ".join(f"{max(r[i] for r in warm):>13}" for i in range(1, len(head))))
+# Flat means the highs stop rising: the maximum of each quarter of the run after the warm-up.
+q = len(warm) // 4
+for k in range(4):
+    part = warm[k * q:(k + 1) * q] if k < 3 else warm[3 * q:]
+    label = f"max Q{k + 1}"
+    print(f"{label:<7}" + f"{part[0][0]:>6}-{part[-1][0]:<6}" + "   " +
+          "  ".join(f"{max(r[i] for r in part):>13}" for i in range(1, len(head))))
 r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 print(f"bench: {r['ops']} ops in {r['elapsed_s']:.0f} s, {r['ops_per_sec']:.0f} ops/s, "
       f"{r['errors']} errors, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
