@@ -66,6 +66,11 @@ pub struct Options {
     pub suspect_after: Duration,
     /// Most Commits sent in answer to one Watermark.
     pub watermark_commits_max: usize,
+    /// While a peer reported more committed than this replica knows (by more than
+    /// `watermark_commits_max` slots: it was down, or partitioned, for a while), it sends that
+    /// peer a Watermark this often instead of every `watermark_every`, pulling the Commits it
+    /// lacks at up to `watermark_commits_max` per round trip.
+    pub catch_up_every: Duration,
     /// Drop instances from memory once they are executed here and every peer reported them
     /// committed (through Watermarks): nobody can need their Commit from us any more. Off by
     /// default so that tests can inspect every instance; the replica binary turns it on.
@@ -117,6 +122,7 @@ impl Options {
             watermark_every: Duration::from_secs(1),
             suspect_after: Duration::from_secs(3),
             watermark_commits_max: 256,
+            catch_up_every: Duration::from_millis(10),
             gc_executed: false,
             sabotage: Sabotage::default(),
         }
@@ -142,6 +148,7 @@ impl Options {
             || self.fetch_after.is_zero()
             || self.recover_after.is_zero()
             || self.watermark_every.is_zero()
+            || self.catch_up_every.is_zero()
             || self.suspect_after <= self.watermark_every
         {
             return Err(OptionsError::Timers);
@@ -320,6 +327,8 @@ pub struct Replica {
     /// incarnation may have voted and forgotten: see `rejoin`.
     horizons: Vec<u64>,
     next_watermark: Time,
+    /// When this replica, if it is behind a peer, may next pull Commits from it.
+    next_catch_up: Time,
     /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
     last_heard: Vec<Time>,
     ready: Ready,
@@ -355,6 +364,7 @@ impl Replica {
             gc_prefix: vec![0; opts.n],
             horizons: vec![0; opts.n],
             next_watermark: Duration::ZERO,
+            next_catch_up: Duration::ZERO,
             last_heard: vec![Duration::ZERO; opts.n],
             ready: Ready::default(),
             opts,
@@ -670,6 +680,36 @@ impl Replica {
                 executed_prefix: self.executed_prefix.clone(),
             };
             self.send(self.peers(), msg);
+        } else if now >= self.next_catch_up {
+            self.catch_up(now);
+        }
+    }
+
+    /// Pulls Commits from the peer that is furthest ahead of this replica, if one is ahead by
+    /// more than one Watermark's answer: a replica that was down for long catches up at a round
+    /// trip per `watermark_commits_max` Commits instead of that many per `watermark_every`.
+    fn catch_up(&mut self, now: Time) {
+        let behind = |reported: &Vec<u64>| -> u64 {
+            reported
+                .iter()
+                .zip(&self.committed_prefix)
+                .map(|(theirs, mine)| theirs.saturating_sub(*mine))
+                .sum()
+        };
+        let ahead = self
+            .peers()
+            .into_iter()
+            .map(|p| (behind(&self.peer_committed[p.index()]), p))
+            .max();
+        if let Some((lag, peer)) = ahead {
+            if lag > self.opts.watermark_commits_max as u64 {
+                self.next_catch_up = now + self.opts.catch_up_every;
+                let msg = Message::Watermark {
+                    committed_prefix: self.committed_prefix.clone(),
+                    executed_prefix: self.executed_prefix.clone(),
+                };
+                self.send(vec![peer], msg);
+            }
         }
     }
 
@@ -2557,6 +2597,51 @@ mod tests {
         );
         assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![1, 8, 0]);
         assert!(rs[0].peer_executed[2].iter().all(|s| *s == 0));
+    }
+
+    #[test]
+    fn a_replica_far_behind_pulls_commits_between_watermarks() {
+        let mut rs: Vec<Replica> = (0..3)
+            .map(|i| {
+                let mut o = Options::new(ReplicaId(i), 3);
+                o.watermark_commits_max = 4;
+                Replica::new(o)
+            })
+            .collect();
+        let zero = Duration::ZERO;
+        for k in 0..20 {
+            rs[0].propose(k, put(k + 1, "k")).expect("room");
+            rs[0].flush(zero);
+            settle(&mut rs, zero, |_, to| to == ReplicaId(2));
+        }
+        assert_eq!(rs[2].committed_count(), 0, "replica 2 missed everything");
+        rs[0].tick(zero);
+        let watermark = rs[0]
+            .take_ready()
+            .messages
+            .into_iter()
+            .find(|o| matches!(o.msg, Message::Watermark { .. }))
+            .expect("a periodic watermark");
+        rs[2].handle(zero, ReplicaId(0), watermark.msg);
+        rs[2].tick(zero); // its own periodic Watermark
+        let _ = rs[2].take_ready();
+        // Well before the next periodic Watermark, it pulls from the peer that is ahead.
+        rs[2].tick(Duration::from_millis(10));
+        let pulls: Vec<Outgoing> = rs[2]
+            .take_ready()
+            .messages
+            .into_iter()
+            .filter(|o| matches!(o.msg, Message::Watermark { .. }))
+            .collect();
+        assert_eq!(pulls.len(), 1, "{pulls:?}");
+        assert_eq!(pulls[0].to, vec![ReplicaId(0)]);
+        // Not again before `catch_up_every`.
+        rs[2].tick(Duration::from_millis(15));
+        assert!(!rs[2]
+            .take_ready()
+            .messages
+            .iter()
+            .any(|o| matches!(o.msg, Message::Watermark { .. })));
     }
 
     #[test]
