@@ -24,7 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::command::{Command, OpResult};
 use crate::config::Config;
-use crate::ids::ReplicaId;
+use crate::ids::{InstanceId, ReplicaId};
+use crate::instance::Instance;
 use crate::message::{Message, Show, ShowDeps};
 use crate::metrics::LoopMetrics;
 use crate::proto::kv_server::{Kv, KvServer};
@@ -93,6 +94,9 @@ pub enum RuntimeError {
     /// The durable log could not be opened or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The thread writing a checkpoint failed.
+    #[error("checkpoint writer failed: {0}")]
+    CheckpointTask(String),
 }
 
 /// What the handlers put into bigChannel.
@@ -287,6 +291,16 @@ pub async fn serve(
     result
 }
 
+/// A checkpoint being written off the event loop.
+struct Writing {
+    job: tokio::task::JoinHandle<Result<storage::PreparedLog, StorageError>>,
+    started: Instant,
+    /// Time the event loop spent encoding it.
+    encode: Duration,
+    bytes: usize,
+    live: usize,
+}
+
 /// A client waiting for its command: where the answer goes and when the proposal arrived.
 type Waiter = (oneshot::Sender<Result<OpResult, Status>>, Instant);
 
@@ -369,8 +383,38 @@ async fn run_loop(
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A checkpoint being written on a blocking thread (see `Log::start_checkpoint`), and the
+    // records appended to the old log since it started, which the new log must get too.
+    let mut writing: Option<Writing> = None;
+    let mut since: Vec<(InstanceId, Instance)> = Vec::new();
     loop {
         tokio::select! {
+            done = async { (&mut writing.as_mut().expect("branch enabled only while writing").job).await },
+                if writing.is_some() =>
+            {
+                let w = writing.take().expect("branch enabled only while writing");
+                let prepared = done
+                    .map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"))?;
+                let finishing = Instant::now();
+                let log = &mut el.log;
+                tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since)).inspect_err(
+                    |e| tracing::error!(error = %e, "cannot cut the log; stopping the replica"),
+                )?;
+                let stall = w.encode + finishing.elapsed();
+                checkpoints.increment(1);
+                checkpoint_latency.record(w.started.elapsed().as_secs_f64());
+                log_bytes.set(el.log.len_bytes() as f64);
+                tracing::info!(
+                    bytes = w.bytes,
+                    live = w.live,
+                    appended_meanwhile = since.len(),
+                    ms = w.started.elapsed().as_millis() as u64,
+                    event_loop_ms = stall.as_millis() as u64,
+                    "checkpoint written, log cut"
+                );
+                since = Vec::new();
+            }
             ev = big.recv() => match ev {
                 Some(ev) => el.handle(ev)?,
                 None => return Ok(()),
@@ -424,25 +468,25 @@ async fn run_loop(
             })?;
             fsync_latency.record(started.elapsed().as_secs_f64());
             persisted.increment(records.len() as u64);
+            if writing.is_some() {
+                since.extend(records);
+            }
         }
         el.carry_out(ready);
-        if el.core.collected() >= el.checkpointed_at + checkpoint_every {
+        if writing.is_none() && el.core.collected() >= el.checkpointed_at + checkpoint_every {
+            // Encoding reads the live state, so it happens here; the writing and syncing do not.
             let started = Instant::now();
             let (checkpoint, live) = el.core.checkpoint();
-            let log = &mut el.log;
-            tokio::task::block_in_place(|| log.checkpoint(&checkpoint, &live)).inspect_err(
-                |e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"),
-            )?;
+            let (bytes, live_len) = (checkpoint.len(), live.len());
+            let job = tokio::task::spawn_blocking(el.log.start_checkpoint(checkpoint, live));
             el.checkpointed_at = el.core.collected();
-            checkpoints.increment(1);
-            checkpoint_latency.record(started.elapsed().as_secs_f64());
-            log_bytes.set(el.log.len_bytes() as f64);
-            tracing::info!(
-                bytes = checkpoint.len(),
-                live = live.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "checkpoint written, log cut"
-            );
+            writing = Some(Writing {
+                job,
+                started,
+                encode: started.elapsed(),
+                bytes,
+                live: live_len,
+            });
         }
         el.m.big_channel.set(big.len() as f64);
         el.m.waiting.set(el.core.unexecuted() as f64);

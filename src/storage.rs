@@ -67,6 +67,13 @@ pub enum StorageError {
     },
 }
 
+/// A new log written beside the old one by [`Log::start_checkpoint`], not in place yet.
+#[derive(Debug)]
+pub struct PreparedLog {
+    file: File,
+    tmp: PathBuf,
+}
+
 /// What reading the log back found.
 #[derive(Debug)]
 pub struct Recovered {
@@ -166,6 +173,78 @@ impl Log {
         let buf = std::mem::take(&mut self.buf);
         replace_file(&self.dir, LOG_FILE, &buf)?;
         self.buf = buf;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|source| StorageError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// The first half of a checkpoint that leaves the event loop free: the caller runs the
+    /// returned job on a blocking thread (it makes the checkpoint durable and writes the new log
+    /// of `live` records to a temporary file), keeps appending to this log meanwhile, and then
+    /// calls [`Log::finish_checkpoint`] with what it appended since. Until that rename the old
+    /// log stays in place with everything in it, so a crash at any point loses nothing.
+    pub fn start_checkpoint(
+        &self,
+        payload: Vec<u8>,
+        live: Vec<(InstanceId, Instance)>,
+    ) -> impl FnOnce() -> Result<PreparedLog, StorageError> + Send + 'static {
+        let dir = self.dir.clone();
+        move || {
+            if payload.len() > CHECKPOINT_BYTES_MAX {
+                return Err(StorageError::Corrupt {
+                    path: dir.join(CHECKPOINT_FILE),
+                    offset: 0,
+                    reason: format!("checkpoint of {} bytes is too large", payload.len()),
+                });
+            }
+            let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
+            framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            framed.extend_from_slice(&payload);
+            drop(payload);
+            replace_file(&dir, CHECKPOINT_FILE, &framed)?;
+            drop(framed);
+            let mut buf = Vec::new();
+            for (id, inst) in &live {
+                frame_record(&mut buf, *id, inst);
+            }
+            let tmp = dir.join(format!("{LOG_FILE}.tmp"));
+            let io = |source| StorageError::Io {
+                path: tmp.clone(),
+                source,
+            };
+            let mut file = File::create(&tmp).map_err(io)?;
+            file.write_all(&buf).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(PreparedLog { file, tmp })
+        }
+    }
+
+    /// The second half of a checkpoint (see [`Log::start_checkpoint`]): appends to the new log
+    /// what was appended to the old one since, syncs it, and puts it in the old one's place.
+    pub fn finish_checkpoint(
+        &mut self,
+        prepared: PreparedLog,
+        since: &[(InstanceId, Instance)],
+    ) -> Result<(), StorageError> {
+        let PreparedLog { mut file, tmp } = prepared;
+        let io = |source| StorageError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        self.buf.clear();
+        for (id, inst) in since {
+            frame_record(&mut self.buf, *id, inst);
+        }
+        file.write_all(&self.buf).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        sync_dir(&self.dir);
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -668,6 +747,64 @@ mod tests {
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
         let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_checkpoint_written_off_the_loop_keeps_what_was_appended_meanwhile() {
+        use crate::checkpoint::Checkpoint;
+        use crate::deps::ConflictIndex;
+        use crate::kv::KvStore;
+        let cp = Checkpoint {
+            kv: KvStore::new(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0, 40, 0],
+            executed_above: vec![],
+            next_slot: 0,
+        };
+        for finish in [true, false] {
+            let d = dir();
+            let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+            let many: Vec<_> = (0..45).map(|s| record(s, Status::Committed)).collect();
+            log.append(&many).expect("append");
+            let live: Vec<_> = (40..45).map(|s| record(s, Status::Committed)).collect();
+            let job = log.start_checkpoint(cp.encode(), live);
+            // The event loop goes on appending while the job runs.
+            let meanwhile = [
+                record(45, Status::PreAccepted),
+                record(46, Status::Committed),
+            ];
+            log.append(&meanwhile).expect("append meanwhile");
+            let prepared = job().expect("checkpoint job");
+            if finish {
+                log.finish_checkpoint(prepared, &meanwhile).expect("finish");
+                log.append(&[record(45, Status::Committed)])
+                    .expect("append after");
+            }
+            // else: a crash between the job and the cut (the new log never took the old one's
+            // place): the old log is still whole beside the new checkpoint.
+            drop(log);
+            let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("reopen");
+            assert_eq!(
+                rec.checkpoint.as_ref().expect("checkpoint").gc_prefix,
+                vec![0, 40, 0]
+            );
+            let mut expected: Vec<(u64, Status)> = if finish {
+                (40..45).map(|s| (s, Status::Committed)).collect()
+            } else {
+                (0..45).map(|s| (s, Status::Committed)).collect()
+            };
+            expected.push((45, Status::PreAccepted));
+            expected.push((46, Status::Committed));
+            if finish {
+                expected.push((45, Status::Committed));
+            }
+            assert_eq!(ids(&rec), expected, "finish={finish}");
+            assert!(
+                !d.join("instances.log.tmp").exists(),
+                "leftover removed at open"
+            );
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]
