@@ -154,33 +154,8 @@ impl Log {
         payload: &[u8],
         live: &[(InstanceId, Instance)],
     ) -> Result<(), StorageError> {
-        if payload.len() > CHECKPOINT_BYTES_MAX {
-            return Err(StorageError::Corrupt {
-                path: self.dir.join(CHECKPOINT_FILE),
-                offset: 0,
-                reason: format!("checkpoint of {} bytes is too large", payload.len()),
-            });
-        }
-        let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
-        framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        framed.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-        framed.extend_from_slice(payload);
-        replace_file(&self.dir, CHECKPOINT_FILE, &framed)?;
-        self.buf.clear();
-        for (id, inst) in live {
-            frame_record(&mut self.buf, *id, inst);
-        }
-        let buf = std::mem::take(&mut self.buf);
-        replace_file(&self.dir, LOG_FILE, &buf)?;
-        self.buf = buf;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|source| StorageError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        Ok(())
+        let prepared = self.start_checkpoint(payload.to_vec(), live.to_vec())()?;
+        self.finish_checkpoint(prepared, &[])
     }
 
     /// The first half of a checkpoint that leaves the event loop free: the caller runs the
