@@ -82,7 +82,10 @@ pub enum RuntimeError {
     /// The metrics endpoint could not start (address in use?).
     #[error("cannot start metrics endpoint on {0}: {1}")]
     Metrics(SocketAddr, String),
-    /// The gRPC server could not bind or failed.
+    /// The gRPC server's address could not be bound (in use?).
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The gRPC server failed.
     #[error("gRPC server on {0}: {1}")]
     Server(SocketAddr, tonic::transport::Error),
     /// The reflection service could not be built.
@@ -144,6 +147,11 @@ pub async fn serve(
     let me = config.replicas[id.index()].clone();
     crate::metrics::install(me.metrics_addr)
         .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
+    // Bound before anything dials out: the address is ours (or the start fails clearly) before
+    // the peer links and the join take ephemeral ports of their own.
+    let incoming = tonic::transport::server::TcpIncoming::bind(me.addr)
+        .map_err(|e| RuntimeError::Bind(me.addr, e))?
+        .with_nodelay(Some(true));
     let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(dir = %opts.data_dir.display(), bytes = recovered.truncated_bytes,
@@ -272,7 +280,7 @@ pub async fn serve(
                 .max_decoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX),
         )
-        .serve_with_shutdown(me.addr, {
+        .serve_with_incoming_shutdown(incoming, {
             let stop = stop_server.clone();
             async move { stop.notified().await }
         });

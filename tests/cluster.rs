@@ -790,15 +790,7 @@ async fn an_old_incarnation_still_running_is_refused_once_a_new_one_joined() {
     }
     // A machine believed dead was only cut off: replica 2 keeps running while a replacement
     // starts on an empty data directory (here on other ports, so both can run).
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port()
-        })
-        .collect();
+    let ports = free_ports(2);
     let (addr, metrics_addr) = (
         format!("127.0.0.1:{}", ports[0]),
         format!("127.0.0.1:{}", ports[1]),

@@ -22,12 +22,27 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
 }
 
-/// Reserves `count` distinct free loopback ports. The listeners are dropped just before the
-/// replicas bind; another process could take a port in between, which `start` then reports.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
+/// Reserves `count` distinct free loopback ports, drawn at random below the kernel's ephemeral
+/// range: an outgoing connection (the replicas dial each other while they start) never takes
+/// one of those, which with ports from the ephemeral range happened between this reservation
+/// and the replica's bind. The listeners are dropped just before the replicas bind; another
+/// test picking the same port in between is possible but unlikely, and `start` reports it.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.clamp(10_001, 32768));
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(count);
+    let mut attempts = 0;
+    while listeners.len() < count {
+        attempts += 1;
+        assert!(attempts < 10_000, "no free loopback ports in {low}..{high}");
+        let port = low + (rand::random::<u16>() % (high - low));
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().expect("local addr").port())
