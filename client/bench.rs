@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use epaxos_kv::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use epaxos_kv::core::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use epaxos_kv::proto::{operation, Get, Operation, Put};
 use hdrhistogram::Histogram;
 use rand::distr::Alphanumeric;

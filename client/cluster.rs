@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
-use epaxos_kv::config::Config;
 use epaxos_kv::proto::kv_client::KvClient;
 use epaxos_kv::proto::StatusRequest;
+use epaxos_kv::server::config::Config;
 use tonic::transport::{Channel, Endpoint};
 
 /// How requests are spread over the replicas.

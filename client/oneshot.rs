@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
-use epaxos_kv::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use epaxos_kv::core::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use epaxos_kv::proto::{operation, Cas, Delete, Get, OpResult, Operation, Put};
 
 use crate::cluster::{Cluster, Picker, TargetMode};
@@ -43,7 +43,7 @@ impl Request {
         }
     }
 
-    /// Checks the limits of `src/command.rs` so that the user gets a clear message rather than
+    /// Checks the limits of `src/core/command.rs` so that the user gets a clear message rather than
     /// an INVALID_ARGUMENT from the replica.
     fn validate(&self) -> Result<()> {
         let key = self.key();

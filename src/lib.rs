@@ -1,31 +1,20 @@
 //! An EPaxos* replicated key/value store.
 //!
-//! The crate is split along the sans-IO line:
-//! - the pure protocol core ([`replica::Replica`] and what it holds: [`instance`], [`deps`],
-//!   [`execute`], [`kv`]) takes messages and the time as values and returns what to send,
-//!   whom to answer and what was executed; it does no I/O, reads no clock and draws no
-//!   random numbers;
-//! - the runtime ([`runtime`], [`transport`]) is the thin async shell that feeds it from the
-//!   network and carries out its outputs.
+//! The crate is split along the sans-IO line, and the directories show it:
+//! - [`core`] is the pure protocol: the [`core::replica::Replica`] state machine and what it
+//!   holds ([`core::instance`], [`core::deps`], [`core::execute`], [`core::kv`], ...). It takes
+//!   messages and the time as values and returns what to send, whom to answer, what to persist
+//!   and what was executed; it does no I/O, reads no clock and draws no random numbers, so the
+//!   simulator in `tests/` runs exactly the code production runs.
+//! - [`server`] is the I/O shell: configuration, the gRPC services and the event loop
+//!   ([`server::runtime`]), the per-peer links ([`server::transport`]), the durable log
+//!   ([`server::storage`]) and metrics. It only translates and carries out.
+//!
+//! Nothing under `core` imports tokio, tonic, sockets or files; it uses the generated protobuf
+//! message types ([`proto`]) only as plain data, for the stored and wire forms of its own state.
 
-pub mod checkpoint;
-pub mod command;
-pub mod config;
-pub mod deps;
-pub mod execute;
-pub mod ids;
-pub mod instance;
-pub mod join;
-pub mod kv;
-pub mod message;
-pub mod metrics;
-pub mod quorum;
-pub mod recovery;
-pub mod replica;
-pub mod runtime;
-pub mod storage;
-pub mod transport;
-pub mod wire;
+pub mod core;
+pub mod server;
 
 /// Code generated from `proto/epaxos.proto`.
 pub mod proto {

@@ -6,10 +6,10 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use epaxos_kv::config::Config;
-use epaxos_kv::replica::Options;
-use epaxos_kv::runtime::{self, RuntimeOptions};
-use epaxos_kv::storage::Sync;
+use epaxos_kv::core::replica::Options;
+use epaxos_kv::server::config::Config;
+use epaxos_kv::server::runtime::{self, RuntimeOptions};
+use epaxos_kv::server::storage::Sync;
 
 /// One replica of the EPaxos* key/value service.
 #[derive(Parser, Debug)]

@@ -93,7 +93,7 @@ async fn retried_request_executes_once_with_same_answer() {
 async fn bad_requests_get_clear_errors() {
     let cluster = Cluster::start(3, &[]).await;
     let mut c = cluster.client(0).await.expect("connect");
-    let big = "k".repeat(epaxos_kv::command::KEY_BYTES_MAX + 1);
+    let big = "k".repeat(epaxos_kv::core::command::KEY_BYTES_MAX + 1);
     let err = Session::new()
         .call(&mut c, get(&big))
         .await

@@ -8,12 +8,12 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use epaxos_kv::command::{Command, Op, OpResult};
-use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use epaxos_kv::instance::Status;
-use epaxos_kv::message::Message;
-use epaxos_kv::quorum;
-use epaxos_kv::replica::{Committed, Options, Path, Replica, Reply, Token};
+use epaxos_kv::core::command::{Command, Op, OpResult};
+use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use epaxos_kv::core::instance::Status;
+use epaxos_kv::core::message::Message;
+use epaxos_kv::core::quorum;
+use epaxos_kv::core::replica::{Committed, Options, Path, Replica, Reply, Token};
 
 /// A message on its way from one replica to another.
 #[derive(Debug, Clone)]

@@ -36,8 +36,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use epaxos_kv::command::Op;
-use epaxos_kv::replica::Sabotage;
+use epaxos_kv::core::command::Op;
+use epaxos_kv::core::replica::Sabotage;
 use sim::{Action, Check, Config, Outcome, Sim, Violation};
 
 /// Random seeds a plain `cargo test` runs: about 25 s in release on two cores.

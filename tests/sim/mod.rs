@@ -10,7 +10,7 @@ pub mod world;
 
 use std::fmt;
 
-use epaxos_kv::ids::InstanceId;
+use epaxos_kv::core::ids::InstanceId;
 
 pub use world::{Action, Config, Outcome, Sim};
 

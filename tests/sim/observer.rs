@@ -25,11 +25,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use epaxos_kv::command::{interferes, Command};
-use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use epaxos_kv::instance::{Instance, Status};
-use epaxos_kv::message::{Commands, ShowDeps};
-use epaxos_kv::replica::Replica;
+use epaxos_kv::core::command::{interferes, Command};
+use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use epaxos_kv::core::instance::{Instance, Status};
+use epaxos_kv::core::message::{Commands, ShowDeps};
+use epaxos_kv::core::replica::Replica;
 
 use super::{Check, Violation};
 
@@ -566,7 +566,7 @@ impl Observer {
         // Executed at every replica before the other was committed anywhere: every replica
         // orders them alike whatever the deps say. Recovery may then commit the later one
         // without the earlier in its deps, when the earlier was dropped from memory (garbage
-        // collection waits for execution everywhere; see `epaxos_kv::recovery`).
+        // collection waits for execution everywhere; see `epaxos_kv::core::recovery`).
         let before = |x: InstanceId, y: InstanceId| {
             let everywhere = self.executed_by.get(&x).and_then(|(_, at)| *at);
             let committed = self.first_commit.get(&y);
@@ -745,7 +745,7 @@ struct Graph {
 }
 
 impl Graph {
-    /// Edges follow what a dependency means (see `epaxos_kv::deps`): `q.s` in the deps of `v`
+    /// Edges follow what a dependency means (see `epaxos_kv::core::deps`): `q.s` in the deps of `v`
     /// covers every instance of row `q` up to slot `s`, and `v` has an edge to each of those that
     /// interferes with it. This is the definition itself, every covered interfering instance,
     /// not the executor's shortcut through the latest one per key (which leans on the chain
@@ -959,7 +959,7 @@ fn tarjan(succ: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epaxos_kv::ids::ReplicaId;
+    use epaxos_kv::core::ids::ReplicaId;
 
     fn id(r: u32, s: u64) -> InstanceId {
         InstanceId::new(ReplicaId(r), s)

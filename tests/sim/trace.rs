@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use epaxos_kv::ids::InstanceId;
-use epaxos_kv::message::{Message, ShowDeps};
+use epaxos_kv::core::ids::InstanceId;
+use epaxos_kv::core::message::{Message, ShowDeps};
 
 /// One thing that happened.
 #[derive(Debug, Clone)]

@@ -34,7 +34,7 @@
 //!
 //! Liveness is demanded of everything, permanent crashes included: an instance whose leader
 //! crashed for good (mid-instance, or while it was recovering another) is taken over by
-//! recovery (see `epaxos_kv::recovery`), and a leader that restarts resumes its uncommitted
+//! recovery (see `epaxos_kv::core::recovery`), and a leader that restarts resumes its uncommitted
 //! instances from its disk.
 
 use std::cmp::Ordering;
@@ -43,13 +43,13 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use epaxos_kv::checkpoint::Checkpoint;
-use epaxos_kv::command::{Command, Op, OpResult};
-use epaxos_kv::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use epaxos_kv::instance::{Instance, Status};
-use epaxos_kv::message::{Message, ShowDeps};
-use epaxos_kv::quorum;
-use epaxos_kv::replica::{Options, Path, Ready, Replica, ReplyError, Sabotage, Token};
+use epaxos_kv::core::checkpoint::Checkpoint;
+use epaxos_kv::core::command::{Command, Op, OpResult};
+use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use epaxos_kv::core::instance::{Instance, Status};
+use epaxos_kv::core::message::{Message, ShowDeps};
+use epaxos_kv::core::quorum;
+use epaxos_kv::core::replica::{Options, Path, Ready, Replica, ReplyError, Sabotage, Token};
 
 use super::linearizability::{self, Entry, RegOp, RegResult, Value, Verdict};
 use super::observer::Observer;

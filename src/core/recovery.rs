@@ -49,9 +49,9 @@
 //! which its peers fence the old one against, and abstains below the horizons they report
 //! (see `Replica` "rejoin" and `join`).
 
-use crate::ids::{Ballot, InstanceId, ReplicaId};
-use crate::instance::Status;
-use crate::message::{Commands, RecoverReply};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::instance::Status;
+use crate::core::message::{Commands, RecoverReply};
 
 /// What the RecoverOk answers decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,8 +163,8 @@ pub fn after_waiting(n: usize, f: usize, e: usize, awaited: &[Awaited]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Op};
-    use crate::ids::{ClientId, RequestId};
+    use crate::core::command::{Command, Op};
+    use crate::core::ids::{ClientId, RequestId};
     use std::sync::Arc;
 
     fn id(r: u32, s: u64) -> InstanceId {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::ids::{ClientId, RequestId};
+use crate::core::ids::{ClientId, RequestId};
 
 /// Longest key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;

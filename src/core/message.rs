@@ -4,9 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::command::Command;
-use crate::ids::{Ballot, InstanceId};
-use crate::instance::Status;
+use crate::core::command::Command;
+use crate::core::ids::{Ballot, InstanceId};
+use crate::core::instance::Status;
 
 /// A batch of commands decided together in one instance. Shared, never copied, between the
 /// instance table and the messages that carry it.

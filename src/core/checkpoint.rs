@@ -8,12 +8,12 @@
 
 use bytes::Bytes;
 
-use crate::command::OpResult;
-use crate::deps::{ConflictIndex, ConflictKey};
-use crate::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use crate::kv::KvStore;
+use crate::core::command::OpResult;
+use crate::core::deps::{ConflictIndex, ConflictKey};
+use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::kv::KvStore;
+use crate::core::wire::WireError;
 use crate::proto;
-use crate::wire::WireError;
 
 /// A replica's checkpoint (see the module doc).
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ pub fn encode(
         let entry = proto::SessionEntry {
             client_id: c.0,
             request_id: r.0,
-            result: Some(crate::wire::result_to_proto(res)),
+            result: Some(crate::core::wire::result_to_proto(res)),
         };
         message::encode(2, &entry, &mut buf);
     }

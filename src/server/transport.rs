@@ -10,10 +10,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::ids::ReplicaId;
-use crate::metrics::peer_label;
+use crate::core::ids::ReplicaId;
 use crate::proto::kv_client::KvClient;
 use crate::proto::PeerBatch;
+use crate::server::metrics::peer_label;
 
 /// Most messages written as one stream item.
 pub const BATCH_MESSAGES_MAX: usize = 1024;

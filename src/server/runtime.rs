@@ -22,17 +22,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::command::{Command, OpResult};
-use crate::config::Config;
-use crate::ids::{InstanceId, ReplicaId};
-use crate::instance::Instance;
-use crate::message::{Message, Show, ShowDeps};
-use crate::metrics::LoopMetrics;
+use crate::core::command::{Command, OpResult};
+use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::instance::Instance;
+use crate::core::message::{Message, Show, ShowDeps};
+use crate::core::replica::{Options, Path, Ready, Replica, ReplyError, Token};
+use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
-use crate::replica::{Options, Path, Ready, Replica, ReplyError, Token};
-use crate::storage::{self, Incarnation, Log, Membership, PeerIncarnations, StorageError, Sync};
-use crate::{join, transport, wire};
+use crate::server::config::Config;
+use crate::server::metrics::LoopMetrics;
+use crate::server::storage::{
+    self, Incarnation, Log, Membership, PeerIncarnations, StorageError, Sync,
+};
+use crate::server::{join, transport};
 
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -93,7 +96,7 @@ pub enum RuntimeError {
     Reflection(String),
     /// Invalid options.
     #[error(transparent)]
-    Options(#[from] crate::replica::OptionsError),
+    Options(#[from] crate::core::replica::OptionsError),
     /// The durable log could not be opened or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -145,7 +148,7 @@ pub async fn serve(
     opts.core.validate()?;
     let new_dir = storage::is_new(&opts.data_dir);
     let me = config.replicas[id.index()].clone();
-    crate::metrics::install(me.metrics_addr)
+    crate::server::metrics::install(me.metrics_addr)
         .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
     // Bound before anything dials out: the address is ours (or the start fails clearly) before
     // the peer links and the join take ephemeral ports of their own.
@@ -638,7 +641,7 @@ impl EventLoop {
             tracing::warn!(peer = %from, old, new = incarnation,
                 "peer rejoins with a new data directory: its old incarnation is refused from now on");
             metrics::counter!("epaxos_peer_rejoined_total",
-                "peer" => crate::metrics::peer_label(from.0))
+                "peer" => crate::server::metrics::peer_label(from.0))
             .increment(1);
         }
         let row_ends = self.core.peer_rejoined(from);
@@ -915,7 +918,7 @@ impl Kv for Service {
                         Ok(m) => messages.push(m),
                         Err(e) => {
                             metrics::counter!("epaxos_wire_errors_total",
-                                "peer" => crate::metrics::peer_label(from.0))
+                                "peer" => crate::server::metrics::peer_label(from.0))
                             .increment(1);
                             tracing::warn!(%from, error = %e, "dropping malformed peer message");
                         }
@@ -946,12 +949,12 @@ fn check_incarnation(
     incarnation: u64,
 ) -> Result<(), Status> {
     let refuse = |why: String| {
-        metrics::counter!("epaxos_peer_refused_total", "peer" => crate::metrics::peer_label(from.0))
+        metrics::counter!("epaxos_peer_refused_total", "peer" => crate::server::metrics::peer_label(from.0))
             .increment(1);
         Err(Status::failed_precondition(why))
     };
     if incarnation == 0 {
-        metrics::counter!("epaxos_wire_errors_total", "peer" => crate::metrics::peer_label(from.0))
+        metrics::counter!("epaxos_wire_errors_total", "peer" => crate::server::metrics::peer_label(from.0))
             .increment(1);
         tracing::warn!(%from, "peer batch without an incarnation; closing stream");
         return refuse("batch without an incarnation".to_string());

@@ -27,8 +27,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::command::Command;
-use crate::ids::{ClientId, InstanceId, ReplicaId};
+use crate::core::command::Command;
+use crate::core::ids::{ClientId, InstanceId, ReplicaId};
 
 /// Keeps the highest slot of each row, sorted by row: the one shape deps have.
 pub fn normalize(deps: &mut Vec<InstanceId>) {
@@ -198,8 +198,8 @@ impl ConflictIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Op;
-    use crate::ids::RequestId;
+    use crate::core::command::Op;
+    use crate::core::ids::RequestId;
 
     /// A command of a fresh session, so that only keys conflict.
     fn cmd(op: Op) -> Command {

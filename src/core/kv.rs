@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::command::{Command, Op, OpResult};
-use crate::ids::{ClientId, RequestId};
+use crate::core::command::{Command, Op, OpResult};
+use crate::core::ids::{ClientId, RequestId};
 
 /// The key/value state machine.
 #[derive(Debug, Default, Clone)]

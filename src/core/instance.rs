@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use crate::ids::{Ballot, InstanceId, ReplicaId};
-use crate::message::Commands;
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::message::Commands;
 
 /// Where an instance stands at one replica. Ordered: an instance only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -17,9 +17,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::command::Command;
-use crate::deps::{keys_of, ConflictKey};
-use crate::ids::InstanceId;
+use crate::core::command::Command;
+use crate::core::deps::{keys_of, ConflictKey};
+use crate::core::ids::InstanceId;
 
 /// What the walk needs to know about an instance.
 pub enum Node {
@@ -280,7 +280,7 @@ pub fn gaps<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ReplicaId;
+    use crate::core::ids::ReplicaId;
     use std::collections::BTreeMap;
 
     fn id(r: u32, s: u64) -> InstanceId {
@@ -417,8 +417,8 @@ mod tests {
 
     mod unexecuted {
         use super::*;
-        use crate::command::{Command, Op};
-        use crate::ids::{ClientId, RequestId};
+        use crate::core::command::{Command, Op};
+        use crate::core::ids::{ClientId, RequestId};
         use bytes::Bytes;
 
         fn cmd(client: u64, key: &'static str, write: bool) -> Command {

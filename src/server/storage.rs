@@ -26,11 +26,11 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-use crate::checkpoint::Checkpoint;
-use crate::ids::InstanceId;
-use crate::instance::Instance;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::ids::InstanceId;
+use crate::core::instance::Instance;
+use crate::core::wire;
 use crate::proto;
-use crate::wire;
 
 /// Largest record accepted when reading back (a batch of large commands fits well under it).
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -556,9 +556,9 @@ fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Op};
-    use crate::ids::{Ballot, ClientId, ReplicaId, RequestId};
-    use crate::instance::Status;
+    use crate::core::command::{Command, Op};
+    use crate::core::ids::{Ballot, ClientId, ReplicaId, RequestId};
+    use crate::core::instance::Status;
     use bytes::Bytes;
     use std::sync::Arc;
 
@@ -654,9 +654,9 @@ mod tests {
 
     #[test]
     fn checkpoint_cuts_the_log_and_comes_back() {
-        use crate::checkpoint::Checkpoint;
-        use crate::deps::ConflictIndex;
-        use crate::kv::KvStore;
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
         let d = dir();
         let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
         let many: Vec<_> = (0..50).map(|s| record(s, Status::Committed)).collect();
@@ -726,9 +726,9 @@ mod tests {
 
     #[test]
     fn a_checkpoint_written_off_the_loop_keeps_what_was_appended_meanwhile() {
-        use crate::checkpoint::Checkpoint;
-        use crate::deps::ConflictIndex;
-        use crate::kv::KvStore;
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
         let cp = Checkpoint {
             kv: KvStore::new(),
             index: ConflictIndex::new(3),

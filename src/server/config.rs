@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::ids::ReplicaId;
+use crate::core::ids::ReplicaId;
 
 /// Largest cluster we accept. Ballots and metrics labels are sized for it; EPaxos itself gains
 /// nothing from more replicas.

@@ -6,9 +6,9 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::config::REPLICAS_MAX;
-use crate::message::Message;
-use crate::replica::Path;
+use crate::core::message::Message;
+use crate::core::replica::Path;
+use crate::server::config::REPLICAS_MAX;
 
 /// Message types, in the order of [`kind_index`].
 pub const KINDS: [&str; 13] = [

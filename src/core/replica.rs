@@ -17,16 +17,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::checkpoint::Checkpoint;
-use crate::command::{Command, OpResult};
-use crate::deps::{covers, keys_of, ConflictIndex, ConflictKey};
-use crate::execute::{self, Node, Outcome};
-use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
-use crate::instance::{Instance, Leading, Phase, Status};
-use crate::kv::{Applied, KvStore};
-use crate::message::{Commands, Message, RecoverReply};
-use crate::quorum;
-use crate::recovery::{self, AfterValidate, Awaited, Decision};
+use crate::core::checkpoint::Checkpoint;
+use crate::core::command::{Command, OpResult};
+use crate::core::deps::{covers, keys_of, ConflictIndex, ConflictKey};
+use crate::core::execute::{self, Node, Outcome};
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::instance::{Instance, Leading, Phase, Status};
+use crate::core::kv::{Applied, KvStore};
+use crate::core::message::{Commands, Message, RecoverReply};
+use crate::core::quorum;
+use crate::core::recovery::{self, AfterValidate, Awaited, Decision};
 
 /// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
 pub type Time = Duration;
@@ -535,7 +535,7 @@ impl Replica {
             return Err(Overloaded(self.pending.len()));
         }
         if self.opts.sabotage.local_reads {
-            if let crate::command::Op::Get { key } = &cmd.op {
+            if let crate::core::command::Op::Get { key } = &cmd.op {
                 let result = match self.kv.get(key) {
                     Some(v) => OpResult {
                         found: true,
@@ -860,7 +860,7 @@ impl Replica {
             for (_, d) in replies {
                 union.extend_from_slice(d);
             }
-            crate::deps::normalize(&mut union);
+            crate::core::deps::normalize(&mut union);
             self.start_accept(now, id, union);
         }
     }
@@ -1494,7 +1494,7 @@ impl Replica {
             .filter(|(_, i)| i.status == Status::Executed)
             .map(|(id, _)| *id)
             .collect();
-        let encoded = crate::checkpoint::encode(
+        let encoded = crate::core::checkpoint::encode(
             &self.kv,
             &self.index,
             &self.gc_prefix,
@@ -2170,7 +2170,7 @@ impl Replica {
             .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1))
             .collect();
         if !cover.is_empty() {
-            *deps = crate::deps::union(deps, &cover);
+            *deps = crate::core::deps::union(deps, &cover);
         }
     }
 
@@ -2298,8 +2298,8 @@ fn reply_of(inst: &Instance) -> RecoverReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Op;
-    use crate::ids::{ClientId, RequestId};
+    use crate::core::command::Op;
+    use crate::core::ids::{ClientId, RequestId};
     use bytes::Bytes;
 
     fn cluster(n: usize) -> Vec<Replica> {

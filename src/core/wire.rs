@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::command::{Command, CommandError, Op, OpResult};
-use crate::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
-use crate::instance::{Instance, Status};
-use crate::message::{Message, RecoverReply};
+use crate::core::command::{Command, CommandError, Op, OpResult};
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::instance::{Instance, Status};
+use crate::core::message::{Message, RecoverReply};
 use crate::proto;
 
 /// Why a message from the network was refused.
@@ -273,7 +273,7 @@ fn deps_from(p: Vec<proto::InstanceId>, n: usize) -> Result<Vec<InstanceId>, Wir
         .map(|d| id_from(Some(d), n))
         .collect::<Result<Vec<_>, _>>()?;
     // The core relies on one entry per row, sorted (equality is the fast-path test).
-    crate::deps::normalize(&mut deps);
+    crate::core::deps::normalize(&mut deps);
     Ok(deps)
 }
 

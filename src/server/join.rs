@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use tonic::transport::Endpoint;
 
-use crate::checkpoint::Checkpoint;
-use crate::config::Config;
-use crate::ids::{InstanceId, ReplicaId};
-use crate::instance::Instance;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::instance::Instance;
+use crate::core::wire;
 use crate::proto::kv_client::KvClient;
 use crate::proto::{self, JoinReply, JoinRequest, SnapshotRequest};
-use crate::transport::GRPC_MESSAGE_BYTES_MAX;
-use crate::wire;
+use crate::server::config::Config;
+use crate::server::transport::GRPC_MESSAGE_BYTES_MAX;
 
 /// Largest snapshot accepted (the checkpoint's own limit plus room for the records).
 pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
@@ -84,7 +84,7 @@ pub async fn run(config: &Config, me: ReplicaId, incarnation: u64, interrupted: 
         }
         let answered: Vec<&JoinReply> = answers.iter().flatten().collect();
         let knew_me = interrupted || answered.iter().any(|a| a.previous_incarnation != 0);
-        if !knew_me && answered.len() + 1 >= crate::quorum::slow_quorum(n) {
+        if !knew_me && answered.len() + 1 >= crate::core::quorum::slow_quorum(n) {
             tracing::info!(answered = answered.len(), "joining as a new replica");
             return Joined {
                 horizons: vec![0; n],

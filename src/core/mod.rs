@@ -1,0 +1,18 @@
+//! The sans-IO protocol core: EPaxos* as a pure state machine.
+//!
+//! Messages, proposals and ticks go in with `now`; [`replica::Ready`] comes out (messages to
+//! send, records to persist before they leave, replies, executed commands). No module here
+//! touches a socket, a file, a clock or a random number generator.
+
+pub mod checkpoint;
+pub mod command;
+pub mod deps;
+pub mod execute;
+pub mod ids;
+pub mod instance;
+pub mod kv;
+pub mod message;
+pub mod quorum;
+pub mod recovery;
+pub mod replica;
+pub mod wire;

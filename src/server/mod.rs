@@ -1,0 +1,10 @@
+//! The I/O shell around the core: configuration, gRPC services, the single-threaded event
+//! loop, per-peer links, the durable log and metrics. It decodes, stamps the time, feeds the
+//! core and carries out what the core decided; protocol decisions belong in [`crate::core`].
+
+pub mod config;
+pub mod join;
+pub mod metrics;
+pub mod runtime;
+pub mod storage;
+pub mod transport;
