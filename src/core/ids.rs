@@ -40,8 +40,7 @@ impl fmt::Display for InstanceId {
 }
 
 /// A ballot, ordered by (round, replica) so that two replicas never own the same ballot.
-/// Round 0 belongs to the instance's original leader; recovery (a later issue) takes higher
-/// rounds.
+/// Round 0 belongs to the instance's original leader; recovery takes higher rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ballot {
     pub round: u32,
@@ -71,3 +70,28 @@ pub struct ClientId(pub u64);
 /// A request number within a client session: strictly increasing, reused by retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
+
+/// One life of a replica's data directory: a random nonzero number drawn when the directory
+/// is created. A replica that lost its data comes back as another incarnation, which its
+/// peers tell apart from the old one (see `node`). Zero is not an incarnation, so "none" is
+/// `Option<Incarnation>`, never a magic value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Incarnation(std::num::NonZeroU64);
+
+impl Incarnation {
+    /// The incarnation `n`, or `None` for 0 (what the wire sends when it has none).
+    pub fn new(n: u64) -> Option<Incarnation> {
+        std::num::NonZeroU64::new(n).map(Incarnation)
+    }
+
+    /// The number as it goes on the wire and to disk.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

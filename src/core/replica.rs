@@ -102,6 +102,9 @@ pub struct Sabotage {
     /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
     /// the command may never have been committed, and a conflicting one went ahead without it).
     pub recovery_skips_validate: bool,
+    /// A replica that lost its data rejoins without horizons: it votes as if its old
+    /// incarnation never voted (agreement breaks).
+    pub rejoin_without_horizons: bool,
 }
 
 impl Options {

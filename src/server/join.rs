@@ -1,27 +1,18 @@
-//! Joining: what a replica whose data directory is new does before it takes part.
-//!
-//! It asks every peer `Join` (with backoff, each call with a timeout) and decides:
-//! - **fresh**: no peer that answered ever knew an incarnation of this replica, and with this
-//!   replica they make a majority. It starts empty (a new cluster, or a replica added before it
-//!   ever spoke). A peer that did know an old incarnation but is down now still refuses this
-//!   one when it comes back (the incarnation fence), so nothing it forgot is voted on.
-//! - **rejoin**: some peer knew an incarnation of it (its data was lost, or an earlier join was
-//!   interrupted). It waits until *every* peer answered: each answer fences the old incarnation
-//!   at that peer and tells how far each row reaches there, and the horizons (the per-row
-//!   maximum) bound every instance the old incarnation may have voted on only if they come from
-//!   all peers. It then fetches a snapshot from the peer that executed most, and the event loop
-//!   installs it (see `Replica` "rejoin" for the rules the horizons impose).
+//! Joining, the shell's part: asking every peer `Join` (with backoff, each call with a
+//! timeout) and fetching a snapshot. What the answers mean, and what the replica then does,
+//! is decided in the core ([`Joiner`], `Node::join_fresh`, `Node::join_from_snapshot`).
 
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
 
 use crate::core::checkpoint::Checkpoint;
-use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
 use crate::core::instance::Instance;
+use crate::core::membership::{JoinAnswer, JoinDecision, Joiner};
 use crate::core::wire;
 use crate::proto::kv_client::KvClient;
-use crate::proto::{self, JoinReply, JoinRequest, SnapshotRequest};
+use crate::proto::{self, JoinRequest, SnapshotRequest};
 use crate::server::config::Config;
 use crate::server::transport::GRPC_MESSAGE_BYTES_MAX;
 
@@ -38,11 +29,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// What joining decided.
-pub struct Joined {
-    /// Per row: below this the replica abstains (zeros when fresh).
-    pub horizons: Vec<u64>,
-    /// The state to start from (none when fresh).
-    pub snapshot: Option<Snapshot>,
+pub enum Joined {
+    /// Nobody knew this replica: it starts empty.
+    Fresh,
+    /// It lost its data: it starts from this snapshot and abstains below `horizons`.
+    Rejoin {
+        horizons: Vec<u64>,
+        snapshot: Box<Snapshot>,
+    },
 }
 
 /// A peer's state, received.
@@ -58,66 +52,64 @@ pub struct Snapshot {
 /// `interrupted`: an earlier join of this data directory did not finish, so it is a rejoin
 /// whatever the peers answer. Retries for as long as it takes (peers may be down): the
 /// replica takes part in nothing meanwhile, which is the safe way to wait.
-pub async fn run(config: &Config, me: ReplicaId, incarnation: u64, interrupted: bool) -> Joined {
-    let n = config.n();
-    let mut answers: Vec<Option<JoinReply>> = vec![None; n];
+pub async fn run(
+    config: &Config,
+    me: ReplicaId,
+    incarnation: Incarnation,
+    interrupted: bool,
+) -> Joined {
+    let mut joiner = Joiner::new(me, config.n(), interrupted);
     let mut backoff = BACKOFF_MIN;
     let mut reported = tokio::time::Instant::now();
     loop {
-        for peer in &config.replicas {
-            if peer.id == me || answers[peer.id.index()].is_some() {
-                continue;
-            }
+        for peer in joiner.missing() {
             let request = JoinRequest {
                 from: me.0,
-                incarnation,
+                incarnation: incarnation.get(),
             };
-            match call(peer.addr, |mut c| async move { c.join(request).await }).await {
-                Ok(reply) if reply.row_ends.len() == n && reply.executed_prefix.len() == n => {
-                    tracing::info!(peer = %peer.id, known = reply.previous_incarnation != 0,
-                        "peer answered join");
-                    answers[peer.id.index()] = Some(reply);
+            let addr = config.replicas[peer.index()].addr;
+            match call(addr, |mut c| async move { c.join(request).await }).await {
+                Ok(reply) => {
+                    let answer = JoinAnswer {
+                        previous: Incarnation::new(reply.previous_incarnation),
+                        row_ends: reply.row_ends,
+                        executed_prefix: reply.executed_prefix,
+                        joining: reply.joining,
+                    };
+                    let known = answer.previous.is_some();
+                    match joiner.answered(peer, answer) {
+                        Ok(()) => tracing::info!(%peer, known, "peer answered join"),
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "malformed join answer; asking again")
+                        }
+                    }
                 }
-                Ok(_) => tracing::warn!(peer = %peer.id, "malformed join answer; asking again"),
-                Err(e) => tracing::debug!(peer = %peer.id, error = %e, "join not answered"),
+                Err(e) => tracing::debug!(%peer, error = %e, "join not answered"),
             }
         }
-        let answered: Vec<&JoinReply> = answers.iter().flatten().collect();
-        let knew_me = interrupted || answered.iter().any(|a| a.previous_incarnation != 0);
-        if !knew_me && answered.len() + 1 >= crate::core::quorum::slow_quorum(n) {
-            tracing::info!(answered = answered.len(), "joining as a new replica");
-            return Joined {
-                horizons: vec![0; n],
-                snapshot: None,
-            };
-        }
-        if knew_me && answered.len() == n - 1 {
-            let mut horizons = vec![0; n];
-            for a in &answered {
-                for (h, e) in horizons.iter_mut().zip(&a.row_ends) {
-                    *h = (*h).max(*e);
+        match joiner.decision() {
+            Some(JoinDecision::Fresh) => {
+                tracing::info!("joining as a new replica");
+                return Joined::Fresh;
+            }
+            Some(JoinDecision::Rejoin { horizons, sources }) => {
+                if let Some(snapshot) = fetch_best(config, me, incarnation, &sources).await {
+                    return Joined::Rejoin {
+                        horizons,
+                        snapshot: Box::new(snapshot),
+                    };
                 }
+                // No snapshot could be had: ask everyone again (their state moved on anyway).
+                joiner.restart();
             }
-            if let Some(snapshot) = fetch_best(config, me, incarnation, &answers).await {
-                return Joined {
-                    horizons,
-                    snapshot: Some(snapshot),
-                };
-            }
-            // No snapshot could be had: ask everyone again (their state moved on anyway).
-            answers.iter_mut().for_each(|a| *a = None);
+            None => {}
         }
         if reported.elapsed() >= REPORT_EVERY {
             reported = tokio::time::Instant::now();
-            let missing: Vec<String> = config
-                .replicas
-                .iter()
-                .filter(|p| p.id != me && answers[p.id.index()].is_none())
-                .map(|p| p.id.to_string())
-                .collect();
+            let missing: Vec<String> = joiner.missing().iter().map(|p| p.to_string()).collect();
             tracing::warn!(
                 missing = missing.join(","),
-                rejoin = knew_me,
+                rejoin = joiner.rejoin(),
                 "joining: waiting for peers to answer (a replica that lost its data waits for \
                  every peer, a new one for a majority)"
             );
@@ -127,23 +119,15 @@ pub async fn run(config: &Config, me: ReplicaId, incarnation: u64, interrupted: 
     }
 }
 
-/// Fetches a snapshot from the peer that executed most (then the others), skipping peers
-/// that are joining themselves.
+/// Fetches a snapshot from the first of `sources` that gives one (the core ranks them: the
+/// peer that executed most first, none that is joining itself).
 async fn fetch_best(
     config: &Config,
     me: ReplicaId,
-    incarnation: u64,
-    answers: &[Option<JoinReply>],
+    incarnation: Incarnation,
+    sources: &[ReplicaId],
 ) -> Option<Snapshot> {
-    let mut sources: Vec<(u64, ReplicaId)> = answers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
-        .filter(|(_, a)| !a.joining)
-        .map(|(i, a)| (a.executed_prefix.iter().sum(), ReplicaId(i as u32)))
-        .collect();
-    sources.sort_unstable_by(|a, b| b.cmp(a));
-    for (_, peer) in sources {
+    for &peer in sources {
         let addr = config.replicas[peer.index()].addr;
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(SNAPSHOT_TIMEOUT, fetch(addr, me, incarnation, config.n())).await
@@ -181,7 +165,7 @@ pub enum SnapshotError {
 async fn fetch(
     addr: std::net::SocketAddr,
     me: ReplicaId,
-    incarnation: u64,
+    incarnation: Incarnation,
     n: usize,
 ) -> Result<(Snapshot, usize), SnapshotError> {
     use prost::Message as _;
@@ -189,7 +173,7 @@ async fn fetch(
     let mut stream = client
         .snapshot(SnapshotRequest {
             from: me.0,
-            incarnation,
+            incarnation: incarnation.get(),
         })
         .await?
         .into_inner();

@@ -23,18 +23,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::core::command::{Command, OpResult};
-use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
 use crate::core::instance::Instance;
+use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::{Message, Show, ShowDeps};
-use crate::core::replica::{Options, Path, Ready, Replica, ReplyError, Token};
+use crate::core::node::{self, Node, Refusal, Restored};
+use crate::core::replica::{Options, Path, Ready, ReplyError, Token};
 use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::server::config::Config;
 use crate::server::metrics::LoopMetrics;
-use crate::server::storage::{
-    self, Incarnation, Log, Membership, PeerIncarnations, StorageError, Sync,
-};
+use crate::server::storage::{self, Log, StorageError, Sync};
 use crate::server::{join, transport};
 
 /// How long a stopping replica waits for in-flight calls.
@@ -116,7 +116,7 @@ pub enum Event {
     /// Messages from one peer (sent by its incarnation `incarnation`), decoded and validated.
     Peer {
         from: ReplicaId,
-        incarnation: u64,
+        incarnation: Incarnation,
         messages: Vec<Message>,
     },
     /// A status query.
@@ -126,12 +126,13 @@ pub enum Event {
     /// A peer with a new data directory announces itself (see `join`).
     Join {
         from: ReplicaId,
-        incarnation: u64,
+        incarnation: Option<Incarnation>,
         reply: oneshot::Sender<Result<proto::JoinReply, Status>>,
     },
     /// A joining peer asks for a snapshot: the encoded `proto::Snapshot`.
     Snapshot {
         from: ReplicaId,
+        incarnation: Option<Incarnation>,
         reply: oneshot::Sender<Result<Vec<u8>, Status>>,
     },
     /// This replica's own join is decided.
@@ -164,12 +165,13 @@ pub async fn serve(
     metrics::gauge!("epaxos_durable").set(if durable { 1.0 } else { 0.0 });
     let restored = recovered.records.len();
     let incarnation = storage::incarnation(&opts.data_dir)?;
-    let peer_incarnations = PeerIncarnations::load(&opts.data_dir, config.n())?;
+    let peers = storage::load_peers(&opts.data_dir, config.n())?;
     // What each peer's Dispatch streams are checked against (0: none recorded yet); the event
-    // loop, which owns the durable record, updates it.
+    // loop updates it from what the node records.
     let accepted: Arc<Vec<AtomicU64>> = Arc::new(
-        (0..config.n())
-            .map(|p| AtomicU64::new(peer_incarnations.get(p).unwrap_or(0)))
+        peers
+            .iter()
+            .map(|p| AtomicU64::new(p.map_or(0, Incarnation::get)))
             .collect(),
     );
     let membership = match Membership::load(&opts.data_dir, config.n())? {
@@ -195,49 +197,44 @@ pub async fn serve(
         tokio::spawn(transport::run_link(id, incarnation, peer.id, peer.addr, rx));
     }
 
-    let joining = membership == Membership::Joining;
-    let core = match membership {
-        Membership::Joined { horizons } => {
-            let mut core = Replica::restore_from(
-                opts.core.clone(),
-                Duration::ZERO,
-                recovered.checkpoint,
-                recovered.records,
-            );
-            core.set_horizons(horizons);
-            tracing::info!(
-                records = restored,
-                committed = core.committed_count(),
-                executed = core.kv().executed(),
-                "restored from the log"
-            );
-            core
-        }
-        Membership::Joining => {
-            // Whatever an interrupted join left is replaced by the snapshot it takes now.
-            let interrupted = !new_dir;
-            tracing::info!(interrupted, "new data directory: joining the cluster first");
-            let config = config.clone();
-            let big = big_tx.clone();
-            tokio::spawn(async move {
-                let joined = join::run(&config, id, incarnation, interrupted).await;
-                let _ = big.send(Event::Joined(Box::new(joined))).await;
-            });
-            Replica::new(opts.core.clone())
-        }
-    };
+    if membership == Membership::Joining {
+        // Whatever an interrupted join left is replaced by the snapshot it takes now.
+        let interrupted = !new_dir;
+        tracing::info!(interrupted, "new data directory: joining the cluster first");
+        let config = config.clone();
+        let big = big_tx.clone();
+        tokio::spawn(async move {
+            let joined = join::run(&config, id, incarnation, interrupted).await;
+            let _ = big.send(Event::Joined(Box::new(joined))).await;
+        });
+    }
+    let node = Node::new(
+        opts.core.clone(),
+        opts.checkpoint_every,
+        Duration::ZERO,
+        Restored {
+            membership,
+            peers,
+            checkpoint: recovered.checkpoint,
+            records: recovered.records,
+        },
+    );
+    if !node.joining() {
+        tracing::info!(
+            records = restored,
+            committed = node.replica().committed_count(),
+            executed = node.replica().kv().executed(),
+            "restored from the log"
+        );
+    }
     let mut event_loop = tokio::spawn(run_loop(
-        core,
+        node,
         big_rx,
         peer_queues,
         LoopSetup {
             tick: opts.tick,
             log,
-            checkpoint_every: opts.checkpoint_every,
             data_dir: opts.data_dir.clone(),
-            core_opts: opts.core.clone(),
-            joining,
-            incarnations: peer_incarnations,
             accepted: accepted.clone(),
         },
     ));
@@ -315,45 +312,45 @@ struct Writing {
 /// A client waiting for its command: where the answer goes and when the proposal arrived.
 type Waiter = (oneshot::Sender<Result<OpResult, Status>>, Instant);
 
-/// What the event loop needs besides the core and its channels.
+/// A Join the node answered, waiting for the record of the new incarnation to be durable.
+struct PendingJoin {
+    from: ReplicaId,
+    incarnation: Option<Incarnation>,
+    reply: oneshot::Sender<Result<proto::JoinReply, Status>>,
+}
+
+/// What the event loop needs besides the node and its channels.
 struct LoopSetup {
     tick: Duration,
     log: Log,
-    checkpoint_every: u64,
     data_dir: std::path::PathBuf,
-    core_opts: Options,
-    /// The replica has not finished joining (see `join`): it takes part in nothing yet.
-    joining: bool,
-    incarnations: PeerIncarnations,
     accepted: Arc<Vec<AtomicU64>>,
 }
 
-/// The single-threaded event loop's state: the core and what the shell needs to carry out its
+/// The single-threaded event loop's state: the node and what the shell needs to carry out its
 /// outputs.
 struct EventLoop {
-    core: Replica,
+    node: Node,
     me: ReplicaId,
     start: Instant,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
     waiting: HashMap<Token, Waiter>,
+    /// Joins answered by the node, waiting for its record of the new incarnation to be durable.
+    joins: HashMap<Token, PendingJoin>,
     next_token: Token,
     m: LoopMetrics,
     log: Log,
     data_dir: std::path::PathBuf,
-    core_opts: Options,
-    joining: bool,
-    /// Each peer's incarnation (durable; the truth that `accepted` mirrors for the readers).
-    incarnations: PeerIncarnations,
+    /// Per peer: the incarnation the node recorded, for the Dispatch readers (which close a
+    /// stream from another incarnation at once).
     accepted: Arc<Vec<AtomicU64>>,
-    /// `core.collected()` when the last checkpoint was written.
-    checkpointed_at: u64,
     /// What `epaxos_abstaining` last reported.
     abstaining: bool,
 }
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
 async fn run_loop(
-    core: Replica,
+    node: Node,
     mut big: mpsc::Receiver<Event>,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
     setup: LoopSetup,
@@ -368,28 +365,21 @@ async fn run_loop(
     let LoopSetup {
         tick,
         log,
-        checkpoint_every,
         data_dir,
-        core_opts,
-        joining,
-        incarnations,
         accepted,
     } = setup;
     let mut el = EventLoop {
-        checkpointed_at: core.collected(),
         abstaining: false,
-        me: core.id(),
+        me: node.replica().id(),
         m: LoopMetrics::new(peers.len()),
-        core,
+        node,
         start: Instant::now(),
         peers,
         waiting: HashMap::new(),
+        joins: HashMap::new(),
         next_token: 0,
         log,
         data_dir,
-        core_opts,
-        joining,
-        incarnations,
         accepted,
     };
     let mut ticker = tokio::time::interval(tick);
@@ -412,6 +402,7 @@ async fn run_loop(
                 tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since)).inspect_err(
                     |e| tracing::error!(error = %e, "cannot cut the log; stopping the replica"),
                 )?;
+                el.node.checkpoint_written();
                 let stall = w.encode + finishing.elapsed();
                 checkpoints.increment(1);
                 checkpoint_latency.record(w.started.elapsed().as_secs_f64());
@@ -427,52 +418,34 @@ async fn run_loop(
                 since = Vec::new();
             }
             ev = big.recv() => match ev {
-                Some(ev) => el.handle(ev)?,
+                Some(ev) => el.handle(ev),
                 None => return Ok(()),
             },
             _ = ticker.tick() => {
                 let now = el.start.elapsed();
-                if !el.joining {
-                    el.core.tick(now);
-                }
+                el.node.tick(now);
                 for (p, g) in el.m.suspected.iter().enumerate() {
                     let peer = ReplicaId(p as u32);
                     if peer != el.me {
-                        g.set(if el.core.is_suspected(peer, now) { 1.0 } else { 0.0 });
+                        g.set(if el.node.replica().is_suspected(peer, now) { 1.0 } else { 0.0 });
                     }
                 }
             }
         }
         for _ in 0..DRAIN_MAX {
             match big.try_recv() {
-                Ok(ev) => el.handle(ev)?,
+                Ok(ev) => el.handle(ev),
                 Err(_) => break,
             }
         }
-        joining_gauge.set(if el.joining { 1.0 } else { 0.0 });
-        let abstaining = el.core.abstaining();
-        if abstaining != el.abstaining {
-            if abstaining {
-                tracing::warn!(
-                    "abstaining below the rejoin horizons until every row is known \
-                    committed up to them: until then this replica counts as a failure"
-                );
-            } else {
-                tracing::info!("caught up to the rejoin horizons: votes on everything again");
-            }
-            el.abstaining = abstaining;
-            abstaining_gauge.set(if abstaining { 1.0 } else { 0.0 });
-        }
-        if el.joining {
-            continue;
-        }
-        el.core.flush(el.start.elapsed());
-        let mut ready = el.core.take_ready();
-        if !ready.persist.is_empty() {
+        el.node.flush(el.start.elapsed());
+        let mut ready = el.node.take_ready();
+        el.persist_node(&ready)?;
+        if !ready.core.persist.is_empty() {
             // Group commit: one write and one sync for everything this iteration changed,
             // before any message or reply that depends on it leaves.
             let started = Instant::now();
-            let records = std::mem::take(&mut ready.persist);
+            let records = std::mem::take(&mut ready.core.persist);
             let log = &mut el.log;
             tokio::task::block_in_place(|| log.append(&records)).inspect_err(|e| {
                 tracing::error!(error = %e, "cannot persist; stopping the replica");
@@ -484,45 +457,46 @@ async fn run_loop(
             }
         }
         el.carry_out(ready);
-        if writing.is_none() && el.core.collected() >= el.checkpointed_at + checkpoint_every {
-            // Encoding reads the live state, so it happens here; the writing and syncing do not.
+        joining_gauge.set(if el.node.joining() { 1.0 } else { 0.0 });
+        el.report_abstaining(&abstaining_gauge);
+        if writing.is_none() {
             let started = Instant::now();
-            let (checkpoint, live) = el.core.checkpoint();
-            let (bytes, live_len) = (checkpoint.len(), live.len());
-            let job = tokio::task::spawn_blocking(el.log.start_checkpoint(checkpoint, live));
-            el.checkpointed_at = el.core.collected();
-            writing = Some(Writing {
-                job,
-                started,
-                encode: started.elapsed(),
-                bytes,
-                live: live_len,
-            });
+            if let Some(job) = el.node.poll_checkpoint() {
+                // The node encoded it (that reads the live state, so it happens here); the
+                // writing and syncing happen on a blocking thread while the loop goes on.
+                let encode = started.elapsed();
+                let (bytes, live) = (job.checkpoint.len(), job.records.len());
+                let work = el.log.start_checkpoint(job.checkpoint, job.records);
+                writing = Some(Writing {
+                    job: tokio::task::spawn_blocking(work),
+                    started,
+                    encode,
+                    bytes,
+                    live,
+                });
+            }
         }
         el.m.big_channel.set(big.len() as f64);
-        el.m.waiting.set(el.core.unexecuted() as f64);
-        el.m.pending.set(el.core.pending() as f64);
-        el.m.inflight.set(el.core.inflight() as f64);
+        el.m.waiting.set(el.node.replica().unexecuted() as f64);
+        el.m.pending.set(el.node.replica().pending() as f64);
+        el.m.inflight.set(el.node.replica().inflight() as f64);
     }
 }
 
 impl EventLoop {
-    fn handle(&mut self, ev: Event) -> Result<(), RuntimeError> {
+    fn handle(&mut self, ev: Event) {
         let now = self.start.elapsed();
         match ev {
-            Event::Propose { reply, .. } if self.joining => {
-                let _ = reply.send(Err(Status::unavailable(
-                    "replica is joining the cluster (its data directory is new); try another \
-                     replica",
-                )));
-            }
             Event::Propose { cmd, reply, at } => {
                 let token = self.next_token;
                 self.next_token += 1;
-                match self.core.propose(token, cmd) {
+                match self.node.propose(token, cmd) {
                     Ok(()) => {
                         self.m.proposals.increment(1);
                         self.waiting.insert(token, (reply, at));
+                    }
+                    Err(e @ Refusal::Joining) => {
+                        let _ = reply.send(Err(Status::unavailable(e.to_string())));
                     }
                     Err(e) => {
                         self.m.rejected_overloaded.increment(1);
@@ -530,33 +504,32 @@ impl EventLoop {
                     }
                 }
             }
-            // Not taking part yet: the peers resend what matters once this replica has joined.
-            Event::Peer { .. } if self.joining => {}
             Event::Peer {
                 from,
                 incarnation,
                 messages,
             } => {
-                if !self.peer_incarnation_ok(from, incarnation) {
-                    return Ok(());
+                if !self.node.hear(from, incarnation) {
+                    return;
                 }
                 for msg in messages {
                     self.m.received(from.0, &msg);
                     tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
                         instance = %Show(msg.instance()), ballot = %Show(msg.ballot()),
                         deps = %ShowDeps(msg.deps()));
-                    self.core.handle(now, from, msg);
+                    self.node.handle(now, from, msg);
                 }
             }
             Event::Status { reply } => {
+                let core = self.node.replica();
                 let _ = reply.send(proto::StatusReply {
                     id: self.me.0,
-                    executed: self.core.kv().executed(),
-                    digest: self.core.kv().digest(),
-                    committed: self.core.committed_count(),
-                    keys: self.core.kv().len() as u64,
-                    waiting: self.core.unexecuted(),
-                    joining: self.joining,
+                    executed: core.kv().executed(),
+                    digest: core.kv().digest(),
+                    committed: core.committed_count(),
+                    keys: core.kv().len() as u64,
+                    waiting: core.unexecuted(),
+                    joining: self.node.joining(),
                 });
             }
             Event::Join {
@@ -564,139 +537,157 @@ impl EventLoop {
                 incarnation,
                 reply,
             } => {
-                let _ = reply.send(self.answer_join(from, incarnation));
+                let token = self.next_token;
+                self.next_token += 1;
+                self.joins.insert(
+                    token,
+                    PendingJoin {
+                        from,
+                        incarnation,
+                        reply,
+                    },
+                );
+                self.node.answer_join(token, from, incarnation);
             }
-            Event::Snapshot { reply, .. } if self.joining => {
-                let _ = reply.send(Err(Status::unavailable("this replica is joining itself")));
-            }
-            Event::Snapshot { from, reply } => {
+            Event::Snapshot {
+                from,
+                incarnation,
+                reply,
+            } => {
                 let started = Instant::now();
-                let (checkpoint, records) = self.core.snapshot();
-                let snapshot = proto::Snapshot {
-                    checkpoint: checkpoint.into(),
-                    records: records
-                        .iter()
-                        .map(|(id, inst)| wire::record_to_proto(*id, inst))
-                        .collect(),
+                let result = match self.node.snapshot_for(from, incarnation) {
+                    Ok(node::Image {
+                        checkpoint,
+                        records,
+                    }) => {
+                        let snapshot = proto::Snapshot {
+                            checkpoint: checkpoint.into(),
+                            records: records
+                                .iter()
+                                .map(|(id, inst)| wire::record_to_proto(*id, inst))
+                                .collect(),
+                        };
+                        let bytes = prost::Message::encode_to_vec(&snapshot);
+                        tracing::info!(peer = %from, bytes = bytes.len(), records = records.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "snapshot taken for a joining peer");
+                        metrics::counter!("epaxos_snapshots_sent_total").increment(1);
+                        Ok(bytes)
+                    }
+                    Err(e @ Refusal::Joining) => Err(Status::unavailable(e.to_string())),
+                    Err(e) => Err(Status::failed_precondition(e.to_string())),
                 };
-                let bytes = prost::Message::encode_to_vec(&snapshot);
-                tracing::info!(peer = %from, bytes = bytes.len(), records = records.len(),
-                    ms = started.elapsed().as_millis() as u64, "snapshot taken for a joining peer");
-                metrics::counter!("epaxos_snapshots_sent_total").increment(1);
-                let _ = reply.send(Ok(bytes));
+                let _ = reply.send(result);
             }
-            Event::Joined(joined) => self.install(*joined)?,
-        }
-        Ok(())
-    }
-
-    /// Accepts a batch only from the incarnation recorded for its sender (recording the first
-    /// one seen, durably): a replica that lost its data may have forgotten promises and votes,
-    /// so only the incarnation that joined in its place (see `join`) is heard.
-    fn peer_incarnation_ok(&mut self, from: ReplicaId, incarnation: u64) -> bool {
-        let result =
-            tokio::task::block_in_place(|| self.incarnations.check(from.index(), incarnation));
-        match result {
-            Ok(Incarnation::Known) => {
-                if let Some(a) = self.accepted.get(from.index()) {
-                    a.store(incarnation, Ordering::Relaxed);
+            Event::Joined(joined) => match *joined {
+                join::Joined::Fresh => {
+                    tracing::info!("joined the cluster as a new replica");
+                    self.node.join_fresh();
                 }
-                true
-            }
-            // The stream's reader refuses it from its next batch on (it reads `accepted`).
-            Ok(Incarnation::Changed { .. }) => false,
-            Err(e) => {
-                tracing::error!(%from, error = %e, "cannot record a peer's incarnation; \
-                    ignoring its messages");
-                false
-            }
+                join::Joined::Rejoin { horizons, snapshot } => {
+                    let join::Snapshot {
+                        from,
+                        checkpoint,
+                        records,
+                    } = *snapshot;
+                    self.node
+                        .join_from_snapshot(now, horizons.clone(), checkpoint, records);
+                    let core = self.node.replica();
+                    tracing::info!(%from, keys = core.kv().len(),
+                        committed = core.committed_count(), executed = core.kv().executed(),
+                        horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
+                    metrics::counter!("epaxos_rejoins_total").increment(1);
+                }
+            },
         }
     }
 
-    /// A peer with a new data directory joins: from now on only its new incarnation is heard
-    /// (recorded durably before the answer leaves), and the answer tells how far each row
-    /// reaches here.
-    fn answer_join(
-        &mut self,
-        from: ReplicaId,
-        incarnation: u64,
-    ) -> Result<proto::JoinReply, Status> {
-        if from == self.me || incarnation == 0 {
-            return Err(Status::invalid_argument(
-                "join from this replica's own id, or without an incarnation",
-            ));
+    /// Makes durable what the node itself must store (see `node::Ready`: peers' incarnations,
+    /// an installed snapshot, the membership), before anything of `ready` is carried out.
+    fn persist_node(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
+        if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
+            return Ok(());
         }
-        let previous = self.incarnations.get(from.index());
-        if previous != Some(incarnation) {
-            tokio::task::block_in_place(|| self.incarnations.replace(from.index(), incarnation))
-                .map_err(|e| {
-                    tracing::error!(%from, error = %e, "cannot record a joining peer");
-                    Status::unavailable("cannot record the joining incarnation")
-                })?;
-            if let Some(a) = self.accepted.get(from.index()) {
-                a.store(incarnation, Ordering::Relaxed);
+        let (log, dir) = (&mut self.log, &self.data_dir);
+        tokio::task::block_in_place(|| -> Result<(), StorageError> {
+            if let Some(peers) = &ready.peers {
+                storage::store_peers(dir, peers)?;
             }
-        }
-        if let Some(old) = previous.filter(|p| *p != incarnation) {
-            tracing::warn!(peer = %from, old, new = incarnation,
-                "peer rejoins with a new data directory: its old incarnation is refused from now on");
-            metrics::counter!("epaxos_peer_rejoined_total",
-                "peer" => crate::server::metrics::peer_label(from.0))
-            .increment(1);
-        }
-        let row_ends = self.core.peer_rejoined(from);
-        Ok(proto::JoinReply {
-            previous_incarnation: previous.unwrap_or(0),
-            row_ends,
-            executed_prefix: self.core.executed_prefix().to_vec(),
-            joining: self.joining,
+            if let Some(installed) = &ready.install {
+                log.checkpoint(&installed.checkpoint, &installed.records)?;
+            }
+            if let Some(membership) = &ready.membership {
+                membership.store(dir)?;
+            }
+            Ok(())
         })
-    }
-
-    /// This replica's join is decided: start from the snapshot (made durable first, as this
-    /// replica's checkpoint and log), keep the horizons, and take part from now on.
-    fn install(&mut self, joined: join::Joined) -> Result<(), RuntimeError> {
-        let n = self.core_opts.n;
-        let now = self.start.elapsed();
-        let horizons = joined.horizons;
-        if let Some(join::Snapshot {
-            from: peer,
-            mut checkpoint,
-            records,
-        }) = joined.snapshot
-        {
-            // The peer's next slot is its own row's; ours continues at our row's horizon.
-            checkpoint.next_slot = horizons[self.me.index()];
-            let encoded = checkpoint.encode();
-            let log = &mut self.log;
-            tokio::task::block_in_place(|| log.checkpoint(&encoded, &records))?;
-            let mut core =
-                Replica::restore_from(self.core_opts.clone(), now, Some(checkpoint), records);
-            core.set_horizons(horizons.clone());
-            // Re-execution on restore answers nobody and sends nothing that matters.
-            drop(core.take_ready());
-            tracing::info!(from = %peer, keys = core.kv().len(),
-                committed = core.committed_count(), executed = core.kv().executed(),
-                horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
-            metrics::counter!("epaxos_rejoins_total").increment(1);
-            self.checkpointed_at = core.collected();
-            self.core = core;
-        } else {
-            tracing::info!("joined the cluster as a new replica");
+        .inspect_err(|e| tracing::error!(error = %e, "cannot persist; stopping the replica"))?;
+        if let Some(peers) = &ready.peers {
+            for (a, p) in self.accepted.iter().zip(peers) {
+                a.store(p.map_or(0, Incarnation::get), Ordering::Relaxed);
+            }
         }
-        debug_assert_eq!(
-            horizons.len(),
-            n,
-            "join answers are checked for the cluster size"
-        );
-        let dir = &self.data_dir;
-        tokio::task::block_in_place(|| Membership::Joined { horizons }.store(dir))?;
-        self.joining = false;
         Ok(())
     }
 
-    /// Carries out the core's outputs once `ready.persist` is durable.
-    fn carry_out(&mut self, ready: Ready) {
+    /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).
+    fn report_abstaining(&mut self, gauge: &metrics::Gauge) {
+        let abstaining = self.node.replica().abstaining();
+        if abstaining == self.abstaining {
+            return;
+        }
+        if abstaining {
+            tracing::warn!(
+                "abstaining below the rejoin horizons until every row is known committed up \
+                 to them: until then this replica counts as a failure"
+            );
+        } else {
+            tracing::info!("caught up to the rejoin horizons: votes on everything again");
+        }
+        self.abstaining = abstaining;
+        gauge.set(if abstaining { 1.0 } else { 0.0 });
+    }
+
+    /// Carries out the node's outputs once what they depend on is durable.
+    fn carry_out(&mut self, ready: node::Ready) {
+        for (token, answer) in ready.joins {
+            let Some(PendingJoin {
+                from,
+                incarnation,
+                reply,
+            }) = self.joins.remove(&token)
+            else {
+                continue;
+            };
+            if let Ok(JoinAnswer {
+                previous: Some(old),
+                ..
+            }) = &answer
+            {
+                if Some(*old) != incarnation {
+                    tracing::warn!(peer = %from, %old, new = ?incarnation.map(Incarnation::get),
+                        "peer rejoins with a new data directory: its old incarnation is refused \
+                         from now on");
+                    metrics::counter!("epaxos_peer_rejoined_total",
+                        "peer" => crate::server::metrics::peer_label(from.0))
+                    .increment(1);
+                }
+            }
+            let _ = reply.send(answer.map(join_reply).map_err(|e| match e {
+                Refusal::BadJoin => Status::invalid_argument(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            }));
+        }
+        for r in ready.refused {
+            // The Dispatch reader closes such a stream too; these were queued before it did.
+            tracing::debug!(peer = %r.peer, incarnation = %r.incarnation, recorded = %r.recorded,
+                "batch from a replaced incarnation refused");
+        }
+        self.carry_out_core(ready.core);
+    }
+
+    /// Carries out the protocol core's outputs.
+    fn carry_out_core(&mut self, ready: Ready) {
         let m = &self.m;
         for out in ready.messages {
             let bytes = wire::encode(&out.msg);
@@ -821,7 +812,7 @@ impl Kv for Service {
         self.big
             .send(Event::Join {
                 from: ReplicaId(req.from),
-                incarnation: req.incarnation,
+                incarnation: Incarnation::new(req.incarnation),
                 reply: tx,
             })
             .await
@@ -839,20 +830,14 @@ impl Kv for Service {
         request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let req = request.into_inner();
-        let from = ReplicaId(req.from);
-        let recorded = self
-            .accepted
-            .get(from.index())
-            .map(|a| a.load(Ordering::Relaxed));
-        // Only for a peer that joined as this incarnation (its Join was answered here).
-        if recorded != Some(req.incarnation) || req.incarnation == 0 {
-            return Err(Status::failed_precondition(
-                "snapshot only for a replica that joined with this incarnation",
-            ));
-        }
         let (tx, rx) = oneshot::channel();
+        // The node gives it only to a peer that joined as this incarnation.
         self.big
-            .send(Event::Snapshot { from, reply: tx })
+            .send(Event::Snapshot {
+                from: ReplicaId(req.from),
+                incarnation: Incarnation::new(req.incarnation),
+                reply: tx,
+            })
             .await
             .map_err(|_| Status::unavailable("replica is shutting down"))?;
         let bytes = match tokio::time::timeout(Duration::from_secs(60), rx).await {
@@ -908,10 +893,13 @@ impl Kv for Service {
                     break;
                 }
                 let from = ReplicaId(batch.from);
-                if let Err(status) = check_incarnation(&accepted, from, batch.incarnation) {
-                    let _ = keep_open.send(Err(status)).await;
-                    break;
-                }
+                let incarnation = match check_incarnation(&accepted, from, batch.incarnation) {
+                    Ok(i) => i,
+                    Err(status) => {
+                        let _ = keep_open.send(Err(status)).await;
+                        break;
+                    }
+                };
                 let mut messages = Vec::with_capacity(batch.messages.len());
                 for bytes in &batch.messages {
                     match wire::decode(bytes, n) {
@@ -927,7 +915,7 @@ impl Kv for Service {
                 // Backpressure: a full bigChannel slows the peer's stream down.
                 let event = Event::Peer {
                     from,
-                    incarnation: batch.incarnation,
+                    incarnation,
                     messages,
                 };
                 if big.send(event).await.is_err() {
@@ -939,31 +927,31 @@ impl Kv for Service {
     }
 }
 
-/// Refuses a stream whose batches carry another incarnation than the one recorded for their
-/// sender (the event loop checks again, in order with Joins, and records a first one): a
-/// replica that lost its data directory may have forgotten promises and votes; only the
-/// incarnation that joined in its place (see `join`) is heard.
+/// Closes a stream whose batches carry no incarnation, or another one than the node recorded
+/// for their sender. The node decides (`Node::hear`, in order with Joins, recording a first
+/// one); this is its decision mirrored, so that a replaced incarnation learns at once that it
+/// is refused.
 fn check_incarnation(
     accepted: &[AtomicU64],
     from: ReplicaId,
     incarnation: u64,
-) -> Result<(), Status> {
+) -> Result<Incarnation, Status> {
     let refuse = |why: String| {
         metrics::counter!("epaxos_peer_refused_total", "peer" => crate::server::metrics::peer_label(from.0))
             .increment(1);
         Err(Status::failed_precondition(why))
     };
-    if incarnation == 0 {
+    let Some(incarnation) = Incarnation::new(incarnation) else {
         metrics::counter!("epaxos_wire_errors_total", "peer" => crate::server::metrics::peer_label(from.0))
             .increment(1);
         tracing::warn!(%from, "peer batch without an incarnation; closing stream");
         return refuse("batch without an incarnation".to_string());
-    }
+    };
     let recorded = accepted
         .get(from.index())
         .map_or(0, |a| a.load(Ordering::Relaxed));
-    if recorded != 0 && recorded != incarnation {
-        tracing::error!(%from, incarnation, recorded,
+    if recorded != 0 && recorded != incarnation.get() {
+        tracing::error!(%from, %incarnation, recorded,
             "batch from a replaced incarnation of a peer (it lost its data and another \
              incarnation joined in its place): refused");
         return refuse(format!(
@@ -972,5 +960,15 @@ fn check_incarnation(
              replica on an empty data directory to join again"
         ));
     }
-    Ok(())
+    Ok(incarnation)
+}
+
+/// A Join's answer on the wire.
+fn join_reply(a: JoinAnswer) -> proto::JoinReply {
+    proto::JoinReply {
+        previous_incarnation: a.previous.map_or(0, Incarnation::get),
+        row_ends: a.row_ends,
+        executed_prefix: a.executed_prefix,
+        joining: a.joining,
+    }
 }

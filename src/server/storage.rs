@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 
 use crate::core::checkpoint::Checkpoint;
-use crate::core::ids::InstanceId;
+use crate::core::ids::{Incarnation, InstanceId};
 use crate::core::instance::Instance;
 use crate::core::wire;
 use crate::proto;
@@ -291,25 +291,25 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError
 }
 
 /// This replica's incarnation: drawn at random (nonzero) when the data directory is new, kept
-/// in `dir/incarnation` ever after. Peers remember it (see [`PeerIncarnations`]): a replica that
-/// lost its data directory comes back as another incarnation, which they refuse.
-pub fn incarnation(dir: &Path) -> Result<u64, StorageError> {
+/// in `dir/incarnation` ever after. Peers remember it (see `Node::hear`): a replica that lost
+/// its data directory comes back as another incarnation, which they refuse.
+pub fn incarnation(dir: &Path) -> Result<Incarnation, StorageError> {
     const NAME: &str = "incarnation";
     let path = dir.join(NAME);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            text.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|v| *v != 0)
-                .ok_or(StorageError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: "incarnation file does not hold a nonzero number".to_string(),
-                })
-        }
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(Incarnation::new)
+            .ok_or(StorageError::Corrupt {
+                path,
+                offset: 0,
+                reason: "incarnation file does not hold a nonzero number".to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let value = rand::random::<u64>().max(1);
+            let value =
+                Incarnation::new(rand::random::<u64>().max(1)).expect("max(1) is never zero");
             replace_file(dir, NAME, format!("{value}\n").as_bytes())?;
             Ok(value)
         }
@@ -323,17 +323,9 @@ pub fn is_new(dir: &Path) -> bool {
     !dir.join("incarnation").exists()
 }
 
-/// Where a replica stands in its cluster, durable in `dir/membership`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
-    /// Its data directory is new and it has not finished joining (or was interrupted doing so):
-    /// it takes part in nothing until it has.
-    Joining,
-    /// It takes part, abstaining below `horizons` (per row; all zeros unless it replaced an
-    /// incarnation that lost its data, see `Replica::set_horizons`).
-    Joined { horizons: Vec<u64> },
-}
+pub use crate::core::membership::Membership;
 
+/// Stored in `dir/membership`: `joining`, or `joined` and the horizons.
 impl Membership {
     const NAME: &'static str = "membership";
 
@@ -389,93 +381,51 @@ impl Membership {
     }
 }
 
-/// The incarnation of each peer, as first seen, durable in `dir/peers`: one `id incarnation`
-/// line per peer seen.
-#[derive(Debug)]
-pub struct PeerIncarnations {
-    dir: PathBuf,
-    known: Vec<Option<u64>>,
-}
+/// The file holding each peer's incarnation as first seen: one `id incarnation` line per
+/// peer seen (see `Node::hear`).
+const PEERS_FILE: &str = "peers";
 
-/// What [`PeerIncarnations::check`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Incarnation {
-    /// The peer's known incarnation (or its first, now recorded).
-    Known,
-    /// Another incarnation than the one recorded: the peer lost its data.
-    Changed { recorded: u64 },
-}
-
-impl PeerIncarnations {
-    const NAME: &'static str = "peers";
-
-    /// Loads what was recorded; unreadable lines are an error (the file is replaced whole).
-    pub fn load(dir: &Path, n: usize) -> Result<PeerIncarnations, StorageError> {
-        let path = dir.join(Self::NAME);
-        let mut known = vec![None; n];
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    let mut parts = line.split_whitespace();
-                    let parsed = (|| {
-                        let id: usize = parts.next()?.parse().ok()?;
-                        let inc: u64 = parts.next()?.parse().ok()?;
-                        Some((id, inc))
-                    })();
-                    match parsed {
-                        Some((id, inc)) if id < n && inc != 0 => known[id] = Some(inc),
-                        _ => {
-                            return Err(StorageError::Corrupt {
-                                path,
-                                offset: 0,
-                                reason: "peers file holds a line that is not `id incarnation`"
-                                    .to_string(),
-                            })
-                        }
+/// Loads each peer's recorded incarnation; unreadable lines are an error (the file is
+/// replaced whole, so damage is real corruption).
+pub fn load_peers(dir: &Path, n: usize) -> Result<Vec<Option<Incarnation>>, StorageError> {
+    let path = dir.join(PEERS_FILE);
+    let mut known = vec![None; n];
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let mut parts = line.split_whitespace();
+                let parsed = (|| {
+                    let id: usize = parts.next()?.parse().ok()?;
+                    let inc = Incarnation::new(parts.next()?.parse().ok()?)?;
+                    Some((id, inc))
+                })();
+                match parsed {
+                    Some((id, inc)) if id < n => known[id] = Some(inc),
+                    _ => {
+                        return Err(StorageError::Corrupt {
+                            path,
+                            offset: 0,
+                            reason: "peers file holds a line that is not `id incarnation`"
+                                .to_string(),
+                        })
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StorageError::Io { path, source }),
         }
-        Ok(PeerIncarnations {
-            dir: dir.to_path_buf(),
-            known,
-        })
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(StorageError::Io { path, source }),
     }
+    Ok(known)
+}
 
-    /// Checks `peer`'s incarnation, recording it durably the first time (before the caller
-    /// acts on anything the peer sent).
-    pub fn check(&mut self, peer: usize, incarnation: u64) -> Result<Incarnation, StorageError> {
-        match self.get(peer) {
-            Some(recorded) if recorded == incarnation => Ok(Incarnation::Known),
-            Some(recorded) => Ok(Incarnation::Changed { recorded }),
-            None => {
-                self.replace(peer, incarnation)?;
-                Ok(Incarnation::Known)
-            }
-        }
-    }
-
-    /// The incarnation recorded for `peer`, if any.
-    pub fn get(&self, peer: usize) -> Option<u64> {
-        self.known.get(peer).copied().flatten()
-    }
-
-    /// Records `incarnation` as `peer`'s from now on, durably: the peer joined again after
-    /// losing its data, and its old incarnation is refused from here on.
-    pub fn replace(&mut self, peer: usize, incarnation: u64) -> Result<(), StorageError> {
-        if let Some(slot) = self.known.get_mut(peer) {
-            *slot = Some(incarnation);
-        }
-        let text: String = self
-            .known
-            .iter()
-            .enumerate()
-            .filter_map(|(id, inc)| inc.map(|v| format!("{id} {v}\n")))
-            .collect();
-        replace_file(&self.dir, Self::NAME, text.as_bytes())
-    }
+/// Stores each peer's incarnation durably (replacing the file whole).
+pub fn store_peers(dir: &Path, known: &[Option<Incarnation>]) -> Result<(), StorageError> {
+    let text: String = known
+        .iter()
+        .enumerate()
+        .filter_map(|(id, inc)| inc.map(|v| format!("{id} {v}\n")))
+        .collect();
+    replace_file(dir, PEERS_FILE, text.as_bytes())
 }
 
 /// Reads the checkpoint, if any. A checkpoint is replaced whole by rename, so any damage is
@@ -803,23 +753,18 @@ mod tests {
     }
 
     #[test]
-    fn incarnations_are_drawn_once_and_peers_are_held_to_theirs() {
+    fn incarnations_are_drawn_once_and_peers_are_stored() {
         let d = dir();
         let mine = incarnation(&d).expect("draw");
-        assert_ne!(mine, 0);
         assert_eq!(incarnation(&d).expect("read"), mine, "kept across restarts");
-        let mut peers = PeerIncarnations::load(&d, 3).expect("load");
-        assert_eq!(peers.check(1, 77).expect("record"), Incarnation::Known);
-        assert_eq!(peers.check(1, 77).expect("check"), Incarnation::Known);
-        // Durable: a restarted replica still knows peer 1's incarnation.
-        let mut peers = PeerIncarnations::load(&d, 3).expect("reload");
-        assert_eq!(
-            peers.check(1, 78).expect("check"),
-            Incarnation::Changed { recorded: 77 }
-        );
-        assert_eq!(peers.check(2, 5).expect("record"), Incarnation::Known);
+        assert_eq!(load_peers(&d, 3).expect("none yet"), vec![None; 3]);
+        let known = vec![None, Incarnation::new(77), Incarnation::new(5)];
+        store_peers(&d, &known).expect("store");
+        assert_eq!(load_peers(&d, 3).expect("reload"), known, "durable");
         std::fs::write(d.join("peers"), "1 garbage\n").expect("damage");
-        assert!(PeerIncarnations::load(&d, 3).is_err());
+        assert!(load_peers(&d, 3).is_err());
+        std::fs::write(d.join("peers"), "1 0\n").expect("zero is no incarnation");
+        assert!(load_peers(&d, 3).is_err());
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use crate::core::ids::ReplicaId;
+use crate::core::ids::{Incarnation, ReplicaId};
 use crate::proto::kv_client::KvClient;
 use crate::proto::PeerBatch;
 use crate::server::metrics::peer_label;
@@ -33,7 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// stream breaks is resent by the protocol's own retransmission.
 pub async fn run_link(
     me: ReplicaId,
-    incarnation: u64,
+    incarnation: Incarnation,
     peer: ReplicaId,
     addr: SocketAddr,
     mut queue: mpsc::Receiver<Bytes>,
@@ -112,7 +112,7 @@ pub async fn run_link(
                 .send(PeerBatch {
                     from: me.0,
                     messages,
-                    incarnation,
+                    incarnation: incarnation.get(),
                 })
                 .await
                 .is_err()

@@ -512,7 +512,7 @@ impl Observer {
 
     /// The end-of-run checks: every decided instance held alike everywhere, visibility over the
     /// committed graph, and the same order of interfering instances at every replica.
-    pub fn finish(&mut self, replicas: &[Replica]) -> GraphStats {
+    pub fn finish(&mut self, replicas: &[&Replica]) -> GraphStats {
         for (r, replica) in replicas.iter().enumerate() {
             let mut held: Vec<_> = replica
                 .instances()

@@ -45,9 +45,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use epaxos_kv::core::checkpoint::Checkpoint;
 use epaxos_kv::core::command::{Command, Op, OpResult};
-use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use epaxos_kv::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::core::instance::{Instance, Status};
+use epaxos_kv::core::membership::{JoinDecision, Joiner, Membership};
 use epaxos_kv::core::message::{Message, ShowDeps};
+use epaxos_kv::core::node::{Node, Restored};
 use epaxos_kv::core::quorum;
 use epaxos_kv::core::replica::{Options, Path, Ready, Replica, ReplyError, Sabotage, Token};
 
@@ -559,6 +561,11 @@ struct HistOp {
     result: Option<OpResult>,
 }
 
+/// The incarnation of a replica's `generation`-th data directory (wipes bump it).
+fn incarnation_of(generation: u64) -> Incarnation {
+    Incarnation::new(generation + 1).expect("one more than a count is never zero")
+}
+
 /// A simulated cluster and its clients.
 pub struct Sim {
     cfg: Config,
@@ -566,7 +573,9 @@ pub struct Sim {
     rng: Rng,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
-    replicas: Vec<Replica>,
+    /// Each replica's node: the production code for its core, membership, peers' incarnations
+    /// and checkpoint cadence.
+    nodes: Vec<Node>,
     /// Each replica's options, to restore it with.
     opts: Vec<Options>,
     life: Vec<Life>,
@@ -588,8 +597,10 @@ pub struct Sim {
     /// restart replays), and its last checkpoint, encoded.
     disk: Vec<Vec<(InstanceId, Instance)>>,
     checkpoint: Vec<Option<Vec<u8>>>,
-    /// Per replica: `collected()` at its last checkpoint (or restart), as the runtime keeps it.
-    checkpointed_at: Vec<u64>,
+    /// Per replica: its peers' incarnations and its membership as last stored (what a restart
+    /// reads besides the log and the checkpoint).
+    peers_disk: Vec<Vec<Option<Incarnation>>>,
+    membership_disk: Vec<Membership>,
     /// Per replica: a scripted crash waits for its next checkpoint.
     crash_at_checkpoint: Vec<bool>,
     /// Decides the crashes between checkpoint and log cut, apart from `rng` so that the other
@@ -647,11 +658,30 @@ impl Sim {
                 if cfg.sabotage_only.is_none_or(|r| r == i) {
                     o.sabotage = cfg.sabotage.clone();
                 }
+                o.sabotage.rejoin_without_horizons = cfg.sabotage_rejoin_without_horizons;
                 o
             })
             .collect();
-        let replicas: Vec<Replica> = opts.iter().map(|o| Replica::new(o.clone())).collect();
-        let digest = replicas.iter().map(|r| r.kv().digest()).collect();
+        let joined = Membership::Joined {
+            horizons: vec![0; n],
+        };
+        let nodes: Vec<Node> = opts
+            .iter()
+            .map(|o| {
+                Node::new(
+                    o.clone(),
+                    cfg.checkpoint_every,
+                    Duration::ZERO,
+                    Restored {
+                        membership: joined.clone(),
+                        peers: vec![None; n],
+                        checkpoint: None,
+                        records: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let digest = nodes.iter().map(|r| r.replica().kv().digest()).collect();
         let keys: Vec<Bytes> = (0..cfg.keys)
             .map(|k| Bytes::from(format!("k{k}")))
             .collect();
@@ -669,7 +699,7 @@ impl Sim {
             now: Duration::ZERO,
             queue: BinaryHeap::new(),
             seq: 0,
-            replicas,
+            nodes,
             opts,
             life: vec![Life::Up; n],
             incarnation: vec![0; n],
@@ -679,7 +709,8 @@ impl Sim {
             learnt: vec![vec![0; n]; n],
             disk: vec![Vec::new(); n],
             checkpoint: vec![None; n],
-            checkpointed_at: vec![0; n],
+            peers_disk: vec![vec![None; n]; n],
+            membership_disk: vec![joined; n],
             crash_at_checkpoint: vec![false; n],
             checkpoint_rng: Rng::new(cfg.seed ^ 0xc4ec_4b01_47c0_ffee),
             durable: vec![HashMap::new(); n],
@@ -866,7 +897,7 @@ impl Sim {
                     self.lost_request(replica, token);
                     return;
                 }
-                if self.replicas[replica].propose(token, cmd).is_err() {
+                if self.nodes[replica].propose(token, cmd).is_err() {
                     self.lost_request(replica, token);
                     return;
                 }
@@ -939,7 +970,7 @@ impl Sim {
     fn on_deliver(&mut self, from: usize, to: usize, msg: Message, generation: u64) {
         let why = if !self.alive(to) {
             Some("crashed")
-        } else if generation != self.generation[from] {
+        } else if !self.nodes[to].would_hear(ReplicaId(from as u32), incarnation_of(generation)) {
             // Sent by an incarnation that lost its disk: every peer refuses it since the wipe.
             Some("old incarnation")
         } else if self.blocked[from][to] {
@@ -964,7 +995,10 @@ impl Sim {
                 deps: msg.deps().map_or(0, |d| d.len()),
             },
         );
-        self.replicas[to].handle(self.now, ReplicaId(from as u32), msg);
+        let peer = ReplicaId(from as u32);
+        let heard = self.nodes[to].hear(peer, incarnation_of(generation));
+        assert!(heard, "would_hear said it would");
+        self.nodes[to].handle(self.now, peer, msg);
         self.after_input(to);
     }
 
@@ -972,7 +1006,7 @@ impl Sim {
         if !self.alive(r) || incarnation != self.incarnation[r] {
             return;
         }
-        self.replicas[r].tick(self.now);
+        self.nodes[r].tick(self.now);
         self.after_input(r);
         self.ticks[r] += 1;
         // The full invariant check walks every instance: every 10th tick keeps it affordable.
@@ -983,7 +1017,7 @@ impl Sim {
     }
 
     fn check_invariants(&mut self, r: usize) {
-        if let Err(e) = self.replicas[r].check_invariants() {
+        if let Err(e) = self.nodes[r].check_invariants() {
             if self.violations.iter().all(|v| v.check != Check::Invariant) {
                 self.violations.push(Violation {
                     check: Check::Invariant,
@@ -1000,14 +1034,23 @@ impl Sim {
     /// Like the runtime, the replica's records reach its disk before anything else of the
     /// `Ready` is carried out; a torn crash (see `Life::Torn`) happens here instead.
     fn after_input(&mut self, r: usize) {
-        self.replicas[r].flush(self.now);
-        let ready = self.replicas[r].take_ready();
+        self.nodes[r].flush(self.now);
+        let node_ready = self.nodes[r].take_ready();
+        // What the node stores besides instance records comes first (see `node::Ready`).
+        if let Some(peers) = node_ready.peers {
+            self.peers_disk[r] = peers;
+        }
+        assert!(
+            node_ready.install.is_none() && node_ready.membership.is_none(),
+            "joins happen only in `wipe`"
+        );
+        let ready = node_ready.core;
         if let Life::Torn(cycle) = self.life[r] {
             self.torn_crash(r, cycle, ready);
             return;
         }
         self.write_disk(r, &ready.persist);
-        self.digest[r] = self.replicas[r].kv().digest();
+        self.digest[r] = self.nodes[r].replica().kv().digest();
         for out in ready.messages {
             self.check_durable(r, &out.msg);
             for to in out.to {
@@ -1035,7 +1078,8 @@ impl Sim {
             }
             // Garbage collection may have dropped it already (in the same step): the record
             // just persisted says what was committed.
-            let inst = self.replicas[r]
+            let inst = self.nodes[r]
+                .replica()
                 .instance(id)
                 .or_else(|| self.durable[r].get(&id));
             let deps = inst.map(|i| i.deps.clone()).unwrap_or_default();
@@ -1067,7 +1111,7 @@ impl Sim {
                 );
             }
             self.observer
-                .on_executed(r, &self.replicas[r], &ready.executed);
+                .on_executed(r, self.nodes[r].replica(), &ready.executed);
         }
         for reply in ready.replies {
             let Some(&(client, request)) = self.tokens.get(&reply.token) else {
@@ -1094,21 +1138,17 @@ impl Sim {
         self.maybe_checkpoint(r);
     }
 
-    /// Like the runtime after carrying out a `Ready`: once `collected()` has grown by
-    /// `checkpoint_every` since the last checkpoint, store a new checkpoint, then replace the
-    /// log by the live records. A crash may hit between the two: the new checkpoint then sits
-    /// beside the old, uncut log, and the replica is down.
+    /// Like the runtime after carrying out a `Ready`: when the node says a checkpoint is due
+    /// (`Node::poll_checkpoint`), store it, then replace the log by the live records (at once:
+    /// the runtime does it on another thread while the node goes on). A crash may hit between
+    /// the two: the new checkpoint then sits beside the old, uncut log, and the replica is down.
     fn maybe_checkpoint(&mut self, r: usize) {
-        let every = self.cfg.checkpoint_every;
-        if !self.cfg.gc_executed || every == 0 {
+        let Some(job) = self.nodes[r].poll_checkpoint() else {
             return;
-        }
-        let collected = self.replicas[r].collected();
-        if collected < self.checkpointed_at[r] + every {
-            return;
-        }
-        let (bytes, live) = self.replicas[r].checkpoint();
-        self.checkpointed_at[r] = collected;
+        };
+        self.nodes[r].checkpoint_written();
+        let (bytes, live) = (job.checkpoint, job.records);
+        let collected = self.nodes[r].replica().collected();
         self.stats.checkpoints += 1;
         let size = bytes.len();
         self.checkpoint[r] = Some(bytes);
@@ -1614,19 +1654,26 @@ impl Sim {
         if checkpoint.is_some() {
             self.stats.checkpoint_restarts += 1;
         }
-        let mut replica =
-            Replica::restore_from(self.opts[r].clone(), self.now, checkpoint, records);
-        // Like the runtime: a replica that rejoined keeps its horizons across restarts.
-        if let Some(h) = &self.horizons[r] {
-            replica.set_horizons(h.clone());
+        // Like the runtime: the node starts from everything the disk holds (a replica that
+        // rejoined keeps its horizons across restarts: they are in its stored membership).
+        if self.horizons[r].is_some() {
             self.stats.restarts_after_rejoin += 1;
         }
-        self.checkpointed_at[r] = replica.collected();
-        self.replicas[r] = replica;
+        self.nodes[r] = Node::new(
+            self.opts[r].clone(),
+            self.cfg.checkpoint_every,
+            self.now,
+            Restored {
+                membership: self.membership_disk[r].clone(),
+                peers: self.peers_disk[r].clone(),
+                checkpoint,
+                records,
+            },
+        );
         self.life[r] = Life::Up;
         self.incarnation[r] += 1;
         self.stats.restarts += 1;
-        let resumed = self.replicas[r].inflight();
+        let resumed = self.nodes[r].replica().inflight();
         self.stats.resumed += resumed as u64;
         self.trace.record(
             self.now,
@@ -1640,12 +1687,12 @@ impl Sim {
                         prefix.iter().sum::<u64>()
                     )),
                 self.disk[r].len(),
-                self.replicas[r].instances().count(),
-                self.replicas[r].kv().executed(),
+                self.nodes[r].replica().instances().count(),
+                self.nodes[r].replica().kv().executed(),
             )),
         );
         self.observer
-            .on_restart(r, &self.replicas[r], self.digest[r], covered);
+            .on_restart(r, self.nodes[r].replica(), self.digest[r], covered);
         self.check_invariants(r);
         self.after_input(r);
         let incarnation = self.incarnation[r];
@@ -1691,55 +1738,95 @@ impl Sim {
             );
             return;
         }
-        // Every peer fences the old incarnation and reports its row ends.
+        // The new incarnation asks every peer to Join: each fences the old one (durably) and
+        // reports its row ends; what the sent answers decide is the production `Joiner`'s.
         self.generation[r] += 1;
         let me = ReplicaId(r as u32);
-        let mut horizons = vec![0; n];
+        let new_incarnation = incarnation_of(self.generation[r]);
+        let mut joiner = Joiner::new(me, n, false);
         for p in (0..n).filter(|&p| p != r) {
-            let ends = self.replicas[p].peer_rejoined(me);
-            for (h, e) in horizons.iter_mut().zip(ends) {
-                *h = (*h).max(e);
+            self.nodes[p].answer_join(0, me, Some(new_incarnation));
+            let ready = self.nodes[p].take_ready();
+            assert!(
+                ready.core.persist.is_empty() && ready.core.messages.is_empty(),
+                "answering a Join changes no instance"
+            );
+            if let Some(peers) = ready.peers {
+                self.peers_disk[p] = peers;
+            }
+            let answer = ready
+                .joins
+                .into_iter()
+                .next()
+                .and_then(|(_, a)| a.ok())
+                .expect("a well-formed Join is answered");
+            joiner
+                .answered(ReplicaId(p as u32), answer)
+                .expect("answers are for this cluster size");
+        }
+        let mut node = Node::new(
+            self.opts[r].clone(),
+            self.cfg.checkpoint_every,
+            self.now,
+            Restored {
+                membership: Membership::Joining,
+                peers: vec![None; n],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        let (s, horizons, covered) = match joiner.decision() {
+            Some(JoinDecision::Rejoin { horizons, sources }) => {
+                // The snapshot comes from the best source (the peer that executed most).
+                let s = sources[0].index();
+                let image = self.nodes[s]
+                    .snapshot_for(me, Some(new_incarnation))
+                    .expect("the source answered this incarnation's Join");
+                let (encoded, records) = (image.checkpoint, image.records);
+                let checkpoint =
+                    Checkpoint::decode(&encoded, n).expect("a snapshot the core encoded decodes");
+                let covered = (
+                    checkpoint.gc_prefix.clone(),
+                    checkpoint.executed_above.clone(),
+                );
+                node.join_from_snapshot(self.now, horizons.clone(), checkpoint, records);
+                (s, horizons, covered)
+            }
+            // No peer ever heard of it: it starts empty, like a new replica.
+            Some(JoinDecision::Fresh) => {
+                node.join_fresh();
+                (r, vec![0; n], (vec![0; n], Vec::new()))
+            }
+            None => unreachable!("every peer answered"),
+        };
+        // Carried out like the runtime's `install`: the snapshot becomes its checkpoint and
+        // log, then its membership is stored; re-execution on restore answered nobody.
+        let ready = node.take_ready();
+        let installed = match ready.membership {
+            Some(Membership::Joined { horizons }) => horizons,
+            other => unreachable!("a join ends joined, not {other:?}"),
+        };
+        self.membership_disk[r] = Membership::Joined {
+            horizons: installed.clone(),
+        };
+        self.peers_disk[r] = vec![None; n];
+        match ready.install {
+            Some(install) => {
+                self.durable[r] = install.records.iter().cloned().collect();
+                self.disk[r] = install.records;
+                self.checkpoint[r] = Some(install.checkpoint);
+            }
+            None => {
+                self.durable[r] = HashMap::new();
+                self.disk[r] = Vec::new();
+                self.checkpoint[r] = None;
             }
         }
-        // The snapshot comes from the peer with the largest executed prefix (ties: the highest
-        // id, as `join::fetch_best` sorts).
-        let s = (0..n)
-            .filter(|&p| p != r)
-            .max_by_key(|&p| (self.replicas[p].executed_prefix().iter().sum::<u64>(), p))
-            .expect("a cluster that rejoins has other replicas");
-        let (encoded, records) = self.replicas[s].snapshot();
-        let mut checkpoint =
-            Checkpoint::decode(&encoded, n).expect("a snapshot the core encoded decodes");
-        checkpoint.next_slot = horizons[r];
-        let covered = (
-            checkpoint.gc_prefix.clone(),
-            checkpoint.executed_above.clone(),
-        );
-        let stored = checkpoint.encode();
-        let mut replica = Replica::restore_from(
-            self.opts[r].clone(),
-            self.now,
-            Some(checkpoint),
-            records.clone(),
-        );
-        let installed = if self.cfg.sabotage_rejoin_without_horizons {
-            vec![0; n]
-        } else {
-            horizons.clone()
-        };
-        replica.set_horizons(installed.clone());
-        // Re-execution on restore answers nobody (and the runtime sends nothing of it).
-        let _ = replica.take_ready();
-        self.durable[r] = records.iter().cloned().collect();
-        self.disk[r] = records;
-        self.checkpoint[r] = Some(stored);
         self.horizons[r] = Some(installed);
         self.caught_up[r] = false;
         self.learnt[r].fill(0);
-        // The runtime's loop of a joining replica started with nothing collected.
-        self.checkpointed_at[r] = 0;
-        self.replicas[r] = replica;
-        self.digest[r] = self.replicas[r].kv().digest();
+        self.nodes[r] = node;
+        self.digest[r] = self.nodes[r].replica().kv().digest();
         self.life[r] = Life::Up;
         self.incarnation[r] += 1;
         self.stats.wipes += 1;
@@ -1750,7 +1837,7 @@ impl Sim {
                  executed) with horizons {horizons:?}{}",
                 self.disk[r].len(),
                 covered.0.iter().sum::<u64>(),
-                self.replicas[r].kv().executed(),
+                self.nodes[r].replica().kv().executed(),
                 if self.cfg.sabotage_rejoin_without_horizons {
                     " (sabotage: installs none)"
                 } else {
@@ -1758,9 +1845,9 @@ impl Sim {
                 }
             )),
         );
-        let source_digest = self.replicas[s].kv().digest();
+        let source_digest = self.nodes[s].replica().kv().digest();
         self.observer
-            .on_rejoin(r, &self.replicas[r], s, source_digest, covered);
+            .on_rejoin(r, self.nodes[r].replica(), s, source_digest, covered);
         self.check_invariants(r);
         self.after_input(r);
         let incarnation = self.incarnation[r];
@@ -1915,7 +2002,7 @@ impl Sim {
         if self.life.iter().all(|l| *l == Life::Up) {
             let busy = self.clients.iter().any(|c| c.current.is_some())
                 || self.live().any(|r| {
-                    let rep = &self.replicas[r];
+                    let rep = self.nodes[r].replica();
                     rep.pending() > 0 || rep.inflight() > 0 || rep.unexecuted() > 0
                 });
             if busy {
@@ -1933,7 +2020,7 @@ impl Sim {
         // (garbage collection drops executed instances).
         let mut known: BTreeSet<InstanceId> = BTreeSet::new();
         for r in self.live() {
-            known.extend(self.replicas[r].instances().map(|(id, _)| *id));
+            known.extend(self.nodes[r].replica().instances().map(|(id, _)| *id));
         }
         known.extend(self.observer.decided().map(|(id, _, _)| id));
         let mut gaps = Vec::new();
@@ -1946,14 +2033,14 @@ impl Sim {
             }
         }
         for r in self.live() {
-            if self.replicas[r].pending() > 0 {
+            if self.nodes[r].replica().pending() > 0 {
                 gaps.push((None, format!("r{r} has proposals pending")));
             }
         }
         for id in &known {
             for r in self.live() {
                 if !self.observer.executed_at(r).contains(id) {
-                    let status = self.replicas[r].instance(*id).map(|i| i.status);
+                    let status = self.nodes[r].replica().instance(*id).map(|i| i.status);
                     let status = status.map_or("unknown".to_string(), |s| format!("{s:?}"));
                     gaps.push((Some(*id), format!("{id} is {status} at r{r}")));
                 }
@@ -1971,13 +2058,14 @@ impl Sim {
                 self.stats.still_abstaining += 1;
             }
         }
-        let graph = self.observer.finish(&self.replicas);
+        let replicas: Vec<&Replica> = self.nodes.iter().map(Node::replica).collect();
+        let graph = self.observer.finish(&replicas);
         self.stats.instances = graph.instances;
         self.stats.component_max = graph.component_max;
         self.check_convergence();
         self.stats.final_digests = self
             .live()
-            .map(|r| self.replicas[r].kv().digest())
+            .map(|r| self.nodes[r].replica().kv().digest())
             .collect();
         self.check_linearizability();
         self.stats.sim_time = self.now;
@@ -2015,8 +2103,8 @@ impl Sim {
                     continue;
                 }
                 let (da, db) = (
-                    self.replicas[a].kv().digest(),
-                    self.replicas[b].kv().digest(),
+                    self.nodes[a].replica().kv().digest(),
+                    self.nodes[b].replica().kv().digest(),
                 );
                 if da != db {
                     self.violations.push(Violation {

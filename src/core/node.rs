@@ -1,0 +1,581 @@
+//! The node: one replica's protocol core ([`Replica`]) together with what decides whether and
+//! how it takes part: its membership (joining, or joined with rejoin horizons), its peers'
+//! incarnations (the fence against a peer that lost its data), installing a snapshot, and when
+//! to checkpoint.
+//!
+//! Like [`Replica`] it is sans-IO: inputs go in with `now`, outputs come out in [`Ready`], and
+//! the runtime and the simulator drive this same code. The shell carries a `Ready` out in the
+//! order its fields are listed: make `peers`, `install`, `membership` and `core.persist`
+//! durable, then send `joins`, the core's messages and replies.
+
+use crate::core::checkpoint::Checkpoint;
+use crate::core::command::Command;
+use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
+use crate::core::instance::Instance;
+use crate::core::membership::{JoinAnswer, Membership};
+use crate::core::message::Message;
+use crate::core::replica::{self, Options, Overloaded, Replica, Time, Token};
+
+/// Why the node refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// This replica's data directory is new and it has not joined yet.
+    #[error("replica is joining the cluster (its data directory is new); try another replica")]
+    Joining,
+    /// The proposal queue is full.
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    /// A Join naming this replica itself, or without an incarnation.
+    #[error("join from this replica's own id, or without an incarnation")]
+    BadJoin,
+    /// A snapshot asked by an incarnation that has not joined here.
+    #[error("snapshot only for a replica that joined with this incarnation")]
+    NotJoined,
+}
+
+/// An encoded checkpoint and the instance records beside it: a checkpoint to write (the
+/// records are the new log), a snapshot for a joining peer, or a snapshot installed here.
+#[derive(Debug)]
+#[must_use]
+pub struct Image {
+    pub checkpoint: Vec<u8>,
+    pub records: Vec<(InstanceId, Instance)>,
+}
+
+/// A batch refused because it came from another incarnation than the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedPeer {
+    pub peer: ReplicaId,
+    pub incarnation: Incarnation,
+    pub recorded: Incarnation,
+}
+
+/// Everything to carry out, in this order: make `peers`, `install`, `membership` and
+/// `core.persist` durable; then send `joins` and the rest of `core`.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Ready {
+    /// Each peer's incarnation changed: store the whole table durably (a Join's answer, and
+    /// every vote that counts a first-seen peer, depend on it).
+    pub peers: Option<Vec<Option<Incarnation>>>,
+    /// A snapshot was installed: store it as this replica's checkpoint and log (before
+    /// `membership` says it joined).
+    pub install: Option<Image>,
+    /// The membership changed: store it.
+    pub membership: Option<Membership>,
+    /// Answers to Joins, by the token the shell gave each.
+    pub joins: Vec<(Token, Result<JoinAnswer, Refusal>)>,
+    /// Batches refused since the last `Ready` (for logs and metrics).
+    pub refused: Vec<RefusedPeer>,
+    /// The protocol core's outputs.
+    pub core: replica::Ready,
+}
+
+/// What a node starts from: what its data directory holds.
+#[derive(Debug)]
+pub struct Restored {
+    pub membership: Membership,
+    /// Each peer's incarnation as recorded (`None`: not seen yet).
+    pub peers: Vec<Option<Incarnation>>,
+    pub checkpoint: Option<Checkpoint>,
+    pub records: Vec<(InstanceId, Instance)>,
+}
+
+/// A replica's core, its membership, its peers' incarnations and its checkpoint cadence.
+pub struct Node {
+    replica: Replica,
+    membership: Membership,
+    peers: Vec<Option<Incarnation>>,
+    /// Checkpoint each time this many more instances were collected (0: never).
+    checkpoint_every: u64,
+    /// `replica.collected()` when the last checkpoint started.
+    checkpointed_at: u64,
+    /// A checkpoint is being written (the shell says when it is done).
+    checkpointing: bool,
+    out: Ready,
+}
+
+impl Node {
+    /// The node restored from its data directory at time `now`. A joined replica restores its
+    /// core from the checkpoint and log and keeps its horizons; a joining one starts empty and
+    /// takes part in nothing until it has joined.
+    pub fn new(opts: Options, checkpoint_every: u64, now: Time, restored: Restored) -> Node {
+        let n = opts.n;
+        let replica = match &restored.membership {
+            Membership::Joined { horizons } => {
+                let mut r = Replica::restore_from(opts, now, restored.checkpoint, restored.records);
+                r.set_horizons(horizons.clone());
+                r
+            }
+            Membership::Joining => Replica::new(opts),
+        };
+        let mut peers = restored.peers;
+        peers.resize(n, None);
+        Node {
+            checkpointed_at: replica.collected(),
+            replica,
+            membership: restored.membership,
+            peers,
+            checkpoint_every,
+            checkpointing: false,
+            out: Ready::default(),
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The protocol core, to read.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Whether this replica has not joined yet (it takes part in nothing).
+    pub fn joining(&self) -> bool {
+        self.membership == Membership::Joining
+    }
+
+    /// The incarnation recorded for `peer`, if any.
+    pub fn peer_incarnation(&self, peer: ReplicaId) -> Option<Incarnation> {
+        self.peers.get(peer.index()).copied().flatten()
+    }
+
+    /// Whether a batch from `peer`'s incarnation `incarnation` would be heard: it is the one
+    /// recorded, or none is recorded yet. Changes nothing (see [`Node::hear`]).
+    pub fn would_hear(&self, peer: ReplicaId, incarnation: Incarnation) -> bool {
+        self.peer_incarnation(peer)
+            .is_none_or(|recorded| recorded == incarnation)
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A client's command. Refused while joining, or when the proposal queue is full.
+    pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Refusal> {
+        if self.joining() {
+            return Err(Refusal::Joining);
+        }
+        Ok(self.replica.propose(token, cmd)?)
+    }
+
+    /// A batch arrives from `peer`'s incarnation `incarnation`: whether its messages may be
+    /// handled. Only the incarnation recorded for the peer is heard (the first one seen is
+    /// recorded, durably through `Ready::peers`): a replica that lost its data may have
+    /// forgotten promises and votes, so only the incarnation that joined in its place is.
+    pub fn hear(&mut self, peer: ReplicaId, incarnation: Incarnation) -> bool {
+        let Some(slot) = self.peers.get_mut(peer.index()) else {
+            return false;
+        };
+        match *slot {
+            Some(recorded) if recorded == incarnation => true,
+            Some(recorded) => {
+                self.out.refused.push(RefusedPeer {
+                    peer,
+                    incarnation,
+                    recorded,
+                });
+                false
+            }
+            None => {
+                *slot = Some(incarnation);
+                self.out.peers = Some(self.peers.clone());
+                true
+            }
+        }
+    }
+
+    /// A protocol message from `peer` (heard: see [`Node::hear`]). Dropped while joining: the
+    /// peers resend what matters once this replica has joined.
+    pub fn handle(&mut self, now: Time, peer: ReplicaId, msg: Message) {
+        if !self.joining() {
+            self.replica.handle(now, peer, msg);
+        }
+    }
+
+    /// Time passes (the core's timers: resends, recoveries, heartbeats).
+    pub fn tick(&mut self, now: Time) {
+        if !self.joining() {
+            self.replica.tick(now);
+        }
+    }
+
+    /// Starts instances from what was proposed since the last flush.
+    pub fn flush(&mut self, now: Time) {
+        if !self.joining() {
+            self.replica.flush(now);
+        }
+    }
+
+    /// Peer `from` joins with a new data directory as incarnation `incarnation`: from now on
+    /// only that incarnation is heard (durable before the answer leaves: see `Ready::joins`),
+    /// and the answer tells how far each row reaches here.
+    pub fn answer_join(&mut self, token: Token, from: ReplicaId, incarnation: Option<Incarnation>) {
+        let answer = self.join_answer(from, incarnation);
+        self.out.joins.push((token, answer));
+    }
+
+    fn join_answer(
+        &mut self,
+        from: ReplicaId,
+        incarnation: Option<Incarnation>,
+    ) -> Result<JoinAnswer, Refusal> {
+        let me = self.replica.id();
+        let (Some(incarnation), true) =
+            (incarnation, from != me && from.index() < self.peers.len())
+        else {
+            return Err(Refusal::BadJoin);
+        };
+        let previous = self.peers[from.index()];
+        if previous != Some(incarnation) {
+            self.peers[from.index()] = Some(incarnation);
+            self.out.peers = Some(self.peers.clone());
+        }
+        let row_ends = self.replica.peer_rejoined(from);
+        Ok(JoinAnswer {
+            previous,
+            row_ends,
+            executed_prefix: self.replica.executed_prefix().to_vec(),
+            joining: self.joining(),
+        })
+    }
+
+    /// What a joining peer (`from`, incarnation `incarnation`, whose Join was answered here)
+    /// starts from: an encoded checkpoint and the decided instances beside it.
+    pub fn snapshot_for(
+        &self,
+        from: ReplicaId,
+        incarnation: Option<Incarnation>,
+    ) -> Result<Image, Refusal> {
+        if self.joining() {
+            return Err(Refusal::Joining);
+        }
+        match incarnation {
+            Some(i) if self.peer_incarnation(from) == Some(i) => {
+                let (checkpoint, records) = self.replica.snapshot();
+                Ok(Image {
+                    checkpoint,
+                    records,
+                })
+            }
+            _ => Err(Refusal::NotJoined),
+        }
+    }
+
+    /// Nobody knew this replica: it joins empty and takes part from now on.
+    pub fn join_fresh(&mut self) {
+        let n = self.replica.options().n;
+        self.set_membership(Membership::Joined {
+            horizons: vec![0; n],
+        });
+    }
+
+    /// This replica lost its data: it starts from a peer's snapshot (`checkpoint` and the
+    /// decided `records` beside it), continues its own row at its horizon, abstains below
+    /// `horizons`, and takes part from now on. Re-executing the snapshot answers nobody, so
+    /// what restoring produced is discarded.
+    pub fn join_from_snapshot(
+        &mut self,
+        now: Time,
+        horizons: Vec<u64>,
+        mut checkpoint: Checkpoint,
+        records: Vec<(InstanceId, Instance)>,
+    ) {
+        let opts = self.replica.options().clone();
+        // The peer's next slot is its own row's; ours continues at our row's horizon.
+        checkpoint.next_slot = horizons.get(opts.id.index()).copied().unwrap_or(0);
+        let encoded = checkpoint.encode();
+        let installed = if opts.sabotage.rejoin_without_horizons {
+            vec![0; opts.n]
+        } else {
+            horizons
+        };
+        let mut replica = Replica::restore_from(opts, now, Some(checkpoint), records.clone());
+        replica.set_horizons(installed.clone());
+        drop(replica.take_ready());
+        self.checkpointed_at = replica.collected();
+        self.replica = replica;
+        self.out.install = Some(Image {
+            checkpoint: encoded,
+            records,
+        });
+        self.set_membership(Membership::Joined {
+            horizons: installed,
+        });
+    }
+
+    fn set_membership(&mut self, membership: Membership) {
+        self.membership = membership.clone();
+        self.out.membership = Some(membership);
+    }
+
+    // ---- checkpoints --------------------------------------------------------------------
+
+    /// A checkpoint to write now, if `checkpoint_every` more instances were collected since the
+    /// last one and none is being written. Encoding reads the live state, so it happens here;
+    /// the shell writes it (and then the new log) and calls [`Node::checkpoint_written`].
+    pub fn poll_checkpoint(&mut self) -> Option<Image> {
+        let every = self.checkpoint_every;
+        let collected = self.replica.collected();
+        if every == 0
+            || !self.replica.options().gc_executed
+            || self.checkpointing
+            || collected < self.checkpointed_at + every
+        {
+            return None;
+        }
+        let (checkpoint, live) = self.replica.checkpoint();
+        self.checkpointed_at = collected;
+        self.checkpointing = true;
+        Some(Image {
+            checkpoint,
+            records: live,
+        })
+    }
+
+    /// The checkpoint from [`Node::poll_checkpoint`] is written (or was abandoned).
+    pub fn checkpoint_written(&mut self) {
+        self.checkpointing = false;
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// Drains what to carry out.
+    pub fn take_ready(&mut self) -> Ready {
+        let mut ready = std::mem::take(&mut self.out);
+        ready.core = self.replica.take_ready();
+        ready
+    }
+
+    /// The core's invariants (see [`Replica::check_invariants`]) and the node's own.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.peer_incarnation(self.replica.id()).is_some() {
+            return Err("a replica recorded an incarnation of itself as a peer".to_string());
+        }
+        if self.joining() && self.replica.inflight() + self.replica.pending() > 0 {
+            return Err("a joining replica has proposals".to_string());
+        }
+        self.replica.check_invariants()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::command::Op;
+    use crate::core::ids::{ClientId, RequestId};
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn inc(n: u64) -> Incarnation {
+        Incarnation::new(n).expect("nonzero")
+    }
+
+    fn opts(id: u32) -> Options {
+        let mut o = Options::new(ReplicaId(id), 3);
+        o.gc_executed = true;
+        o
+    }
+
+    fn node(id: u32, membership: Membership) -> Node {
+        Node::new(
+            opts(id),
+            2,
+            Duration::ZERO,
+            Restored {
+                membership,
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        )
+    }
+
+    fn joined(id: u32) -> Node {
+        node(
+            id,
+            Membership::Joined {
+                horizons: vec![0; 3],
+            },
+        )
+    }
+
+    fn put(client: u64) -> Command {
+        Command {
+            client: ClientId(client),
+            request: RequestId(1),
+            op: Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            },
+        }
+    }
+
+    #[test]
+    fn a_joining_node_takes_part_in_nothing() {
+        let mut n = node(0, Membership::Joining);
+        assert_eq!(n.propose(1, put(1)), Err(Refusal::Joining));
+        n.tick(Duration::from_secs(10));
+        n.flush(Duration::from_secs(10));
+        let r = n.take_ready();
+        assert!(r.core.messages.is_empty() && r.core.persist.is_empty());
+        assert_eq!(
+            n.snapshot_for(ReplicaId(1), Some(inc(5))).err(),
+            Some(Refusal::Joining)
+        );
+        n.join_fresh();
+        let r = n.take_ready();
+        assert_eq!(
+            r.membership,
+            Some(Membership::Joined {
+                horizons: vec![0; 3]
+            })
+        );
+        assert!(n.propose(1, put(1)).is_ok(), "joined: it takes proposals");
+    }
+
+    #[test]
+    fn the_first_incarnation_heard_is_recorded_and_another_is_refused() {
+        let mut n = joined(0);
+        assert!(n.hear(ReplicaId(1), inc(7)));
+        assert_eq!(
+            n.take_ready().peers,
+            Some(vec![None, Some(inc(7)), None]),
+            "recorded durably"
+        );
+        assert!(n.hear(ReplicaId(1), inc(7)));
+        assert!(n.take_ready().peers.is_none(), "nothing new to record");
+        assert!(!n.would_hear(ReplicaId(1), inc(8)));
+        assert!(!n.hear(ReplicaId(1), inc(8)));
+        assert_eq!(
+            n.take_ready().refused,
+            vec![RefusedPeer {
+                peer: ReplicaId(1),
+                incarnation: inc(8),
+                recorded: inc(7)
+            }]
+        );
+        assert!(!n.hear(ReplicaId(9), inc(1)), "no such replica");
+    }
+
+    #[test]
+    fn a_join_fences_the_old_incarnation_and_its_answer_waits_for_the_record() {
+        let mut n = joined(0);
+        assert!(n.hear(ReplicaId(2), inc(3)));
+        let _ = n.take_ready();
+        n.answer_join(40, ReplicaId(2), Some(inc(4)));
+        let r = n.take_ready();
+        assert_eq!(r.peers, Some(vec![None, None, Some(inc(4))]));
+        let (token, answer) = &r.joins[0];
+        assert_eq!(*token, 40);
+        let answer = answer.as_ref().expect("answered");
+        assert_eq!(answer.previous, Some(inc(3)));
+        assert_eq!(answer.row_ends.len(), 3);
+        assert!(
+            !n.hear(ReplicaId(2), inc(3)),
+            "the old incarnation is fenced"
+        );
+        assert!(n.hear(ReplicaId(2), inc(4)));
+        assert!(n.snapshot_for(ReplicaId(2), Some(inc(4))).is_ok());
+        assert_eq!(
+            n.snapshot_for(ReplicaId(2), Some(inc(3))).err(),
+            Some(Refusal::NotJoined)
+        );
+        n.answer_join(41, ReplicaId(0), Some(inc(9)));
+        n.answer_join(42, ReplicaId(1), None);
+        let r = n.take_ready();
+        assert_eq!(r.joins[0].1, Err(Refusal::BadJoin), "its own id");
+        assert_eq!(r.joins[1].1, Err(Refusal::BadJoin), "no incarnation");
+        assert!(r.peers.is_none());
+    }
+
+    #[test]
+    fn a_snapshot_is_installed_with_the_row_continuing_at_its_horizon() {
+        let source = joined(1);
+        let (encoded, records) = source.replica().snapshot();
+        let checkpoint = Checkpoint::decode(&encoded, 3).expect("decodes");
+        let mut n = node(0, Membership::Joining);
+        n.join_from_snapshot(Duration::ZERO, vec![12, 3, 0], checkpoint, records);
+        let r = n.take_ready();
+        assert!(r.install.is_some(), "written as its checkpoint and log");
+        assert_eq!(
+            r.membership,
+            Some(Membership::Joined {
+                horizons: vec![12, 3, 0]
+            })
+        );
+        assert!(n.replica().abstaining(), "rows 0 and 1 not known committed");
+        n.propose(1, put(1)).expect("takes part");
+        n.flush(Duration::ZERO);
+        let r = n.take_ready();
+        assert_eq!(r.core.persist[0].0, InstanceId::new(ReplicaId(0), 12));
+    }
+
+    /// Delivers every message until none is left, hearing each sender's incarnation `id + 1`.
+    fn settle(nodes: &mut [Node], now: Time) {
+        for _ in 0..100 {
+            let mut sent = false;
+            for from in 0..nodes.len() {
+                let ready = nodes[from].take_ready();
+                for out in ready.core.messages {
+                    for to in out.to {
+                        sent = true;
+                        let peer = ReplicaId(from as u32);
+                        let node = &mut nodes[to.index()];
+                        assert!(node.hear(peer, inc(from as u64 + 1)));
+                        node.handle(now, peer, out.msg.clone());
+                        node.flush(now);
+                    }
+                }
+            }
+            if !sent {
+                return;
+            }
+        }
+        panic!("messages still flow after 100 rounds");
+    }
+
+    #[test]
+    fn checkpoints_follow_the_collected_count_one_at_a_time() {
+        let mut nodes: Vec<Node> = (0..3).map(joined).collect();
+        assert!(
+            nodes[0].poll_checkpoint().is_none(),
+            "nothing collected yet"
+        );
+        let mut now = Duration::ZERO;
+        for client in 1..=6 {
+            nodes[0].propose(client, put(client)).expect("room");
+            nodes[0].flush(now);
+            settle(&mut nodes, now);
+        }
+        // Watermarks tell each replica what the others executed; then it collects.
+        for _ in 0..3 {
+            now += Duration::from_secs(2);
+            for n in nodes.iter_mut() {
+                n.tick(now);
+            }
+            settle(&mut nodes, now);
+        }
+        let collected = nodes[0].replica().collected();
+        assert!(collected >= 2, "collected {collected}");
+        let job = nodes[0].poll_checkpoint().expect("2 more collected");
+        assert!(!job.checkpoint.is_empty());
+        assert!(
+            job.records.len() < 6,
+            "the collected instances left the log"
+        );
+        assert!(
+            nodes[0].poll_checkpoint().is_none(),
+            "one checkpoint at a time"
+        );
+        nodes[0].checkpoint_written();
+        assert!(
+            nodes[0].poll_checkpoint().is_none(),
+            "nothing collected since"
+        );
+        let mut never = joined(0);
+        never.checkpoint_every = 0;
+        assert!(never.poll_checkpoint().is_none());
+    }
+}
