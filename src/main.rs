@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use epaxos_kv::core::limits;
 use epaxos_kv::core::replica::Options;
 use epaxos_kv::server::config::Config;
 use epaxos_kv::server::runtime::{self, RuntimeOptions};
@@ -25,17 +26,17 @@ struct Args {
     #[arg(long)]
     thrifty: bool,
     /// Most commands batched into one instance.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = limits::BATCH_MAX)]
     batch_max: usize,
     /// Most uncommitted instances this replica leads at once. Proposals that arrive meanwhile
     /// wait and go out together: a low limit makes batches, not queues.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = limits::INFLIGHT_MAX)]
     inflight_max: usize,
     /// Most client proposals waiting for an instance before new ones are refused.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = limits::PENDING_MAX)]
     pending_max: usize,
     /// How long a client's Propose may wait for its command to execute, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = limits::PROPOSE_TIMEOUT.as_millis() as u64)]
     propose_timeout_ms: u64,
     /// Where this replica keeps its durable log (default: data/replica-<id>).
     #[arg(long)]
@@ -46,18 +47,18 @@ struct Args {
     sync: SyncArg,
     /// Write a checkpoint and cut the log each time this many more instances have been
     /// executed here and committed everywhere.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = limits::CHECKPOINT_EVERY)]
     checkpoint_every: u64,
     /// How often to send each peer a Watermark, which is also the heartbeat, in milliseconds.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = limits::HEARTBEAT.as_millis() as u64)]
     heartbeat_ms: u64,
     /// Suspect a peer after this long without any message from it, in milliseconds (must
     /// exceed --heartbeat-ms).
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = limits::SUSPECT_AFTER.as_millis() as u64)]
     suspect_after_ms: u64,
     /// Take over (recover) an instance that execution has waited on for this long while it
     /// stays uncommitted, in milliseconds; later attempts back off.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = limits::RECOVER_AFTER.as_millis() as u64)]
     recover_after_ms: u64,
 }
 
@@ -93,12 +94,8 @@ fn main() -> anyhow::Result<()> {
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.recover_after = Duration::from_millis(args.recover_after_ms);
-    core.validate().context("checking the options")?;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
-    if args.checkpoint_every == 0 {
-        anyhow::bail!("--checkpoint-every must be at least 1");
-    }
     opts.checkpoint_every = args.checkpoint_every;
     opts.data_dir = args
         .data_dir
@@ -113,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             Sync::None
         }
     };
+    opts.validate().context("checking the options")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

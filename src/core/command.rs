@@ -4,10 +4,7 @@ use bytes::Bytes;
 
 use crate::core::ids::{ClientId, RequestId};
 
-/// Longest key accepted, in bytes.
-pub const KEY_BYTES_MAX: usize = 1024;
-/// Longest value accepted, in bytes.
-pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+pub use crate::core::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// One key/value operation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -11,6 +11,7 @@ pub mod execute;
 pub mod ids;
 pub mod instance;
 pub mod kv;
+pub mod limits;
 pub mod membership;
 pub mod message;
 pub mod node;

@@ -24,6 +24,7 @@ use crate::core::execute::{self, Node, Outcome};
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::kv::{Applied, KvStore};
+use crate::core::limits;
 use crate::core::message::{Commands, Message, RecoverReply};
 use crate::core::quorum;
 use crate::core::recovery::{self, AfterValidate, Awaited, Decision};
@@ -114,17 +115,17 @@ impl Options {
             id,
             n,
             thrifty: false,
-            batch_max: 1024,
-            batch_bytes_max: 4 * 1024 * 1024,
-            pending_max: 65_536,
-            inflight_max: 16,
+            batch_max: limits::BATCH_MAX,
+            batch_bytes_max: limits::BATCH_BYTES_MAX,
+            pending_max: limits::PENDING_MAX,
+            inflight_max: limits::INFLIGHT_MAX,
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             fetch_after: Duration::from_millis(300),
-            recover_after: Duration::from_secs(1),
-            watermark_every: Duration::from_secs(1),
-            suspect_after: Duration::from_secs(3),
-            watermark_commits_max: 256,
+            recover_after: limits::RECOVER_AFTER,
+            watermark_every: limits::HEARTBEAT,
+            suspect_after: limits::SUSPECT_AFTER,
+            watermark_commits_max: limits::WATERMARK_COMMITS_MAX,
             catch_up_every: Duration::from_millis(10),
             gc_executed: false,
             sabotage: Sabotage::default(),

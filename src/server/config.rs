@@ -8,9 +8,7 @@ use serde::Deserialize;
 
 use crate::core::ids::ReplicaId;
 
-/// Largest cluster we accept. Ballots and metrics labels are sized for it; EPaxos itself gains
-/// nothing from more replicas.
-pub const REPLICAS_MAX: usize = 15;
+pub use crate::core::limits::REPLICAS_MAX;
 
 /// Why a configuration was refused. Each variant names the offending value.
 #[derive(Debug, thiserror::Error)]

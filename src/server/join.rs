@@ -9,17 +9,14 @@ use tonic::transport::Endpoint;
 use crate::core::checkpoint::Checkpoint;
 use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
 use crate::core::instance::Instance;
+use crate::core::limits::PEER_GRPC_MESSAGE_BYTES_MAX;
 use crate::core::membership::{JoinAnswer, JoinDecision, Joiner};
 use crate::core::wire;
 use crate::proto::kv_client::KvClient;
 use crate::proto::{self, JoinRequest, SnapshotRequest};
 use crate::server::config::Config;
-use crate::server::transport::GRPC_MESSAGE_BYTES_MAX;
 
-/// Largest snapshot accepted (the checkpoint's own limit plus room for the records).
-pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
-/// Bytes per chunk of a snapshot stream.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+pub use crate::core::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A snapshot transfer may take long for a big state; this bounds a stuck one.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -211,8 +208,8 @@ async fn connect(
         .connect()
         .await?;
     Ok(KvClient::new(channel)
-        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+        .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX))
 }
 
 /// One unary call with a fresh connection and a timeout.

@@ -40,8 +40,7 @@ use crate::server::{join, transport};
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-/// Most events taken from bigChannel before the loop flushes and sends.
-pub const DRAIN_MAX: usize = 4096;
+use crate::core::limits::{self, DRAIN_MAX};
 
 /// Tunables of the shell.
 #[derive(Debug, Clone)]
@@ -64,17 +63,51 @@ pub struct RuntimeOptions {
     pub checkpoint_every: u64,
 }
 
+/// Invalid [`RuntimeOptions`].
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeOptionsError {
+    #[error(transparent)]
+    Core(#[from] crate::core::replica::OptionsError),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("the tick and the propose timeout must be positive")]
+    Timers,
+    #[error("the drain limit ({DRAIN_MAX}) exceeds bigChannel's capacity ({0})")]
+    BigChannel(usize),
+}
+
 impl RuntimeOptions {
+    /// Checks the shell's options and the core's, and the relations between them.
+    pub fn validate(&self) -> Result<(), RuntimeOptionsError> {
+        self.core.validate()?;
+        for (name, v) in [
+            ("checkpoint_every", self.checkpoint_every as usize),
+            ("big_channel_max", self.big_channel_max),
+            ("peer_queue_max", self.peer_queue_max),
+        ] {
+            if v == 0 {
+                return Err(RuntimeOptionsError::Zero(name));
+            }
+        }
+        if self.tick.is_zero() || self.propose_timeout.is_zero() {
+            return Err(RuntimeOptionsError::Timers);
+        }
+        if self.big_channel_max < DRAIN_MAX {
+            return Err(RuntimeOptionsError::BigChannel(self.big_channel_max));
+        }
+        Ok(())
+    }
+
     pub fn new(core: Options) -> Self {
         RuntimeOptions {
             core,
-            tick: Duration::from_millis(10),
-            propose_timeout: Duration::from_secs(10),
-            big_channel_max: 65_536,
-            peer_queue_max: 65_536,
+            tick: limits::TICK,
+            propose_timeout: limits::PROPOSE_TIMEOUT,
+            big_channel_max: limits::BIG_CHANNEL_MAX,
+            peer_queue_max: limits::PEER_QUEUE_MAX,
             data_dir: std::path::PathBuf::from("data"),
             sync: Sync::Fsync,
-            checkpoint_every: 20_000,
+            checkpoint_every: limits::CHECKPOINT_EVERY,
         }
     }
 }
@@ -96,7 +129,7 @@ pub enum RuntimeError {
     Reflection(String),
     /// Invalid options.
     #[error(transparent)]
-    Options(#[from] crate::core::replica::OptionsError),
+    Options(#[from] RuntimeOptionsError),
     /// The durable log could not be opened or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -146,7 +179,7 @@ pub async fn serve(
     opts: RuntimeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    opts.core.validate()?;
+    opts.validate()?;
     let new_dir = storage::is_new(&opts.data_dir);
     let me = config.replicas[id.index()].clone();
     crate::server::metrics::install(me.metrics_addr)
@@ -277,8 +310,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(
             KvServer::new(service)
-                .max_decoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(transport::GRPC_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(limits::PEER_GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::PEER_GRPC_MESSAGE_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(incoming, {
             let stop = stop_server.clone();
@@ -850,7 +883,7 @@ impl Kv for Service {
         tokio::spawn(async move {
             let mut at = 0;
             while at < bytes.len() {
-                let end = (at + join::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let end = (at + limits::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
                 let chunk = proto::SnapshotChunk {
                     data: bytes.slice(at..end),
                 };
@@ -970,5 +1003,34 @@ fn join_reply(a: JoinAnswer) -> proto::JoinReply {
         row_ends: a.row_ends,
         executed_prefix: a.executed_prefix,
         joining: a.joining,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_validated_together_with_the_core_s() {
+        let ok = RuntimeOptions::new(Options::new(ReplicaId(0), 3));
+        assert!(ok.validate().is_ok(), "the defaults are valid");
+        let mut o = ok.clone();
+        o.checkpoint_every = 0;
+        assert!(matches!(
+            o.validate(),
+            Err(RuntimeOptionsError::Zero("checkpoint_every"))
+        ));
+        let mut o = ok.clone();
+        o.big_channel_max = DRAIN_MAX - 1;
+        assert!(matches!(
+            o.validate(),
+            Err(RuntimeOptionsError::BigChannel(_))
+        ));
+        let mut o = ok.clone();
+        o.core.batch_max = 0;
+        assert!(matches!(o.validate(), Err(RuntimeOptionsError::Core(_))));
+        let mut o = ok;
+        o.propose_timeout = Duration::ZERO;
+        assert!(matches!(o.validate(), Err(RuntimeOptionsError::Timers)));
     }
 }

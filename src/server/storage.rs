@@ -32,13 +32,10 @@ use crate::core::instance::Instance;
 use crate::core::wire;
 use crate::proto;
 
-/// Largest record accepted when reading back (a batch of large commands fits well under it).
-pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, RECORD_BYTES_MAX};
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
 const CHECKPOINT_FILE: &str = "checkpoint";
-/// Largest checkpoint accepted when reading back.
-pub const CHECKPOINT_BYTES_MAX: usize = u32::MAX as usize;
 
 /// Whether appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

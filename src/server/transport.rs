@@ -15,12 +15,9 @@ use crate::proto::kv_client::KvClient;
 use crate::proto::PeerBatch;
 use crate::server::metrics::peer_label;
 
-/// Most messages written as one stream item.
-pub const BATCH_MESSAGES_MAX: usize = 1024;
-/// Most bytes (roughly) written as one stream item; a single larger message still goes alone.
-pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest gRPC message a replica accepts (a batch of large values).
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+use crate::core::limits::{
+    PEER_GRPC_MESSAGE_BYTES_MAX, STREAM_BATCH_BYTES_MAX, STREAM_BATCH_MESSAGES_MAX,
+};
 /// Stream items buffered between the link task and the HTTP/2 stream.
 const STREAM_ITEMS_MAX: usize = 16;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -65,8 +62,8 @@ pub async fn run_link(
             }
         };
         let mut client = KvClient::new(channel)
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+            .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::channel::<PeerBatch>(STREAM_ITEMS_MAX);
         let mut responses = match client.dispatch(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
@@ -99,7 +96,7 @@ pub async fn run_link(
             };
             let mut bytes = first.len();
             let mut messages = vec![first];
-            while messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            while messages.len() < STREAM_BATCH_MESSAGES_MAX && bytes < STREAM_BATCH_BYTES_MAX {
                 match queue.try_recv() {
                     Ok(m) => {
                         bytes += m.len();

@@ -1,0 +1,113 @@
+//! Every bound of the service in one place: each limit with its default and why, and the
+//! relations between them, checked at compile time. The CLI takes its defaults from here, and
+//! the modules that enforce a bound name it from here.
+//!
+//! Sizes are in bytes, counts in entries, times carry their unit in the name.
+
+use std::time::Duration;
+
+// ---- commands -------------------------------------------------------------------------------
+
+/// Longest key accepted (what etcd's users know as a key is rarely longer than a path).
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Longest value accepted: larger blobs belong in a blob store, and every value is kept in
+/// memory, in the log and in every checkpoint.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Room for the protobuf framing of one command or reply around its key and value(s).
+pub const COMMAND_OVERHEAD_BYTES: usize = 1024;
+/// Largest command: a CAS holds a key and two values.
+pub const COMMAND_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + COMMAND_OVERHEAD_BYTES;
+
+// ---- batching and messages ------------------------------------------------------------------
+
+/// Default most commands in one instance: batching grows with load, and one instance's
+/// execution is one step of the event loop, so this bounds that step.
+pub const BATCH_MAX: usize = 1024;
+/// Most bytes of commands in one instance (a single larger command still goes alone, so a
+/// batch holds at most this plus one command).
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest protocol message: an instance's batch plus its deps and framing.
+pub const MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + COMMAND_BYTES_MAX + 64 * 1024;
+/// Largest gRPC message on a peer stream or a peer call (a stream item carries several
+/// messages; a snapshot chunk must fit too).
+pub const PEER_GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest gRPC message from or to a client: one command, or one reply carrying a value.
+pub const CLIENT_GRPC_MESSAGE_BYTES_MAX: usize = COMMAND_BYTES_MAX + COMMAND_OVERHEAD_BYTES;
+/// Most messages written as one peer stream item.
+pub const STREAM_BATCH_MESSAGES_MAX: usize = 1024;
+/// Most bytes (roughly) written as one peer stream item; a single larger message goes alone.
+pub const STREAM_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+// ---- storage --------------------------------------------------------------------------------
+
+/// Largest log record accepted when reading back: one instance (a batch) and its metadata.
+pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest checkpoint accepted when reading back (its length field is 32 bits).
+pub const CHECKPOINT_BYTES_MAX: usize = u32::MAX as usize;
+/// Largest snapshot a joining replica accepts: a checkpoint and the records beside it.
+pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
+/// Bytes per chunk of a snapshot stream.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Default: checkpoint (and cut the log) each time this many more instances were collected.
+pub const CHECKPOINT_EVERY: u64 = 20_000;
+
+// ---- queues ---------------------------------------------------------------------------------
+
+/// Default most client proposals waiting for an instance before new ones are refused
+/// (RESOURCE_EXHAUSTED): the backlog a replica admits.
+pub const PENDING_MAX: usize = 65_536;
+/// Default most uncommitted instances a replica leads at once: proposals that arrive
+/// meanwhile wait and go out together, so a low limit makes batches, not queues.
+pub const INFLIGHT_MAX: usize = 16;
+/// Capacity of bigChannel, in events (each a client proposal or a batch of peer messages).
+pub const BIG_CHANNEL_MAX: usize = 65_536;
+/// Most events the event loop takes from bigChannel before it flushes and sends: bounds the
+/// work of one iteration, and so the latency a burst adds.
+pub const DRAIN_MAX: usize = 4096;
+/// Capacity of each peer's outbound queue, in encoded messages.
+pub const PEER_QUEUE_MAX: usize = 65_536;
+/// Commits a replica sends a lagging peer in answer to one Watermark.
+pub const WATERMARK_COMMITS_MAX: usize = 256;
+
+// ---- time -----------------------------------------------------------------------------------
+
+/// Default time a client's Propose may wait for its command to execute.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default Watermark (heartbeat) interval.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default silence after which a peer is suspected (several heartbeats).
+pub const SUSPECT_AFTER: Duration = Duration::from_secs(3);
+/// Default wait before an instance execution needs is taken over by recovery.
+pub const RECOVER_AFTER: Duration = Duration::from_secs(1);
+/// How often the event loop checks the core's timers.
+pub const TICK: Duration = Duration::from_millis(10);
+
+// ---- cluster --------------------------------------------------------------------------------
+
+/// Largest cluster: ballots and metric labels are sized for it, and EPaxos gains nothing from
+/// more replicas.
+pub const REPLICAS_MAX: usize = 15;
+
+// The relations the code relies on, checked when it compiles.
+const _: () = {
+    // One command fits a batch, so a batch that admits its first command is never empty.
+    assert!(COMMAND_BYTES_MAX <= BATCH_BYTES_MAX);
+    // A batch fits a message, a message fits a peer gRPC message and a log record.
+    assert!(BATCH_BYTES_MAX + COMMAND_BYTES_MAX <= MESSAGE_BYTES_MAX);
+    assert!(MESSAGE_BYTES_MAX <= PEER_GRPC_MESSAGE_BYTES_MAX);
+    assert!(MESSAGE_BYTES_MAX <= RECORD_BYTES_MAX);
+    // A stream item of small messages fits a gRPC message; a large one goes alone.
+    assert!(STREAM_BATCH_BYTES_MAX + MESSAGE_BYTES_MAX <= PEER_GRPC_MESSAGE_BYTES_MAX);
+    // A snapshot chunk fits a peer gRPC message; a record fits a checkpoint and a snapshot.
+    assert!(SNAPSHOT_CHUNK_BYTES < PEER_GRPC_MESSAGE_BYTES_MAX);
+    assert!(RECORD_BYTES_MAX <= CHECKPOINT_BYTES_MAX);
+    assert!(CHECKPOINT_BYTES_MAX <= SNAPSHOT_BYTES_MAX);
+    // A client request or reply (one command, one value) fits the client's gRPC limit, which
+    // is far below the peers' (a stranger's flood costs less).
+    assert!(COMMAND_BYTES_MAX < CLIENT_GRPC_MESSAGE_BYTES_MAX);
+    assert!(CLIENT_GRPC_MESSAGE_BYTES_MAX < PEER_GRPC_MESSAGE_BYTES_MAX);
+    // Suspicion needs several missed heartbeats.
+    assert!(SUSPECT_AFTER.as_millis() > HEARTBEAT.as_millis());
+    assert!(BATCH_MAX >= 1 && INFLIGHT_MAX >= 1 && PENDING_MAX >= BATCH_MAX);
+    assert!(DRAIN_MAX <= BIG_CHANNEL_MAX);
+};
