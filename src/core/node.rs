@@ -10,7 +10,7 @@
 
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::Command;
-use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
+use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::Message;
@@ -158,6 +158,11 @@ impl Node {
             return Err(Refusal::Joining);
         }
         Ok(self.replica.propose(token, cmd)?)
+    }
+
+    /// The client behind `token` gave up: see [`Replica::forget`].
+    pub fn forget(&mut self, token: Token, cmd: (ClientId, RequestId)) {
+        self.replica.forget(token, cmd.0, cmd.1);
     }
 
     /// A batch arrives from `peer`'s incarnation `incarnation`: whether its messages may be
@@ -512,12 +517,16 @@ mod tests {
         assert_eq!(r.core.persist[0].0, InstanceId::new(ReplicaId(0), 12));
     }
 
-    /// Delivers every message until none is left, hearing each sender's incarnation `id + 1`.
-    fn settle(nodes: &mut [Node], now: Time) {
+    /// Delivers every message until none is left, hearing each sender's incarnation `id + 1`;
+    /// returns the tokens answered.
+    fn settle(nodes: &mut [Node], now: Time) -> Vec<Token> {
+        let mut answered = Vec::new();
         for _ in 0..100 {
             let mut sent = false;
             for from in 0..nodes.len() {
+                nodes[from].flush(now);
                 let ready = nodes[from].take_ready();
+                answered.extend(ready.core.replies.iter().map(|r| r.token));
                 for out in ready.core.messages {
                     for to in out.to {
                         sent = true;
@@ -530,10 +539,59 @@ mod tests {
                 }
             }
             if !sent {
-                return;
+                return answered;
             }
         }
         panic!("messages still flow after 100 rounds");
+    }
+
+    #[test]
+    fn a_client_that_gave_up_leaves_nothing_behind() {
+        let mut opts = opts(0);
+        opts.inflight_max = 1;
+        opts.batch_max = 1;
+        let restored = || Restored {
+            membership: Membership::Joined {
+                horizons: vec![0; 3],
+            },
+            peers: vec![None; 3],
+            checkpoint: None,
+            records: Vec::new(),
+        };
+        let mut nodes = vec![
+            Node::new(opts, 0, Duration::ZERO, restored()),
+            joined(1),
+            joined(2),
+        ];
+        let now = Duration::ZERO;
+        // Token 1 goes alone into the one instance allowed in flight; 2 and 3 wait.
+        for token in 1..=3 {
+            nodes[0].propose(token, put(token)).expect("room");
+        }
+        nodes[0].flush(now);
+        assert_eq!(nodes[0].replica().pending(), 2);
+        // Clients 1 (in flight) and 2 (pending) give up; 3 still waits.
+        nodes[0].forget(1, (ClientId(1), RequestId(1)));
+        nodes[0].forget(2, (ClientId(2), RequestId(1)));
+        nodes[0].flush(now);
+        assert_eq!(
+            nodes[0].replica().pending(),
+            1,
+            "client 2's command dropped"
+        );
+        let answered = settle(&mut nodes, now);
+        assert_eq!(
+            answered,
+            vec![3],
+            "only the client still waiting is answered"
+        );
+        let kv = nodes[0].replica().kv();
+        assert_eq!(
+            kv.executed(),
+            2,
+            "client 1's command executed anyway, 2's never"
+        );
+        assert_eq!(nodes[0].replica().pending(), 0);
     }
 
     #[test]
@@ -547,7 +605,7 @@ mod tests {
         for client in 1..=6 {
             nodes[0].propose(client, put(client)).expect("room");
             nodes[0].flush(now);
-            settle(&mut nodes, now);
+            let _ = settle(&mut nodes, now);
         }
         // Watermarks tell each replica what the others executed; then it collects.
         for _ in 0..3 {
@@ -555,7 +613,7 @@ mod tests {
             for n in nodes.iter_mut() {
                 n.tick(now);
             }
-            settle(&mut nodes, now);
+            let _ = settle(&mut nodes, now);
         }
         let collected = nodes[0].replica().collected();
         assert!(collected >= 2, "collected {collected}");

@@ -299,6 +299,9 @@ pub struct Replica {
     /// flight here joins the waiting list instead of starting another instance (which, under a
     /// storm of retries, would snowball); the first execution of the request answers them all.
     clients: HashMap<(ClientId, RequestId), Vec<Token>>,
+    /// Some client gave up since the last flush (see `forget`): pending commands nobody waits
+    /// for any more are dropped at the next one.
+    forgotten: bool,
     /// Uncommitted dependencies that block execution, ordered for deterministic fetching.
     waiting: BTreeMap<InstanceId, Waiting>,
     /// Per row: committed instances waiting for the row's committed prefix to pass a slot
@@ -353,6 +356,7 @@ impl Replica {
             pending: VecDeque::new(),
             leading: BTreeMap::new(),
             clients: HashMap::new(),
+            forgotten: false,
             waiting: BTreeMap::new(),
             prefix_waiters: vec![BTreeMap::new(); opts.n],
             committed_count: 0,
@@ -565,9 +569,32 @@ impl Replica {
         Ok(())
     }
 
+    /// The client behind `token`, which proposed `(client, request)`, gave up (its call timed
+    /// out): nobody is answered for it any more. A command still pending with nobody else
+    /// waiting for it is dropped when the next batch is formed, before it was ever proposed
+    /// (the client was told it may retry with the same ids); one already in an instance goes
+    /// on and executes once, answering nobody here.
+    pub fn forget(&mut self, token: Token, client: ClientId, request: RequestId) {
+        let key = (client, request);
+        let Some(tokens) = self.clients.get_mut(&key) else {
+            return;
+        };
+        tokens.retain(|t| *t != token);
+        if tokens.is_empty() {
+            self.clients.remove(&key);
+            self.forgotten = true;
+        }
+    }
+
     /// Starts instances from the pending proposals, up to `batch_max` commands each, while
     /// fewer than `inflight_max` instances are in flight.
     pub fn flush(&mut self, now: Time) {
+        if std::mem::take(&mut self.forgotten) {
+            // Commands whose clients all gave up before they were proposed (see `forget`).
+            let clients = &self.clients;
+            self.pending
+                .retain(|cmd| clients.contains_key(&(cmd.client, cmd.request)));
+        }
         while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
             self.start_instance(now);
         }

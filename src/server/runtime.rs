@@ -10,7 +10,7 @@
 //!
 //! No locks guard protocol state: it lives on one task.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::core::command::{Command, OpResult};
-use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
+use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::{Message, Show, ShowDeps};
@@ -266,6 +266,7 @@ pub async fn serve(
         peer_queues,
         LoopSetup {
             tick: opts.tick,
+            propose_timeout: opts.propose_timeout,
             log,
             data_dir: opts.data_dir.clone(),
             accepted: accepted.clone(),
@@ -343,7 +344,12 @@ struct Writing {
 }
 
 /// A client waiting for its command: where the answer goes and when the proposal arrived.
-type Waiter = (oneshot::Sender<Result<OpResult, Status>>, Instant);
+struct Waiter {
+    reply: oneshot::Sender<Result<OpResult, Status>>,
+    at: Instant,
+    /// The command's session and request (what the node needs to forget it).
+    request: (ClientId, RequestId),
+}
 
 /// A Join the node answered, waiting for the record of the new incarnation to be durable.
 struct PendingJoin {
@@ -355,6 +361,7 @@ struct PendingJoin {
 /// What the event loop needs besides the node and its channels.
 struct LoopSetup {
     tick: Duration,
+    propose_timeout: Duration,
     log: Log,
     data_dir: std::path::PathBuf,
     accepted: Arc<Vec<AtomicU64>>,
@@ -367,7 +374,10 @@ struct EventLoop {
     me: ReplicaId,
     start: Instant,
     peers: Vec<Option<mpsc::Sender<Bytes>>>,
-    waiting: HashMap<Token, Waiter>,
+    /// By token, which grows with arrival: the oldest first, for `forget_given_up`.
+    waiting: BTreeMap<Token, Waiter>,
+    /// How long a client's call waits (after that, the service has answered it).
+    propose_timeout: Duration,
     /// Joins answered by the node, waiting for its record of the new incarnation to be durable.
     joins: HashMap<Token, PendingJoin>,
     next_token: Token,
@@ -397,6 +407,7 @@ async fn run_loop(
     let abstaining_gauge = metrics::gauge!("epaxos_abstaining");
     let LoopSetup {
         tick,
+        propose_timeout,
         log,
         data_dir,
         accepted,
@@ -408,7 +419,8 @@ async fn run_loop(
         node,
         start: Instant::now(),
         peers,
-        waiting: HashMap::new(),
+        waiting: BTreeMap::new(),
+        propose_timeout,
         joins: HashMap::new(),
         next_token: 0,
         log,
@@ -457,6 +469,7 @@ async fn run_loop(
             _ = ticker.tick() => {
                 let now = el.start.elapsed();
                 el.node.tick(now);
+                el.forget_given_up();
                 for (p, g) in el.m.suspected.iter().enumerate() {
                     let peer = ReplicaId(p as u32);
                     if peer != el.me {
@@ -523,10 +536,11 @@ impl EventLoop {
             Event::Propose { cmd, reply, at } => {
                 let token = self.next_token;
                 self.next_token += 1;
+                let request = (cmd.client, cmd.request);
                 match self.node.propose(token, cmd) {
                     Ok(()) => {
                         self.m.proposals.increment(1);
-                        self.waiting.insert(token, (reply, at));
+                        self.waiting.insert(token, Waiter { reply, at, request });
                     }
                     Err(e @ Refusal::Joining) => {
                         let _ = reply.send(Err(Status::unavailable(e.to_string())));
@@ -663,6 +677,18 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Forgets the clients whose calls the service has given up on (their `propose_timeout`
+    /// passed): nothing of them stays in this table or in the node's.
+    fn forget_given_up(&mut self) {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.get().at.elapsed() < self.propose_timeout && !entry.get().reply.is_closed() {
+                break;
+            }
+            let (token, w) = entry.remove_entry();
+            self.node.forget(token, w.request);
+        }
+    }
+
     /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).
     fn report_abstaining(&mut self, gauge: &metrics::Gauge) {
         let abstaining = self.node.replica().abstaining();
@@ -761,7 +787,7 @@ impl EventLoop {
         m.executed_instances.increment(ready.executed.len() as u64);
         for reply in ready.replies {
             m.executed_commands.increment(1);
-            if let Some((tx, at)) = self.waiting.remove(&reply.token) {
+            if let Some(Waiter { reply: tx, at, .. }) = self.waiting.remove(&reply.token) {
                 m.execution_latency.record(at.elapsed().as_secs_f64());
                 let _ = tx.send(reply.result.map_err(|e| match e {
                     ReplyError::Stale => Status::failed_precondition(e.to_string()),
