@@ -8,12 +8,12 @@ use bytes::Bytes;
 use metrics::gauge;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::core::ids::{Incarnation, ReplicaId};
-use crate::proto::kv_client::KvClient;
+use crate::proto::peer_client::PeerClient;
 use crate::proto::PeerBatch;
 use crate::server::metrics::peer_label;
+use crate::server::tls::PeerDialer;
 
 use crate::core::limits::{
     PEER_GRPC_MESSAGE_BYTES_MAX, STREAM_BATCH_BYTES_MAX, STREAM_BATCH_MESSAGES_MAX,
@@ -24,7 +24,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the link to `peer` until `queue` closes (the replica is shutting down). Dials with
+/// Runs the link to `peer` (its peer listener at `addr`, through `dialer`: mutual TLS unless
+/// `--insecure`) until `queue` closes (the replica is shutting down). Dials with
 /// exponential backoff, so a peer that starts later or restarts is reconnected by itself.
 /// Messages handed over while the link is down wait in the queue; a message lost when a
 /// stream breaks is resent by the protocol's own retransmission.
@@ -33,12 +34,13 @@ pub async fn run_link(
     incarnation: Incarnation,
     peer: ReplicaId,
     addr: SocketAddr,
+    dialer: PeerDialer,
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
     let mut backoff = BACKOFF_MIN;
     loop {
-        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        let endpoint = match dialer.endpoint(peer, addr) {
             Ok(e) => e
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
@@ -61,7 +63,7 @@ pub async fn run_link(
                 continue;
             }
         };
-        let mut client = KvClient::new(channel)
+        let mut client = PeerClient::new(channel)
             .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::channel::<PeerBatch>(STREAM_ITEMS_MAX);
@@ -89,6 +91,10 @@ pub async fn run_link(
                         if status.code() == tonic::Code::FailedPrecondition {
                             tracing::error!(%peer, reason = status.message(),
                                 "peer refuses this replica");
+                        }
+                        if status.code() == tonic::Code::PermissionDenied {
+                            tracing::error!(%peer, reason = status.message(),
+                                "peer refuses this replica's certificate");
                         }
                     }
                     break false;
