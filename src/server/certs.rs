@@ -186,3 +186,74 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertsError> {
     f.write_all(bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::tls::named_replicas;
+
+    fn der(path: &Path) -> Vec<u8> {
+        let pem = std::fs::read(path).expect("read certificate");
+        let (_, item) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+        item.contents
+    }
+
+    #[test]
+    fn creates_what_is_missing_once_with_private_keys_and_replica_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("epaxos-certs-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&base).expect("temp dir");
+        let entry = |id: u32| {
+            format!(
+                r#"{{"id": {id}, "addr": "127.0.0.{}:7070", "peer_addr": "127.0.0.1:{}", "metrics_addr": "127.0.0.1:{}"}}"#,
+                id + 1,
+                7170 + id,
+                9070 + id
+            )
+        };
+        let text = format!(
+            r#"{{"replicas": [{}, {}, {}], "tls": {{"cluster_name": "unit"}}}}"#,
+            entry(0),
+            entry(1),
+            entry(2)
+        );
+        let config = Config::parse_in(&text, &base).expect("config");
+        let created = ensure(&config).expect("create");
+        assert_eq!(created.len(), 10, "{created:?}");
+        let tls = &config.tls;
+        for key in [
+            tls.replica_key(0),
+            tls.client_key(),
+            tls.ca.with_file_name("ca.key"),
+        ] {
+            let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        assert_eq!(
+            named_replicas(&der(&tls.replica_cert(1)), "unit").expect("parse"),
+            vec![1]
+        );
+        assert!(named_replicas(&der(&tls.replica_cert(1)), "other")
+            .expect("parse")
+            .is_empty());
+        assert!(named_replicas(&der(&tls.client_cert()), "unit")
+            .expect("parse")
+            .is_empty());
+        // Idempotent: nothing is overwritten; a removed pair is made again with the same CA.
+        let before = std::fs::read(tls.replica_cert(0)).expect("read");
+        assert!(ensure(&config).expect("again").is_empty());
+        assert_eq!(std::fs::read(tls.replica_cert(0)).expect("read"), before);
+        std::fs::remove_file(tls.replica_cert(2)).expect("remove");
+        let err = ensure(&config).expect_err("half a pair").to_string();
+        assert!(err.contains("replica-2.key exists but"), "{err}");
+        std::fs::remove_file(tls.replica_key(2)).expect("remove");
+        assert_eq!(ensure(&config).expect("renew").len(), 2);
+        let issuer = |p: &Path| {
+            let d = der(p);
+            let (_, c) = x509_parser::parse_x509_certificate(&d).expect("x509");
+            c.issuer().to_string()
+        };
+        assert_eq!(issuer(&tls.replica_cert(2)), issuer(&tls.replica_cert(0)));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

@@ -257,7 +257,8 @@ impl PeerAuth {
     }
 
     /// The replica the caller's certificate names (None with `--insecure`). A certificate that
-    /// names no replica of this configuration (a client's, another cluster's) is refused.
+    /// names no replica of this configuration (a client's, another cluster's), or several, is
+    /// refused.
     pub fn identify<T>(&self, req: &Request<T>, call: &str) -> Result<Option<ReplicaId>, Status> {
         let Some(cluster) = &self.cluster_name else {
             return Ok(None);
@@ -271,15 +272,27 @@ impl PeerAuth {
         };
         let named =
             named_replicas(leaf.as_ref(), cluster).map_err(|e| self.refuse(remote, call, e))?;
-        match named.iter().find(|id| (**id as usize) < self.n) {
-            Some(id) => Ok(Some(ReplicaId(*id))),
-            None => Err(self.refuse(
+        let mut ids: Vec<u32> = named
+            .into_iter()
+            .filter(|id| (*id as usize) < self.n)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match ids[..] {
+            [id] => Ok(Some(ReplicaId(id))),
+            [] => Err(self.refuse(
                 remote,
                 call,
                 format!(
                     "the certificate names no replica of this cluster (wanted a DNS name \
                      replica-<id>.{cluster})"
                 ),
+            )),
+            // One certificate per replica: one naming several could speak as any of them.
+            _ => Err(self.refuse(
+                remote,
+                call,
+                format!("the certificate names several replicas ({ids:?}); one per replica"),
             )),
         }
     }
