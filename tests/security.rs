@@ -180,6 +180,21 @@ async fn a_replica_certificate_cannot_speak_as_another_replica() {
     // Logged once for the connection, not once per call.
     let lines = cluster.log(0).matches("peer call refused").count();
     assert_eq!(lines, 1, "{}", cluster.log(0));
+    // The other way round: a dialer checks the name in the answering replica's certificate, so
+    // replica 1 cannot pass for replica 2 either (its certificate names only itself).
+    let posing = cluster.endpoint(2, &cluster.peers[1], Some("replica-0"));
+    match posing.connect().await {
+        Ok(_) => panic!("replica 1's peer listener passed for replica 2"),
+        Err(e) => {
+            let mut chain = format!("{e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                chain.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            assert!(chain.contains("not valid for name"), "{chain}");
+        }
+    }
     still_serving_unfenced(&cluster).await;
 }
 
