@@ -39,6 +39,8 @@ pub async fn run_link(
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
     let mut backoff = BACKOFF_MIN;
+    // A TLS failure (certificates) does not heal by retrying: warn once until connected.
+    let mut warned = false;
     loop {
         let endpoint = match dialer.endpoint(peer, addr) {
             Ok(e) => e
@@ -54,7 +56,14 @@ pub async fn run_link(
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(%peer, %addr, error = %e, ?backoff, "dial failed; retrying");
+                let why = error_chain(&e);
+                if !warned && tls_trouble(&why) {
+                    warned = true;
+                    tracing::warn!(%peer, %addr, error = %why,
+                        "TLS handshake with peer failed (check the certificates); retrying");
+                } else {
+                    tracing::debug!(%peer, %addr, error = %why, ?backoff, "dial failed; retrying");
+                }
                 if queue.is_closed() {
                     return;
                 }
@@ -70,13 +79,21 @@ pub async fn run_link(
         let mut responses = match client.dispatch(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "dispatch refused; retrying");
+                let why = error_chain(&e);
+                if !warned && (tls_trouble(&why) || e.code() == tonic::Code::PermissionDenied) {
+                    warned = true;
+                    tracing::warn!(%peer, %addr, error = %why,
+                        "peer refused this replica's certificate; retrying");
+                } else {
+                    tracing::debug!(%peer, error = %why, "dispatch refused; retrying");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         tracing::info!(%peer, %addr, "connected to peer");
+        warned = false;
         connected.set(1.0);
         backoff = BACKOFF_MIN;
         let closed = loop {
@@ -132,4 +149,25 @@ pub async fn run_link(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Whether a dial error looks like a TLS (certificate) problem rather than a peer that is down.
+fn tls_trouble(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("certificate") || e.contains("tls") || e.contains("handshake")
 }
