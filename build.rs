@@ -1,4 +1,5 @@
-//! Compiles `proto/epaxos.proto` with protox (pure Rust), so a fresh machine needs no `protoc`.
+//! Compiles `proto/{client,peer,storage}.proto` with protox (pure Rust), so a fresh machine needs
+//! no `protoc`. All three are package `epaxos.v1` and end up in one generated module.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,11 +7,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_source_info(true).include_imports(true);
-    compiler.open_files(["epaxos.proto"])?;
-    // The descriptor set also feeds gRPC server reflection.
+    compiler.open_files(["client.proto", "peer.proto", "storage.proto"])?;
+    // The client listener's reflection describes the client contract only: its own descriptor
+    // set, compiled from client.proto alone (which imports nothing).
+    let mut client = protox::Compiler::new(["proto"])?;
+    client.include_source_info(true).include_imports(true);
+    client.open_files(["client.proto"])?;
     fs::write(
-        out_dir.join("epaxos_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        out_dir.join("client_descriptor.bin"),
+        client.encode_file_descriptor_set(),
     )?;
     tonic_prost_build::configure()
         .build_server(true)

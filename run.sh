@@ -8,13 +8,18 @@
 #   ./run.sh logs ID         follow a replica's log
 #
 # Files: data/replica-<id>.pid, data/replica-<id>.log, data/replica-<id>/ (the replica's data
-# directory). Extra replica flags go in $REPLICA_FLAGS (e.g. REPLICA_FLAGS=--thrifty).
+# directory), and the TLS certificates (config.json's tls.cert_dir, default data/certs/), which
+# `start` creates when missing (`replica certs`). Extra replica flags go in $REPLICA_FLAGS (e.g.
+# REPLICA_FLAGS=--thrifty; with REPLICA_FLAGS=--insecure the client runs --insecure too).
 set -euo pipefail
 
 cd "$(dirname "$0")"
 CONFIG=${CONFIG:-config.json}
 DATA=${DATA:-data}
 BIN=target/release
+# A plaintext cluster (--insecure) is probed by a plaintext client.
+CLIENT_FLAGS=""
+case " ${REPLICA_FLAGS:-} " in *" --insecure "*) CLIENT_FLAGS="--insecure" ;; esac
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -64,6 +69,10 @@ build() {
 start() {
   build
   mkdir -p "$DATA"
+  # The cluster CA and every replica's and the client's certificate, once (never overwritten).
+  local made
+  made=$("$BIN/replica" certs --config "$CONFIG") || die "cannot create the TLS certificates (see above)"
+  grep -v '^certificates complete' <<<"$made" || true
   local started=()
   for id in $(ids_or_all "$@"); do
     if pid=$(pid_of "$id"); then
@@ -87,7 +96,8 @@ start() {
     local ok="" answered=""
     for _ in $(seq 1 100); do
       local out
-      if out=$("$BIN/client" --config "$CONFIG" --replica "$id" --timeout-ms 500 status --json 2>/dev/null) ||
+      # shellcheck disable=SC2086
+      if out=$("$BIN/client" --config "$CONFIG" $CLIENT_FLAGS --replica "$id" --timeout-ms 500 status --json 2>/dev/null) ||
          [ -n "$out" ]; then
         if grep -q '"joining":false' <<<"$out"; then ok=1; break; fi
         grep -q '"joining":true' <<<"$out" && answered=1
@@ -142,7 +152,8 @@ status() {
   for id in $(all_ids); do
     if pid=$(pid_of "$id"); then echo "replica $id: running (pid $pid)"; else echo "replica $id: stopped"; fi
   done
-  if [ -x "$BIN/client" ]; then "$BIN/client" --config "$CONFIG" status || true; fi
+  # shellcheck disable=SC2086
+  if [ -x "$BIN/client" ]; then "$BIN/client" --config "$CONFIG" $CLIENT_FLAGS status || true; fi
 }
 
 logs() {
@@ -159,5 +170,5 @@ case "$cmd" in
   kill) kill_replicas "$@" ;;
   status) status ;;
   logs) logs "$@" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -32,6 +32,8 @@ KEYS=${KEYS:-100000}
 TIMEOUT_MS=${TIMEOUT_MS:-1000}
 RECOVERY_TIMEOUT=${RECOVERY_TIMEOUT:-15}
 CONFIG=${CONFIG:-config.json}
+# A plaintext cluster (REPLICA_FLAGS=--insecure) is driven by a plaintext client.
+case " ${REPLICA_FLAGS:-} " in *" --insecure "*) CLIENT_FLAGS="--insecure" ;; *) CLIENT_FLAGS="" ;; esac
 export CONFIG
 DATA=${DATA:-data}
 export DATA
@@ -139,7 +141,7 @@ n=$(wc -l <<<"$replicas")
 
 # The load, in the background: per-second progress lines on stderr, one JSON line on stdout.
 t0=$(now_ms)
-"$CLIENT" --config "$CONFIG" --target round-robin --timeout-ms "$TIMEOUT_MS" bench \
+"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS --target round-robin --timeout-ms "$TIMEOUT_MS" bench \
   --duration "$DURATION" --concurrency "$CONCURRENCY" --keys "$KEYS" --write-pct "$WRITE_PCT" \
   --conflict-pct "$CONFLICT_PCT" --json >"$tmp/result.json" 2>"$tmp/progress.log" &
 bench_pid=$!
@@ -173,7 +175,7 @@ restart_ms=$(now_ms)
 ./run.sh start "$KILL_ID" >/dev/null
 agreed=""
 while [ $(( $(now_ms) - restart_ms )) -lt 30000 ]; do
-  if "$CLIENT" --config "$CONFIG" status --status-timeout-ms 500 >/dev/null 2>&1; then
+  if "$CLIENT" --config "$CONFIG" $CLIENT_FLAGS status --status-timeout-ms 500 >/dev/null 2>&1; then
     agreed=$(( $(now_ms) - restart_ms ))
     break
   fi
@@ -255,6 +257,6 @@ if agreed:
 else:
     print(f"  replica {kill_id} restarted: digests did NOT agree within 30 s")
 PY
-"$CLIENT" --config "$CONFIG" status | tail -n 1 || true
+"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS status | tail -n 1 || true
 # Exit status: 0 when the killed replica caught up, 1 otherwise.
 [ -n "$agreed" ]

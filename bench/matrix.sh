@@ -12,6 +12,8 @@ CONCURRENCY=${CONCURRENCY:-"1 16 128"}
 TARGETS=${TARGETS:-"single round-robin"}
 CONFLICTS=${CONFLICTS:-"0 100"}
 CONFIG=${CONFIG:-config.json}
+# A plaintext cluster (REPLICA_FLAGS=--insecure) is driven by a plaintext client.
+case " ${REPLICA_FLAGS:-} " in *" --insecure "*) CLIENT_FLAGS="--insecure" ;; *) CLIENT_FLAGS="" ;; esac
 export CONFIG
 
 ./run.sh stop >/dev/null 2>&1 || true
@@ -22,7 +24,7 @@ printf '%-12s %5s %9s %10s %8s %8s %8s %7s\n' target conc conflict ops/s p50_ms 
 for target in $TARGETS; do
   for conflict in $CONFLICTS; do
     for c in $CONCURRENCY; do
-      line=$(target/release/client --config "$CONFIG" --target "$target" bench \
+      line=$(target/release/client --config "$CONFIG" $CLIENT_FLAGS --target "$target" bench \
         --duration "$DURATION" --concurrency "$c" --keys 100000 --write-pct "$WRITE_PCT" \
         --conflict-pct "$conflict" --value-size 16 --json 2>/dev/null)
       python3 - "$target" "$c" "$conflict" "$line" <<'PY'
@@ -34,4 +36,4 @@ PY
     done
   done
 done
-target/release/client --config "$CONFIG" status | tail -n 1
+target/release/client --config "$CONFIG" $CLIENT_FLAGS status | tail -n 1

@@ -21,6 +21,8 @@ WRITE_PCT=${WRITE_PCT:-50}
 KEYS=${KEYS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-100}
 CONFIG=${CONFIG:-config.json}
+# A plaintext cluster (REPLICA_FLAGS=--insecure) is driven by a plaintext client.
+case " ${REPLICA_FLAGS:-} " in *" --insecure "*) CLIENT_FLAGS="--insecure" ;; *) CLIENT_FLAGS="" ;; esac
 DATA=${DATA:-data}
 export CONFIG DATA
 CLIENT=target/release/client
@@ -53,7 +55,7 @@ ids=$(python3 -c 'import json,sys; print(" ".join(str(r["id"]) for r in json.loa
 for id in $ids; do rm -rf "${DATA:?}/replica-$id"; done
 ./run.sh start >/dev/null
 
-"$CLIENT" --config "$CONFIG" --target round-robin bench --duration "$DURATION" \
+"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS --target round-robin bench --duration "$DURATION" \
   --concurrency "$CONCURRENCY" --keys "$KEYS" --write-pct "$WRITE_PCT" \
   --value-size "$VALUE_SIZE" --json >"$tmp/result.json" 2>"$tmp/progress.log" &
 bench_pid=$!
@@ -100,4 +102,4 @@ r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 print(f"bench: {r['ops']} ops in {r['elapsed_s']:.0f} s, {r['ops_per_sec']:.0f} ops/s, "
       f"{r['errors']} errors, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
 PY
-"$CLIENT" --config "$CONFIG" status | tail -n 1 || true
+"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS status | tail -n 1 || true

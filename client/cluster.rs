@@ -12,7 +12,13 @@ use clap::ValueEnum;
 use epaxos_kv::proto::kv_client::KvClient;
 use epaxos_kv::proto::StatusRequest;
 use epaxos_kv::server::config::Config;
+use epaxos_kv::server::tls;
 use tonic::transport::{Channel, Endpoint};
+
+/// The hint for a connection that broke off the way a TLS/plaintext mismatch does.
+const TLS_HINT: &str = "a plaintext client against a TLS replica? replicas serve TLS unless \
+                        started with --insecure; without --insecure the client speaks TLS with \
+                        the CA named by config.json";
 
 /// How requests are spread over the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,20 +57,34 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 impl Cluster {
     /// Loads and validates the config file, and prepares (without dialing) a channel to each
     /// replica.
-    pub fn load(path: &Path, connect_timeout: Duration) -> Result<Cluster> {
+    pub fn load(path: &Path, connect_timeout: Duration, insecure: bool) -> Result<Cluster> {
         // The error names the file and the problem (and already includes its cause).
         let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-        Cluster::new(&config, connect_timeout)
+        Cluster::new(&config, connect_timeout, insecure)
     }
 
-    pub fn new(config: &Config, connect_timeout: Duration) -> Result<Cluster> {
+    /// `insecure`: plaintext (the replicas run `--insecure`); otherwise TLS with the CA (and
+    /// the client certificate, if any) the configuration names.
+    pub fn new(config: &Config, connect_timeout: Duration, insecure: bool) -> Result<Cluster> {
         let mut addrs = Vec::with_capacity(config.n());
         let mut clients = Vec::with_capacity(config.n());
+        let tls = if insecure {
+            None
+        } else {
+            Some(tls::client_config(&config.tls).map_err(|e| anyhow!("{e}"))?)
+        };
         for r in &config.replicas {
-            let endpoint = Endpoint::from_shared(format!("http://{}", r.addr))
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", r.addr))
                 .with_context(|| format!("replica {}: bad address {}", r.id.0, r.addr))?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true);
+            if let Some(tls) = &tls {
+                let name = tls::replica_name(&config.tls.cluster_name, r.id.0);
+                endpoint = endpoint
+                    .tls_config(tls.clone().domain_name(name))
+                    .with_context(|| format!("replica {}: TLS settings", r.id.0))?;
+            }
             addrs.push(r.addr);
             clients.push(KvClient::new(endpoint.connect_lazy()));
         }
@@ -238,8 +258,42 @@ pub fn describe_status(status: &tonic::Status) -> String {
     }
     if status.code() == tonic::Code::Unavailable && seen.contains("onnection refused") {
         out.push_str(" (is the replica running?)");
+    } else if let Some(hint) = tls_hint(&seen) {
+        out.push_str(" (");
+        out.push_str(hint);
+        out.push(')');
     }
     out
+}
+
+/// What a transport error that looks like a TLS mismatch probably means.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    if t.contains("certificaterequired") || t.contains("certificate required") {
+        Some(
+            "the replica requires a client certificate: put client.pem and client.key in the \
+              configuration's certificate directory",
+        )
+    } else if t.contains("invalid peer certificate") || t.contains("unknownissuer") {
+        Some(
+            "the replica's certificate is not signed by the configured CA, or does not name \
+              the replica",
+        )
+    } else if t.contains("corrupt message") || t.contains("invalidcontenttype") {
+        Some(
+            "TLS against a plaintext replica? does it run with --insecure? then pass --insecure \
+              too",
+        )
+    } else if t.contains("connection reset")
+        || t.contains("frame with invalid size")
+        || t.contains("broken pipe")
+        || t.contains("connection closed")
+        || t.contains("protocol error")
+    {
+        Some(TLS_HINT)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -248,11 +302,11 @@ mod tests {
 
     fn cluster() -> Cluster {
         let text = r#"{"replicas": [
-            {"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"},
-            {"id": 1, "addr": "127.0.0.1:3", "metrics_addr": "127.0.0.1:4"},
-            {"id": 2, "addr": "127.0.0.1:5", "metrics_addr": "127.0.0.1:6"}]}"#;
+            {"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:7", "metrics_addr": "127.0.0.1:2"},
+            {"id": 1, "addr": "127.0.0.1:3", "peer_addr": "127.0.0.1:8", "metrics_addr": "127.0.0.1:4"},
+            {"id": 2, "addr": "127.0.0.1:5", "peer_addr": "127.0.0.1:9", "metrics_addr": "127.0.0.1:6"}]}"#;
         let config = Config::parse(text).expect("valid config");
-        Cluster::new(&config, Duration::from_secs(1)).expect("cluster")
+        Cluster::new(&config, Duration::from_secs(1), true).expect("cluster")
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! `client`: the command-line client and load generator of the EPaxos* key/value store.
 //!
-//! It speaks only the client part of `proto/epaxos.proto` (`Kv.Propose`, `Kv.Status`).
+//! It speaks only the client contract, `proto/client.proto` (`Kv.Propose`, `Kv.Status`), over
+//! TLS by default (see `Cluster::new`).
 
 mod bench;
 mod cluster;
@@ -48,6 +49,9 @@ struct Cli {
     /// request id, after a backoff (20 ms doubling up to 500 ms, with jitter).
     #[arg(long, global = true, default_value_t = 3)]
     retries: u32,
+    /// Plaintext, no TLS: only for replicas started with --insecure.
+    #[arg(long, global = true)]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,6 +127,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         bail!("--timeout-ms must be at least 1");
     }
     let timeout = Duration::from_millis(cli.timeout_ms);
+    if cli.insecure {
+        eprintln!("warning: --insecure: plaintext, the replicas are not authenticated");
+    }
 
     if let Command::Status {
         json,
@@ -130,7 +137,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     } = cli.command
     {
         let t = Duration::from_millis(status_timeout_ms.max(1));
-        let cluster = Arc::new(Cluster::load(&cli.config, t)?);
+        let cluster = Arc::new(Cluster::load(&cli.config, t, cli.insecure)?);
         let which = match cli.replica {
             Some(id) => vec![cluster.check_replica(id)?],
             None => (0..cluster.n()).collect(),
@@ -138,7 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         return status::run(cluster, which, t, json).await;
     }
 
-    let cluster = Arc::new(Cluster::load(&cli.config, timeout)?);
+    let cluster = Arc::new(Cluster::load(&cli.config, timeout, cli.insecure)?);
     let start = match (cli.target, cli.replica) {
         (TargetMode::Single, Some(id)) => cluster.check_replica(id)?,
         (TargetMode::Single, None) => 0,

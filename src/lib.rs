@@ -16,11 +16,14 @@
 pub mod core;
 pub mod server;
 
-/// Code generated from `proto/epaxos.proto`.
+/// Code generated from `proto/client.proto`, `proto/peer.proto` and `proto/storage.proto`
+/// (package `epaxos.v1`).
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("epaxos.v1");
 
-    /// The encoded file descriptor set, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("epaxos_descriptor");
+    /// The encoded file descriptor set of the client contract (client.proto only), served by
+    /// gRPC reflection on the client listener.
+    pub const CLIENT_FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("client_descriptor");
 }

@@ -1,4 +1,5 @@
 //! `replica --config config.json --id N`: one EPaxos* key/value replica.
+//! `replica certs --config config.json`: creates the cluster's missing TLS certificates.
 
 use std::time::Duration;
 
@@ -8,20 +9,32 @@ use tracing_subscriber::EnvFilter;
 
 use epaxos_kv::core::limits;
 use epaxos_kv::core::replica::Options;
+use epaxos_kv::server::certs;
 use epaxos_kv::server::config::Config;
 use epaxos_kv::server::runtime::{self, RuntimeOptions};
 use epaxos_kv::server::storage::Sync;
 
 /// One replica of the EPaxos* key/value service.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Cluster configuration file.
     #[arg(long, default_value = "config.json")]
     config: String,
     /// This replica's id in the configuration.
+    #[arg(long, required = true)]
+    id: Option<u32>,
+    /// Plaintext listeners and peer links, nobody authenticated (every replica and client of
+    /// the cluster must then run with --insecure). For experiments only; the default is TLS.
     #[arg(long)]
-    id: u32,
+    insecure: bool,
     /// Thrifty mode: send PreAccept and Accept only to as many peers as the quorum needs.
     #[arg(long)]
     thrifty: bool,
@@ -62,6 +75,18 @@ struct Args {
     recover_after_ms: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Creates what is missing of the cluster CA, each replica's certificate and a client
+    /// certificate, in the configuration's `tls.cert_dir` (default data/certs; keys 0600).
+    /// Never overwrites a file: run it again after adding a replica.
+    Certs {
+        /// Cluster configuration file.
+        #[arg(long, default_value = "config.json")]
+        config: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SyncArg {
     Fsync,
@@ -76,6 +101,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // One process-wide TLS provider (ring), whatever else the dependency tree enables.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -83,8 +110,22 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Sub::Certs { config }) = &args.command {
+        let config = Config::load(config).context("loading the cluster configuration")?;
+        let created = certs::ensure(&config).context("creating certificates")?;
+        for path in &created {
+            println!("created {}", path.display());
+        }
+        if created.is_empty() {
+            println!("certificates complete in {}", config.tls.cert_dir.display());
+        }
+        return Ok(());
+    }
+    let Some(id) = args.id else {
+        anyhow::bail!("--id is required");
+    };
     let config = Config::load(&args.config).context("loading the cluster configuration")?;
-    let me = config.replica(args.id).context("checking --id")?.id;
+    let me = config.replica(id).context("checking --id")?.id;
     let mut core = Options::new(me, config.n());
     core.thrifty = args.thrifty;
     core.batch_max = args.batch_max;
@@ -97,10 +138,11 @@ fn main() -> anyhow::Result<()> {
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
     opts.checkpoint_every = args.checkpoint_every;
+    opts.insecure = args.insecure;
     opts.data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| format!("data/replica-{}", args.id).into());
+        .unwrap_or_else(|| format!("data/replica-{id}").into());
     opts.sync = match args.sync {
         SyncArg::Fsync => Sync::Fsync,
         SyncArg::None => {
@@ -119,7 +161,7 @@ fn main() -> anyhow::Result<()> {
     let result = rt.block_on(async move {
         runtime::serve(config, me, opts, shutdown_signal())
             .await
-            .with_context(|| format!("replica {}", args.id))
+            .with_context(|| format!("replica {id}"))
     });
     // Peer links and open streams are abandoned, not awaited.
     rt.shutdown_timeout(Duration::from_millis(100));

@@ -273,7 +273,7 @@ fn replica_exit(config: &str, id: &str) -> (bool, String) {
 
 #[test]
 fn bad_config_stops_the_replica_with_a_named_problem() {
-    let ok_entry = r#"{"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"}"#;
+    let ok_entry = r#"{"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:3", "metrics_addr": "127.0.0.1:2"}"#;
     let cases = [
         ("{ not json".to_string(), "0", "invalid config file"),
         (
@@ -287,9 +287,17 @@ fn bad_config_stops_the_replica_with_a_named_problem() {
             "duplicate replica id 0",
         ),
         (
-            r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1"}]}"#.to_string(),
+            r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:3"}]}"#
+                .to_string(),
             "0",
             "metrics_addr",
+        ),
+        // A config from before the client and peer listeners were split.
+        (
+            r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"}]}"#
+                .to_string(),
+            "0",
+            "replica 0: missing field \"peer_addr\"",
         ),
     ];
     for (config, id, want) in cases {
@@ -326,7 +334,12 @@ fn metric(text: &str, prefix: &str) -> f64 {
 async fn garbage_from_a_peer_is_counted_and_dropped() {
     let cluster = Cluster::start(3, &[]).await;
     let mut c = cluster.client(0).await.expect("connect");
-    // Posing as replica 1 takes its incarnation (a batch without one is refused whole).
+    // Speaking as replica 1 takes its certificate and its incarnation (a batch without one is
+    // refused whole).
+    let mut peer = cluster
+        .peer_client(0, Some("replica-1"))
+        .await
+        .expect("connect to the peer listener");
     let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-1/incarnation"))
         .expect("replica 1's incarnation file")
         .trim()
@@ -344,8 +357,9 @@ async fn garbage_from_a_peer_is_counted_and_dropped() {
             incarnation,
         },
     ];
-    // The stream is closed by the replica after the batch from an unknown sender.
-    let resp = c
+    // The stream is closed by the replica after the batch claiming another sender than the
+    // certificate names.
+    let resp = peer
         .dispatch(tokio_stream::iter(batches))
         .await
         .expect("dispatch call");
@@ -593,11 +607,7 @@ async fn health_and_reflection_serve_generic_grpc_tools() {
         ServerReflectionRequest,
     };
     let cluster = Cluster::start(3, &[]).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[0]))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = cluster.channel(0).await.expect("connect");
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -790,14 +800,16 @@ async fn an_old_incarnation_still_running_is_refused_once_a_new_one_joined() {
     }
     // A machine believed dead was only cut off: replica 2 keeps running while a replacement
     // starts on an empty data directory (here on other ports, so both can run).
-    let ports = free_ports(2);
-    let (addr, metrics_addr) = (
+    let ports = free_ports(3);
+    let (addr, metrics_addr, peer_addr) = (
         format!("127.0.0.1:{}", ports[0]),
         format!("127.0.0.1:{}", ports[1]),
+        format!("127.0.0.1:{}", ports[2]),
     );
     let config = std::fs::read_to_string(&cluster.config)
         .expect("read config")
         .replace(&cluster.addrs[2], &addr)
+        .replace(&cluster.peers[2], &peer_addr)
         .replace(&cluster.metrics[2], &metrics_addr);
     let config_path = cluster.dir.join("config-replacement.json");
     std::fs::write(&config_path, config).expect("write config");

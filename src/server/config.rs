@@ -1,8 +1,9 @@
-//! Cluster configuration (`config.json`): which replicas exist and where they listen.
+//! Cluster configuration (`config.json`): which replicas exist, where they listen, and where
+//! the TLS certificates are.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -50,6 +51,16 @@ pub enum ConfigError {
     /// `--id` names no replica of the file.
     #[error("replica id {0} is not in the config")]
     UnknownId(u32),
+    /// A replica entry lacks a field that has no default.
+    #[error("replica {id}: missing field \"{field}\" ({hint})")]
+    MissingField {
+        id: u32,
+        field: &'static str,
+        hint: &'static str,
+    },
+    /// The `tls` section is invalid.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// One replica's entry in `config.json`.
@@ -57,15 +68,31 @@ pub enum ConfigError {
 pub struct ReplicaEntry {
     /// The replica's id: 0..N-1.
     pub id: u32,
-    /// Where its gRPC server (clients and peers) listens.
+    /// Where its client listener (`Kv`: Propose, Status; health, reflection) listens.
     pub addr: String,
+    /// Where its peer listener (`Peer`: Dispatch, Join, Snapshot) listens. Required: a config
+    /// from before the split gets an error naming it.
+    pub peer_addr: Option<String>,
     /// Where its Prometheus `/metrics` endpoint listens.
     pub metrics_addr: String,
+}
+
+/// The optional `tls` section. Unknown fields are refused: a misspelt `client_ca` must not
+/// silently leave clients unauthenticated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cluster_name: Option<String>,
+    cert_dir: Option<String>,
+    ca: Option<String>,
+    client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     replicas: Vec<ReplicaEntry>,
+    #[serde(default)]
+    tls: RawTls,
 }
 
 /// A validated cluster configuration.
@@ -73,25 +100,112 @@ struct RawConfig {
 pub struct Config {
     /// Replicas ordered by id; `replicas[i].id == i`.
     pub replicas: Vec<Replica>,
+    /// Where the certificates are (paths resolved against the config file's directory).
+    pub tls: TlsSettings,
 }
 
 /// One validated replica entry.
 #[derive(Debug, Clone)]
 pub struct Replica {
     pub id: ReplicaId,
+    /// The client listener.
     pub addr: SocketAddr,
+    /// The peer listener.
+    pub peer_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
 }
 
+/// Default `tls.cluster_name`: replica certificates name `replica-<id>.epaxos`.
+pub const DEFAULT_CLUSTER_NAME: &str = "epaxos";
+/// Default `tls.cert_dir`, relative to the config file's directory.
+pub const DEFAULT_CERT_DIR: &str = "data/certs";
+
+/// The `tls` section, validated, with paths resolved.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The cluster's name in certificate identities (`replica-<id>.<cluster_name>`).
+    pub cluster_name: String,
+    /// Where `replica-<id>.pem/.key` and `client.pem/.key` are.
+    pub cert_dir: PathBuf,
+    /// The cluster CA certificate (default `<cert_dir>/ca.pem`): signs every replica's
+    /// certificate; clients check replicas against it.
+    pub ca: PathBuf,
+    /// When set, the client listener requires client certificates signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Replica `id`'s certificate (PEM).
+    pub fn replica_cert(&self, id: u32) -> PathBuf {
+        self.cert_dir.join(format!("replica-{id}.pem"))
+    }
+    /// Replica `id`'s private key (PEM, PKCS#8).
+    pub fn replica_key(&self, id: u32) -> PathBuf {
+        self.cert_dir.join(format!("replica-{id}.key"))
+    }
+    /// The client certificate the bundled client presents, when present.
+    pub fn client_cert(&self) -> PathBuf {
+        self.cert_dir.join("client.pem")
+    }
+    /// Its key.
+    pub fn client_key(&self) -> PathBuf {
+        self.cert_dir.join("client.key")
+    }
+
+    fn parse(raw: RawTls, base: &Path) -> Result<TlsSettings, ConfigError> {
+        let cluster_name = raw
+            .cluster_name
+            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string());
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if cluster_name.len() > 200 || !cluster_name.split('.').all(label_ok) {
+            return Err(ConfigError::Tls(format!(
+                "cluster_name {cluster_name:?} must be a DNS name (lowercase letters, digits, \
+                 '-', dot-separated labels): certificates name replicas \
+                 replica-<id>.<cluster_name>"
+            )));
+        }
+        let resolve = |p: &str| -> Result<PathBuf, ConfigError> {
+            if p.is_empty() {
+                return Err(ConfigError::Tls("an empty path".into()));
+            }
+            Ok(base.join(p))
+        };
+        let cert_dir = resolve(raw.cert_dir.as_deref().unwrap_or(DEFAULT_CERT_DIR))?;
+        let ca = match raw.ca {
+            Some(p) => resolve(&p)?,
+            None => cert_dir.join("ca.pem"),
+        };
+        let client_ca = raw.client_ca.as_deref().map(resolve).transpose()?;
+        Ok(TlsSettings {
+            cluster_name,
+            cert_dir,
+            ca,
+            client_ca,
+        })
+    }
+}
+
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Relative paths in it (the `tls` section) are taken
+    /// from the file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Config::parse_in(&text, base).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 source,
@@ -100,8 +214,13 @@ impl Config {
         })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text; relative paths are taken from the current directory.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Parses and validates config text; relative paths are taken from `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
             path: "<text>".into(),
             source,
@@ -124,8 +243,18 @@ impl Config {
                 return Err(ConfigError::IdOutOfRange { id: e.id, n });
             }
             let addr = parse_addr(e.id, "addr", &e.addr)?;
+            let Some(peer_addr) = &e.peer_addr else {
+                return Err(ConfigError::MissingField {
+                    id: e.id,
+                    field: "peer_addr",
+                    hint: "the address its peer listener binds and other replicas dial, apart \
+                           from the client address \"addr\"; e.g. \"peer_addr\": \
+                           \"127.0.0.1:7170\"",
+                });
+            };
+            let peer_addr = parse_addr(e.id, "peer_addr", peer_addr)?;
             let metrics_addr = parse_addr(e.id, "metrics_addr", &e.metrics_addr)?;
-            for a in [addr, metrics_addr] {
+            for a in [addr, peer_addr, metrics_addr] {
                 if !addrs.insert(a) {
                     return Err(ConfigError::DuplicateAddr(a.to_string(), e.id));
                 }
@@ -133,11 +262,13 @@ impl Config {
             replicas.push(Replica {
                 id: ReplicaId(e.id),
                 addr,
+                peer_addr,
                 metrics_addr,
             });
         }
         replicas.sort_by_key(|r| r.id);
-        Ok(Config { replicas })
+        let tls = TlsSettings::parse(raw.tls, base)?;
+        Ok(Config { replicas, tls })
     }
 
     /// Number of replicas.
@@ -167,7 +298,8 @@ mod tests {
 
     fn entry(id: u32, port: u16) -> String {
         format!(
-            r#"{{"id": {id}, "addr": "127.0.0.1:{port}", "metrics_addr": "127.0.0.1:{}"}}"#,
+            r#"{{"id": {id}, "addr": "127.0.0.1:{port}", "peer_addr": "127.0.0.1:{}", "metrics_addr": "127.0.0.1:{}"}}"#,
+            port + 100,
             port + 1000
         )
     }
@@ -192,8 +324,30 @@ mod tests {
             ("not json", "invalid config"),
             (r#"{"replicas": []}"#, "no replicas"),
             (
-                r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1"}]}"#,
+                r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:3"}]}"#,
                 "metrics_addr",
+            ),
+            (
+                r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"}]}"#,
+                "replica 0: missing field \"peer_addr\"",
+            ),
+            (
+                r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:1", "metrics_addr": "127.0.0.1:2"}]}"#,
+                "duplicate address 127.0.0.1:1",
+            ),
+            (
+                &format!(
+                    r#"{{"replicas": [{}], "tls": {{"client-ca": "x"}}}}"#,
+                    entry(0, 7070)
+                ),
+                "unknown field `client-ca`",
+            ),
+            (
+                &format!(
+                    r#"{{"replicas": [{}], "tls": {{"cluster_name": "Bad Name"}}}}"#,
+                    entry(0, 7070)
+                ),
+                "cluster_name \"Bad Name\" must be a DNS name",
             ),
             (
                 &format!(
@@ -228,6 +382,31 @@ mod tests {
             let err = Config::parse(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn tls_paths_default_under_the_config_directory() {
+        let text = format!(r#"{{"replicas": [{}]}}"#, entry(0, 7070));
+        let c = Config::parse_in(&text, Path::new("/etc/kv")).expect("valid");
+        assert_eq!(c.tls.cluster_name, "epaxos");
+        assert_eq!(c.tls.ca, Path::new("/etc/kv/data/certs/ca.pem"));
+        assert_eq!(
+            c.tls.replica_key(0),
+            Path::new("/etc/kv/data/certs/replica-0.key")
+        );
+        assert!(c.tls.client_ca.is_none());
+        let text = format!(
+            r#"{{"replicas": [{}], "tls": {{"cluster_name": "prod.kv", "cert_dir": "/pki", "ca": "root.pem", "client_ca": "/pki/clients.pem"}}}}"#,
+            entry(0, 7070)
+        );
+        let c = Config::parse_in(&text, Path::new("/etc/kv")).expect("valid");
+        assert_eq!(c.tls.cluster_name, "prod.kv");
+        assert_eq!(c.tls.replica_cert(0), Path::new("/pki/replica-0.pem"));
+        assert_eq!(c.tls.ca, Path::new("/etc/kv/root.pem"));
+        assert_eq!(
+            c.tls.client_ca.as_deref(),
+            Some(Path::new("/pki/clients.pem"))
+        );
     }
 
     #[test]

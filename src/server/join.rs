@@ -4,17 +4,16 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
-
 use crate::core::checkpoint::Checkpoint;
 use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
 use crate::core::instance::Instance;
 use crate::core::limits::PEER_GRPC_MESSAGE_BYTES_MAX;
 use crate::core::membership::{JoinAnswer, JoinDecision, Joiner};
 use crate::core::wire;
-use crate::proto::kv_client::KvClient;
+use crate::proto::peer_client::PeerClient;
 use crate::proto::{self, JoinRequest, SnapshotRequest};
 use crate::server::config::Config;
+use crate::server::tls::PeerDialer;
 
 pub use crate::core::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +53,7 @@ pub async fn run(
     me: ReplicaId,
     incarnation: Incarnation,
     interrupted: bool,
+    dialer: &PeerDialer,
 ) -> Joined {
     let mut joiner = Joiner::new(me, config.n(), interrupted);
     let mut backoff = BACKOFF_MIN;
@@ -64,8 +64,9 @@ pub async fn run(
                 from: me.0,
                 incarnation: incarnation.get(),
             };
-            let addr = config.replicas[peer.index()].addr;
-            match call(addr, |mut c| async move { c.join(request).await }).await {
+            let addr = config.replicas[peer.index()].peer_addr;
+            let join = |mut c: PeerClient<_>| async move { c.join(request).await };
+            match call(dialer, peer, addr, join).await {
                 Ok(reply) => {
                     let answer = JoinAnswer {
                         previous: Incarnation::new(reply.previous_incarnation),
@@ -90,7 +91,8 @@ pub async fn run(
                 return Joined::Fresh;
             }
             Some(JoinDecision::Rejoin { horizons, sources }) => {
-                if let Some(snapshot) = fetch_best(config, me, incarnation, &sources).await {
+                if let Some(snapshot) = fetch_best(config, me, incarnation, &sources, dialer).await
+                {
                     return Joined::Rejoin {
                         horizons,
                         snapshot: Box::new(snapshot),
@@ -123,12 +125,13 @@ async fn fetch_best(
     me: ReplicaId,
     incarnation: Incarnation,
     sources: &[ReplicaId],
+    dialer: &PeerDialer,
 ) -> Option<Snapshot> {
     for &peer in sources {
-        let addr = config.replicas[peer.index()].addr;
+        let addr = config.replicas[peer.index()].peer_addr;
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(SNAPSHOT_TIMEOUT, fetch(addr, me, incarnation, config.n())).await
-        {
+        let fetching = fetch(dialer, peer, addr, me, incarnation, config.n());
+        match tokio::time::timeout(SNAPSHOT_TIMEOUT, fetching).await {
             Ok(Ok((mut snapshot, bytes))) => {
                 tracing::info!(%peer, bytes, records = snapshot.records.len(),
                     ms = started.elapsed().as_millis() as u64, "snapshot received");
@@ -160,13 +163,15 @@ pub enum SnapshotError {
 }
 
 async fn fetch(
+    dialer: &PeerDialer,
+    peer: ReplicaId,
     addr: std::net::SocketAddr,
     me: ReplicaId,
     incarnation: Incarnation,
     n: usize,
 ) -> Result<(Snapshot, usize), SnapshotError> {
     use prost::Message as _;
-    let mut client = connect(addr).await?;
+    let mut client = connect(dialer, peer, addr).await?;
     let mut stream = client
         .snapshot(SnapshotRequest {
             from: me.0,
@@ -200,25 +205,34 @@ async fn fetch(
 }
 
 async fn connect(
+    dialer: &PeerDialer,
+    peer: ReplicaId,
     addr: std::net::SocketAddr,
-) -> Result<KvClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address makes a valid URI")
+) -> Result<PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = dialer
+        .endpoint(peer, addr)?
         .connect_timeout(CALL_TIMEOUT)
         .connect()
         .await?;
-    Ok(KvClient::new(channel)
+    Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX))
 }
 
 /// One unary call with a fresh connection and a timeout.
-async fn call<T, F, Fut>(addr: std::net::SocketAddr, f: F) -> Result<T, String>
+async fn call<T, F, Fut>(
+    dialer: &PeerDialer,
+    peer: ReplicaId,
+    addr: std::net::SocketAddr,
+    f: F,
+) -> Result<T, String>
 where
-    F: FnOnce(KvClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(PeerClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let client = connect(addr).await.map_err(|e| e.to_string())?;
+    let client = connect(dialer, peer, addr)
+        .await
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(status)) => Err(status.to_string()),

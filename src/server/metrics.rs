@@ -179,6 +179,20 @@ fn describe() {
         "epaxos_peer_refused_total",
         "Peer streams refused because they came from a replaced incarnation."
     );
+    describe_counter!(
+        "epaxos_peer_identity_refused_total",
+        "Peer calls refused because the caller's certificate names no replica, or another \
+         replica than the call claims (PERMISSION_DENIED)."
+    );
+    describe_gauge!(
+        "epaxos_insecure",
+        "1 with --insecure (plaintext, nobody authenticated), 0 with TLS."
+    );
+    describe_gauge!(
+        "epaxos_tls_cert_expiry_days",
+        "Days until this replica's certificate (cert=\"replica\") and the cluster CA \
+         (cert=\"ca\") expire."
+    );
 }
 
 /// Label value for a peer id.

@@ -2,9 +2,11 @@
 //! loop, per-peer links, the durable log and metrics. It decodes, stamps the time, feeds the
 //! core and carries out what the core decided; protocol decisions belong in [`crate::core`].
 
+pub mod certs;
 pub mod config;
 pub mod join;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -31,11 +31,12 @@ use crate::core::node::{self, Node, Refusal, Restored};
 use crate::core::replica::{Options, Path, Ready, ReplyError, Token};
 use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};
+use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::server::config::Config;
 use crate::server::metrics::LoopMetrics;
 use crate::server::storage::{self, Log, StorageError, Sync};
-use crate::server::{join, transport};
+use crate::server::{join, tls, transport};
 
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -61,6 +62,8 @@ pub struct RuntimeOptions {
     /// Checkpoint (and cut the log) each time this many more instances were dropped from
     /// memory (executed here, committed everywhere).
     pub checkpoint_every: u64,
+    /// Plaintext listeners and peer links, no authentication (`--insecure`).
+    pub insecure: bool,
 }
 
 /// Invalid [`RuntimeOptions`].
@@ -108,6 +111,7 @@ impl RuntimeOptions {
             data_dir: std::path::PathBuf::from("data"),
             sync: Sync::Fsync,
             checkpoint_every: limits::CHECKPOINT_EVERY,
+            insecure: false,
         }
     }
 }
@@ -127,6 +131,12 @@ pub enum RuntimeError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
+    /// Certificates missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// tonic refused the TLS settings.
+    #[error("TLS settings of the {0} listener: {1}")]
+    TlsConfig(&'static str, tonic::transport::Error),
     /// Invalid options.
     #[error(transparent)]
     Options(#[from] RuntimeOptionsError),
@@ -182,12 +192,37 @@ pub async fn serve(
     opts.validate()?;
     let new_dir = storage::is_new(&opts.data_dir);
     let me = config.replicas[id.index()].clone();
+    // Certificates first: a replica that cannot serve securely says so before anything else.
+    let security = if opts.insecure {
+        None
+    } else {
+        Some(tls::load_replica(&config, id)?)
+    };
     crate::server::metrics::install(me.metrics_addr)
         .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
-    // Bound before anything dials out: the address is ours (or the start fails clearly) before
-    // the peer links and the join take ephemeral ports of their own.
-    let incoming = tonic::transport::server::TcpIncoming::bind(me.addr)
+    match &security {
+        None => {
+            tracing::warn!(
+                "--insecure: plaintext listeners and peer links, nobody is authenticated; \
+                 anyone who reaches the peer address can speak as any replica"
+            );
+            metrics::gauge!("epaxos_insecure").set(1.0);
+        }
+        Some(t) => {
+            metrics::gauge!("epaxos_insecure").set(0.0);
+            tls::export_expiry(t.own_expiry, t.ca_expiry);
+        }
+    }
+    let dialer = security
+        .as_ref()
+        .map_or_else(tls::PeerDialer::insecure, |t| t.dialer.clone());
+    // Bound before anything dials out: the addresses are ours (or the start fails clearly)
+    // before the peer links and the join take ephemeral ports of their own.
+    let client_incoming = tonic::transport::server::TcpIncoming::bind(me.addr)
         .map_err(|e| RuntimeError::Bind(me.addr, e))?
+        .with_nodelay(Some(true));
+    let peer_incoming = tonic::transport::server::TcpIncoming::bind(me.peer_addr)
+        .map_err(|e| RuntimeError::Bind(me.peer_addr, e))?
         .with_nodelay(Some(true));
     let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
     if recovered.truncated_bytes > 0 {
@@ -227,7 +262,14 @@ pub async fn serve(
         }
         let (tx, rx) = mpsc::channel(opts.peer_queue_max);
         peer_queues[peer.id.index()] = Some(tx);
-        tokio::spawn(transport::run_link(id, incarnation, peer.id, peer.addr, rx));
+        tokio::spawn(transport::run_link(
+            id,
+            incarnation,
+            peer.id,
+            peer.peer_addr,
+            dialer.clone(),
+            rx,
+        ));
     }
 
     if membership == Membership::Joining {
@@ -236,8 +278,9 @@ pub async fn serve(
         tracing::info!(interrupted, "new data directory: joining the cluster first");
         let config = config.clone();
         let big = big_tx.clone();
+        let dialer = dialer.clone();
         tokio::spawn(async move {
-            let joined = join::run(&config, id, incarnation, interrupted).await;
+            let joined = join::run(&config, id, incarnation, interrupted, &dialer).await;
             let _ = big.send(Event::Joined(Box::new(joined))).await;
         });
     }
@@ -273,59 +316,84 @@ pub async fn serve(
         },
     ));
 
-    let service = Service {
+    let client_service = ClientService {
         id,
+        big: big_tx.clone(),
+        propose_timeout: opts.propose_timeout,
+    };
+    let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
+    let peer_service = PeerService {
         n: config.n(),
         big: big_tx,
-        propose_timeout: opts.propose_timeout,
         accepted,
+        auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KvServer<Service>>().await;
+    health_reporter
+        .set_serving::<KvServer<ClientService>>()
+        .await;
+    // Reflection describes the client contract only (client.proto and health).
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::CLIENT_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::CLIENT_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
 
-    tracing::info!(replica = %id, addr = %me.addr, metrics = %me.metrics_addr, n = config.n(),
-        thrifty = opts.core.thrifty, durable, "replica serving");
+    tracing::info!(replica = %id, addr = %me.addr, peer_addr = %me.peer_addr,
+        metrics = %me.metrics_addr, n = config.n(), thrifty = opts.core.thrifty, durable,
+        tls = security.is_some(), "replica serving");
     // Peers keep their Dispatch streams open forever, so a graceful stop waits at most
-    // SHUTDOWN_GRACE for in-flight calls and then ends the server.
-    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
-    let stop_server = stop.clone();
+    // SHUTDOWN_GRACE for in-flight calls and then ends the servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        stop.notify_waiters();
-        stop.notify_one();
+        let _ = stop_tx.send(true);
     });
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which only happens after it sent.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut client_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut peer_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(t) = security {
+        client_server = client_server
+            .tls_config(t.client)
+            .map_err(|e| RuntimeError::TlsConfig("client", e))?;
+        peer_server = peer_server
+            .tls_config(t.peer)
+            .map_err(|e| RuntimeError::TlsConfig("peer", e))?;
+    }
+    let client_server = client_server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            KvServer::new(service)
+            KvServer::new(client_service)
+                .max_decoding_message_size(limits::CLIENT_GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::CLIENT_GRPC_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()));
+    let peer_server = peer_server
+        .add_service(
+            PeerServer::new(peer_service)
                 .max_decoding_message_size(limits::PEER_GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(limits::PEER_GRPC_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(incoming, {
-            let stop = stop_server.clone();
-            async move { stop.notified().await }
-        });
+        .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
     let result = tokio::select! {
-        r = server => r.map_err(|e| RuntimeError::Server(me.addr, e)),
+        r = client_server => r.map_err(|e| RuntimeError::Server(me.addr, e)),
+        r = peer_server => r.map_err(|e| RuntimeError::Server(me.peer_addr, e)),
         r = &mut event_loop => match r {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
         },
         _ = async {
-            stop_server.notified().await;
+            stopped(stop_rx.clone()).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => Ok(()),
     };
@@ -797,19 +865,26 @@ impl EventLoop {
     }
 }
 
-/// The gRPC service: translates calls into events.
-struct Service {
+/// The client service (client listener): translates calls into events.
+struct ClientService {
     id: ReplicaId,
-    n: usize,
     big: mpsc::Sender<Event>,
     propose_timeout: Duration,
+}
+
+/// The peer service (peer listener): checks who is speaking, then translates calls into events.
+struct PeerService {
+    n: usize,
+    big: mpsc::Sender<Event>,
     /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
     /// by the event loop, which holds the durable record.
     accepted: Arc<Vec<AtomicU64>>,
+    /// Who the caller's certificate names; refuses calls that claim another replica.
+    auth: Arc<tls::PeerAuth>,
 }
 
 #[tonic::async_trait]
-impl Kv for Service {
+impl Kv for ClientService {
     async fn propose(
         &self,
         request: Request<ProposeRequest>,
@@ -855,12 +930,18 @@ impl Kv for Service {
             _ => Err(Status::unavailable("replica did not answer in time")),
         }
     }
+}
 
+#[tonic::async_trait]
+impl Peer for PeerService {
     async fn join(
         &self,
         request: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinReply>, Status> {
+        let identity = self.auth.identify(&request, "Join")?;
+        let remote = request.remote_addr();
         let req = request.into_inner();
+        self.auth.check(identity, req.from, remote, "Join")?;
         if req.from as usize >= self.n {
             return Err(Status::invalid_argument(format!(
                 "replica {} is not in the configuration",
@@ -888,7 +969,10 @@ impl Kv for Service {
         &self,
         request: Request<proto::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let identity = self.auth.identify(&request, "Snapshot")?;
+        let remote = request.remote_addr();
         let req = request.into_inner();
+        self.auth.check(identity, req.from, remote, "Snapshot")?;
         let (tx, rx) = oneshot::channel();
         // The node gives it only to a peer that joined as this incarnation.
         self.big
@@ -928,12 +1012,16 @@ impl Kv for Service {
         &self,
         request: Request<tonic::Streaming<PeerBatch>>,
     ) -> Result<Response<Self::DispatchStream>, Status> {
+        // Who may write this stream is settled once, from the certificate.
+        let identity = self.auth.identify(&request, "Dispatch")?;
+        let remote = request.remote_addr();
         let mut inbound = request.into_inner();
         // The response stream stays open (and empty) while `keep_open` lives in the reader.
         let (keep_open, rx) = mpsc::channel(1);
         let big = self.big.clone();
         let n = self.n;
         let accepted = self.accepted.clone();
+        let auth = self.auth.clone();
         tokio::spawn(async move {
             loop {
                 let batch = match inbound.message().await {
@@ -944,6 +1032,12 @@ impl Kv for Service {
                         break;
                     }
                 };
+                // A batch claiming another replica than the certificate names changes nothing
+                // and ends the stream.
+                if let Err(status) = auth.check(identity, batch.from, remote, "Dispatch") {
+                    let _ = keep_open.send(Err(status)).await;
+                    break;
+                }
                 if batch.from as usize >= n {
                     tracing::warn!(
                         from = batch.from,

@@ -8,12 +8,12 @@ use bytes::Bytes;
 use metrics::gauge;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::core::ids::{Incarnation, ReplicaId};
-use crate::proto::kv_client::KvClient;
+use crate::proto::peer_client::PeerClient;
 use crate::proto::PeerBatch;
 use crate::server::metrics::peer_label;
+use crate::server::tls::PeerDialer;
 
 use crate::core::limits::{
     PEER_GRPC_MESSAGE_BYTES_MAX, STREAM_BATCH_BYTES_MAX, STREAM_BATCH_MESSAGES_MAX,
@@ -24,7 +24,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the link to `peer` until `queue` closes (the replica is shutting down). Dials with
+/// Runs the link to `peer` (its peer listener at `addr`, through `dialer`: mutual TLS unless
+/// `--insecure`) until `queue` closes (the replica is shutting down). Dials with
 /// exponential backoff, so a peer that starts later or restarts is reconnected by itself.
 /// Messages handed over while the link is down wait in the queue; a message lost when a
 /// stream breaks is resent by the protocol's own retransmission.
@@ -33,12 +34,15 @@ pub async fn run_link(
     incarnation: Incarnation,
     peer: ReplicaId,
     addr: SocketAddr,
+    dialer: PeerDialer,
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
     let mut backoff = BACKOFF_MIN;
+    // A TLS failure (certificates) does not heal by retrying: warn once until connected.
+    let mut warned = false;
     loop {
-        let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+        let endpoint = match dialer.endpoint(peer, addr) {
             Ok(e) => e
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
@@ -52,7 +56,14 @@ pub async fn run_link(
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(%peer, %addr, error = %e, ?backoff, "dial failed; retrying");
+                let why = error_chain(&e);
+                if !warned && tls_trouble(&why) {
+                    warned = true;
+                    tracing::warn!(%peer, %addr, error = %why,
+                        "TLS handshake with peer failed (check the certificates); retrying");
+                } else {
+                    tracing::debug!(%peer, %addr, error = %why, ?backoff, "dial failed; retrying");
+                }
                 if queue.is_closed() {
                     return;
                 }
@@ -61,20 +72,28 @@ pub async fn run_link(
                 continue;
             }
         };
-        let mut client = KvClient::new(channel)
+        let mut client = PeerClient::new(channel)
             .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX);
         let (tx, rx) = mpsc::channel::<PeerBatch>(STREAM_ITEMS_MAX);
         let mut responses = match client.dispatch(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "dispatch refused; retrying");
+                let why = error_chain(&e);
+                if !warned && (tls_trouble(&why) || e.code() == tonic::Code::PermissionDenied) {
+                    warned = true;
+                    tracing::warn!(%peer, %addr, error = %why,
+                        "peer refused this replica's certificate; retrying");
+                } else {
+                    tracing::debug!(%peer, error = %why, "dispatch refused; retrying");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         tracing::info!(%peer, %addr, "connected to peer");
+        warned = false;
         connected.set(1.0);
         backoff = BACKOFF_MIN;
         let closed = loop {
@@ -89,6 +108,10 @@ pub async fn run_link(
                         if status.code() == tonic::Code::FailedPrecondition {
                             tracing::error!(%peer, reason = status.message(),
                                 "peer refuses this replica");
+                        }
+                        if status.code() == tonic::Code::PermissionDenied {
+                            tracing::error!(%peer, reason = status.message(),
+                                "peer refuses this replica's certificate");
                         }
                     }
                     break false;
@@ -126,4 +149,25 @@ pub async fn run_link(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Whether a dial error looks like a TLS (certificate) problem rather than a peer that is down.
+fn tls_trouble(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("certificate") || e.contains("tls") || e.contains("handshake")
 }

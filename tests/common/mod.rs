@@ -1,5 +1,8 @@
 //! Test harness: a cluster of real `replica` processes on ephemeral loopback ports, and a small
 //! gRPC client over the public contract. Every process is killed when the cluster drops.
+//!
+//! Clusters run with TLS (certificates made once per cluster by `replica certs`, in
+//! `<dir>/certs`) unless started with `--insecure`, which the harness then uses too.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -9,15 +12,24 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use epaxos_kv::proto::kv_client::KvClient;
+use epaxos_kv::proto::peer_client::PeerClient;
 use epaxos_kv::proto::{self, operation::Kind};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The cluster name the harness writes into its configs (`tls.cluster_name`).
+pub const CLUSTER_NAME: &str = "test";
 
 /// A running cluster.
 pub struct Cluster {
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Client listeners.
     pub addrs: Vec<String>,
+    /// Peer listeners.
+    pub peers: Vec<String>,
     pub metrics: Vec<String>,
+    /// TLS on (no `--insecure` among the flags).
+    pub tls: bool,
     flags: Vec<String>,
     children: Vec<Option<Child>>,
 }
@@ -52,39 +64,62 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `n` replicas with extra flags and waits until each answers Status.
     pub async fn start(n: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_with_tls(n, flags, "").await
+    }
+
+    /// Like `start`, with `tls_extra` (JSON members, e.g. `"client_ca": "certs/ca.pem"`) added
+    /// to the config's `tls` section.
+    pub async fn start_with_tls(n: usize, flags: &[&str], tls_extra: &str) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "epaxos-test-{}-{}",
             std::process::id(),
             rand_suffix()
         ));
         std::fs::create_dir_all(&dir).expect("create test dir");
-        let ports = free_ports(2 * n);
+        let ports = free_ports(3 * n);
         let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let metrics: Vec<String> = (0..n)
             .map(|i| format!("127.0.0.1:{}", ports[n + i]))
             .collect();
+        let peers: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}", ports[2 * n + i]))
+            .collect();
         let entries: Vec<String> = (0..n)
             .map(|i| {
                 format!(
-                    r#"{{"id": {i}, "addr": "{}", "metrics_addr": "{}"}}"#,
-                    addrs[i], metrics[i]
+                    r#"{{"id": {i}, "addr": "{}", "peer_addr": "{}", "metrics_addr": "{}"}}"#,
+                    addrs[i], peers[i], metrics[i]
                 )
             })
             .collect();
         let config = dir.join("config.json");
         std::fs::write(
             &config,
-            format!(r#"{{"replicas": [{}]}}"#, entries.join(", ")),
+            format!(
+                r#"{{"replicas": [{}], "tls": {{"cluster_name": "{CLUSTER_NAME}", "cert_dir": "certs"{}}}}}"#,
+                entries.join(", "),
+                if tls_extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {tls_extra}")
+                }
+            ),
         )
         .expect("write config");
+        let tls = !flags.contains(&"--insecure");
         let mut cluster = Cluster {
             dir,
             config,
             addrs,
+            peers,
             metrics,
+            tls,
             flags: flags.iter().map(|f| f.to_string()).collect(),
             children: Vec::new(),
         };
+        if tls {
+            cluster.make_certs();
+        }
         for i in 0..n {
             let child = cluster.spawn(i);
             cluster.children.push(Some(child));
@@ -141,14 +176,73 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join(format!("replica-{i}.log"))).unwrap_or_default()
     }
 
-    pub async fn client(&self, i: usize) -> Result<KvClient<Channel>, tonic::transport::Error> {
-        let ch = Channel::from_shared(format!("http://{}", self.addrs[i]))
-            .expect("valid uri")
-            .connect_timeout(Duration::from_secs(2))
+    /// Runs `replica certs` on the cluster's config (creates what is missing in `<dir>/certs`).
+    pub fn make_certs(&self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_replica"))
+            .arg("certs")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run replica certs");
+        assert!(
+            out.status.success(),
+            "replica certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A file of the cluster's certificate directory.
+    pub fn cert_file(&self, name: &str) -> Vec<u8> {
+        let path = self.dir.join("certs").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// An endpoint for `addr` (a listener of replica `i`): TLS trusting the cluster CA and
+    /// checking replica `i`'s name, presenting `identity` (the files `<name>.pem` and
+    /// `<name>.key` of the certificate directory, e.g. "client" or "replica-1") if given; or
+    /// plaintext when the cluster runs `--insecure`.
+    pub fn endpoint(&self, i: usize, addr: &str, identity: Option<&str>) -> Endpoint {
+        let plain = Channel::from_shared(format!("http://{addr}")).expect("valid uri");
+        let ep = if self.tls {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(self.cert_file("ca.pem")))
+                .domain_name(format!("replica-{i}.{CLUSTER_NAME}"));
+            if let Some(name) = identity {
+                tls = tls.identity(Identity::from_pem(
+                    self.cert_file(&format!("{name}.pem")),
+                    self.cert_file(&format!("{name}.key")),
+                ));
+            }
+            Channel::from_shared(format!("https://{addr}"))
+                .expect("valid uri")
+                .tls_config(tls)
+                .expect("tls config")
+        } else {
+            plain
+        };
+        ep.connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
+    }
+
+    /// A connected channel to replica `i`'s client listener (with the client certificate).
+    pub async fn channel(&self, i: usize) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint(i, &self.addrs[i], Some("client"))
             .connect()
-            .await?;
-        Ok(KvClient::new(ch))
+            .await
+    }
+
+    pub async fn client(&self, i: usize) -> Result<KvClient<Channel>, tonic::transport::Error> {
+        Ok(KvClient::new(self.channel(i).await?))
+    }
+
+    /// A client of replica `i`'s peer listener presenting `identity` (see `endpoint`).
+    pub async fn peer_client(
+        &self,
+        i: usize,
+        identity: Option<&str>,
+    ) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        let ch = self.endpoint(i, &self.peers[i], identity).connect().await?;
+        Ok(PeerClient::new(ch))
     }
 
     pub async fn status(&self, i: usize) -> proto::StatusReply {
