@@ -56,6 +56,9 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 /// Default most client proposals waiting for an instance before new ones are refused
 /// (RESOURCE_EXHAUSTED): the backlog a replica admits.
 pub const PENDING_MAX: usize = 65_536;
+/// Most bytes of client commands waiting for an instance (a count alone lets 65,536 proposals
+/// of 2 MiB each pin 128 GiB).
+pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Default most uncommitted instances a replica leads at once: proposals that arrive
 /// meanwhile wait and go out together, so a low limit makes batches, not queues.
 pub const INFLIGHT_MAX: usize = 16;
@@ -66,6 +69,13 @@ pub const BIG_CHANNEL_MAX: usize = 65_536;
 pub const DRAIN_MAX: usize = 4096;
 /// Capacity of each peer's outbound queue, in encoded messages.
 pub const PEER_QUEUE_MAX: usize = 65_536;
+/// Capacity of each peer's outbound queue, in bytes: what a peer that does not read costs at
+/// most (past it messages are dropped and counted; the protocol resends what matters).
+pub const PEER_QUEUE_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// bigChannel's capacity in bytes of commands and peer messages: what a flood costs at most.
+/// A client proposal that does not fit is refused at once (RESOURCE_EXHAUSTED); a peer's
+/// stream waits (backpressure).
+pub const BIG_CHANNEL_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Commits a replica sends a lagging peer in answer to one Watermark.
 pub const WATERMARK_COMMITS_MAX: usize = 256;
 
@@ -110,4 +120,9 @@ const _: () = {
     assert!(SUSPECT_AFTER.as_millis() > HEARTBEAT.as_millis());
     assert!(BATCH_MAX >= 1 && INFLIGHT_MAX >= 1 && PENDING_MAX >= BATCH_MAX);
     assert!(DRAIN_MAX <= BIG_CHANNEL_MAX);
+    // The largest peer batch and the largest command each fit bigChannel's byte budget (its
+    // semaphore counts in u32), and the largest message fits a peer's queue.
+    assert!(PEER_GRPC_MESSAGE_BYTES_MAX <= BIG_CHANNEL_BYTES_MAX);
+    assert!(BIG_CHANNEL_BYTES_MAX <= u32::MAX as usize);
+    assert!(MESSAGE_BYTES_MAX <= PEER_QUEUE_BYTES_MAX);
 };

@@ -595,6 +595,33 @@ mod tests {
     }
 
     #[test]
+    fn pending_commands_are_bounded_in_bytes_too() {
+        let mut o = opts(0);
+        o.pending_bytes_max = 3;
+        let mut n = Node::new(
+            o,
+            0,
+            Duration::ZERO,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        // Each put is 2 bytes ("k" and "v"): the first always fits, the second would make 4.
+        n.propose(1, put(1))
+            .expect("an empty queue takes any command");
+        assert!(matches!(n.propose(2, put(2)), Err(Refusal::Overloaded(_))));
+        n.flush(Duration::ZERO);
+        n.check_invariants().expect("byte count kept");
+        n.propose(3, put(3))
+            .expect("room again once the batch left");
+    }
+
+    #[test]
     fn checkpoints_follow_the_collected_count_one_at_a_time() {
         let mut nodes: Vec<Node> = (0..3).map(joined).collect();
         assert!(

@@ -49,6 +49,8 @@ pub struct Options {
     pub batch_bytes_max: usize,
     /// Most proposals waiting for an instance; beyond it proposals are refused.
     pub pending_max: usize,
+    /// Most bytes of commands waiting for an instance.
+    pub pending_bytes_max: usize,
     /// Most instances this replica leads at once that are not committed yet. Bounds the work in
     /// flight and, under conflicts, how large dependency components grow.
     pub inflight_max: usize,
@@ -118,6 +120,7 @@ impl Options {
             batch_max: limits::BATCH_MAX,
             batch_bytes_max: limits::BATCH_BYTES_MAX,
             pending_max: limits::PENDING_MAX,
+            pending_bytes_max: limits::PENDING_BYTES_MAX,
             inflight_max: limits::INFLIGHT_MAX,
             retry: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
@@ -141,6 +144,7 @@ impl Options {
             ("batch_max", self.batch_max),
             ("batch_bytes_max", self.batch_bytes_max),
             ("pending_max", self.pending_max),
+            ("pending_bytes_max", self.pending_bytes_max),
             ("inflight_max", self.inflight_max),
         ] {
             if v == 0 {
@@ -293,6 +297,8 @@ pub struct Replica {
     kv: KvStore,
     next_slot: u64,
     pending: VecDeque<Command>,
+    /// Bytes of the commands in `pending`.
+    pending_bytes: usize,
     /// Instances this replica leads that are not committed yet (ordered for determinism).
     leading: BTreeMap<InstanceId, Leading>,
     /// Clients waiting here, by request: a retry of a request that is still pending or in
@@ -354,6 +360,7 @@ impl Replica {
             kv: KvStore::new(),
             next_slot: 0,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             leading: BTreeMap::new(),
             clients: HashMap::new(),
             forgotten: false,
@@ -539,7 +546,8 @@ impl Replica {
 
     /// Queues a client command. It starts in an instance at the next [`Replica::flush`].
     pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
-        if self.pending.len() >= self.opts.pending_max {
+        let full_bytes = self.pending_bytes + cmd.op.size_bytes() > self.opts.pending_bytes_max;
+        if self.pending.len() >= self.opts.pending_max || (full_bytes && !self.pending.is_empty()) {
             return Err(Overloaded(self.pending.len()));
         }
         if self.opts.sabotage.local_reads {
@@ -563,6 +571,7 @@ impl Replica {
             std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(token),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(vec![token]);
+                self.pending_bytes += cmd.op.size_bytes();
                 self.pending.push_back(cmd);
             }
         }
@@ -594,6 +603,7 @@ impl Replica {
             let clients = &self.clients;
             self.pending
                 .retain(|cmd| clients.contains_key(&(cmd.client, cmd.request)));
+            self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
         while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
             self.start_instance(now);
@@ -759,6 +769,7 @@ impl Replica {
             take += 1;
         }
         let commands: Vec<Command> = self.pending.drain(..take).collect();
+        self.pending_bytes -= commands.iter().map(|c| c.op.size_bytes()).sum::<usize>();
         let mut deps = Vec::new();
         if !self.opts.sabotage.forget_deps {
             self.index.collect(id, &commands, true, &mut deps);
@@ -1265,6 +1276,7 @@ impl Replica {
         } else if !old.is_empty() && inst.commands.is_empty() {
             for cmd in old.iter() {
                 if self.clients.contains_key(&(cmd.client, cmd.request)) {
+                    self.pending_bytes += cmd.op.size_bytes();
                     self.pending.push_back(cmd.clone());
                 }
             }
@@ -2282,6 +2294,13 @@ impl Replica {
 
     /// Checks the invariants this replica can check alone. For tests and the simulator.
     pub fn check_invariants(&self) -> Result<(), String> {
+        let pending_bytes: usize = self.pending.iter().map(|c| c.op.size_bytes()).sum();
+        if pending_bytes != self.pending_bytes {
+            return Err(format!(
+                "pending commands hold {pending_bytes} bytes, counted {}",
+                self.pending_bytes
+            ));
+        }
         let mut unexecuted = 0;
         for (id, inst) in &self.instances {
             if inst.status == Status::Committed {

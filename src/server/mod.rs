@@ -6,6 +6,7 @@ pub mod certs;
 pub mod config;
 pub mod join;
 pub mod metrics;
+pub mod queue;
 pub mod runtime;
 pub mod storage;
 pub mod tls;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -35,6 +35,7 @@ use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::server::config::Config;
 use crate::server::metrics::LoopMetrics;
+use crate::server::queue::{byte_queue, ByteSender};
 use crate::server::storage::{self, Log, StorageError, Sync};
 use crate::server::{join, tls, transport};
 
@@ -155,12 +156,16 @@ pub enum Event {
         cmd: Command,
         reply: oneshot::Sender<Result<OpResult, Status>>,
         at: Instant,
+        /// Its share of bigChannel's byte budget, returned once the event is handled.
+        budget: OwnedSemaphorePermit,
     },
     /// Messages from one peer (sent by its incarnation `incarnation`), decoded and validated.
     Peer {
         from: ReplicaId,
         incarnation: Incarnation,
         messages: Vec<Message>,
+        /// Its share of bigChannel's byte budget, returned once the event is handled.
+        budget: OwnedSemaphorePermit,
     },
     /// A status query.
     Status {
@@ -255,12 +260,12 @@ pub async fn serve(
     };
 
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
-    let mut peer_queues: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; config.n()];
+    let mut peer_queues: Vec<Option<ByteSender>> = vec![None; config.n()];
     for peer in &config.replicas {
         if peer.id == id {
             continue;
         }
-        let (tx, rx) = mpsc::channel(opts.peer_queue_max);
+        let (tx, rx) = byte_queue(opts.peer_queue_max, limits::PEER_QUEUE_BYTES_MAX);
         peer_queues[peer.id.index()] = Some(tx);
         tokio::spawn(transport::run_link(
             id,
@@ -316,15 +321,18 @@ pub async fn serve(
         },
     ));
 
+    let budget = Arc::new(Semaphore::new(limits::BIG_CHANNEL_BYTES_MAX));
     let client_service = ClientService {
         id,
         big: big_tx.clone(),
+        budget: budget.clone(),
         propose_timeout: opts.propose_timeout,
     };
     let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
     let peer_service = PeerService {
         n: config.n(),
         big: big_tx,
+        budget,
         accepted,
         auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
     };
@@ -441,7 +449,7 @@ struct EventLoop {
     node: Node,
     me: ReplicaId,
     start: Instant,
-    peers: Vec<Option<mpsc::Sender<Bytes>>>,
+    peers: Vec<Option<ByteSender>>,
     /// By token, which grows with arrival: the oldest first, for `forget_given_up`.
     waiting: BTreeMap<Token, Waiter>,
     /// How long a client's call waits (after that, the service has answered it).
@@ -463,7 +471,7 @@ struct EventLoop {
 async fn run_loop(
     node: Node,
     mut big: mpsc::Receiver<Event>,
-    peers: Vec<Option<mpsc::Sender<Bytes>>>,
+    peers: Vec<Option<ByteSender>>,
     setup: LoopSetup,
 ) -> Result<(), RuntimeError> {
     let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
@@ -601,7 +609,7 @@ impl EventLoop {
     fn handle(&mut self, ev: Event) {
         let now = self.start.elapsed();
         match ev {
-            Event::Propose { cmd, reply, at } => {
+            Event::Propose { cmd, reply, at, .. } => {
                 let token = self.next_token;
                 self.next_token += 1;
                 let request = (cmd.client, cmd.request);
@@ -623,6 +631,7 @@ impl EventLoop {
                 from,
                 incarnation,
                 messages,
+                ..
             } => {
                 if !self.node.hear(from, incarnation) {
                     return;
@@ -869,6 +878,8 @@ impl EventLoop {
 struct ClientService {
     id: ReplicaId,
     big: mpsc::Sender<Event>,
+    /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
+    budget: Arc<Semaphore>,
     propose_timeout: Duration,
 }
 
@@ -876,6 +887,8 @@ struct ClientService {
 struct PeerService {
     n: usize,
     big: mpsc::Sender<Event>,
+    /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
+    budget: Arc<Semaphore>,
     /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
     /// by the event loop, which holds the durable record.
     accepted: Arc<Vec<AtomicU64>>,
@@ -891,17 +904,28 @@ impl Kv for ClientService {
     ) -> Result<Response<ProposeReply>, Status> {
         let cmd = wire::command_from_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A full replica says so at once rather than queueing the caller.
+        let overloaded = || Status::resource_exhausted("replica overloaded; retry later");
+        let size = u32::try_from(cmd.op.size_bytes()).map_err(|_| overloaded())?;
+        let budget = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(size.max(1))
+            .map_err(|_| overloaded())?;
         let (tx, rx) = oneshot::channel();
         let event = Event::Propose {
             cmd,
             reply: tx,
             at: Instant::now(),
+            budget,
         };
         let deadline = tokio::time::Instant::now() + self.propose_timeout;
-        match tokio::time::timeout_at(deadline, self.big.send(event)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Status::unavailable("replica is shutting down")),
-            Err(_) => return Err(Status::resource_exhausted("replica overloaded")),
+        match self.big.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(overloaded()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Status::unavailable("replica is shutting down"))
+            }
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(result))) => Ok(Response::new(ProposeReply {
@@ -1021,6 +1045,7 @@ impl Peer for PeerService {
         let big = self.big.clone();
         let n = self.n;
         let accepted = self.accepted.clone();
+        let budget = self.budget.clone();
         let auth = self.auth.clone();
         tokio::spawn(async move {
             loop {
@@ -1065,11 +1090,19 @@ impl Peer for PeerService {
                         }
                     }
                 }
-                // Backpressure: a full bigChannel slows the peer's stream down.
+                // Backpressure: a full bigChannel (in events or in bytes) slows the peer's
+                // stream down.
+                let size: usize = batch.messages.iter().map(|m| m.len()).sum();
+                let size = u32::try_from(size.clamp(1, limits::BIG_CHANNEL_BYTES_MAX))
+                    .expect("the byte budget fits a u32 (checked in limits)");
+                let Ok(budget) = budget.clone().acquire_many_owned(size).await else {
+                    break;
+                };
                 let event = Event::Peer {
                     from,
                     incarnation,
                     messages,
+                    budget,
                 };
                 if big.send(event).await.is_err() {
                     break;

@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::gauge;
 use tokio::sync::mpsc;
+
+use crate::server::queue::ByteReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::ids::{Incarnation, ReplicaId};
@@ -35,7 +36,7 @@ pub async fn run_link(
     peer: ReplicaId,
     addr: SocketAddr,
     dialer: PeerDialer,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: ByteReceiver,
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
     let mut backoff = BACKOFF_MIN;
@@ -121,11 +122,11 @@ pub async fn run_link(
             let mut messages = vec![first];
             while messages.len() < STREAM_BATCH_MESSAGES_MAX && bytes < STREAM_BATCH_BYTES_MAX {
                 match queue.try_recv() {
-                    Ok(m) => {
+                    Some(m) => {
                         bytes += m.len();
                         messages.push(m);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             if tx
