@@ -91,6 +91,9 @@ pub const SUSPECT_AFTER: Duration = Duration::from_secs(3);
 pub const RECOVER_AFTER: Duration = Duration::from_secs(1);
 /// How often the event loop checks the core's timers.
 pub const TICK: Duration = Duration::from_millis(10);
+/// Longest TLS handshake, on each listener and each dial: a connection that has not finished
+/// it by then is dropped (a stranger cannot hold handshakes open).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---- cluster --------------------------------------------------------------------------------
 

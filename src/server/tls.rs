@@ -21,8 +21,8 @@ use tonic::{Request, Status};
 use crate::core::ids::ReplicaId;
 use crate::server::config::{Config, TlsSettings};
 
-/// How long a TLS handshake may take before the listener drops the connection.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = crate::core::limits::TLS_HANDSHAKE_TIMEOUT;
 
 /// The DNS name a replica's certificate must carry: `replica-<id>.<cluster_name>`.
 pub fn replica_name(cluster_name: &str, id: u32) -> String {
