@@ -137,6 +137,10 @@ impl Options {
         if self.n == 0 || self.id.index() >= self.n {
             return Err(OptionsError::Id(self.id, self.n));
         }
+        // Quorums are sized for N = 2F+1; with N even they need not intersect.
+        if self.n.is_multiple_of(2) {
+            return Err(OptionsError::Even(self.n));
+        }
         for (name, v) in [
             ("batch_max", self.batch_max),
             ("batch_bytes_max", self.batch_bytes_max),
@@ -166,6 +170,8 @@ impl Options {
 pub enum OptionsError {
     #[error("replica id {0} is not in a cluster of {1}")]
     Id(ReplicaId, usize),
+    #[error("a cluster of {0} replicas: the number of replicas must be odd (quorums need not intersect otherwise)")]
+    Even(usize),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error(
