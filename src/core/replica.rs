@@ -205,6 +205,32 @@ pub enum ReplyError {
     Stale,
 }
 
+/// A peer message refused, never applied: it could not come from a correct peer, or it
+/// contradicts what this replica knows for certain. The runtime counts them per peer and kind
+/// (`epaxos_peer_contradictions_total`); a correct cluster never produces one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub peer: ReplicaId,
+    pub kind: Contradiction,
+}
+
+/// What was wrong with a [`Refused`] message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contradiction {
+    /// A ballot at the largest round: no ballot lies above it, so promising it would make the
+    /// next takeover's ballot wrap around to round 0 (below promises already made durable).
+    BallotOverflow,
+}
+
+impl Contradiction {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contradiction::BallotOverflow => "ballot_overflow",
+        }
+    }
+}
+
 /// The proposal queue is full.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("replica overloaded: {0} proposals already waiting")]
@@ -245,6 +271,8 @@ pub struct Ready {
     pub batches: Vec<usize>,
     /// Recoveries started (each attempt counts).
     pub recoveries_started: u64,
+    /// Peer messages refused (see [`Refused`]).
+    pub refused: Vec<Refused>,
 }
 
 /// A dependency that execution waits for.
@@ -617,6 +645,12 @@ impl Replica {
             if inst.replica.index() >= self.opts.n {
                 return;
             }
+        }
+        if msg.ballot().is_some_and(|b| b.round == u32::MAX) {
+            // Honest ballots grow by one round per takeover and never get near the top; a
+            // ballot there leaves no successor for the next takeover (see `next_ballot`).
+            self.refuse(from, Contradiction::BallotOverflow);
+            return;
         }
         match msg {
             Message::PreAccept {
@@ -1672,9 +1706,10 @@ impl Replica {
         if inst.status.is_decided() {
             return;
         }
-        let ballot = Ballot {
-            round: inst.ballot.round + 1,
-            replica: me,
+        let Some(ballot) = next_ballot(inst.ballot, me) else {
+            // Only a promise from before ballots at the top round were refused can get here:
+            // leave the instance to whoever holds that ballot rather than wrap below it.
+            return;
         };
         inst.ballot = ballot;
         let mine = reply_of(inst);
@@ -2270,6 +2305,11 @@ impl Replica {
     }
 
     /// Tells `to` that this replica promised `promised` for `id`, above its message's ballot.
+    /// Counts a refused peer message (see [`Refused`]).
+    fn refuse(&mut self, peer: ReplicaId, kind: Contradiction) {
+        self.ready.refused.push(Refused { peer, kind });
+    }
+
     fn nack(&mut self, to: ReplicaId, id: InstanceId, promised: Ballot) {
         self.send(
             vec![to],
@@ -2322,6 +2362,15 @@ impl Replica {
 }
 
 /// What a RecoverOk tells of an instance.
+/// The ballot `me` takes an instance over with, above `promised`: the next round. `None` at the
+/// top round; never wraps (a wrapped ballot would sit below promises already made durable).
+fn next_ballot(promised: Ballot, me: ReplicaId) -> Option<Ballot> {
+    Some(Ballot {
+        round: promised.round.checked_add(1)?,
+        replica: me,
+    })
+}
+
 fn reply_of(inst: &Instance) -> RecoverReply {
     RecoverReply {
         status: inst.status.min(Status::Committed),
@@ -2741,5 +2790,72 @@ mod tests {
             assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
         }
         assert_eq!(rs[1].next_slot, 1, "slots are not reused");
+    }
+
+    /// A Recover at the top ballot round is refused and counted; a takeover never computes a
+    /// ballot that wrapped below a promise (it once lowered (4294967295, 2) to (0, 1)).
+    #[test]
+    fn ballots_never_wrap_at_the_top_round() {
+        let mut rs = cluster(3);
+        let id = InstanceId::new(ReplicaId(0), 0);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        // The PreAccepts arrive, no answer does: 0.0 stays pre-accepted at r1.
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+        let before = rs[1].instance(id).expect("pre-accepted").ballot;
+        let top = Ballot {
+            round: u32::MAX,
+            replica: ReplicaId(2),
+        };
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            Message::Recover {
+                instance: id,
+                ballot: top,
+            },
+        );
+        let ready = rs[1].take_ready();
+        assert_eq!(
+            ready.refused,
+            vec![Refused {
+                peer: ReplicaId(2),
+                kind: Contradiction::BallotOverflow
+            }]
+        );
+        assert!(ready.messages.is_empty(), "no RecoverOk at the top ballot");
+        assert!(ready.persist.is_empty(), "no promise made durable");
+        assert_eq!(rs[1].instance(id).expect("known").ballot, before);
+        // r1 takes the instance over itself later: one round above what it promised.
+        let later = Duration::from_secs(30);
+        for t in 1..=30 {
+            rs[1].tick(Duration::from_secs(t));
+        }
+        let ballot = rs[1].instance(id).expect("known").ballot;
+        assert!(ballot > before, "{ballot} above {before}");
+        assert_eq!(ballot.replica, ReplicaId(1));
+        drop(rs[1].take_ready());
+
+        // A promise at the top round already on disk (written before such ballots were
+        // refused): no takeover wraps below it, the instance is left to its holder.
+        let (_, mut inst) = rs[1]
+            .instances()
+            .find(|(i, _)| **i == id)
+            .map(|(i, x)| (*i, x.clone()))
+            .expect("known");
+        inst.ballot = top;
+        let mut r = Replica::restore(Options::new(ReplicaId(1), 3), later, vec![(id, inst)]);
+        for t in 31..=90 {
+            r.tick(Duration::from_secs(t));
+        }
+        assert_eq!(r.instance(id).expect("kept").ballot, top, "never lowered");
+        let ready = r.take_ready();
+        assert!(
+            !ready
+                .messages
+                .iter()
+                .any(|o| matches!(o.msg, Message::Recover { .. })),
+            "no Recover at a wrapped ballot"
+        );
+        assert!(ready.persist.iter().all(|(_, i)| i.ballot >= top));
     }
 }

@@ -836,6 +836,10 @@ impl EventLoop {
             m.batch_size.record(batch as f64);
         }
         m.recoveries_started.increment(ready.recoveries_started);
+        ready
+            .refused
+            .into_iter()
+            .for_each(crate::server::metrics::contradiction);
         for c in ready.committed {
             m.committed.increment(1);
             if let Some((path, latency)) = c.led {
