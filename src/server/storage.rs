@@ -8,9 +8,9 @@
 //! order, which a file does directly; framing and torn-tail handling are a few dozen lines.
 //!
 //! On open the whole log is read back:
-//! - a damaged *tail* (the last frame runs past the end of the file, fails its checksum as the
-//!   very last frame, or the rest of the file is zeros) is what a crash mid-append leaves: it is
-//!   cut off at the last good record and reported;
+//! - a damaged *tail* (the last frame runs past the end of the file with no intact record after
+//!   it, fails its checksum as the very last frame, or the rest of the file is zeros) is what a
+//!   crash mid-append leaves: it is cut off at the last good record and reported;
 //! - damage *before* the tail (a bad frame followed by more data) refuses to start: that is not
 //!   a torn write, and serving from such a log could lose acknowledged data.
 //!
@@ -461,6 +461,14 @@ fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageEr
 
 /// Parses frames. Returns the records and the length of the good prefix, or the offset and
 /// reason of damage that is not a torn tail.
+///
+/// A crash mid-append can only leave the *end* of the file unfinished: a header cut short, a
+/// last frame whose length runs past the end, a last frame whose checksum fails, or zeros
+/// where the file grew but the data never landed. Anything else is damage. In particular a
+/// length that runs past the end is what a flipped bit in a length field looks like too (the
+/// rest of the log then seems to be one long record): it counts as torn only if no intact
+/// record starts anywhere after it (see [`intact_frame_after`]); otherwise cutting there would
+/// silently drop every later record.
 #[allow(clippy::type_complexity)]
 fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (u64, String)> {
     let mut records = Vec::new();
@@ -481,7 +489,25 @@ fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (
         }
         let end = HEADER_BYTES + len;
         if rest.len() < end {
-            return Ok((records, at as u64)); // the last record cut short: torn tail
+            // The last record cut short, or a damaged length field with more records after it.
+            return match intact_frame_after(bytes, at, n) {
+                None => Ok((records, at as u64)),
+                Some(Ok(next)) => Err((
+                    at as u64,
+                    format!(
+                        "record length {len} runs past the end of the file, but an intact \
+                         record follows at byte {next} (a damaged length field, not a torn tail)"
+                    ),
+                )),
+                Some(Err(())) => Err((
+                    at as u64,
+                    format!(
+                        "record length {len} runs past the end of the file and the {} bytes \
+                         after it are too many to check for intact records",
+                        rest.len()
+                    ),
+                )),
+            };
         }
         let payload = &rest[HEADER_BYTES..end];
         if crc32c::crc32c(payload) != crc {
@@ -490,14 +516,48 @@ fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (
             }
             return Err((at as u64, "checksum mismatch".into()));
         }
-        let record = proto::InstanceRecord::decode(payload)
-            .map_err(|e| e.to_string())
-            .and_then(|p| wire::record_from_proto(p, n).map_err(|e| e.to_string()))
+        let record = decode_record(payload, n)
             .map_err(|e| (at as u64, format!("undecodable record: {e}")))?;
         records.push(record);
         at += end;
     }
     Ok((records, at as u64))
+}
+
+fn decode_record(payload: &[u8], n: usize) -> Result<(InstanceId, Instance), String> {
+    proto::InstanceRecord::decode(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|p| wire::record_from_proto(p, n).map_err(|e| e.to_string()))
+}
+
+/// Bytes checksummed at most while looking for an intact record after a suspect frame. A
+/// real torn tail is at most one group commit; beyond the budget the log is not cut (the
+/// replica refuses to start and says so), never cut on a guess.
+const INTACT_SCAN_BYTES_MAX: usize = 1 << 30;
+
+/// Where the first intact record (length in range and inside the file, checksum right,
+/// decodable) starting after byte `at` begins: `None` if there is none, `Some(Err(()))` if the
+/// search ran out of budget. A record embedded in a torn record's payload (a value that holds
+/// a framed record) also counts: the replica then refuses rather than cuts, the safe side.
+fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize, ()>> {
+    let mut budget = INTACT_SCAN_BYTES_MAX;
+    for start in at + 1..bytes.len().saturating_sub(HEADER_BYTES) {
+        let rest = &bytes[start..];
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > RECORD_BYTES_MAX || rest.len() < HEADER_BYTES + len {
+            continue;
+        }
+        let Some(left) = budget.checked_sub(len) else {
+            return Some(Err(()));
+        };
+        budget = left;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
+        if crc32c::crc32c(payload) == crc && decode_record(payload, n).is_ok() {
+            return Some(Ok(start));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -668,6 +728,93 @@ mod tests {
         assert!(msg.contains("checksum mismatch"), "{msg}");
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// Byte offsets at which each record of the log in `d` starts.
+    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + HEADER_BYTES <= bytes.len() {
+            out.push(at);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            at += HEADER_BYTES + len as usize;
+        }
+        out
+    }
+
+    /// A log of 50 records with `damage` applied to its bytes (given the record offsets), and
+    /// what opening it gives.
+    fn open_damaged(
+        damage: impl FnOnce(&mut Vec<u8>, &[usize]),
+    ) -> (PathBuf, Vec<u8>, Result<(Log, Recovered), StorageError>) {
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        let many: Vec<_> = (0..50).map(|s| record(s, Status::Committed)).collect();
+        log.append(&many).expect("append");
+        drop(log);
+        let path = d.join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let offsets = frame_offsets(&bytes);
+        assert_eq!(offsets.len(), 50);
+        damage(&mut bytes, &offsets);
+        std::fs::write(&path, &bytes).expect("write");
+        let opened = Log::open(&d, 3, Sync::Fsync);
+        (d, bytes, opened)
+    }
+
+    #[test]
+    fn a_truncated_last_record_is_cut() {
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            let last = offsets[49];
+            b.truncate(last + HEADER_BYTES + 3);
+        });
+        let (_, rec) = opened.expect("a torn tail is cut, not refused");
+        assert_eq!(rec.records.len(), 49);
+        assert_eq!(rec.truncated_bytes, HEADER_BYTES as u64 + 3);
+        assert!(std::fs::read(d.join(LOG_FILE)).expect("read").len() < bytes.len());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// One flipped bit in a length field mid-file once made the rest of the log look like one
+    /// record running past the end: it was cut as a torn tail, silently dropping 39 records.
+    #[test]
+    fn a_flipped_length_bit_mid_file_refuses_to_start() {
+        let mut at = 0;
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            at = offsets[10];
+            b[at + 2] ^= 0x10; // +1 MiB: the record now runs past the end of the file
+        });
+        let err = opened.err().expect("must refuse, not cut");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("corrupt record at byte {at}")),
+            "{msg}"
+        );
+        assert!(msg.contains(LOG_FILE), "names the file: {msg}");
+        assert!(msg.contains("runs past the end"), "{msg}");
+        assert_eq!(
+            std::fs::read(d.join(LOG_FILE)).expect("read"),
+            bytes,
+            "the log is left as it was"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_flipped_crc_mid_file_refuses_to_start() {
+        let mut at = 0;
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            at = offsets[25];
+            b[at + 5] ^= 0x01;
+        });
+        let msg = opened.err().expect("must refuse").to_string();
+        assert!(
+            msg.contains(&format!("corrupt record at byte {at}")),
+            "{msg}"
+        );
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        assert_eq!(std::fs::read(d.join(LOG_FILE)).expect("read"), bytes);
         let _ = std::fs::remove_dir_all(d);
     }
 
