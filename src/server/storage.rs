@@ -22,6 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -36,6 +37,71 @@ pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, RECORD_BYTES_MAX};
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
 const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// Mode of the data directory: only the replica's user may enter it (values are user data).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the replica writes in its data directory.
+pub const FILE_MODE: u32 = 0o600;
+/// The files a data directory holds (temporary files are created with [`FILE_MODE`] too).
+const DATA_FILES: [&str; 5] = [
+    LOG_FILE,
+    CHECKPOINT_FILE,
+    "incarnation",
+    "peers",
+    "membership",
+];
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`] if it does not exist; if it exists
+/// with any access for group or others, or holds a data file that does, tightens them to
+/// [`DIR_MODE`] / [`FILE_MODE`] and warns (once per path). Fixed rather than refused: data
+/// directories written by earlier versions are 0755 with 0644 files, and tightening is always
+/// safe; the warning tells the operator that the data may have been readable until now.
+pub fn private_dir(dir: &Path) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io)?;
+    tighten(dir, DIR_MODE)?;
+    for name in DATA_FILES {
+        match tighten(&dir.join(name), FILE_MODE) {
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes group and other access from `path` (to `mode`) if it has any.
+fn tighten(path: &Path, mode: u32) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let found = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if found & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        tracing::warn!(path = %path.display(), found = format!("{found:o}"),
+            now = format!("{mode:o}"),
+            "data was readable by other users; permissions tightened");
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, created with [`FILE_MODE`] (and truncated).
+fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
 
 /// Whether appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +166,12 @@ impl Log {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        private_dir(dir)?;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io)?;
         let mut bytes = Vec::new();
@@ -190,7 +257,7 @@ impl Log {
                 path: tmp.clone(),
                 source,
             };
-            let mut file = File::create(&tmp).map_err(io)?;
+            let mut file = create_private(&tmp).map_err(io)?;
             file.write_all(&buf).map_err(io)?;
             file.sync_all().map_err(io)?;
             Ok(PreparedLog { file, tmp })
@@ -279,7 +346,7 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError
         path: tmp.clone(),
         source,
     };
-    let mut f = File::create(&tmp).map_err(io)?;
+    let mut f = create_private(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
@@ -370,10 +437,7 @@ impl Membership {
                 format!("joined {}\n", h.join(" "))
             }
         };
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        private_dir(dir)?;
         replace_file(dir, Self::NAME, text.as_bytes())
     }
 }
@@ -874,6 +938,56 @@ mod tests {
             );
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// Values are user data: no other local user may read them (files were 0644 in 0755).
+    #[test]
+    fn the_data_directory_is_private_and_every_file_0600() {
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
+        let parent = dir();
+        let d = parent.join("replica-0");
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed)]).expect("append");
+        let cp = Checkpoint {
+            kv: KvStore::new(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0, 1, 0],
+            executed_above: vec![],
+            next_slot: 0,
+        };
+        let prepared = log.start_checkpoint(cp.encode(), vec![])().expect("prepare");
+        assert_eq!(mode(&d.join("instances.log.tmp")), 0o600, "temporary log");
+        log.finish_checkpoint(prepared, &[]).expect("finish");
+        incarnation(&d).expect("incarnation");
+        store_peers(&d, &[None, Incarnation::new(9), None]).expect("peers");
+        Membership::Joining.store(&d).expect("membership");
+        assert_eq!(mode(&d), 0o700, "data directory");
+        for name in DATA_FILES {
+            assert_eq!(mode(&d.join(name)), 0o600, "{name}");
+        }
+        // A directory left wide open (by an earlier version, or by hand) is tightened at open.
+        drop(log);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for name in DATA_FILES {
+            std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        Log::open(&d, 3, Sync::Fsync).expect("reopen");
+        assert_eq!(mode(&d), 0o700, "data directory tightened");
+        for name in DATA_FILES {
+            assert_eq!(mode(&d.join(name)), 0o600, "{name} tightened");
+        }
+        let _ = std::fs::remove_dir_all(parent);
     }
 
     #[test]
