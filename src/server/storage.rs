@@ -14,6 +14,15 @@
 //! - damage *before* the tail (a bad frame followed by more data) refuses to start: that is not
 //!   a torn write, and serving from such a log could lose acknowledged data.
 //!
+//! Files that other files prove existed must be there, or the replica refuses to start (never
+//! runs on partial state): the log starts with a header naming the generation of the checkpoint
+//! it continues from (0: none), and each checkpoint records its generation. A log that names a
+//! checkpoint which is not there (deleted), a checkpoint of another generation (an old copy put
+//! back), or an empty or missing log beside a checkpoint or an incarnation file (the log is
+//! created first, with its header, before either) is refused with what is missing and how to
+//! recover (start on an empty directory: the replica rejoins from a peer's snapshot). A log
+//! and a checkpoint from before generations existed still open; their next checkpoint adds them.
+//!
 //! Checkpoints bound the log: [`Log::checkpoint`] writes the checkpoint (temporary file, sync,
 //! rename, sync of the directory) and then replaces the log by one holding only the instances
 //! still in memory (same dance). A crash between the two leaves the new checkpoint with the old
@@ -37,6 +46,15 @@ pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, RECORD_BYTES_MAX};
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// The log starts with `LOG_MAGIC | generation: u64 LE | crc32c of both: u32 LE`: the
+/// generation of the checkpoint it continues from (0: none). Read as a record length, the
+/// magic is far above [`RECORD_BYTES_MAX`], so a log from before headers is told apart.
+const LOG_MAGIC: [u8; 8] = *b"EPXLOG\x00\x01";
+const LOG_HEADER_BYTES: usize = 20;
+/// The checkpoint file is `CHECKPOINT_MAGIC | generation: u64 LE | length: u32 LE |
+/// crc32c(generation | payload): u32 LE | payload`.
+const CHECKPOINT_MAGIC: [u8; 8] = *b"EPXCKP\x00\x01";
+const CHECKPOINT_HEADER_BYTES: usize = 24;
 
 /// Mode of the data directory: only the replica's user may enter it (values are user data).
 pub const DIR_MODE: u32 = 0o700;
@@ -128,6 +146,18 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A file that the other files prove existed is gone (deleted, emptied, or replaced by
+    /// another copy): running on what is left would serve partial or old state.
+    #[error(
+        "{dir}: {missing}, but {proof}; refusing to start on partial state. To recover, move \
+         this data directory away and start the replica with an empty one: it rejoins from a \
+         peer's snapshot (every peer must be up)"
+    )]
+    Missing {
+        dir: PathBuf,
+        missing: String,
+        proof: String,
+    },
 }
 
 /// A new log written beside the old one by [`Log::start_checkpoint`], not in place yet.
@@ -135,6 +165,7 @@ pub enum StorageError {
 pub struct PreparedLog {
     file: File,
     tmp: PathBuf,
+    generation: u64,
 }
 
 /// What reading the log back found.
@@ -155,6 +186,20 @@ pub struct Log {
     dir: PathBuf,
     sync: Sync,
     buf: Vec<u8>,
+    /// The generation of the newest checkpoint written with (or found beside) this log; the
+    /// next checkpoint is one more.
+    generation: u64,
+}
+
+/// What the start of the log file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogHeader {
+    /// An empty file (or a header cut short by a crash while the log was being created).
+    Empty,
+    /// Records from byte 0: a log written before headers existed.
+    Legacy,
+    /// A header naming the checkpoint generation the log continues from.
+    Generation(u64),
 }
 
 impl Log {
@@ -176,14 +221,30 @@ impl Log {
             .map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let (records, good_len) =
-            parse(&bytes, n).map_err(|(offset, reason)| StorageError::Corrupt {
-                path: path.clone(),
-                offset,
-                reason,
-            })?;
+        let corrupt = |(offset, reason)| StorageError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let header = log_header(&bytes).map_err(corrupt)?;
+        let start = match header {
+            LogHeader::Generation(_) => LOG_HEADER_BYTES,
+            _ => 0,
+        };
+        let (records, good_len) = if header == LogHeader::Empty {
+            (Vec::new(), 0)
+        } else {
+            parse(&bytes, start, n).map_err(corrupt)?
+        };
+        let checkpoint = read_checkpoint(dir, n)?;
+        check_complete(dir, header, checkpoint.as_ref().map(|(g, _)| *g))?;
         let truncated_bytes = bytes.len() as u64 - good_len;
-        if truncated_bytes > 0 {
+        if header == LogHeader::Empty {
+            // A new log (the checks above showed nothing else exists): its header first.
+            file.set_len(0).map_err(io)?;
+            file.write_all(&log_header_bytes(0)).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        } else if truncated_bytes > 0 {
             file.set_len(good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
@@ -193,7 +254,15 @@ impl Log {
         for tmp in [LOG_FILE, CHECKPOINT_FILE] {
             let _ = std::fs::remove_file(dir.join(format!("{tmp}.tmp")));
         }
-        let checkpoint = read_checkpoint(dir, n)?;
+        let log_generation = match header {
+            LogHeader::Generation(g) => g,
+            _ => 0,
+        };
+        let generation = checkpoint
+            .as_ref()
+            .and_then(|(g, _)| *g)
+            .unwrap_or(0)
+            .max(log_generation);
         Ok((
             Log {
                 file,
@@ -201,11 +270,16 @@ impl Log {
                 dir: dir.to_path_buf(),
                 sync,
                 buf: Vec::new(),
+                generation,
             },
             Recovered {
-                checkpoint,
+                checkpoint: checkpoint.map(|(_, c)| c),
                 records,
-                truncated_bytes,
+                truncated_bytes: if header == LogHeader::Empty {
+                    0
+                } else {
+                    truncated_bytes
+                },
             },
         ))
     }
@@ -233,6 +307,7 @@ impl Log {
         live: Vec<(InstanceId, Instance)>,
     ) -> impl FnOnce() -> Result<PreparedLog, StorageError> + Send + 'static {
         let dir = self.dir.clone();
+        let generation = self.generation + 1;
         move || {
             if payload.len() > CHECKPOINT_BYTES_MAX {
                 return Err(StorageError::Corrupt {
@@ -241,14 +316,19 @@ impl Log {
                     reason: format!("checkpoint of {} bytes is too large", payload.len()),
                 });
             }
-            let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
+            let mut framed = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + payload.len());
+            let gen_bytes = generation.to_le_bytes();
+            framed.extend_from_slice(&CHECKPOINT_MAGIC);
+            framed.extend_from_slice(&gen_bytes);
             framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&gen_bytes), &payload);
+            framed.extend_from_slice(&crc.to_le_bytes());
             framed.extend_from_slice(&payload);
             drop(payload);
             replace_file(&dir, CHECKPOINT_FILE, &framed)?;
             drop(framed);
-            let mut buf = Vec::new();
+            // The new log names the checkpoint it continues from: without it, it is partial.
+            let mut buf = log_header_bytes(generation).to_vec();
             for (id, inst) in &live {
                 frame_record(&mut buf, *id, inst);
             }
@@ -260,7 +340,11 @@ impl Log {
             let mut file = create_private(&tmp).map_err(io)?;
             file.write_all(&buf).map_err(io)?;
             file.sync_all().map_err(io)?;
-            Ok(PreparedLog { file, tmp })
+            Ok(PreparedLog {
+                file,
+                tmp,
+                generation,
+            })
         }
     }
 
@@ -271,7 +355,11 @@ impl Log {
         prepared: PreparedLog,
         since: &[(InstanceId, Instance)],
     ) -> Result<(), StorageError> {
-        let PreparedLog { mut file, tmp } = prepared;
+        let PreparedLog {
+            mut file,
+            tmp,
+            generation,
+        } = prepared;
         let io = |source| StorageError::Io {
             path: tmp.clone(),
             source,
@@ -284,6 +372,7 @@ impl Log {
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         sync_dir(&self.dir);
+        self.generation = generation;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -489,9 +578,13 @@ pub fn store_peers(dir: &Path, known: &[Option<Incarnation>]) -> Result<(), Stor
     replace_file(dir, PEERS_FILE, text.as_bytes())
 }
 
-/// Reads the checkpoint, if any. A checkpoint is replaced whole by rename, so any damage is
-/// real corruption: refuse to start.
-fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageError> {
+/// Reads the checkpoint, if any, with its generation (`None`: written before generations
+/// existed). A checkpoint is replaced whole by rename, so any damage is real corruption: refuse
+/// to start.
+fn read_checkpoint(
+    dir: &Path,
+    n: usize,
+) -> Result<Option<(Option<u64>, Checkpoint)>, StorageError> {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -503,24 +596,117 @@ fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageEr
         offset: 0,
         reason,
     };
-    if bytes.len() < HEADER_BYTES {
+    let (generation, rest) = if bytes.starts_with(&CHECKPOINT_MAGIC) {
+        if bytes.len() < CHECKPOINT_HEADER_BYTES {
+            return Err(corrupt("shorter than its header".into()));
+        }
+        let g = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        (Some(g), &bytes[16..])
+    } else {
+        (None, &bytes[..])
+    };
+    if rest.len() < HEADER_BYTES {
         return Err(corrupt("shorter than its header".into()));
     }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let payload = &bytes[HEADER_BYTES..];
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    let payload = &rest[HEADER_BYTES..];
     if payload.len() != len || len > CHECKPOINT_BYTES_MAX {
         return Err(corrupt(format!(
             "length {len} but {} bytes follow",
             payload.len()
         )));
     }
-    if crc32c::crc32c(payload) != crc {
+    let expected = match generation {
+        Some(g) => crc32c::crc32c_append(crc32c::crc32c(&g.to_le_bytes()), payload),
+        None => crc32c::crc32c(payload),
+    };
+    if expected != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
     Checkpoint::decode(payload, n)
-        .map(Some)
+        .map(|c| Some((generation, c)))
         .map_err(|e| corrupt(e.to_string()))
+}
+
+/// The log header for `generation`.
+fn log_header_bytes(generation: u64) -> [u8; LOG_HEADER_BYTES] {
+    let mut h = [0u8; LOG_HEADER_BYTES];
+    h[..8].copy_from_slice(&LOG_MAGIC);
+    h[8..16].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..16]);
+    h[16..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Reads the log header (see [`LOG_MAGIC`]); a damaged one is an offset and a reason.
+fn log_header(bytes: &[u8]) -> Result<LogHeader, (u64, String)> {
+    if bytes.len() < LOG_HEADER_BYTES {
+        // The header is written and synced alone when the log is created: anything shorter
+        // that is a start of it (or zeros) is that write cut short by a crash.
+        let magic_prefix = bytes.len().min(8);
+        if bytes[..magic_prefix] == LOG_MAGIC[..magic_prefix] || bytes.iter().all(|b| *b == 0) {
+            return Ok(LogHeader::Empty);
+        }
+        return Ok(LogHeader::Legacy);
+    }
+    if bytes[..8] != LOG_MAGIC {
+        return Ok(LogHeader::Legacy);
+    }
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[..16]) != crc {
+        return Err((0, "log header checksum mismatch".into()));
+    }
+    Ok(LogHeader::Generation(u64::from_le_bytes(
+        bytes[8..16].try_into().expect("8 bytes"),
+    )))
+}
+
+/// Refuses to start when one file proves that another one existed that is not there (or not
+/// the right one). `checkpoint`: `None` if there is no checkpoint file, `Some(None)` if it has
+/// no generation (written before generations existed).
+fn check_complete(
+    dir: &Path,
+    log: LogHeader,
+    checkpoint: Option<Option<u64>>,
+) -> Result<(), StorageError> {
+    let missing = |missing: String, proof: String| {
+        Err(StorageError::Missing {
+            dir: dir.to_path_buf(),
+            missing,
+            proof,
+        })
+    };
+    let no_log = format!("{LOG_FILE} is missing or empty");
+    match (log, checkpoint) {
+        (LogHeader::Empty, Some(g)) => missing(
+            no_log,
+            format!(
+                "a checkpoint{} exists, and a log is always written with it",
+                g.map(|g| format!(" (generation {g})")).unwrap_or_default()
+            ),
+        ),
+        (LogHeader::Empty, None) if dir.join("incarnation").exists() => missing(
+            no_log,
+            "the incarnation file shows this directory was in use, and its log is created \
+             first"
+                .into(),
+        ),
+        (LogHeader::Generation(g), None) if g > 0 => missing(
+            format!("{CHECKPOINT_FILE} is missing"),
+            format!("{LOG_FILE} continues from checkpoint generation {g}"),
+        ),
+        // The checkpoint is the log's own, or the next one (a crash between writing it and
+        // cutting the log leaves the old log beside it, which is harmless).
+        (LogHeader::Generation(g), Some(Some(c))) if c != g && c != g + 1 => missing(
+            format!("{CHECKPOINT_FILE} is generation {c}, not {g} or {}", g + 1),
+            format!(
+                "{LOG_FILE} continues from generation {g} (one of the two was replaced by \
+                 another copy)"
+            ),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Parses frames. Returns the records and the length of the good prefix, or the offset and
@@ -534,9 +720,13 @@ fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageEr
 /// record starts anywhere after it (see [`intact_frame_after`]); otherwise cutting there would
 /// silently drop every later record.
 #[allow(clippy::type_complexity)]
-fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (u64, String)> {
+fn parse(
+    bytes: &[u8],
+    start: usize,
+    n: usize,
+) -> Result<(Vec<(InstanceId, Instance)>, u64), (u64, String)> {
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let mut at = start;
     while at < bytes.len() {
         let rest = &bytes[at..];
         let torn_tail = || rest.iter().all(|b| *b == 0);
@@ -784,11 +974,14 @@ mod tests {
         drop(log);
         let path = d.join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("read");
-        bytes[HEADER_BYTES + 2] ^= 0xff; // inside the first record's payload
+        bytes[LOG_HEADER_BYTES + HEADER_BYTES + 2] ^= 0xff; // inside the first record's payload
         std::fs::write(&path, &bytes).expect("write");
         let err = Log::open(&d, 3, Sync::Fsync).err().expect("must refuse");
         let msg = err.to_string();
-        assert!(msg.contains("corrupt record at byte 0"), "{msg}");
+        assert!(
+            msg.contains(&format!("corrupt record at byte {LOG_HEADER_BYTES}")),
+            "{msg}"
+        );
         assert!(msg.contains("checksum mismatch"), "{msg}");
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
@@ -797,7 +990,7 @@ mod tests {
 
     /// Byte offsets at which each record of the log in `d` starts.
     fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
-        let mut at = 0;
+        let mut at = LOG_HEADER_BYTES;
         let mut out = Vec::new();
         while at + HEADER_BYTES <= bytes.len() {
             out.push(at);
@@ -938,6 +1131,139 @@ mod tests {
             );
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    fn empty_checkpoint() -> Vec<u8> {
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
+        Checkpoint {
+            kv: KvStore::new(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0, 3, 0],
+            executed_above: vec![],
+            next_slot: 0,
+        }
+        .encode()
+    }
+
+    /// A data directory with a checkpoint and records after it.
+    fn checkpointed_dir() -> PathBuf {
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed), record(1, Status::Committed)])
+            .expect("append");
+        log.checkpoint(&empty_checkpoint(), &[record(2, Status::Committed)])
+            .expect("checkpoint");
+        log.append(&[record(3, Status::Committed)]).expect("append");
+        incarnation(&d).expect("incarnation");
+        d
+    }
+
+    fn refusal(d: &Path) -> String {
+        match Log::open(d, 3, Sync::Fsync) {
+            Ok(_) => panic!("started on partial state"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A deleted checkpoint (log kept) once started with an empty key/value state, silently.
+    #[test]
+    fn a_deleted_checkpoint_refuses_to_start() {
+        let d = checkpointed_dir();
+        let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("complete directory");
+        assert!(rec.checkpoint.is_some());
+        std::fs::remove_file(d.join(CHECKPOINT_FILE)).expect("delete checkpoint");
+        let msg = refusal(&d);
+        assert!(msg.contains("checkpoint is missing"), "{msg}");
+        assert!(msg.contains("generation 1"), "{msg}");
+        assert!(
+            msg.contains("rejoins from a peer"),
+            "says how to recover: {msg}"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// An emptied or deleted log (checkpoint kept) once started behind, silently; so did a
+    /// deleted log with no checkpoint yet.
+    #[test]
+    fn an_emptied_or_deleted_log_refuses_to_start() {
+        for how in ["emptied", "deleted"] {
+            let d = checkpointed_dir();
+            let log = d.join(LOG_FILE);
+            match how {
+                "emptied" => std::fs::write(&log, b"").expect("empty"),
+                _ => std::fs::remove_file(&log).expect("delete"),
+            }
+            let msg = refusal(&d);
+            assert!(
+                msg.contains("instances.log is missing or empty"),
+                "{how}: {msg}"
+            );
+            assert!(
+                msg.contains("checkpoint (generation 1) exists"),
+                "{how}: {msg}"
+            );
+            // Refusing changed nothing: it refuses again.
+            assert!(refusal(&d).contains("missing or empty"));
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed)]).expect("append");
+        incarnation(&d).expect("incarnation");
+        drop(log);
+        std::fs::remove_file(d.join(LOG_FILE)).expect("delete");
+        let msg = refusal(&d);
+        assert!(msg.contains("incarnation file shows"), "{msg}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A checkpoint from another generation than the log's (an old copy put back).
+    #[test]
+    fn a_checkpoint_of_another_generation_refuses_to_start() {
+        let d = checkpointed_dir();
+        let old = std::fs::read(d.join(CHECKPOINT_FILE)).expect("read");
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        for _ in 0..2 {
+            log.checkpoint(&empty_checkpoint(), &[])
+                .expect("checkpoint");
+        }
+        drop(log);
+        std::fs::write(d.join(CHECKPOINT_FILE), old).expect("put the old one back");
+        let msg = refusal(&d);
+        assert!(
+            msg.contains("checkpoint is generation 1, not 3 or 4"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A log and a checkpoint written before headers and generations existed still open.
+    #[test]
+    fn a_log_and_checkpoint_from_before_generations_still_open() {
+        let d = checkpointed_dir();
+        let bytes = std::fs::read(d.join(LOG_FILE)).expect("read");
+        std::fs::write(d.join(LOG_FILE), &bytes[LOG_HEADER_BYTES..]).expect("legacy log");
+        let ck = std::fs::read(d.join(CHECKPOINT_FILE)).expect("read");
+        let payload = &ck[CHECKPOINT_HEADER_BYTES..];
+        let mut legacy = (payload.len() as u32).to_le_bytes().to_vec();
+        legacy.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        legacy.extend_from_slice(payload);
+        std::fs::write(d.join(CHECKPOINT_FILE), legacy).expect("legacy checkpoint");
+        let (mut log, rec) = Log::open(&d, 3, Sync::Fsync).expect("legacy opens");
+        assert!(rec.checkpoint.is_some());
+        assert_eq!(
+            ids(&rec),
+            vec![(2, Status::Committed), (3, Status::Committed)]
+        );
+        // The next checkpoint writes both with a generation.
+        log.checkpoint(&empty_checkpoint(), &[])
+            .expect("checkpoint");
+        drop(log);
+        std::fs::remove_file(d.join(CHECKPOINT_FILE)).expect("delete");
+        assert!(refusal(&d).contains("checkpoint is missing"));
+        let _ = std::fs::remove_dir_all(d);
     }
 
     fn mode(path: &Path) -> u32 {
