@@ -23,7 +23,7 @@ use crate::core::deps::{covers, keys_of, ConflictIndex, ConflictKey};
 use crate::core::execute::{self, Node, Outcome};
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
-use crate::core::kv::{Applied, KvStore};
+use crate::core::kv::{self, Applied, KvStore};
 use crate::core::limits;
 use crate::core::message::{Commands, Message, RecoverReply};
 use crate::core::quorum;
@@ -203,6 +203,13 @@ pub enum ReplyError {
     /// The session had already moved past this request number.
     #[error("request is older than the session's last executed request")]
     Stale,
+    /// The request id was already used by this client for a different command (which
+    /// executed): nothing was executed for this one.
+    #[error(
+        "request id already used by this client for a different command; nothing was \
+         executed: send the command with a new request id"
+    )]
+    Reused,
 }
 
 /// A peer message refused, never applied: it could not come from a correct peer, or it
@@ -332,7 +339,9 @@ pub struct Replica {
     /// Clients waiting here, by request: a retry of a request that is still pending or in
     /// flight here joins the waiting list instead of starting another instance (which, under a
     /// storm of retries, would snowball); the first execution of the request answers them all.
-    clients: HashMap<(ClientId, RequestId), Vec<Token>>,
+    /// Each waiting client comes with the fingerprint of its command: a different command
+    /// reusing the request id is answered `Reused`, not with the other command's result.
+    clients: HashMap<(ClientId, RequestId), Vec<(Token, u64)>>,
     /// Some client gave up since the last flush (see `forget`): pending commands nobody waits
     /// for any more are dropped at the next one.
     forgotten: bool,
@@ -593,10 +602,11 @@ impl Replica {
                 return Ok(());
             }
         }
+        let print = kv::fingerprint(&cmd.op);
         match self.clients.entry((cmd.client, cmd.request)) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(token),
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push((token, print)),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(vec![token]);
+                e.insert(vec![(token, print)]);
                 self.pending.push_back(cmd);
             }
         }
@@ -613,7 +623,7 @@ impl Replica {
         let Some(tokens) = self.clients.get_mut(&key) else {
             return;
         };
-        tokens.retain(|t| *t != token);
+        tokens.retain(|(t, _)| *t != token);
         if tokens.is_empty() {
             self.clients.remove(&key);
             self.forgotten = true;
@@ -1514,15 +1524,17 @@ impl Replica {
                 self.kv.apply(cmd)
             };
             if let Some(tokens) = self.clients.remove(&(cmd.client, cmd.request)) {
-                let result = match applied {
-                    Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
-                    Applied::Stale => Err(ReplyError::Stale),
-                };
-                for token in tokens {
-                    self.ready.replies.push(Reply {
-                        token,
-                        result: result.clone(),
-                    });
+                let print = kv::fingerprint(&cmd.op);
+                let result = reply_of_applied(applied);
+                for (token, theirs) in tokens {
+                    // A client that joined this request's waiting list with another command
+                    // gets what that command would get now (its retry's answer, or Reused).
+                    let result = if theirs == print {
+                        result.clone()
+                    } else {
+                        reply_of_applied(self.kv.peek(cmd.client, cmd.request, theirs))
+                    };
+                    self.ready.replies.push(Reply { token, result });
                 }
             }
         }
@@ -2371,6 +2383,15 @@ fn next_ballot(promised: Ballot, me: ReplicaId) -> Option<Ballot> {
     })
 }
 
+/// What a client is told about its command's application.
+fn reply_of_applied(applied: Applied) -> Result<OpResult, ReplyError> {
+    match applied {
+        Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
+        Applied::Stale => Err(ReplyError::Stale),
+        Applied::Reused => Err(ReplyError::Reused),
+    }
+}
+
 fn reply_of(inst: &Instance) -> RecoverReply {
     RecoverReply {
         status: inst.status.min(Status::Committed),
@@ -2857,5 +2878,72 @@ mod tests {
             "no Recover at a wrapped ballot"
         );
         assert!(ready.persist.iter().all(|(_, i)| i.ballot >= top));
+    }
+
+    /// A different command under a request id already used (executed, or waiting here) is
+    /// answered `Reused`, never with the other command's result, and changes nothing.
+    #[test]
+    fn a_reused_request_id_is_answered_reused_and_not_applied() {
+        /// Delivers every message until quiet; the replies each replica gave, by token.
+        fn run(rs: &mut [Replica]) -> Vec<Vec<(Token, Result<OpResult, ReplyError>)>> {
+            let mut replies = vec![Vec::new(); rs.len()];
+            for _ in 0..100 {
+                let mut sent = Vec::new();
+                for r in rs.iter_mut() {
+                    r.flush(Duration::ZERO);
+                    let from = r.id();
+                    let ready = r.take_ready();
+                    replies[from.index()]
+                        .extend(ready.replies.into_iter().map(|x| (x.token, x.result)));
+                    for out in ready.messages {
+                        for to in out.to {
+                            sent.push((from, to, out.msg.clone()));
+                        }
+                    }
+                }
+                if sent.is_empty() {
+                    break;
+                }
+                for (from, to, msg) in sent {
+                    rs[to.index()].handle(Duration::ZERO, from, msg);
+                }
+            }
+            for r in replies.iter_mut() {
+                r.sort_by_key(|(t, _)| *t);
+            }
+            replies
+        }
+        let mut rs = cluster(3);
+        let get = Command {
+            client: ClientId(5),
+            request: RequestId(1),
+            op: Op::Get {
+                key: Bytes::from_static(b"k"),
+            },
+        };
+        let put = Command {
+            op: Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            },
+            ..get.clone()
+        };
+        // Both proposed at r0 before anything runs: the PUT joins the GET's waiting list.
+        rs[0].propose(1, get.clone()).expect("room");
+        rs[0].propose(2, put.clone()).expect("room");
+        assert_eq!(
+            run(&mut rs)[0],
+            vec![(1, Ok(OpResult::default())), (2, Err(ReplyError::Reused))]
+        );
+        // Proposed on its own later, at another replica: executed as Reused, nothing applied.
+        rs[1].propose(3, put.clone()).expect("room");
+        assert_eq!(run(&mut rs)[1], vec![(3, Err(ReplyError::Reused))]);
+        for r in &rs {
+            assert_eq!(r.kv().get(b"k"), None, "{} left the data alone", r.id());
+            assert_eq!(r.kv().executed(), 1, "{}", r.id());
+        }
+        // The real retry is still answered.
+        rs[2].propose(4, get).expect("room");
+        assert_eq!(run(&mut rs)[2], vec![(4, Ok(OpResult::default()))]);
     }
 }

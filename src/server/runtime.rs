@@ -862,7 +862,9 @@ impl EventLoop {
             if let Some(Waiter { reply: tx, at, .. }) = self.waiting.remove(&reply.token) {
                 m.execution_latency.record(at.elapsed().as_secs_f64());
                 let _ = tx.send(reply.result.map_err(|e| match e {
-                    ReplyError::Stale => Status::failed_precondition(e.to_string()),
+                    ReplyError::Stale | ReplyError::Reused => {
+                        Status::failed_precondition(e.to_string())
+                    }
                 }));
             }
         }

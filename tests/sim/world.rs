@@ -1537,6 +1537,18 @@ impl Sim {
                 }
                 return;
             }
+            Err(ReplyError::Reused) => {
+                // Simulated clients send one command per request id (retries included).
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail: format!(
+                        "client {c}'s request {request} was answered Reused, but the client \
+                         never reused it"
+                    ),
+                    instances: Vec::new(),
+                });
+                return;
+            }
         };
         self.trace.record(
             self.now,
