@@ -106,6 +106,12 @@ pub struct Sabotage {
     /// A replica that lost its data rejoins without horizons: it votes as if its old
     /// incarnation never voted (agreement breaks).
     pub rejoin_without_horizons: bool,
+    /// Watermarks claim every row committed and executed far beyond anything proposed (a
+    /// lying peer: "I executed everything").
+    pub forge_watermarks: bool,
+    /// Accept any Watermark, however impossible (peers then drop from memory what the liar
+    /// still needs, and it never gets those Commits again: liveness breaks).
+    pub trust_watermarks: bool,
 }
 
 impl Options {
@@ -227,6 +233,15 @@ pub enum Contradiction {
     /// A ballot at the largest round: no ballot lies above it, so promising it would make the
     /// next takeover's ballot wrap around to round 0 (below promises already made durable).
     BallotOverflow,
+    /// A Commit of an instance committed here with other commands or deps, or with other
+    /// (non-empty) commands than the instance holds here: only its leader puts commands in an
+    /// instance, so every non-empty value of it carries the same ones.
+    CommitDiffers,
+    /// A Commit of a slot of this replica's own row that it never proposed.
+    CommitUnproposed,
+    /// A Watermark claiming more than its sender can have: a row executed beyond where it is
+    /// committed, or this replica's own row committed beyond the slots it ever proposed.
+    WatermarkBeyond,
 }
 
 impl Contradiction {
@@ -234,6 +249,9 @@ impl Contradiction {
     pub fn label(self) -> &'static str {
         match self {
             Contradiction::BallotOverflow => "ballot_overflow",
+            Contradiction::CommitDiffers => "commit_differs",
+            Contradiction::CommitUnproposed => "commit_unproposed",
+            Contradiction::WatermarkBeyond => "watermark_beyond",
         }
     }
 }
@@ -696,7 +714,7 @@ impl Replica {
                 ballot,
                 commands,
                 deps,
-            } => self.handle_commit(now, instance, ballot, commands, deps),
+            } => self.handle_commit(now, from, instance, ballot, commands, deps),
             Message::Nack { instance, promised } => self.handle_nack(now, instance, promised),
             Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
             Message::Watermark {
@@ -1240,6 +1258,7 @@ impl Replica {
     fn handle_commit(
         &mut self,
         now: Time,
+        from: ReplicaId,
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
@@ -1248,7 +1267,46 @@ impl Replica {
         if self.forgotten(id) {
             return;
         }
+        if let Some(kind) = self.commit_contradiction(id, &commands, &deps) {
+            self.refuse(from, kind);
+            return;
+        }
         self.commit_here(now, id, ballot, commands, deps, None);
+    }
+
+    /// Whether a Commit of `id` contradicts what this replica knows for certain (see
+    /// [`Contradiction`]). Agreement makes every correct Commit of an instance carry the one
+    /// decided value, and only an instance's leader puts commands in it (recovery carries them
+    /// on or decides a no-op), so none of these can come from a correct peer.
+    fn commit_contradiction(
+        &self,
+        id: InstanceId,
+        commands: &Commands,
+        deps: &[InstanceId],
+    ) -> Option<Contradiction> {
+        if id.replica == self.opts.id && id.slot >= self.next_slot {
+            return Some(Contradiction::CommitUnproposed);
+        }
+        let inst = self.instances.get(&id)?;
+        let differs = if inst.status.is_decided() {
+            inst.commands != *commands || inst.deps != deps
+        } else {
+            !inst.commands.is_empty() && !commands.is_empty() && inst.commands != *commands
+        };
+        differs.then_some(Contradiction::CommitDiffers)
+    }
+
+    /// Whether a Watermark claims more than its sender can have (see
+    /// [`Contradiction::WatermarkBeyond`]). Claims about other rows cannot be checked here:
+    /// the sender may know commits this replica has not seen yet.
+    fn watermark_contradiction(&self, committed: &[u64], executed: &[u64]) -> bool {
+        if self.opts.sabotage.trust_watermarks {
+            return false;
+        }
+        let me = self.opts.id.index();
+        executed.iter().zip(committed).any(|(e, c)| e > c)
+            || committed.get(me).is_some_and(|c| *c > self.next_slot)
+            || executed.get(me).is_some_and(|e| *e > self.next_slot)
     }
 
     /// Commits `id` here with a decided value (from a Commit, or found by recovery).
@@ -1324,6 +1382,10 @@ impl Replica {
     /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
     /// `watermark_commits_max`.
     fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>, executed: Vec<u64>) {
+        if self.watermark_contradiction(&prefix, &executed) {
+            self.refuse(from, Contradiction::WatermarkBeyond);
+            return;
+        }
         if let Some(known) = self.peer_committed.get_mut(from.index()) {
             for (k, p) in known.iter_mut().zip(&prefix) {
                 *k = (*k).max(*p);
@@ -2333,6 +2395,16 @@ impl Replica {
     }
 
     fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
+        let msg = match msg {
+            Message::Watermark { .. } if self.opts.sabotage.forge_watermarks => {
+                let everything = vec![u64::MAX / 2; self.opts.n];
+                Message::Watermark {
+                    committed_prefix: everything.clone(),
+                    executed_prefix: everything,
+                }
+            }
+            msg => msg,
+        };
         if !to.is_empty() {
             self.ready.messages.push(Outgoing { to, msg });
         }
@@ -2945,5 +3017,169 @@ mod tests {
         // The real retry is still answered.
         rs[2].propose(4, get).expect("room");
         assert_eq!(run(&mut rs)[2], vec![(4, Ok(OpResult::default()))]);
+    }
+
+    /// Commits that no correct peer can send are refused, counted and never applied: another
+    /// value for an instance committed here (a forged Commit once changed a value everywhere),
+    /// other commands than the instance holds, a slot of this replica's row it never proposed.
+    #[test]
+    fn commits_that_contradict_what_a_replica_knows_are_refused() {
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let committed = rs[1].instance(id).expect("committed").clone();
+        assert!(committed.status.is_decided());
+        let other_cmds: Commands = Arc::new(vec![Command {
+            op: Op::Put {
+                key: Bytes::from_static(b"a"),
+                value: Bytes::from_static(b"forged"),
+            },
+            ..put(1, "a")
+        }]);
+        let digest = rs[1].kv().digest();
+        let commit = |instance, commands: &Commands, deps: Vec<InstanceId>| Message::Commit {
+            instance,
+            ballot: Ballot::initial(instance.replica),
+            commands: commands.clone(),
+            deps,
+        };
+        let cases = [
+            (
+                commit(
+                    id,
+                    &committed.commands,
+                    vec![InstanceId::new(ReplicaId(2), 7)],
+                ),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(id, &other_cmds, committed.deps.clone()),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(id, &Commands::default(), committed.deps.clone()),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(InstanceId::new(ReplicaId(1), 0), &other_cmds, vec![]),
+                Contradiction::CommitUnproposed,
+            ),
+        ];
+        for (msg, kind) in cases {
+            rs[1].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+            let ready = rs[1].take_ready();
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind
+                }],
+                "{msg:?}"
+            );
+            assert!(
+                ready.persist.is_empty() && ready.committed.is_empty(),
+                "{msg:?}"
+            );
+        }
+        assert_eq!(
+            rs[1].instance(id).expect("kept"),
+            &committed,
+            "value unchanged"
+        );
+        assert!(rs[1].instance(InstanceId::new(ReplicaId(1), 0)).is_none());
+        assert_eq!(rs[1].kv().digest(), digest, "nothing applied");
+        // The same Commit again is no contradiction.
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &committed.commands, committed.deps.clone()),
+        );
+        assert!(rs[1].take_ready().refused.is_empty());
+
+        // Not committed here yet: other commands are refused; a no-op (what recovery may
+        // decide) and the instance's own commands with any deps are not.
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "b")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let held = rs[1].instance(id).expect("pre-accepted").clone();
+        assert!(!held.status.is_decided());
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &other_cmds, vec![]),
+        );
+        assert_eq!(
+            rs[1].take_ready().refused,
+            vec![Refused {
+                peer: ReplicaId(2),
+                kind: Contradiction::CommitDiffers
+            }]
+        );
+        assert_eq!(rs[1].instance(id).expect("kept"), &held);
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &Commands::default(), vec![]),
+        );
+        let ready = rs[1].take_ready();
+        assert!(ready.refused.is_empty());
+        assert_eq!(ready.committed.len(), 1, "a recovered no-op commits");
+    }
+
+    /// A Watermark claiming more than its sender can have is refused and counted, and peers
+    /// then keep what the sender still needs (a forged "replica 2 executed everything" once let
+    /// survivors drop it).
+    #[test]
+    fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(gc_options(i))).collect();
+        rs[0].propose(1, put(1, "a")).expect("room");
+        // r2 hears nothing: it still needs 0.0.
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(2));
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let forged = [
+            // Row 0 executed beyond where it is committed.
+            (vec![0, 0, 0], vec![1, 0, 0]),
+            // "Everything", including r0's own row beyond what r0 ever proposed.
+            (vec![u64::MAX; 3], vec![u64::MAX; 3]),
+            (vec![5, 0, 0], vec![5, 0, 0]),
+        ];
+        for (committed_prefix, executed_prefix) in forged {
+            let msg = Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            };
+            rs[0].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+            let ready = rs[0].take_ready();
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind: Contradiction::WatermarkBeyond
+                }],
+                "{msg:?}"
+            );
+            assert!(ready.messages.is_empty(), "not answered: {msg:?}");
+        }
+        // r1 reports honestly; r0 may not drop 0.0, which r2 has not executed.
+        rs[0].handle(
+            Duration::ZERO,
+            ReplicaId(1),
+            Message::Watermark {
+                committed_prefix: vec![1, 0, 0],
+                executed_prefix: vec![1, 0, 0],
+            },
+        );
+        assert!(rs[0].take_ready().refused.is_empty(), "honest");
+        rs[0].tick(Duration::from_millis(1));
+        assert!(rs[0].instance(id).is_some(), "kept for r2");
+        assert_eq!(rs[0].collected(), 0);
+        // r2 still gets it.
+        for r in rs.iter_mut() {
+            r.tick(Duration::from_millis(2));
+        }
+        settle(&mut rs, Duration::from_millis(2), |_, _| false);
+        assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
     }
 }

@@ -1055,7 +1055,7 @@ impl Sim {
         // contradictory is a false alarm (it would drop a message the protocol needs).
         for refused in &ready.refused {
             self.violations.push(Violation {
-                check: Check::Invariant,
+                check: Check::Refusal,
                 detail: format!(
                     "r{r} at {:?} refused a message of correct peer {} as {}",
                     self.now,
