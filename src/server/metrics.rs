@@ -179,6 +179,11 @@ fn describe() {
         "epaxos_peer_refused_total",
         "Peer streams refused because they came from a replaced incarnation."
     );
+    describe_gauge!(
+        "epaxos_storage_blocked",
+        "1 while the data directory is full or read-only: nothing that needs a write is \
+         acknowledged until a retry (every second) succeeds."
+    );
     describe_counter!(
         "epaxos_peer_identity_refused_total",
         "Peer calls refused because the caller's certificate names no replica, or another \

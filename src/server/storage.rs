@@ -160,6 +160,22 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the data directory is out of space or not writable (full disk, quota, read-only
+    /// file system): a condition that may pass, during which the replica holds everything that
+    /// needs a write instead of stopping.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A new log written beside the old one by [`Log::start_checkpoint`], not in place yet.
 #[derive(Debug)]
 pub struct PreparedLog {
@@ -383,6 +399,15 @@ impl Log {
         Ok(())
     }
 
+    /// Gives up a checkpoint whose writing failed: removes its temporary files. The old log
+    /// is still whole and in place (it is replaced only by the last step), and a checkpoint
+    /// file already renamed into place is one generation ahead of it, which opening accepts.
+    pub fn abandon_checkpoint(&self) {
+        for tmp in [LOG_FILE, CHECKPOINT_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{tmp}.tmp")));
+        }
+    }
+
     /// Bytes in the log file now.
     pub fn len_bytes(&self) -> u64 {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
@@ -402,9 +427,21 @@ impl Log {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&self.buf).map_err(io)?;
-        if self.sync == Sync::Fsync {
-            self.file.sync_data().map_err(io)?;
+        // On failure (disk full, read-only remount, I/O error) the file is cut back to where it
+        // was: a half-written batch followed later by a successful retry would be damage
+        // before the tail, which refuses to start. After a failed sync the kernel may have
+        // dropped the pages, so the retry writes the whole batch again rather than syncing.
+        let before = self.file.metadata().map_err(io)?.len();
+        let written = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| match self.sync {
+                Sync::Fsync => self.file.sync_data(),
+                Sync::None => Ok(()),
+            });
+        if let Err(source) = written {
+            let _ = self.file.set_len(before);
+            return Err(io(source));
         }
         Ok(())
     }
