@@ -89,6 +89,52 @@ async fn retried_request_executes_once_with_same_answer() {
     }
 }
 
+/// A PUT reusing the (client_id, request_id) of an executed GET once got the GET's answer with
+/// success and was never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_for_another_command_is_refused_and_changes_nothing() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let mut c1 = cluster.client(1).await.expect("connect");
+    let id = rand::random::<u64>();
+    let req = |op| proto::ProposeRequest {
+        client_id: id,
+        request_id: 1,
+        op: Some(op),
+    };
+    let first = c0
+        .propose(req(get("reused")))
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!first.result.expect("result").found);
+    for c in [&mut c0, &mut c1] {
+        let err = c
+            .propose(req(put("reused", "v")))
+            .await
+            .expect_err("a different command under a used request id");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("different command"),
+            "{}",
+            err.message()
+        );
+    }
+    // The real retry still gets its answer, and the data was left alone.
+    let retry = c1
+        .propose(req(get("reused")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(!retry.result.expect("result").found);
+    let r = Session::new()
+        .call(&mut c0, get("reused"))
+        .await
+        .expect("get");
+    assert!(!r.found, "the refused PUT was not applied");
+    cluster.converged().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
     let cluster = Cluster::start(3, &[]).await;

@@ -1017,6 +1017,59 @@ fn sabotage_no_retransmit_breaks_liveness() {
     );
 }
 
+/// A replica that lies in its Watermarks ("I executed everything") is refused by every peer
+/// (each knows how far its own row reaches): every other check still holds.
+#[test]
+fn sabotage_forged_watermarks_are_refused_and_change_nothing() {
+    let name = "sabotage_forged_watermarks_are_refused_and_change_nothing";
+    let outcomes = run_seeds((0..30).collect(), |seed| {
+        let mut cfg = Config::random(seed);
+        cfg.scenario = Some(name);
+        cfg.sabotage = Sabotage {
+            forge_watermarks: true,
+            ..Sabotage::default()
+        };
+        cfg.sabotage_only = Some(0);
+        cfg.gc_executed = true;
+        cfg.loss = cfg.loss.max(0.05);
+        cfg
+    });
+    assert!(
+        outcomes.iter().all(|o| o.failed(Check::Refusal)),
+        "every run refuses the forged Watermarks"
+    );
+    for o in &outcomes {
+        let others: Vec<_> = o
+            .violations
+            .iter()
+            .filter(|v| v.check != Check::Refusal)
+            .collect();
+        assert!(others.is_empty(), "{name}: {:?}\n{}", others, o.report);
+    }
+}
+
+/// The same lies, believed: peers drop from memory what the liars still need and never send
+/// them those Commits again.
+#[test]
+fn sabotage_trusted_forged_watermarks_break_liveness() {
+    caught(
+        "sabotage_trusted_forged_watermarks_break_liveness",
+        &[Check::Liveness],
+        30,
+        |c| {
+            c.sabotage = Sabotage {
+                forge_watermarks: true,
+                trust_watermarks: true,
+                ..Sabotage::default()
+            };
+            c.gc_executed = true;
+            c.loss = c.loss.max(0.05);
+            c.crashes = 0;
+            c.settle_max = Duration::from_secs(10);
+        },
+    );
+}
+
 #[test]
 fn sabotage_disk_losing_records_breaks_durability() {
     caught(

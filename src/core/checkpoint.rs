@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::core::command::OpResult;
 use crate::core::deps::{ConflictIndex, ConflictKey};
 use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
-use crate::core::kv::KvStore;
+use crate::core::kv::{KvStore, Session};
 use crate::core::wire::WireError;
 use crate::proto;
 
@@ -77,14 +77,15 @@ impl Checkpoint {
             let r = s.result.unwrap_or_default();
             (
                 ClientId(s.client_id),
-                (
-                    RequestId(s.request_id),
-                    OpResult {
+                Session {
+                    request: RequestId(s.request_id),
+                    fingerprint: s.fingerprint,
+                    result: OpResult {
                         found: r.found,
                         value: Bytes::copy_from_slice(&r.value),
                         success: r.success,
                     },
-                ),
+                },
             )
         });
         let entries = p.entries.into_iter().map(|e| {
@@ -124,11 +125,12 @@ pub fn encode(
         };
         message::encode(1, &pair, &mut buf);
     }
-    for (c, (r, res)) in sessions {
+    for (c, session) in sessions {
         let entry = proto::SessionEntry {
             client_id: c.0,
-            request_id: r.0,
-            result: Some(crate::core::wire::result_to_proto(res)),
+            request_id: session.request.0,
+            result: Some(crate::core::wire::result_to_proto(&session.result)),
+            fingerprint: session.fingerprint,
         };
         message::encode(2, &entry, &mut buf);
     }
@@ -158,4 +160,43 @@ pub fn encode(
     uint64::encode(6, &next_slot, &mut buf);
     uint64::encode(7, &executed, &mut buf);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::command::{Command, Op};
+    use crate::core::kv::Applied;
+
+    /// The session table's fingerprints survive a checkpoint: a replica restored from one
+    /// still refuses a reused request id like the others (the answer must not depend on which
+    /// replica restored from what).
+    #[test]
+    fn session_fingerprints_survive_a_checkpoint() {
+        let mut kv = KvStore::new();
+        let get = Command {
+            client: ClientId(3),
+            request: RequestId(9),
+            op: Op::Get {
+                key: Bytes::from_static(b"k"),
+            },
+        };
+        kv.apply(&get);
+        let cp = Checkpoint {
+            kv,
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0; 3],
+            executed_above: vec![],
+            next_slot: 0,
+        };
+        let mut back = Checkpoint::decode(&cp.encode(), 3).expect("decode").kv;
+        let reuse = Command {
+            op: Op::Delete {
+                key: Bytes::from_static(b"k"),
+            },
+            ..get.clone()
+        };
+        assert_eq!(back.apply(&reuse), Applied::Reused);
+        assert!(matches!(back.apply(&get), Applied::Duplicate(_)));
+    }
 }

@@ -13,13 +13,75 @@ use crate::core::ids::{ClientId, RequestId};
 #[derive(Debug, Default, Clone)]
 pub struct KvStore {
     map: HashMap<Bytes, Bytes>,
-    /// Per client session: the last request executed and its result, so that a retry of it is
-    /// answered without executing again.
-    sessions: HashMap<ClientId, (RequestId, OpResult)>,
+    /// Per client session: the last request executed, its command's fingerprint and its
+    /// result, so that a retry of it is answered without executing again, and a different
+    /// command reusing its request id is told so instead of getting another command's answer.
+    sessions: HashMap<ClientId, Session>,
     /// Order-independent digest of `map`: the wrapping sum of each entry's hash, kept up to date
     /// on every change so that `Status` costs O(1).
     digest: u64,
     executed: u64,
+}
+
+/// A client session's last executed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub request: RequestId,
+    /// [`fingerprint`] of the request's operation; 0: unknown (restored from a checkpoint
+    /// written before fingerprints existed), which any retry matches.
+    pub fingerprint: u64,
+    pub result: OpResult,
+}
+
+/// A deterministic 64-bit fingerprint of an operation (never 0): equal on every replica and
+/// build, so every replica tells a retry from a reused request id alike.
+pub fn fingerprint(op: &Op) -> u64 {
+    let mut h = Fnv::new();
+    match op {
+        Op::Get { key } => {
+            h.field(b"get");
+            h.field(key);
+        }
+        Op::Put { key, value } => {
+            h.field(b"put");
+            h.field(key);
+            h.field(value);
+        }
+        Op::Delete { key } => {
+            h.field(b"delete");
+            h.field(key);
+        }
+        Op::Cas { key, expected, new } => {
+            h.field(b"cas");
+            h.field(key);
+            match expected {
+                Some(e) => {
+                    h.field(b"some");
+                    h.field(e);
+                }
+                None => h.field(b"none"),
+            }
+            h.field(new);
+        }
+    }
+    h.0.max(1)
+}
+
+/// FNV-1a over length-prefixed fields.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn field(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let len = (bytes.len() as u64).to_le_bytes();
+        for b in len.iter().chain(bytes) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(PRIME);
+        }
+    }
 }
 
 /// What applying a command did.
@@ -31,6 +93,9 @@ pub enum Applied {
     Duplicate(OpResult),
     /// Older than the session's last request: the client has moved on, nothing to do.
     Stale,
+    /// The session's last executed request id, but another command than the one executed
+    /// under it: not executed, and not answered with the other command's result.
+    Reused,
 }
 
 impl Applied {
@@ -38,7 +103,7 @@ impl Applied {
     pub fn result(&self) -> Option<&OpResult> {
         match self {
             Applied::Executed(r) | Applied::Duplicate(r) => Some(r),
-            Applied::Stale => None,
+            Applied::Stale | Applied::Reused => None,
         }
     }
 }
@@ -50,19 +115,46 @@ impl KvStore {
 
     /// Applies one command, at most once per (client, request).
     pub fn apply(&mut self, cmd: &Command) -> Applied {
-        if let Some((last, result)) = self.sessions.get(&cmd.client) {
-            if cmd.request == *last {
-                return Applied::Duplicate(result.clone());
+        let print = fingerprint(&cmd.op);
+        if let Some(last) = self.sessions.get(&cmd.client) {
+            if cmd.request == last.request {
+                if last.fingerprint != 0 && last.fingerprint != print {
+                    return Applied::Reused;
+                }
+                return Applied::Duplicate(last.result.clone());
             }
-            if cmd.request < *last {
+            if cmd.request < last.request {
                 return Applied::Stale;
             }
         }
         let result = self.execute(&cmd.op);
         self.executed += 1;
-        self.sessions
-            .insert(cmd.client, (cmd.request, result.clone()));
+        self.sessions.insert(
+            cmd.client,
+            Session {
+                request: cmd.request,
+                fingerprint: print,
+                result: result.clone(),
+            },
+        );
         Applied::Executed(result)
+    }
+
+    /// What applying a command of `client`'s `request` with operation fingerprint `print`
+    /// would give now without executing it: `Duplicate`, `Reused` or `Stale`; `Executed` with
+    /// an empty result if it would execute (callers only ask after the request ran).
+    pub fn peek(&self, client: ClientId, request: RequestId, print: u64) -> Applied {
+        match self.sessions.get(&client) {
+            Some(last) if request == last.request => {
+                if last.fingerprint != 0 && last.fingerprint != print {
+                    Applied::Reused
+                } else {
+                    Applied::Duplicate(last.result.clone())
+                }
+            }
+            Some(last) if request < last.request => Applied::Stale,
+            _ => Applied::Executed(OpResult::default()),
+        }
     }
 
     /// Applies a command even if it already executed: the exactly-once bug that
@@ -135,7 +227,7 @@ impl KvStore {
         &self,
     ) -> (
         impl Iterator<Item = (&Bytes, &Bytes)>,
-        impl Iterator<Item = (&ClientId, &(RequestId, OpResult))>,
+        impl Iterator<Item = (&ClientId, &Session)>,
         u64,
     ) {
         (self.map.iter(), self.sessions.iter(), self.executed)
@@ -144,7 +236,7 @@ impl KvStore {
     /// Rebuilds a state from a checkpoint's parts.
     pub fn import(
         entries: impl IntoIterator<Item = (Bytes, Bytes)>,
-        sessions: impl IntoIterator<Item = (ClientId, (RequestId, OpResult))>,
+        sessions: impl IntoIterator<Item = (ClientId, Session)>,
         executed: u64,
     ) -> KvStore {
         let mut kv = KvStore {
@@ -298,6 +390,76 @@ mod tests {
         kv.apply(&cmd(7, 2, Op::Get { key: b("k") }));
         assert_eq!(kv.apply(&put), Applied::Stale);
         assert_eq!(kv.executed(), 2);
+    }
+
+    /// A PUT reusing the request id of an executed GET once got the GET's answer and was never
+    /// applied, silently.
+    #[test]
+    fn a_reused_request_id_with_another_command_is_refused() {
+        let mut kv = KvStore::new();
+        let get = cmd(7, 1, Op::Get { key: b("k") });
+        let put = cmd(
+            7,
+            1,
+            Op::Put {
+                key: b("k"),
+                value: b("v"),
+            },
+        );
+        assert!(matches!(kv.apply(&get), Applied::Executed(_)));
+        let digest = kv.digest();
+        assert_eq!(kv.apply(&put), Applied::Reused);
+        assert_eq!(kv.digest(), digest, "the data is left alone");
+        assert_eq!(kv.executed(), 1);
+        // The real retry still gets its answer; the next request id works.
+        assert!(matches!(kv.apply(&get), Applied::Duplicate(_)));
+        let put2 = cmd(7, 2, put.op.clone());
+        assert!(matches!(kv.apply(&put2), Applied::Executed(_)));
+        assert_eq!(kv.get(b"k"), Some(&b("v")));
+        // Every field of an operation counts.
+        let ops = [
+            Op::Put {
+                key: b("k"),
+                value: b("w"),
+            },
+            Op::Put {
+                key: b("j"),
+                value: b("v"),
+            },
+            Op::Cas {
+                key: b("k"),
+                expected: None,
+                new: b("v"),
+            },
+            Op::Cas {
+                key: b("k"),
+                expected: Some(b("")),
+                new: b("v"),
+            },
+            Op::Delete { key: b("k") },
+        ];
+        for op in ops {
+            assert_ne!(fingerprint(&op), fingerprint(&put2.op), "{op:?}");
+            assert_eq!(kv.apply(&cmd(7, 2, op)), Applied::Reused);
+        }
+        // A session restored without a fingerprint (an older checkpoint) accepts any retry.
+        let (_, sessions, executed) = kv.export();
+        let sessions: Vec<(ClientId, Session)> = sessions
+            .map(|(c, s)| {
+                (
+                    *c,
+                    Session {
+                        fingerprint: 0,
+                        ..s.clone()
+                    },
+                )
+            })
+            .collect();
+        let mut old = KvStore::import(Vec::new(), sessions, executed);
+        assert!(matches!(
+            old.apply(&cmd(7, 2, Op::Delete { key: b("k") })),
+            Applied::Duplicate(_)
+        ));
     }
 
     #[test]

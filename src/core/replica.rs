@@ -23,7 +23,7 @@ use crate::core::deps::{covers, keys_of, ConflictIndex, ConflictKey};
 use crate::core::execute::{self, Node, Outcome};
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
-use crate::core::kv::{Applied, KvStore};
+use crate::core::kv::{self, Applied, KvStore};
 use crate::core::limits;
 use crate::core::message::{Commands, Message, RecoverReply};
 use crate::core::quorum;
@@ -108,6 +108,12 @@ pub struct Sabotage {
     /// A replica that lost its data rejoins without horizons: it votes as if its old
     /// incarnation never voted (agreement breaks).
     pub rejoin_without_horizons: bool,
+    /// Watermarks claim every row committed and executed far beyond anything proposed (a
+    /// lying peer: "I executed everything").
+    pub forge_watermarks: bool,
+    /// Accept any Watermark, however impossible (peers then drop from memory what the liar
+    /// still needs, and it never gets those Commits again: liveness breaks).
+    pub trust_watermarks: bool,
 }
 
 impl Options {
@@ -140,6 +146,10 @@ impl Options {
         if self.n == 0 || self.id.index() >= self.n {
             return Err(OptionsError::Id(self.id, self.n));
         }
+        // Quorums are sized for N = 2F+1; with N even they need not intersect.
+        if self.n.is_multiple_of(2) {
+            return Err(OptionsError::Even(self.n));
+        }
         for (name, v) in [
             ("batch_max", self.batch_max),
             ("batch_bytes_max", self.batch_bytes_max),
@@ -170,6 +180,8 @@ impl Options {
 pub enum OptionsError {
     #[error("replica id {0} is not in a cluster of {1}")]
     Id(ReplicaId, usize),
+    #[error("a cluster of {0} replicas: the number of replicas must be odd (quorums need not intersect otherwise)")]
+    Even(usize),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error(
@@ -201,6 +213,51 @@ pub enum ReplyError {
     /// The session had already moved past this request number.
     #[error("request is older than the session's last executed request")]
     Stale,
+    /// The request id was already used by this client for a different command (which
+    /// executed): nothing was executed for this one.
+    #[error(
+        "request id already used by this client for a different command; nothing was \
+         executed: send the command with a new request id"
+    )]
+    Reused,
+}
+
+/// A peer message refused, never applied: it could not come from a correct peer, or it
+/// contradicts what this replica knows for certain. The runtime counts them per peer and kind
+/// (`epaxos_peer_contradictions_total`); a correct cluster never produces one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub peer: ReplicaId,
+    pub kind: Contradiction,
+}
+
+/// What was wrong with a [`Refused`] message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contradiction {
+    /// A ballot at the largest round: no ballot lies above it, so promising it would make the
+    /// next takeover's ballot wrap around to round 0 (below promises already made durable).
+    BallotOverflow,
+    /// A Commit of an instance committed here with other commands or deps, or with other
+    /// (non-empty) commands than the instance holds here: only its leader puts commands in an
+    /// instance, so every non-empty value of it carries the same ones.
+    CommitDiffers,
+    /// A Commit of a slot of this replica's own row that it never proposed.
+    CommitUnproposed,
+    /// A Watermark claiming more than its sender can have: a row executed beyond where it is
+    /// committed, or this replica's own row committed beyond the slots it ever proposed.
+    WatermarkBeyond,
+}
+
+impl Contradiction {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contradiction::BallotOverflow => "ballot_overflow",
+            Contradiction::CommitDiffers => "commit_differs",
+            Contradiction::CommitUnproposed => "commit_unproposed",
+            Contradiction::WatermarkBeyond => "watermark_beyond",
+        }
+    }
 }
 
 /// The proposal queue is full.
@@ -243,6 +300,8 @@ pub struct Ready {
     pub batches: Vec<usize>,
     /// Recoveries started (each attempt counts).
     pub recoveries_started: u64,
+    /// Peer messages refused (see [`Refused`]).
+    pub refused: Vec<Refused>,
 }
 
 /// A dependency that execution waits for.
@@ -304,7 +363,9 @@ pub struct Replica {
     /// Clients waiting here, by request: a retry of a request that is still pending or in
     /// flight here joins the waiting list instead of starting another instance (which, under a
     /// storm of retries, would snowball); the first execution of the request answers them all.
-    clients: HashMap<(ClientId, RequestId), Vec<Token>>,
+    /// Each waiting client comes with the fingerprint of its command: a different command
+    /// reusing the request id is answered `Reused`, not with the other command's result.
+    clients: HashMap<(ClientId, RequestId), Vec<(Token, u64)>>,
     /// Some client gave up since the last flush (see `forget`): pending commands nobody waits
     /// for any more are dropped at the next one.
     forgotten: bool,
@@ -567,10 +628,11 @@ impl Replica {
                 return Ok(());
             }
         }
+        let print = kv::fingerprint(&cmd.op);
         match self.clients.entry((cmd.client, cmd.request)) {
-            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(token),
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push((token, print)),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(vec![token]);
+                e.insert(vec![(token, print)]);
                 self.pending_bytes += cmd.op.size_bytes();
                 self.pending.push_back(cmd);
             }
@@ -588,7 +650,7 @@ impl Replica {
         let Some(tokens) = self.clients.get_mut(&key) else {
             return;
         };
-        tokens.retain(|t| *t != token);
+        tokens.retain(|(t, _)| *t != token);
         if tokens.is_empty() {
             self.clients.remove(&key);
             self.forgotten = true;
@@ -621,6 +683,12 @@ impl Replica {
             if inst.replica.index() >= self.opts.n {
                 return;
             }
+        }
+        if msg.ballot().is_some_and(|b| b.round == u32::MAX) {
+            // Honest ballots grow by one round per takeover and never get near the top; a
+            // ballot there leaves no successor for the next takeover (see `next_ballot`).
+            self.refuse(from, Contradiction::BallotOverflow);
+            return;
         }
         match msg {
             Message::PreAccept {
@@ -656,7 +724,7 @@ impl Replica {
                 ballot,
                 commands,
                 deps,
-            } => self.handle_commit(now, instance, ballot, commands, deps),
+            } => self.handle_commit(now, from, instance, ballot, commands, deps),
             Message::Nack { instance, promised } => self.handle_nack(now, instance, promised),
             Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
             Message::Watermark {
@@ -1201,6 +1269,7 @@ impl Replica {
     fn handle_commit(
         &mut self,
         now: Time,
+        from: ReplicaId,
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
@@ -1209,7 +1278,46 @@ impl Replica {
         if self.forgotten(id) {
             return;
         }
+        if let Some(kind) = self.commit_contradiction(id, &commands, &deps) {
+            self.refuse(from, kind);
+            return;
+        }
         self.commit_here(now, id, ballot, commands, deps, None);
+    }
+
+    /// Whether a Commit of `id` contradicts what this replica knows for certain (see
+    /// [`Contradiction`]). Agreement makes every correct Commit of an instance carry the one
+    /// decided value, and only an instance's leader puts commands in it (recovery carries them
+    /// on or decides a no-op), so none of these can come from a correct peer.
+    fn commit_contradiction(
+        &self,
+        id: InstanceId,
+        commands: &Commands,
+        deps: &[InstanceId],
+    ) -> Option<Contradiction> {
+        if id.replica == self.opts.id && id.slot >= self.next_slot {
+            return Some(Contradiction::CommitUnproposed);
+        }
+        let inst = self.instances.get(&id)?;
+        let differs = if inst.status.is_decided() {
+            inst.commands != *commands || inst.deps != deps
+        } else {
+            !inst.commands.is_empty() && !commands.is_empty() && inst.commands != *commands
+        };
+        differs.then_some(Contradiction::CommitDiffers)
+    }
+
+    /// Whether a Watermark claims more than its sender can have (see
+    /// [`Contradiction::WatermarkBeyond`]). Claims about other rows cannot be checked here:
+    /// the sender may know commits this replica has not seen yet.
+    fn watermark_contradiction(&self, committed: &[u64], executed: &[u64]) -> bool {
+        if self.opts.sabotage.trust_watermarks {
+            return false;
+        }
+        let me = self.opts.id.index();
+        executed.iter().zip(committed).any(|(e, c)| e > c)
+            || committed.get(me).is_some_and(|c| *c > self.next_slot)
+            || executed.get(me).is_some_and(|e| *e > self.next_slot)
     }
 
     /// Commits `id` here with a decided value (from a Commit, or found by recovery).
@@ -1286,6 +1394,10 @@ impl Replica {
     /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
     /// `watermark_commits_max`.
     fn handle_watermark(&mut self, from: ReplicaId, prefix: Vec<u64>, executed: Vec<u64>) {
+        if self.watermark_contradiction(&prefix, &executed) {
+            self.refuse(from, Contradiction::WatermarkBeyond);
+            return;
+        }
         if let Some(known) = self.peer_committed.get_mut(from.index()) {
             for (k, p) in known.iter_mut().zip(&prefix) {
                 *k = (*k).max(*p);
@@ -1486,15 +1598,17 @@ impl Replica {
                 self.kv.apply(cmd)
             };
             if let Some(tokens) = self.clients.remove(&(cmd.client, cmd.request)) {
-                let result = match applied {
-                    Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
-                    Applied::Stale => Err(ReplyError::Stale),
-                };
-                for token in tokens {
-                    self.ready.replies.push(Reply {
-                        token,
-                        result: result.clone(),
-                    });
+                let print = kv::fingerprint(&cmd.op);
+                let result = reply_of_applied(applied);
+                for (token, theirs) in tokens {
+                    // A client that joined this request's waiting list with another command
+                    // gets what that command would get now (its retry's answer, or Reused).
+                    let result = if theirs == print {
+                        result.clone()
+                    } else {
+                        reply_of_applied(self.kv.peek(cmd.client, cmd.request, theirs))
+                    };
+                    self.ready.replies.push(Reply { token, result });
                 }
             }
         }
@@ -1678,9 +1792,10 @@ impl Replica {
         if inst.status.is_decided() {
             return;
         }
-        let ballot = Ballot {
-            round: inst.ballot.round + 1,
-            replica: me,
+        let Some(ballot) = next_ballot(inst.ballot, me) else {
+            // Only a promise from before ballots at the top round were refused can get here:
+            // leave the instance to whoever holds that ballot rather than wrap below it.
+            return;
         };
         inst.ballot = ballot;
         let mine = reply_of(inst);
@@ -2276,6 +2391,11 @@ impl Replica {
     }
 
     /// Tells `to` that this replica promised `promised` for `id`, above its message's ballot.
+    /// Counts a refused peer message (see [`Refused`]).
+    fn refuse(&mut self, peer: ReplicaId, kind: Contradiction) {
+        self.ready.refused.push(Refused { peer, kind });
+    }
+
     fn nack(&mut self, to: ReplicaId, id: InstanceId, promised: Ballot) {
         self.send(
             vec![to],
@@ -2287,6 +2407,16 @@ impl Replica {
     }
 
     fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
+        let msg = match msg {
+            Message::Watermark { .. } if self.opts.sabotage.forge_watermarks => {
+                let everything = vec![u64::MAX / 2; self.opts.n];
+                Message::Watermark {
+                    committed_prefix: everything.clone(),
+                    executed_prefix: everything,
+                }
+            }
+            msg => msg,
+        };
         if !to.is_empty() {
             self.ready.messages.push(Outgoing { to, msg });
         }
@@ -2335,6 +2465,24 @@ impl Replica {
 }
 
 /// What a RecoverOk tells of an instance.
+/// The ballot `me` takes an instance over with, above `promised`: the next round. `None` at the
+/// top round; never wraps (a wrapped ballot would sit below promises already made durable).
+fn next_ballot(promised: Ballot, me: ReplicaId) -> Option<Ballot> {
+    Some(Ballot {
+        round: promised.round.checked_add(1)?,
+        replica: me,
+    })
+}
+
+/// What a client is told about its command's application.
+fn reply_of_applied(applied: Applied) -> Result<OpResult, ReplyError> {
+    match applied {
+        Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
+        Applied::Stale => Err(ReplyError::Stale),
+        Applied::Reused => Err(ReplyError::Reused),
+    }
+}
+
 fn reply_of(inst: &Instance) -> RecoverReply {
     RecoverReply {
         status: inst.status.min(Status::Committed),
@@ -2754,5 +2902,303 @@ mod tests {
             assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
         }
         assert_eq!(rs[1].next_slot, 1, "slots are not reused");
+    }
+
+    /// A Recover at the top ballot round is refused and counted; a takeover never computes a
+    /// ballot that wrapped below a promise (it once lowered (4294967295, 2) to (0, 1)).
+    #[test]
+    fn ballots_never_wrap_at_the_top_round() {
+        let mut rs = cluster(3);
+        let id = InstanceId::new(ReplicaId(0), 0);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        // The PreAccepts arrive, no answer does: 0.0 stays pre-accepted at r1.
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+        let before = rs[1].instance(id).expect("pre-accepted").ballot;
+        let top = Ballot {
+            round: u32::MAX,
+            replica: ReplicaId(2),
+        };
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            Message::Recover {
+                instance: id,
+                ballot: top,
+            },
+        );
+        let ready = rs[1].take_ready();
+        assert_eq!(
+            ready.refused,
+            vec![Refused {
+                peer: ReplicaId(2),
+                kind: Contradiction::BallotOverflow
+            }]
+        );
+        assert!(ready.messages.is_empty(), "no RecoverOk at the top ballot");
+        assert!(ready.persist.is_empty(), "no promise made durable");
+        assert_eq!(rs[1].instance(id).expect("known").ballot, before);
+        // r1 takes the instance over itself later: one round above what it promised.
+        let later = Duration::from_secs(30);
+        for t in 1..=30 {
+            rs[1].tick(Duration::from_secs(t));
+        }
+        let ballot = rs[1].instance(id).expect("known").ballot;
+        assert!(ballot > before, "{ballot} above {before}");
+        assert_eq!(ballot.replica, ReplicaId(1));
+        drop(rs[1].take_ready());
+
+        // A promise at the top round already on disk (written before such ballots were
+        // refused): no takeover wraps below it, the instance is left to its holder.
+        let (_, mut inst) = rs[1]
+            .instances()
+            .find(|(i, _)| **i == id)
+            .map(|(i, x)| (*i, x.clone()))
+            .expect("known");
+        inst.ballot = top;
+        let mut r = Replica::restore(Options::new(ReplicaId(1), 3), later, vec![(id, inst)]);
+        for t in 31..=90 {
+            r.tick(Duration::from_secs(t));
+        }
+        assert_eq!(r.instance(id).expect("kept").ballot, top, "never lowered");
+        let ready = r.take_ready();
+        assert!(
+            !ready
+                .messages
+                .iter()
+                .any(|o| matches!(o.msg, Message::Recover { .. })),
+            "no Recover at a wrapped ballot"
+        );
+        assert!(ready.persist.iter().all(|(_, i)| i.ballot >= top));
+    }
+
+    /// A different command under a request id already used (executed, or waiting here) is
+    /// answered `Reused`, never with the other command's result, and changes nothing.
+    #[test]
+    fn a_reused_request_id_is_answered_reused_and_not_applied() {
+        /// Delivers every message until quiet; the replies each replica gave, by token.
+        fn run(rs: &mut [Replica]) -> Vec<Vec<(Token, Result<OpResult, ReplyError>)>> {
+            let mut replies = vec![Vec::new(); rs.len()];
+            for _ in 0..100 {
+                let mut sent = Vec::new();
+                for r in rs.iter_mut() {
+                    r.flush(Duration::ZERO);
+                    let from = r.id();
+                    let ready = r.take_ready();
+                    replies[from.index()]
+                        .extend(ready.replies.into_iter().map(|x| (x.token, x.result)));
+                    for out in ready.messages {
+                        for to in out.to {
+                            sent.push((from, to, out.msg.clone()));
+                        }
+                    }
+                }
+                if sent.is_empty() {
+                    break;
+                }
+                for (from, to, msg) in sent {
+                    rs[to.index()].handle(Duration::ZERO, from, msg);
+                }
+            }
+            for r in replies.iter_mut() {
+                r.sort_by_key(|(t, _)| *t);
+            }
+            replies
+        }
+        let mut rs = cluster(3);
+        let get = Command {
+            client: ClientId(5),
+            request: RequestId(1),
+            op: Op::Get {
+                key: Bytes::from_static(b"k"),
+            },
+        };
+        let put = Command {
+            op: Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+            },
+            ..get.clone()
+        };
+        // Both proposed at r0 before anything runs: the PUT joins the GET's waiting list.
+        rs[0].propose(1, get.clone()).expect("room");
+        rs[0].propose(2, put.clone()).expect("room");
+        assert_eq!(
+            run(&mut rs)[0],
+            vec![(1, Ok(OpResult::default())), (2, Err(ReplyError::Reused))]
+        );
+        // Proposed on its own later, at another replica: executed as Reused, nothing applied.
+        rs[1].propose(3, put.clone()).expect("room");
+        assert_eq!(run(&mut rs)[1], vec![(3, Err(ReplyError::Reused))]);
+        for r in &rs {
+            assert_eq!(r.kv().get(b"k"), None, "{} left the data alone", r.id());
+            assert_eq!(r.kv().executed(), 1, "{}", r.id());
+        }
+        // The real retry is still answered.
+        rs[2].propose(4, get).expect("room");
+        assert_eq!(run(&mut rs)[2], vec![(4, Ok(OpResult::default()))]);
+    }
+
+    /// Commits that no correct peer can send are refused, counted and never applied: another
+    /// value for an instance committed here (a forged Commit once changed a value everywhere),
+    /// other commands than the instance holds, a slot of this replica's row it never proposed.
+    #[test]
+    fn commits_that_contradict_what_a_replica_knows_are_refused() {
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let committed = rs[1].instance(id).expect("committed").clone();
+        assert!(committed.status.is_decided());
+        let other_cmds: Commands = Arc::new(vec![Command {
+            op: Op::Put {
+                key: Bytes::from_static(b"a"),
+                value: Bytes::from_static(b"forged"),
+            },
+            ..put(1, "a")
+        }]);
+        let digest = rs[1].kv().digest();
+        let commit = |instance, commands: &Commands, deps: Vec<InstanceId>| Message::Commit {
+            instance,
+            ballot: Ballot::initial(instance.replica),
+            commands: commands.clone(),
+            deps,
+        };
+        let cases = [
+            (
+                commit(
+                    id,
+                    &committed.commands,
+                    vec![InstanceId::new(ReplicaId(2), 7)],
+                ),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(id, &other_cmds, committed.deps.clone()),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(id, &Commands::default(), committed.deps.clone()),
+                Contradiction::CommitDiffers,
+            ),
+            (
+                commit(InstanceId::new(ReplicaId(1), 0), &other_cmds, vec![]),
+                Contradiction::CommitUnproposed,
+            ),
+        ];
+        for (msg, kind) in cases {
+            rs[1].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+            let ready = rs[1].take_ready();
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind
+                }],
+                "{msg:?}"
+            );
+            assert!(
+                ready.persist.is_empty() && ready.committed.is_empty(),
+                "{msg:?}"
+            );
+        }
+        assert_eq!(
+            rs[1].instance(id).expect("kept"),
+            &committed,
+            "value unchanged"
+        );
+        assert!(rs[1].instance(InstanceId::new(ReplicaId(1), 0)).is_none());
+        assert_eq!(rs[1].kv().digest(), digest, "nothing applied");
+        // The same Commit again is no contradiction.
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &committed.commands, committed.deps.clone()),
+        );
+        assert!(rs[1].take_ready().refused.is_empty());
+
+        // Not committed here yet: other commands are refused; a no-op (what recovery may
+        // decide) and the instance's own commands with any deps are not.
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "b")).expect("room");
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let held = rs[1].instance(id).expect("pre-accepted").clone();
+        assert!(!held.status.is_decided());
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &other_cmds, vec![]),
+        );
+        assert_eq!(
+            rs[1].take_ready().refused,
+            vec![Refused {
+                peer: ReplicaId(2),
+                kind: Contradiction::CommitDiffers
+            }]
+        );
+        assert_eq!(rs[1].instance(id).expect("kept"), &held);
+        rs[1].handle(
+            Duration::ZERO,
+            ReplicaId(2),
+            commit(id, &Commands::default(), vec![]),
+        );
+        let ready = rs[1].take_ready();
+        assert!(ready.refused.is_empty());
+        assert_eq!(ready.committed.len(), 1, "a recovered no-op commits");
+    }
+
+    /// A Watermark claiming more than its sender can have is refused and counted, and peers
+    /// then keep what the sender still needs (a forged "replica 2 executed everything" once let
+    /// survivors drop it).
+    #[test]
+    fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(gc_options(i))).collect();
+        rs[0].propose(1, put(1, "a")).expect("room");
+        // r2 hears nothing: it still needs 0.0.
+        settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(2));
+        let id = InstanceId::new(ReplicaId(0), 0);
+        let forged = [
+            // Row 0 executed beyond where it is committed.
+            (vec![0, 0, 0], vec![1, 0, 0]),
+            // "Everything", including r0's own row beyond what r0 ever proposed.
+            (vec![u64::MAX; 3], vec![u64::MAX; 3]),
+            (vec![5, 0, 0], vec![5, 0, 0]),
+        ];
+        for (committed_prefix, executed_prefix) in forged {
+            let msg = Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            };
+            rs[0].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+            let ready = rs[0].take_ready();
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind: Contradiction::WatermarkBeyond
+                }],
+                "{msg:?}"
+            );
+            assert!(ready.messages.is_empty(), "not answered: {msg:?}");
+        }
+        // r1 reports honestly; r0 may not drop 0.0, which r2 has not executed.
+        rs[0].handle(
+            Duration::ZERO,
+            ReplicaId(1),
+            Message::Watermark {
+                committed_prefix: vec![1, 0, 0],
+                executed_prefix: vec![1, 0, 0],
+            },
+        );
+        assert!(rs[0].take_ready().refused.is_empty(), "honest");
+        rs[0].tick(Duration::from_millis(1));
+        assert!(rs[0].instance(id).is_some(), "kept for r2");
+        assert_eq!(rs[0].collected(), 0);
+        // r2 still gets it.
+        for r in rs.iter_mut() {
+            r.tick(Duration::from_millis(2));
+        }
+        settle(&mut rs, Duration::from_millis(2), |_, _| false);
+        assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
     }
 }

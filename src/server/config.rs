@@ -32,6 +32,14 @@ pub enum ConfigError {
     /// More replicas than we support.
     #[error("config lists {0} replicas; at most {REPLICAS_MAX} are supported")]
     TooMany(usize),
+    /// An even number of replicas. Quorums are sized for N = 2F+1: with N even the slow
+    /// quorum F+1 is not a majority (2 replicas: each alone decides and they diverge; 4: two
+    /// slow quorums of 2 need not intersect), so agreement would not hold.
+    #[error(
+        "config lists {0} replicas; the number of replicas must be odd (1, 3, 5, 7, ...): \
+         with an even number quorums need not intersect. Add or remove one replica"
+    )]
+    Even(usize),
     /// Two entries share an id.
     #[error("duplicate replica id {0}")]
     DuplicateId(u32),
@@ -266,6 +274,10 @@ impl Config {
                 metrics_addr,
             });
         }
+        // After the per-entry checks, so that a malformed entry is named first.
+        if n.is_multiple_of(2) {
+            return Err(ConfigError::Even(n));
+        }
         replicas.sort_by_key(|r| r.id);
         let tls = TlsSettings::parse(raw.tls, base)?;
         Ok(Config { replicas, tls })
@@ -407,6 +419,24 @@ mod tests {
             c.tls.client_ca.as_deref(),
             Some(Path::new("/pki/clients.pem"))
         );
+    }
+
+    #[test]
+    fn even_cluster_sizes_are_refused() {
+        for n in [2u32, 4] {
+            let entries: Vec<String> = (0..n).map(|i| entry(i, 7070 + i as u16)).collect();
+            let text = format!(r#"{{"replicas": [{}]}}"#, entries.join(", "));
+            let err = Config::parse(&text).expect_err("even size").to_string();
+            assert!(
+                err.contains(&format!("lists {n} replicas")) && err.contains("must be odd"),
+                "N={n}: got {err:?}"
+            );
+        }
+        for n in [1u32, 3, 5] {
+            let entries: Vec<String> = (0..n).map(|i| entry(i, 7070 + i as u16)).collect();
+            let text = format!(r#"{{"replicas": [{}]}}"#, entries.join(", "));
+            assert_eq!(Config::parse(&text).expect("odd size").n(), n as usize);
+        }
     }
 
     #[test]

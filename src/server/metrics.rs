@@ -179,6 +179,11 @@ fn describe() {
         "epaxos_peer_refused_total",
         "Peer streams refused because they came from a replaced incarnation."
     );
+    describe_gauge!(
+        "epaxos_storage_blocked",
+        "1 while the data directory is full or read-only: nothing that needs a write is \
+         acknowledged until a retry (every second) succeeds."
+    );
     describe_counter!(
         "epaxos_peer_identity_refused_total",
         "Peer calls refused because the caller's certificate names no replica, or another \
@@ -193,6 +198,22 @@ fn describe() {
         "Days until this replica's certificate (cert=\"replica\") and the cluster CA \
          (cert=\"ca\") expire."
     );
+    describe_counter!(
+        "epaxos_peer_contradictions_total",
+        "Peer messages refused, never applied, because no correct peer could send them or they \
+         contradict what this replica knows (kind: ballot_overflow, commit_differs, \
+         watermark_beyond). A correct cluster never counts one."
+    );
+}
+
+/// Counts (and reports) a peer message the core refused (see `replica::Refused`).
+pub fn contradiction(r: crate::core::replica::Refused) {
+    counter!("epaxos_peer_contradictions_total", "peer" => peer_label(r.peer.0),
+        "kind" => r.kind.label())
+    .increment(1);
+    tracing::warn!(peer = %r.peer, kind = r.kind.label(),
+        "refused a peer message that no correct peer sends or that contradicts what this \
+         replica knows; not applied");
 }
 
 /// Label value for a peer id.

@@ -43,6 +43,9 @@ use crate::server::{join, tls, transport};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 use crate::core::limits::{self, DRAIN_MAX};
+/// How often a write the data directory refused for lack of space (or a read-only remount) is
+/// tried again; see [`until_written`].
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// Tunables of the shell.
 #[derive(Debug, Clone)]
@@ -515,15 +518,27 @@ async fn run_loop(
                 if writing.is_some() =>
             {
                 let w = writing.take().expect("branch enabled only while writing");
-                let prepared = done
-                    .map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?
-                    .inspect_err(|e| tracing::error!(error = %e, "cannot checkpoint; stopping the replica"))?;
                 let finishing = Instant::now();
-                let log = &mut el.log;
-                tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since)).inspect_err(
-                    |e| tracing::error!(error = %e, "cannot cut the log; stopping the replica"),
-                )?;
+                let written = done
+                    .map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?
+                    .and_then(|prepared| {
+                        let log = &mut el.log;
+                        tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since))
+                    });
                 el.node.checkpoint_written();
+                if let Err(e) = written {
+                    if !e.is_out_of_space() {
+                        tracing::error!(error = %e, "cannot checkpoint; stopping the replica");
+                        return Err(e.into());
+                    }
+                    // The old log is still whole and in place: go on with it, try again later.
+                    el.log.abandon_checkpoint();
+                    since = Vec::new();
+                    tracing::warn!(error = %e,
+                        "cannot write a checkpoint (data directory full or read-only); the log \
+                         is kept as it is and the next checkpoint tries again");
+                    continue;
+                }
                 let stall = w.encode + finishing.elapsed();
                 checkpoints.increment(1);
                 checkpoint_latency.record(w.started.elapsed().as_secs_f64());
@@ -562,16 +577,18 @@ async fn run_loop(
         }
         el.node.flush(el.start.elapsed());
         let mut ready = el.node.take_ready();
-        el.persist_node(&ready)?;
+        el.persist_node(&ready).await?;
         if !ready.core.persist.is_empty() {
             // Group commit: one write and one sync for everything this iteration changed,
             // before any message or reply that depends on it leaves.
             let started = Instant::now();
             let records = std::mem::take(&mut ready.core.persist);
             let log = &mut el.log;
-            tokio::task::block_in_place(|| log.append(&records)).inspect_err(|e| {
-                tracing::error!(error = %e, "cannot persist; stopping the replica");
-            })?;
+            until_written(|| log.append(&records))
+                .await
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot persist; stopping the replica");
+                })?;
             fsync_latency.record(started.elapsed().as_secs_f64());
             persisted.increment(records.len() as u64);
             if writing.is_some() {
@@ -602,6 +619,42 @@ async fn run_loop(
         el.m.waiting.set(el.node.replica().unexecuted() as f64);
         el.m.pending.set(el.node.replica().pending() as f64);
         el.m.inflight.set(el.node.replica().inflight() as f64);
+    }
+}
+
+/// Runs `write` (a blocking write to the data directory; it leaves the files as they were when
+/// it fails) until it succeeds. While the data directory is full or read-only the event loop
+/// waits here: nothing that needs the write is acknowledged (clients and peers queue, then
+/// time out), one error line says why, and one line says when the replica serves again. Any
+/// other error is returned: the replica stops.
+async fn until_written<T>(
+    mut write: impl FnMut() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let mut blocked_since: Option<Instant> = None;
+    loop {
+        match tokio::task::block_in_place(&mut write) {
+            Ok(v) => {
+                if let Some(since) = blocked_since {
+                    metrics::gauge!("epaxos_storage_blocked").set(0.0);
+                    tracing::info!(
+                        blocked_ms = since.elapsed().as_millis() as u64,
+                        "data directory writable again: serving"
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_out_of_space() => {
+                if blocked_since.is_none() {
+                    blocked_since = Some(Instant::now());
+                    metrics::gauge!("epaxos_storage_blocked").set(1.0);
+                    tracing::error!(error = %e,
+                        "cannot write the data directory (full or read-only): acknowledging \
+                         nothing that needs a write until it can; retrying every second");
+                }
+                tokio::time::sleep(STORAGE_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -728,12 +781,12 @@ impl EventLoop {
 
     /// Makes durable what the node itself must store (see `node::Ready`: peers' incarnations,
     /// an installed snapshot, the membership), before anything of `ready` is carried out.
-    fn persist_node(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
+    async fn persist_node(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
         if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
             return Ok(());
         }
         let (log, dir) = (&mut self.log, &self.data_dir);
-        tokio::task::block_in_place(|| -> Result<(), StorageError> {
+        until_written(|| -> Result<(), StorageError> {
             if let Some(peers) = &ready.peers {
                 storage::store_peers(dir, peers)?;
             }
@@ -745,6 +798,7 @@ impl EventLoop {
             }
             Ok(())
         })
+        .await
         .inspect_err(|e| tracing::error!(error = %e, "cannot persist; stopping the replica"))?;
         if let Some(peers) = &ready.peers {
             for (a, p) in self.accepted.iter().zip(peers) {
@@ -845,6 +899,10 @@ impl EventLoop {
             m.batch_size.record(batch as f64);
         }
         m.recoveries_started.increment(ready.recoveries_started);
+        ready
+            .refused
+            .into_iter()
+            .for_each(crate::server::metrics::contradiction);
         for c in ready.committed {
             m.committed.increment(1);
             if let Some((path, latency)) = c.led {
@@ -867,7 +925,9 @@ impl EventLoop {
             if let Some(Waiter { reply: tx, at, .. }) = self.waiting.remove(&reply.token) {
                 m.execution_latency.record(at.elapsed().as_secs_f64());
                 let _ = tx.send(reply.result.map_err(|e| match e {
-                    ReplyError::Stale => Status::failed_precondition(e.to_string()),
+                    ReplyError::Stale | ReplyError::Reused => {
+                        Status::failed_precondition(e.to_string())
+                    }
                 }));
             }
         }

@@ -8,11 +8,20 @@
 //! order, which a file does directly; framing and torn-tail handling are a few dozen lines.
 //!
 //! On open the whole log is read back:
-//! - a damaged *tail* (the last frame runs past the end of the file, fails its checksum as the
-//!   very last frame, or the rest of the file is zeros) is what a crash mid-append leaves: it is
-//!   cut off at the last good record and reported;
+//! - a damaged *tail* (the last frame runs past the end of the file with no intact record after
+//!   it, fails its checksum as the very last frame, or the rest of the file is zeros) is what a
+//!   crash mid-append leaves: it is cut off at the last good record and reported;
 //! - damage *before* the tail (a bad frame followed by more data) refuses to start: that is not
 //!   a torn write, and serving from such a log could lose acknowledged data.
+//!
+//! Files that other files prove existed must be there, or the replica refuses to start (never
+//! runs on partial state): the log starts with a header naming the generation of the checkpoint
+//! it continues from (0: none), and each checkpoint records its generation. A log that names a
+//! checkpoint which is not there (deleted), a checkpoint of another generation (an old copy put
+//! back), or an empty or missing log beside a checkpoint or an incarnation file (the log is
+//! created first, with its header, before either) is refused with what is missing and how to
+//! recover (start on an empty directory: the replica rejoins from a peer's snapshot). A log
+//! and a checkpoint from before generations existed still open; their next checkpoint adds them.
 //!
 //! Checkpoints bound the log: [`Log::checkpoint`] writes the checkpoint (temporary file, sync,
 //! rename, sync of the directory) and then replaces the log by one holding only the instances
@@ -22,6 +31,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -36,6 +46,80 @@ pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, RECORD_BYTES_MAX};
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// The log starts with `LOG_MAGIC | generation: u64 LE | crc32c of both: u32 LE`: the
+/// generation of the checkpoint it continues from (0: none). Read as a record length, the
+/// magic is far above [`RECORD_BYTES_MAX`], so a log from before headers is told apart.
+const LOG_MAGIC: [u8; 8] = *b"EPXLOG\x00\x01";
+const LOG_HEADER_BYTES: usize = 20;
+/// The checkpoint file is `CHECKPOINT_MAGIC | generation: u64 LE | length: u32 LE |
+/// crc32c(generation | payload): u32 LE | payload`.
+const CHECKPOINT_MAGIC: [u8; 8] = *b"EPXCKP\x00\x01";
+const CHECKPOINT_HEADER_BYTES: usize = 24;
+
+/// Mode of the data directory: only the replica's user may enter it (values are user data).
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the replica writes in its data directory.
+pub const FILE_MODE: u32 = 0o600;
+/// The files a data directory holds (temporary files are created with [`FILE_MODE`] too).
+const DATA_FILES: [&str; 5] = [
+    LOG_FILE,
+    CHECKPOINT_FILE,
+    "incarnation",
+    "peers",
+    "membership",
+];
+
+/// Creates `dir` (and missing parents) with [`DIR_MODE`] if it does not exist; if it exists
+/// with any access for group or others, or holds a data file that does, tightens them to
+/// [`DIR_MODE`] / [`FILE_MODE`] and warns (once per path). Fixed rather than refused: data
+/// directories written by earlier versions are 0755 with 0644 files, and tightening is always
+/// safe; the warning tells the operator that the data may have been readable until now.
+pub fn private_dir(dir: &Path) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io)?;
+    tighten(dir, DIR_MODE)?;
+    for name in DATA_FILES {
+        match tighten(&dir.join(name), FILE_MODE) {
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes group and other access from `path` (to `mode`) if it has any.
+fn tighten(path: &Path, mode: u32) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let found = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if found & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        tracing::warn!(path = %path.display(), found = format!("{found:o}"),
+            now = format!("{mode:o}"),
+            "data was readable by other users; permissions tightened");
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, created with [`FILE_MODE`] (and truncated).
+fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
 
 /// Whether appends are synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +146,34 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    /// A file that the other files prove existed is gone (deleted, emptied, or replaced by
+    /// another copy): running on what is left would serve partial or old state.
+    #[error(
+        "{dir}: {missing}, but {proof}; refusing to start on partial state. To recover, move \
+         this data directory away and start the replica with an empty one: it rejoins from a \
+         peer's snapshot (every peer must be up)"
+    )]
+    Missing {
+        dir: PathBuf,
+        missing: String,
+        proof: String,
+    },
+}
+
+impl StorageError {
+    /// Whether the data directory is out of space or not writable (full disk, quota, read-only
+    /// file system): a condition that may pass, during which the replica holds everything that
+    /// needs a write instead of stopping.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A new log written beside the old one by [`Log::start_checkpoint`], not in place yet.
@@ -69,6 +181,7 @@ pub enum StorageError {
 pub struct PreparedLog {
     file: File,
     tmp: PathBuf,
+    generation: u64,
 }
 
 /// What reading the log back found.
@@ -89,6 +202,20 @@ pub struct Log {
     dir: PathBuf,
     sync: Sync,
     buf: Vec<u8>,
+    /// The generation of the newest checkpoint written with (or found beside) this log; the
+    /// next checkpoint is one more.
+    generation: u64,
+}
+
+/// What the start of the log file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogHeader {
+    /// An empty file (or a header cut short by a crash while the log was being created).
+    Empty,
+    /// Records from byte 0: a log written before headers existed.
+    Legacy,
+    /// A header naming the checkpoint generation the log continues from.
+    Generation(u64),
 }
 
 impl Log {
@@ -100,23 +227,40 @@ impl Log {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        private_dir(dir)?;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let (records, good_len) =
-            parse(&bytes, n).map_err(|(offset, reason)| StorageError::Corrupt {
-                path: path.clone(),
-                offset,
-                reason,
-            })?;
+        let corrupt = |(offset, reason)| StorageError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let header = log_header(&bytes).map_err(corrupt)?;
+        let start = match header {
+            LogHeader::Generation(_) => LOG_HEADER_BYTES,
+            _ => 0,
+        };
+        let (records, good_len) = if header == LogHeader::Empty {
+            (Vec::new(), 0)
+        } else {
+            parse(&bytes, start, n).map_err(corrupt)?
+        };
+        let checkpoint = read_checkpoint(dir, n)?;
+        check_complete(dir, header, checkpoint.as_ref().map(|(g, _)| *g))?;
         let truncated_bytes = bytes.len() as u64 - good_len;
-        if truncated_bytes > 0 {
+        if header == LogHeader::Empty {
+            // A new log (the checks above showed nothing else exists): its header first.
+            file.set_len(0).map_err(io)?;
+            file.write_all(&log_header_bytes(0)).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        } else if truncated_bytes > 0 {
             file.set_len(good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
@@ -126,7 +270,15 @@ impl Log {
         for tmp in [LOG_FILE, CHECKPOINT_FILE] {
             let _ = std::fs::remove_file(dir.join(format!("{tmp}.tmp")));
         }
-        let checkpoint = read_checkpoint(dir, n)?;
+        let log_generation = match header {
+            LogHeader::Generation(g) => g,
+            _ => 0,
+        };
+        let generation = checkpoint
+            .as_ref()
+            .and_then(|(g, _)| *g)
+            .unwrap_or(0)
+            .max(log_generation);
         Ok((
             Log {
                 file,
@@ -134,11 +286,16 @@ impl Log {
                 dir: dir.to_path_buf(),
                 sync,
                 buf: Vec::new(),
+                generation,
             },
             Recovered {
-                checkpoint,
+                checkpoint: checkpoint.map(|(_, c)| c),
                 records,
-                truncated_bytes,
+                truncated_bytes: if header == LogHeader::Empty {
+                    0
+                } else {
+                    truncated_bytes
+                },
             },
         ))
     }
@@ -166,6 +323,7 @@ impl Log {
         live: Vec<(InstanceId, Instance)>,
     ) -> impl FnOnce() -> Result<PreparedLog, StorageError> + Send + 'static {
         let dir = self.dir.clone();
+        let generation = self.generation + 1;
         move || {
             if payload.len() > CHECKPOINT_BYTES_MAX {
                 return Err(StorageError::Corrupt {
@@ -174,14 +332,19 @@ impl Log {
                     reason: format!("checkpoint of {} bytes is too large", payload.len()),
                 });
             }
-            let mut framed = Vec::with_capacity(HEADER_BYTES + payload.len());
+            let mut framed = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + payload.len());
+            let gen_bytes = generation.to_le_bytes();
+            framed.extend_from_slice(&CHECKPOINT_MAGIC);
+            framed.extend_from_slice(&gen_bytes);
             framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            framed.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&gen_bytes), &payload);
+            framed.extend_from_slice(&crc.to_le_bytes());
             framed.extend_from_slice(&payload);
             drop(payload);
             replace_file(&dir, CHECKPOINT_FILE, &framed)?;
             drop(framed);
-            let mut buf = Vec::new();
+            // The new log names the checkpoint it continues from: without it, it is partial.
+            let mut buf = log_header_bytes(generation).to_vec();
             for (id, inst) in &live {
                 frame_record(&mut buf, *id, inst);
             }
@@ -190,10 +353,14 @@ impl Log {
                 path: tmp.clone(),
                 source,
             };
-            let mut file = File::create(&tmp).map_err(io)?;
+            let mut file = create_private(&tmp).map_err(io)?;
             file.write_all(&buf).map_err(io)?;
             file.sync_all().map_err(io)?;
-            Ok(PreparedLog { file, tmp })
+            Ok(PreparedLog {
+                file,
+                tmp,
+                generation,
+            })
         }
     }
 
@@ -204,7 +371,11 @@ impl Log {
         prepared: PreparedLog,
         since: &[(InstanceId, Instance)],
     ) -> Result<(), StorageError> {
-        let PreparedLog { mut file, tmp } = prepared;
+        let PreparedLog {
+            mut file,
+            tmp,
+            generation,
+        } = prepared;
         let io = |source| StorageError::Io {
             path: tmp.clone(),
             source,
@@ -217,6 +388,7 @@ impl Log {
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         sync_dir(&self.dir);
+        self.generation = generation;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -225,6 +397,15 @@ impl Log {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Gives up a checkpoint whose writing failed: removes its temporary files. The old log
+    /// is still whole and in place (it is replaced only by the last step), and a checkpoint
+    /// file already renamed into place is one generation ahead of it, which opening accepts.
+    pub fn abandon_checkpoint(&self) {
+        for tmp in [LOG_FILE, CHECKPOINT_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{tmp}.tmp")));
+        }
     }
 
     /// Bytes in the log file now.
@@ -246,9 +427,21 @@ impl Log {
             path: self.path.clone(),
             source,
         };
-        self.file.write_all(&self.buf).map_err(io)?;
-        if self.sync == Sync::Fsync {
-            self.file.sync_data().map_err(io)?;
+        // On failure (disk full, read-only remount, I/O error) the file is cut back to where it
+        // was: a half-written batch followed later by a successful retry would be damage
+        // before the tail, which refuses to start. After a failed sync the kernel may have
+        // dropped the pages, so the retry writes the whole batch again rather than syncing.
+        let before = self.file.metadata().map_err(io)?.len();
+        let written = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| match self.sync {
+                Sync::Fsync => self.file.sync_data(),
+                Sync::None => Ok(()),
+            });
+        if let Err(source) = written {
+            let _ = self.file.set_len(before);
+            return Err(io(source));
         }
         Ok(())
     }
@@ -279,7 +472,7 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError
         path: tmp.clone(),
         source,
     };
-    let mut f = File::create(&tmp).map_err(io)?;
+    let mut f = create_private(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
@@ -370,10 +563,7 @@ impl Membership {
                 format!("joined {}\n", h.join(" "))
             }
         };
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        private_dir(dir)?;
         replace_file(dir, Self::NAME, text.as_bytes())
     }
 }
@@ -425,9 +615,13 @@ pub fn store_peers(dir: &Path, known: &[Option<Incarnation>]) -> Result<(), Stor
     replace_file(dir, PEERS_FILE, text.as_bytes())
 }
 
-/// Reads the checkpoint, if any. A checkpoint is replaced whole by rename, so any damage is
-/// real corruption: refuse to start.
-fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageError> {
+/// Reads the checkpoint, if any, with its generation (`None`: written before generations
+/// existed). A checkpoint is replaced whole by rename, so any damage is real corruption: refuse
+/// to start.
+fn read_checkpoint(
+    dir: &Path,
+    n: usize,
+) -> Result<Option<(Option<u64>, Checkpoint)>, StorageError> {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -439,32 +633,137 @@ fn read_checkpoint(dir: &Path, n: usize) -> Result<Option<Checkpoint>, StorageEr
         offset: 0,
         reason,
     };
-    if bytes.len() < HEADER_BYTES {
+    let (generation, rest) = if bytes.starts_with(&CHECKPOINT_MAGIC) {
+        if bytes.len() < CHECKPOINT_HEADER_BYTES {
+            return Err(corrupt("shorter than its header".into()));
+        }
+        let g = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        (Some(g), &bytes[16..])
+    } else {
+        (None, &bytes[..])
+    };
+    if rest.len() < HEADER_BYTES {
         return Err(corrupt("shorter than its header".into()));
     }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let payload = &bytes[HEADER_BYTES..];
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    let payload = &rest[HEADER_BYTES..];
     if payload.len() != len || len > CHECKPOINT_BYTES_MAX {
         return Err(corrupt(format!(
             "length {len} but {} bytes follow",
             payload.len()
         )));
     }
-    if crc32c::crc32c(payload) != crc {
+    let expected = match generation {
+        Some(g) => crc32c::crc32c_append(crc32c::crc32c(&g.to_le_bytes()), payload),
+        None => crc32c::crc32c(payload),
+    };
+    if expected != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
     Checkpoint::decode(payload, n)
-        .map(Some)
+        .map(|c| Some((generation, c)))
         .map_err(|e| corrupt(e.to_string()))
+}
+
+/// The log header for `generation`.
+fn log_header_bytes(generation: u64) -> [u8; LOG_HEADER_BYTES] {
+    let mut h = [0u8; LOG_HEADER_BYTES];
+    h[..8].copy_from_slice(&LOG_MAGIC);
+    h[8..16].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..16]);
+    h[16..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Reads the log header (see [`LOG_MAGIC`]); a damaged one is an offset and a reason.
+fn log_header(bytes: &[u8]) -> Result<LogHeader, (u64, String)> {
+    if bytes.len() < LOG_HEADER_BYTES {
+        // The header is written and synced alone when the log is created: anything shorter
+        // that is a start of it (or zeros) is that write cut short by a crash.
+        let magic_prefix = bytes.len().min(8);
+        if bytes[..magic_prefix] == LOG_MAGIC[..magic_prefix] || bytes.iter().all(|b| *b == 0) {
+            return Ok(LogHeader::Empty);
+        }
+        return Ok(LogHeader::Legacy);
+    }
+    if bytes[..8] != LOG_MAGIC {
+        return Ok(LogHeader::Legacy);
+    }
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&bytes[..16]) != crc {
+        return Err((0, "log header checksum mismatch".into()));
+    }
+    Ok(LogHeader::Generation(u64::from_le_bytes(
+        bytes[8..16].try_into().expect("8 bytes"),
+    )))
+}
+
+/// Refuses to start when one file proves that another one existed that is not there (or not
+/// the right one). `checkpoint`: `None` if there is no checkpoint file, `Some(None)` if it has
+/// no generation (written before generations existed).
+fn check_complete(
+    dir: &Path,
+    log: LogHeader,
+    checkpoint: Option<Option<u64>>,
+) -> Result<(), StorageError> {
+    let missing = |missing: String, proof: String| {
+        Err(StorageError::Missing {
+            dir: dir.to_path_buf(),
+            missing,
+            proof,
+        })
+    };
+    let no_log = format!("{LOG_FILE} is missing or empty");
+    match (log, checkpoint) {
+        (LogHeader::Empty, Some(g)) => missing(
+            no_log,
+            format!(
+                "a checkpoint{} exists, and a log is always written with it",
+                g.map(|g| format!(" (generation {g})")).unwrap_or_default()
+            ),
+        ),
+        (LogHeader::Empty, None) if dir.join("incarnation").exists() => missing(
+            no_log,
+            "the incarnation file shows this directory was in use, and its log is created \
+             first"
+                .into(),
+        ),
+        (LogHeader::Generation(g), None) if g > 0 => missing(
+            format!("{CHECKPOINT_FILE} is missing"),
+            format!("{LOG_FILE} continues from checkpoint generation {g}"),
+        ),
+        // The checkpoint is the log's own, or the next one (a crash between writing it and
+        // cutting the log leaves the old log beside it, which is harmless).
+        (LogHeader::Generation(g), Some(Some(c))) if c != g && c != g + 1 => missing(
+            format!("{CHECKPOINT_FILE} is generation {c}, not {g} or {}", g + 1),
+            format!(
+                "{LOG_FILE} continues from generation {g} (one of the two was replaced by \
+                 another copy)"
+            ),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Parses frames. Returns the records and the length of the good prefix, or the offset and
 /// reason of damage that is not a torn tail.
+///
+/// A crash mid-append can only leave the *end* of the file unfinished: a header cut short, a
+/// last frame whose length runs past the end, a last frame whose checksum fails, or zeros
+/// where the file grew but the data never landed. Anything else is damage. In particular a
+/// length that runs past the end is what a flipped bit in a length field looks like too (the
+/// rest of the log then seems to be one long record): it counts as torn only if no intact
+/// record starts anywhere after it (see [`intact_frame_after`]); otherwise cutting there would
+/// silently drop every later record.
 #[allow(clippy::type_complexity)]
-fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (u64, String)> {
+fn parse(
+    bytes: &[u8],
+    start: usize,
+    n: usize,
+) -> Result<(Vec<(InstanceId, Instance)>, u64), (u64, String)> {
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let mut at = start;
     while at < bytes.len() {
         let rest = &bytes[at..];
         let torn_tail = || rest.iter().all(|b| *b == 0);
@@ -481,7 +780,25 @@ fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (
         }
         let end = HEADER_BYTES + len;
         if rest.len() < end {
-            return Ok((records, at as u64)); // the last record cut short: torn tail
+            // The last record cut short, or a damaged length field with more records after it.
+            return match intact_frame_after(bytes, at, n) {
+                None => Ok((records, at as u64)),
+                Some(Ok(next)) => Err((
+                    at as u64,
+                    format!(
+                        "record length {len} runs past the end of the file, but an intact \
+                         record follows at byte {next} (a damaged length field, not a torn tail)"
+                    ),
+                )),
+                Some(Err(())) => Err((
+                    at as u64,
+                    format!(
+                        "record length {len} runs past the end of the file and the {} bytes \
+                         after it are too many to check for intact records",
+                        rest.len()
+                    ),
+                )),
+            };
         }
         let payload = &rest[HEADER_BYTES..end];
         if crc32c::crc32c(payload) != crc {
@@ -490,14 +807,48 @@ fn parse(bytes: &[u8], n: usize) -> Result<(Vec<(InstanceId, Instance)>, u64), (
             }
             return Err((at as u64, "checksum mismatch".into()));
         }
-        let record = proto::InstanceRecord::decode(payload)
-            .map_err(|e| e.to_string())
-            .and_then(|p| wire::record_from_proto(p, n).map_err(|e| e.to_string()))
+        let record = decode_record(payload, n)
             .map_err(|e| (at as u64, format!("undecodable record: {e}")))?;
         records.push(record);
         at += end;
     }
     Ok((records, at as u64))
+}
+
+fn decode_record(payload: &[u8], n: usize) -> Result<(InstanceId, Instance), String> {
+    proto::InstanceRecord::decode(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|p| wire::record_from_proto(p, n).map_err(|e| e.to_string()))
+}
+
+/// Bytes checksummed at most while looking for an intact record after a suspect frame. A
+/// real torn tail is at most one group commit; beyond the budget the log is not cut (the
+/// replica refuses to start and says so), never cut on a guess.
+const INTACT_SCAN_BYTES_MAX: usize = 1 << 30;
+
+/// Where the first intact record (length in range and inside the file, checksum right,
+/// decodable) starting after byte `at` begins: `None` if there is none, `Some(Err(()))` if the
+/// search ran out of budget. A record embedded in a torn record's payload (a value that holds
+/// a framed record) also counts: the replica then refuses rather than cuts, the safe side.
+fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize, ()>> {
+    let mut budget = INTACT_SCAN_BYTES_MAX;
+    for start in at + 1..bytes.len().saturating_sub(HEADER_BYTES) {
+        let rest = &bytes[start..];
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > RECORD_BYTES_MAX || rest.len() < HEADER_BYTES + len {
+            continue;
+        }
+        let Some(left) = budget.checked_sub(len) else {
+            return Some(Err(()));
+        };
+        budget = left;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
+        if crc32c::crc32c(payload) == crc && decode_record(payload, n).is_ok() {
+            return Some(Ok(start));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -660,14 +1011,104 @@ mod tests {
         drop(log);
         let path = d.join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("read");
-        bytes[HEADER_BYTES + 2] ^= 0xff; // inside the first record's payload
+        bytes[LOG_HEADER_BYTES + HEADER_BYTES + 2] ^= 0xff; // inside the first record's payload
         std::fs::write(&path, &bytes).expect("write");
         let err = Log::open(&d, 3, Sync::Fsync).err().expect("must refuse");
         let msg = err.to_string();
-        assert!(msg.contains("corrupt record at byte 0"), "{msg}");
+        assert!(
+            msg.contains(&format!("corrupt record at byte {LOG_HEADER_BYTES}")),
+            "{msg}"
+        );
         assert!(msg.contains("checksum mismatch"), "{msg}");
         // The damaged file is left as it was for inspection.
         assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// Byte offsets at which each record of the log in `d` starts.
+    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut at = LOG_HEADER_BYTES;
+        let mut out = Vec::new();
+        while at + HEADER_BYTES <= bytes.len() {
+            out.push(at);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            at += HEADER_BYTES + len as usize;
+        }
+        out
+    }
+
+    /// A log of 50 records with `damage` applied to its bytes (given the record offsets), and
+    /// what opening it gives.
+    fn open_damaged(
+        damage: impl FnOnce(&mut Vec<u8>, &[usize]),
+    ) -> (PathBuf, Vec<u8>, Result<(Log, Recovered), StorageError>) {
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        let many: Vec<_> = (0..50).map(|s| record(s, Status::Committed)).collect();
+        log.append(&many).expect("append");
+        drop(log);
+        let path = d.join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let offsets = frame_offsets(&bytes);
+        assert_eq!(offsets.len(), 50);
+        damage(&mut bytes, &offsets);
+        std::fs::write(&path, &bytes).expect("write");
+        let opened = Log::open(&d, 3, Sync::Fsync);
+        (d, bytes, opened)
+    }
+
+    #[test]
+    fn a_truncated_last_record_is_cut() {
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            let last = offsets[49];
+            b.truncate(last + HEADER_BYTES + 3);
+        });
+        let (_, rec) = opened.expect("a torn tail is cut, not refused");
+        assert_eq!(rec.records.len(), 49);
+        assert_eq!(rec.truncated_bytes, HEADER_BYTES as u64 + 3);
+        assert!(std::fs::read(d.join(LOG_FILE)).expect("read").len() < bytes.len());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// One flipped bit in a length field mid-file once made the rest of the log look like one
+    /// record running past the end: it was cut as a torn tail, silently dropping 39 records.
+    #[test]
+    fn a_flipped_length_bit_mid_file_refuses_to_start() {
+        let mut at = 0;
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            at = offsets[10];
+            b[at + 2] ^= 0x10; // +1 MiB: the record now runs past the end of the file
+        });
+        let err = opened.err().expect("must refuse, not cut");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("corrupt record at byte {at}")),
+            "{msg}"
+        );
+        assert!(msg.contains(LOG_FILE), "names the file: {msg}");
+        assert!(msg.contains("runs past the end"), "{msg}");
+        assert_eq!(
+            std::fs::read(d.join(LOG_FILE)).expect("read"),
+            bytes,
+            "the log is left as it was"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_flipped_crc_mid_file_refuses_to_start() {
+        let mut at = 0;
+        let (d, bytes, opened) = open_damaged(|b, offsets| {
+            at = offsets[25];
+            b[at + 5] ^= 0x01;
+        });
+        let msg = opened.err().expect("must refuse").to_string();
+        assert!(
+            msg.contains(&format!("corrupt record at byte {at}")),
+            "{msg}"
+        );
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        assert_eq!(std::fs::read(d.join(LOG_FILE)).expect("read"), bytes);
         let _ = std::fs::remove_dir_all(d);
     }
 
@@ -727,6 +1168,189 @@ mod tests {
             );
             let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    fn empty_checkpoint() -> Vec<u8> {
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
+        Checkpoint {
+            kv: KvStore::new(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0, 3, 0],
+            executed_above: vec![],
+            next_slot: 0,
+        }
+        .encode()
+    }
+
+    /// A data directory with a checkpoint and records after it.
+    fn checkpointed_dir() -> PathBuf {
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed), record(1, Status::Committed)])
+            .expect("append");
+        log.checkpoint(&empty_checkpoint(), &[record(2, Status::Committed)])
+            .expect("checkpoint");
+        log.append(&[record(3, Status::Committed)]).expect("append");
+        incarnation(&d).expect("incarnation");
+        d
+    }
+
+    fn refusal(d: &Path) -> String {
+        match Log::open(d, 3, Sync::Fsync) {
+            Ok(_) => panic!("started on partial state"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A deleted checkpoint (log kept) once started with an empty key/value state, silently.
+    #[test]
+    fn a_deleted_checkpoint_refuses_to_start() {
+        let d = checkpointed_dir();
+        let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("complete directory");
+        assert!(rec.checkpoint.is_some());
+        std::fs::remove_file(d.join(CHECKPOINT_FILE)).expect("delete checkpoint");
+        let msg = refusal(&d);
+        assert!(msg.contains("checkpoint is missing"), "{msg}");
+        assert!(msg.contains("generation 1"), "{msg}");
+        assert!(
+            msg.contains("rejoins from a peer"),
+            "says how to recover: {msg}"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// An emptied or deleted log (checkpoint kept) once started behind, silently; so did a
+    /// deleted log with no checkpoint yet.
+    #[test]
+    fn an_emptied_or_deleted_log_refuses_to_start() {
+        for how in ["emptied", "deleted"] {
+            let d = checkpointed_dir();
+            let log = d.join(LOG_FILE);
+            match how {
+                "emptied" => std::fs::write(&log, b"").expect("empty"),
+                _ => std::fs::remove_file(&log).expect("delete"),
+            }
+            let msg = refusal(&d);
+            assert!(
+                msg.contains("instances.log is missing or empty"),
+                "{how}: {msg}"
+            );
+            assert!(
+                msg.contains("checkpoint (generation 1) exists"),
+                "{how}: {msg}"
+            );
+            // Refusing changed nothing: it refuses again.
+            assert!(refusal(&d).contains("missing or empty"));
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let d = dir();
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed)]).expect("append");
+        incarnation(&d).expect("incarnation");
+        drop(log);
+        std::fs::remove_file(d.join(LOG_FILE)).expect("delete");
+        let msg = refusal(&d);
+        assert!(msg.contains("incarnation file shows"), "{msg}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A checkpoint from another generation than the log's (an old copy put back).
+    #[test]
+    fn a_checkpoint_of_another_generation_refuses_to_start() {
+        let d = checkpointed_dir();
+        let old = std::fs::read(d.join(CHECKPOINT_FILE)).expect("read");
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        for _ in 0..2 {
+            log.checkpoint(&empty_checkpoint(), &[])
+                .expect("checkpoint");
+        }
+        drop(log);
+        std::fs::write(d.join(CHECKPOINT_FILE), old).expect("put the old one back");
+        let msg = refusal(&d);
+        assert!(
+            msg.contains("checkpoint is generation 1, not 3 or 4"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A log and a checkpoint written before headers and generations existed still open.
+    #[test]
+    fn a_log_and_checkpoint_from_before_generations_still_open() {
+        let d = checkpointed_dir();
+        let bytes = std::fs::read(d.join(LOG_FILE)).expect("read");
+        std::fs::write(d.join(LOG_FILE), &bytes[LOG_HEADER_BYTES..]).expect("legacy log");
+        let ck = std::fs::read(d.join(CHECKPOINT_FILE)).expect("read");
+        let payload = &ck[CHECKPOINT_HEADER_BYTES..];
+        let mut legacy = (payload.len() as u32).to_le_bytes().to_vec();
+        legacy.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        legacy.extend_from_slice(payload);
+        std::fs::write(d.join(CHECKPOINT_FILE), legacy).expect("legacy checkpoint");
+        let (mut log, rec) = Log::open(&d, 3, Sync::Fsync).expect("legacy opens");
+        assert!(rec.checkpoint.is_some());
+        assert_eq!(
+            ids(&rec),
+            vec![(2, Status::Committed), (3, Status::Committed)]
+        );
+        // The next checkpoint writes both with a generation.
+        log.checkpoint(&empty_checkpoint(), &[])
+            .expect("checkpoint");
+        drop(log);
+        std::fs::remove_file(d.join(CHECKPOINT_FILE)).expect("delete");
+        assert!(refusal(&d).contains("checkpoint is missing"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// Values are user data: no other local user may read them (files were 0644 in 0755).
+    #[test]
+    fn the_data_directory_is_private_and_every_file_0600() {
+        use crate::core::checkpoint::Checkpoint;
+        use crate::core::deps::ConflictIndex;
+        use crate::core::kv::KvStore;
+        let parent = dir();
+        let d = parent.join("replica-0");
+        let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
+        log.append(&[record(0, Status::Committed)]).expect("append");
+        let cp = Checkpoint {
+            kv: KvStore::new(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0, 1, 0],
+            executed_above: vec![],
+            next_slot: 0,
+        };
+        let prepared = log.start_checkpoint(cp.encode(), vec![])().expect("prepare");
+        assert_eq!(mode(&d.join("instances.log.tmp")), 0o600, "temporary log");
+        log.finish_checkpoint(prepared, &[]).expect("finish");
+        incarnation(&d).expect("incarnation");
+        store_peers(&d, &[None, Incarnation::new(9), None]).expect("peers");
+        Membership::Joining.store(&d).expect("membership");
+        assert_eq!(mode(&d), 0o700, "data directory");
+        for name in DATA_FILES {
+            assert_eq!(mode(&d.join(name)), 0o600, "{name}");
+        }
+        // A directory left wide open (by an earlier version, or by hand) is tightened at open.
+        drop(log);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for name in DATA_FILES {
+            std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        Log::open(&d, 3, Sync::Fsync).expect("reopen");
+        assert_eq!(mode(&d), 0o700, "data directory tightened");
+        for name in DATA_FILES {
+            assert_eq!(mode(&d.join(name)), 0o600, "{name} tightened");
+        }
+        let _ = std::fs::remove_dir_all(parent);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Check {
     Durability,
     /// `Replica::check_invariants` failed, or the run panicked.
     Invariant,
+    /// A replica refused a peer's message as impossible or contradicting what it knows
+    /// (`Ready::refused`): between correct replicas a false alarm that drops a needed message.
+    Refusal,
 }
 
 /// One failed check, with what it found and the instances involved (to pick trace events).

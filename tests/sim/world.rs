@@ -1051,6 +1051,20 @@ impl Sim {
         }
         self.write_disk(r, &ready.persist);
         self.digest[r] = self.nodes[r].replica().kv().digest();
+        // Every replica here is correct: refusing one of their messages as impossible or
+        // contradictory is a false alarm (it would drop a message the protocol needs).
+        for refused in &ready.refused {
+            self.violations.push(Violation {
+                check: Check::Refusal,
+                detail: format!(
+                    "r{r} at {:?} refused a message of correct peer {} as {}",
+                    self.now,
+                    refused.peer,
+                    refused.kind.label()
+                ),
+                instances: Vec::new(),
+            });
+        }
         for out in ready.messages {
             self.check_durable(r, &out.msg);
             for to in out.to {
@@ -1521,6 +1535,18 @@ impl Sim {
                         instances: Vec::new(),
                     });
                 }
+                return;
+            }
+            Err(ReplyError::Reused) => {
+                // Simulated clients send one command per request id (retries included).
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail: format!(
+                        "client {c}'s request {request} was answered Reused, but the client \
+                         never reused it"
+                    ),
+                    instances: Vec::new(),
+                });
                 return;
             }
         };
