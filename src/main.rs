@@ -73,6 +73,10 @@ struct Args {
     /// stays uncommitted, in milliseconds; later attempts back off.
     #[arg(long, default_value_t = limits::RECOVER_AFTER.as_millis() as u64)]
     recover_after_ms: u64,
+    /// Most client connections held at once; one more is closed at once
+    /// (epaxos_connections_refused_total).
+    #[arg(long, default_value_t = limits::CLIENT_CONNECTIONS_MAX)]
+    client_connections_max: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
     core.recover_after = Duration::from_millis(args.recover_after_ms);
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
+    opts.client_connections_max = args.client_connections_max;
     opts.checkpoint_every = args.checkpoint_every;
     opts.insecure = args.insecure;
     opts.data_dir = args

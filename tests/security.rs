@@ -414,3 +414,72 @@ async fn a_replica_restarted_with_a_renewed_certificate_rejoins_without_data_los
         cluster.log(2)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_is_capped_and_the_replica_keeps_serving() {
+    use std::io::Read;
+    let cluster = Cluster::start(3, &["--client-connections-max", "4"]).await;
+    // Four raw connections take every slot (they never finish a TLS handshake).
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&cluster.addrs[0]).expect("connect"))
+        .collect();
+    // Wait (bounded) until the replica has accepted them all, then one more is closed at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut extra = std::net::TcpStream::connect(&cluster.addrs[0]).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        // Closed by the replica: end of stream or a reset, not a read timeout.
+        let closed = match extra.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+            Ok(_) => false,
+        };
+        if closed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a fifth connection was never refused"
+        );
+    }
+    let refused = metric_sum(&metrics(&cluster, 0), "epaxos_connections_refused_total");
+    assert!(refused >= 1.0, "refusals counted: {refused}");
+    // Other replicas serve meanwhile; once the flood ends, this one serves again.
+    still_serving_unfenced_except(&cluster, 0).await;
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = cluster.client(0).await {
+            if Session::new()
+                .call(&mut c, put("after", "flood"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica 0 never served again after the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Replicas other than `skip` serve a write.
+async fn still_serving_unfenced_except(cluster: &Cluster, skip: usize) {
+    for i in (0..cluster.addrs.len()).filter(|&i| i != skip) {
+        let mut c = cluster.client(i).await.expect("connect");
+        let reply = Session::new()
+            .call(&mut c, put(&format!("during-{i}"), "v"))
+            .await
+            .expect("served during the flood");
+        assert!(reply.success);
+    }
+}

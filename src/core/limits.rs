@@ -79,6 +79,18 @@ pub const BIG_CHANNEL_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Commits a replica sends a lagging peer in answer to one Watermark.
 pub const WATERMARK_COMMITS_MAX: usize = 256;
 
+// ---- client connections ---------------------------------------------------------------------
+
+/// Most client connections a replica holds at once; one more is closed at once and counted.
+pub const CLIENT_CONNECTIONS_MAX: usize = 1024;
+/// Most requests in flight on one client connection (HTTP/2 streams): more wait at the
+/// client. The bundled client multiplexes all its sessions over one connection per replica.
+pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// HTTP/2 keepalive on client connections: a connection whose peer stops answering pings for
+/// this long is closed, so dead clients do not hold slots.
+pub const CLIENT_KEEPALIVE: Duration = Duration::from_secs(30);
+pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 // ---- time -----------------------------------------------------------------------------------
 
 /// Default time a client's Propose may wait for its command to execute.

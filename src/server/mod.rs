@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod incoming;
 pub mod join;
 pub mod metrics;
 pub mod queue;

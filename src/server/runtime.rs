@@ -37,7 +37,7 @@ use crate::server::config::Config;
 use crate::server::metrics::LoopMetrics;
 use crate::server::queue::{byte_queue, ByteSender};
 use crate::server::storage::{self, Log, StorageError, Sync};
-use crate::server::{join, tls, transport};
+use crate::server::{incoming, join, tls, transport};
 
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -59,6 +59,8 @@ pub struct RuntimeOptions {
     pub big_channel_max: usize,
     /// Capacity of each peer's outbound queue, in messages.
     pub peer_queue_max: usize,
+    /// Most client connections held at once.
+    pub client_connections_max: usize,
     /// Where the durable log lives.
     pub data_dir: std::path::PathBuf,
     /// Whether the log is synced before messages that depend on it leave.
@@ -91,6 +93,7 @@ impl RuntimeOptions {
             ("checkpoint_every", self.checkpoint_every as usize),
             ("big_channel_max", self.big_channel_max),
             ("peer_queue_max", self.peer_queue_max),
+            ("client_connections_max", self.client_connections_max),
         ] {
             if v == 0 {
                 return Err(RuntimeOptionsError::Zero(name));
@@ -112,6 +115,7 @@ impl RuntimeOptions {
             propose_timeout: limits::PROPOSE_TIMEOUT,
             big_channel_max: limits::BIG_CHANNEL_MAX,
             peer_queue_max: limits::PEER_QUEUE_MAX,
+            client_connections_max: limits::CLIENT_CONNECTIONS_MAX,
             data_dir: std::path::PathBuf::from("data"),
             sync: Sync::Fsync,
             checkpoint_every: limits::CHECKPOINT_EVERY,
@@ -369,7 +373,14 @@ pub async fn serve(
         // An error means the sender is gone, which only happens after it sent.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let mut client_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let client_incoming =
+        incoming::Capped::new(client_incoming, opts.client_connections_max, "client");
+    let mut client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(limits::CLIENT_STREAMS_PER_CONNECTION_MAX)
+        .concurrency_limit_per_connection(limits::CLIENT_STREAMS_PER_CONNECTION_MAX as usize)
+        .http2_keepalive_interval(Some(limits::CLIENT_KEEPALIVE))
+        .http2_keepalive_timeout(Some(limits::CLIENT_KEEPALIVE_TIMEOUT));
     let mut peer_server = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(t) = security {
         client_server = client_server
