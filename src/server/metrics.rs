@@ -201,7 +201,7 @@ fn describe() {
     describe_counter!(
         "epaxos_peer_contradictions_total",
         "Peer messages refused, never applied, because no correct peer could send them or they \
-         contradict what this replica knows (kind: ballot_overflow, commit_differs, \
+         contradict what this replica knows (kind: ballot_overflow, commit_differs, commit_unproposed, \
          watermark_beyond). A correct cluster never counts one."
     );
 }
