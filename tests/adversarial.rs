@@ -121,6 +121,16 @@ fn ballot_choice() -> impl Strategy<Value = BallotChoice> {
     (round, row()).prop_map(|(round, replica)| BallotChoice { round, replica })
 }
 
+/// A Watermark entry: one past a slot.
+fn prefix() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..6,
+        1 => Just(SLOT_LIMIT),
+        1 => Just(SLOT_LIMIT + 1),
+        1 => Just(u64::MAX),
+    ]
+}
+
 fn made() -> impl Strategy<Value = Made> {
     (
         (
@@ -133,7 +143,7 @@ fn made() -> impl Strategy<Value = Made> {
             proptest::collection::vec(id_choice(), 0..3),
             proptest::bool::weighted(0.1),
             proptest::collection::vec((0u8..3, any::<bool>()), 0..3),
-            proptest::collection::vec(prop_oneof![0u64..6, Just(u64::MAX)], 0..7),
+            proptest::collection::vec(prefix(), 0..7),
             prop_oneof![0u32..4, Just(u32::MAX)],
             0u8..4,
         ),
@@ -269,7 +279,7 @@ impl Made {
                     accepted_ballot: self.other_ballot.map(ballot_of),
                     commands,
                     deps: deps.clone(),
-                    init_deps: if self.status % 2 == 0 {
+                    init_deps: if self.status.is_multiple_of(2) {
                         Some(deps)
                     } else {
                         None
@@ -373,8 +383,19 @@ fn impossible(
         Message::Watermark {
             committed_prefix,
             executed_prefix,
-        } => (committed_prefix.len() > n || executed_prefix.len() > n)
-            .then_some(Reject::UnknownReplica),
+        } => {
+            if committed_prefix.len() > n || executed_prefix.len() > n {
+                Some(Reject::UnknownReplica)
+            } else if committed_prefix
+                .iter()
+                .chain(executed_prefix)
+                .any(|p| *p > SLOT_LIMIT)
+            {
+                Some(Reject::ImplausibleSlot)
+            } else {
+                None
+            }
+        }
         Message::Recover { instance, ballot } => bad_ballot(instance, ballot)
             .or_else(|| (ballot.round == 0 || ballot.replica != from).then_some(Reject::Ballot)),
         Message::RecoverOk {
@@ -840,6 +861,13 @@ fn a_slot_beyond_any_row_is_rejected() {
         let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), vec![id(2, slot)]);
         assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
     }
+    // Was: a Watermark reporting u64::MAX for two rows overflowed the sum in `catch_up` (a
+    // panic in debug builds).
+    let msg = Message::Watermark {
+        committed_prefix: vec![u64::MAX, u64::MAX, 0],
+        executed_prefix: vec![0; 3],
+    };
+    assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
     // Just below the limit is a slot like any other.
     let msg = commit(id(1, SLOT_LIMIT - 1), Ballot::initial(ReplicaId(1)), vec![]);
     rs[0].handle(Duration::from_secs(1), ReplicaId(1), msg);

@@ -826,6 +826,14 @@ impl Replica {
                 if committed_prefix.len() > n || executed_prefix.len() > n {
                     return Err(Reject::UnknownReplica);
                 }
+                // A prefix is one past a slot: at most `SLOT_LIMIT`.
+                if committed_prefix
+                    .iter()
+                    .chain(executed_prefix)
+                    .any(|p| *p > SLOT_LIMIT)
+                {
+                    return Err(Reject::ImplausibleSlot);
+                }
                 Ok(())
             }
             Message::Recover { instance, ballot } => {
