@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::core::command::OpResult;
 use crate::core::deps::{ConflictIndex, ConflictKey};
-use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::kv::{KvStore, Session};
 use crate::core::wire::WireError;
 use crate::proto;
@@ -48,6 +48,10 @@ impl Checkpoint {
         if p.gc_prefix.len() != n {
             return Err(WireError::Missing("gc_prefix for every replica"));
         }
+        // Prefixes and next slots are one past a slot; no slot reaches `SLOT_LIMIT`.
+        if p.gc_prefix.iter().any(|g| *g > SLOT_LIMIT) || p.next_slot > SLOT_LIMIT {
+            return Err(WireError::Impossible("a prefix beyond any row"));
+        }
         let minus_one = |v: u64| v.checked_sub(1);
         let mut index = Vec::with_capacity(p.index.len());
         for e in p.index {
@@ -57,6 +61,13 @@ impl Checkpoint {
             };
             if e.any_plus_one.len() != n || e.write_plus_one.len() != n {
                 return Err(WireError::Missing("index rows for every replica"));
+            }
+            if e.any_plus_one
+                .iter()
+                .chain(&e.write_plus_one)
+                .any(|s| *s > SLOT_LIMIT)
+            {
+                return Err(WireError::Impossible("an index slot beyond any row"));
             }
             let rows = e
                 .any_plus_one
@@ -70,6 +81,9 @@ impl Checkpoint {
         for id in p.executed_above {
             if id.replica as usize >= n {
                 return Err(WireError::UnknownReplica(id.replica));
+            }
+            if id.slot >= SLOT_LIMIT {
+                return Err(WireError::Impossible("a slot beyond any row"));
             }
             executed_above.push(InstanceId::new(ReplicaId(id.replica), id.slot));
         }
@@ -167,6 +181,7 @@ mod tests {
     use super::*;
     use crate::core::command::{Command, Op};
     use crate::core::kv::Applied;
+    use prost::Message as _;
 
     /// The session table's fingerprints survive a checkpoint: a replica restored from one
     /// still refuses a reused request id like the others (the answer must not depend on which
@@ -198,5 +213,44 @@ mod tests {
         };
         assert_eq!(back.apply(&reuse), Applied::Reused);
         assert!(matches!(back.apply(&get), Applied::Duplicate(_)));
+    }
+
+    /// Found by fuzzing (`storage`): a checkpoint claiming rows collected up to `u64::MAX`
+    /// decoded, and replaying it overflowed the sum of the prefixes (a panic in debug builds, a
+    /// wrong commit count in release ones). Prefixes, next slots and slots beyond any row are
+    /// refused, so the data directory refuses to start.
+    #[test]
+    fn a_checkpoint_beyond_any_row_is_refused() {
+        let ok = proto::Checkpoint {
+            gc_prefix: vec![3, 0, SLOT_LIMIT],
+            next_slot: 3,
+            ..Default::default()
+        };
+        assert!(Checkpoint::decode(&ok.encode_to_vec(), 3).is_ok());
+        let bad = [
+            proto::Checkpoint {
+                gc_prefix: vec![u64::MAX, u64::MAX, 0],
+                ..Default::default()
+            },
+            proto::Checkpoint {
+                gc_prefix: vec![0; 3],
+                next_slot: u64::MAX,
+                ..Default::default()
+            },
+            proto::Checkpoint {
+                gc_prefix: vec![0; 3],
+                executed_above: vec![proto::InstanceId {
+                    replica: 1,
+                    slot: SLOT_LIMIT,
+                }],
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(matches!(
+                Checkpoint::decode(&c.encode_to_vec(), 3),
+                Err(WireError::Impossible(_))
+            ));
+        }
     }
 }

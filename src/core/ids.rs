@@ -27,6 +27,11 @@ pub struct InstanceId {
     pub slot: u64,
 }
 
+/// No row ever reaches this slot: 2^48 instances, nine years of a million instances a second
+/// in one row. A peer message naming a slot at or above it is refused (slot arithmetic such as
+/// `slot + 1` then never comes near overflowing).
+pub const SLOT_LIMIT: u64 = 1 << 48;
+
 impl InstanceId {
     pub fn new(replica: ReplicaId, slot: u64) -> Self {
         InstanceId { replica, slot }

@@ -21,7 +21,7 @@ use crate::core::checkpoint::Checkpoint;
 use crate::core::command::{Command, OpResult};
 use crate::core::deps::{covers, keys_of, ConflictIndex, ConflictKey};
 use crate::core::execute::{self, Node, Outcome};
-use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::kv::{self, Applied, KvStore};
 use crate::core::limits;
@@ -283,6 +283,56 @@ pub enum Path {
     Recovered,
 }
 
+/// Why a peer message was refused before it could change anything: it names a replica,
+/// instance, ballot or dependency that cannot exist (see [`Replica::handle`]). The runtime
+/// counts them (`epaxos_peer_rejected_total{peer,reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// The sender is this replica itself or not in the cluster.
+    Sender,
+    /// A replica id (an instance's row, a ballot's owner, a dependency's row) outside the
+    /// cluster, or a Watermark with more rows than the cluster has.
+    UnknownReplica,
+    /// A slot at or above [`SLOT_LIMIT`].
+    ImplausibleSlot,
+    /// An instance of this replica's own row that it never created (at or past its next slot):
+    /// every instance of a row starts at its leader, so no peer can know of one (unless this
+    /// replica rejoined after losing its data: then its old incarnation may have created it).
+    UnknownOwnInstance,
+    /// Dependencies (or Validate conflicts) that name the instance itself.
+    SelfDependency,
+    /// A ballot that cannot exist here: a phase or recovery message at a ballot its sender does
+    /// not own, round 0 (the original leader's) naming another replica than the instance's
+    /// leader, a recovery at round 0, or an accepted ballot above the promise it came with.
+    Ballot,
+    /// A Waiting message claiming more matching pre-accepts than there are replicas.
+    ImplausibleCount,
+}
+
+impl Reject {
+    /// The `reason` label of `epaxos_peer_rejected_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Sender => "sender",
+            Reject::UnknownReplica => "unknown_replica",
+            Reject::ImplausibleSlot => "implausible_slot",
+            Reject::UnknownOwnInstance => "unknown_own_instance",
+            Reject::SelfDependency => "self_dependency",
+            Reject::Ballot => "ballot",
+            Reject::ImplausibleCount => "implausible_count",
+        }
+    }
+}
+
+/// A peer message refused by [`Replica::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub from: ReplicaId,
+    /// The message's type ([`Message::kind`]).
+    pub kind: &'static str,
+    pub reason: Reject,
+}
+
 /// Everything the runtime must carry out after feeding inputs, in this order: make `persist`
 /// durable first, then send `messages` and `replies` (they may reveal what `persist` holds).
 #[derive(Debug, Default)]
@@ -302,6 +352,8 @@ pub struct Ready {
     pub recoveries_started: u64,
     /// Peer messages refused (see [`Refused`]).
     pub refused: Vec<Refused>,
+    /// Peer messages refused as impossible (nothing else came of them).
+    pub rejected: Vec<Rejected>,
 }
 
 /// A dependency that execution waits for.
@@ -672,18 +724,19 @@ impl Replica {
         }
     }
 
-    /// Handles one message from peer `from`. Malformed input (a sender or row outside the
-    /// cluster, a ballot its sender cannot own) is dropped.
+    /// Handles one message from peer `from`. A message that names a replica, instance, ballot
+    /// or dependency that cannot exist (see [`Reject`]) changes nothing, not even when the
+    /// sender was last heard: it is only reported in [`Ready::rejected`].
     pub fn handle(&mut self, now: Time, from: ReplicaId, msg: Message) {
-        if from.index() >= self.opts.n || from == self.opts.id {
+        if let Err(reason) = self.check_input(from, &msg) {
+            self.ready.rejected.push(Rejected {
+                from,
+                kind: msg.kind(),
+                reason,
+            });
             return;
         }
         self.last_heard[from.index()] = now;
-        if let Some(inst) = msg.instance() {
-            if inst.replica.index() >= self.opts.n {
-                return;
-            }
-        }
         if msg.ballot().is_some_and(|b| b.round == u32::MAX) {
             // Honest ballots grow by one round per takeover and never get near the top; a
             // ballot there leaves no successor for the next takeover (see `next_ballot`).
@@ -696,11 +749,7 @@ impl Replica {
                 ballot,
                 commands,
                 deps,
-            } => {
-                if self.owns(instance, ballot, from) {
-                    self.handle_pre_accept(from, instance, ballot, commands, deps);
-                }
-            }
+            } => self.handle_pre_accept(from, instance, ballot, commands, deps),
             Message::PreAcceptOk {
                 instance,
                 ballot,
@@ -711,11 +760,7 @@ impl Replica {
                 ballot,
                 commands,
                 deps,
-            } => {
-                if self.owns(instance, ballot, from) {
-                    self.handle_accept(from, instance, ballot, commands, deps);
-                }
-            }
+            } => self.handle_accept(from, instance, ballot, commands, deps),
             Message::AcceptOk { instance, ballot } => {
                 self.handle_accept_ok(now, from, instance, ballot)
             }
@@ -732,9 +777,7 @@ impl Replica {
                 executed_prefix,
             } => self.handle_watermark(from, committed_prefix, executed_prefix),
             Message::Recover { instance, ballot } => {
-                if ballot.round > 0 && ballot.replica == from {
-                    self.handle_recover(now, from, instance, ballot);
-                }
+                self.handle_recover(now, from, instance, ballot)
             }
             Message::RecoverOk {
                 instance,
@@ -746,17 +789,174 @@ impl Replica {
                 ballot,
                 commands,
                 deps,
-            } => {
-                if ballot.replica == from {
-                    self.handle_validate(from, instance, ballot, commands, deps);
-                }
-            }
+            } => self.handle_validate(from, instance, ballot, commands, deps),
             Message::ValidateOk {
                 instance,
                 ballot,
                 conflicts,
             } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
             Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
+        }
+    }
+
+    /// Refuses a message that cannot exist: a sender outside the cluster (or this replica), any
+    /// replica id outside the cluster, a slot at or above [`SLOT_LIMIT`], an instance of this
+    /// replica's own row it never created, an instance depending on itself, a ballot its sender
+    /// cannot hold (see [`Reject::Ballot`]), or an implausible count. `wire` already refuses
+    /// replica ids outside the cluster; the core checks everything again because it is also fed
+    /// directly (simulator, tests) and because the rest needs its state (its next slot).
+    fn check_input(&self, from: ReplicaId, msg: &Message) -> Result<(), Reject> {
+        let (n, me) = (self.opts.n, self.opts.id);
+        if from.index() >= n || from == me {
+            return Err(Reject::Sender);
+        }
+        // A replica that rejoined after losing its data may hear of slots of its own row that
+        // its old incarnation created and no peer knew but as a dependency: horizons do not
+        // cover those, so there its own row beyond its next slot is no proof of anything.
+        let own_row_known = self.horizons.iter().all(|h| *h == 0);
+        let id_ok = |id: InstanceId| {
+            if id.replica.index() >= n {
+                Err(Reject::UnknownReplica)
+            } else if id.slot >= SLOT_LIMIT {
+                Err(Reject::ImplausibleSlot)
+            } else if own_row_known && id.replica == me && id.slot >= self.next_slot {
+                Err(Reject::UnknownOwnInstance)
+            } else {
+                Ok(())
+            }
+        };
+        // Round 0 is the instance's original leader's: no other replica ever holds it.
+        let ballot_ok = |id: InstanceId, b: Ballot| {
+            if b.replica.index() >= n {
+                Err(Reject::UnknownReplica)
+            } else if b.round == 0 && b.replica != id.replica {
+                Err(Reject::Ballot)
+            } else {
+                Ok(())
+            }
+        };
+        let deps_ok = |id: InstanceId, deps: &[InstanceId]| {
+            deps.iter().try_for_each(|d| id_ok(*d))?;
+            if deps.contains(&id) {
+                return Err(Reject::SelfDependency);
+            }
+            Ok(())
+        };
+        // Phase messages come from the ballot's owner; recovery never uses round 0.
+        let sent_by_owner = |id: InstanceId, b: Ballot, recovery: bool| {
+            if self.owns(id, b, from) && !(recovery && b.round == 0) {
+                Ok(())
+            } else {
+                Err(Reject::Ballot)
+            }
+        };
+        if let Some(id) = msg.instance() {
+            id_ok(id)?;
+        }
+        match msg {
+            Message::PreAccept {
+                instance,
+                ballot,
+                deps,
+                ..
+            }
+            | Message::Accept {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)?;
+                sent_by_owner(*instance, *ballot, false)
+            }
+            Message::PreAcceptOk {
+                instance,
+                ballot,
+                deps,
+            }
+            | Message::Commit {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)
+            }
+            Message::AcceptOk { instance, ballot } => ballot_ok(*instance, *ballot),
+            Message::Nack { instance, promised } => ballot_ok(*instance, *promised),
+            Message::CommitRequest { instances } => instances.iter().try_for_each(|i| id_ok(*i)),
+            Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            } => {
+                if committed_prefix.len() > n || executed_prefix.len() > n {
+                    return Err(Reject::UnknownReplica);
+                }
+                // A prefix is one past a slot: at most `SLOT_LIMIT`.
+                if committed_prefix
+                    .iter()
+                    .chain(executed_prefix)
+                    .any(|p| *p > SLOT_LIMIT)
+                {
+                    return Err(Reject::ImplausibleSlot);
+                }
+                Ok(())
+            }
+            Message::Recover { instance, ballot } => {
+                ballot_ok(*instance, *ballot)?;
+                sent_by_owner(*instance, *ballot, true)
+            }
+            Message::RecoverOk {
+                instance,
+                ballot,
+                reply,
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                if let Some(ab) = reply.accepted_ballot {
+                    ballot_ok(*instance, ab)?;
+                    // The sender promised `ballot`, at or above anything it accepted.
+                    if ab > *ballot {
+                        return Err(Reject::Ballot);
+                    }
+                }
+                deps_ok(*instance, &reply.deps)?;
+                if let Some(init) = &reply.init_deps {
+                    deps_ok(*instance, init)?;
+                }
+                Ok(())
+            }
+            Message::Validate {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)?;
+                sent_by_owner(*instance, *ballot, true)
+            }
+            Message::ValidateOk {
+                instance,
+                ballot,
+                conflicts,
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                for (other, _) in conflicts {
+                    id_ok(*other)?;
+                    if other == instance {
+                        return Err(Reject::SelfDependency);
+                    }
+                }
+                Ok(())
+            }
+            Message::Waiting { matching, .. } => {
+                if *matching as usize > n {
+                    return Err(Reject::ImplausibleCount);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -2409,7 +2609,10 @@ impl Replica {
     fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
         let msg = match msg {
             Message::Watermark { .. } if self.opts.sabotage.forge_watermarks => {
-                let everything = vec![u64::MAX / 2; self.opts.n];
+                // Far beyond anything proposed, yet below `SLOT_LIMIT` (which `check_input`
+                // rejects as impossible before any comparison): a lie only a replica that
+                // knows the row can catch.
+                let everything = vec![crate::core::ids::SLOT_LIMIT - 1; self.opts.n];
                 Message::Watermark {
                     committed_prefix: everything.clone(),
                     executed_prefix: everything,
@@ -3088,14 +3291,19 @@ mod tests {
         for (msg, kind) in cases {
             rs[1].handle(Duration::ZERO, ReplicaId(2), msg.clone());
             let ready = rs[1].take_ready();
-            assert_eq!(
-                ready.refused,
-                vec![Refused {
-                    peer: ReplicaId(2),
-                    kind
-                }],
-                "{msg:?}"
-            );
+            // An own-row slot never created is rejected as impossible before it is compared.
+            if ready.rejected.is_empty() {
+                assert_eq!(
+                    ready.refused,
+                    vec![Refused {
+                        peer: ReplicaId(2),
+                        kind
+                    }],
+                    "{msg:?}"
+                );
+            } else {
+                assert!(ready.refused.is_empty(), "{msg:?}");
+            }
             assert!(
                 ready.persist.is_empty() && ready.committed.is_empty(),
                 "{msg:?}"
@@ -3171,14 +3379,17 @@ mod tests {
             };
             rs[0].handle(Duration::ZERO, ReplicaId(2), msg.clone());
             let ready = rs[0].take_ready();
-            assert_eq!(
-                ready.refused,
-                vec![Refused {
-                    peer: ReplicaId(2),
-                    kind: Contradiction::WatermarkBeyond
-                }],
-                "{msg:?}"
-            );
+            // Slots beyond any row are rejected as impossible before they are compared.
+            if ready.rejected.is_empty() {
+                assert_eq!(
+                    ready.refused,
+                    vec![Refused {
+                        peer: ReplicaId(2),
+                        kind: Contradiction::WatermarkBeyond
+                    }],
+                    "{msg:?}"
+                );
+            }
             assert!(ready.messages.is_empty(), "not answered: {msg:?}");
         }
         // r1 reports honestly; r0 may not drop 0.0, which r2 has not executed.

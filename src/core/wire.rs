@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::core::command::{Command, CommandError, Op, OpResult};
-use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::{Message, RecoverReply};
 use crate::proto;
@@ -26,6 +26,10 @@ pub enum WireError {
     /// A command breaks the limits.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// Well-formed, but names what cannot exist (a slot beyond any row, an instance depending
+    /// on itself, an accepted ballot above the ballot).
+    #[error("impossible: {0}")]
+    Impossible(&'static str),
 }
 
 /// Converts a client operation. Keys and values are copied out of the decode buffer: a `Bytes`
@@ -256,6 +260,9 @@ fn replica(id: u32, n: usize) -> Result<ReplicaId, WireError> {
 
 fn id_from(p: Option<proto::InstanceId>, n: usize) -> Result<InstanceId, WireError> {
     let p = p.ok_or(WireError::Missing("instance"))?;
+    if p.slot >= SLOT_LIMIT {
+        return Err(WireError::Impossible("a slot beyond any row"));
+    }
     Ok(InstanceId::new(replica(p.replica, n)?, p.slot))
 }
 
@@ -326,8 +333,13 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
             instance: id_from(m.instance, n)?,
             promised: ballot_from(m.promised, n)?,
         },
+        // A list of instances, not deps: several slots of one row are several requests.
         Kind::CommitRequest(m) => Message::CommitRequest {
-            instances: deps_from(m.instances, n)?,
+            instances: m
+                .instances
+                .into_iter()
+                .map(|i| id_from(Some(i), n))
+                .collect::<Result<Vec<_>, _>>()?,
         },
         Kind::Watermark(m) => {
             let rows = m.committed_prefix.len().max(m.executed_prefix.len());
@@ -429,21 +441,27 @@ pub fn record_from_proto(
         Some(b) => Some(ballot_from(Some(b), n)?),
         None => None,
     };
-    Ok((
-        id_from(p.instance, n)?,
-        Instance {
-            status,
-            ballot: ballot_from(p.ballot, n)?,
-            accepted_ballot,
-            commands: commands_from(p.commands)?,
-            deps: deps_from(p.deps, n)?,
-            init_deps: if p.init_known || status == Status::PreAccepted {
-                Some(deps_from(p.init_deps, n)?)
-            } else {
-                None
-            },
+    let id = id_from(p.instance, n)?;
+    let inst = Instance {
+        status,
+        ballot: ballot_from(p.ballot, n)?,
+        accepted_ballot,
+        commands: commands_from(p.commands)?,
+        deps: deps_from(p.deps, n)?,
+        init_deps: if p.init_known || status == Status::PreAccepted {
+            Some(deps_from(p.init_deps, n)?)
+        } else {
+            None
         },
-    ))
+    };
+    // What the core never writes (its `check_invariants`): replaying it would break them.
+    if inst.deps.contains(&id) || inst.init_deps.as_ref().is_some_and(|d| d.contains(&id)) {
+        return Err(WireError::Impossible("an instance depending on itself"));
+    }
+    if inst.accepted_ballot.is_some_and(|ab| ab > inst.ballot) {
+        return Err(WireError::Impossible("an accepted ballot above the ballot"));
+    }
+    Ok((id, inst))
 }
 
 #[cfg(test)]
@@ -551,6 +569,62 @@ mod tests {
         for m in msgs {
             assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);
         }
+    }
+
+    /// Found by fuzzing (`peer_message`): CommitRequest went through the deps normalization,
+    /// which keeps one slot per row, so asking for 2.1 and 2.3 in one request asked for 2.3 only.
+    #[test]
+    fn a_commit_request_keeps_every_instance_it_asks_for() {
+        let m = Message::CommitRequest {
+            instances: vec![
+                InstanceId::new(ReplicaId(2), 1),
+                InstanceId::new(ReplicaId(2), 3),
+                InstanceId::new(ReplicaId(0), 0),
+            ],
+        };
+        assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);
+    }
+
+    /// Found by fuzzing (`storage`): a log record whose instance depends on itself (or whose
+    /// accepted ballot is above its ballot) was replayed, and the restored core broke
+    /// `check_invariants`; such a record is now refused, so the log refuses to start.
+    #[test]
+    fn a_record_that_cannot_exist_is_refused() {
+        let id = InstanceId::new(ReplicaId(1), 4);
+        let good = Instance {
+            status: Status::Committed,
+            ballot: Ballot::initial(ReplicaId(1)),
+            accepted_ballot: None,
+            commands: Arc::new(vec![]),
+            deps: vec![InstanceId::new(ReplicaId(1), 3)],
+            init_deps: None,
+        };
+        assert!(record_from_proto(record_to_proto(id, &good), 3).is_ok());
+        let mut own = good.clone();
+        own.deps = vec![id];
+        let mut own_init = good.clone();
+        own_init.init_deps = Some(vec![id]);
+        let mut above = good.clone();
+        above.accepted_ballot = Some(Ballot {
+            round: 1,
+            replica: ReplicaId(0),
+        });
+        let far = (InstanceId::new(ReplicaId(1), SLOT_LIMIT), good.clone());
+        for (id, inst) in [(id, own), (id, own_init), (id, above), far] {
+            assert!(matches!(
+                record_from_proto(record_to_proto(id, &inst), 3),
+                Err(WireError::Impossible(_))
+            ));
+        }
+        // And on the wire: a slot beyond any row.
+        let m = Message::AcceptOk {
+            instance: InstanceId::new(ReplicaId(1), u64::MAX),
+            ballot: Ballot::initial(ReplicaId(1)),
+        };
+        assert!(matches!(
+            decode(&encode(&m), 3),
+            Err(WireError::Impossible(_))
+        ));
     }
 
     #[test]

@@ -176,6 +176,11 @@ fn describe() {
         "Snapshots sent to joining peers."
     );
     describe_counter!(
+        "epaxos_peer_rejected_total",
+        "Peer messages refused because they name a replica, instance, ballot or dependency that \
+         cannot exist, by peer and reason (nothing else came of them)."
+    );
+    describe_counter!(
         "epaxos_peer_refused_total",
         "Peer streams refused because they came from a replaced incarnation."
     );

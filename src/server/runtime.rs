@@ -914,6 +914,13 @@ impl EventLoop {
             .refused
             .into_iter()
             .for_each(crate::server::metrics::contradiction);
+        for r in ready.rejected {
+            metrics::counter!("epaxos_peer_rejected_total",
+                "peer" => crate::server::metrics::peer_label(r.from.0), "reason" => r.reason.label())
+            .increment(1);
+            tracing::debug!(from = %r.from, kind = r.kind, reason = r.reason.label(),
+                "refused a peer message naming what cannot exist");
+        }
         for c in ready.committed {
             m.committed.increment(1);
             if let Some((path, latency)) = c.led {

@@ -1045,6 +1045,17 @@ impl Sim {
             "joins happen only in `wipe`"
         );
         let ready = node_ready.core;
+        // Every message of a simulated run is one a real cluster can send: none may be refused
+        // as impossible (see `Replica::handle`).
+        if let Some(rej) = ready.rejected.first() {
+            if self.violations.iter().all(|v| v.check != Check::Invariant) {
+                self.violations.push(Violation {
+                    check: Check::Invariant,
+                    detail: format!("r{r} at {:?} rejected a real message: {rej:?}", self.now),
+                    instances: Vec::new(),
+                });
+            }
+        }
         if let Life::Torn(cycle) = self.life[r] {
             self.torn_crash(r, cycle, ready);
             return;
