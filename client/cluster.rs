@@ -15,10 +15,14 @@ use epaxos_kv::server::config::Config;
 use epaxos_kv::server::tls;
 use tonic::transport::{Channel, Endpoint};
 
-/// The hint for a connection that broke off the way a TLS/plaintext mismatch does.
+/// The hint for a connection that broke off the way a TLS/plaintext mismatch does. Under TLS
+/// 1.3 a replica that requires a client certificate and got none may also just close the
+/// connection (its alert races with the client's first request), so that case is named too.
 const TLS_HINT: &str = "a plaintext client against a TLS replica? replicas serve TLS unless \
                         started with --insecure; without --insecure the client speaks TLS with \
-                        the CA named by config.json";
+                        the CA named by config.json; a replica with tls.client_ca also requires \
+                        a client certificate (client.pem and client.key in the certificate \
+                        directory)";
 
 /// How requests are spread over the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -298,7 +298,12 @@ async fn a_configured_client_ca_requires_client_certificates() {
     assert!(refused_call, "a client without a certificate was served");
     // The bundled client presents the generated client certificate.
     let (code, out, err) = run_client(&cluster, &["put", "k", "v"]);
-    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "{out}{err}\nreplica 0's log:\n{}",
+        cluster.log_tail(0, 30)
+    );
     // Without it, the bundled client says what is missing.
     std::fs::remove_file(cluster.dir.join("certs/client.pem")).expect("remove client.pem");
     let (code, _, err) = run_client(&cluster, &["get", "k"]);
@@ -482,4 +487,45 @@ async fn still_serving_unfenced_except(cluster: &Cluster, skip: usize) {
             .expect("served during the flood");
         assert!(reply.success);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_from_one_replica_are_rate_limited() {
+    let cluster = Cluster::start(3, &[]).await;
+    // Replica 1 joins replica 0 again as the incarnation it already is: nothing is fenced.
+    let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-1/incarnation"))
+        .expect("replica 1's incarnation")
+        .trim()
+        .parse()
+        .expect("a number");
+    let peer = cluster
+        .peer_client(0, Some("replica-1"))
+        .await
+        .expect("replica 1's certificate opens the peer listener");
+    let mut refused_once = false;
+    // Many Joins at once: some are answered, the rest refused, none fences anyone.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut peer = peer.clone();
+        burst.spawn(async move {
+            peer.join(proto::JoinRequest {
+                from: 1,
+                incarnation,
+            })
+            .await
+        });
+    }
+    while let Some(result) = burst.join_next().await {
+        if let Err(status) = result.expect("the call's task ran") {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            refused_once = true;
+        }
+    }
+    assert!(refused_once, "a burst of Joins is not all admitted");
+    let counted = metric_sum(
+        &metrics(&cluster, 0),
+        "epaxos_membership_calls_refused_total",
+    );
+    assert!(counted >= 1.0, "refusals counted: {counted}");
+    still_serving_unfenced(&cluster).await;
 }

@@ -48,6 +48,14 @@ pub const CHECKPOINT_BYTES_MAX: usize = u32::MAX as usize;
 pub const SNAPSHOT_BYTES_MAX: usize = u32::MAX as usize;
 /// Bytes per chunk of a snapshot stream.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Snapshots taken and streamed at once: each holds a whole encoded state in memory.
+pub const SNAPSHOTS_IN_FLIGHT_MAX: usize = 1;
+/// How long a snapshot stream may wait for its reader to take one chunk before it is
+/// abandoned (and its memory freed).
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two Join calls of one peer: a Join walks every instance on the event
+/// loop, and a joiner retries with backoff from 50 ms.
+pub const JOIN_INTERVAL_MIN: Duration = Duration::from_millis(50);
 /// Default: checkpoint (and cut the log) each time this many more instances were collected.
 pub const CHECKPOINT_EVERY: u64 = 20_000;
 

@@ -37,7 +37,7 @@ use crate::server::config::Config;
 use crate::server::metrics::LoopMetrics;
 use crate::server::queue::{byte_queue, ByteSender};
 use crate::server::storage::{self, Log, StorageError, Sync};
-use crate::server::{incoming, join, tls, transport};
+use crate::server::{admission, incoming, join, tls, transport};
 
 /// How long a stopping replica waits for in-flight calls.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -342,6 +342,11 @@ pub async fn serve(
         budget,
         accepted,
         auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
+        joins: Arc::new(admission::PerPeerRate::new(
+            config.n(),
+            limits::JOIN_INTERVAL_MIN,
+        )),
+        snapshots: admission::Snapshots::new(limits::SNAPSHOTS_IN_FLIGHT_MAX),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -972,6 +977,9 @@ struct PeerService {
     accepted: Arc<Vec<AtomicU64>>,
     /// Who the caller's certificate names; refuses calls that claim another replica.
     auth: Arc<tls::PeerAuth>,
+    /// Joins per peer at a bounded rate, snapshots one at a time.
+    joins: Arc<admission::PerPeerRate>,
+    snapshots: admission::Snapshots,
 }
 
 #[tonic::async_trait]
@@ -1050,6 +1058,13 @@ impl Peer for PeerService {
                 req.from
             )));
         }
+        if !self.joins.admit(req.from as usize, Instant::now()) {
+            metrics::counter!("epaxos_membership_calls_refused_total", "call" => "join")
+                .increment(1);
+            return Err(Status::resource_exhausted(
+                "joins from this replica come too often; retry later",
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         self.big
             .send(Event::Join {
@@ -1075,6 +1090,13 @@ impl Peer for PeerService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         self.auth.check(identity, req.from, remote, "Snapshot")?;
+        let Some(slot) = self.snapshots.try_start() else {
+            metrics::counter!("epaxos_membership_calls_refused_total", "call" => "snapshot")
+                .increment(1);
+            return Err(Status::resource_exhausted(
+                "a snapshot is being sent already; retry later",
+            ));
+        };
         let (tx, rx) = oneshot::channel();
         // The node gives it only to a peer that joined as this incarnation.
         self.big
@@ -1093,6 +1115,9 @@ impl Peer for PeerService {
         let (chunks, out) = mpsc::channel(4);
         let bytes = Bytes::from(bytes);
         tokio::spawn(async move {
+            // The slot (and the encoded state) is held until the stream ends or its reader
+            // stalls: then it is abandoned.
+            let _slot = slot;
             let mut at = 0;
             while at < bytes.len() {
                 let end = (at + limits::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
@@ -1100,8 +1125,15 @@ impl Peer for PeerService {
                     data: bytes.slice(at..end),
                 };
                 at = end;
-                if chunks.send(Ok(chunk)).await.is_err() {
-                    break;
+                match tokio::time::timeout(limits::SNAPSHOT_CHUNK_TIMEOUT, chunks.send(Ok(chunk)))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!("snapshot reader stalled; abandoning the stream");
+                        break;
+                    }
                 }
             }
         });
