@@ -253,8 +253,19 @@ async fn the_bundled_client_works_with_generated_certificates() {
     let (code, out, err) = run_client(&cluster, &["--target", "round-robin", "get", "hello"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out.trim(), "world");
-    let (code, out, err) = run_client(&cluster, &["status"]);
-    assert_eq!(code, Some(0), "{out}{err}");
+    // `status` fails while digests differ: the third replica may still be executing the put.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = run_client(&cluster, &["status"]);
+        if code == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never agreed: {out}{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Keys are private to their owner; certificates are not overwritten by a second run.
     use std::os::unix::fs::PermissionsExt;
     let certs = cluster.dir.join("certs");
