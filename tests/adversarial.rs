@@ -470,12 +470,6 @@ fn next_slot(r: &Replica) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether a recovery started by `r`'s timers could take a ballot round past `u32::MAX`.
-fn recovery_would_wrap(r: &Replica) -> bool {
-    r.instances()
-        .any(|(_, i)| !i.status.is_decided() && i.ballot.round == u32::MAX)
-}
-
 struct Cluster {
     n: usize,
     now: Vec<Duration>,
@@ -641,12 +635,6 @@ impl Cluster {
             }
             Step::Tick { at, ms } => {
                 let at = at % n;
-                if recovery_would_wrap(&self.replicas[at]) {
-                    // Known, fixed on another branch (issue 12, ballot overflow): recovering an
-                    // instance promised at round u32::MAX wraps the round to 0. Remove this
-                    // guard once that fix is merged.
-                    return Ok(());
-                }
                 self.now[at] += Duration::from_millis(ms);
                 self.replicas[at].tick(self.now[at]);
                 self.replicas[at].flush(self.now[at]);
