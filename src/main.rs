@@ -77,6 +77,21 @@ struct Args {
     /// (epaxos_connections_refused_total).
     #[arg(long, default_value_t = limits::CLIENT_CONNECTIONS_MAX)]
     client_connections_max: usize,
+    /// Most bytes of client commands waiting for an instance before new ones are refused.
+    #[arg(long, default_value_t = limits::PENDING_BYTES_MAX)]
+    pending_bytes_max: usize,
+    /// bigChannel's capacity in bytes (client commands and peer message batches); a client
+    /// proposal that does not fit is refused at once.
+    #[arg(long, default_value_t = limits::BIG_CHANNEL_BYTES_MAX)]
+    big_channel_bytes_max: usize,
+    /// Capacity of each peer's outbound queue in bytes; past it messages are dropped and
+    /// counted (the protocol resends what matters).
+    #[arg(long, default_value_t = limits::PEER_QUEUE_BYTES_MAX)]
+    peer_queue_bytes_max: usize,
+    /// Most bytes of client request bodies held at once across all client connections; a
+    /// request that does not fit is refused at once (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = limits::CLIENT_REQUEST_BYTES_MAX)]
+    request_bytes_max: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -135,6 +150,7 @@ fn main() -> anyhow::Result<()> {
     core.batch_max = args.batch_max;
     core.inflight_max = args.inflight_max;
     core.pending_max = args.pending_max;
+    core.pending_bytes_max = args.pending_bytes_max;
     core.gc_executed = true;
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
@@ -142,6 +158,9 @@ fn main() -> anyhow::Result<()> {
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
     opts.client_connections_max = args.client_connections_max;
+    opts.big_channel_bytes_max = args.big_channel_bytes_max;
+    opts.peer_queue_bytes_max = args.peer_queue_bytes_max;
+    opts.request_bytes_max = args.request_bytes_max;
     opts.checkpoint_every = args.checkpoint_every;
     opts.insecure = args.insecure;
     opts.data_dir = args

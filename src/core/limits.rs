@@ -96,6 +96,16 @@ pub const CLIENT_CONNECTIONS_MAX: usize = 1024;
 pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// HTTP/2 keepalive on client connections: a connection whose peer stops answering pings for
 /// this long is closed, so dead clients do not hold slots.
+/// Most bytes of client request bodies held at once across all client connections: each
+/// body's bytes count as they arrive until the request is decoded, and one that does not fit
+/// fails at once (RESOURCE_EXHAUSTED). Without it a flood costs connections × streams ×
+/// message size.
+pub const CLIENT_REQUEST_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// HTTP/2 flow-control windows of a client connection and of one stream: what a client can
+/// have sent that the replica has not yet read (so the unread bytes of a connection are
+/// bounded by the connection window).
+pub const CLIENT_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const CLIENT_STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 pub const CLIENT_KEEPALIVE: Duration = Duration::from_secs(30);
 pub const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -148,4 +158,10 @@ const _: () = {
     assert!(PEER_GRPC_MESSAGE_BYTES_MAX <= BIG_CHANNEL_BYTES_MAX);
     assert!(BIG_CHANNEL_BYTES_MAX <= u32::MAX as usize);
     assert!(MESSAGE_BYTES_MAX <= PEER_QUEUE_BYTES_MAX);
+    // One request of the largest size fits the request-bytes budget, and its command fits
+    // bigChannel's and the pending budget.
+    assert!(CLIENT_GRPC_MESSAGE_BYTES_MAX <= CLIENT_REQUEST_BYTES_MAX);
+    assert!(CLIENT_REQUEST_BYTES_MAX <= u32::MAX as usize);
+    assert!(COMMAND_BYTES_MAX <= PENDING_BYTES_MAX);
+    assert!(CLIENT_STREAM_WINDOW_BYTES <= CLIENT_CONNECTION_WINDOW_BYTES);
 };

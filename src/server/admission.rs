@@ -80,3 +80,126 @@ mod tests {
         assert!(s.try_start().is_some(), "free again once the stream ended");
     }
 }
+
+/// A budget on the bytes of client request bodies held at once, across every connection and
+/// stream of the client listener. Each body's bytes take permits as they arrive and give them
+/// back when the body is dropped (tonic drops it once the message is decoded, before the
+/// handler runs, and the handler then takes bigChannel's budget for the command). A body that
+/// would exceed the budget fails at once with RESOURCE_EXHAUSTED, so a flood of large or
+/// half-sent requests costs at most the budget, not connections × streams × message size.
+///
+/// Written as a tower layer because tonic bounds each message's size but not the sum over
+/// concurrent streams, and no tower middleware meters body bytes against a shared budget.
+#[derive(Clone)]
+pub struct RequestBytesLayer {
+    budget: Arc<Semaphore>,
+    refused: metrics::Counter,
+}
+
+impl RequestBytesLayer {
+    /// `max` must fit a `u32` (checked by `RuntimeOptions::validate`).
+    pub fn new(max: usize) -> RequestBytesLayer {
+        RequestBytesLayer {
+            budget: Arc::new(Semaphore::new(max)),
+            refused: metrics::counter!("epaxos_request_bytes_refused_total"),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequestBytesLayer {
+    type Service = RequestBytes<S>;
+    fn layer(&self, inner: S) -> RequestBytes<S> {
+        RequestBytes {
+            inner,
+            budget: self.budget.clone(),
+            refused: self.refused.clone(),
+        }
+    }
+}
+
+/// The service [`RequestBytesLayer`] wraps around the client listener's routes.
+#[derive(Clone)]
+pub struct RequestBytes<S> {
+    inner: S,
+    budget: Arc<Semaphore>,
+    refused: metrics::Counter,
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+
+impl<S: tonic::codegen::Service<HttpRequest>> tonic::codegen::Service<HttpRequest>
+    for RequestBytes<S>
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let (budget, refused) = (self.budget.clone(), self.refused.clone());
+        let request = request.map(|body| {
+            tonic::body::Body::new(Metered {
+                body,
+                budget,
+                held: None,
+                refused,
+            })
+        });
+        self.inner.call(request)
+    }
+}
+
+/// A request body whose received bytes hold permits of the shared budget until it is dropped.
+struct Metered {
+    body: tonic::body::Body,
+    budget: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    refused: metrics::Counter,
+}
+
+impl http_body::Body for Metered {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        use std::task::Poll;
+        let frame = match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        let len = frame.data_ref().map_or(0, |d| d.len());
+        if len > 0 {
+            let taken = u32::try_from(len)
+                .ok()
+                .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok());
+            match (taken, self.held.as_mut()) {
+                (Some(p), Some(held)) => held.merge(p),
+                (Some(p), None) => self.held = Some(p),
+                (None, _) => {
+                    self.refused.increment(1);
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                        "replica overloaded: too many request bytes in flight; retry later",
+                    ))));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -176,6 +176,11 @@ fn describe() {
         "Snapshots sent to joining peers."
     );
     describe_counter!(
+        "epaxos_request_bytes_refused_total",
+        "Client requests refused (RESOURCE_EXHAUSTED) because the request bytes held at once \
+         would exceed --request-bytes-max."
+    );
+    describe_counter!(
         "epaxos_peer_rejected_total",
         "Peer messages refused because they name a replica, instance, ballot or dependency that \
          cannot exist, by peer and reason (nothing else came of them)."

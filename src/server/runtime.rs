@@ -57,8 +57,14 @@ pub struct RuntimeOptions {
     pub propose_timeout: Duration,
     /// Capacity of bigChannel, in events.
     pub big_channel_max: usize,
+    /// bigChannel's capacity in bytes (client commands and peer message batches).
+    pub big_channel_bytes_max: usize,
     /// Capacity of each peer's outbound queue, in messages.
     pub peer_queue_max: usize,
+    /// Capacity of each peer's outbound queue, in bytes.
+    pub peer_queue_bytes_max: usize,
+    /// Most bytes of client request bodies held at once (all client connections).
+    pub request_bytes_max: usize,
     /// Most client connections held at once.
     pub client_connections_max: usize,
     /// Where the durable log lives.
@@ -83,6 +89,14 @@ pub enum RuntimeOptionsError {
     Timers,
     #[error("the drain limit ({DRAIN_MAX}) exceeds bigChannel's capacity ({0})")]
     BigChannel(usize),
+    #[error("{name} is {value} bytes; it must be between {min} (the largest {what}) and {max}")]
+    Bytes {
+        name: &'static str,
+        value: usize,
+        min: usize,
+        max: usize,
+        what: &'static str,
+    },
 }
 
 impl RuntimeOptions {
@@ -105,6 +119,45 @@ impl RuntimeOptions {
         if self.big_channel_max < DRAIN_MAX {
             return Err(RuntimeOptionsError::BigChannel(self.big_channel_max));
         }
+        // Each byte budget admits at least one item of the largest size (or nothing of that
+        // size would ever pass), and the semaphores count in u32.
+        let u32_max = u32::MAX as usize;
+        for (name, value, min, what) in [
+            (
+                "big_channel_bytes_max",
+                self.big_channel_bytes_max,
+                limits::COMMAND_BYTES_MAX,
+                "command",
+            ),
+            (
+                "pending_bytes_max",
+                self.core.pending_bytes_max,
+                limits::COMMAND_BYTES_MAX,
+                "command",
+            ),
+            (
+                "request_bytes_max",
+                self.request_bytes_max,
+                limits::CLIENT_GRPC_MESSAGE_BYTES_MAX,
+                "client request",
+            ),
+            (
+                "peer_queue_bytes_max",
+                self.peer_queue_bytes_max,
+                limits::MESSAGE_BYTES_MAX,
+                "peer message",
+            ),
+        ] {
+            if value < min || value > u32_max {
+                return Err(RuntimeOptionsError::Bytes {
+                    name,
+                    value,
+                    min,
+                    max: u32_max,
+                    what,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -114,7 +167,10 @@ impl RuntimeOptions {
             tick: limits::TICK,
             propose_timeout: limits::PROPOSE_TIMEOUT,
             big_channel_max: limits::BIG_CHANNEL_MAX,
+            big_channel_bytes_max: limits::BIG_CHANNEL_BYTES_MAX,
             peer_queue_max: limits::PEER_QUEUE_MAX,
+            peer_queue_bytes_max: limits::PEER_QUEUE_BYTES_MAX,
+            request_bytes_max: limits::CLIENT_REQUEST_BYTES_MAX,
             client_connections_max: limits::CLIENT_CONNECTIONS_MAX,
             data_dir: std::path::PathBuf::from("data"),
             sync: Sync::Fsync,
@@ -272,7 +328,7 @@ pub async fn serve(
         if peer.id == id {
             continue;
         }
-        let (tx, rx) = byte_queue(opts.peer_queue_max, limits::PEER_QUEUE_BYTES_MAX);
+        let (tx, rx) = byte_queue(opts.peer_queue_max, opts.peer_queue_bytes_max);
         peer_queues[peer.id.index()] = Some(tx);
         tokio::spawn(transport::run_link(
             id,
@@ -328,7 +384,7 @@ pub async fn serve(
         },
     ));
 
-    let budget = Arc::new(Semaphore::new(limits::BIG_CHANNEL_BYTES_MAX));
+    let budget = Arc::new(Semaphore::new(opts.big_channel_bytes_max));
     let client_service = ClientService {
         id,
         big: big_tx.clone(),
@@ -340,6 +396,7 @@ pub async fn serve(
         n: config.n(),
         big: big_tx,
         budget,
+        budget_max: opts.big_channel_bytes_max,
         accepted,
         auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
         joins: Arc::new(admission::PerPeerRate::new(
@@ -383,6 +440,8 @@ pub async fn serve(
     let mut client_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(limits::CLIENT_STREAMS_PER_CONNECTION_MAX)
+        .initial_connection_window_size(limits::CLIENT_CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(limits::CLIENT_STREAM_WINDOW_BYTES)
         .concurrency_limit_per_connection(limits::CLIENT_STREAMS_PER_CONNECTION_MAX as usize)
         .http2_keepalive_interval(Some(limits::CLIENT_KEEPALIVE))
         .http2_keepalive_timeout(Some(limits::CLIENT_KEEPALIVE_TIMEOUT));
@@ -396,6 +455,7 @@ pub async fn serve(
             .map_err(|e| RuntimeError::TlsConfig("peer", e))?;
     }
     let client_server = client_server
+        .layer(admission::RequestBytesLayer::new(opts.request_bytes_max))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -972,6 +1032,8 @@ struct PeerService {
     big: mpsc::Sender<Event>,
     /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
     budget: Arc<Semaphore>,
+    /// The budget's size: a peer batch larger than it takes all of it (and so still passes).
+    budget_max: usize,
     /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
     /// by the event loop, which holds the durable record.
     accepted: Arc<Vec<AtomicU64>>,
@@ -991,7 +1053,11 @@ impl Kv for ClientService {
         let cmd = wire::command_from_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A full replica says so at once rather than queueing the caller.
-        let overloaded = || Status::resource_exhausted("replica overloaded; retry later");
+        let overloaded = || {
+            metrics::counter!("epaxos_proposals_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            Status::resource_exhausted("replica overloaded; retry later")
+        };
         let size = u32::try_from(cmd.op.size_bytes()).map_err(|_| overloaded())?;
         let budget = self
             .budget
@@ -1156,6 +1222,7 @@ impl Peer for PeerService {
         let n = self.n;
         let accepted = self.accepted.clone();
         let budget = self.budget.clone();
+        let budget_max = self.budget_max;
         let auth = self.auth.clone();
         tokio::spawn(async move {
             loop {
@@ -1203,8 +1270,8 @@ impl Peer for PeerService {
                 // Backpressure: a full bigChannel (in events or in bytes) slows the peer's
                 // stream down.
                 let size: usize = batch.messages.iter().map(|m| m.len()).sum();
-                let size = u32::try_from(size.clamp(1, limits::BIG_CHANNEL_BYTES_MAX))
-                    .expect("the byte budget fits a u32 (checked in limits)");
+                let size = u32::try_from(size.clamp(1, budget_max))
+                    .expect("the byte budget fits a u32 (checked by RuntimeOptions::validate)");
                 let Ok(budget) = budget.clone().acquire_many_owned(size).await else {
                     break;
                 };

@@ -284,6 +284,11 @@ impl Cluster {
         self.wait_up(i).await;
     }
 
+    /// Replica `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs replica `i` (no clean shutdown).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
