@@ -1359,8 +1359,33 @@ mod tests {
         let mut o = ok.clone();
         o.core.batch_max = 0;
         assert!(matches!(o.validate(), Err(RuntimeOptionsError::Core(_))));
-        let mut o = ok;
+        let mut o = ok.clone();
         o.propose_timeout = Duration::ZERO;
         assert!(matches!(o.validate(), Err(RuntimeOptionsError::Timers)));
+        // Each byte budget admits one item of the largest size and fits a u32 semaphore.
+        let mut o = ok.clone();
+        o.request_bytes_max = limits::CLIENT_GRPC_MESSAGE_BYTES_MAX - 1;
+        assert!(matches!(
+            o.validate(),
+            Err(RuntimeOptionsError::Bytes {
+                name: "request_bytes_max",
+                ..
+            })
+        ));
+        let mut o = ok.clone();
+        o.core.pending_bytes_max = limits::COMMAND_BYTES_MAX - 1;
+        assert!(matches!(
+            o.validate(),
+            Err(RuntimeOptionsError::Bytes {
+                name: "pending_bytes_max",
+                ..
+            })
+        ));
+        let mut o = ok.clone();
+        o.peer_queue_bytes_max = limits::MESSAGE_BYTES_MAX - 1;
+        assert!(o.validate().is_err());
+        let mut o = ok;
+        o.big_channel_bytes_max = u32::MAX as usize + 1;
+        assert!(o.validate().is_err());
     }
 }
