@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Side-by-side throughput of two builds in one run: alternates OLD and NEW clusters run by run
+# (so both see the same machine noise) and prints each run and the medians.
+#
+#   bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [RUNS] [SECONDS] [CONCURRENCY] [TARGET]
+#
+# Each BIN_DIR holds a `replica` and a `client` binary (e.g. copy target/release/{replica,client}
+# aside before a change). Defaults: 3 runs of 10 s, concurrency 128, round-robin; durable
+# (--sync fsync), plaintext (--insecure on both sides, so only the code differs). Every run
+# starts a fresh 3-replica cluster on free ports in a temporary directory, removed on exit.
+set -euo pipefail
+OLD=${1:?usage: bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [RUNS] [SECONDS] [CONCURRENCY] [TARGET]}
+NEW=${2:?usage: bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [RUNS] [SECONDS] [CONCURRENCY] [TARGET]}
+RUNS=${3:-3}
+SECONDS_=${4:-10}
+CONC=${5:-128}
+TARGET=${6:-round-robin}
+for d in "$OLD" "$NEW"; do
+  [ -x "$d/replica" ] && [ -x "$d/client" ] || { echo "ab.sh: $d lacks replica or client" >&2; exit 1; }
+done
+WORK=$(mktemp -d /tmp/epaxos-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Nine free loopback ports (python3 binds port 0 and reports what the kernel chose).
+ports() {
+  python3 - <<'PY'
+import socket
+socks = []
+for _ in range(9):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+run() { # BIN_DIR LABEL -> prints "ops p50 p99"
+  local bin=$1 dir="$WORK/$2-$RANDOM" p
+  mkdir -p "$dir"
+  read -r -a p <<<"$(ports)"
+  cat >"$dir/config.json" <<JSON
+{ "replicas": [
+  { "id": 0, "addr": "127.0.0.1:${p[0]}", "peer_addr": "127.0.0.1:${p[1]}", "metrics_addr": "127.0.0.1:${p[2]}" },
+  { "id": 1, "addr": "127.0.0.1:${p[3]}", "peer_addr": "127.0.0.1:${p[4]}", "metrics_addr": "127.0.0.1:${p[5]}" },
+  { "id": 2, "addr": "127.0.0.1:${p[6]}", "peer_addr": "127.0.0.1:${p[7]}", "metrics_addr": "127.0.0.1:${p[8]}" } ] }
+JSON
+  PIDS=()
+  for i in 0 1 2; do
+    "$bin/replica" --config "$dir/config.json" --id "$i" --insecure --data-dir "$dir/r$i" \
+      >"$dir/r$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  local up=0
+  for _ in $(seq 100); do
+    if "$bin/client" --config "$dir/config.json" --insecure status >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.1
+  done
+  [ "$up" = 1 ] || { echo "ab.sh: cluster of $bin did not come up; see $dir" >&2; exit 1; }
+  "$bin/client" --config "$dir/config.json" --insecure --target "$TARGET" bench \
+    --duration "$SECONDS_" --concurrency "$CONC" --keys 100000 --value-size 16 --json 2>/dev/null |
+    python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print("%.0f %.2f %.2f" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"]))'
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+echo "c=$CONC $TARGET, ${SECONDS_}s runs, durable, plaintext"
+printf '%-4s %-4s %10s %8s %8s\n' run bin ops/s p50_ms p99_ms
+OLD_OPS=(); NEW_OPS=()
+for r in $(seq "$RUNS"); do
+  for which in old new; do
+    if [ "$which" = old ]; then d=$OLD; else d=$NEW; fi
+    read -r ops p50 p99 <<<"$(run "$d" "$which")"
+    printf '%-4s %-4s %10s %8s %8s\n' "$r" "$which" "$ops" "$p50" "$p99"
+    if [ "$which" = old ]; then OLD_OPS+=("$ops"); else NEW_OPS+=("$ops"); fi
+  done
+done
+python3 - "${OLD_OPS[*]}" "${NEW_OPS[*]}" <<'PY'
+import statistics, sys
+old = [float(x) for x in sys.argv[1].split()]
+new = [float(x) for x in sys.argv[2].split()]
+mo, mn = statistics.median(old), statistics.median(new)
+print(f"median old {mo:.0f} ops/s, new {mn:.0f} ops/s, new/old {mn/mo:.3f}")
+PY
