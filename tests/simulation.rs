@@ -286,7 +286,11 @@ fn clean(cfg: Config, script: Vec<(Duration, Action)>) -> Outcome {
     let o = Sim::scripted(cfg, script).run();
     assert!(o.violations.is_empty(), "{}", o.report);
     if env_u64("SIM_HASHES").is_some() {
-        println!("scenario {} trace hash {:#018x}", o.config.scenario.unwrap_or("?"), o.trace_hash);
+        println!(
+            "scenario {} trace hash {:#018x}",
+            o.config.scenario.unwrap_or("?"),
+            o.trace_hash
+        );
     }
     o
 }
