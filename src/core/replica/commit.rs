@@ -10,7 +10,8 @@ use crate::core::instance::{Instance, Status};
 use crate::core::message::Commands;
 
 impl Replica {
-    /// Commits `id` here with a decided value (from a Commit, or found by recovery).
+    /// Commits `id` here with a decided value (decided as its leader, learnt from a Commit, or
+    /// found by recovery): the one commit path.
     pub(super) fn commit_here(
         &mut self,
         now: Time,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Committed, Path, Replica, Time};
+use super::{Path, Replica, Time};
 use crate::core::command::Command;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
@@ -231,13 +231,7 @@ impl Replica {
         }
     }
 
-    fn commit_led(
-        &mut self,
-        now: Time,
-        id: InstanceId,
-        deps: Vec<InstanceId>,
-        path: Path,
-    ) {
+    fn commit_led(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>, path: Path) {
         let lead = self
             .leading
             .remove(&id)
@@ -246,26 +240,19 @@ impl Replica {
             .instances
             .get_mut(&id)
             .expect("a led instance is in the table");
+        // The leader's own copy takes the decided deps here (commit_here's sabotage switch is
+        // about Commits learnt from peers).
         inst.deps = deps.clone();
-        inst.status = Status::Committed;
+        let (ballot, commands) = (inst.ballot, inst.commands.clone());
         let msg = Message::Commit {
             instance: id,
-            ballot: inst.ballot,
-            commands: inst.commands.clone(),
-            deps,
+            ballot,
+            commands: commands.clone(),
+            deps: deps.clone(),
         };
-        let commands = inst.commands.len();
-        self.save(id);
         self.send(self.peers(), msg);
-        self.announced.remove(&id);
-        self.committed_count += 1;
-        self.unexecuted += 1;
-        self.ready.committed.push(Committed {
-            instance: id,
-            led: Some((path, now.saturating_sub(lead.started_at))),
-            commands,
-        });
-        self.on_committed(now, id);
+        let led = Some((path, now.saturating_sub(lead.started_at)));
+        self.commit_here(now, id, ballot, commands, deps, led);
     }
 
     pub(super) fn on_retry_timeout(&mut self, now: Time, id: InstanceId) {

@@ -320,12 +320,7 @@ impl Replica {
     /// What a Validate leaves at a replica of the quorum: the command and initial deps the
     /// recoverer proposes, as if its PreAccept had arrived (later recoveries of other
     /// instances then see it in their own Validate).
-    fn apply_validate(
-        &mut self,
-        id: InstanceId,
-        commands: &Commands,
-        deps: &[InstanceId],
-    ) {
+    fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
         let Some(inst) = self.instances.get_mut(&id) else {
             return;
         };
