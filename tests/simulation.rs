@@ -13,6 +13,9 @@
 //! - `SIM_SEED=1234 cargo test --release --test simulation random_seeds -- --nocapture`: replays
 //!   seed 1234 alone and prints its configuration, statistics and trace hash.
 //!
+//! `SIM_HASHES=1` (with `--nocapture`) prints every random seed's and scripted scenario's trace
+//! hash, one per line: a refactoring that must not change behaviour shows identical lists.
+//!
 //! `SIM_BARRIER=0` runs the random seeds without the settling barrier (see `Config::barrier`).
 //!
 //! A failing seed prints its configuration, the violations, the last events touching the
@@ -177,6 +180,11 @@ fn random_seeds() {
         sum(|o| o.stats.restarts_after_rejoin),
         sum(|o| o.stats.still_abstaining),
     );
+    if env_u64("SIM_HASHES").is_some() {
+        for o in &outcomes {
+            println!("seed {} trace hash {:#018x}", o.config.seed, o.trace_hash);
+        }
+    }
     if single {
         let o = &outcomes[0];
         println!("config: {}", o.config);
@@ -277,6 +285,13 @@ fn op(client: usize, replica: usize, op: Op) -> Action {
 fn clean(cfg: Config, script: Vec<(Duration, Action)>) -> Outcome {
     let o = Sim::scripted(cfg, script).run();
     assert!(o.violations.is_empty(), "{}", o.report);
+    if env_u64("SIM_HASHES").is_some() {
+        println!(
+            "scenario {} trace hash {:#018x}",
+            o.config.scenario.unwrap_or("?"),
+            o.trace_hash
+        );
+    }
     o
 }
 

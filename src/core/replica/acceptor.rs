@@ -1,0 +1,222 @@
+//! The acceptor's side: answering PreAccept and Accept, learning Commits and Watermarks,
+//! answering requests for Commits.
+
+use super::{Contradiction, Replica, Time};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::instance::{Instance, Status};
+use crate::core::message::{Commands, Message};
+
+impl Replica {
+    /// Whether `from` may send phase messages for `id` at `ballot`: it owns the ballot, and
+    /// round 0 belongs to the instance's own leader.
+    pub(super) fn owns(&self, id: InstanceId, ballot: Ballot, from: ReplicaId) -> bool {
+        ballot.replica == from && (ballot.round > 0 || id.replica == from)
+    }
+
+    pub(super) fn handle_pre_accept(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        init_deps: Vec<InstanceId>,
+    ) {
+        if self.forgotten(id) {
+            return; // executed and committed everywhere: a stale resend
+        }
+        if self.abstains(id) {
+            return;
+        }
+        if let Some(inst) = self.instances.get(&id) {
+            if ballot < inst.ballot {
+                let promised = inst.ballot;
+                self.nack(from, id, promised);
+                return;
+            }
+            match inst.status {
+                // A resent PreAccept: answer what we answered before.
+                Status::PreAccepted if ballot == inst.ballot => {
+                    let deps = inst.deps.clone();
+                    self.send(
+                        vec![from],
+                        Message::PreAcceptOk {
+                            instance: id,
+                            ballot,
+                            deps,
+                        },
+                    );
+                    return;
+                }
+                Status::Committed | Status::Executed => {
+                    self.send_commit(from, id);
+                    return;
+                }
+                // Accepted already (the leader moved on) or a higher ballot's PreAccept:
+                // recovery's business, a later issue.
+                _ => return,
+            }
+        }
+        let mut deps = init_deps.clone();
+        if !self.opts.sabotage.forget_deps {
+            self.index.collect(id, &commands, false, &mut deps);
+            self.add_horizon_deps(&mut deps);
+        }
+        self.index.record(id, &commands);
+        self.instances.insert(
+            id,
+            Instance {
+                status: Status::PreAccepted,
+                ballot,
+                accepted_ballot: None,
+                commands,
+                deps: deps.clone(),
+                init_deps: Some(init_deps),
+            },
+        );
+        self.save(id);
+        self.send(
+            vec![from],
+            Message::PreAcceptOk {
+                instance: id,
+                ballot,
+                deps,
+            },
+        );
+    }
+
+    pub(super) fn handle_accept(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        if self.forgotten(id) || self.abstains(id) {
+            return;
+        }
+        match self.instances.get_mut(&id) {
+            Some(inst) if inst.status.is_decided() => {
+                self.send_commit(from, id);
+                return;
+            }
+            Some(inst) if ballot < inst.ballot => {
+                let promised = inst.ballot;
+                self.nack(from, id, promised);
+                return;
+            }
+            Some(inst) => {
+                let raised = ballot > inst.ballot;
+                inst.status = Status::Accepted;
+                inst.ballot = ballot;
+                inst.accepted_ballot = Some(ballot);
+                inst.deps = deps;
+                let old = std::mem::replace(&mut inst.commands, commands);
+                if raised {
+                    // Someone else took the instance over.
+                    self.leading.remove(&id);
+                    self.recovering.remove(&id);
+                }
+                self.commands_changed(id, &old);
+            }
+            None => {
+                self.index.record(id, &commands);
+                self.instances.insert(
+                    id,
+                    Instance {
+                        status: Status::Accepted,
+                        ballot,
+                        accepted_ballot: Some(ballot),
+                        commands,
+                        // We never saw the PreAccept; the initial deps are unknown here.
+                        init_deps: None,
+                        deps,
+                    },
+                );
+            }
+        }
+        self.save(id);
+        self.send(
+            vec![from],
+            Message::AcceptOk {
+                instance: id,
+                ballot,
+            },
+        );
+    }
+
+    pub(super) fn handle_commit(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        if self.forgotten(id) {
+            return;
+        }
+        if let Some(kind) = self.commit_contradiction(id, &commands, &deps) {
+            self.refuse(from, kind);
+            return;
+        }
+        self.commit_here(now, id, ballot, commands, deps, None);
+    }
+
+    /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
+    /// `watermark_commits_max`.
+    pub(super) fn handle_watermark(
+        &mut self,
+        from: ReplicaId,
+        prefix: Vec<u64>,
+        executed: Vec<u64>,
+    ) {
+        if self.watermark_contradiction(&prefix, &executed) {
+            self.refuse(from, Contradiction::WatermarkBeyond);
+            return;
+        }
+        if let Some(known) = self.peer_committed.get_mut(from.index()) {
+            for (k, p) in known.iter_mut().zip(&prefix) {
+                *k = (*k).max(*p);
+            }
+        }
+        if let Some(known) = self.peer_executed.get_mut(from.index()) {
+            for (k, p) in known.iter_mut().zip(&executed) {
+                *k = (*k).max(*p);
+            }
+        }
+        let mut budget = self.opts.watermark_commits_max;
+        // Slots looked at, sent or not: bounds the work one Watermark can cause.
+        let mut scan = 16 * self.opts.watermark_commits_max;
+        for (row, start) in prefix.into_iter().enumerate().take(self.opts.n) {
+            let row_id = ReplicaId(row as u32);
+            let mut slot = start;
+            while slot < self.committed_end[row] && budget > 0 && scan > 0 {
+                scan -= 1;
+                let id = InstanceId::new(row_id, slot);
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.status.is_decided())
+                {
+                    self.send_commit(from, id);
+                    budget -= 1;
+                }
+                slot += 1;
+            }
+        }
+    }
+
+    pub(super) fn handle_commit_request(&mut self, from: ReplicaId, ids: Vec<InstanceId>) {
+        for id in ids {
+            if self
+                .instances
+                .get(&id)
+                .is_some_and(|i| i.status.is_decided())
+            {
+                self.send_commit(from, id);
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Peer input that no correct peer can send: rejected before it changes anything
+//! ([`Reject`]), or refused as contradicting what this replica knows ([`Contradiction`]).
+
+use super::{Contradiction, Reject, Replica};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId, SLOT_LIMIT};
+use crate::core::message::{Commands, Message};
+
+impl Replica {
+    /// Refuses a message that cannot exist: a sender outside the cluster (or this replica), any
+    /// replica id outside the cluster, a slot at or above [`SLOT_LIMIT`], an instance of this
+    /// replica's own row it never created, an instance depending on itself, a ballot its sender
+    /// cannot hold (see [`Reject::Ballot`]), or an implausible count. `wire` already refuses
+    /// replica ids outside the cluster; the core checks everything again because it is also fed
+    /// directly (simulator, tests) and because the rest needs its state (its next slot).
+    pub(super) fn check_input(&self, from: ReplicaId, msg: &Message) -> Result<(), Reject> {
+        let (n, me) = (self.opts.n, self.opts.id);
+        if from.index() >= n || from == me {
+            return Err(Reject::Sender);
+        }
+        // A replica that rejoined after losing its data may hear of slots of its own row that
+        // its old incarnation created and no peer knew but as a dependency: horizons do not
+        // cover those, so there its own row beyond its next slot is no proof of anything.
+        let own_row_known = self.horizons.iter().all(|h| *h == 0);
+        let id_ok = |id: InstanceId| {
+            if id.replica.index() >= n {
+                Err(Reject::UnknownReplica)
+            } else if id.slot >= SLOT_LIMIT {
+                Err(Reject::ImplausibleSlot)
+            } else if own_row_known && id.replica == me && id.slot >= self.next_slot {
+                Err(Reject::UnknownOwnInstance)
+            } else {
+                Ok(())
+            }
+        };
+        // Round 0 is the instance's original leader's: no other replica ever holds it.
+        let ballot_ok = |id: InstanceId, b: Ballot| {
+            if b.replica.index() >= n {
+                Err(Reject::UnknownReplica)
+            } else if b.round == 0 && b.replica != id.replica {
+                Err(Reject::Ballot)
+            } else {
+                Ok(())
+            }
+        };
+        let deps_ok = |id: InstanceId, deps: &[InstanceId]| {
+            deps.iter().try_for_each(|d| id_ok(*d))?;
+            if deps.contains(&id) {
+                return Err(Reject::SelfDependency);
+            }
+            Ok(())
+        };
+        // Phase messages come from the ballot's owner; recovery never uses round 0.
+        let sent_by_owner = |id: InstanceId, b: Ballot, recovery: bool| {
+            if self.owns(id, b, from) && !(recovery && b.round == 0) {
+                Ok(())
+            } else {
+                Err(Reject::Ballot)
+            }
+        };
+        if let Some(id) = msg.instance() {
+            id_ok(id)?;
+        }
+        match msg {
+            Message::PreAccept {
+                instance,
+                ballot,
+                deps,
+                ..
+            }
+            | Message::Accept {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)?;
+                sent_by_owner(*instance, *ballot, false)
+            }
+            Message::PreAcceptOk {
+                instance,
+                ballot,
+                deps,
+            }
+            | Message::Commit {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)
+            }
+            Message::AcceptOk { instance, ballot } => ballot_ok(*instance, *ballot),
+            Message::Nack { instance, promised } => ballot_ok(*instance, *promised),
+            Message::CommitRequest { instances } => instances.iter().try_for_each(|i| id_ok(*i)),
+            Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            } => {
+                if committed_prefix.len() > n || executed_prefix.len() > n {
+                    return Err(Reject::UnknownReplica);
+                }
+                // A prefix is one past a slot: at most `SLOT_LIMIT`.
+                if committed_prefix
+                    .iter()
+                    .chain(executed_prefix)
+                    .any(|p| *p > SLOT_LIMIT)
+                {
+                    return Err(Reject::ImplausibleSlot);
+                }
+                Ok(())
+            }
+            Message::Recover { instance, ballot } => {
+                ballot_ok(*instance, *ballot)?;
+                sent_by_owner(*instance, *ballot, true)
+            }
+            Message::RecoverOk {
+                instance,
+                ballot,
+                reply,
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                if let Some(ab) = reply.accepted_ballot {
+                    ballot_ok(*instance, ab)?;
+                    // The sender promised `ballot`, at or above anything it accepted.
+                    if ab > *ballot {
+                        return Err(Reject::Ballot);
+                    }
+                }
+                deps_ok(*instance, &reply.deps)?;
+                if let Some(init) = &reply.init_deps {
+                    deps_ok(*instance, init)?;
+                }
+                Ok(())
+            }
+            Message::Validate {
+                instance,
+                ballot,
+                deps,
+                ..
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                deps_ok(*instance, deps)?;
+                sent_by_owner(*instance, *ballot, true)
+            }
+            Message::ValidateOk {
+                instance,
+                ballot,
+                conflicts,
+            } => {
+                ballot_ok(*instance, *ballot)?;
+                for (other, _) in conflicts {
+                    id_ok(*other)?;
+                    if other == instance {
+                        return Err(Reject::SelfDependency);
+                    }
+                }
+                Ok(())
+            }
+            Message::Waiting { matching, .. } => {
+                if *matching as usize > n {
+                    return Err(Reject::ImplausibleCount);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a Commit of `id` contradicts what this replica knows for certain (see
+    /// [`Contradiction`]). Agreement makes every correct Commit of an instance carry the one
+    /// decided value, and only an instance's leader puts commands in it (recovery carries them
+    /// on or decides a no-op), so none of these can come from a correct peer.
+    pub(super) fn commit_contradiction(
+        &self,
+        id: InstanceId,
+        commands: &Commands,
+        deps: &[InstanceId],
+    ) -> Option<Contradiction> {
+        if id.replica == self.opts.id && id.slot >= self.next_slot {
+            return Some(Contradiction::CommitUnproposed);
+        }
+        let inst = self.instances.get(&id)?;
+        let differs = if inst.status.is_decided() {
+            inst.commands != *commands || inst.deps != deps
+        } else {
+            !inst.commands.is_empty() && !commands.is_empty() && inst.commands != *commands
+        };
+        differs.then_some(Contradiction::CommitDiffers)
+    }
+
+    /// Whether a Watermark claims more than its sender can have (see
+    /// [`Contradiction::WatermarkBeyond`]). Claims about other rows cannot be checked here:
+    /// the sender may know commits this replica has not seen yet.
+    pub(super) fn watermark_contradiction(&self, committed: &[u64], executed: &[u64]) -> bool {
+        if self.opts.sabotage.trust_watermarks {
+            return false;
+        }
+        let me = self.opts.id.index();
+        executed.iter().zip(committed).any(|(e, c)| e > c)
+            || committed.get(me).is_some_and(|c| *c > self.next_slot)
+            || executed.get(me).is_some_and(|e| *e > self.next_slot)
+    }
+}

@@ -1,0 +1,313 @@
+//! The command leader's side: starting instances from pending proposals, PreAccept and the
+//! fast-path decision, Accept, committing what it led, resends and nacks.
+
+use std::sync::Arc;
+
+use super::{Path, Replica, Time};
+use crate::core::command::Command;
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::instance::{Instance, Leading, Phase, Status};
+use crate::core::message::{Commands, Message};
+
+impl Replica {
+    pub(super) fn start_instance(&mut self, now: Time) {
+        let id = InstanceId::new(self.opts.id, self.next_slot);
+        self.next_slot += 1;
+        let mut take = 0;
+        let mut bytes = 0;
+        for cmd in self.pending.iter().take(self.opts.batch_max) {
+            bytes += cmd.op.size_bytes();
+            if take > 0 && bytes > self.opts.batch_bytes_max {
+                break;
+            }
+            take += 1;
+        }
+        let commands: Vec<Command> = self.pending.drain(..take).collect();
+        self.pending_bytes -= commands.iter().map(|c| c.op.size_bytes()).sum::<usize>();
+        let mut deps = Vec::new();
+        if !self.opts.sabotage.forget_deps {
+            self.index.collect(id, &commands, true, &mut deps);
+            self.add_horizon_deps(&mut deps);
+        }
+        self.index.record(id, &commands);
+        let commands: Commands = Arc::new(commands);
+        let ballot = Ballot::initial(self.opts.id);
+        self.instances.insert(
+            id,
+            Instance {
+                status: Status::PreAccepted,
+                ballot,
+                accepted_ballot: None,
+                commands: commands.clone(),
+                deps: deps.clone(),
+                init_deps: Some(deps.clone()),
+            },
+        );
+        self.save(id);
+        self.ready.batches.push(commands.len());
+        let asked = self.targets(now, self.fast_quorum - 1);
+        self.leading.insert(
+            id,
+            Leading {
+                phase: Phase::PreAccepting {
+                    replies: Vec::new(),
+                },
+                asked: asked.clone(),
+                started_at: now,
+                sent_at: now,
+                retry_after: self.opts.retry,
+                recovery: false,
+            },
+        );
+        self.send(
+            asked,
+            Message::PreAccept {
+                instance: id,
+                ballot,
+                commands,
+                deps,
+            },
+        );
+        self.decide_pre_accept(now, id, false);
+    }
+
+    /// Peers to ask in a phase that needs `needed` answers besides the leader's: all peers, or
+    /// in thrifty mode just `needed` of them (the next ids after ours, a fixed choice).
+    /// In thrifty mode, peers not suspected come first (then the next ids after ours), so a
+    /// dead peer does not cost every instance a resend timeout.
+    fn targets(&self, now: Time, needed: usize) -> Vec<ReplicaId> {
+        let n = self.opts.n as u32;
+        let count = if self.opts.thrifty {
+            needed
+        } else {
+            self.opts.n - 1
+        };
+        let mut peers: Vec<ReplicaId> = (1..n)
+            .map(|k| ReplicaId((self.opts.id.0 + k) % n))
+            .collect();
+        // Stable: keeps the id order among peers alike.
+        peers.sort_by_key(|p| self.is_suspected(*p, now));
+        peers.truncate(count);
+        peers
+    }
+
+    /// Whether nothing was heard from `peer` for `suspect_after`. Every peer sends at least a
+    /// Watermark each `watermark_every`, which serves as the heartbeat.
+    pub fn is_suspected(&self, peer: ReplicaId, now: Time) -> bool {
+        self.last_heard
+            .get(peer.index())
+            .is_some_and(|heard| now.saturating_sub(*heard) > self.opts.suspect_after)
+    }
+
+    pub(super) fn handle_pre_accept_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.ballot != ballot {
+            return;
+        }
+        let Some(lead) = self.leading.get_mut(&id) else {
+            return; // decided already: a late or duplicated answer
+        };
+        let Phase::PreAccepting { replies } = &mut lead.phase else {
+            return;
+        };
+        if replies.iter().any(|(r, _)| *r == from) {
+            return;
+        }
+        replies.push((from, deps));
+        self.decide_pre_accept(now, id, false);
+    }
+
+    /// The EPaxos* fast-path rule: commit the initial deps once a fast quorum (leader included)
+    /// reported exactly them. Otherwise go to the slow path with the union of all answers once a
+    /// slow quorum answered and either the fast path can no longer happen or `timed_out`.
+    fn decide_pre_accept(&mut self, now: Time, id: InstanceId, timed_out: bool) {
+        let (Some(inst), Some(lead)) = (self.instances.get(&id), self.leading.get(&id)) else {
+            return;
+        };
+        let Phase::PreAccepting { replies } = &lead.phase else {
+            return;
+        };
+        let init_deps = inst.init_deps.clone().unwrap_or_default();
+        let matching = 1 + replies.iter().filter(|(_, d)| *d == init_deps).count();
+        let answered = 1 + replies.len();
+        // A suspected peer is not waited for: with a dead peer, an instance whose fast path
+        // failed would otherwise wait for the resend timer before taking the slow path.
+        let unanswered = lead
+            .asked
+            .iter()
+            .filter(|p| !lead.has_answered(**p) && !self.is_suspected(**p, now))
+            .count();
+        if matching >= self.fast_quorum {
+            self.commit_led(now, id, init_deps, Path::Fast);
+            return;
+        }
+        let fast_possible = matching + unanswered >= self.fast_quorum;
+        if answered >= self.slow_quorum && (!fast_possible || timed_out) {
+            let mut union = init_deps;
+            for (_, d) in replies {
+                union.extend_from_slice(d);
+            }
+            crate::core::deps::normalize(&mut union);
+            self.start_accept(now, id, union);
+        }
+    }
+
+    pub(super) fn start_accept(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>) {
+        let asked = self.targets(now, self.slow_quorum - 1);
+        let inst = self
+            .instances
+            .get_mut(&id)
+            .expect("a led instance is in the table");
+        inst.status = Status::Accepted;
+        inst.accepted_ballot = Some(inst.ballot);
+        inst.deps = deps.clone();
+        let msg = Message::Accept {
+            instance: id,
+            ballot: inst.ballot,
+            commands: inst.commands.clone(),
+            deps,
+        };
+        self.save(id);
+        let lead = self
+            .leading
+            .get_mut(&id)
+            .expect("start_accept on a led instance");
+        lead.phase = Phase::Accepting { acks: Vec::new() };
+        lead.asked = asked.clone();
+        lead.sent_at = now;
+        lead.retry_after = self.opts.retry;
+        self.send(asked, msg);
+        self.decide_accept(now, id);
+    }
+
+    pub(super) fn handle_accept_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+    ) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.ballot != ballot {
+            return;
+        }
+        let Some(lead) = self.leading.get_mut(&id) else {
+            return;
+        };
+        let Phase::Accepting { acks } = &mut lead.phase else {
+            return;
+        };
+        if !acks.contains(&from) {
+            acks.push(from);
+            self.decide_accept(now, id);
+        }
+    }
+
+    fn decide_accept(&mut self, now: Time, id: InstanceId) {
+        let Some(lead) = self.leading.get(&id) else {
+            return;
+        };
+        if let Phase::Accepting { acks } = &lead.phase {
+            if 1 + acks.len() >= self.slow_quorum {
+                let path = if lead.recovery {
+                    Path::Recovered
+                } else {
+                    Path::Slow
+                };
+                let deps = self.instances[&id].deps.clone();
+                self.commit_led(now, id, deps, path);
+            }
+        }
+    }
+
+    fn commit_led(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>, path: Path) {
+        let lead = self
+            .leading
+            .remove(&id)
+            .expect("only led instances are committed by their leader");
+        let inst = self
+            .instances
+            .get_mut(&id)
+            .expect("a led instance is in the table");
+        // The leader's own copy takes the decided deps here (commit_here's sabotage switch is
+        // about Commits learnt from peers).
+        inst.deps = deps.clone();
+        let (ballot, commands) = (inst.ballot, inst.commands.clone());
+        let msg = Message::Commit {
+            instance: id,
+            ballot,
+            commands: commands.clone(),
+            deps: deps.clone(),
+        };
+        self.send(self.peers(), msg);
+        let led = Some((path, now.saturating_sub(lead.started_at)));
+        self.commit_here(now, id, ballot, commands, deps, led);
+    }
+
+    pub(super) fn on_retry_timeout(&mut self, now: Time, id: InstanceId) {
+        let Some(lead) = self.leading.get(&id) else {
+            return;
+        };
+        if let Phase::PreAccepting { replies } = &lead.phase {
+            if 1 + replies.len() >= self.slow_quorum {
+                // A slow quorum answered but the fast quorum did not come in time.
+                self.decide_pre_accept(now, id, true);
+                return;
+            }
+        }
+        // Resend to every peer that has not answered, not just the ones first asked: in thrifty
+        // mode a silent peer would otherwise stall the instance.
+        let silent: Vec<ReplicaId> = self
+            .peers()
+            .into_iter()
+            .filter(|p| !lead.has_answered(*p))
+            .collect();
+        let inst = &self.instances[&id];
+        let msg = match &lead.phase {
+            Phase::PreAccepting { .. } => Message::PreAccept {
+                instance: id,
+                ballot: inst.ballot,
+                commands: inst.commands.clone(),
+                deps: inst.init_deps.clone().unwrap_or_default(),
+            },
+            Phase::Accepting { .. } => Message::Accept {
+                instance: id,
+                ballot: inst.ballot,
+                commands: inst.commands.clone(),
+                deps: inst.deps.clone(),
+            },
+        };
+        let retry_max = self.opts.retry_max;
+        let lead = self.leading.get_mut(&id).expect("checked above");
+        lead.asked = silent.clone();
+        lead.sent_at = now;
+        lead.retry_after = (lead.retry_after * 2).min(retry_max);
+        self.send(silent, msg);
+    }
+
+    pub(super) fn handle_nack(&mut self, now: Time, id: InstanceId, promised: Ballot) {
+        if let Some(inst) = self.instances.get_mut(&id) {
+            if promised > inst.ballot && !inst.status.is_decided() {
+                // Another replica took the instance over: stop leading (or recovering) it. Its
+                // clients get their answer once it is committed and executed (or, if it ends
+                // as a no-op, once their commands are proposed again). Not made durable: a
+                // promise forgotten only lets this replica accept what it would have anyway.
+                inst.ballot = promised;
+                self.leading.remove(&id);
+                self.recovering.remove(&id);
+                self.postpone_recovery(now, id);
+            }
+        }
+    }
+}

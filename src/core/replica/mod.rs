@@ -1,0 +1,534 @@
+//! The protocol core: one replica's whole EPaxos* state machine, with no I/O.
+//!
+//! Inputs, each with the current time as a value:
+//! - [`Replica::propose`]: a client command (with an opaque token naming whom to answer);
+//! - [`Replica::handle`]: a message from a peer;
+//! - [`Replica::flush`]: start instances from the pending proposals (the runtime calls it after
+//!   draining a burst of inputs, which is what batches proposals into one instance);
+//! - [`Replica::tick`]: timers (resending to silent peers, fetching missing commits).
+//!
+//! Outputs collect in a [`Ready`] that the runtime drains with [`Replica::take_ready`] and
+//! carries out: send the messages, answer the clients.
+//!
+//! Recovery of instances whose leader died (EPaxos* explicit prepare) lives in `recovery`
+//! (its rules) and in `recovering` (its bookkeeping).
+//!
+//! The files split the replica by role and phase: `leader` (PreAccept/Accept/Commit of the
+//! instances it leads), `acceptor` (answering them), `commit` (the one commit path),
+//! `execution` and `collect` (execution, watermarks, garbage collection, checkpoints),
+//! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `input`
+//! (what peer input is impossible), `send` (message builders); the stateful parts are nouns:
+//! `waiting` (what execution waits for), `recoveries` (recoveries in progress), and the
+//! inputs and outputs: `options`, `ready`.
+
+mod acceptor;
+mod collect;
+mod commit;
+mod execution;
+mod input;
+mod invariants;
+mod leader;
+mod options;
+mod ready;
+mod recoveries;
+mod recovering;
+mod rejoin;
+mod send;
+#[cfg(test)]
+mod tests;
+mod waiting;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::core::checkpoint::Checkpoint;
+use crate::core::command::{Command, OpResult};
+use crate::core::deps::ConflictIndex;
+use crate::core::execute;
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::instance::{Instance, Leading, Phase, Status};
+use crate::core::kv::{self, KvStore};
+use crate::core::message::Message;
+use crate::core::quorum;
+
+pub use options::{Options, OptionsError, Sabotage};
+pub use ready::{
+    Committed, Contradiction, Outgoing, Overloaded, Path, Ready, Refused, Reject, Rejected, Reply,
+    ReplyError,
+};
+use recoveries::Recovery;
+use waiting::Waiting;
+
+/// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
+pub type Time = Duration;
+
+/// Opaque to the core: the runtime's name for a waiting client.
+pub type Token = u64;
+
+/// One replica's protocol state.
+pub struct Replica {
+    opts: Options,
+    fast_quorum: usize,
+    slow_quorum: usize,
+    instances: HashMap<InstanceId, Instance>,
+    index: ConflictIndex,
+    kv: KvStore,
+    next_slot: u64,
+    pending: VecDeque<Command>,
+    /// Bytes of the commands in `pending`.
+    pending_bytes: usize,
+    /// Instances this replica leads that are not committed yet (ordered for determinism).
+    leading: BTreeMap<InstanceId, Leading>,
+    /// Clients waiting here, by request: a retry of a request that is still pending or in
+    /// flight here joins the waiting list instead of starting another instance (which, under a
+    /// storm of retries, would snowball); the first execution of the request answers them all.
+    /// Each waiting client comes with the fingerprint of its command: a different command
+    /// reusing the request id is answered `Reused`, not with the other command's result.
+    clients: HashMap<(ClientId, RequestId), Vec<(Token, u64)>>,
+    /// Some client gave up since the last flush (see `forget`): pending commands nobody waits
+    /// for any more are dropped at the next one.
+    forgotten: bool,
+    /// Uncommitted dependencies that block execution, ordered for deterministic fetching.
+    waiting: BTreeMap<InstanceId, Waiting>,
+    /// Per row: committed instances waiting for the row's committed prefix to pass a slot
+    /// (their deps cover it), by that slot.
+    prefix_waiters: Vec<BTreeMap<u64, Vec<InstanceId>>>,
+    committed_count: u64,
+    unexecuted: u64,
+    /// The committed instances not executed yet, by key: where execution finds edges.
+    to_execute: execute::Unexecuted,
+    /// Per row: the first slot not known to be committed here.
+    committed_prefix: Vec<u64>,
+    /// Per row: one past the highest slot committed here.
+    committed_end: Vec<u64>,
+    /// Per row: the first slot not executed here.
+    executed_prefix: Vec<u64>,
+    /// Per peer, per row: the committed prefix it last reported.
+    peer_committed: Vec<Vec<u64>>,
+    /// Per peer, per row: the executed prefix it last reported.
+    peer_executed: Vec<Vec<u64>>,
+    /// Recoveries this replica runs.
+    recovering: BTreeMap<InstanceId, Recovery>,
+    /// Per uncommitted instance: the highest matching count a recoverer of it announced in a
+    /// Waiting message (breaks waiting cycles, see `recovery`). Dropped at commit.
+    announced: HashMap<InstanceId, u32>,
+    /// Per row: slots below this were dropped from memory (all executed here, all committed
+    /// everywhere). A dependency on one of them counts as executed.
+    gc_prefix: Vec<u64>,
+    /// Per row: how far the row reached anywhere when this replica joined with a new data
+    /// directory (all zeros for a replica that never lost its data). Below it, an earlier
+    /// incarnation may have voted and forgotten: see `rejoin`.
+    horizons: Vec<u64>,
+    next_watermark: Time,
+    /// When this replica, if it is behind a peer, may next pull Commits from it.
+    next_catch_up: Time,
+    /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
+    last_heard: Vec<Time>,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A fresh replica. Panics on invalid options: validate them first.
+    pub fn new(opts: Options) -> Replica {
+        opts.validate()
+            .expect("options are validated by the caller");
+        Replica {
+            fast_quorum: quorum::fast_quorum(opts.n),
+            slow_quorum: quorum::slow_quorum(opts.n),
+            index: ConflictIndex::new(opts.n),
+            instances: HashMap::new(),
+            kv: KvStore::new(),
+            next_slot: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            leading: BTreeMap::new(),
+            clients: HashMap::new(),
+            forgotten: false,
+            waiting: BTreeMap::new(),
+            prefix_waiters: vec![BTreeMap::new(); opts.n],
+            committed_count: 0,
+            unexecuted: 0,
+            to_execute: execute::Unexecuted::new(opts.n),
+            committed_prefix: vec![0; opts.n],
+            committed_end: vec![0; opts.n],
+            executed_prefix: vec![0; opts.n],
+            peer_committed: vec![vec![0; opts.n]; opts.n],
+            peer_executed: vec![vec![0; opts.n]; opts.n],
+            recovering: BTreeMap::new(),
+            announced: HashMap::new(),
+            gc_prefix: vec![0; opts.n],
+            horizons: vec![0; opts.n],
+            next_watermark: Duration::ZERO,
+            next_catch_up: Duration::ZERO,
+            last_heard: vec![Duration::ZERO; opts.n],
+            ready: Ready::default(),
+            opts,
+        }
+    }
+
+    /// Rebuilds a replica from its durable log (instance states in the order they were
+    /// written; the last one of an instance wins) and resumes: committed instances execute again
+    /// from an empty key/value state, which rebuilds it exactly (execution is deterministic), and
+    /// the instances this replica leads that were not committed resend their current phase at
+    /// the same ballot with the same values (safe: what it sends is what it made durable before
+    /// sending the first time). Clients that were waiting are gone; they retry.
+    pub fn restore(
+        opts: Options,
+        now: Time,
+        records: impl IntoIterator<Item = (InstanceId, Instance)>,
+    ) -> Replica {
+        Replica::restore_from(opts, now, None, records)
+    }
+
+    /// [`Replica::restore`] on top of a checkpoint: the log records of instances the checkpoint
+    /// covers are skipped, and those it lists as executed are not executed again.
+    pub fn restore_from(
+        opts: Options,
+        now: Time,
+        checkpoint: Option<Checkpoint>,
+        records: impl IntoIterator<Item = (InstanceId, Instance)>,
+    ) -> Replica {
+        let mut r = Replica::new(opts);
+        let me = r.opts.id;
+        let mut executed_above = HashSet::new();
+        if let Some(c) = checkpoint {
+            r.kv = c.kv;
+            r.index = c.index;
+            r.next_slot = c.next_slot;
+            r.committed_count = c.gc_prefix.iter().sum();
+            r.executed_prefix = c.gc_prefix.clone();
+            r.committed_prefix = c.gc_prefix.clone();
+            r.committed_end = c.gc_prefix.clone();
+            r.gc_prefix = c.gc_prefix;
+            executed_above = c.executed_above.into_iter().collect();
+        }
+        for (id, inst) in records {
+            if id.replica.index() >= r.opts.n || r.forgotten(id) {
+                continue;
+            }
+            r.index.record(id, &inst.commands);
+            r.instances.insert(id, inst);
+        }
+        let mut ids: Vec<InstanceId> = r.instances.keys().copied().collect();
+        ids.sort_unstable();
+        r.next_slot = ids
+            .iter()
+            .filter(|i| i.replica == me)
+            .map(|i| i.slot + 1)
+            .max()
+            .unwrap_or(0)
+            .max(r.next_slot);
+        for id in &ids {
+            let inst = r.instances.get_mut(id).expect("ids come from the table");
+            if inst.status.is_decided() && executed_above.contains(id) {
+                inst.status = Status::Executed;
+                r.committed_count += 1;
+                r.advance_prefix(*id);
+                r.advance_executed(*id);
+            } else if inst.status.is_decided() {
+                inst.status = Status::Committed;
+                // Every committed instance goes into the execution index and the committed
+                // prefix before anything executes: edges are looked up there.
+                let commands = inst.commands.clone();
+                r.to_execute.insert(*id, &commands);
+                r.committed_count += 1;
+                r.unexecuted += 1;
+                r.advance_prefix(*id);
+            } else if id.replica == me && inst.ballot == Ballot::initial(me) {
+                let (phase, msg) = match inst.status {
+                    Status::PreAccepted => (
+                        Phase::PreAccepting {
+                            replies: Vec::new(),
+                        },
+                        Message::PreAccept {
+                            instance: *id,
+                            ballot: inst.ballot,
+                            commands: inst.commands.clone(),
+                            deps: inst.init_deps.clone().unwrap_or_default(),
+                        },
+                    ),
+                    _ => (
+                        Phase::Accepting { acks: Vec::new() },
+                        Message::Accept {
+                            instance: *id,
+                            ballot: inst.ballot,
+                            commands: inst.commands.clone(),
+                            deps: inst.deps.clone(),
+                        },
+                    ),
+                };
+                let peers = r.peers();
+                r.leading.insert(
+                    *id,
+                    Leading {
+                        phase,
+                        asked: peers.clone(),
+                        started_at: now,
+                        sent_at: now,
+                        retry_after: r.opts.retry,
+                        recovery: false,
+                    },
+                );
+                r.send(peers, msg);
+            }
+        }
+        for id in ids {
+            if r.instances[&id].status == Status::Committed {
+                r.on_committed(now, id);
+            }
+        }
+        // Re-execution answers nobody: those clients are gone.
+        r.ready.replies.clear();
+        r.ready.executed.clear();
+        r
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.opts.id
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    pub fn instance(&self, id: InstanceId) -> Option<&Instance> {
+        self.instances.get(&id)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = (&InstanceId, &Instance)> {
+        self.instances.iter()
+    }
+
+    /// Instances committed here so far.
+    pub fn committed_count(&self) -> u64 {
+        self.committed_count
+    }
+
+    /// Committed instances not executed yet.
+    pub fn unexecuted(&self) -> u64 {
+        self.unexecuted
+    }
+
+    /// Proposals waiting for an instance.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Instances this replica leads that are not committed.
+    pub fn inflight(&self) -> usize {
+        self.leading.len()
+    }
+
+    /// Drains the outputs accumulated since the last call.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Queues a client command. It starts in an instance at the next [`Replica::flush`].
+    pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
+        let full_bytes = self.pending_bytes + cmd.op.size_bytes() > self.opts.pending_bytes_max;
+        if self.pending.len() >= self.opts.pending_max || (full_bytes && !self.pending.is_empty()) {
+            return Err(Overloaded(self.pending.len()));
+        }
+        if self.opts.sabotage.local_reads {
+            if let crate::core::command::Op::Get { key } = &cmd.op {
+                let result = match self.kv.get(key) {
+                    Some(v) => OpResult {
+                        found: true,
+                        value: v.clone(),
+                        success: true,
+                    },
+                    None => OpResult::default(),
+                };
+                self.ready.replies.push(Reply {
+                    token,
+                    result: Ok(result),
+                });
+                return Ok(());
+            }
+        }
+        let print = kv::fingerprint(&cmd.op);
+        match self.clients.entry((cmd.client, cmd.request)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push((token, print)),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(vec![(token, print)]);
+                self.pending_bytes += cmd.op.size_bytes();
+                self.pending.push_back(cmd);
+            }
+        }
+        Ok(())
+    }
+
+    /// The client behind `token`, which proposed `(client, request)`, gave up (its call timed
+    /// out): nobody is answered for it any more. A command still pending with nobody else
+    /// waiting for it is dropped when the next batch is formed, before it was ever proposed
+    /// (the client was told it may retry with the same ids); one already in an instance goes
+    /// on and executes once, answering nobody here.
+    pub fn forget(&mut self, token: Token, client: ClientId, request: RequestId) {
+        let key = (client, request);
+        let Some(tokens) = self.clients.get_mut(&key) else {
+            return;
+        };
+        tokens.retain(|(t, _)| *t != token);
+        if tokens.is_empty() {
+            self.clients.remove(&key);
+            self.forgotten = true;
+        }
+    }
+
+    /// Starts instances from the pending proposals, up to `batch_max` commands each, while
+    /// fewer than `inflight_max` instances are in flight.
+    pub fn flush(&mut self, now: Time) {
+        if std::mem::take(&mut self.forgotten) {
+            // Commands whose clients all gave up before they were proposed (see `forget`).
+            let clients = &self.clients;
+            self.pending
+                .retain(|cmd| clients.contains_key(&(cmd.client, cmd.request)));
+            self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
+        }
+        while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
+            self.start_instance(now);
+        }
+    }
+
+    /// Handles one message from peer `from`. A message that names a replica, instance, ballot
+    /// or dependency that cannot exist (see [`Reject`]) changes nothing, not even when the
+    /// sender was last heard: it is only reported in [`Ready::rejected`].
+    pub fn handle(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        if let Err(reason) = self.check_input(from, &msg) {
+            self.ready.rejected.push(Rejected {
+                from,
+                kind: msg.kind(),
+                reason,
+            });
+            return;
+        }
+        self.last_heard[from.index()] = now;
+        if msg.ballot().is_some_and(|b| b.round == u32::MAX) {
+            // Honest ballots grow by one round per takeover and never get near the top; a
+            // ballot there leaves no successor for the next takeover (see `next_ballot`).
+            self.refuse(from, Contradiction::BallotOverflow);
+            return;
+        }
+        match msg {
+            Message::PreAccept {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => self.handle_pre_accept(from, instance, ballot, commands, deps),
+            Message::PreAcceptOk {
+                instance,
+                ballot,
+                deps,
+            } => self.handle_pre_accept_ok(now, from, instance, ballot, deps),
+            Message::Accept {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => self.handle_accept(from, instance, ballot, commands, deps),
+            Message::AcceptOk { instance, ballot } => {
+                self.handle_accept_ok(now, from, instance, ballot)
+            }
+            Message::Commit {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => self.handle_commit(now, from, instance, ballot, commands, deps),
+            Message::Nack { instance, promised } => self.handle_nack(now, instance, promised),
+            Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
+            Message::Watermark {
+                committed_prefix,
+                executed_prefix,
+            } => self.handle_watermark(from, committed_prefix, executed_prefix),
+            Message::Recover { instance, ballot } => {
+                self.handle_recover(now, from, instance, ballot)
+            }
+            Message::RecoverOk {
+                instance,
+                ballot,
+                reply,
+            } => self.handle_recover_ok(now, from, instance, ballot, reply),
+            Message::Validate {
+                instance,
+                ballot,
+                commands,
+                deps,
+            } => self.handle_validate(from, instance, ballot, commands, deps),
+            Message::ValidateOk {
+                instance,
+                ballot,
+                conflicts,
+            } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
+            Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
+        }
+    }
+
+    /// Fires due timers: resends to peers that did not answer (falling back to the slow path
+    /// when a slow quorum answered but the fast one did not come), and asks peers for the
+    /// Commit of dependencies that execution has waited on for too long.
+    pub fn tick(&mut self, now: Time) {
+        if self.opts.sabotage.no_retransmit {
+            return;
+        }
+        let due: Vec<InstanceId> = self
+            .leading
+            .iter()
+            .filter(|(_, l)| now >= l.sent_at + l.retry_after)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.on_retry_timeout(now, id);
+        }
+        self.fetch_missing(now);
+        self.recover_stuck(now);
+        if self.opts.gc_executed {
+            self.collect_garbage();
+        }
+        if now >= self.next_watermark {
+            self.next_watermark = now + self.opts.watermark_every;
+            self.need_stragglers(now);
+            let msg = Message::Watermark {
+                committed_prefix: self.committed_prefix.clone(),
+                executed_prefix: self.executed_prefix.clone(),
+            };
+            self.send(self.peers(), msg);
+        } else if now >= self.next_catch_up {
+            self.catch_up(now);
+        }
+    }
+
+    /// Pulls Commits from the peer that is furthest ahead of this replica, if one is ahead by
+    /// more than one Watermark's answer: a replica that was down for long catches up at a round
+    /// trip per `watermark_commits_max` Commits instead of that many per `watermark_every`.
+    fn catch_up(&mut self, now: Time) {
+        let behind = |reported: &Vec<u64>| -> u64 {
+            reported
+                .iter()
+                .zip(&self.committed_prefix)
+                .map(|(theirs, mine)| theirs.saturating_sub(*mine))
+                .sum()
+        };
+        let ahead = self
+            .peers()
+            .into_iter()
+            .map(|p| (behind(&self.peer_committed[p.index()]), p))
+            .max();
+        if let Some((lag, peer)) = ahead {
+            if lag > self.opts.watermark_commits_max as u64 {
+                self.next_catch_up = now + self.opts.catch_up_every;
+                let msg = Message::Watermark {
+                    committed_prefix: self.committed_prefix.clone(),
+                    executed_prefix: self.executed_prefix.clone(),
+                };
+                self.send(vec![peer], msg);
+            }
+        }
+    }
+}

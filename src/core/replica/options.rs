@@ -1,0 +1,162 @@
+//! The core's tunables and the test-only sabotage switches.
+
+use std::time::Duration;
+
+use crate::core::ids::ReplicaId;
+use crate::core::limits;
+
+/// Tunables, validated at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub id: ReplicaId,
+    pub n: usize,
+    /// Send PreAccept and Accept only to as many peers as the quorum needs.
+    pub thrifty: bool,
+    /// Most commands batched into one instance.
+    pub batch_max: usize,
+    /// Most key and value bytes batched into one instance (one larger command still goes
+    /// alone): keeps messages well under the transport's limit.
+    pub batch_bytes_max: usize,
+    /// Most proposals waiting for an instance; beyond it proposals are refused.
+    pub pending_max: usize,
+    /// Most bytes of commands waiting for an instance.
+    pub pending_bytes_max: usize,
+    /// Most instances this replica leads at once that are not committed yet. Bounds the work in
+    /// flight and, under conflicts, how large dependency components grow.
+    pub inflight_max: usize,
+    /// First wait before resending to peers that did not answer; doubles up to `retry_max`.
+    pub retry: Duration,
+    pub retry_max: Duration,
+    /// How long an execution may wait on a dependency before asking peers for its Commit.
+    pub fetch_after: Duration,
+    /// How long an execution may wait on an uncommitted dependency before this replica takes
+    /// it over (recovery); later attempts back off exponentially.
+    pub recover_after: Duration,
+    /// How often to send peers a Watermark (anti-entropy for lost or missed commits; also the
+    /// heartbeat).
+    pub watermark_every: Duration,
+    /// A peer not heard from for this long is suspected (see `Replica::is_suspected`).
+    pub suspect_after: Duration,
+    /// Most Commits sent in answer to one Watermark.
+    pub watermark_commits_max: usize,
+    /// While a peer reported more committed than this replica knows (by more than
+    /// `watermark_commits_max` slots: it was down, or partitioned, for a while), it sends that
+    /// peer a Watermark this often instead of every `watermark_every`, pulling the Commits it
+    /// lacks at up to `watermark_commits_max` per round trip.
+    pub catch_up_every: Duration,
+    /// Drop instances from memory once they are executed here and every peer reported them
+    /// committed (through Watermarks): nobody can need their Commit from us any more. Off by
+    /// default so that tests can inspect every instance; the replica binary turns it on.
+    pub gc_executed: bool,
+    /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
+    /// production; nothing outside tests sets them.
+    pub sabotage: Sabotage,
+}
+
+/// Deliberate protocol bugs that tests plant to show that each safety or liveness check can
+/// fail. Every flag defaults to off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sabotage {
+    /// Compute no dependencies (visibility and execution order break).
+    pub forget_deps: bool,
+    /// Execute a strongly connected component in reverse `InstanceId` order.
+    pub reverse_component_order: bool,
+    /// On Commit, keep this replica's own deps instead of the decided ones (agreement breaks).
+    pub keep_own_deps_on_commit: bool,
+    /// Apply every command, retries included (exactly-once breaks).
+    pub skip_dedup: bool,
+    /// Answer GETs from local state when proposed, without consensus (linearizability breaks).
+    pub local_reads: bool,
+    /// Never resend and never fetch missing commits (liveness breaks under message loss).
+    pub no_retransmit: bool,
+    /// Recovery commits a no-op unless it finds the instance committed (agreement breaks: a
+    /// command committed outside the recovery's quorum loses its instance).
+    pub recovery_always_nop: bool,
+    /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
+    /// the command may never have been committed, and a conflicting one went ahead without it).
+    pub recovery_skips_validate: bool,
+    /// A replica that lost its data rejoins without horizons: it votes as if its old
+    /// incarnation never voted (agreement breaks).
+    pub rejoin_without_horizons: bool,
+    /// Watermarks claim every row committed and executed far beyond anything proposed (a
+    /// lying peer: "I executed everything").
+    pub forge_watermarks: bool,
+    /// Accept any Watermark, however impossible (peers then drop from memory what the liar
+    /// still needs, and it never gets those Commits again: liveness breaks).
+    pub trust_watermarks: bool,
+}
+
+impl Options {
+    /// Defaults for replica `id` of `n`.
+    pub fn new(id: ReplicaId, n: usize) -> Self {
+        Options {
+            id,
+            n,
+            thrifty: false,
+            batch_max: limits::BATCH_MAX,
+            batch_bytes_max: limits::BATCH_BYTES_MAX,
+            pending_max: limits::PENDING_MAX,
+            pending_bytes_max: limits::PENDING_BYTES_MAX,
+            inflight_max: limits::INFLIGHT_MAX,
+            retry: Duration::from_millis(200),
+            retry_max: Duration::from_secs(2),
+            fetch_after: Duration::from_millis(300),
+            recover_after: limits::RECOVER_AFTER,
+            watermark_every: limits::HEARTBEAT,
+            suspect_after: limits::SUSPECT_AFTER,
+            watermark_commits_max: limits::WATERMARK_COMMITS_MAX,
+            catch_up_every: Duration::from_millis(10),
+            gc_executed: false,
+            sabotage: Sabotage::default(),
+        }
+    }
+
+    /// Checks the relations between the tunables.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.n == 0 || self.id.index() >= self.n {
+            return Err(OptionsError::Id(self.id, self.n));
+        }
+        // Quorums are sized for N = 2F+1; with N even they need not intersect.
+        if self.n.is_multiple_of(2) {
+            return Err(OptionsError::Even(self.n));
+        }
+        for (name, v) in [
+            ("batch_max", self.batch_max),
+            ("batch_bytes_max", self.batch_bytes_max),
+            ("pending_max", self.pending_max),
+            ("pending_bytes_max", self.pending_bytes_max),
+            ("inflight_max", self.inflight_max),
+        ] {
+            if v == 0 {
+                return Err(OptionsError::Zero(name));
+            }
+        }
+        if self.retry.is_zero()
+            || self.retry > self.retry_max
+            || self.fetch_after.is_zero()
+            || self.recover_after.is_zero()
+            || self.watermark_every.is_zero()
+            || self.catch_up_every.is_zero()
+            || self.suspect_after <= self.watermark_every
+        {
+            return Err(OptionsError::Timers);
+        }
+        Ok(())
+    }
+}
+
+/// Invalid [`Options`].
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("replica id {0} is not in a cluster of {1}")]
+    Id(ReplicaId, usize),
+    #[error("a cluster of {0} replicas: the number of replicas must be odd (quorums need not intersect otherwise)")]
+    Even(usize),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error(
+        "timers must be positive, retry must not exceed retry_max, and suspect_after must \
+         exceed watermark_every"
+    )]
+    Timers,
+}

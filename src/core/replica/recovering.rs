@@ -1,0 +1,584 @@
+//! Recovery bookkeeping (EPaxos* explicit prepare): taking over stuck instances, Recover,
+//! Validate and Waiting. The rules and why each is safe live in `core::recovery`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::recoveries::{Recovery, RecoveryPhase};
+use super::{Path, Replica, Time};
+use crate::core::deps::{covers, keys_of, ConflictKey};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::instance::{Instance, Leading, Phase, Status};
+use crate::core::message::{Commands, Message, RecoverReply};
+use crate::core::recovery::{self, AfterValidate, Awaited, Decision};
+
+impl Replica {
+    /// `e` of EPaxos*: how many replicas the fast path may miss.
+    pub(super) fn e(&self) -> usize {
+        self.opts.n - self.fast_quorum
+    }
+
+    /// `f`: how many replicas may fail.
+    fn f(&self) -> usize {
+        self.opts.n - self.slow_quorum
+    }
+
+    /// Takes over the needed instances that stayed uncommitted past their recovery time (and
+    /// that no recovery of ours is already carrying to a decision in an Accept phase).
+    pub(super) fn recover_stuck(&mut self, now: Time) {
+        let cap = self.opts.recover_after * 8;
+        let mut due = Vec::new();
+        for (id, w) in self.waiting.iter_mut() {
+            if now < w.recover_at || self.leading.contains_key(id) {
+                continue;
+            }
+            w.recover_backoff = (w.recover_backoff * 2).min(cap);
+            w.recover_at = now + w.recover_backoff;
+            due.push(*id);
+        }
+        for id in due {
+            self.start_recovery(now, id);
+        }
+    }
+
+    /// Every uncommitted instance known here is eventually needed, even if nothing waits for
+    /// it: otherwise the pre-accept of a leader that died before anyone depended on it would
+    /// stay uncommitted forever (and hold back the committed prefix, so garbage collection).
+    pub(super) fn need_stragglers(&mut self, now: Time) {
+        let stragglers: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(id, i)| {
+                !i.status.is_decided()
+                    && !self.leading.contains_key(id)
+                    && !self.waiting.contains_key(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stragglers {
+            self.need(now, id);
+        }
+    }
+
+    /// Another replica works on `id`: leave it time before trying ourselves.
+    pub(super) fn postpone_recovery(&mut self, now: Time, id: InstanceId) {
+        if let Some(w) = self.waiting.get_mut(&id) {
+            w.recover_at = w.recover_at.max(now + w.recover_backoff);
+        }
+    }
+
+    /// Step 1: promise a ballot above any seen here and ask everyone for their state.
+    fn start_recovery(&mut self, now: Time, id: InstanceId) {
+        // Below a horizon this replica's own answer is not a vote it may give: peers recover.
+        if self.forgotten(id) || self.abstains(id) {
+            return;
+        }
+        let me = self.opts.id;
+        let inst = self
+            .instances
+            .entry(id)
+            .or_insert_with(|| Instance::unknown(id));
+        if inst.status.is_decided() {
+            return;
+        }
+        let Some(ballot) = next_ballot(inst.ballot, me) else {
+            // Only a promise from before ballots at the top round were refused can get here:
+            // leave the instance to whoever holds that ballot rather than wrap below it.
+            return;
+        };
+        inst.ballot = ballot;
+        let mine = reply_of(inst);
+        self.save(id);
+        self.leading.remove(&id);
+        self.recovering.insert(
+            id,
+            Recovery {
+                ballot,
+                started_at: now,
+                phase: RecoveryPhase::Recovering {
+                    replies: vec![(me, mine)],
+                },
+            },
+        );
+        self.ready.recoveries_started += 1;
+        self.send(
+            self.peers(),
+            Message::Recover {
+                instance: id,
+                ballot,
+            },
+        );
+    }
+
+    pub(super) fn handle_recover(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+    ) {
+        if self.forgotten(id) || self.abstains(id) {
+            return;
+        }
+        let inst = self
+            .instances
+            .entry(id)
+            .or_insert_with(|| Instance::unknown(id));
+        if inst.status.is_decided() {
+            self.send_commit(from, id);
+            return;
+        }
+        if ballot < inst.ballot {
+            let promised = inst.ballot;
+            self.nack(from, id, promised);
+            return;
+        }
+        let raised = ballot > inst.ballot;
+        inst.ballot = ballot;
+        let reply = reply_of(inst);
+        // Saved even when not raised: a Nack may have raised the ballot in memory only.
+        self.save(id);
+        if raised {
+            // The original leader (or an earlier recoverer) stops: from now on it ignores the
+            // answers of its lower ballot, so it can no longer commit on the fast path.
+            self.leading.remove(&id);
+            self.recovering.remove(&id);
+            self.postpone_recovery(now, id);
+        }
+        self.send(
+            vec![from],
+            Message::RecoverOk {
+                instance: id,
+                ballot,
+                reply,
+            },
+        );
+    }
+
+    pub(super) fn handle_recover_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        reply: RecoverReply,
+    ) {
+        let e = self.e();
+        let slow_quorum = self.slow_quorum;
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        if rec.ballot != ballot {
+            return;
+        }
+        match &mut rec.phase {
+            RecoveryPhase::Recovering { replies } => {
+                if replies.iter().any(|(r, _)| *r == from) {
+                    return;
+                }
+                replies.push((from, reply));
+                if replies.len() >= slow_quorum {
+                    let decision = recovery::decide(id.replica, e, replies);
+                    let quorum: Vec<ReplicaId> = replies.iter().map(|(r, _)| *r).collect();
+                    self.apply_decision(now, id, decision, quorum);
+                }
+            }
+            RecoveryPhase::Waiting { quorum, .. } if !quorum.contains(&from) => {
+                // A late answer from outside the quorum can settle a waiting recovery.
+                let decision = if reply.status.is_decided() {
+                    Decision::Commit(reply.commands, reply.deps)
+                } else if reply.status == Status::Accepted {
+                    Decision::Accept(reply.commands, reply.deps)
+                } else if from == id.replica {
+                    Decision::Nop
+                } else {
+                    return;
+                };
+                self.apply_decision(now, id, decision, Vec::new());
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_decision(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        decision: Decision,
+        quorum: Vec<ReplicaId>,
+    ) {
+        let decision = match decision {
+            Decision::Commit(..) => decision,
+            _ if self.opts.sabotage.recovery_always_nop => Decision::Nop,
+            Decision::Validate { commands, deps, .. }
+                if self.opts.sabotage.recovery_skips_validate =>
+            {
+                Decision::Accept(commands, deps)
+            }
+            _ => decision,
+        };
+        match decision {
+            Decision::Commit(commands, deps) => self.recovered_commit(now, id, commands, deps),
+            Decision::Accept(commands, deps) => self.recovery_accept(now, id, commands, deps),
+            Decision::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            Decision::Validate {
+                commands,
+                deps,
+                matching,
+            } => {
+                let me = self.opts.id;
+                let Some(rec) = self.recovering.get(&id) else {
+                    return;
+                };
+                let ballot = rec.ballot;
+                self.apply_validate(id, &commands, &deps);
+                self.save(id);
+                let mine = self.validate_conflicts(id, &commands, &deps);
+                let others: Vec<ReplicaId> = quorum.iter().copied().filter(|r| *r != me).collect();
+                if let Some(rec) = self.recovering.get_mut(&id) {
+                    rec.phase = RecoveryPhase::Validating {
+                        quorum,
+                        commands: commands.clone(),
+                        deps: deps.clone(),
+                        matching,
+                        replies: vec![(me, mine)],
+                    };
+                }
+                self.send(
+                    others,
+                    Message::Validate {
+                        instance: id,
+                        ballot,
+                        commands,
+                        deps,
+                    },
+                );
+                self.check_validated(now, id);
+            }
+        }
+    }
+
+    /// Recovery found the instance committed: commit it here and tell everyone.
+    fn recovered_commit(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(rec) = self.recovering.remove(&id) else {
+            return;
+        };
+        let took = now.saturating_sub(rec.started_at);
+        self.commit_here(
+            now,
+            id,
+            rec.ballot,
+            commands,
+            deps,
+            Some((Path::Recovered, took)),
+        );
+        if let Some(inst) = self.instances.get(&id) {
+            if inst.status.is_decided() {
+                self.send_commit_to_all(id);
+            }
+        }
+    }
+
+    /// Phase 2 at the recovery ballot with the chosen value (a no-op when `commands` is empty).
+    fn recovery_accept(
+        &mut self,
+        now: Time,
+        id: InstanceId,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        let Some(rec) = self.recovering.remove(&id) else {
+            return;
+        };
+        let Some(inst) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if inst.status.is_decided() || inst.ballot != rec.ballot {
+            return;
+        }
+        let old = std::mem::replace(&mut inst.commands, commands);
+        self.commands_changed(id, &old);
+        self.leading.insert(
+            id,
+            Leading {
+                phase: Phase::Accepting { acks: Vec::new() },
+                asked: Vec::new(),
+                started_at: rec.started_at,
+                sent_at: now,
+                retry_after: self.opts.retry,
+                recovery: true,
+            },
+        );
+        self.start_accept(now, id, deps);
+    }
+
+    /// What a Validate leaves at a replica of the quorum: the command and initial deps the
+    /// recoverer proposes, as if its PreAccept had arrived (later recoveries of other
+    /// instances then see it in their own Validate).
+    fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
+        let Some(inst) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if inst.status >= Status::Accepted {
+            return;
+        }
+        let old = std::mem::replace(&mut inst.commands, commands.clone());
+        inst.init_deps = Some(deps.to_vec());
+        self.commands_changed(id, &old);
+    }
+
+    /// The instances known here that interfere with `commands`, that `deps` do not cover and
+    /// that do not depend on `id` (by their committed deps, or by the initial deps their
+    /// leader proposed if they are not committed), each with whether it is committed here.
+    /// Instances never pre-accepted or validated here (initial deps unknown) are skipped, and
+    /// so are forgotten ones, which every replica executed (see `collect_garbage`).
+    fn validate_conflicts(
+        &self,
+        id: InstanceId,
+        commands: &Commands,
+        deps: &[InstanceId],
+    ) -> Vec<(InstanceId, bool)> {
+        let keys: HashMap<ConflictKey, bool> = keys_of(commands).into_iter().collect();
+        let interferes = |other: &Commands| {
+            keys_of(other)
+                .into_iter()
+                .any(|(k, w)| keys.get(&k).is_some_and(|mine| *mine || w))
+        };
+        let mut found = Vec::new();
+        for (other, inst) in &self.instances {
+            if *other == id || covers(deps, *other) || inst.commands.is_empty() {
+                continue;
+            }
+            let (their_deps, committed) = if inst.status.is_decided() {
+                (&inst.deps, true)
+            } else if let Some(init) = &inst.init_deps {
+                (init, false)
+            } else {
+                continue;
+            };
+            if !covers(their_deps, id) && interferes(&inst.commands) {
+                found.push((*other, committed));
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    pub(super) fn handle_validate(
+        &mut self,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        commands: Commands,
+        deps: Vec<InstanceId>,
+    ) {
+        if self.forgotten(id) || self.abstains(id) {
+            return;
+        }
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        if inst.status.is_decided() {
+            self.send_commit(from, id);
+            return;
+        }
+        if ballot != inst.ballot {
+            if ballot < inst.ballot {
+                let promised = inst.ballot;
+                self.nack(from, id, promised);
+            }
+            return;
+        }
+        self.apply_validate(id, &commands, &deps);
+        self.save(id);
+        let conflicts = self.validate_conflicts(id, &commands, &deps);
+        self.send(
+            vec![from],
+            Message::ValidateOk {
+                instance: id,
+                ballot,
+                conflicts,
+            },
+        );
+    }
+
+    pub(super) fn handle_validate_ok(
+        &mut self,
+        now: Time,
+        from: ReplicaId,
+        id: InstanceId,
+        ballot: Ballot,
+        conflicts: Vec<(InstanceId, bool)>,
+    ) {
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        if rec.ballot != ballot {
+            return;
+        }
+        if let RecoveryPhase::Validating {
+            quorum, replies, ..
+        } = &mut rec.phase
+        {
+            if quorum.contains(&from) && !replies.iter().any(|(r, _)| *r == from) {
+                replies.push((from, conflicts));
+            }
+        }
+        self.check_validated(now, id);
+    }
+
+    /// Step 3, once the whole quorum answered Validate.
+    fn check_validated(&mut self, now: Time, id: InstanceId) {
+        let e = self.e();
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
+        let RecoveryPhase::Validating {
+            quorum,
+            commands,
+            deps,
+            matching,
+            replies,
+        } = &rec.phase
+        else {
+            return;
+        };
+        if replies.len() < quorum.len() {
+            return;
+        }
+        let mut union: BTreeMap<InstanceId, bool> = BTreeMap::new();
+        for (_, found) in replies {
+            for (other, committed) in found {
+                *union.entry(*other).or_default() |= *committed;
+            }
+        }
+        let union: Vec<(InstanceId, bool)> = union.into_iter().collect();
+        let (commands, deps, quorum) = (commands.clone(), deps.clone(), quorum.clone());
+        match recovery::after_validate(e, &quorum, *matching, &union) {
+            AfterValidate::Accept => self.recovery_accept(now, id, commands, deps),
+            AfterValidate::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            AfterValidate::Wait(awaited) => {
+                let matching = *matching as u32;
+                rec.phase = RecoveryPhase::Waiting {
+                    quorum,
+                    commands,
+                    deps,
+                    awaited: awaited.clone(),
+                };
+                self.send(
+                    self.peers(),
+                    Message::Waiting {
+                        instance: id,
+                        matching,
+                    },
+                );
+                self.handle_waiting(now, id, matching);
+                for other in awaited {
+                    if !self
+                        .instances
+                        .get(&other)
+                        .is_some_and(|i| i.status.is_decided())
+                    {
+                        self.need(now, other);
+                    }
+                }
+                self.check_waiting(now, id);
+            }
+        }
+    }
+
+    /// A recoverer of `id` waits with `matching` matching pre-accepts.
+    pub(super) fn handle_waiting(&mut self, now: Time, id: InstanceId, matching: u32) {
+        const ANNOUNCED_MAX: usize = 1 << 16;
+        if self
+            .instances
+            .get(&id)
+            .is_some_and(|i| i.status.is_decided())
+            || self.forgotten(id)
+            || (self.announced.len() >= ANNOUNCED_MAX && !self.announced.contains_key(&id))
+        {
+            return;
+        }
+        let m = self.announced.entry(id).or_default();
+        *m = (*m).max(matching);
+        self.recheck_waiting(now, id);
+    }
+
+    /// Re-evaluates the waiting recoveries that await `changed`.
+    pub(super) fn recheck_waiting(&mut self, now: Time, changed: InstanceId) {
+        let ids: Vec<InstanceId> = self
+            .recovering
+            .iter()
+            .filter(|(_, r)| {
+                matches!(&r.phase, RecoveryPhase::Waiting { awaited, .. } if awaited.contains(&changed))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.check_waiting(now, id);
+        }
+    }
+
+    fn check_waiting(&mut self, now: Time, id: InstanceId) {
+        let Some(rec) = self.recovering.get(&id) else {
+            return;
+        };
+        let RecoveryPhase::Waiting {
+            commands,
+            deps,
+            awaited,
+            ..
+        } = &rec.phase
+        else {
+            return;
+        };
+        let states: Vec<Awaited> = awaited
+            .iter()
+            .map(|other| match self.instances.get(other) {
+                Some(i) if i.status.is_decided() => {
+                    if i.commands.is_empty() || covers(&i.deps, id) {
+                        Awaited::Harmless
+                    } else {
+                        Awaited::Conflicting
+                    }
+                }
+                // Executed everywhere: ordered before anything recovered now.
+                None if self.forgotten(*other) => Awaited::Harmless,
+                _ => Awaited::Open {
+                    waiting_matching: self.announced.get(other).copied().unwrap_or(0),
+                },
+            })
+            .collect();
+        let (commands, deps) = (commands.clone(), deps.clone());
+        match recovery::after_waiting(self.opts.n, self.f(), self.e(), &states) {
+            Some(Decision::Accept(..)) => self.recovery_accept(now, id, commands, deps),
+            Some(_) => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            None => {}
+        }
+    }
+}
+
+/// The ballot `me` takes an instance over with, above `promised`: the next round. `None` at the
+/// top round; never wraps (a wrapped ballot would sit below promises already made durable).
+pub(super) fn next_ballot(promised: Ballot, me: ReplicaId) -> Option<Ballot> {
+    Some(Ballot {
+        round: promised.round.checked_add(1)?,
+        replica: me,
+    })
+}
+
+/// What a RecoverOk tells of an instance.
+fn reply_of(inst: &Instance) -> RecoverReply {
+    RecoverReply {
+        status: inst.status.min(Status::Committed),
+        accepted_ballot: inst.accepted_ballot,
+        commands: inst.commands.clone(),
+        deps: inst.deps.clone(),
+        init_deps: inst.init_deps.clone(),
+    }
+}

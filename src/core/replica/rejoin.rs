@@ -1,0 +1,91 @@
+//! Rejoin: a replica that lost its data directory.
+//!
+//! A replica that comes back without its data may have voted (pre-accepted, accepted,
+//! promised) on instances it no longer remembers, and those votes may have counted. Its new
+//! incarnation therefore:
+//! - announces itself to every peer (`peer_rejoined` there), which from then on refuses the
+//!   old incarnation; every vote of the old one that ever counted was counted by some peer
+//!   before that moment, for an instance that peer knew, so below the highest slot any peer
+//!   knew per row (the `horizons`) lie all the instances the old incarnation may have voted
+//!   on, its own row's instances included;
+//! - starts from a peer's snapshot (`snapshot`) with its next own slot at its row's horizon;
+//! - abstains below the horizons (`abstains`): it learns Commits there but never answers
+//!   PreAccept, Accept, Recover or Validate, nor recovers; peers decide those instances
+//!   without it, as if it were down;
+//! - above the horizons it takes part normally, but until it has learnt a row committed up
+//!   to its horizon it makes every dependency set it computes cover that row up to the
+//!   horizon (`add_horizon_deps`): an old instance its predecessor saw and it did not may
+//!   interfere, and without that cover two interfering instances, one old and one new, could
+//!   each commit without the other in its deps (their quorums may meet only at this replica).
+//!
+
+use super::Replica;
+use crate::core::ids::{InstanceId, ReplicaId};
+
+impl Replica {
+    /// Sets the horizons a rejoined replica keeps (durable in its data directory: they apply
+    /// after a restart too). Its own row continues at its horizon.
+    pub fn set_horizons(&mut self, horizons: Vec<u64>) {
+        if horizons.len() != self.opts.n {
+            return;
+        }
+        self.next_slot = self.next_slot.max(horizons[self.opts.id.index()]);
+        self.horizons = horizons;
+    }
+
+    /// Whether this replica, having rejoined, still abstains somewhere: some row is not known
+    /// committed up to its horizon. Until then it counts against the failures the cluster
+    /// tolerates, like a replica that is down (below the horizons it does not vote).
+    pub fn abstaining(&self) -> bool {
+        self.horizons
+            .iter()
+            .zip(&self.committed_prefix)
+            .any(|(h, c)| c < h)
+    }
+
+    /// Whether this replica must not vote on `id`: below its row's horizon and not known
+    /// committed here (a decided value is a fact anyone may repeat).
+    pub(super) fn abstains(&self, id: InstanceId) -> bool {
+        id.slot < self.horizons[id.replica.index()]
+            && !self
+                .instances
+                .get(&id)
+                .is_some_and(|i| i.status.is_decided())
+    }
+
+    /// Covers every row up to its horizon until this replica learnt it committed that far.
+    pub(super) fn add_horizon_deps(&self, deps: &mut Vec<InstanceId>) {
+        let cover: Vec<InstanceId> = self
+            .horizons
+            .iter()
+            .enumerate()
+            .filter(|(row, h)| **h > 0 && self.committed_prefix[*row] < **h)
+            .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1))
+            .collect();
+        if !cover.is_empty() {
+            *deps = crate::core::deps::union(deps, &cover);
+        }
+    }
+
+    /// Peer `peer` joined with a new data directory: forget what its old incarnation reported
+    /// (garbage collection waits for the new one's progress) and answer how far each row
+    /// reaches here (one past the highest slot known, committed or not, forgotten included; the
+    /// next slot for this replica's own row).
+    pub fn peer_rejoined(&mut self, peer: ReplicaId) -> Vec<u64> {
+        if let Some(p) = self.peer_committed.get_mut(peer.index()) {
+            p.iter_mut().for_each(|s| *s = 0);
+        }
+        if let Some(p) = self.peer_executed.get_mut(peer.index()) {
+            p.iter_mut().for_each(|s| *s = 0);
+        }
+        let mut ends: Vec<u64> = (0..self.opts.n)
+            .map(|row| self.committed_end[row].max(self.gc_prefix[row]))
+            .collect();
+        ends[self.opts.id.index()] = ends[self.opts.id.index()].max(self.next_slot);
+        for id in self.instances.keys() {
+            let end = &mut ends[id.replica.index()];
+            *end = (*end).max(id.slot + 1);
+        }
+        ends
+    }
+}

@@ -1,0 +1,74 @@
+//! Message builders and small helpers: every message leaves through `send`, every durable
+//! change through `save`.
+
+use super::{Contradiction, Outgoing, Refused, Replica};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
+use crate::core::message::Message;
+
+impl Replica {
+    pub(super) fn send_commit(&mut self, to: ReplicaId, id: InstanceId) {
+        let inst = &self.instances[&id];
+        let msg = Message::Commit {
+            instance: id,
+            ballot: inst.ballot,
+            commands: inst.commands.clone(),
+            deps: inst.deps.clone(),
+        };
+        self.send(vec![to], msg);
+    }
+
+    pub(super) fn send_commit_to_all(&mut self, id: InstanceId) {
+        for peer in self.peers() {
+            self.send_commit(peer, id);
+        }
+    }
+
+    /// Queues the current state of `id` for the durable log.
+    pub(super) fn save(&mut self, id: InstanceId) {
+        if let Some(inst) = self.instances.get(&id) {
+            self.ready.persist.push((id, inst.clone()));
+        }
+    }
+
+    pub(super) fn peers(&self) -> Vec<ReplicaId> {
+        (0..self.opts.n as u32)
+            .map(ReplicaId)
+            .filter(|r| *r != self.opts.id)
+            .collect()
+    }
+
+    /// Tells `to` that this replica promised `promised` for `id`, above its message's ballot.
+    /// Counts a refused peer message (see [`Refused`]).
+    pub(super) fn refuse(&mut self, peer: ReplicaId, kind: Contradiction) {
+        self.ready.refused.push(Refused { peer, kind });
+    }
+
+    pub(super) fn nack(&mut self, to: ReplicaId, id: InstanceId, promised: Ballot) {
+        self.send(
+            vec![to],
+            Message::Nack {
+                instance: id,
+                promised,
+            },
+        );
+    }
+
+    pub(super) fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
+        let msg = match msg {
+            Message::Watermark { .. } if self.opts.sabotage.forge_watermarks => {
+                // Far beyond anything proposed, yet below `SLOT_LIMIT` (which `check_input`
+                // rejects as impossible before any comparison): a lie only a replica that
+                // knows the row can catch.
+                let everything = vec![crate::core::ids::SLOT_LIMIT - 1; self.opts.n];
+                Message::Watermark {
+                    committed_prefix: everything.clone(),
+                    executed_prefix: everything,
+                }
+            }
+            msg => msg,
+        };
+        if !to.is_empty() {
+            self.ready.messages.push(Outgoing { to, msg });
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! Unit tests of the core on a few replicas wired by hand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::command::{Command, OpResult};
+use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
+use crate::core::instance::Instance;
+use crate::core::message::{Commands, Message};
+
+use crate::core::command::Op;
+use bytes::Bytes;
+
+fn cluster(n: usize) -> Vec<Replica> {
+    (0..n as u32)
+        .map(|i| Replica::new(Options::new(ReplicaId(i), n)))
+        .collect()
+}
+
+/// Options of replica `i` of 3 with memory GC on.
+fn gc_options(i: u32) -> Options {
+    let mut o = Options::new(ReplicaId(i), 3);
+    o.gc_executed = true;
+    o
+}
+
+fn put(client: u64, key: &'static str) -> Command {
+    Command {
+        client: ClientId(client),
+        request: RequestId(1),
+        op: Op::Put {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+        },
+    }
+}
+
+/// Delivers every pending message until quiet, except those `drop` refuses.
+fn settle(rs: &mut [Replica], now: Time, drop: impl Fn(ReplicaId, ReplicaId) -> bool) {
+    for _ in 0..1000 {
+        let mut sent = Vec::new();
+        for r in rs.iter_mut() {
+            r.flush(now);
+            let from = r.id();
+            for out in r.take_ready().messages {
+                for to in out.to {
+                    sent.push((from, to, out.msg.clone()));
+                }
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+        for (from, to, msg) in sent {
+            if !drop(from, to) {
+                rs[to.index()].handle(now, from, msg);
+            }
+        }
+    }
+    panic!("messages kept flowing");
+}
+
+#[test]
+fn a_replica_that_missed_an_instance_learns_it_from_a_watermark() {
+    let mut rs = cluster(3);
+    rs[0].propose(1, put(1, "a")).expect("room");
+    // r2 hears nothing: r0 and r1 form the fast quorum and commit without it.
+    settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(2));
+    assert_eq!(rs[0].kv().executed(), 1);
+    assert_eq!(rs[2].kv().executed(), 0);
+    // The next watermark round (at each replica's first tick) carries it over.
+    let t = Duration::from_millis(10);
+    for r in rs.iter_mut() {
+        r.tick(t);
+    }
+    settle(&mut rs, t, |_, _| false);
+    assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
+    assert_eq!(rs[2].kv().digest(), rs[0].kv().digest());
+    assert_eq!(rs[2].committed_prefix, vec![1, 0, 0]);
+}
+
+#[test]
+fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
+    let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
+    rs[0].propose(1, put(1, "a")).expect("room");
+    settle(&mut rs, Duration::ZERO, |_, _| false);
+    let first = InstanceId::new(ReplicaId(0), 0);
+    let commit = Message::Commit {
+        instance: first,
+        ballot: Ballot::initial(ReplicaId(0)),
+        commands: rs[0].instance(first).expect("known").commands.clone(),
+        deps: vec![],
+    };
+    // Two watermark rounds: everyone learns that everyone committed 0.0.
+    for round in 1..=2u64 {
+        let t = Duration::from_secs(round);
+        for r in rs.iter_mut() {
+            r.tick(t);
+        }
+        settle(&mut rs, t, |_, _| false);
+    }
+    for r in rs.iter_mut() {
+        r.tick(Duration::from_secs(3));
+        let _ = r.take_ready();
+        assert!(r.instance(first).is_none(), "{} dropped 0.0", r.id());
+    }
+    // A late duplicate Commit does not execute it again.
+    let t = Duration::from_secs(3);
+    rs[1].handle(t, ReplicaId(0), commit);
+    assert_eq!(rs[1].kv().executed(), 1);
+    // A new write on the same key depends on the dropped instance and still executes.
+    rs[2].propose(2, put(2, "a")).expect("room");
+    settle(&mut rs, t, |_, _| false);
+    let second = InstanceId::new(ReplicaId(2), 0);
+    assert_eq!(rs[2].instance(second).expect("kept").deps, vec![first]);
+    for r in &rs {
+        assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
+        r.check_invariants().expect("invariants");
+    }
+}
+
+#[test]
+fn restore_from_a_checkpoint_keeps_state_and_skips_covered_instances() {
+    let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
+    for k in 0..6u64 {
+        rs[(k % 3) as usize]
+            .propose(k, put(k + 1, ["a", "b"][k as usize % 2]))
+            .expect("room");
+        settle(&mut rs, Duration::ZERO, |_, _| false);
+    }
+    for round in 1..=3u64 {
+        let t = Duration::from_secs(round);
+        for r in rs.iter_mut() {
+            r.tick(t);
+        }
+        settle(&mut rs, t, |_, _| false);
+    }
+    assert!(rs[0].collected() > 0, "some instances were dropped");
+    let (encoded, live) = rs[0].checkpoint();
+    let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
+    let digest = rs[0].kv().digest();
+    let mut back = Replica::restore_from(gc_options(0), Duration::from_secs(4), Some(cp), live);
+    let _ = back.take_ready();
+    assert_eq!(back.kv().digest(), digest);
+    assert_eq!(back.kv().executed(), 6, "nothing executed twice");
+    assert_eq!(back.next_slot, rs[0].next_slot);
+    back.check_invariants().expect("invariants");
+    rs[0] = back;
+    rs[0].propose(9, put(9, "a")).expect("room");
+    settle(&mut rs, Duration::from_secs(4), |_, _| false);
+    for r in &rs {
+        assert_eq!(r.kv().executed(), 7, "{} executed the new write", r.id());
+    }
+    assert_eq!(rs[0].kv().digest(), rs[1].kv().digest());
+}
+
+/// A crash in the middle of a checkpoint leaves the new checkpoint beside the old, uncut
+/// log (the log is replaced second). Replaying the old log on top of the checkpoint must
+/// skip what the checkpoint covers and execute nothing twice.
+#[test]
+fn crash_between_checkpoint_and_log_cut_restores_the_same_state() {
+    let mut rs: Vec<Replica> = (0..3u32).map(|i| Replica::new(gc_options(i))).collect();
+    let mut disk: Vec<(InstanceId, Instance)> = Vec::new();
+    for k in 0..8u64 {
+        rs[(k % 3) as usize]
+            .propose(k, put(k + 1, ["a", "b", "c"][k as usize % 3]))
+            .expect("room");
+        // Collect replica 0's log as the runtime would write it.
+        for _ in 0..100 {
+            let mut sent = Vec::new();
+            for r in rs.iter_mut() {
+                r.flush(Duration::ZERO);
+                let from = r.id();
+                let ready = r.take_ready();
+                if from == ReplicaId(0) {
+                    disk.extend(ready.persist);
+                }
+                for out in ready.messages {
+                    for to in out.to {
+                        sent.push((from, to, out.msg.clone()));
+                    }
+                }
+            }
+            if sent.is_empty() {
+                break;
+            }
+            for (from, to, msg) in sent {
+                rs[to.index()].handle(Duration::ZERO, from, msg);
+            }
+        }
+    }
+    for round in 1..=3u64 {
+        let t = Duration::from_secs(round);
+        for r in rs.iter_mut() {
+            r.tick(t);
+        }
+        settle(&mut rs, t, |_, _| false);
+    }
+    assert!(rs[0].collected() > 0);
+    let (encoded, _live) = rs[0].checkpoint();
+    let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
+    let back = Replica::restore_from(gc_options(0), Duration::from_secs(5), Some(cp), disk);
+    assert_eq!(back.kv().digest(), rs[0].kv().digest());
+    assert_eq!(back.kv().executed(), rs[0].kv().executed());
+    back.check_invariants().expect("invariants");
+}
+
+#[test]
+fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
+    let mut r = Replica::new(Options::new(ReplicaId(2), 3));
+    r.set_horizons(vec![5, 0, 3]);
+    let now = Duration::ZERO;
+    let (r0, b0) = (ReplicaId(0), Ballot::initial(ReplicaId(0)));
+    let commands: Commands = Arc::new(vec![put(1, "k")]);
+    // Below the horizon: no vote of any kind, nothing kept.
+    for msg in [
+        Message::PreAccept {
+            instance: InstanceId::new(r0, 4),
+            ballot: b0,
+            commands: commands.clone(),
+            deps: vec![],
+        },
+        Message::Accept {
+            instance: InstanceId::new(r0, 3),
+            ballot: b0,
+            commands: commands.clone(),
+            deps: vec![],
+        },
+        Message::Recover {
+            instance: InstanceId::new(r0, 2),
+            ballot: Ballot {
+                round: 1,
+                replica: r0,
+            },
+        },
+    ] {
+        r.handle(now, r0, msg);
+    }
+    let ready = r.take_ready();
+    assert!(ready.messages.is_empty(), "{:?}", ready.messages);
+    assert!(ready.persist.is_empty());
+    // A Commit below the horizon is a fact: learnt.
+    r.handle(
+        now,
+        r0,
+        Message::Commit {
+            instance: InstanceId::new(r0, 0),
+            ballot: b0,
+            commands: commands.clone(),
+            deps: vec![],
+        },
+    );
+    assert!(r.instance(InstanceId::new(r0, 0)).is_some());
+    let _ = r.take_ready();
+    // At the horizon it votes, with deps covering every row up to its horizon (the old
+    // instances it never saw may interfere).
+    r.handle(
+        now,
+        r0,
+        Message::PreAccept {
+            instance: InstanceId::new(r0, 5),
+            ballot: b0,
+            commands: Arc::new(vec![put(2, "other")]),
+            deps: vec![],
+        },
+    );
+    let ready = r.take_ready();
+    match &ready.messages[..] {
+        [Outgoing {
+            msg: Message::PreAcceptOk { deps, .. },
+            ..
+        }] => assert_eq!(
+            deps,
+            &vec![InstanceId::new(r0, 4), InstanceId::new(ReplicaId(2), 2)]
+        ),
+        other => panic!("expected one PreAcceptOk, got {other:?}"),
+    }
+    // Its own row continues at its horizon.
+    r.propose(0, put(3, "mine")).expect("room");
+    r.flush(now);
+    let ready = r.take_ready();
+    assert!(ready
+        .persist
+        .iter()
+        .any(|(id, _)| *id == InstanceId::new(ReplicaId(2), 3)));
+}
+
+#[test]
+fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
+    let mut rs = cluster(3);
+    rs[0].propose(0, put(1, "a")).expect("room");
+    rs[0].flush(Duration::ZERO);
+    rs[1].propose(0, put(2, "b")).expect("room");
+    rs[1].flush(Duration::ZERO);
+    settle(&mut rs, Duration::ZERO, |_, _| false);
+    // Replica 0 also knows an uncommitted instance of row 1 nobody else has.
+    rs[0].handle(
+        Duration::ZERO,
+        ReplicaId(1),
+        Message::PreAccept {
+            instance: InstanceId::new(ReplicaId(1), 7),
+            ballot: Ballot::initial(ReplicaId(1)),
+            commands: Arc::new(vec![put(3, "c")]),
+            deps: vec![],
+        },
+    );
+    assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![1, 8, 0]);
+    assert!(rs[0].peer_executed[2].iter().all(|s| *s == 0));
+}
+
+#[test]
+fn a_replica_far_behind_pulls_commits_between_watermarks() {
+    let mut rs: Vec<Replica> = (0..3)
+        .map(|i| {
+            let mut o = Options::new(ReplicaId(i), 3);
+            o.watermark_commits_max = 4;
+            Replica::new(o)
+        })
+        .collect();
+    let zero = Duration::ZERO;
+    for k in 0..20 {
+        rs[0].propose(k, put(k + 1, "k")).expect("room");
+        rs[0].flush(zero);
+        settle(&mut rs, zero, |_, to| to == ReplicaId(2));
+    }
+    assert_eq!(rs[2].committed_count(), 0, "replica 2 missed everything");
+    rs[0].tick(zero);
+    let watermark = rs[0]
+        .take_ready()
+        .messages
+        .into_iter()
+        .find(|o| matches!(o.msg, Message::Watermark { .. }))
+        .expect("a periodic watermark");
+    rs[2].handle(zero, ReplicaId(0), watermark.msg);
+    rs[2].tick(zero); // its own periodic Watermark
+    let _ = rs[2].take_ready();
+    // Well before the next periodic Watermark, it pulls from the peer that is ahead.
+    rs[2].tick(Duration::from_millis(10));
+    let pulls: Vec<Outgoing> = rs[2]
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter(|o| matches!(o.msg, Message::Watermark { .. }))
+        .collect();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0].to, vec![ReplicaId(0)]);
+    // Not again before `catch_up_every`.
+    rs[2].tick(Duration::from_millis(15));
+    assert!(!rs[2]
+        .take_ready()
+        .messages
+        .iter()
+        .any(|o| matches!(o.msg, Message::Watermark { .. })));
+}
+
+#[test]
+fn thrifty_leader_skips_a_suspected_peer() {
+    let mut o = Options::new(ReplicaId(0), 3);
+    o.thrifty = true;
+    let mut r0 = Replica::new(o);
+    // Before anything is suspected, thrifty asks the next id: r1.
+    r0.propose(1, put(1, "a")).expect("room");
+    r0.flush(Duration::ZERO);
+    let first: Vec<_> = r0.take_ready().messages;
+    assert_eq!(first[0].to, vec![ReplicaId(1)]);
+    // r2 keeps talking (its Watermarks are the heartbeat); r1 goes silent.
+    let t = Duration::from_secs(5);
+    r0.handle(
+        t,
+        ReplicaId(2),
+        Message::Watermark {
+            committed_prefix: vec![0, 0, 0],
+            executed_prefix: vec![0, 0, 0],
+        },
+    );
+    assert!(r0.is_suspected(ReplicaId(1), t));
+    assert!(!r0.is_suspected(ReplicaId(2), t));
+    r0.propose(2, put(2, "b")).expect("room");
+    r0.flush(t);
+    let ready = r0.take_ready();
+    let pre_accept = ready
+        .messages
+        .iter()
+        .find(|m| matches!(m.msg, Message::PreAccept { .. }))
+        .expect("a PreAccept");
+    assert_eq!(pre_accept.to, vec![ReplicaId(2)], "the live peer is asked");
+}
+
+#[test]
+fn restore_rebuilds_state_and_resumes_led_instances() {
+    let mut rs = cluster(3);
+    rs[0].propose(1, put(1, "a")).expect("room");
+    settle(&mut rs, Duration::ZERO, |_, _| false);
+    // r1 leads an instance that reaches nobody before it "crashes".
+    rs[1].propose(2, put(2, "b")).expect("room");
+    rs[1].flush(Duration::ZERO);
+    let log: Vec<_> = rs[1].take_ready().persist;
+    let mut earlier: Vec<(InstanceId, Instance)> = rs[1]
+        .instances()
+        .filter(|(id, _)| id.replica == ReplicaId(0))
+        .map(|(id, i)| (*id, i.clone()))
+        .collect();
+    earlier.extend(log);
+    rs[1] = Replica::restore(Options::new(ReplicaId(1), 3), Duration::ZERO, earlier);
+    assert_eq!(rs[1].kv().executed(), 1, "the committed instance ran again");
+    assert_eq!(
+        rs[1].inflight(),
+        1,
+        "the uncommitted own instance is led again"
+    );
+    settle(&mut rs, Duration::ZERO, |_, _| false);
+    for r in &rs {
+        assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
+    }
+    assert_eq!(rs[1].next_slot, 1, "slots are not reused");
+}
+
+/// A Recover at the top ballot round is refused and counted; a takeover never computes a
+/// ballot that wrapped below a promise (it once lowered (4294967295, 2) to (0, 1)).
+#[test]
+fn ballots_never_wrap_at_the_top_round() {
+    let mut rs = cluster(3);
+    let id = InstanceId::new(ReplicaId(0), 0);
+    rs[0].propose(1, put(1, "a")).expect("room");
+    // The PreAccepts arrive, no answer does: 0.0 stays pre-accepted at r1.
+    settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+    let before = rs[1].instance(id).expect("pre-accepted").ballot;
+    let top = Ballot {
+        round: u32::MAX,
+        replica: ReplicaId(2),
+    };
+    rs[1].handle(
+        Duration::ZERO,
+        ReplicaId(2),
+        Message::Recover {
+            instance: id,
+            ballot: top,
+        },
+    );
+    let ready = rs[1].take_ready();
+    assert_eq!(
+        ready.refused,
+        vec![Refused {
+            peer: ReplicaId(2),
+            kind: Contradiction::BallotOverflow
+        }]
+    );
+    assert!(ready.messages.is_empty(), "no RecoverOk at the top ballot");
+    assert!(ready.persist.is_empty(), "no promise made durable");
+    assert_eq!(rs[1].instance(id).expect("known").ballot, before);
+    // r1 takes the instance over itself later: one round above what it promised.
+    let later = Duration::from_secs(30);
+    for t in 1..=30 {
+        rs[1].tick(Duration::from_secs(t));
+    }
+    let ballot = rs[1].instance(id).expect("known").ballot;
+    assert!(ballot > before, "{ballot} above {before}");
+    assert_eq!(ballot.replica, ReplicaId(1));
+    drop(rs[1].take_ready());
+
+    // A promise at the top round already on disk (written before such ballots were
+    // refused): no takeover wraps below it, the instance is left to its holder.
+    let (_, mut inst) = rs[1]
+        .instances()
+        .find(|(i, _)| **i == id)
+        .map(|(i, x)| (*i, x.clone()))
+        .expect("known");
+    inst.ballot = top;
+    let mut r = Replica::restore(Options::new(ReplicaId(1), 3), later, vec![(id, inst)]);
+    for t in 31..=90 {
+        r.tick(Duration::from_secs(t));
+    }
+    assert_eq!(r.instance(id).expect("kept").ballot, top, "never lowered");
+    let ready = r.take_ready();
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|o| matches!(o.msg, Message::Recover { .. })),
+        "no Recover at a wrapped ballot"
+    );
+    assert!(ready.persist.iter().all(|(_, i)| i.ballot >= top));
+}
+
+/// A different command under a request id already used (executed, or waiting here) is
+/// answered `Reused`, never with the other command's result, and changes nothing.
+#[test]
+fn a_reused_request_id_is_answered_reused_and_not_applied() {
+    /// Delivers every message until quiet; the replies each replica gave, by token.
+    fn run(rs: &mut [Replica]) -> Vec<Vec<(Token, Result<OpResult, ReplyError>)>> {
+        let mut replies = vec![Vec::new(); rs.len()];
+        for _ in 0..100 {
+            let mut sent = Vec::new();
+            for r in rs.iter_mut() {
+                r.flush(Duration::ZERO);
+                let from = r.id();
+                let ready = r.take_ready();
+                replies[from.index()]
+                    .extend(ready.replies.into_iter().map(|x| (x.token, x.result)));
+                for out in ready.messages {
+                    for to in out.to {
+                        sent.push((from, to, out.msg.clone()));
+                    }
+                }
+            }
+            if sent.is_empty() {
+                break;
+            }
+            for (from, to, msg) in sent {
+                rs[to.index()].handle(Duration::ZERO, from, msg);
+            }
+        }
+        for r in replies.iter_mut() {
+            r.sort_by_key(|(t, _)| *t);
+        }
+        replies
+    }
+    let mut rs = cluster(3);
+    let get = Command {
+        client: ClientId(5),
+        request: RequestId(1),
+        op: Op::Get {
+            key: Bytes::from_static(b"k"),
+        },
+    };
+    let put = Command {
+        op: Op::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        },
+        ..get.clone()
+    };
+    // Both proposed at r0 before anything runs: the PUT joins the GET's waiting list.
+    rs[0].propose(1, get.clone()).expect("room");
+    rs[0].propose(2, put.clone()).expect("room");
+    assert_eq!(
+        run(&mut rs)[0],
+        vec![(1, Ok(OpResult::default())), (2, Err(ReplyError::Reused))]
+    );
+    // Proposed on its own later, at another replica: executed as Reused, nothing applied.
+    rs[1].propose(3, put.clone()).expect("room");
+    assert_eq!(run(&mut rs)[1], vec![(3, Err(ReplyError::Reused))]);
+    for r in &rs {
+        assert_eq!(r.kv().get(b"k"), None, "{} left the data alone", r.id());
+        assert_eq!(r.kv().executed(), 1, "{}", r.id());
+    }
+    // The real retry is still answered.
+    rs[2].propose(4, get).expect("room");
+    assert_eq!(run(&mut rs)[2], vec![(4, Ok(OpResult::default()))]);
+}
+
+/// Commits that no correct peer can send are refused, counted and never applied: another
+/// value for an instance committed here (a forged Commit once changed a value everywhere),
+/// other commands than the instance holds, a slot of this replica's row it never proposed.
+#[test]
+fn commits_that_contradict_what_a_replica_knows_are_refused() {
+    let mut rs = cluster(3);
+    rs[0].propose(1, put(1, "a")).expect("room");
+    settle(&mut rs, Duration::ZERO, |_, _| false);
+    let id = InstanceId::new(ReplicaId(0), 0);
+    let committed = rs[1].instance(id).expect("committed").clone();
+    assert!(committed.status.is_decided());
+    let other_cmds: Commands = Arc::new(vec![Command {
+        op: Op::Put {
+            key: Bytes::from_static(b"a"),
+            value: Bytes::from_static(b"forged"),
+        },
+        ..put(1, "a")
+    }]);
+    let digest = rs[1].kv().digest();
+    let commit = |instance, commands: &Commands, deps: Vec<InstanceId>| Message::Commit {
+        instance,
+        ballot: Ballot::initial(instance.replica),
+        commands: commands.clone(),
+        deps,
+    };
+    let cases = [
+        (
+            commit(
+                id,
+                &committed.commands,
+                vec![InstanceId::new(ReplicaId(2), 7)],
+            ),
+            Contradiction::CommitDiffers,
+        ),
+        (
+            commit(id, &other_cmds, committed.deps.clone()),
+            Contradiction::CommitDiffers,
+        ),
+        (
+            commit(id, &Commands::default(), committed.deps.clone()),
+            Contradiction::CommitDiffers,
+        ),
+        (
+            commit(InstanceId::new(ReplicaId(1), 0), &other_cmds, vec![]),
+            Contradiction::CommitUnproposed,
+        ),
+    ];
+    for (msg, kind) in cases {
+        rs[1].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+        let ready = rs[1].take_ready();
+        // An own-row slot never created is rejected as impossible before it is compared.
+        if ready.rejected.is_empty() {
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind
+                }],
+                "{msg:?}"
+            );
+        } else {
+            assert!(ready.refused.is_empty(), "{msg:?}");
+        }
+        assert!(
+            ready.persist.is_empty() && ready.committed.is_empty(),
+            "{msg:?}"
+        );
+    }
+    assert_eq!(
+        rs[1].instance(id).expect("kept"),
+        &committed,
+        "value unchanged"
+    );
+    assert!(rs[1].instance(InstanceId::new(ReplicaId(1), 0)).is_none());
+    assert_eq!(rs[1].kv().digest(), digest, "nothing applied");
+    // The same Commit again is no contradiction.
+    rs[1].handle(
+        Duration::ZERO,
+        ReplicaId(2),
+        commit(id, &committed.commands, committed.deps.clone()),
+    );
+    assert!(rs[1].take_ready().refused.is_empty());
+
+    // Not committed here yet: other commands are refused; a no-op (what recovery may
+    // decide) and the instance's own commands with any deps are not.
+    let mut rs = cluster(3);
+    rs[0].propose(1, put(1, "b")).expect("room");
+    settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(0));
+    let id = InstanceId::new(ReplicaId(0), 0);
+    let held = rs[1].instance(id).expect("pre-accepted").clone();
+    assert!(!held.status.is_decided());
+    rs[1].handle(
+        Duration::ZERO,
+        ReplicaId(2),
+        commit(id, &other_cmds, vec![]),
+    );
+    assert_eq!(
+        rs[1].take_ready().refused,
+        vec![Refused {
+            peer: ReplicaId(2),
+            kind: Contradiction::CommitDiffers
+        }]
+    );
+    assert_eq!(rs[1].instance(id).expect("kept"), &held);
+    rs[1].handle(
+        Duration::ZERO,
+        ReplicaId(2),
+        commit(id, &Commands::default(), vec![]),
+    );
+    let ready = rs[1].take_ready();
+    assert!(ready.refused.is_empty());
+    assert_eq!(ready.committed.len(), 1, "a recovered no-op commits");
+}
+
+/// A Watermark claiming more than its sender can have is refused and counted, and peers
+/// then keep what the sender still needs (a forged "replica 2 executed everything" once let
+/// survivors drop it).
+#[test]
+fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
+    let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(gc_options(i))).collect();
+    rs[0].propose(1, put(1, "a")).expect("room");
+    // r2 hears nothing: it still needs 0.0.
+    settle(&mut rs, Duration::ZERO, |_, to| to == ReplicaId(2));
+    let id = InstanceId::new(ReplicaId(0), 0);
+    let forged = [
+        // Row 0 executed beyond where it is committed.
+        (vec![0, 0, 0], vec![1, 0, 0]),
+        // "Everything", including r0's own row beyond what r0 ever proposed.
+        (vec![u64::MAX; 3], vec![u64::MAX; 3]),
+        (vec![5, 0, 0], vec![5, 0, 0]),
+    ];
+    for (committed_prefix, executed_prefix) in forged {
+        let msg = Message::Watermark {
+            committed_prefix,
+            executed_prefix,
+        };
+        rs[0].handle(Duration::ZERO, ReplicaId(2), msg.clone());
+        let ready = rs[0].take_ready();
+        // Slots beyond any row are rejected as impossible before they are compared.
+        if ready.rejected.is_empty() {
+            assert_eq!(
+                ready.refused,
+                vec![Refused {
+                    peer: ReplicaId(2),
+                    kind: Contradiction::WatermarkBeyond
+                }],
+                "{msg:?}"
+            );
+        }
+        assert!(ready.messages.is_empty(), "not answered: {msg:?}");
+    }
+    // r1 reports honestly; r0 may not drop 0.0, which r2 has not executed.
+    rs[0].handle(
+        Duration::ZERO,
+        ReplicaId(1),
+        Message::Watermark {
+            committed_prefix: vec![1, 0, 0],
+            executed_prefix: vec![1, 0, 0],
+        },
+    );
+    assert!(rs[0].take_ready().refused.is_empty(), "honest");
+    rs[0].tick(Duration::from_millis(1));
+    assert!(rs[0].instance(id).is_some(), "kept for r2");
+    assert_eq!(rs[0].collected(), 0);
+    // r2 still gets it.
+    for r in rs.iter_mut() {
+        r.tick(Duration::from_millis(2));
+    }
+    settle(&mut rs, Duration::from_millis(2), |_, _| false);
+    assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
+}
