@@ -2,7 +2,6 @@
 //! goes to.
 
 use std::error::Error as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use epaxos_kv::proto::kv_client::KvClient;
 use epaxos_kv::proto::StatusRequest;
-use epaxos_kv::server::config::Config;
+use epaxos_kv::server::config::{Config, HostPort};
 use epaxos_kv::server::tls;
 use tonic::transport::{Channel, Endpoint};
 
@@ -47,7 +46,9 @@ impl TargetMode {
 /// One lazily connected channel per replica. Channels multiplex any number of concurrent
 /// requests over one HTTP/2 connection; clients are cheap clones of them.
 pub struct Cluster {
-    addrs: Vec<SocketAddr>,
+    /// Where each replica's client listener is reached. A host name is resolved by the channel
+    /// on each (re)connect, so a replica that moved is found at its new address.
+    addrs: Vec<HostPort>,
     clients: Vec<KvClient<Channel>>,
     /// Per replica: until when (ms since `epoch`) round-robin traffic avoids it, because it
     /// refused a connection or said it is unavailable.
@@ -89,7 +90,7 @@ impl Cluster {
                     .tls_config(tls.clone().domain_name(name))
                     .with_context(|| format!("replica {}: TLS settings", r.id.0))?;
             }
-            addrs.push(r.addr);
+            addrs.push(r.addr.clone());
             clients.push(KvClient::new(endpoint.connect_lazy()));
         }
         let down_until_ms = addrs.iter().map(|_| AtomicU64::new(0)).collect();
@@ -127,8 +128,8 @@ impl Cluster {
     }
 
     /// The address of replica `idx`.
-    pub fn addr(&self, idx: usize) -> SocketAddr {
-        self.addrs[idx]
+    pub fn addr(&self, idx: usize) -> &HostPort {
+        &self.addrs[idx]
     }
 
     /// A client for replica `idx` (a cheap clone sharing the replica's channel).

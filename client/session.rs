@@ -4,8 +4,8 @@
 //! requests 1, 2, 3, ... and makes a retry reuse the number, so that the command executes at most
 //! once. A session here is owned by one task and used for one request at a time.
 
+use epaxos_kv::server::config::HostPort;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use epaxos_kv::proto::{Operation, ProposeReply, ProposeRequest};
@@ -113,11 +113,11 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
 #[derive(Debug, Clone)]
 pub enum AttemptError {
     /// No answer within the per-attempt timeout.
-    Timeout { replica: usize, addr: SocketAddr },
+    Timeout { replica: usize, addr: HostPort },
     /// The replica (or the transport) answered with an error status.
     Status {
         replica: usize,
-        addr: SocketAddr,
+        addr: HostPort,
         status: tonic::Status,
     },
 }
@@ -230,7 +230,7 @@ pub async fn execute(
         // Tells the replica how long we wait (grpc-timeout); we also enforce it ourselves.
         req.set_timeout(policy.timeout);
         let mut client = cluster.client(replica);
-        let addr = cluster.addr(replica);
+        let addr = cluster.addr(replica).clone();
         let err = match tokio::time::timeout(policy.timeout, client.propose(req)).await {
             Ok(Ok(reply)) => {
                 return Ok(Success {
@@ -284,10 +284,10 @@ mod tests {
 
     #[test]
     fn a_broken_connection_is_retried_but_a_replica_error_is_not() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let addr = HostPort::parse("127.0.0.1:1").expect("addr");
         let err = |status| AttemptError::Status {
             replica: 0,
-            addr,
+            addr: addr.clone(),
             status,
         };
         let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");

@@ -6,13 +6,13 @@
 //! - `ca.pem`, `ca.key`: the cluster CA (unless `tls.ca` points elsewhere: then only the
 //!   certificates are made, signed by that CA if its key sits beside it as `ca.key`);
 //! - `replica-<id>.pem`, `replica-<id>.key`: replica `id`, for serving and dialing (server and
-//!   client usage), with DNS name `replica-<id>.<cluster_name>` and the IP addresses of its
-//!   `addr` and `peer_addr`;
+//!   client usage), with DNS name `replica-<id>.<cluster_name>` (its identity) and the host
+//!   names and IP addresses its `addr` and `peer_addr` advertise (so that generic tools that
+//!   check the name they dialed accept it too);
 //! - `client.pem`, `client.key`: a client certificate (DNS name `client.<cluster_name>`, client
 //!   usage only): accepted on the client listener, refused on the peer listener.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::server::config::Config;
+use crate::server::config::{Config, Host, Replica};
 use crate::server::tls::{client_name, replica_name};
 
 /// Validity of the generated CA.
@@ -101,12 +101,7 @@ pub fn ensure(config: &Config) -> Result<Vec<PathBuf>, CertsError> {
     // What each leaf needs: (cert, key, SANs, server usage too?).
     let mut wanted: Vec<(PathBuf, PathBuf, Vec<SanType>, bool)> = Vec::new();
     for r in &config.replicas {
-        let mut sans = vec![SanType::DnsName(
-            replica_name(&tls.cluster_name, r.id.0).try_into()?,
-        )];
-        let mut ips: Vec<IpAddr> = vec![r.addr.ip(), r.peer_addr.ip()];
-        ips.dedup();
-        sans.extend(ips.into_iter().map(SanType::IpAddress));
+        let sans = replica_sans(&tls.cluster_name, r)?;
         wanted.push((
             tls.replica_cert(r.id.0),
             tls.replica_key(r.id.0),
@@ -173,6 +168,24 @@ pub fn ensure(config: &Config) -> Result<Vec<PathBuf>, CertsError> {
         created.push(key_path);
     }
     Ok(created)
+}
+
+/// The subject alternative names of replica `r`'s certificate: its identity first (the
+/// dialers check that one), then each distinct host its `addr` and `peer_addr` advertise.
+pub fn replica_sans(cluster_name: &str, r: &Replica) -> Result<Vec<SanType>, CertsError> {
+    let mut sans = vec![SanType::DnsName(
+        replica_name(cluster_name, r.id.0).try_into()?,
+    )];
+    for addr in [&r.addr, &r.peer_addr] {
+        let san = match addr.host() {
+            Host::Ip(ip) => SanType::IpAddress(*ip),
+            Host::Name(name) => SanType::DnsName(name.as_str().try_into()?),
+        };
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
+    Ok(sans)
 }
 
 /// Writes a file that must not exist yet, with `mode`, and syncs it.
@@ -254,6 +267,52 @@ mod tests {
             c.issuer().to_string()
         };
         assert_eq!(issuer(&tls.replica_cert(2)), issuer(&tls.replica_cert(0)));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A replica certificate names the replica (identity) and every advertised host: names as
+    /// DNS names, IP literals as IP addresses, each once.
+    #[test]
+    fn replica_certificates_carry_the_advertised_hosts() {
+        let text = r#"{"replicas": [
+            {"id": 0, "addr": "db0.example:7070", "peer_addr": "10.9.0.1:7170", "metrics_addr": "db0.example:9070",
+             "listen": {"addr": "0.0.0.0:7070"}},
+            {"id": 1, "addr": "db1.example:7070", "peer_addr": "db1.example:7170", "metrics_addr": "db1.example:9070"},
+            {"id": 2, "addr": "[2001:db8::2]:7070", "peer_addr": "[2001:db8::2]:7170", "metrics_addr": "[2001:db8::2]:9070"}],
+            "tls": {"cluster_name": "unit"}}"#;
+        let base = std::env::temp_dir().join(format!("epaxos-sans-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&base).expect("temp dir");
+        let config = Config::parse_in(text, &base).expect("config");
+        ensure(&config).expect("create");
+        let sans = |id: u32| -> Vec<String> {
+            let d = der(&config.tls.replica_cert(id));
+            let (_, c) = x509_parser::parse_x509_certificate(&d).expect("x509");
+            let san = c
+                .subject_alternative_name()
+                .expect("sans")
+                .expect("has sans");
+            san.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => format!("dns:{d}"),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => {
+                        let ip: std::net::IpAddr = match b.len() {
+                            4 => <[u8; 4]>::try_from(*b).expect("v4").into(),
+                            _ => <[u8; 16]>::try_from(*b).expect("v6").into(),
+                        };
+                        format!("ip:{ip}")
+                    }
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            sans(0),
+            ["dns:replica-0.unit", "dns:db0.example", "ip:10.9.0.1"]
+        );
+        assert_eq!(sans(1), ["dns:replica-1.unit", "dns:db1.example"]);
+        assert_eq!(sans(2), ["dns:replica-2.unit", "ip:2001:db8::2"]);
         let _ = std::fs::remove_dir_all(&base);
     }
 }

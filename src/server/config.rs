@@ -1,8 +1,10 @@
-//! Cluster configuration (`config.json`): which replicas exist, where they listen, and where
-//! the TLS certificates are.
+//! Cluster configuration (`config.json`): which replicas exist, where they are reached
+//! (advertised addresses: host names or IP literals, resolved when dialed), where they listen
+//! (by default where they are reached), and where the TLS certificates are.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -46,13 +48,33 @@ pub enum ConfigError {
     /// Two entries share an address.
     #[error("duplicate address {0} (replica {1})")]
     DuplicateAddr(String, u32),
-    /// An address does not parse as ip:port.
-    #[error("replica {id}: invalid {field} {value:?}: expected ip:port")]
+    /// An address does not parse as host:port (a host name or an IP literal, IPv6 in
+    /// brackets), or is one that cannot be dialed.
+    #[error(
+        "replica {id}: invalid {field} {value:?}: {why} (expected host:port, e.g. \
+         \"10.0.0.1:7070\", \"db1.example:7070\" or \"[2001:db8::1]:7070\")"
+    )]
     BadAddr {
         id: u32,
         field: &'static str,
         value: String,
+        why: String,
     },
+    /// Two listeners of one replica would bind the same port.
+    #[error(
+        "replica {id}: listen.{a} {addr_a} and listen.{b} {addr_b} would bind the same port; \
+         each listener needs its own"
+    )]
+    ListenClash {
+        id: u32,
+        a: &'static str,
+        addr_a: String,
+        b: &'static str,
+        addr_b: String,
+    },
+    /// The `listen` object of a replica entry is not an object of addresses.
+    #[error("replica {id}: invalid \"listen\": {why}")]
+    BadListen { id: u32, why: String },
     /// Replica ids must be 0..N-1 so that they index rows.
     #[error("replica ids must be 0..{n} (each once); found id {id}")]
     IdOutOfRange { id: u32, n: usize },
@@ -76,13 +98,27 @@ pub enum ConfigError {
 pub struct ReplicaEntry {
     /// The replica's id: 0..N-1.
     pub id: u32,
-    /// Where its client listener (`Kv`: Propose, Status; health, reflection) listens.
+    /// Where clients reach its client listener (`Kv`: Propose, Status; health, reflection).
     pub addr: String,
-    /// Where its peer listener (`Peer`: Dispatch, Join, Snapshot) listens. Required: a config
-    /// from before the split gets an error naming it.
+    /// Where peers reach its peer listener (`Peer`: Dispatch, Join, Snapshot). Required: a
+    /// config from before the split gets an error naming it.
     pub peer_addr: Option<String>,
-    /// Where its Prometheus `/metrics` endpoint listens.
+    /// Where its Prometheus `/metrics` endpoint is reached.
     pub metrics_addr: String,
+    /// Where it binds, when that differs from where it is reached (`0.0.0.0:7070`, an address
+    /// behind NAT or in a container). Kept raw here so that its errors name the replica.
+    #[serde(default)]
+    pub listen: Option<serde_json::Value>,
+}
+
+/// The `listen` object: each member optional, unknown members refused (a misspelt
+/// `peer-addr` must not silently bind the advertised address instead).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addr: Option<String>,
+    peer_addr: Option<String>,
+    metrics_addr: Option<String>,
 }
 
 /// The optional `tls` section. Unknown fields are refused: a misspelt `client_ca` must not
@@ -116,11 +152,118 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Replica {
     pub id: ReplicaId,
-    /// The client listener.
-    pub addr: SocketAddr,
-    /// The peer listener.
-    pub peer_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
+    /// Where clients reach the client listener (advertised).
+    pub addr: HostPort,
+    /// Where peers reach the peer listener (advertised).
+    pub peer_addr: HostPort,
+    /// Where Prometheus reaches `/metrics` (advertised).
+    pub metrics_addr: HostPort,
+    /// Where the replica binds its listeners.
+    pub listen: Listen,
+}
+
+/// Where a replica binds its three listeners. Each defaults to the advertised address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: HostPort,
+    pub peer_addr: HostPort,
+    pub metrics_addr: HostPort,
+}
+
+/// A `host:port` of the configuration: an IP literal, or a DNS name that is resolved each
+/// time it is used (when binding at start, and on every dial), so that a machine that comes
+/// back with another address is found again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    host: Host,
+    port: u16,
+}
+
+/// The host part of a [`HostPort`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A DNS name, lowercase (names are case-insensitive; certificates carry them lowercase).
+    Name(String),
+}
+
+impl HostPort {
+    /// Parses `host:port`: `10.0.0.1:7070`, `[2001:db8::1]:7070`, `db1.example:7070`.
+    pub fn parse(text: &str) -> Result<HostPort, String> {
+        if let Ok(sa) = text.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err("port 0 is not a port one can reach".into());
+            }
+            return Ok(HostPort {
+                host: Host::Ip(sa.ip()),
+                port: sa.port(),
+            });
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err("no port".into());
+        };
+        if host.starts_with('[') || host.contains(':') {
+            return Err("an IPv6 address goes in brackets, [addr]:port".into());
+        }
+        let port: u16 = match port.parse() {
+            Ok(0) | Err(_) => return Err(format!("port {port:?} is not 1..65535")),
+            Ok(p) => p,
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(format!("{host:?} is not an IPv4 address"));
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(format!(
+                "{host:?} is not a host name (letters, digits and '-' in dot-separated labels \
+                 of at most 63)"
+            ));
+        }
+        Ok(HostPort {
+            host: Host::Name(host.to_ascii_lowercase()),
+            port,
+        })
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The socket address when the host is an IP literal (no resolution needed).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match &self.host {
+            Host::Ip(ip) => Some(SocketAddr::new(*ip, self.port)),
+            Host::Name(_) => None,
+        }
+    }
+
+    /// Whether the host is 0.0.0.0 or `::` (binds every interface, reaches none).
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.host, Host::Ip(ip) if ip.is_unspecified())
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(ip) => write!(f, "{}", SocketAddr::new(*ip, self.port)),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
 }
 
 /// Default `tls.cluster_name`: replica certificates name `replica-<id>.epaxos`.
@@ -250,7 +393,7 @@ impl Config {
             if e.id as usize >= n {
                 return Err(ConfigError::IdOutOfRange { id: e.id, n });
             }
-            let addr = parse_addr(e.id, "addr", &e.addr)?;
+            let addr = parse_dialable(e.id, "addr", &e.addr)?;
             let Some(peer_addr) = &e.peer_addr else {
                 return Err(ConfigError::MissingField {
                     id: e.id,
@@ -260,18 +403,22 @@ impl Config {
                            \"127.0.0.1:7170\"",
                 });
             };
-            let peer_addr = parse_addr(e.id, "peer_addr", peer_addr)?;
+            let peer_addr = parse_dialable(e.id, "peer_addr", peer_addr)?;
+            // Only scraped, never dialed by the cluster: a wildcard here (listen everywhere)
+            // is what configs did before `listen` existed, and keeps working.
             let metrics_addr = parse_addr(e.id, "metrics_addr", &e.metrics_addr)?;
-            for a in [addr, peer_addr, metrics_addr] {
-                if !addrs.insert(a) {
+            for a in [&addr, &peer_addr, &metrics_addr] {
+                if !addrs.insert(a.clone()) {
                     return Err(ConfigError::DuplicateAddr(a.to_string(), e.id));
                 }
             }
+            let listen = parse_listen(e, &addr, &peer_addr, &metrics_addr)?;
             replicas.push(Replica {
                 id: ReplicaId(e.id),
                 addr,
                 peer_addr,
                 metrics_addr,
+                listen,
             });
         }
         // After the per-entry checks, so that a malformed entry is named first.
@@ -296,12 +443,80 @@ impl Config {
     }
 }
 
-fn parse_addr(id: u32, field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| ConfigError::BadAddr {
+fn parse_addr(id: u32, field: &'static str, value: &str) -> Result<HostPort, ConfigError> {
+    HostPort::parse(value).map_err(|why| ConfigError::BadAddr {
         id,
         field,
         value: value.to_string(),
+        why,
     })
+}
+
+/// An address others dial: not a wildcard.
+fn parse_dialable(id: u32, field: &'static str, value: &str) -> Result<HostPort, ConfigError> {
+    let a = parse_addr(id, field, value)?;
+    if a.is_wildcard() {
+        return Err(ConfigError::BadAddr {
+            id,
+            field,
+            value: value.to_string(),
+            why: format!(
+                "a wildcard address binds every interface but reaches none: advertise the \
+                 address others dial here, and bind the wildcard with \"listen\": \
+                 {{\"{field}\": \"{value}\"}}"
+            ),
+        });
+    }
+    Ok(a)
+}
+
+/// The `listen` object of `e`, each member defaulting to the advertised address.
+fn parse_listen(
+    e: &ReplicaEntry,
+    addr: &HostPort,
+    peer_addr: &HostPort,
+    metrics_addr: &HostPort,
+) -> Result<Listen, ConfigError> {
+    let raw: RawListen = match &e.listen {
+        None => RawListen::default(),
+        Some(v) => RawListen::deserialize(v).map_err(|err| ConfigError::BadListen {
+            id: e.id,
+            why: format!(
+                "{err}; expected an object like {{\"addr\": \"0.0.0.0:7070\", \
+                 \"peer_addr\": \"0.0.0.0:7170\", \"metrics_addr\": \"0.0.0.0:9070\"}}, \
+                 each member optional"
+            ),
+        })?,
+    };
+    let one = |field: &'static str, value: &Option<String>, default: &HostPort| match value {
+        None => Ok(default.clone()),
+        Some(v) => parse_addr(e.id, field, v),
+    };
+    let listen = Listen {
+        addr: one("listen.addr", &raw.addr, addr)?,
+        peer_addr: one("listen.peer_addr", &raw.peer_addr, peer_addr)?,
+        metrics_addr: one("listen.metrics_addr", &raw.metrics_addr, metrics_addr)?,
+    };
+    let named = [
+        ("addr", &listen.addr),
+        ("peer_addr", &listen.peer_addr),
+        ("metrics_addr", &listen.metrics_addr),
+    ];
+    for (i, (a, x)) in named.iter().enumerate() {
+        for (b, y) in &named[i + 1..] {
+            let overlap = x.host == y.host || x.is_wildcard() || y.is_wildcard();
+            if x.port == y.port && overlap {
+                return Err(ConfigError::ListenClash {
+                    id: e.id,
+                    a,
+                    addr_a: x.to_string(),
+                    b,
+                    addr_b: y.to_string(),
+                });
+            }
+        }
+    }
+    Ok(listen)
 }
 
 #[cfg(test)]
@@ -392,6 +607,112 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: got {err:?}, want {want:?}");
+        }
+    }
+
+    fn with(id: u32, extra: &str) -> String {
+        format!(
+            r#"{{"replicas": [{{"id": {id}, "addr": "db0.example:7070", "peer_addr": "db0.example:7170", "metrics_addr": "db0.example:9070"{extra}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn host_names_and_ip_literals_are_accepted() {
+        let text = r#"{"replicas": [
+            {"id": 0, "addr": "DB0.Example.:7070", "peer_addr": "10.0.0.1:7170", "metrics_addr": "0.0.0.0:9070"},
+            {"id": 1, "addr": "[2001:db8::1]:7070", "peer_addr": "db1:7170", "metrics_addr": "db1:9070"},
+            {"id": 2, "addr": "127.0.0.1:7072", "peer_addr": "127.0.0.1:7172", "metrics_addr": "127.0.0.1:9072"}]}"#;
+        let c = Config::parse(text).expect("valid");
+        let r0 = &c.replicas[0];
+        assert_eq!(r0.addr.host(), &Host::Name("db0.example".into()));
+        assert_eq!(r0.addr.to_string(), "db0.example:7070");
+        assert_eq!(r0.addr.socket_addr(), None);
+        assert_eq!(
+            r0.peer_addr.socket_addr(),
+            Some("10.0.0.1:7170".parse().expect("addr"))
+        );
+        assert!(r0.metrics_addr.is_wildcard());
+        assert_eq!(c.replicas[1].addr.to_string(), "[2001:db8::1]:7070");
+        // No listen object: every listener binds where it is advertised (today's configs).
+        assert_eq!(r0.listen.addr, r0.addr);
+        assert_eq!(r0.listen.peer_addr, r0.peer_addr);
+        assert_eq!(r0.listen.metrics_addr, r0.metrics_addr);
+    }
+
+    #[test]
+    fn listen_addresses_default_member_by_member() {
+        let c = Config::parse(&with(
+            0,
+            r#", "listen": {"addr": "0.0.0.0:7070", "peer_addr": "[::]:7170"}"#,
+        ))
+        .expect("valid");
+        let r = &c.replicas[0];
+        assert_eq!(r.listen.addr.to_string(), "0.0.0.0:7070");
+        assert_eq!(r.listen.peer_addr.to_string(), "[::]:7170");
+        assert_eq!(r.listen.metrics_addr, r.metrics_addr);
+        assert_eq!(r.addr.to_string(), "db0.example:7070");
+    }
+
+    /// Each malformed address or listen entry is refused with a message naming the replica,
+    /// the field, the value and what is wrong with it.
+    #[test]
+    fn malformed_addresses_are_named() {
+        let addr = |a: &str| {
+            format!(
+                r#"{{"replicas": [{{"id": 0, "addr": "{a}", "peer_addr": "h:2", "metrics_addr": "h:3"}}]}}"#
+            )
+        };
+        let cases = [
+            (addr("db1.example"), "invalid addr \"db1.example\": no port"),
+            (addr("db1:"), "port \"\" is not 1..65535"),
+            (addr("db1:70000"), "port \"70000\" is not 1..65535"),
+            (addr("db1:0"), "port \"0\" is not 1..65535"),
+            (addr("10.0.0.1:0"), "port 0 is not a port one can reach"),
+            (addr(":7070"), "no host"),
+            (addr("::1:7070"), "an IPv6 address goes in brackets"),
+            (addr("[::1:7070"), "an IPv6 address goes in brackets"),
+            (addr("300.1.2.3:7070"), "\"300.1.2.3\" is not an IPv4 address"),
+            (addr("db_1:7070"), "\"db_1\" is not a host name"),
+            (addr("-db:7070"), "\"-db\" is not a host name"),
+            (addr("a..b:7070"), "\"a..b\" is not a host name"),
+            (addr("0.0.0.0:7070"), "a wildcard address binds every interface"),
+            (
+                r#"{"replicas": [{"id": 0, "addr": "h:1", "peer_addr": "[::]:2", "metrics_addr": "h:3"}]}"#
+                    .to_string(),
+                "invalid peer_addr \"[::]:2\": a wildcard",
+            ),
+            (
+                with(0, r#", "listen": "0.0.0.0""#),
+                "replica 0: invalid \"listen\": invalid type: string",
+            ),
+            (
+                with(0, r#", "listen": {"peer-addr": "0.0.0.0:7170"}"#),
+                "replica 0: invalid \"listen\": unknown field `peer-addr`",
+            ),
+            (
+                with(0, r#", "listen": {"addr": "0.0.0.0"}"#),
+                "replica 0: invalid listen.addr \"0.0.0.0\": no port",
+            ),
+            (
+                with(0, r#", "listen": {"addr": "0.0.0.0:7170"}"#),
+                "listen.addr 0.0.0.0:7170 and listen.peer_addr db0.example:7170 would bind the same port",
+            ),
+            (
+                with(
+                    0,
+                    r#", "listen": {"addr": "10.0.0.1:9000", "metrics_addr": "10.0.0.1:9000"}"#,
+                ),
+                "listen.addr 10.0.0.1:9000 and listen.metrics_addr 10.0.0.1:9000",
+            ),
+            (
+                r#"{"replicas": [{"id": 0, "addr": "db:1", "peer_addr": "DB:1", "metrics_addr": "h:3"}]}"#
+                    .to_string(),
+                "duplicate address db:1",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(&text).expect_err(&text).to_string();
             assert!(err.contains(want), "{text}: got {err:?}, want {want:?}");
         }
     }

@@ -12,8 +12,9 @@ use crate::core::membership::{JoinAnswer, JoinDecision, Joiner};
 use crate::core::wire;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{self, JoinRequest, SnapshotRequest};
-use crate::server::config::Config;
+use crate::server::config::{Config, HostPort};
 use crate::server::tls::PeerDialer;
+use crate::server::transport;
 
 pub use crate::core::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,7 +65,7 @@ pub async fn run(
                 from: me.0,
                 incarnation: incarnation.get(),
             };
-            let addr = config.replicas[peer.index()].peer_addr;
+            let addr = &config.replicas[peer.index()].peer_addr;
             let join = |mut c: PeerClient<_>| async move { c.join(request).await };
             match call(dialer, peer, addr, join).await {
                 Ok(reply) => {
@@ -128,7 +129,7 @@ async fn fetch_best(
     dialer: &PeerDialer,
 ) -> Option<Snapshot> {
     for &peer in sources {
-        let addr = config.replicas[peer.index()].peer_addr;
+        let addr = &config.replicas[peer.index()].peer_addr;
         let started = tokio::time::Instant::now();
         let fetching = fetch(dialer, peer, addr, me, incarnation, config.n());
         match tokio::time::timeout(SNAPSHOT_TIMEOUT, fetching).await {
@@ -151,7 +152,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Call(#[from] tonic::Status),
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] transport::DialError),
     #[error("snapshot larger than {SNAPSHOT_BYTES_MAX} bytes")]
     TooLarge,
     #[error("bad snapshot: {0}")]
@@ -165,7 +166,7 @@ pub enum SnapshotError {
 async fn fetch(
     dialer: &PeerDialer,
     peer: ReplicaId,
-    addr: std::net::SocketAddr,
+    addr: &HostPort,
     me: ReplicaId,
     incarnation: Incarnation,
     n: usize,
@@ -204,16 +205,13 @@ async fn fetch(
     Ok((snapshot, bytes.len()))
 }
 
+/// Resolves `addr` again (see `transport::dial`) and connects.
 async fn connect(
     dialer: &PeerDialer,
     peer: ReplicaId,
-    addr: std::net::SocketAddr,
-) -> Result<PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = dialer
-        .endpoint(peer, addr)?
-        .connect_timeout(CALL_TIMEOUT)
-        .connect()
-        .await?;
+    addr: &HostPort,
+) -> Result<PeerClient<tonic::transport::Channel>, transport::DialError> {
+    let (channel, _) = transport::dial(dialer, peer, addr, CALL_TIMEOUT).await?;
     Ok(PeerClient::new(channel)
         .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX))
@@ -223,7 +221,7 @@ async fn connect(
 async fn call<T, F, Fut>(
     dialer: &PeerDialer,
     peer: ReplicaId,
-    addr: std::net::SocketAddr,
+    addr: &HostPort,
     f: F,
 ) -> Result<T, String>
 where

@@ -33,7 +33,7 @@ use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
-use crate::server::config::Config;
+use crate::server::config::{Config, HostPort};
 use crate::server::metrics::LoopMetrics;
 use crate::server::queue::{byte_queue, ByteSender};
 use crate::server::storage::{self, Log, StorageError, Sync};
@@ -189,6 +189,10 @@ pub enum RuntimeError {
     /// The gRPC server's address could not be bound (in use?).
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// A listen address (a host name) could not be resolved, or bound at none of its
+    /// addresses.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, String),
     /// The gRPC server failed.
     #[error("gRPC server on {0}: {1}")]
     Server(SocketAddr, tonic::transport::Error),
@@ -250,6 +254,32 @@ pub enum Event {
     Joined(Box<join::Joined>),
 }
 
+/// Where a listen address binds now: itself if an IP literal, else the first address its name
+/// resolves to (`listen_addr`), or each in turn until one binds (`bind`).
+async fn listen_addr(addr: &HostPort) -> Result<SocketAddr, RuntimeError> {
+    let found = transport::resolve(addr)
+        .await
+        .map_err(|e| RuntimeError::Listen(addr.to_string(), e.to_string()))?;
+    Ok(found[0])
+}
+
+async fn bind(
+    addr: &HostPort,
+) -> Result<(tonic::transport::server::TcpIncoming, SocketAddr), RuntimeError> {
+    let found = transport::resolve(addr)
+        .await
+        .map_err(|e| RuntimeError::Listen(addr.to_string(), e.to_string()))?;
+    let mut errors = Vec::new();
+    for sa in &found {
+        match tonic::transport::server::TcpIncoming::bind(*sa) {
+            Ok(incoming) => return Ok((incoming, *sa)),
+            Err(e) if addr.socket_addr().is_some() => return Err(RuntimeError::Bind(*sa, e)),
+            Err(e) => errors.push(format!("{sa}: {e}")),
+        }
+    }
+    Err(RuntimeError::Listen(addr.to_string(), errors.join("; ")))
+}
+
 /// Runs replica `id` of `config` until `shutdown` completes.
 pub async fn serve(
     config: Config,
@@ -266,8 +296,10 @@ pub async fn serve(
     } else {
         Some(tls::load_replica(&config, id)?)
     };
-    crate::server::metrics::install(me.metrics_addr)
-        .map_err(|e| RuntimeError::Metrics(me.metrics_addr, e.to_string()))?;
+    // A listen address that is a name binds where it resolves now (the first that binds).
+    let metrics_at = listen_addr(&me.listen.metrics_addr).await?;
+    crate::server::metrics::install(metrics_at)
+        .map_err(|e| RuntimeError::Metrics(metrics_at, e.to_string()))?;
     match &security {
         None => {
             tracing::warn!(
@@ -286,12 +318,10 @@ pub async fn serve(
         .map_or_else(tls::PeerDialer::insecure, |t| t.dialer.clone());
     // Bound before anything dials out: the addresses are ours (or the start fails clearly)
     // before the peer links and the join take ephemeral ports of their own.
-    let client_incoming = tonic::transport::server::TcpIncoming::bind(me.addr)
-        .map_err(|e| RuntimeError::Bind(me.addr, e))?
-        .with_nodelay(Some(true));
-    let peer_incoming = tonic::transport::server::TcpIncoming::bind(me.peer_addr)
-        .map_err(|e| RuntimeError::Bind(me.peer_addr, e))?
-        .with_nodelay(Some(true));
+    let (client_incoming, client_at) = bind(&me.listen.addr).await?;
+    let client_incoming = client_incoming.with_nodelay(Some(true));
+    let (peer_incoming, peer_at) = bind(&me.listen.peer_addr).await?;
+    let peer_incoming = peer_incoming.with_nodelay(Some(true));
     let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(dir = %opts.data_dir.display(), bytes = recovered.truncated_bytes,
@@ -334,7 +364,7 @@ pub async fn serve(
             id,
             incarnation,
             peer.id,
-            peer.peer_addr,
+            peer.peer_addr.clone(),
             dialer.clone(),
             rx,
         ));
@@ -422,7 +452,8 @@ pub async fn serve(
         .map_err(|e| RuntimeError::Reflection(e.to_string()))?;
 
     tracing::info!(replica = %id, addr = %me.addr, peer_addr = %me.peer_addr,
-        metrics = %me.metrics_addr, n = config.n(), thrifty = opts.core.thrifty, durable,
+        metrics = %me.metrics_addr, listen = %client_at, listen_peer = %peer_at,
+        listen_metrics = %metrics_at, n = config.n(), thrifty = opts.core.thrifty, durable,
         tls = security.is_some(), "replica serving");
     // Peers keep their Dispatch streams open forever, so a graceful stop waits at most
     // SHUTDOWN_GRACE for in-flight calls and then ends the servers.
@@ -473,8 +504,8 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
     let result = tokio::select! {
-        r = client_server => r.map_err(|e| RuntimeError::Server(me.addr, e)),
-        r = peer_server => r.map_err(|e| RuntimeError::Server(me.peer_addr, e)),
+        r = client_server => r.map_err(|e| RuntimeError::Server(client_at, e)),
+        r = peer_server => r.map_err(|e| RuntimeError::Server(peer_at, e)),
         r = &mut event_loop => match r {
             Ok(Err(e)) => Err(e),
             _ => Ok(()),
