@@ -8,6 +8,7 @@ pub mod config;
 pub mod incoming;
 pub mod join;
 pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod runtime;
 pub mod storage;

@@ -455,6 +455,8 @@ pub async fn serve(
         metrics = %me.metrics_addr, listen = %client_at, listen_peer = %peer_at,
         listen_metrics = %metrics_at, n = config.n(), thrifty = opts.core.thrifty, durable,
         tls = security.is_some(), "replica serving");
+    // Listeners are bound: under systemd (Type=notify) `systemctl start` returns now.
+    crate::server::notify::ready(&format!("replica {} serving on {}", id.0, me.addr));
     // Peers keep their Dispatch streams open forever, so a graceful stop waits at most
     // SHUTDOWN_GRACE for in-flight calls and then ends the servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
