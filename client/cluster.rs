@@ -29,8 +29,8 @@ pub enum TargetMode {
     /// Every request goes to one replica (the first, or `--replica ID`); retries too.
     Single,
     /// Successive requests go to successive replicas; a retry goes to the next replica.
-    /// Replicas that just answered UNAVAILABLE (for example refused the connection) are
-    /// skipped for a second.
+    /// Replicas that just answered UNAVAILABLE (for example refused the connection) or did not
+    /// answer in time (cut off by the network) are skipped for a second.
     RoundRobin,
 }
 
@@ -56,7 +56,7 @@ pub struct Cluster {
     epoch: Instant,
 }
 
-/// How long round-robin requests avoid a replica that answered UNAVAILABLE.
+/// How long round-robin requests avoid a replica that answered UNAVAILABLE or timed out.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
 impl Cluster {

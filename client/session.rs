@@ -247,10 +247,15 @@ pub async fn execute(
             },
             Err(_) => AttemptError::Timeout { replica, addr },
         };
-        if let AttemptError::Status { status, .. } = &err {
-            if status.code() == Code::Unavailable {
-                cluster.mark_down(replica);
+        match &err {
+            AttemptError::Status { status, .. } if status.code() == Code::Unavailable => {
+                cluster.mark_down(replica)
             }
+            // No answer in time: cut off by the network (no refusal ever comes), or still
+            // catching up after a partition healed. Round-robin traffic avoids it for a while
+            // instead of spending a timeout on it every n-th request.
+            AttemptError::Timeout { .. } => cluster.mark_down(replica),
+            AttemptError::Status { .. } => {}
         }
         let may_retry = err.retryable() && attempt <= policy.retries;
         let stopped = may_retry && stop_retrying_at.is_some_and(|t| Instant::now() >= t);
