@@ -28,6 +28,7 @@ TIMEOUT_MS=${TIMEOUT_MS:-1000}
 WRITE_PCT=${WRITE_PCT:-50}
 KEYS=${KEYS:-100000}
 REPLICA_FLAGS=${REPLICA_FLAGS:-}
+TARGET=${TARGET:-round-robin}
 
 die() { echo "netns-partition.sh: $*" >&2; exit 1; }
 for v in CONCURRENCY PHASE CUT TIMEOUT_MS WRITE_PCT KEYS; do
@@ -123,7 +124,7 @@ pids+=($poll_pid)
 
 duration=$(( PHASE * 3 + CUT * 2 ))
 t0=$(now_ms)
-ip netns exec "${P}c" "$CLIENT" --config "$cfg" --target round-robin --timeout-ms "$TIMEOUT_MS" \
+ip netns exec "${P}c" "$CLIENT" --config "$cfg" --target "$TARGET" --timeout-ms "$TIMEOUT_MS" \
   bench --duration "$duration" --concurrency "$CONCURRENCY" --keys "$KEYS" \
   --write-pct "$WRITE_PCT" --json >"$tmp/result.json" 2>"$tmp/progress.log" &
 bench_pid=$!
@@ -153,9 +154,9 @@ done
 touch "$tmp/stop-poll"
 wait "$poll_pid" 2>/dev/null || true
 
-python3 - "$tmp" "$t0" "$agreed" "$CONCURRENCY" "$TIMEOUT_MS" "$WRITE_PCT" "$PHASE" "$CUT" <<'PY'
+python3 - "$tmp" "$t0" "$agreed" "$CONCURRENCY" "$TIMEOUT_MS" "$WRITE_PCT" "$PHASE" "$CUT" "$TARGET" <<'PY'
 import json, re, sys
-tmp, t0, agreed, conc, timeout_ms, writes, phase, cut = sys.argv[1:9]
+tmp, t0, agreed, conc, timeout_ms, writes, phase, cut, target = sys.argv[1:10]
 t0 = int(t0)
 events = [l.split() for l in open(f"{tmp}/events")]
 ev = [(int(t) - t0) / 1000 for t, _, _ in events]  # cut 2, heal 2, cut 0, heal 0 (s after t0)
@@ -172,7 +173,7 @@ for t, ops, errs in rows:
             phases[k].append((t, ops, errs))
 r = json.loads(open(f"{tmp}/result.json").read().strip().splitlines()[-1])
 print(f"netns partition: 3 hosts (one replica per network namespace), client bench in its own "
-      f"namespace: --target round-robin --concurrency {conc} --timeout-ms {timeout_ms}, "
+      f"namespace: --target {target} --concurrency {conc} --timeout-ms {timeout_ms}, "
       f"writes {writes}%, {r.get('duration_s')} s; cuts of {cut} s by link down")
 for name, xs in zip(names, phases):
     if not xs:

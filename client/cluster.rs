@@ -53,11 +53,17 @@ pub struct Cluster {
     /// Per replica: until when (ms since `epoch`) round-robin traffic avoids it, because it
     /// refused a connection or said it is unavailable.
     down_until_ms: Vec<AtomicU64>,
+    /// How long a mark lasts (see [`DOWN_FOR`]).
+    down_for_ms: u64,
     epoch: Instant,
 }
 
-/// How long round-robin requests avoid a replica that answered UNAVAILABLE or timed out.
-const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How long round-robin requests avoid a replica that answered UNAVAILABLE or timed out, at
+/// least: twice the attempt timeout if that is longer, so that the one probe let through
+/// (see [`Cluster::try_use`]) has its answer, or its timeout, before the next one goes.
+/// (With 1 s for both, under a cut-off replica every other second lost nearly all its
+/// throughput, measured with bench/netns-partition.sh.)
+const DOWN_FOR: Duration = Duration::from_secs(3);
 
 impl Cluster {
     /// Loads and validates the config file, and prepares (without dialing) a channel to each
@@ -98,6 +104,7 @@ impl Cluster {
             addrs,
             clients,
             down_until_ms,
+            down_for_ms: DOWN_FOR.max(connect_timeout * 2).as_millis() as u64,
             epoch: Instant::now(),
         })
     }
@@ -113,13 +120,35 @@ impl Cluster {
     /// Notes that replica `idx` is unreachable or shutting down: round-robin requests skip it
     /// for a while.
     pub fn mark_down(&self, idx: usize) {
-        let until = self.now_ms().saturating_add(DOWN_FOR.as_millis() as u64);
+        let until = self.now_ms().saturating_add(self.down_for_ms);
         self.down_until_ms[idx].fetch_max(until, Ordering::Relaxed);
     }
 
-    /// Whether replica `idx` was recently marked down.
-    pub fn is_down(&self, idx: usize) -> bool {
-        self.down_until_ms[idx].load(Ordering::Relaxed) > self.now_ms()
+    /// Notes that replica `idx` answered: round-robin traffic goes to it again at once.
+    pub fn mark_up(&self, idx: usize) {
+        if self.down_until_ms[idx].load(Ordering::Relaxed) != 0 {
+            self.down_until_ms[idx].store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether round-robin may send a request to `idx` now: it is not marked down, or its mark
+    /// ran out and this caller wins the single probe let through per `DOWN_FOR` (the mark is
+    /// renewed for everyone else until the probe's answer clears it, or its failure marks the
+    /// replica down again). Without the probe, every session sent its next request to a
+    /// replica cut off by the network the moment its mark ran out, and all waited a timeout.
+    pub fn try_use(&self, idx: usize) -> bool {
+        let until = self.down_until_ms[idx].load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        if until > now {
+            return false;
+        }
+        let renewed = now.saturating_add(self.down_for_ms);
+        self.down_until_ms[idx]
+            .compare_exchange(until, renewed, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Number of replicas.
@@ -216,11 +245,12 @@ impl Picker {
         }
     }
 
-    /// The first replica from `start` on (cyclically) not marked down, or `start` if all are.
+    /// The first replica from `start` on (cyclically) that may be used (see
+    /// [`Cluster::try_use`]), or `start` if none may.
     fn up_from(&self, start: usize, cluster: &Cluster) -> usize {
         (0..self.n)
             .map(|i| (start + i) % self.n)
-            .find(|&r| !cluster.is_down(r))
+            .find(|&r| cluster.try_use(r))
             .unwrap_or(start)
     }
 }
@@ -336,5 +366,23 @@ mod tests {
         c.mark_down(1);
         c.mark_down(2);
         assert_eq!(p.first(&c), 2, "all down: plain rotation");
+    }
+
+    /// A replica whose mark ran out gets one probe; the others keep skipping it until the
+    /// probe's answer clears the mark.
+    #[tokio::test]
+    async fn an_expired_mark_lets_one_probe_through() {
+        let mut c = cluster();
+        c.epoch = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .unwrap_or(c.epoch);
+        c.down_until_ms[0].store(1, Ordering::Relaxed); // marked, long expired
+        let mut a = Picker::new(TargetMode::RoundRobin, 3, 0);
+        let mut b = Picker::new(TargetMode::RoundRobin, 3, 0);
+        assert_eq!(a.first(&c), 0, "the probe");
+        assert_eq!(b.first(&c), 1, "skips it while the probe is out");
+        c.mark_up(0);
+        let mut d = Picker::new(TargetMode::RoundRobin, 3, 0);
+        assert_eq!(d.first(&c), 0, "answered: used again");
     }
 }

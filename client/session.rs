@@ -233,11 +233,12 @@ pub async fn execute(
         let addr = cluster.addr(replica).clone();
         let err = match tokio::time::timeout(policy.timeout, client.propose(req)).await {
             Ok(Ok(reply)) => {
+                cluster.mark_up(replica);
                 return Ok(Success {
                     reply: reply.into_inner(),
                     attempts: attempt,
                     replica,
-                })
+                });
             }
             Ok(Err(status)) if is_local_timeout(&status) => AttemptError::Timeout { replica, addr },
             Ok(Err(status)) => AttemptError::Status {
