@@ -22,5 +22,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .bytes(".")
         .compile_fds(compiler.file_descriptor_set())?;
+    compile_etcd()?;
+    Ok(())
+}
+
+/// The vendored subset of etcd's KV API (`proto/etcd/rpc.proto`), client side only, for
+/// `client bench --system etcd`. Its own package (`etcdserverpb`), so it lands in its own file
+/// that only the client binary includes.
+fn compile_etcd() -> Result<(), Box<dyn std::error::Error>> {
+    let mut etcd = protox::Compiler::new(["proto/etcd"])?;
+    etcd.include_imports(true);
+    etcd.open_files(["rpc.proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .bytes(".")
+        .compile_fds(etcd.file_descriptor_set())?;
     Ok(())
 }

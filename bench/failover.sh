@@ -141,8 +141,8 @@ n=$(wc -l <<<"$replicas")
 
 # The load, in the background: per-second progress lines on stderr, one JSON line on stdout.
 t0=$(now_ms)
-"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS --target round-robin --timeout-ms "$TIMEOUT_MS" bench \
-  --duration "$DURATION" --concurrency "$CONCURRENCY" --keys "$KEYS" --write-pct "$WRITE_PCT" \
+"$CLIENT" --config "$CONFIG" $CLIENT_FLAGS --target round-robin bench \
+  --attempt-timeout-ms "$TIMEOUT_MS" --duration "$DURATION" --concurrency "$CONCURRENCY" --keys "$KEYS" --write-pct "$WRITE_PCT" \
   --conflict-pct "$CONFLICT_PCT" --json >"$tmp/result.json" 2>"$tmp/progress.log" &
 bench_pid=$!
 

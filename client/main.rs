@@ -4,8 +4,11 @@
 //! TLS by default (see `Cluster::new`).
 
 mod bench;
+mod bench_target;
 mod cluster;
+mod etcd;
 mod oneshot;
+mod plot;
 mod session;
 mod status;
 
@@ -88,7 +91,8 @@ enum Command {
         #[arg(value_name = "EXPECTED|NEW", num_args = 1..=2, required = true)]
         values: Vec<String>,
     },
-    /// Closed-loop load: throughput and latency percentiles.
+    /// Closed-loop load on our replicas or on etcd: throughput, latency histogram and
+    /// percentiles; `bench sweep` and `bench chart` draw throughput against latency.
     Bench(bench::BenchArgs),
     /// Each replica's progress and state digest, and whether the digests agree.
     Status {
@@ -145,6 +149,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         return status::run(cluster, which, t, json).await;
     }
 
+    if let Command::Bench(args) = cli.command {
+        // The bench builds its own targets: it may load etcd rather than the config's cluster.
+        let setup = bench::Setup {
+            config: cli.config,
+            target: cli.target,
+            replica: cli.replica,
+            insecure: cli.insecure,
+            retries: cli.retries,
+        };
+        bench::main(setup, args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     let cluster = Arc::new(Cluster::load(&cli.config, timeout, cli.insecure)?);
     let start = match (cli.target, cli.replica) {
         (TargetMode::Single, Some(id)) => cluster.check_replica(id)?,
@@ -165,16 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             key,
             values,
         } => cas_request(expect_absent, key, values)?,
-        Command::Bench(args) => {
-            // Workers start at successive replicas; in single mode they all use `start`.
-            let first = if cli.target == TargetMode::RoundRobin {
-                0
-            } else {
-                start
-            };
-            bench::run(cluster, cli.target, first, policy, args).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Status { .. } => unreachable!("handled above"),
     };
     let picker = Picker::new(cli.target, cluster.n(), start);

@@ -98,6 +98,7 @@ pub struct Success {
     /// Attempts made, 1 when the first one succeeded.
     pub attempts: u32,
     /// The replica (index) that answered.
+    #[allow(dead_code)] // read by the bench until it got its own attempt loop (bench_target)
     pub replica: usize,
 }
 
@@ -124,6 +125,7 @@ pub enum AttemptError {
 
 impl AttemptError {
     /// A short name for counting errors by kind: "Timeout" or the gRPC code.
+    #[allow(dead_code)] // used by the bench until it got its own attempt loop (bench_target)
     pub fn kind(&self) -> String {
         match self {
             AttemptError::Timeout { .. } => "Timeout".to_string(),
@@ -184,6 +186,7 @@ pub struct Failure {
     pub attempts: u32,
     pub last: AttemptError,
     /// Whether a retry was still allowed but was not made because `stop_retrying_at` passed.
+    #[allow(dead_code)] // read by the bench until it got its own attempt loop (bench_target)
     pub stopped: bool,
 }
 
