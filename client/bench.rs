@@ -87,8 +87,9 @@ pub struct LoadArgs {
 /// Options of `client bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// Boxed: a sweep's options would make every `client` command as large as they are.
     #[command(subcommand)]
-    pub command: Option<BenchCommand>,
+    pub command: Option<Box<BenchCommand>>,
     #[command(flatten)]
     pub load: LoadArgs,
     /// Closed-loop workers, each with its own session and one request outstanding.
@@ -740,7 +741,7 @@ fn print_summary(s: &Summary, targets: &Targets, drain_ms: u64) {
 
 /// Runs `client bench` (one run, a sweep, or a chart).
 pub async fn main(setup: Setup, args: BenchArgs) -> Result<()> {
-    match args.command {
+    match args.command.map(|c| *c) {
         Some(BenchCommand::Chart(c)) => chart(&c),
         Some(BenchCommand::Sweep(s)) => sweep(&setup, &s).await,
         None => {

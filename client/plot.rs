@@ -59,6 +59,7 @@ pub fn timeline(path: &Path, title: &str, series: &[Second]) -> Result<()> {
     c.configure_mesh()
         .x_desc("time (s)")
         .y_desc("ops/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(err)?;
     c.draw_series(LineSeries::new(
@@ -97,6 +98,7 @@ pub fn timeline(path: &Path, title: &str, series: &[Second]) -> Result<()> {
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -117,17 +119,32 @@ pub fn curves(path: &Path, title: &str, curves: &[(String, Vec<Point>)]) -> Resu
         .filter(|v| *v > 0.0)
         .fold(f64::INFINITY, f64::min)
         .min(y_max / 10.0)
-        * 0.7;
+        * 0.8;
+    // The y axis holds log10(ms), labelled in ms: plotters' own log axis labels only powers of
+    // ten, which leaves most curves between two labels.
+    let log = |ms: f64| ms.max(1e-6).log10();
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())
+        .build_cartesian_2d(0.0..x_max, log(y_min)..log(y_max))
         .map_err(err)?;
     c.configure_mesh()
         .x_desc("throughput (ops/s)")
         .y_desc("latency (ms, log scale)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            let ms = 10f64.powf(*v);
+            if ms >= 10.0 {
+                format!("{ms:.0}")
+            } else if ms >= 1.0 {
+                format!("{ms:.1}")
+            } else {
+                format!("{ms:.2}")
+            }
+        })
+        .y_labels(12)
         .draw()
         .map_err(err)?;
     for (i, (label, points)) in curves.iter().enumerate() {
@@ -135,14 +152,14 @@ pub fn curves(path: &Path, title: &str, curves: &[(String, Vec<Point>)]) -> Resu
         let mut pts = points.clone();
         pts.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
         c.draw_series(LineSeries::new(
-            pts.iter().map(|p| (p.ops_per_sec, p.p50_ms)),
+            pts.iter().map(|p| (p.ops_per_sec, log(p.p50_ms))),
             color.stroke_width(2),
         ))
         .map_err(err)?
         .label(format!("{label} p50"))
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         c.draw_series(DashedLineSeries::new(
-            pts.iter().map(|p| (p.ops_per_sec, p.p99_ms)),
+            pts.iter().map(|p| (p.ops_per_sec, log(p.p99_ms))),
             6,
             4,
             color.stroke_width(1),
@@ -151,7 +168,7 @@ pub fn curves(path: &Path, title: &str, curves: &[(String, Vec<Point>)]) -> Resu
         .label(format!("{label} p99"))
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         c.draw_series(pts.iter().map(|p| {
-            EmptyElement::at((p.ops_per_sec, p.p50_ms))
+            EmptyElement::at((p.ops_per_sec, log(p.p50_ms)))
                 + Circle::new((0, 0), 3, color.filled())
                 + Text::new(p.tag.clone(), (5, -12), ("sans-serif", 11))
         }))

@@ -103,10 +103,9 @@ async fn round_robin_bench_keeps_going_while_a_replica_is_paused() {
     let base = ops_per_sec(&before);
     assert!(base > 50.0, "the healthy cluster serves: {before}");
     assert_eq!(before["errors"], 0, "{before}");
-    assert_eq!(
+    assert!(
         before["series"].as_array().map(Vec::len).unwrap_or(0) >= 3,
-        true,
-        "{before}"
+        "a per-second series: {before}"
     );
 
     let pid = cluster.pid(2).expect("replica 2 runs");
