@@ -17,8 +17,10 @@
 #          bench/results/).
 # Prints the table and ends with `ratio put c128 rr: X.XX` (our ops/s over etcd's) and
 # `ratio p50 c1 rr: X.XX` (our p50 over etcd's), both 100% PUT, round-robin.
-# Needs bash, python3, cargo; installs etcd-server with apt-get if etcd is missing. Every process
-# and temporary directory it makes is removed on exit, however it exits.
+# Both clusters keep their data under $TMPDIR (default /tmp), which must be a real disk for the
+# fsyncs to mean anything. Needs bash, python3, cargo; installs etcd-server with apt-get if etcd
+# is missing. Every process and temporary directory it makes is removed on exit, however it
+# exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=${2:?--duration needs seconds}; shift ;;
     --runs) RUNS=${2:?--runs needs a number}; shift ;;
     --out) OUT=${2:?--out needs a directory}; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -67,6 +69,9 @@ CLIENT=$ROOT/target/release/client
 TICKS=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/compare.XXXXXX")
+if [ "$(stat -f -c %T "$tmp")" = tmpfs ]; then
+  echo "compare.sh: warning: $tmp is on tmpfs, where fsync costs nothing; set TMPDIR to a disk" >&2
+fi
 PIDS=()
 cleanup() {
   local p
