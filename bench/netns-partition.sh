@@ -125,7 +125,7 @@ pids+=($poll_pid)
 duration=$(( PHASE * 3 + CUT * 2 ))
 t0=$(now_ms)
 ip netns exec "${P}c" "$CLIENT" --config "$cfg" --target "$TARGET" --timeout-ms "$TIMEOUT_MS" \
-  bench --duration "$duration" --concurrency "$CONCURRENCY" --keys "$KEYS" \
+  bench --attempt-timeout-ms "$TIMEOUT_MS" --duration "$duration" --concurrency "$CONCURRENCY" --keys "$KEYS" \
   --write-pct "$WRITE_PCT" --json >"$tmp/result.json" 2>"$tmp/progress.log" &
 bench_pid=$!
 pids+=($bench_pid)
