@@ -1,10 +1,8 @@
 //! The replica's Prometheus metrics: names, descriptions, and cached handles for the hot path.
 
-use std::net::SocketAddr;
-
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::core::message::Message;
 use crate::core::replica::Path;
@@ -51,15 +49,16 @@ pub fn kind_index(m: &Message) -> usize {
     }
 }
 
-/// Starts the `/metrics` endpoint on `addr`. Call once per process, inside a tokio runtime.
-pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+/// Installs the process-wide recorder and returns the handle that renders it (served by
+/// `server::http`). Call once per process, inside a tokio runtime: it starts the upkeep task
+/// that keeps histograms' buckets drained.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     // Seconds; covers loopback round trips (tens of microseconds) to stalled instances.
     const LATENCY_BUCKETS: [f64; 16] = [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &LATENCY_BUCKETS,
@@ -70,10 +69,22 @@ pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::Buil
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ],
         )?
-        .install()?;
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     describe();
-    Ok(())
+    Ok(handle)
 }
+
+/// How often the recorder's histograms are drained into their buckets (as the exporter's own
+/// listener does).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn describe() {
     describe_counter!(

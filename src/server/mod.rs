@@ -5,6 +5,8 @@
 pub mod admission;
 pub mod certs;
 pub mod config;
+pub mod health;
+pub mod http;
 pub mod incoming;
 pub mod join;
 pub mod metrics;

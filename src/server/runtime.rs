@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +34,7 @@ use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{self, DispatchAck, PeerBatch, ProposeReply, ProposeRequest};
 use crate::server::config::{Config, HostPort};
+use crate::server::health::{self, Health};
 use crate::server::metrics::LoopMetrics;
 use crate::server::queue::{byte_queue, ByteSender};
 use crate::server::storage::{self, Log, StorageError, Sync};
@@ -298,7 +299,13 @@ pub async fn serve(
     };
     // A listen address that is a name binds where it resolves now (the first that binds).
     let metrics_at = listen_addr(&me.listen.metrics_addr).await?;
-    crate::server::metrics::install(metrics_at)
+    let metrics_handle = crate::server::metrics::install()
+        .map_err(|e| RuntimeError::Metrics(metrics_at, e.to_string()))?;
+    let metrics_listener = std::net::TcpListener::bind(metrics_at)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
         .map_err(|e| RuntimeError::Metrics(metrics_at, e.to_string()))?;
     match &security {
         None => {
@@ -352,6 +359,16 @@ pub async fn serve(
         },
     };
 
+    let (health, health_rx) = health::Publisher::new(if membership == Membership::Joining {
+        Health::Joining
+    } else {
+        Health::Serving
+    });
+    tokio::spawn(crate::server::http::serve(
+        metrics_listener,
+        metrics_handle,
+        health_rx.clone(),
+    ));
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
     let mut peer_queues: Vec<Option<ByteSender>> = vec![None; config.n()];
     for peer in &config.replicas {
@@ -411,6 +428,7 @@ pub async fn serve(
             log,
             data_dir: opts.data_dir.clone(),
             accepted: accepted.clone(),
+            health,
         },
     ));
 
@@ -420,6 +438,7 @@ pub async fn serve(
         big: big_tx.clone(),
         budget: budget.clone(),
         propose_timeout: opts.propose_timeout,
+        health: health_rx.clone(),
     };
     let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
     let peer_service = PeerService {
@@ -436,9 +455,12 @@ pub async fn serve(
         snapshots: admission::Snapshots::new(limits::SNAPSHOTS_IN_FLIGHT_MAX),
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<KvServer<ClientService>>()
-        .await;
+    // gRPC health follows what the event loop assesses (see `server::health`).
+    tokio::spawn(health::report_grpc(
+        health_rx,
+        health_reporter,
+        <KvServer<ClientService> as tonic::server::NamedService>::NAME,
+    ));
     // Reflection describes the client contract only (client.proto and health).
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::CLIENT_FILE_DESCRIPTOR_SET)
@@ -553,6 +575,7 @@ struct LoopSetup {
     log: Log,
     data_dir: std::path::PathBuf,
     accepted: Arc<Vec<AtomicU64>>,
+    health: health::Publisher,
 }
 
 /// The single-threaded event loop's state: the node and what the shell needs to carry out its
@@ -577,6 +600,7 @@ struct EventLoop {
     accepted: Arc<Vec<AtomicU64>>,
     /// What `epaxos_abstaining` last reported.
     abstaining: bool,
+    health: health::Publisher,
 }
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
@@ -599,6 +623,7 @@ async fn run_loop(
         log,
         data_dir,
         accepted,
+        health,
     } = setup;
     let mut el = EventLoop {
         abstaining: false,
@@ -614,6 +639,7 @@ async fn run_loop(
         log,
         data_dir,
         accepted,
+        health,
     };
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -707,6 +733,7 @@ async fn run_loop(
         el.carry_out(ready);
         joining_gauge.set(if el.node.joining() { 1.0 } else { 0.0 });
         el.report_abstaining(&abstaining_gauge);
+        el.health.publish(el.health());
         if writing.is_none() {
             let started = Instant::now();
             if let Some(job) = el.node.poll_checkpoint() {
@@ -929,6 +956,19 @@ impl EventLoop {
         }
     }
 
+    /// Whether this replica can serve now (see `server::health`): a peer counts as reachable
+    /// while the core does not suspect it.
+    fn health(&self) -> Health {
+        let now = self.start.elapsed();
+        let core = self.node.replica();
+        let n = self.peers.len();
+        let reachable = (0..n as u32)
+            .map(ReplicaId)
+            .filter(|p| *p == self.me || !core.is_suspected(*p, now))
+            .count();
+        Health::assess(self.node.joining(), core.abstaining(), reachable, n)
+    }
+
     /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).
     fn report_abstaining(&mut self, gauge: &metrics::Gauge) {
         let abstaining = self.node.replica().abstaining();
@@ -1057,6 +1097,9 @@ struct ClientService {
     /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
     budget: Arc<Semaphore>,
     propose_timeout: Duration,
+    /// What the event loop last assessed: without a majority a proposal is refused at once
+    /// (it could not commit), rather than after `propose_timeout`.
+    health: watch::Receiver<Health>,
 }
 
 /// The peer service (peer listener): checks who is speaking, then translates calls into events.
@@ -1085,6 +1128,13 @@ impl Kv for ClientService {
     ) -> Result<Response<ProposeReply>, Status> {
         let cmd = wire::command_from_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let health = *self.health.borrow();
+        if let Health::NoMajority { .. } = health {
+            return Err(Status::unavailable(format!(
+                "replica {} cannot serve: {health}; try a replica in the majority",
+                self.id.0
+            )));
+        }
         // A full replica says so at once rather than queueing the caller.
         let overloaded = || {
             metrics::counter!("epaxos_proposals_rejected_total", "reason" => "overloaded")
