@@ -1,9 +1,45 @@
 //! Compiles `proto/{client,peer,storage}.proto` with protox (pure Rust), so a fresh machine needs
 //! no `protoc`. All three are package `epaxos.v1` and end up in one generated module.
+//!
+//! It also embeds the git commit (`EPAXOS_GIT_COMMIT`, for `--version` and
+//! `epaxos_build_info`), or "unknown" when not built from a git checkout.
+use std::process::Command;
 use std::{env, fs, path::PathBuf};
+
+/// `git` with `args` in the crate's directory: its trimmed output, if it ran and succeeded.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Emits `EPAXOS_GIT_COMMIT` and asks to run again when HEAD moves.
+fn embed_git_commit() {
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) if !c.is_empty() => c,
+        _ => "unknown".to_string(),
+    };
+    println!("cargo:rustc-env=EPAXOS_GIT_COMMIT={commit}");
+    // HEAD names the branch; the branch's ref (or packed-refs) moves with each commit.
+    for path in [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "packed-refs"]),
+        git(&["symbolic-ref", "-q", "HEAD"]).and_then(|r| git(&["rev-parse", "--git-path", &r])),
+    ]
+    .into_iter()
+    .flatten()
+    // A path that does not exist would make cargo run this script on every build.
+    .filter(|p| std::path::Path::new(p).exists())
+    {
+        println!("cargo:rerun-if-changed={path}");
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    embed_git_commit();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_source_info(true).include_imports(true);

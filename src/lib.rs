@@ -16,6 +16,17 @@
 pub mod core;
 pub mod server;
 
+/// The git commit this build was made from (`build.rs`; "unknown" outside a git checkout).
+pub const GIT_COMMIT: &str = env!("EPAXOS_GIT_COMMIT");
+
+/// What `--version` prints on both binaries: the crate version and the git commit.
+pub const VERSION_LONG: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EPAXOS_GIT_COMMIT"),
+    ")"
+);
+
 /// Code generated from `proto/client.proto`, `proto/peer.proto` and `proto/storage.proto`
 /// (package `epaxos.v1`).
 pub mod proto {

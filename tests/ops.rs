@@ -142,3 +142,183 @@ async fn a_replica_without_a_majority_reports_unhealthy_and_refuses_at_once() {
         .expect("a majority again: served");
     assert!(r.success);
 }
+
+/// `promtool`, or `None` (with the reason printed) outside CI when it is not installed. Under
+/// CI (`CI` set) a missing promtool fails the test: `.ci/run` installs it.
+fn promtool() -> Option<&'static str> {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("promtool");
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "promtool is not installed (CI installs Debian's `prometheus` package in .ci/run)"
+    );
+    eprintln!("skipped: promtool is not installed (apt-get install prometheus); CI runs this");
+    None
+}
+
+/// Runs `promtool args...` with `stdin`, asserting success and no lint output.
+fn promtool_ok(args: &[&str], stdin: &str) {
+    let Some(tool) = promtool() else { return };
+    let mut child = std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{said}");
+    if args.contains(&"metrics") {
+        assert!(said.trim().is_empty(), "promtool {args:?} lints:\n{said}");
+    }
+}
+
+/// The metric names (`epaxos_*`, `process_*`) a text mentions, histogram suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    for prefix in ["epaxos_", "process_"] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix) {
+            let start = from + at;
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            from = end.max(start + 1);
+            // Part of a longer word (e.g. a path or an id), not a metric name.
+            if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+                continue;
+            }
+            let mut name = text[start..end].trim_end_matches('_').to_string();
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    name = base.to_string();
+                }
+            }
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The names of the series a scrape holds (histograms by their base name).
+fn scraped_names(scrape: &str) -> std::collections::BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+                .to_string()
+        })
+        .collect()
+}
+
+fn repo_file(path: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// A fresh replica's scrape passes `promtool check metrics` (HELP on everything, names and
+/// types by the conventions) and already holds every series the README documents and the
+/// dashboard and alert rules query, before any traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_series_exists_from_the_start_and_promtool_accepts_them() {
+    // With TLS: the certificate expiry gauges exist only then.
+    let cluster = Cluster::start(3, &[]).await;
+    let (code, scrape) = http_get(&cluster.metrics[0], "/metrics");
+    assert_eq!(code, 200, "{scrape}");
+    promtool_ok(&["check", "metrics"], &scrape);
+    let have = scraped_names(&scrape);
+    let readme = repo_file("README.md");
+    let metrics_section = readme
+        .split_once("## Metrics")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("README has a Metrics section");
+    for (what, text) in [
+        ("the README's Metrics section", metrics_section.to_string()),
+        (
+            "deploy/grafana-dashboard.json",
+            repo_file("deploy/grafana-dashboard.json"),
+        ),
+        ("deploy/alerts.yml", repo_file("deploy/alerts.yml")),
+    ] {
+        let named = metric_names(&text);
+        assert!(named.len() > 5, "{what} names too few metrics: {named:?}");
+        let missing: Vec<&String> = named.iter().filter(|n| !have.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{what} names series a fresh replica does not export: {missing:?}"
+        );
+    }
+    // Traffic keeps it clean (labels created on the way are described too).
+    let mut c = cluster.client(0).await.expect("connect");
+    Session::new()
+        .call(&mut c, put("k", "v"))
+        .await
+        .expect("put");
+    let (_, scrape) = http_get(&cluster.metrics[0], "/metrics");
+    promtool_ok(&["check", "metrics"], &scrape);
+    assert!(
+        scrape.contains("epaxos_client_requests_total{method=\"Propose\",code=\"OK\"} 1"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("epaxos_build_info{"), "{scrape}");
+    assert!(
+        scrape.contains("process_resident_memory_bytes "),
+        "{scrape}"
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts.yml");
+    let Some(tool) = promtool() else { return };
+    let out = std::process::Command::new(tool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_dashboard_is_json_with_panels() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&repo_file("deploy/grafana-dashboard.json")).expect("valid JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for p in panels {
+        assert!(
+            p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "panel without a query: {p}"
+        );
+    }
+}

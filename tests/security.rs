@@ -287,9 +287,9 @@ async fn the_bundled_client_works_with_generated_certificates() {
     );
     // Expiry and mode are visible.
     let text = metrics(&cluster, 0);
-    let days = metric_sum(&text, "epaxos_tls_cert_expiry_days{cert=\"replica\"}");
+    let days = metric_sum(&text, "epaxos_tls_cert_expiry_seconds{cert=\"replica\"}") / 86_400.0;
     assert!(days > 800.0 && days < 830.0, "{text}");
-    let days = metric_sum(&text, "epaxos_tls_cert_expiry_days{cert=\"ca\"}");
+    let days = metric_sum(&text, "epaxos_tls_cert_expiry_seconds{cert=\"ca\"}") / 86_400.0;
     assert!(days > 3600.0, "{text}");
     assert_eq!(metric_sum(&text, "epaxos_insecure "), 0.0, "{text}");
     assert!(text.contains("epaxos_insecure 0"), "{text}");

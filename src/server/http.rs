@@ -35,6 +35,9 @@ pub async fn serve(
     health: watch::Receiver<Health>,
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return; // never closed
@@ -52,7 +55,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let (metrics, health) = (metrics.clone(), health.clone());
-                async move { Ok::<_, Infallible>(answer(&req, &metrics, &health).await) }
+                async move { Ok::<_, Infallible>(answer(&req, &metrics, &health, started).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -69,6 +72,7 @@ async fn answer(
     req: &Request<Incoming>,
     metrics: &PrometheusHandle,
     health: &watch::Receiver<Health>,
+    started: f64,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
@@ -77,7 +81,13 @@ async fn answer(
         "/metrics" => {
             let handle = metrics.clone();
             // Rendering walks every series: off the async workers.
-            match tokio::task::spawn_blocking(move || handle.render()).await {
+            let render = move || {
+                crate::server::metrics::HIGH_WATER.export();
+                let mut text = handle.render();
+                text.push_str(&crate::server::metrics::process_text(started));
+                text
+            };
+            match tokio::task::spawn_blocking(render).await {
                 Ok(body) => {
                     let mut r = text(StatusCode::OK, body);
                     r.headers_mut()

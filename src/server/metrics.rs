@@ -1,6 +1,8 @@
 //! The replica's Prometheus metrics: names, descriptions, and cached handles for the hot path.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -87,6 +89,71 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn describe() {
+    describe_gauge!(
+        "epaxos_build_info",
+        "Always 1; the labels say which build runs (version, git commit)."
+    );
+    describe_gauge!(
+        "epaxos_serving",
+        "1 while this replica can serve (joined, caught up, a majority heard from within the \
+         suspicion timeout); 0 otherwise, with the reason at /health."
+    );
+    describe_gauge!(
+        "epaxos_durable",
+        "1 with --sync fsync (every acknowledged change is synced), 0 with --sync none."
+    );
+    describe_histogram!(
+        "epaxos_fsync_seconds",
+        Unit::Seconds,
+        "Group commits: one log append and sync per event-loop iteration that changed state."
+    );
+    describe_counter!(
+        "epaxos_persisted_records_total",
+        "Instance records appended to the log."
+    );
+    describe_counter!(
+        "epaxos_checkpoints_total",
+        "Checkpoints written (the log cut to what is still in memory)."
+    );
+    describe_histogram!(
+        "epaxos_checkpoint_seconds",
+        Unit::Seconds,
+        "Time to write a checkpoint and the new log, from start to rename."
+    );
+    describe_gauge!(
+        "epaxos_log_bytes",
+        Unit::Bytes,
+        "Size of the instance log now (it grows until the next checkpoint cuts it)."
+    );
+    describe_counter!(
+        "epaxos_connections_refused_total",
+        "Connections closed at once because the listener held its maximum, by listener."
+    );
+    describe_counter!(
+        "epaxos_membership_calls_refused_total",
+        "Join and Snapshot calls refused by their admission bound (RESOURCE_EXHAUSTED), by call."
+    );
+    describe_counter!(
+        "epaxos_client_requests_total",
+        "Client calls answered, by method (Propose, Status) and gRPC code (OK, UNAVAILABLE, ...)."
+    );
+    describe_histogram!(
+        "epaxos_peer_rtt_seconds",
+        Unit::Seconds,
+        "Protocol round trip to a peer: a PreAccept or Accept sent until its answer arrived \
+         (queueing and the peer's sync included), by peer."
+    );
+    describe_gauge!(
+        "epaxos_peer_last_heard_seconds",
+        Unit::Seconds,
+        "Seconds since anything was heard from a peer (since start if never), by peer."
+    );
+    for (name, what) in HIGH_WATER_NAMES {
+        describe_gauge!(
+            name,
+            format!("Highest {what} seen by the event loop since the previous scrape.")
+        );
+    }
     describe_counter!(
         "epaxos_messages_sent_total",
         "Protocol messages sent, by type and peer."
@@ -142,7 +209,7 @@ fn describe() {
     describe_histogram!(
         "epaxos_commit_latency_seconds",
         Unit::Seconds,
-        "From PreAccept to commit, instances led here."
+        "From PreAccept to commit, instances led here, by path (fast or slow)."
     );
     describe_histogram!(
         "epaxos_execution_latency_seconds",
@@ -215,8 +282,9 @@ fn describe() {
         "1 with --insecure (plaintext, nobody authenticated), 0 with TLS."
     );
     describe_gauge!(
-        "epaxos_tls_cert_expiry_days",
-        "Days until this replica's certificate (cert=\"replica\") and the cluster CA \
+        "epaxos_tls_cert_expiry_seconds",
+        Unit::Seconds,
+        "Seconds until this replica's certificate (cert=\"replica\") and the cluster CA \
          (cert=\"ca\") expire."
     );
     describe_counter!(
@@ -237,6 +305,252 @@ pub fn contradiction(r: crate::core::replica::Refused) {
          replica knows; not applied");
 }
 
+/// What the event loop's high-water marks are named and measure, in [`HighWater`]'s order.
+const HIGH_WATER_NAMES: [(&str, &str); 4] = [
+    (
+        "epaxos_big_channel_depth_max",
+        "number of events queued in bigChannel",
+    ),
+    (
+        "epaxos_pending_proposals_max",
+        "number of proposals waiting for an instance",
+    ),
+    (
+        "epaxos_inflight_instances_max",
+        "number of instances led here not yet committed",
+    ),
+    (
+        "epaxos_waiting_instances_max",
+        "number of committed instances waiting for their dependencies",
+    ),
+];
+
+/// Queue depths as high-water marks: the event loop raises them every iteration, a scrape
+/// reads and resets them. (A point sample of a queue that drains in microseconds reads 0.)
+pub struct HighWater([AtomicU64; 4]);
+
+/// The process's high-water marks (one event loop per process).
+pub static HIGH_WATER: HighWater = HighWater([const { AtomicU64::new(0) }; 4]);
+
+impl HighWater {
+    /// Raises the marks to the depths now: bigChannel, pending, in flight, waiting.
+    pub fn observe(&self, depths: [u64; 4]) {
+        for (mark, d) in self.0.iter().zip(depths) {
+            mark.fetch_max(d, Ordering::Relaxed);
+        }
+    }
+
+    /// Exports the marks and starts the next interval (called before rendering a scrape).
+    pub fn export(&self) {
+        for (mark, (name, _)) in self.0.iter().zip(HIGH_WATER_NAMES) {
+            gauge!(name).set(mark.swap(0, Ordering::Relaxed) as f64);
+        }
+    }
+}
+
+/// Creates every labelled series a dashboard or alert may ask for at 0, so that it exists
+/// from the start rather than from its first event (`n` replicas, this one `me`).
+pub fn register_all(n: usize, me: u32) {
+    use crate::core::replica::{Contradiction, Reject};
+    const REJECTS: [Reject; 7] = [
+        Reject::Sender,
+        Reject::UnknownReplica,
+        Reject::ImplausibleSlot,
+        Reject::UnknownOwnInstance,
+        Reject::SelfDependency,
+        Reject::Ballot,
+        Reject::ImplausibleCount,
+    ];
+    const CONTRADICTIONS: [Contradiction; 4] = [
+        Contradiction::BallotOverflow,
+        Contradiction::CommitDiffers,
+        Contradiction::CommitUnproposed,
+        Contradiction::WatermarkBeyond,
+    ];
+    gauge!("epaxos_build_info", "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => crate::GIT_COMMIT)
+    .set(1.0);
+    for name in [
+        "epaxos_rejoins_total",
+        "epaxos_snapshots_sent_total",
+        "epaxos_peer_identity_refused_total",
+        "epaxos_checkpoints_total",
+        "epaxos_persisted_records_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for g in [
+        "epaxos_storage_blocked",
+        "epaxos_joining",
+        "epaxos_abstaining",
+        "epaxos_log_bytes",
+    ] {
+        gauge!(g).increment(0.0);
+    }
+    for call in ["join", "snapshot"] {
+        counter!("epaxos_membership_calls_refused_total", "call" => call).absolute(0);
+    }
+    for listener in ["client"] {
+        counter!("epaxos_connections_refused_total", "listener" => listener).absolute(0);
+    }
+    for method in ["Propose", "Status"] {
+        for code in CLIENT_CODES {
+            counter!("epaxos_client_requests_total", "method" => method, "code" => code_label(code))
+                .absolute(0);
+        }
+    }
+    for p in (0..n as u32).filter(|p| *p != me) {
+        let peer = peer_label(p);
+        for name in [
+            "epaxos_wire_errors_total",
+            "epaxos_peer_refused_total",
+            "epaxos_peer_rejoined_total",
+        ] {
+            counter!(name, "peer" => peer).absolute(0);
+        }
+        gauge!("epaxos_peer_connected", "peer" => peer).increment(0.0);
+        for r in REJECTS {
+            counter!("epaxos_peer_rejected_total", "peer" => peer, "reason" => r.label())
+                .absolute(0);
+        }
+        for k in CONTRADICTIONS {
+            counter!("epaxos_peer_contradictions_total", "peer" => peer, "kind" => k.label())
+                .absolute(0);
+        }
+    }
+    HIGH_WATER.export();
+}
+
+/// The gRPC codes a client call is answered with, pre-registered at 0.
+const CLIENT_CODES: [tonic::Code; 7] = [
+    tonic::Code::Ok,
+    tonic::Code::InvalidArgument,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::Unavailable,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::Internal,
+];
+
+/// The gRPC code's canonical name, as a label value.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Counts a client call's outcome (`epaxos_client_requests_total{method,code}`).
+pub fn client_request<T>(method: &'static str, result: &Result<T, tonic::Status>) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    counter!("epaxos_client_requests_total", "method" => method, "code" => code_label(code))
+        .increment(1);
+}
+
+/// The standard process metrics (`process_*`, as Prometheus client libraries export them),
+/// read from `/proc` at each scrape and rendered as exposition text (a float counter for CPU
+/// seconds, which the `metrics` crate's integer counters cannot hold). Empty where `/proc`
+/// is missing.
+pub fn process_text(started_unix_seconds: f64) -> String {
+    // USER_HZ: /proc reports times in 1/100 s on every Linux architecture (a fixed ABI).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    // Fields after the parenthesised command name (which may hold spaces): state is the 3rd
+    // field of the line, utime the 14th and stime the 15th.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / TICKS_PER_SECOND)
+        });
+    if let Some(cpu) = cpu {
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let v: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(v * 1024.0)
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        );
+    }
+    if let Some(vm) = kib("VmSize:") {
+        metric(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            vm,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            dir.count() as f64,
+        );
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let line = l.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<f64>().ok()
+        });
+    if let Some(max) = max_fds {
+        metric(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
+        );
+    }
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        started_unix_seconds,
+    );
+    out
+}
+
 /// Label value for a peer id.
 pub fn peer_label(id: u32) -> &'static str {
     PEERS.get(id as usize).copied().unwrap_or("other")
@@ -249,6 +563,10 @@ pub struct LoopMetrics {
     pub dropped: Vec<Counter>,
     /// Per peer: 1 while suspected (nothing heard for `suspect_after`), else 0.
     pub suspected: Vec<Gauge>,
+    /// Per peer: seconds since anything was heard from it.
+    pub last_heard: Vec<Gauge>,
+    /// Per peer: PreAccept / Accept round trips.
+    pub rtt: Vec<Histogram>,
     pub proposals: Counter,
     pub rejected_overloaded: Counter,
     pub batches: Counter,
@@ -265,7 +583,8 @@ pub struct LoopMetrics {
     pub big_channel: Gauge,
     pub pending: Gauge,
     pub inflight: Gauge,
-    pub commit_latency: Histogram,
+    pub commit_latency_fast: Histogram,
+    pub commit_latency_slow: Histogram,
     pub execution_latency: Histogram,
 }
 
@@ -285,6 +604,12 @@ impl LoopMetrics {
             suspected: (0..n as u32)
                 .map(|p| gauge!("epaxos_peer_suspected", "peer" => peer_label(p)))
                 .collect(),
+            last_heard: (0..n as u32)
+                .map(|p| gauge!("epaxos_peer_last_heard_seconds", "peer" => peer_label(p)))
+                .collect(),
+            rtt: (0..n as u32)
+                .map(|p| histogram!("epaxos_peer_rtt_seconds", "peer" => peer_label(p)))
+                .collect(),
             proposals: counter!("epaxos_proposals_total"),
             rejected_overloaded: counter!("epaxos_proposals_rejected_total", "reason" => "overloaded"),
             batches: counter!("epaxos_batches_total"),
@@ -301,7 +626,8 @@ impl LoopMetrics {
             big_channel: gauge!("epaxos_big_channel_depth"),
             pending: gauge!("epaxos_pending_proposals"),
             inflight: gauge!("epaxos_inflight_instances"),
-            commit_latency: histogram!("epaxos_commit_latency_seconds"),
+            commit_latency_fast: histogram!("epaxos_commit_latency_seconds", "path" => "fast"),
+            commit_latency_slow: histogram!("epaxos_commit_latency_seconds", "path" => "slow"),
             execution_latency: histogram!("epaxos_execution_latency_seconds"),
         }
     }

@@ -301,6 +301,7 @@ pub async fn serve(
     let metrics_at = listen_addr(&me.listen.metrics_addr).await?;
     let metrics_handle = crate::server::metrics::install()
         .map_err(|e| RuntimeError::Metrics(metrics_at, e.to_string()))?;
+    crate::server::metrics::register_all(config.n(), id.0);
     let metrics_listener = std::net::TcpListener::bind(metrics_at)
         .and_then(|l| {
             l.set_nonblocking(true)?;
@@ -601,7 +602,18 @@ struct EventLoop {
     /// What `epaxos_abstaining` last reported.
     abstaining: bool,
     health: health::Publisher,
+    /// Per peer: when anything was last heard from it (start, if never).
+    heard: Vec<Instant>,
+    /// PreAccepts and Accepts sent, by peer and instance, waiting for their answer: the
+    /// per-peer round trip (`epaxos_peer_rtt_seconds`). Bounded; entries older than
+    /// `RTT_FORGET_AFTER` are dropped at each tick.
+    rtt_sent: HashMap<(ReplicaId, InstanceId), Instant>,
 }
+
+/// Round trips measured at once, at most (beyond, a send is not timed).
+const RTT_PENDING_MAX: usize = 4096;
+/// A round trip not answered within this is forgotten (the peer is down or the answer lost).
+const RTT_FORGET_AFTER: Duration = Duration::from_secs(10);
 
 /// Runs the event loop that owns all protocol state until bigChannel closes.
 async fn run_loop(
@@ -627,6 +639,8 @@ async fn run_loop(
     } = setup;
     let mut el = EventLoop {
         abstaining: false,
+        heard: vec![Instant::now(); peers.len()],
+        rtt_sent: HashMap::new(),
         me: node.replica().id(),
         m: LoopMetrics::new(peers.len()),
         node,
@@ -700,10 +714,13 @@ async fn run_loop(
                     let peer = ReplicaId(p as u32);
                     if peer != el.me {
                         g.set(if el.node.replica().is_suspected(peer, now) { 1.0 } else { 0.0 });
+                        el.m.last_heard[p].set(el.heard[p].elapsed().as_secs_f64());
                     }
                 }
+                el.rtt_sent.retain(|_, sent| sent.elapsed() < RTT_FORGET_AFTER);
             }
         }
+        crate::server::metrics::HIGH_WATER.observe([big.len() as u64 + 1, 0, 0, 0]);
         for _ in 0..DRAIN_MAX {
             match big.try_recv() {
                 Ok(ev) => el.handle(ev),
@@ -726,6 +743,7 @@ async fn run_loop(
                 })?;
             fsync_latency.record(started.elapsed().as_secs_f64());
             persisted.increment(records.len() as u64);
+            log_bytes.set(el.log.len_bytes() as f64);
             if writing.is_some() {
                 since.extend(records);
             }
@@ -755,6 +773,12 @@ async fn run_loop(
         el.m.waiting.set(el.node.replica().unexecuted() as f64);
         el.m.pending.set(el.node.replica().pending() as f64);
         el.m.inflight.set(el.node.replica().inflight() as f64);
+        crate::server::metrics::HIGH_WATER.observe([
+            big.len() as u64,
+            el.node.replica().pending() as u64,
+            el.node.replica().inflight() as u64,
+            el.node.replica().unexecuted(),
+        ]);
     }
 }
 
@@ -825,8 +849,20 @@ impl EventLoop {
                 if !self.node.hear(from, incarnation) {
                     return;
                 }
+                if let Some(h) = self.heard.get_mut(from.index()) {
+                    *h = Instant::now();
+                }
                 for msg in messages {
                     self.m.received(from.0, &msg);
+                    if let (Message::PreAcceptOk { .. } | Message::AcceptOk { .. }, Some(i)) =
+                        (&msg, msg.instance())
+                    {
+                        if let Some(sent) = self.rtt_sent.remove(&(from, i)) {
+                            if let Some(h) = self.m.rtt.get(from.index()) {
+                                h.record(sent.elapsed().as_secs_f64());
+                            }
+                        }
+                    }
                     tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
                         instance = %Show(msg.instance()), ballot = %Show(msg.ballot()),
                         deps = %ShowDeps(msg.deps()));
@@ -1030,8 +1066,17 @@ impl EventLoop {
         let m = &self.m;
         for out in ready.messages {
             let bytes = wire::encode(&out.msg);
+            let timed = match (&out.msg, out.msg.instance()) {
+                (Message::PreAccept { .. } | Message::Accept { .. }, Some(i)) => Some(i),
+                _ => None,
+            };
             for to in out.to {
                 m.sent(to.0, &out.msg);
+                if let Some(i) = timed {
+                    if self.rtt_sent.len() < RTT_PENDING_MAX {
+                        self.rtt_sent.insert((to, i), Instant::now());
+                    }
+                }
                 tracing::debug!(dir = "send", kind = out.msg.kind(), from = %self.me, to = %to,
                     instance = %Show(out.msg.instance()), ballot = %Show(out.msg.ballot()),
                     deps = %ShowDeps(out.msg.deps()));
@@ -1070,8 +1115,10 @@ impl EventLoop {
                         took_ms = latency.as_millis() as u64,
                         "recovered instance"
                     );
+                } else if path == Path::Fast {
+                    m.commit_latency_fast.record(latency.as_secs_f64());
                 } else {
-                    m.commit_latency.record(latency.as_secs_f64());
+                    m.commit_latency_slow.record(latency.as_secs_f64());
                 }
             }
         }
@@ -1126,6 +1173,26 @@ impl Kv for ClientService {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
+        let result = self.propose_call(request).await;
+        crate::server::metrics::client_request("Propose", &result);
+        result
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let result = self.status_call(request).await;
+        crate::server::metrics::client_request("Status", &result);
+        result
+    }
+}
+
+impl ClientService {
+    async fn propose_call(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
         let cmd = wire::command_from_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let health = *self.health.borrow();
@@ -1175,7 +1242,7 @@ impl Kv for ClientService {
         }
     }
 
-    async fn status(
+    async fn status_call(
         &self,
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusReply>, Status> {

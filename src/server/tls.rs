@@ -340,25 +340,26 @@ impl PeerAuth {
     }
 }
 
-/// Exports the days left before this replica's certificate and the CA expire
-/// (`epaxos_tls_cert_expiry_days{cert="replica"|"ca"}`), refreshed every minute.
+/// Exports the seconds left before this replica's certificate and the CA expire
+/// (`epaxos_tls_cert_expiry_seconds{cert="replica"|"ca"}`; seconds, Prometheus' base unit),
+/// refreshed every minute.
 pub fn export_expiry(own_expiry: i64, ca_expiry: i64) {
-    let own = metrics::gauge!("epaxos_tls_cert_expiry_days", "cert" => "replica");
-    let ca = metrics::gauge!("epaxos_tls_cert_expiry_days", "cert" => "ca");
-    let days = |at: i64| {
+    let own = metrics::gauge!("epaxos_tls_cert_expiry_seconds", "cert" => "replica");
+    let ca = metrics::gauge!("epaxos_tls_cert_expiry_seconds", "cert" => "ca");
+    let left = |at: i64| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        (at - now) as f64 / 86_400.0
+        (at - now) as f64
     };
-    own.set(days(own_expiry));
-    ca.set(days(ca_expiry));
+    own.set(left(own_expiry));
+    ca.set(left(ca_expiry));
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
-            own.set(days(own_expiry));
-            ca.set(days(ca_expiry));
+            own.set(left(own_expiry));
+            ca.set(left(ca_expiry));
         }
     });
 }
