@@ -12,6 +12,7 @@ use epaxos_kv::proto::{operation, Cas, Delete, Get, OpResult, Operation, Put};
 
 use crate::cluster::{Cluster, Picker, TargetMode};
 use crate::session::{execute, Failure, RetryPolicy, Session};
+use crate::Format;
 
 /// A key/value command given on the command line.
 #[derive(Debug, Clone)]
@@ -21,7 +22,8 @@ pub enum Request {
     },
     Put {
         key: String,
-        value: String,
+        /// Bytes: a value read from standard input need not be UTF-8.
+        value: Vec<u8>,
     },
     Delete {
         key: String,
@@ -47,18 +49,21 @@ impl Request {
     /// an INVALID_ARGUMENT from the replica.
     fn validate(&self) -> Result<()> {
         let key = self.key();
+        if key.is_empty() {
+            bail!("the key is empty; keys have at least one byte");
+        }
         if key.len() > KEY_BYTES_MAX {
             bail!(
                 "key is {} bytes; at most {KEY_BYTES_MAX} are allowed",
                 key.len()
             );
         }
-        let values: Vec<&str> = match self {
+        let values: Vec<&[u8]> = match self {
             Request::Put { value, .. } => vec![value],
             Request::Cas { expected, new, .. } => expected
                 .iter()
-                .map(String::as_str)
-                .chain([&**new])
+                .map(String::as_bytes)
+                .chain([new.as_bytes()])
                 .collect(),
             _ => vec![],
         };
@@ -79,7 +84,7 @@ impl Request {
             Request::Get { key } => operation::Kind::Get(Get { key: b(key) }),
             Request::Put { key, value } => operation::Kind::Put(Put {
                 key: b(key),
-                value: b(value),
+                value: Bytes::copy_from_slice(value),
             }),
             Request::Delete { key } => operation::Kind::Delete(Delete { key: b(key) }),
             Request::Cas { key, expected, new } => operation::Kind::Cas(Cas {
@@ -102,6 +107,7 @@ pub async fn run(
     mode: TargetMode,
     policy: &RetryPolicy,
     request: Request,
+    format: Format,
 ) -> Result<ExitCode> {
     request.validate()?;
     let mut session = Session::new();
@@ -138,7 +144,7 @@ pub async fn run(
     }
     // A reply without a result would be a replica bug; treat it as all-false rather than fail.
     let result = success.reply.result.unwrap_or_default();
-    print_result(&request, &result)
+    print_result(&request, &result, success.reply.replica, format)
 }
 
 /// Asks every replica for its status at once; per replica (by index), `None` if it answered
@@ -223,49 +229,97 @@ fn no_reply_message(
     msg
 }
 
-fn print_result(request: &Request, r: &OpResult) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+/// Prints a result in `format`. "not found" and "not swapped" go to stderr in the text
+/// formats (stdout carries only data); JSON says it in the document.
+fn print_result(request: &Request, r: &OpResult, replica: u32, format: Format) -> Result<ExitCode> {
+    let key = request.key();
     let code = match request {
-        Request::Get { .. } => {
-            if r.found {
-                out.write_all(&r.value)?;
-                out.write_all(b"\n")?;
-                ExitCode::SUCCESS
-            } else {
-                writeln!(out, "(not found)")?;
-                ExitCode::from(1)
-            }
-        }
-        Request::Put { .. } => {
-            writeln!(out, "OK")?;
-            ExitCode::SUCCESS
-        }
-        Request::Delete { .. } => {
-            if r.found {
-                writeln!(out, "deleted (the key existed)")?;
-            } else {
-                writeln!(out, "not found (nothing to delete)")?;
-            }
-            ExitCode::SUCCESS
-        }
-        Request::Cas { .. } => {
-            if r.success {
-                writeln!(out, "OK: swapped")?;
-                ExitCode::SUCCESS
-            } else {
-                if r.found {
-                    write!(out, "not swapped; current value: ")?;
-                    out.write_all(&r.value)?;
-                    out.write_all(b"\n")?;
-                } else {
-                    writeln!(out, "not swapped; the key is absent")?;
-                }
-                ExitCode::from(1)
-            }
-        }
+        Request::Get { .. } if !r.found => ExitCode::from(1),
+        Request::Cas { .. } if !r.success => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     };
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let mut doc = serde_json::json!({ "key": key, "replica": replica });
+        match request {
+            Request::Get { .. } => {
+                doc["found"] = r.found.into();
+                if r.found {
+                    put_value(&mut doc, &r.value);
+                }
+            }
+            Request::Put { .. } => doc["ok"] = true.into(),
+            Request::Delete { .. } => doc["existed"] = r.found.into(),
+            Request::Cas { .. } => {
+                doc["swapped"] = r.success.into();
+                if !r.success {
+                    doc["found"] = r.found.into();
+                    if r.found {
+                        put_value(&mut doc, &r.value);
+                    }
+                }
+            }
+        }
+        writeln!(out, "{doc}")?;
+        out.flush()?;
+        return Ok(code);
+    }
+    let table = format == Format::Table;
+    match request {
+        Request::Get { .. } if r.found => {
+            if table {
+                writeln!(out, "KEY\tVALUE")?;
+                write!(out, "{key}\t")?;
+            }
+            out.write_all(&r.value)?;
+            out.write_all(b"\n")?;
+        }
+        Request::Get { .. } => eprintln!("not found: {key}"),
+        Request::Put { .. } => writeln!(out, "OK")?,
+        Request::Delete { .. } if r.found => writeln!(out, "deleted (the key existed)")?,
+        Request::Delete { .. } => eprintln!("not found (nothing to delete): {key}"),
+        Request::Cas { .. } if r.success => writeln!(out, "OK: swapped")?,
+        Request::Cas { .. } if r.found => {
+            eprint!("not swapped; current value: ");
+            let mut err = std::io::stderr().lock();
+            err.write_all(&r.value)?;
+            err.write_all(b"\n")?;
+        }
+        Request::Cas { .. } => eprintln!("not swapped; the key is absent"),
+    }
     out.flush()?;
     Ok(code)
+}
+
+/// A value in a JSON document: `value` when it is UTF-8 text, else `value_base64` (the
+/// protobuf JSON mapping of bytes).
+fn put_value(doc: &mut serde_json::Value, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(text) => doc["value"] = text.into(),
+        Err(_) => doc["value_base64"] = base64(value).into(),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for non-UTF-8 values in JSON.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -299,8 +353,19 @@ mod tests {
         assert!(err.contains("key is"), "{err}");
         let ok = Request::Put {
             key: "k".into(),
-            value: "v".into(),
+            value: b"v".to_vec(),
         };
         assert!(ok.validate().is_ok());
+        let empty = Request::Get { key: String::new() }.validate().unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
+    }
+
+    #[test]
+    fn base64_pads() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
     }
 }

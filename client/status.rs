@@ -1,5 +1,6 @@
 //! `client status`: asks every replica for its progress and compares their digests.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use epaxos_kv::proto::{StatusReply, StatusRequest};
 use serde_json::json;
 
 use crate::cluster::{describe_status, is_local_timeout, Cluster};
+use crate::Format;
 
 /// One replica's answer, or why there was none.
 struct Row {
@@ -36,13 +38,14 @@ async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) -> Row {
     }
 }
 
-/// Queries replicas `which` concurrently and prints a table (or one JSON line). Exit code 0 when
-/// all of them answered and their digests agree, 1 otherwise.
+/// Queries replicas `which` concurrently and prints them in `format`. Exit code 0 when all of
+/// them answered, can serve, refuse no fenced-out peer and their digests agree; 1 otherwise
+/// (the last line, or the JSON's `problems`, says why).
 pub async fn run(
     cluster: Arc<Cluster>,
     which: Vec<usize>,
     timeout: Duration,
-    json_out: bool,
+    format: Format,
 ) -> Result<ExitCode> {
     let handles: Vec<_> = which
         .iter()
@@ -59,77 +62,227 @@ pub async fn run(
     }
 
     let up: Vec<&StatusReply> = rows.iter().filter_map(|r| r.reply.as_ref().ok()).collect();
-    let all_up = up.len() == rows.len();
     let agree = up.windows(2).all(|w| w[0].digest == w[1].digest);
+    let problems = problems(&rows);
 
-    if json_out {
-        let arr: Vec<_> = rows
-            .iter()
-            .map(|r| match &r.reply {
-                Ok(s) => json!({
-                    "id": r.id,
-                    "addr": r.addr,
-                    "up": true,
-                    "reported_id": s.id,
-                    "executed": s.executed,
-                    "digest": s.digest,
-                    "digest_hex": format!("{:016x}", s.digest),
-                    "committed": s.committed,
-                    "waiting": s.waiting,
-                    "keys": s.keys,
-                    "joining": s.joining,
-                    "rtt_ms": r.rtt.as_secs_f64() * 1e3,
-                }),
-                Err(e) => json!({
-                    "id": r.id,
-                    "addr": r.addr,
-                    "up": false,
-                    "executed": null,
-                    "digest": null,
-                    "error": e,
-                }),
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(arr));
-    } else {
-        println!(
-            "{:>3}  {:<21}  {:<4}  {:>12}  {:>12}  {:>8}  {:>10}  {:<16}",
-            "ID", "ADDR", "UP", "EXECUTED", "COMMITTED", "WAITING", "KEYS", "DIGEST"
-        );
-        for r in &rows {
-            match &r.reply {
-                Ok(s) => {
-                    println!(
-                        "{:>3}  {:<21}  {:<4}  {:>12}  {:>12}  {:>8}  {:>10}  {:016x}",
-                        r.id, r.addr, "yes", s.executed, s.committed, s.waiting, s.keys, s.digest
-                    );
-                    if s.joining {
-                        println!(
-                            "     joining: its data directory is new and it waits for its peers \
-                             (a replica that lost its data waits for every peer)"
-                        );
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let arr: Vec<_> = rows.iter().map(row_json).collect();
+            let doc = json!({
+                "replicas": arr,
+                "digests_agree": agree,
+                "problems": problems,
+            });
+            writeln!(out, "{doc}")?;
+        }
+        Format::Simple => {
+            for r in &rows {
+                match &r.reply {
+                    Ok(s) => writeln!(
+                        out,
+                        "{} {} up {} version={:?} uptime={} data={} executed={} committed={} \
+                         waiting={} keys={} digest={:016x} heard={} suspected={} refused={}",
+                        r.id,
+                        r.addr,
+                        if s.serving { "serving" } else { "NOT-SERVING" },
+                        s.version,
+                        human_duration(s.uptime_ms),
+                        human_bytes(s.data_bytes),
+                        s.executed,
+                        s.committed,
+                        s.waiting,
+                        s.keys,
+                        s.digest,
+                        ids(&s.peers_heard),
+                        ids(&s.peers_suspected),
+                        ids(&s.peers_refused),
+                    )?,
+                    Err(e) => writeln!(out, "{} {} DOWN {e}", r.id, r.addr)?,
+                }
+            }
+            writeln!(out, "{}", verdict(&up, rows.len(), &problems))?;
+        }
+        Format::Table => {
+            writeln!(
+                out,
+                "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:<16}  {:<9}  {:<9}  {:<8}",
+                "ID", "ADDR", "STATE", "UPTIME", "DATA", "EXECUTED", "COMMITTED", "WAITING",
+                "KEYS", "DIGEST", "HEARD", "SUSPECTED", "REFUSED"
+            )?;
+            for r in &rows {
+                match &r.reply {
+                    Ok(s) => {
+                        writeln!(
+                            out,
+                            "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:016x}  {:<9}  {:<9}  {:<8}",
+                            r.id,
+                            r.addr,
+                            state(s),
+                            human_duration(s.uptime_ms),
+                            human_bytes(s.data_bytes),
+                            s.executed,
+                            s.committed,
+                            s.waiting,
+                            s.keys,
+                            s.digest,
+                            ids(&s.peers_heard),
+                            ids(&s.peers_suspected),
+                            ids(&s.peers_refused),
+                        )?;
+                        if !s.serving {
+                            writeln!(out, "     not serving: {}", s.health)?;
+                        }
                     }
-                    if s.id as usize != r.id {
-                        println!(
-                            "     warning: the replica at {} says it is replica {}",
-                            r.addr, s.id
-                        );
+                    Err(e) => writeln!(out, "{:>3}  {:<21}  {:<11}  {e}", r.id, r.addr, "DOWN")?,
+                }
+            }
+            if let Some(v) = up.first().map(|s| &s.version) {
+                if up.iter().all(|s| &s.version == v) {
+                    writeln!(out, "version: {v}")?;
+                } else {
+                    for (r, s) in rows
+                        .iter()
+                        .filter_map(|r| Some((r, r.reply.as_ref().ok()?)))
+                    {
+                        writeln!(out, "version of {}: {}", r.id, s.version)?;
                     }
                 }
-                Err(e) => println!("{:>3}  {:<21}  {:<4}  {e}", r.id, r.addr, "NO"),
             }
+            writeln!(out, "{}", verdict(&up, rows.len(), &problems))?;
         }
-        println!("{}", verdict(&up, rows.len()));
     }
-    Ok(if all_up && agree {
+    out.flush()?;
+    Ok(if problems.is_empty() && agree {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-/// One line saying whether the answering replicas agree.
-fn verdict(up: &[&StatusReply], asked: usize) -> String {
+/// One replica as JSON: 64-bit numbers as strings (the protobuf JSON mapping).
+fn row_json(r: &Row) -> serde_json::Value {
+    match &r.reply {
+        Ok(s) => json!({
+            "id": r.id,
+            "addr": r.addr,
+            "up": true,
+            "reported_id": s.id,
+            "version": s.version,
+            "uptime_ms": s.uptime_ms.to_string(),
+            "data_bytes": s.data_bytes.to_string(),
+            "serving": s.serving,
+            "health": s.health,
+            "joining": s.joining,
+            "abstaining": s.abstaining,
+            "executed": s.executed.to_string(),
+            "digest": s.digest.to_string(),
+            "digest_hex": format!("{:016x}", s.digest),
+            "committed": s.committed.to_string(),
+            "waiting": s.waiting.to_string(),
+            "keys": s.keys.to_string(),
+            "peers_heard": s.peers_heard,
+            "peers_suspected": s.peers_suspected,
+            "peers_refused": s.peers_refused,
+            "rtt_ms": r.rtt.as_secs_f64() * 1e3,
+        }),
+        Err(e) => json!({
+            "id": r.id,
+            "addr": r.addr,
+            "up": false,
+            "error": e,
+        }),
+    }
+}
+
+/// What makes `status` fail besides differing digests: replicas that did not answer, cannot
+/// serve, or refuse an old incarnation of a peer (which is then fenced out but running).
+fn problems(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rows {
+        match &r.reply {
+            Err(e) => out.push(format!("replica {} unreachable: {e}", r.id)),
+            Ok(s) => {
+                if s.id as usize != r.id {
+                    out.push(format!(
+                        "the replica at {} says it is replica {}",
+                        r.addr, s.id
+                    ));
+                }
+                if !s.serving {
+                    out.push(format!("replica {} not serving: {}", r.id, s.health));
+                }
+                for p in &s.peers_refused {
+                    out.push(format!(
+                        "replica {} refuses an old incarnation of replica {p}: that one is \
+                         fenced out but still running",
+                        r.id
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn state(s: &StatusReply) -> &'static str {
+    if s.joining {
+        "joining"
+    } else if s.abstaining {
+        "abstaining"
+    } else if s.serving {
+        "serving"
+    } else {
+        "NO-MAJORITY"
+    }
+}
+
+fn ids(list: &[u32]) -> String {
+    if list.is_empty() {
+        return "-".to_string();
+    }
+    list.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// One line saying whether the answering replicas agree, and what else is wrong.
+fn verdict(up: &[&StatusReply], asked: usize, problems: &[String]) -> String {
+    let digests = digest_verdict(up, asked);
+    if problems.is_empty() {
+        digests
+    } else {
+        format!("{digests}; PROBLEMS: {}", problems.join("; "))
+    }
+}
+
+fn digest_verdict(up: &[&StatusReply], asked: usize) -> String {
     let Some(first) = up.first() else {
         return format!("no replica answered (asked {asked})");
     };
@@ -170,10 +323,11 @@ mod tests {
     #[test]
     fn verdicts() {
         let (a, b, c) = (st(5, 1), st(5, 1), st(5, 2));
-        assert!(verdict(&[&a, &b], 3).contains("agree"));
-        assert!(verdict(&[&a, &c], 2).contains("diverged"));
+        assert!(verdict(&[&a, &b], 3, &[]).contains("agree"));
+        assert!(verdict(&[&a, &c], 2, &[]).contains("diverged"));
         let d = st(4, 3);
-        assert!(verdict(&[&a, &d], 2).contains("catching up"));
-        assert!(verdict(&[], 3).contains("no replica"));
+        assert!(verdict(&[&a, &d], 2, &[]).contains("catching up"));
+        assert!(verdict(&[], 3, &[]).contains("no replica"));
+        assert!(verdict(&[&a], 1, &["x".into()]).contains("PROBLEMS: x"));
     }
 }

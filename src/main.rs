@@ -17,7 +17,7 @@ use epaxos_kv::server::storage::Sync;
 /// One replica of the EPaxos* key/value service.
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = epaxos_kv::VERSION_LONG,
     about,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
@@ -28,6 +28,10 @@ struct Args {
     /// Cluster configuration file.
     #[arg(long, default_value = "config.json")]
     config: String,
+    /// Log lines as text, or as one JSON object per line (for log collectors). The level comes
+    /// from RUST_LOG (default info; `RUST_LOG=epaxos_kv=debug` traces every message).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// This replica's id in the configuration.
     #[arg(long, required = true)]
     id: Option<u32>,
@@ -106,6 +110,12 @@ enum Sub {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SyncArg {
     Fsync,
@@ -122,13 +132,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One process-wide TLS provider (ring), whatever else the dependency tree enables.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     if let Some(Sub::Certs { config }) = &args.command {
         let config = Config::load(config).context("loading the cluster configuration")?;
         let created = certs::ensure(&config).context("creating certificates")?;
@@ -177,6 +190,24 @@ fn main() -> anyhow::Result<()> {
         }
     };
     opts.validate().context("checking the options")?;
+    let entry = config.replica(id).context("checking --id")?;
+    // What runs, from where, with what: the first line an operator looks for.
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = epaxos_kv::GIT_COMMIT,
+        config = %args.config,
+        data_dir = %opts.data_dir.display(),
+        id,
+        n = config.n(),
+        addr = %entry.addr,
+        peer_addr = %entry.peer_addr,
+        metrics_addr = %entry.metrics_addr,
+        durability = if opts.sync == Sync::Fsync { "fsync" } else { "none (not crash-safe)" },
+        tls = !opts.insecure,
+        cert_dir = %config.tls.cert_dir.display(),
+        thrifty = args.thrifty,
+        "starting replica"
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

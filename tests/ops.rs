@@ -322,3 +322,170 @@ fn the_dashboard_is_json_with_panels() {
         );
     }
 }
+
+/// Runs the bundled client with `args` (plus `env`, and `stdin` if given) in `dir`: (exit
+/// code, stdout, stderr).
+fn client_in(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_client"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("EPAXOS_CONFIG")
+        .env_remove("EPAXOS_ENDPOINTS")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run client");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input)
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("client output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The client as a script uses it: where the cluster is (flags, environment, a clear error
+/// when nothing says), output formats, errors on one line, stdin values, exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fits_scripts() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let config = cluster.config.to_string_lossy().into_owned();
+    let dir = cluster.dir.clone();
+    let elsewhere = std::env::temp_dir();
+    let c = |args: &[&str], env: &[(&str, &str)]| client_in(&dir, args, env, None);
+
+    // Where the cluster is: --config, EPAXOS_CONFIG, --endpoints, EPAXOS_ENDPOINTS (the
+    // TLS settings come from the config file in the working directory).
+    assert_eq!(c(&["--config", &config, "put", "k1", "v1"], &[]).0, 0);
+    let (code, out, err) = c(&["get", "k1"], &[("EPAXOS_CONFIG", &config)]);
+    assert_eq!((code, out.as_str()), (0, "v1\n"), "{err}");
+    let endpoints = cluster.addrs.join(",");
+    let (code, out, err) = c(&["--endpoints", &endpoints, "get", "k1"], &[]);
+    assert_eq!((code, out.as_str()), (0, "v1\n"), "{err}");
+    let (code, out, err) = c(&["get", "k1"], &[("EPAXOS_ENDPOINTS", &endpoints)]);
+    assert_eq!((code, out.as_str()), (0, "v1\n"), "{err}");
+    let (code, _, err) = client_in(&elsewhere, &["get", "k1"], &[], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("--config") && err.contains("EPAXOS_CONFIG"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // Formats; "not found" on stderr; 64-bit numbers as JSON strings.
+    let (code, out, err) = c(&["--config", &config, "get", "nope"], &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let (code, out, _) = c(&["--config", &config, "-w", "json", "get", "k1"], &[]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["value"], "v1", "{out}");
+    let (code, out, _) = c(
+        &["--config", &config, "--write-out", "table", "get", "k1"],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("KEY\tVALUE\n"), "{out}");
+    let (code, out, err) = c(&["--config", &config, "-w", "json", "status"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let r0 = &doc["replicas"][0];
+    assert!(r0["digest"].is_string(), "{out}");
+    assert!(r0["executed"].is_string(), "{out}");
+    assert!(
+        r0["version"].as_str().is_some_and(|v| v.contains("commit")),
+        "{out}"
+    );
+    assert_eq!(r0["serving"], true, "{out}");
+    assert_eq!(r0["peers_heard"].as_array().map(Vec::len), Some(2), "{out}");
+    for format in ["simple", "table"] {
+        let (code, out, err) = c(&["--config", &config, "-w", format, "status"], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("agree"), "{out}");
+    }
+
+    // Empty keys are refused; `put KEY` reads stdin (bytes as they are).
+    let (code, _, err) = c(&["--config", &config, "put", "", "v"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("empty"), "{err}");
+    let (code, _, err) = client_in(
+        &dir,
+        &["--config", &config, "put", "k2"],
+        &[],
+        Some(b"from\nstdin"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = c(&["--config", &config, "get", "k2"], &[]);
+    assert_eq!(out, "from\nstdin\n");
+
+    // Errors: one line, no backtrace even when asked for one.
+    let (code, _, err) = c(
+        &["--config", &config, "--replica", "9", "get", "k"],
+        &[("RUST_BACKTRACE", "1")],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        !err.contains("backtrace") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    // A closed pipe ends the client quietly: no panic message.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --config '{config}' status | head -c 1 >/dev/null",
+            env!("CARGO_BIN_EXE_client")
+        ))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+
+    // Help lists what applies; both binaries say their commit.
+    let (_, help, _) = c(&["status", "--help"], &[]);
+    assert!(
+        !help.contains("--target") && !help.contains("--retries"),
+        "{help}"
+    );
+    assert!(help.contains("--status-timeout-ms"), "{help}");
+    let (_, help, _) = c(&["get", "--help"], &[]);
+    assert!(
+        help.contains("--target") && !help.contains("--status-timeout-ms"),
+        "{help}"
+    );
+    let (_, version, _) = c(&["--version"], &[]);
+    assert!(version.contains("commit"), "{version}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .arg("--version")
+        .output()
+        .expect("replica --version");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("commit"));
+
+    // A replica down: status fails and says which.
+    cluster.kill(2);
+    let (code, out, _) = c(&["--config", &config, "status"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("replica 2 unreachable"), "{out}");
+}

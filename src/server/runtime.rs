@@ -184,6 +184,17 @@ impl RuntimeOptions {
 /// Why the replica could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The data directory was written by a cluster of another size than the config's.
+    #[error(
+        "{dir}: this data directory belongs to a cluster of {recorded} replicas, but the \
+         configuration lists {configured}; the cluster size cannot change on existing data \
+         (use the old configuration, or start every replica on an empty data directory)"
+    )]
+    ClusterSize {
+        dir: String,
+        recorded: usize,
+        configured: usize,
+    },
     /// The metrics endpoint could not start (address in use?).
     #[error("cannot start metrics endpoint on {0}: {1}")]
     Metrics(SocketAddr, String),
@@ -330,6 +341,7 @@ pub async fn serve(
     let client_incoming = client_incoming.with_nodelay(Some(true));
     let (peer_incoming, peer_at) = bind(&me.listen.peer_addr).await?;
     let peer_incoming = peer_incoming.with_nodelay(Some(true));
+    check_cluster_size(&opts.data_dir, config.n())?;
     let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(dir = %opts.data_dir.display(), bytes = recovered.truncated_bytes,
@@ -434,12 +446,18 @@ pub async fn serve(
     ));
 
     let budget = Arc::new(Semaphore::new(opts.big_channel_bytes_max));
+    let started = Instant::now();
+    let refused_at_ms: Arc<Vec<AtomicU64>> =
+        Arc::new((0..config.n()).map(|_| AtomicU64::new(0)).collect());
     let client_service = ClientService {
         id,
         big: big_tx.clone(),
         budget: budget.clone(),
         propose_timeout: opts.propose_timeout,
         health: health_rx.clone(),
+        started,
+        data_dir: opts.data_dir.clone(),
+        refused_at_ms: refused_at_ms.clone(),
     };
     let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
     let peer_service = PeerService {
@@ -448,6 +466,8 @@ pub async fn serve(
         budget,
         budget_max: opts.big_channel_bytes_max,
         accepted,
+        refused_at_ms,
+        started,
         auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
         joins: Arc::new(admission::PerPeerRate::new(
             config.n(),
@@ -826,6 +846,7 @@ impl EventLoop {
                 let token = self.next_token;
                 self.next_token += 1;
                 let request = (cmd.client, cmd.request);
+                tracing::debug!(client = cmd.client.0, request = cmd.request.0, "proposal");
                 match self.node.propose(token, cmd) {
                     Ok(()) => {
                         self.m.proposals.increment(1);
@@ -879,6 +900,15 @@ impl EventLoop {
                     keys: core.kv().len() as u64,
                     waiting: core.unexecuted(),
                     joining: self.node.joining(),
+                    abstaining: core.abstaining(),
+                    peers_heard: (0..self.peers.len() as u32)
+                        .filter(|p| *p != self.me.0 && !core.is_suspected(ReplicaId(*p), now))
+                        .collect(),
+                    peers_suspected: (0..self.peers.len() as u32)
+                        .filter(|p| *p != self.me.0 && core.is_suspected(ReplicaId(*p), now))
+                        .collect(),
+                    // The service fills in what it holds (see `ClientService::status_call`).
+                    ..Default::default()
                 });
             }
             Event::Join {
@@ -1089,6 +1119,7 @@ impl EventLoop {
             }
         }
         for batch in ready.batches {
+            tracing::debug!(commands = batch, "instance started (batch size)");
             m.batches.increment(1);
             m.batch_size.record(batch as f64);
         }
@@ -1125,8 +1156,20 @@ impl EventLoop {
         m.executed_instances.increment(ready.executed.len() as u64);
         for reply in ready.replies {
             m.executed_commands.increment(1);
-            if let Some(Waiter { reply: tx, at, .. }) = self.waiting.remove(&reply.token) {
+            if let Some(Waiter {
+                reply: tx,
+                at,
+                request: (client, request),
+            }) = self.waiting.remove(&reply.token)
+            {
                 m.execution_latency.record(at.elapsed().as_secs_f64());
+                tracing::debug!(
+                    client = client.0,
+                    request = request.0,
+                    us = at.elapsed().as_micros() as u64,
+                    ok = reply.result.is_ok(),
+                    "reply"
+                );
                 let _ = tx.send(reply.result.map_err(|e| match e {
                     ReplyError::Stale | ReplyError::Reused => {
                         Status::failed_precondition(e.to_string())
@@ -1147,7 +1190,16 @@ struct ClientService {
     /// What the event loop last assessed: without a majority a proposal is refused at once
     /// (it could not commit), rather than after `propose_timeout`.
     health: watch::Receiver<Health>,
+    /// When the service started (Status: uptime).
+    started: Instant,
+    data_dir: std::path::PathBuf,
+    /// Per peer: when (ms since `started`, 0: never) a stream of a replaced incarnation of it
+    /// was last refused; shared with the peer service.
+    refused_at_ms: Arc<Vec<AtomicU64>>,
 }
+
+/// A refusal of a replaced incarnation this recent shows in Status (`peers_refused`).
+const REFUSED_RECENT_MS: u64 = 60_000;
 
 /// The peer service (peer listener): checks who is speaking, then translates calls into events.
 struct PeerService {
@@ -1160,6 +1212,9 @@ struct PeerService {
     /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
     /// by the event loop, which holds the durable record.
     accepted: Arc<Vec<AtomicU64>>,
+    /// Per peer: when a replaced incarnation of it was last refused (see `ClientService`).
+    refused_at_ms: Arc<Vec<AtomicU64>>,
+    started: Instant,
     /// Who the caller's certificate names; refuses calls that claim another replica.
     auth: Arc<tls::PeerAuth>,
     /// Joins per peer at a bounded rate, snapshots one at a time.
@@ -1251,10 +1306,27 @@ impl ClientService {
             .send(Event::Status { reply: tx })
             .await
             .map_err(|_| Status::unavailable("replica is shutting down"))?;
-        match tokio::time::timeout(Duration::from_secs(5), rx).await {
-            Ok(Ok(s)) => Ok(Response::new(s)),
-            _ => Err(Status::unavailable("replica did not answer in time")),
-        }
+        let mut s = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(s)) => s,
+            _ => return Err(Status::unavailable("replica did not answer in time")),
+        };
+        let health = *self.health.borrow();
+        s.serving = health.can_serve();
+        s.health = health.to_string();
+        s.version = crate::VERSION_LONG.to_string();
+        s.uptime_ms = self.started.elapsed().as_millis() as u64;
+        let dir = self.data_dir.clone();
+        s.data_bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+            .await
+            .unwrap_or(0);
+        s.peers_refused = (0..self.refused_at_ms.len())
+            .filter(|p| {
+                let at = self.refused_at_ms[*p].load(Ordering::Relaxed);
+                at != 0 && self.started.elapsed().as_millis() as u64 <= at + REFUSED_RECENT_MS
+            })
+            .map(|p| p as u32)
+            .collect();
+        Ok(Response::new(s))
     }
 }
 
@@ -1371,6 +1443,7 @@ impl Peer for PeerService {
         let big = self.big.clone();
         let n = self.n;
         let accepted = self.accepted.clone();
+        let (refused_at_ms, started) = (self.refused_at_ms.clone(), self.started);
         let budget = self.budget.clone();
         let budget_max = self.budget_max;
         let auth = self.auth.clone();
@@ -1401,6 +1474,9 @@ impl Peer for PeerService {
                 let incarnation = match check_incarnation(&accepted, from, batch.incarnation) {
                     Ok(i) => i,
                     Err(status) => {
+                        if let Some(at) = refused_at_ms.get(from.index()) {
+                            at.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                        }
                         let _ = keep_open.send(Err(status)).await;
                         break;
                     }
@@ -1438,6 +1514,43 @@ impl Peer for PeerService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Refuses a data directory whose membership file records horizons for another number of
+/// replicas than `n` (the log and checkpoint would otherwise be reported as corrupt, since
+/// their records are checked against `n`).
+fn check_cluster_size(dir: &std::path::Path, n: usize) -> Result<(), RuntimeError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("membership")) else {
+        return Ok(()); // none yet, or unreadable: `Membership::load` says which
+    };
+    let mut words = text.split_whitespace();
+    if words.next() != Some("joined") {
+        return Ok(());
+    }
+    let recorded = words.count();
+    if recorded == n {
+        return Ok(());
+    }
+    Err(RuntimeError::ClusterSize {
+        dir: dir.display().to_string(),
+        recorded,
+        configured: n,
+    })
+}
+
+/// Bytes in the files of `dir` and its subdirectories (0 for what cannot be read).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Closes a stream whose batches carry no incarnation, or another one than the node recorded
