@@ -390,9 +390,8 @@ pub fn register_all(n: usize, me: u32) {
     for call in ["join", "snapshot"] {
         counter!("epaxos_membership_calls_refused_total", "call" => call).absolute(0);
     }
-    for listener in ["client"] {
-        counter!("epaxos_connections_refused_total", "listener" => listener).absolute(0);
-    }
+    // The client listener is the one capped (`--client-connections-max`).
+    counter!("epaxos_connections_refused_total", "listener" => "client").absolute(0);
     for method in ["Propose", "Status"] {
         for code in CLIENT_CODES {
             counter!("epaxos_client_requests_total", "method" => method, "code" => code_label(code))
