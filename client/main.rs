@@ -183,15 +183,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A closed stdout (`client status | head -1`) ends the process quietly, as it does a C
-    // tool, instead of a panic in println!.
-    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    // An internal error still prints one line, never a backtrace (whatever RUST_BACKTRACE says).
+    // An internal error still prints one line, never a backtrace (whatever RUST_BACKTRACE
+    // says). SIGPIPE stays ignored (a replica closing a socket must not kill the client), so a
+    // closed stdout (`client status | head -1`) shows up as a write error: println! panics
+    // with it, and that ends the client quietly, as the error path below does.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("error: internal error (a bug): {info}");
+        let text = info.to_string();
+        if text.contains("failed printing to stdout") {
+            std::process::exit(0);
+        }
+        eprintln!("error: internal error (a bug): {}", text.replace('\n', " "));
     }));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -206,11 +207,20 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether `e` is a write to a stdout whose reader went away (`| head`): not worth a word.
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The error chain on one line.
