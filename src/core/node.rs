@@ -355,13 +355,24 @@ impl Node {
 
     /// The core's invariants (see [`Replica::check_invariants`]) and the node's own.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.check_node_invariants()?;
+        self.replica.check_invariants()
+    }
+
+    /// The cheap check for every step (see [`Replica::check_step_invariants`]).
+    pub fn check_step_invariants(&self) -> Result<(), String> {
+        self.check_node_invariants()?;
+        self.replica.check_step_invariants()
+    }
+
+    fn check_node_invariants(&self) -> Result<(), String> {
         if self.peer_incarnation(self.replica.id()).is_some() {
             return Err("a replica recorded an incarnation of itself as a peer".to_string());
         }
         if self.joining() && self.replica.inflight() + self.replica.pending() > 0 {
             return Err("a joining replica has proposals".to_string());
         }
-        self.replica.check_invariants()
+        Ok(())
     }
 }
 

@@ -1009,7 +1009,8 @@ impl Sim {
         self.nodes[r].tick(self.now);
         self.after_input(r);
         self.ticks[r] += 1;
-        // The full invariant check walks every instance: every 10th tick keeps it affordable.
+        // The full check walks every instance: every 10th tick keeps it affordable (every step
+        // gets the cheap one, see `after_input`).
         if self.ticks[r].is_multiple_of(10) {
             self.check_invariants(r);
         }
@@ -1018,13 +1019,17 @@ impl Sim {
 
     fn check_invariants(&mut self, r: usize) {
         if let Err(e) = self.nodes[r].check_invariants() {
-            if self.violations.iter().all(|v| v.check != Check::Invariant) {
-                self.violations.push(Violation {
-                    check: Check::Invariant,
-                    detail: format!("r{r} at {:?}: {e}", self.now),
-                    instances: Vec::new(),
-                });
-            }
+            self.invariant_broken(r, e);
+        }
+    }
+
+    fn invariant_broken(&mut self, r: usize, e: String) {
+        if self.violations.iter().all(|v| v.check != Check::Invariant) {
+            self.violations.push(Violation {
+                check: Check::Invariant,
+                detail: format!("r{r} at {:?}: {e}", self.now),
+                instances: Vec::new(),
+            });
         }
     }
 
@@ -1035,6 +1040,10 @@ impl Sim {
     /// `Ready` is carried out; a torn crash (see `Life::Torn`) happens here instead.
     fn after_input(&mut self, r: usize) {
         self.nodes[r].flush(self.now);
+        // After every step: a broken invariant is caught at the step that broke it.
+        if let Err(e) = self.nodes[r].check_step_invariants() {
+            self.invariant_broken(r, e);
+        }
         let node_ready = self.nodes[r].take_ready();
         // What the node stores besides instance records comes first (see `node::Ready`).
         if let Some(peers) = node_ready.peers {

@@ -67,7 +67,7 @@ impl Replica {
     /// elsewhere).
     pub(super) fn commands_changed(&mut self, id: InstanceId, old: &Commands) {
         let Some(inst) = self.instances.get(&id) else {
-            return;
+            panic!("the commands of {id} changed, but it is not in the table");
         };
         if old.is_empty() && !inst.commands.is_empty() {
             let commands = inst.commands.clone();

@@ -130,11 +130,12 @@ impl Replica {
     /// reported exactly them. Otherwise go to the slow path with the union of all answers once a
     /// slow quorum answered and either the fast path can no longer happen or `timed_out`.
     fn decide_pre_accept(&mut self, now: Time, id: InstanceId, timed_out: bool) {
+        // Callers decide only an instance they lead, in the PreAccept phase.
         let (Some(inst), Some(lead)) = (self.instances.get(&id), self.leading.get(&id)) else {
-            return;
+            panic!("deciding the PreAccept of {id}, which is not led here");
         };
         let Phase::PreAccepting { replies } = &lead.phase else {
-            return;
+            panic!("deciding the PreAccept of {id}, which is past that phase");
         };
         let init_deps = inst.init_deps.clone().unwrap_or_default();
         let matching = 1 + replies.iter().filter(|(_, d)| *d == init_deps).count();
@@ -216,7 +217,7 @@ impl Replica {
 
     fn decide_accept(&mut self, now: Time, id: InstanceId) {
         let Some(lead) = self.leading.get(&id) else {
-            return;
+            panic!("deciding the Accept of {id}, which is not led here");
         };
         if let Phase::Accepting { acks } = &lead.phase {
             if 1 + acks.len() >= self.slow_quorum {

@@ -330,6 +330,12 @@ impl Replica {
 
     /// Queues a client command. It starts in an instance at the next [`Replica::flush`].
     pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
+        let queued = self.queue_proposal(token, cmd);
+        self.debug_check_invariants();
+        queued
+    }
+
+    fn queue_proposal(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
         let full_bytes = self.pending_bytes + cmd.op.size_bytes() > self.opts.pending_bytes_max;
         if self.pending.len() >= self.opts.pending_max || (full_bytes && !self.pending.is_empty()) {
             return Err(Overloaded(self.pending.len()));
@@ -393,12 +399,18 @@ impl Replica {
         while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
             self.start_instance(now);
         }
+        self.debug_check_invariants();
     }
 
     /// Handles one message from peer `from`. A message that names a replica, instance, ballot
     /// or dependency that cannot exist (see [`Reject`]) changes nothing, not even when the
     /// sender was last heard: it is only reported in [`Ready::rejected`].
     pub fn handle(&mut self, now: Time, from: ReplicaId, msg: Message) {
+        self.dispatch(now, from, msg);
+        self.debug_check_invariants();
+    }
+
+    fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
         if let Err(reason) = self.check_input(from, &msg) {
             self.ready.rejected.push(Rejected {
                 from,
@@ -474,6 +486,11 @@ impl Replica {
     /// when a slow quorum answered but the fast one did not come), and asks peers for the
     /// Commit of dependencies that execution has waited on for too long.
     pub fn tick(&mut self, now: Time) {
+        self.fire_timers(now);
+        self.debug_check_invariants();
+    }
+
+    fn fire_timers(&mut self, now: Time) {
         if self.opts.sabotage.no_retransmit {
             return;
         }
