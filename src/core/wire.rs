@@ -398,23 +398,29 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
     })
 }
 
-fn status_to_proto(s: Status) -> u32 {
-    match s {
-        Status::Initial => 0,
-        Status::PreAccepted => 1,
-        Status::Accepted => 2,
-        Status::Committed | Status::Executed => 3,
-    }
+/// The stored and sent form of a status: executed is committed there (execution is each
+/// replica's own business and is redone from the log).
+fn status_to_proto(s: Status) -> i32 {
+    use proto::InstanceStatus as P;
+    let p = match s {
+        Status::Initial => P::Initial,
+        Status::PreAccepted => P::PreAccepted,
+        Status::Accepted => P::Accepted,
+        Status::Committed | Status::Executed => P::Committed,
+    };
+    p as i32
 }
 
-fn status_from_proto(s: u32) -> Result<Status, WireError> {
-    Ok(match s {
-        0 => Status::Initial,
-        1 => Status::PreAccepted,
-        2 => Status::Accepted,
-        3 => Status::Committed,
-        _ => return Err(WireError::Missing("status")),
-    })
+fn status_from_proto(s: i32) -> Result<Status, WireError> {
+    use proto::InstanceStatus as P;
+    Ok(
+        match P::try_from(s).map_err(|_| WireError::Missing("status"))? {
+            P::Initial => Status::Initial,
+            P::PreAccepted => Status::PreAccepted,
+            P::Accepted => Status::Accepted,
+            P::Committed => Status::Committed,
+        },
+    )
 }
 
 /// Encodes an instance's state for the durable log.
@@ -467,6 +473,31 @@ pub fn record_from_proto(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_status_keeps_the_numbers_of_the_old_uint32() {
+        let old = [
+            (Status::Initial, 0),
+            (Status::PreAccepted, 1),
+            (Status::Accepted, 2),
+            (Status::Committed, 3),
+            (Status::Executed, 3),
+        ];
+        for (status, number) in old {
+            assert_eq!(status_to_proto(status), number, "{status:?}");
+            let back = status_from_proto(number).expect("a known number");
+            assert_eq!(back, status.min(Status::Committed), "{number}");
+        }
+        assert!(status_from_proto(4).is_err(), "no status 4");
+        // A record written when the field was a uint32: field 2, varint 2.
+        let legacy = [0x10, 0x02];
+        let record =
+            <proto::InstanceRecord as prost::Message>::decode(&legacy[..]).expect("decodes");
+        assert_eq!(
+            status_from_proto(record.status).ok(),
+            Some(Status::Accepted)
+        );
+    }
 
     #[test]
     fn messages_round_trip() {
