@@ -206,11 +206,31 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// Whether a replica refused the request because its session expired (idle longer than the
+/// replicas' session TTL): nothing was executed for this attempt.
+pub fn is_session_expired(status: &tonic::Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .message()
+            .starts_with(epaxos_kv::core::session::EXPIRED_PREFIX)
+}
+
+/// Whether an attempt that failed so may have executed: anything but a refusal before the
+/// command entered the protocol (RESOURCE_EXHAUSTED: a full replica or session table).
+fn may_have_executed(err: &AttemptError) -> bool {
+    !matches!(err, AttemptError::Status { status, .. } if status.code() == Code::ResourceExhausted)
+}
+
 /// Executes `op` as the session's next request: sends it to the replica `picker` chooses and,
 /// when an attempt times out or fails with a transient error (DEADLINE_EXCEEDED, UNAVAILABLE,
 /// RESOURCE_EXHAUSTED), sends it again with the same `(client_id, request_id)` after a backoff:
 /// to the next replica in round-robin mode, to the same one in single mode. No retry starts
 /// after `stop_retrying_at`.
+///
+/// Attempts after one that may have executed are marked `retry`. A session that expired while
+/// idle refuses the request ("session expired"): if no attempt may have executed, the request
+/// goes again, once, as request 1 of a new session; otherwise its outcome is unknown and the
+/// refusal is the failure reported (never a second execution).
 pub async fn execute(
     cluster: &Cluster,
     session: &mut Session,
@@ -220,15 +240,19 @@ pub async fn execute(
     stop_retrying_at: Option<Instant>,
     rng: &mut impl Rng,
 ) -> Result<Success, Failure> {
-    let request_id = session.take_request_id();
+    let mut request_id = session.take_request_id();
     let mut replica = picker.first(cluster);
     let mut attempt: u32 = 0;
+    // Whether an earlier attempt of this request may have executed (the next is a retry).
+    let mut sent_before = false;
+    let mut renewed = false;
     loop {
         attempt += 1;
         let mut req = tonic::Request::new(ProposeRequest {
             client_id: session.client_id(),
             request_id,
             op: Some(op.clone()),
+            retry: sent_before,
         });
         // Tells the replica how long we wait (grpc-timeout); we also enforce it ourselves.
         req.set_timeout(policy.timeout);
@@ -261,6 +285,16 @@ pub async fn execute(
             AttemptError::Timeout { .. } => cluster.mark_down(replica),
             AttemptError::Status { .. } => {}
         }
+        if let AttemptError::Status { status, .. } = &err {
+            if is_session_expired(status) && !sent_before && !renewed {
+                // Nothing of this request executed: send it as a new session's first request.
+                session.renew();
+                request_id = session.take_request_id();
+                renewed = true;
+                continue;
+            }
+        }
+        sent_before |= may_have_executed(&err);
         let may_retry = err.retryable() && attempt <= policy.retries;
         let stopped = may_retry && stop_retrying_at.is_some_and(|t| Instant::now() >= t);
         if !may_retry || stopped {
@@ -306,6 +340,32 @@ mod tests {
         assert!(!err(tonic::Status::unknown("from the replica")).retryable());
         assert!(!err(tonic::Status::invalid_argument("bad key")).retryable());
         assert!(err(tonic::Status::unavailable("down")).retryable());
+    }
+
+    #[test]
+    fn an_expired_session_is_recognised_and_overload_never_executed() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let expired = tonic::Status::failed_precondition(format!(
+            "{}: the outcome of request 3 is unknown",
+            epaxos_kv::core::session::EXPIRED_PREFIX
+        ));
+        assert!(is_session_expired(&expired));
+        assert!(!is_session_expired(&tonic::Status::failed_precondition(
+            "request id already used"
+        )));
+        let err = |status| AttemptError::Status {
+            replica: 0,
+            addr,
+            status,
+        };
+        assert!(!may_have_executed(&err(tonic::Status::resource_exhausted(
+            "full"
+        ))));
+        assert!(may_have_executed(&err(tonic::Status::unavailable("down"))));
+        assert!(may_have_executed(&AttemptError::Timeout {
+            replica: 0,
+            addr
+        }));
     }
 
     #[test]

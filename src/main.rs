@@ -96,6 +96,15 @@ struct Args {
     /// request that does not fit is refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = limits::CLIENT_REQUEST_BYTES_MAX)]
     request_bytes_max: usize,
+    /// Expire a client session idle this long, in milliseconds; its late retries are then
+    /// refused ("session expired") instead of answered. Replicas may differ: each only proposes
+    /// expiries by it; whether one takes effect is decided alike everywhere.
+    #[arg(long, default_value_t = limits::SESSION_TTL.as_millis() as u64)]
+    session_ttl_ms: u64,
+    /// Most client sessions held; a request that would open one more is refused
+    /// (RESOURCE_EXHAUSTED) until idle sessions expire.
+    #[arg(long, default_value_t = limits::SESSIONS_MAX)]
+    sessions_max: usize,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -168,6 +177,8 @@ fn main() -> anyhow::Result<()> {
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.recover_after = Duration::from_millis(args.recover_after_ms);
+    core.session_ttl = Duration::from_millis(args.session_ttl_ms);
+    core.sessions_max = args.sessions_max;
     let mut opts = RuntimeOptions::new(core);
     opts.propose_timeout = Duration::from_millis(args.propose_timeout_ms);
     opts.client_connections_max = args.client_connections_max;

@@ -209,6 +209,8 @@ fn command(client: u64, request: u64, key: u8, write: bool) -> Command {
         } else {
             Op::Get { key }
         },
+        time_ms: 0,
+        retry: false,
     }
 }
 

@@ -62,6 +62,7 @@ async fn retried_request_executes_once_with_same_answer() {
         client_id: id,
         request_id: 1,
         op: Some(op),
+        retry: false,
     };
     // The same request (a CAS that only the first execution can win) at two replicas.
     let first = c0
@@ -101,6 +102,7 @@ async fn a_reused_request_id_for_another_command_is_refused_and_changes_nothing(
         client_id: id,
         request_id: 1,
         op: Some(op),
+        retry: false,
     };
     let first = c0
         .propose(req(get("reused")))
@@ -151,6 +153,7 @@ async fn bad_requests_get_clear_errors() {
             client_id: 1,
             request_id: 1,
             op: None,
+            retry: false,
         })
         .await
         .expect_err("no op");
@@ -160,6 +163,7 @@ async fn bad_requests_get_clear_errors() {
             client_id: 1,
             request_id: 0,
             op: Some(get("k")),
+            retry: false,
         })
         .await
         .expect_err("request id 0");

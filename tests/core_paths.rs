@@ -201,6 +201,8 @@ fn cmd(client: u64, request: u64, op: Op) -> Command {
         client: ClientId(client),
         request: RequestId(request),
         op,
+        time_ms: 0,
+        retry: false,
     }
 }
 

@@ -131,6 +131,7 @@ async fn a_full_data_directory_holds_writes_and_serves_again_once_space_is_back(
                 client_id: rand::random(),
                 request_id: 1,
                 op: Some(put("after", "v")),
+                retry: false,
             }),
         )
         .await;

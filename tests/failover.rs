@@ -64,6 +64,7 @@ impl FailoverSession {
                 client_id: self.client_id,
                 request_id,
                 op: Some(op.clone()),
+                retry: false,
             };
             let (replica, client) = &mut self.clients[self.target];
             match tokio::time::timeout(ATTEMPT_TIMEOUT, client.propose(req)).await {

@@ -154,7 +154,8 @@ fn random_seeds() {
          {} checkpoints, {} crashes between checkpoint and log cut, {} restarts from a checkpoint; \
          {} wipes (rejoins) in {} seeds, {} skipped (a peer down, or no room for one more \
          failure), {} instances executed after a rejoin, {} restarts after a rejoin, {} rejoined \
-         replicas still abstaining at the end",
+         replicas still abstaining at the end; {} sessions expired (summed over replicas), {} \
+         requests answered \"session expired\", {} late retries after a sleep",
         seeds.len(),
         seeds.first().copied().unwrap_or(0),
         seeds.last().copied().unwrap_or(0),
@@ -179,6 +180,9 @@ fn random_seeds() {
         sum(|o| o.stats.executed_after_rejoin),
         sum(|o| o.stats.restarts_after_rejoin),
         sum(|o| o.stats.still_abstaining),
+        sum(|o| o.stats.sessions_expired),
+        sum(|o| o.stats.expired_answers),
+        sum(|o| o.stats.late_retries),
     );
     if env_u64("SIM_HASHES").is_some() {
         for o in &outcomes {
@@ -993,6 +997,44 @@ fn sabotage_skip_dedup_breaks_exactly_once() {
             };
             // Retries come from lost requests and replies.
             c.loss = 0.2;
+        },
+    );
+}
+
+/// Sessions expired by each replica's own clock, straight from its table, instead of through a
+/// replicated expiry: replicas drop a session at different points of the execution order, so a
+/// request of a sleeping client executes at some replicas and is refused at others.
+#[test]
+fn sabotage_expiring_sessions_locally_breaks_convergence() {
+    caught(
+        "sabotage_expiring_sessions_locally_breaks_convergence",
+        &[Check::Convergence],
+        40,
+        |c| {
+            c.sabotage = Sabotage {
+                expire_locally: true,
+                ..Sabotage::default()
+            };
+            c.sleep_chance = 0.1;
+            c.skew_max = ms(300);
+            c.crashes = 0;
+        },
+    );
+}
+
+/// A late retry whose session expired taken for a new session: the request executes again.
+#[test]
+fn sabotage_late_retry_starting_a_session_breaks_exactly_once() {
+    caught(
+        "sabotage_late_retry_starting_a_session_breaks_exactly_once",
+        &[Check::ExactlyOnce],
+        40,
+        |c| {
+            c.sabotage = Sabotage {
+                retry_starts_session: true,
+                ..Sabotage::default()
+            };
+            c.sleep_chance = 0.1;
         },
     );
 }

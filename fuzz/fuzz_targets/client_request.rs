@@ -71,8 +71,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.ok().as_ref(), Some(&cmd.op), "the operation round-trips");
     // Executed by the state machine, twice (the retry gets the same answer)...
     let mut kv = KvStore::new();
-    let first = kv.apply(&cmd);
-    let second = kv.apply(&cmd);
+    let first = kv.apply(&cmd, ReplicaId(0));
+    let second = kv.apply(&cmd, ReplicaId(0));
     assert_eq!(first.result(), second.result(), "a retry gets the original answer");
     // ... and proposed to a core.
     let mut core = Replica::new(Options::new(ReplicaId(0), 3));

@@ -67,8 +67,7 @@ pub fn commands() -> Arc<Vec<Command>> {
             op: Op::Put {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"v"),
-            },
-        },
+            }, time_ms: 0, retry: false, },
         Command {
             client: ClientId(8),
             request: RequestId(2),
@@ -76,8 +75,7 @@ pub fn commands() -> Arc<Vec<Command>> {
                 key: Bytes::from_static(b"k"),
                 expected: Some(Bytes::from_static(b"v")),
                 new: Bytes::from_static(b"w"),
-            },
-        },
+            }, time_ms: 0, retry: false, },
     ])
 }
 
@@ -199,8 +197,7 @@ pub fn core_with_state() -> Replica {
             op: Op::Put {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"x"),
-            },
-        },
+            }, time_ms: 0, retry: false, },
     );
     r.flush(t);
     r.handle(

@@ -87,21 +87,31 @@ impl Checkpoint {
             }
             executed_above.push(InstanceId::new(ReplicaId(id.replica), id.slot));
         }
-        let sessions = p.sessions.into_iter().map(|s| {
+        let mut sessions = Vec::with_capacity(p.sessions.len());
+        for s in p.sessions {
             let r = s.result.unwrap_or_default();
-            (
-                ClientId(s.client_id),
-                Session {
-                    request: RequestId(s.request_id),
-                    fingerprint: s.fingerprint,
-                    result: OpResult {
-                        found: r.found,
-                        value: Bytes::copy_from_slice(&r.value),
-                        success: r.success,
-                    },
+            // Missing fields of an older checkpoint read as 0: idle since the epoch (expired
+            // at the next expiry proposed for it), led by replica 0.
+            let leader = replica_of(s.leader, n)?;
+            // An older checkpoint kept every value whole; `Session::new` applies today's bound,
+            // alike on every replica that restores it.
+            let mut session = Session::new(
+                RequestId(s.request_id),
+                s.fingerprint,
+                OpResult {
+                    found: r.found,
+                    value: Bytes::copy_from_slice(&r.value),
+                    success: r.success,
                 },
-            )
-        });
+                s.last_time_ms,
+                leader,
+            );
+            if s.value_dropped {
+                session.value_kept = false;
+                session.result.value = Bytes::new();
+            }
+            sessions.push((ClientId(s.client_id), session));
+        }
         let entries = p.entries.into_iter().map(|e| {
             (
                 Bytes::copy_from_slice(&e.key),
@@ -109,7 +119,7 @@ impl Checkpoint {
             )
         });
         Ok(Checkpoint {
-            kv: KvStore::import(entries, sessions, p.executed),
+            kv: KvStore::import(entries, sessions, p.executed, p.refused_expired),
             index: ConflictIndex::import(n, index),
             gc_prefix: p.gc_prefix,
             executed_above,
@@ -130,7 +140,7 @@ pub fn encode(
     next_slot: u64,
 ) -> Vec<u8> {
     use prost::encoding::{message, uint64};
-    let (entries, sessions, executed) = kv.export();
+    let (entries, sessions, executed, refused_expired) = kv.export();
     let mut buf = Vec::with_capacity(64 * (kv.len() + index.len()) + 1024);
     for (k, v) in entries {
         let pair = proto::KvPair {
@@ -145,6 +155,9 @@ pub fn encode(
             request_id: session.request.0,
             result: Some(crate::core::wire::result_to_proto(&session.result)),
             fingerprint: session.fingerprint,
+            last_time_ms: session.last_time_ms,
+            leader: session.leader.0,
+            value_dropped: !session.value_kept,
         };
         message::encode(2, &entry, &mut buf);
     }
@@ -173,7 +186,17 @@ pub fn encode(
     }
     uint64::encode(6, &next_slot, &mut buf);
     uint64::encode(7, &executed, &mut buf);
+    uint64::encode(8, &refused_expired, &mut buf);
     buf
+}
+
+/// A session's leader as stored: a replica of the cluster.
+fn replica_of(id: u32, n: usize) -> Result<ReplicaId, WireError> {
+    if (id as usize) < n {
+        Ok(ReplicaId(id))
+    } else {
+        Err(WireError::UnknownReplica(id))
+    }
 }
 
 #[cfg(test)]
@@ -189,14 +212,14 @@ mod tests {
     #[test]
     fn session_fingerprints_survive_a_checkpoint() {
         let mut kv = KvStore::new();
-        let get = Command {
-            client: ClientId(3),
-            request: RequestId(9),
-            op: Op::Get {
+        let get = Command::new(
+            ClientId(3),
+            RequestId(1),
+            Op::Get {
                 key: Bytes::from_static(b"k"),
             },
-        };
-        kv.apply(&get);
+        );
+        kv.apply(&get, ReplicaId(2));
         let cp = Checkpoint {
             kv,
             index: ConflictIndex::new(3),
@@ -211,8 +234,78 @@ mod tests {
             },
             ..get.clone()
         };
-        assert_eq!(back.apply(&reuse), Applied::Reused);
-        assert!(matches!(back.apply(&get), Applied::Duplicate(_)));
+        assert_eq!(back.apply(&reuse, ReplicaId(0)), Applied::Reused);
+        assert!(matches!(
+            back.apply(&get, ReplicaId(0)),
+            Applied::Duplicate(_)
+        ));
+    }
+
+    /// A session's time, leader and whether its value was kept survive a checkpoint (every
+    /// replica must expire it alike, restored or not); a checkpoint written before sessions
+    /// expired loads, its sessions idle since the epoch.
+    #[test]
+    fn session_times_survive_a_checkpoint_and_old_ones_load() {
+        let mut kv = KvStore::new();
+        let big = Bytes::from(vec![1u8; crate::core::limits::SESSION_RESULT_BYTES_MAX + 1]);
+        let mut put = Command::new(
+            ClientId(4),
+            RequestId(1),
+            Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: big,
+            },
+        );
+        put.time_ms = 1_000;
+        kv.apply(&put, ReplicaId(1));
+        let mut get = Command::new(
+            ClientId(5),
+            RequestId(1),
+            Op::Get {
+                key: Bytes::from_static(b"k"),
+            },
+        );
+        get.time_ms = 2_000;
+        kv.apply(&get, ReplicaId(2));
+        let cp = Checkpoint {
+            kv: kv.clone(),
+            index: ConflictIndex::new(3),
+            gc_prefix: vec![0; 3],
+            executed_above: vec![],
+            next_slot: 0,
+        };
+        let back = Checkpoint::decode(&cp.encode(), 3).expect("decode").kv;
+        assert_eq!(back.sessions().digest(), kv.sessions().digest());
+        let s = back.sessions().get(&ClientId(5)).expect("kept");
+        assert_eq!(
+            (s.last_time_ms, s.leader, s.value_kept),
+            (2_000, ReplicaId(2), false)
+        );
+        // An older checkpoint: no time, no leader, the whole value.
+        let old = proto::Checkpoint {
+            gc_prefix: vec![0; 3],
+            sessions: vec![proto::SessionEntry {
+                client_id: 6,
+                request_id: 3,
+                result: Some(proto::OpResult {
+                    found: true,
+                    value: Bytes::from_static(b"small"),
+                    success: true,
+                }),
+                fingerprint: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let back = Checkpoint::decode(&old.encode_to_vec(), 3)
+            .expect("decode")
+            .kv;
+        let s = back.sessions().get(&ClientId(6)).expect("loaded");
+        assert_eq!(
+            (s.last_time_ms, s.leader, s.value_kept),
+            (0, ReplicaId(0), true)
+        );
+        assert_eq!(s.result.value, Bytes::from_static(b"small"));
     }
 
     /// Found by fuzzing (`storage`): a checkpoint claiming rows collected up to `u64::MAX`

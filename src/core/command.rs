@@ -25,27 +25,37 @@ pub enum Op {
         expected: Option<Bytes>,
         new: Bytes,
     },
+    /// Not a client request: a replica's proposal to forget the command's client session if
+    /// it was last active at or before `idle_since_ms` (see `session`). Replicas propose it;
+    /// the client contract cannot express it, so no client can send one.
+    Expire {
+        idle_since_ms: u64,
+    },
 }
 
 impl Op {
-    /// The key the operation touches.
-    pub fn key(&self) -> &Bytes {
+    /// The key the operation touches; none for [`Op::Expire`], which touches only its
+    /// command's session.
+    pub fn key(&self) -> Option<&Bytes> {
         match self {
-            Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+            Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+                Some(key)
+            }
+            Op::Expire { .. } => None,
         }
     }
 
-    /// Whether the operation may change the state. GETs commute with each other; everything
-    /// else on the same key interferes with everything on that key.
+    /// Whether the operation may change the key/value state. GETs commute with each other;
+    /// everything else on the same key interferes with everything on that key.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Op::Get { .. })
+        !matches!(self, Op::Get { .. } | Op::Expire { .. })
     }
 
     /// Key and value bytes the operation carries.
     pub fn size_bytes(&self) -> usize {
-        self.key().len()
+        self.key().map_or(0, |k| k.len())
             + match self {
-                Op::Get { .. } | Op::Delete { .. } => 0,
+                Op::Get { .. } | Op::Delete { .. } | Op::Expire { .. } => 0,
                 Op::Put { value, .. } => value.len(),
                 Op::Cas { expected, new, .. } => {
                     new.len() + expected.as_ref().map_or(0, |e| e.len())
@@ -55,8 +65,9 @@ impl Op {
 
     /// Checks the limits on keys and values.
     pub fn validate(&self) -> Result<(), CommandError> {
-        if self.key().len() > KEY_BYTES_MAX {
-            return Err(CommandError::KeyTooLarge(self.key().len()));
+        let key_len = self.key().map_or(0, |k| k.len());
+        if key_len > KEY_BYTES_MAX {
+            return Err(CommandError::KeyTooLarge(key_len));
         }
         let value_len = match self {
             Op::Put { value, .. } => value.len(),
@@ -74,7 +85,7 @@ impl Op {
 
 /// Whether two operations interfere: they touch the same key and at least one may write.
 pub fn ops_interfere(a: &Op, b: &Op) -> bool {
-    (a.is_write() || b.is_write()) && a.key() == b.key()
+    (a.is_write() || b.is_write()) && a.key().is_some() && a.key() == b.key()
 }
 
 /// The one interference predicate between commands, used for dependencies (`deps`) and checked
@@ -84,12 +95,39 @@ pub fn interferes(a: &Command, b: &Command) -> bool {
     a.client == b.client || ops_interfere(&a.op, &b.op)
 }
 
-/// A client's command as replicated: who asked, which request, what to do.
+/// A client's command as replicated: who asked, which request, what to do, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Command {
     pub client: ClientId,
     pub request: RequestId,
     pub op: Op,
+    /// Wall-clock milliseconds (Unix epoch) of the replica that took the command into an
+    /// instance, stamped there once: every replica then sees the same value, so session expiry
+    /// can be decided from it alike everywhere (see `session`). 0 in records written before
+    /// commands carried a time.
+    pub time_ms: u64,
+    /// The client sent this request before (an earlier attempt may have executed): a retry
+    /// that finds no session must not start one (see `session`).
+    pub retry: bool,
+}
+
+impl Command {
+    /// A client's first attempt at a request, not stamped yet.
+    pub fn new(client: ClientId, request: RequestId, op: Op) -> Command {
+        Command {
+            client,
+            request,
+            op,
+            time_ms: 0,
+            retry: false,
+        }
+    }
+
+    /// A replica's proposal to expire `client`'s session if it has been idle since
+    /// `idle_since_ms` or longer. Request 0 is no client's (client requests start at 1).
+    pub fn expire(client: ClientId, idle_since_ms: u64) -> Command {
+        Command::new(client, RequestId(0), Op::Expire { idle_since_ms })
+    }
 }
 
 /// The outcome of an executed command (see `OpResult` in the proto for each field's meaning).
@@ -115,6 +153,10 @@ pub enum CommandError {
     /// Request numbers start at 1.
     #[error("request_id must be at least 1")]
     ZeroRequestId,
+    /// A session expiry from a peer with a client's request id, or a client request with
+    /// request 0: one is a replica's, the other a client's, never mixed.
+    #[error("a session expiry must carry request 0, and only a session expiry may")]
+    MisplacedExpiry,
 }
 
 #[cfg(test)]
@@ -157,10 +199,21 @@ mod tests {
             (put("a"), put("b"), false),
             (cas("a"), del("b"), false),
             (del("a"), cas("a"), true),
+            (expire(), put("a"), false),
+            (expire(), expire(), false),
         ];
         for (a, b, want) in cases {
             assert_eq!(ops_interfere(&a, &b), want, "{a:?} vs {b:?}");
         }
+        // An expiry interferes with everything of its session, nothing else.
+        let own = Command::new(ClientId(1), RequestId(4), get("a"));
+        let other = Command::new(ClientId(2), RequestId(4), put("a"));
+        assert!(interferes(&Command::expire(ClientId(1), 5), &own));
+        assert!(!interferes(&Command::expire(ClientId(1), 5), &other));
+    }
+
+    fn expire() -> Op {
+        Op::Expire { idle_since_ms: 7 }
     }
 
     #[test]

@@ -83,7 +83,9 @@ pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
         }
     };
     for c in commands {
-        add(ConflictKey::Key(c.op.key().clone()), c.op.is_write());
+        if let Some(key) = c.op.key() {
+            add(ConflictKey::Key(key.clone()), c.op.is_write());
+        }
         add(ConflictKey::Session(c.client), true);
     }
     keys
@@ -208,6 +210,8 @@ mod tests {
             client: ClientId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             request: RequestId(1),
             op,
+            time_ms: 0,
+            retry: false,
         }
     }
     fn put(k: &'static str) -> Command {

@@ -434,6 +434,8 @@ mod tests {
                 } else {
                     Op::Get { key }
                 },
+                time_ms: 0,
+                retry: false,
             }
         }
 

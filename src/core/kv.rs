@@ -1,36 +1,31 @@
 //! The replicated state machine: a key/value map plus the session table that makes retried
-//! requests execute exactly once. Every replica applies the same commands in the same order per
-//! key, so both tables, and the digest, agree.
+//! requests execute exactly once (see `session` for how sessions expire). Every replica applies
+//! the same commands in the same order per key and per session, so both tables, and the
+//! digests, agree.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use crate::core::command::{Command, Op, OpResult};
-use crate::core::ids::{ClientId, RequestId};
+use crate::core::ids::{ClientId, ReplicaId, RequestId};
+pub use crate::core::session::{Session, Sessions};
 
 /// The key/value state machine.
 #[derive(Debug, Default, Clone)]
 pub struct KvStore {
     map: HashMap<Bytes, Bytes>,
     /// Per client session: the last request executed, its command's fingerprint and its
-    /// result, so that a retry of it is answered without executing again, and a different
-    /// command reusing its request id is told so instead of getting another command's answer.
-    sessions: HashMap<ClientId, Session>,
+    /// (small) result, so that a retry of it is answered without executing again, and a
+    /// different command reusing its request id is told so instead of getting another
+    /// command's answer.
+    sessions: Sessions,
     /// Order-independent digest of `map`: the wrapping sum of each entry's hash, kept up to date
     /// on every change so that `Status` costs O(1).
     digest: u64,
     executed: u64,
-}
-
-/// A client session's last executed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub request: RequestId,
-    /// [`fingerprint`] of the request's operation; 0: unknown (restored from a checkpoint
-    /// written before fingerprints existed), which any retry matches.
-    pub fingerprint: u64,
-    pub result: OpResult,
+    /// Commands refused as [`Applied::Expired`] so far (deterministic like `executed`).
+    refused_expired: u64,
 }
 
 /// A deterministic 64-bit fingerprint of an operation (never 0): equal on every replica and
@@ -62,6 +57,10 @@ pub fn fingerprint(op: &Op) -> u64 {
                 None => h.field(b"none"),
             }
             h.field(new);
+        }
+        Op::Expire { idle_since_ms } => {
+            h.field(b"expire");
+            h.field(&idle_since_ms.to_le_bytes());
         }
     }
     h.0.max(1)
@@ -96,6 +95,17 @@ pub enum Applied {
     /// The session's last executed request id, but another command than the one executed
     /// under it: not executed, and not answered with the other command's result.
     Reused,
+    /// The session is not in the table and this command cannot start one (it is not request 1,
+    /// or it is a retry): the session expired, and whether an earlier attempt of this request
+    /// executed is unknown. Not executed.
+    Expired,
+    /// A retry of the session's last request, a CAS that failed, whose result (it carries the
+    /// key's value then) was too large to keep: not executed again, and not answered with a
+    /// made-up value.
+    ResultNotKept,
+    /// A session expiry ([`Op::Expire`]) executed; `removed`: the session was idle long enough
+    /// and is gone. Nobody is answered.
+    Expiry { removed: bool },
 }
 
 impl Applied {
@@ -103,7 +113,11 @@ impl Applied {
     pub fn result(&self) -> Option<&OpResult> {
         match self {
             Applied::Executed(r) | Applied::Duplicate(r) => Some(r),
-            Applied::Stale | Applied::Reused => None,
+            Applied::Stale
+            | Applied::Reused
+            | Applied::Expired
+            | Applied::ResultNotKept
+            | Applied::Expiry { .. } => None,
         }
     }
 }
@@ -113,31 +127,77 @@ impl KvStore {
         Self::default()
     }
 
-    /// Applies one command, at most once per (client, request).
-    pub fn apply(&mut self, cmd: &Command) -> Applied {
+    /// Applies one command of an instance led by `leader`, at most once per (client, request).
+    pub fn apply(&mut self, cmd: &Command, leader: ReplicaId) -> Applied {
+        self.apply_with(cmd, leader, false)
+    }
+
+    /// Applies a command, but lets a retry without a session start one: the exactly-once bug
+    /// that `Sabotage::retry_starts_session` plants for tests (a late retry of an expired
+    /// session executes a second time).
+    pub fn apply_trusting_retries(&mut self, cmd: &Command, leader: ReplicaId) -> Applied {
+        self.apply_with(cmd, leader, true)
+    }
+
+    fn apply_with(&mut self, cmd: &Command, leader: ReplicaId, trust_retries: bool) -> Applied {
+        if let Op::Expire { idle_since_ms } = cmd.op {
+            let removed = self.sessions.expire(cmd.client, idle_since_ms);
+            return Applied::Expiry { removed };
+        }
         let print = fingerprint(&cmd.op);
         if let Some(last) = self.sessions.get(&cmd.client) {
-            if cmd.request == last.request {
-                if last.fingerprint != 0 && last.fingerprint != print {
+            let (request, last_print) = (last.request, last.fingerprint);
+            // Whatever it does, a command of the session is activity that keeps it alive.
+            self.sessions.touch(cmd.client, cmd.time_ms, leader);
+            if cmd.request == request {
+                if last_print != 0 && last_print != print {
                     return Applied::Reused;
                 }
-                return Applied::Duplicate(last.result.clone());
+                return self.answer_again(cmd);
             }
-            if cmd.request < last.request {
+            if cmd.request < request {
                 return Applied::Stale;
             }
+        } else if (cmd.request != RequestId(1) || cmd.retry) && !trust_retries {
+            // Sessions start at request 1: a later request, or a retry of request 1, without a
+            // session may come after an expiry that removed what it would be checked against.
+            self.refused_expired += 1;
+            return Applied::Expired;
         }
         let result = self.execute(&cmd.op);
         self.executed += 1;
         self.sessions.insert(
             cmd.client,
-            Session {
-                request: cmd.request,
-                fingerprint: print,
-                result: result.clone(),
-            },
+            Session::new(cmd.request, print, result.clone(), cmd.time_ms, leader),
         );
         Applied::Executed(result)
+    }
+
+    /// The answer to a retry of the session's last request (the session exists, the
+    /// fingerprints match): its result, or what can stand for it when its value was not kept.
+    fn answer_again(&self, cmd: &Command) -> Applied {
+        let last = self
+            .sessions
+            .get(&cmd.client)
+            .expect("answer_again is asked for a session in the table");
+        if last.value_kept {
+            return Applied::Duplicate(last.result.clone());
+        }
+        match &cmd.op {
+            // A read has no effect, so reading again is as good as the first read: and it is
+            // linearizable, because the retry executes inside the request's interval (after the
+            // client sent it, before the answer reaches it), at its place in the key's order.
+            Op::Get { key } => Applied::Duplicate(self.read(key)),
+            // A CAS that succeeded found exactly `expected`, which the retry carries.
+            Op::Cas { expected, .. } if last.result.success => Applied::Duplicate(OpResult {
+                found: expected.is_some(),
+                value: expected.clone().unwrap_or_default(),
+                success: true,
+            }),
+            // A failed CAS found another value, which is gone: say so rather than make one up.
+            // (PUT and DELETE results carry no value: always kept.)
+            _ => Applied::ResultNotKept,
+        }
     }
 
     /// What applying a command of `client`'s `request` with operation fingerprint `print`
@@ -148,33 +208,54 @@ impl KvStore {
             Some(last) if request == last.request => {
                 if last.fingerprint != 0 && last.fingerprint != print {
                     Applied::Reused
-                } else {
+                } else if last.value_kept {
                     Applied::Duplicate(last.result.clone())
+                } else {
+                    Applied::ResultNotKept
                 }
             }
             Some(last) if request < last.request => Applied::Stale,
-            _ => Applied::Executed(OpResult::default()),
+            Some(_) => Applied::Executed(OpResult::default()),
+            None => Applied::Expired,
         }
     }
 
     /// Applies a command even if it already executed: the exactly-once bug that
     /// `Sabotage::skip_dedup` plants for tests.
     pub fn apply_without_dedup(&mut self, cmd: &Command) -> Applied {
+        if let Op::Expire { .. } = cmd.op {
+            return Applied::Expiry { removed: false };
+        }
         let result = self.execute(&cmd.op);
         self.executed += 1;
         Applied::Executed(result)
     }
 
+    /// The sessions table (read-only: it changes only by applying commands).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Drops a session outside the execution order: the bug `Sabotage::expire_locally` plants
+    /// (each replica forgetting sessions on its own clock).
+    pub fn forget_session_locally(&mut self, client: ClientId) {
+        self.sessions.remove(client);
+    }
+
+    fn read(&self, key: &Bytes) -> OpResult {
+        match self.map.get(key) {
+            Some(v) => OpResult {
+                found: true,
+                value: v.clone(),
+                success: true,
+            },
+            None => OpResult::default(),
+        }
+    }
+
     fn execute(&mut self, op: &Op) -> OpResult {
         match op {
-            Op::Get { key } => match self.map.get(key) {
-                Some(v) => OpResult {
-                    found: true,
-                    value: v.clone(),
-                    success: true,
-                },
-                None => OpResult::default(),
-            },
+            Op::Get { key } => self.read(key),
             Op::Put { key, value } => {
                 let old = self.set(key, Some(value.clone()));
                 OpResult {
@@ -203,6 +284,7 @@ impl KvStore {
                     success,
                 }
             }
+            Op::Expire { .. } => unreachable!("apply_with handles expiries before executing"),
         }
     }
 
@@ -221,7 +303,7 @@ impl KvStore {
         old
     }
 
-    /// The whole state, for a checkpoint: entries, sessions, executed count.
+    /// The whole state, for a checkpoint: entries, sessions, executed count, refused count.
     #[allow(clippy::type_complexity)]
     pub fn export(
         &self,
@@ -229,8 +311,14 @@ impl KvStore {
         impl Iterator<Item = (&Bytes, &Bytes)>,
         impl Iterator<Item = (&ClientId, &Session)>,
         u64,
+        u64,
     ) {
-        (self.map.iter(), self.sessions.iter(), self.executed)
+        (
+            self.map.iter(),
+            self.sessions.iter(),
+            self.executed,
+            self.refused_expired,
+        )
     }
 
     /// Rebuilds a state from a checkpoint's parts.
@@ -238,10 +326,12 @@ impl KvStore {
         entries: impl IntoIterator<Item = (Bytes, Bytes)>,
         sessions: impl IntoIterator<Item = (ClientId, Session)>,
         executed: u64,
+        refused_expired: u64,
     ) -> KvStore {
         let mut kv = KvStore {
             sessions: sessions.into_iter().collect(),
             executed,
+            refused_expired,
             ..KvStore::default()
         };
         for (k, v) in entries {
@@ -263,6 +353,11 @@ impl KvStore {
     /// Commands executed (duplicates and stale requests excluded).
     pub fn executed(&self) -> u64 {
         self.executed
+    }
+
+    /// Commands refused as [`Applied::Expired`] (their session was not in the table).
+    pub fn refused_expired(&self) -> u64 {
+        self.refused_expired
     }
 
     /// Number of keys stored.
@@ -295,12 +390,10 @@ fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    const R0: ReplicaId = ReplicaId(0);
+
     fn cmd(client: u64, request: u64, op: Op) -> Command {
-        Command {
-            client: ClientId(client),
-            request: RequestId(request),
-            op,
-        }
+        Command::new(ClientId(client), RequestId(request), op)
     }
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -309,63 +402,78 @@ mod tests {
     #[test]
     fn get_put_delete_cas() {
         let mut kv = KvStore::new();
-        let r = kv.apply(&cmd(1, 1, Op::Get { key: b("k") }));
+        let r = kv.apply(&cmd(1, 1, Op::Get { key: b("k") }), R0);
         assert_eq!(r, Applied::Executed(OpResult::default()));
-        kv.apply(&cmd(
-            1,
-            2,
-            Op::Put {
-                key: b("k"),
-                value: b("v1"),
-            },
-        ));
-        let r = kv.apply(&cmd(1, 3, Op::Get { key: b("k") }));
+        kv.apply(
+            &cmd(
+                1,
+                2,
+                Op::Put {
+                    key: b("k"),
+                    value: b("v1"),
+                },
+            ),
+            R0,
+        );
+        let r = kv.apply(&cmd(1, 3, Op::Get { key: b("k") }), R0);
         assert_eq!(r.result().unwrap().value, b("v1"));
         // CAS with the wrong expectation fails and reports the current value.
-        let r = kv.apply(&cmd(
-            1,
-            4,
-            Op::Cas {
-                key: b("k"),
-                expected: Some(b("x")),
-                new: b("v2"),
-            },
-        ));
+        let r = kv.apply(
+            &cmd(
+                1,
+                4,
+                Op::Cas {
+                    key: b("k"),
+                    expected: Some(b("x")),
+                    new: b("v2"),
+                },
+            ),
+            R0,
+        );
         let r = r.result().unwrap();
         assert!(!r.success);
         assert_eq!(r.value, b("v1"));
         // CAS expecting absence fails on a present key, succeeds after delete.
-        let r = kv.apply(&cmd(
-            1,
-            5,
-            Op::Cas {
-                key: b("k"),
-                expected: None,
-                new: b("v2"),
-            },
-        ));
+        let r = kv.apply(
+            &cmd(
+                1,
+                5,
+                Op::Cas {
+                    key: b("k"),
+                    expected: None,
+                    new: b("v2"),
+                },
+            ),
+            R0,
+        );
         assert!(!r.result().unwrap().success);
-        let r = kv.apply(&cmd(1, 6, Op::Delete { key: b("k") }));
+        let r = kv.apply(&cmd(1, 6, Op::Delete { key: b("k") }), R0);
         assert!(r.result().unwrap().found);
-        let r = kv.apply(&cmd(
-            1,
-            7,
-            Op::Cas {
-                key: b("k"),
-                expected: None,
-                new: b("v3"),
-            },
-        ));
+        let r = kv.apply(
+            &cmd(
+                1,
+                7,
+                Op::Cas {
+                    key: b("k"),
+                    expected: None,
+                    new: b("v3"),
+                },
+            ),
+            R0,
+        );
         assert!(r.result().unwrap().success);
-        let r = kv.apply(&cmd(
-            1,
-            8,
-            Op::Cas {
-                key: b("k"),
-                expected: Some(b("v3")),
-                new: b("v4"),
-            },
-        ));
+        let r = kv.apply(
+            &cmd(
+                1,
+                8,
+                Op::Cas {
+                    key: b("k"),
+                    expected: Some(b("v3")),
+                    new: b("v4"),
+                },
+            ),
+            R0,
+        );
         assert!(r.result().unwrap().success);
         assert_eq!(kv.get(b"k"), Some(&b("v4")));
     }
@@ -382,13 +490,13 @@ mod tests {
                 new: b("v"),
             },
         );
-        let first = kv.apply(&put);
-        let again = kv.apply(&put);
+        let first = kv.apply(&put, R0);
+        let again = kv.apply(&put, R0);
         assert_eq!(first.result(), again.result());
         assert!(matches!(again, Applied::Duplicate(_)));
         assert_eq!(kv.executed(), 1);
-        kv.apply(&cmd(7, 2, Op::Get { key: b("k") }));
-        assert_eq!(kv.apply(&put), Applied::Stale);
+        kv.apply(&cmd(7, 2, Op::Get { key: b("k") }), R0);
+        assert_eq!(kv.apply(&put, R0), Applied::Stale);
         assert_eq!(kv.executed(), 2);
     }
 
@@ -406,15 +514,15 @@ mod tests {
                 value: b("v"),
             },
         );
-        assert!(matches!(kv.apply(&get), Applied::Executed(_)));
+        assert!(matches!(kv.apply(&get, R0), Applied::Executed(_)));
         let digest = kv.digest();
-        assert_eq!(kv.apply(&put), Applied::Reused);
+        assert_eq!(kv.apply(&put, R0), Applied::Reused);
         assert_eq!(kv.digest(), digest, "the data is left alone");
         assert_eq!(kv.executed(), 1);
         // The real retry still gets its answer; the next request id works.
-        assert!(matches!(kv.apply(&get), Applied::Duplicate(_)));
+        assert!(matches!(kv.apply(&get, R0), Applied::Duplicate(_)));
         let put2 = cmd(7, 2, put.op.clone());
-        assert!(matches!(kv.apply(&put2), Applied::Executed(_)));
+        assert!(matches!(kv.apply(&put2, R0), Applied::Executed(_)));
         assert_eq!(kv.get(b"k"), Some(&b("v")));
         // Every field of an operation counts.
         let ops = [
@@ -440,10 +548,10 @@ mod tests {
         ];
         for op in ops {
             assert_ne!(fingerprint(&op), fingerprint(&put2.op), "{op:?}");
-            assert_eq!(kv.apply(&cmd(7, 2, op)), Applied::Reused);
+            assert_eq!(kv.apply(&cmd(7, 2, op), R0), Applied::Reused);
         }
         // A session restored without a fingerprint (an older checkpoint) accepts any retry.
-        let (_, sessions, executed) = kv.export();
+        let (_, sessions, executed, refused) = kv.export();
         let sessions: Vec<(ClientId, Session)> = sessions
             .map(|(c, s)| {
                 (
@@ -455,9 +563,9 @@ mod tests {
                 )
             })
             .collect();
-        let mut old = KvStore::import(Vec::new(), sessions, executed);
+        let mut old = KvStore::import(Vec::new(), sessions, executed, refused);
         assert!(matches!(
-            old.apply(&cmd(7, 2, Op::Delete { key: b("k") })),
+            old.apply(&cmd(7, 2, Op::Delete { key: b("k") }), R0),
             Applied::Duplicate(_)
         ));
     }
@@ -466,50 +574,65 @@ mod tests {
     fn digest_depends_on_content_not_history() {
         let mut a = KvStore::new();
         let mut b_ = KvStore::new();
-        a.apply(&cmd(
-            1,
-            1,
-            Op::Put {
-                key: b("x"),
-                value: b("1"),
-            },
-        ));
-        a.apply(&cmd(
-            1,
-            2,
-            Op::Put {
-                key: b("y"),
-                value: b("2"),
-            },
-        ));
-        b_.apply(&cmd(
-            2,
-            1,
-            Op::Put {
-                key: b("y"),
-                value: b("0"),
-            },
-        ));
-        b_.apply(&cmd(
-            2,
-            2,
-            Op::Put {
-                key: b("x"),
-                value: b("1"),
-            },
-        ));
+        a.apply(
+            &cmd(
+                1,
+                1,
+                Op::Put {
+                    key: b("x"),
+                    value: b("1"),
+                },
+            ),
+            R0,
+        );
+        a.apply(
+            &cmd(
+                1,
+                2,
+                Op::Put {
+                    key: b("y"),
+                    value: b("2"),
+                },
+            ),
+            R0,
+        );
+        b_.apply(
+            &cmd(
+                2,
+                1,
+                Op::Put {
+                    key: b("y"),
+                    value: b("0"),
+                },
+            ),
+            R0,
+        );
+        b_.apply(
+            &cmd(
+                2,
+                2,
+                Op::Put {
+                    key: b("x"),
+                    value: b("1"),
+                },
+            ),
+            R0,
+        );
         assert_ne!(a.digest(), b_.digest());
-        b_.apply(&cmd(
-            2,
-            3,
-            Op::Put {
-                key: b("y"),
-                value: b("2"),
-            },
-        ));
+        b_.apply(
+            &cmd(
+                2,
+                3,
+                Op::Put {
+                    key: b("y"),
+                    value: b("2"),
+                },
+            ),
+            R0,
+        );
         assert_eq!(a.digest(), b_.digest());
-        a.apply(&cmd(1, 3, Op::Delete { key: b("x") }));
-        a.apply(&cmd(1, 4, Op::Delete { key: b("y") }));
+        a.apply(&cmd(1, 3, Op::Delete { key: b("x") }), R0);
+        a.apply(&cmd(1, 4, Op::Delete { key: b("y") }), R0);
         assert_eq!(a.digest(), KvStore::new().digest());
     }
 }

@@ -125,6 +125,30 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// it by then is dropped (a stranger cannot hold handshakes open).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+// ---- sessions (exactly once) ----------------------------------------------------------------
+
+/// Largest result value a session keeps for a retry: a retried GET whose value was larger reads
+/// again (harmless and linearizable), a retried successful CAS knows its value from the retry,
+/// and a retried failed CAS gets a clear error. Without this bound 100 sessions that each read a
+/// 1 MiB value kept 100 MiB.
+pub const SESSION_RESULT_BYTES_MAX: usize = 1024;
+/// Default time a session may stay idle before it is expired (its retries then get a clear
+/// "session expired" error instead of the original answer). Far above any sensible retry
+/// window: the bundled client gives up on a request after seconds.
+pub const SESSION_TTL: Duration = Duration::from_secs(5 * 60);
+/// Shortest TTL accepted: a client must be able to retry within its propose timeout.
+pub const SESSION_TTL_MIN: Duration = Duration::from_millis(100);
+/// Default most sessions a replica's table holds before it refuses requests that would open
+/// a new one (RESOURCE_EXHAUSTED, at proposal): about 150 bytes each, so ~150 MiB at most.
+pub const SESSIONS_MAX: usize = 1_000_000;
+/// Most session expiries a replica proposes per tick: at 10 ms ticks, 25,600 a second, far
+/// above the rate sessions open at under `SESSIONS_MAX` and the TTL, and a bounded share of a
+/// batch.
+pub const EXPIRIES_PER_TICK_MAX: usize = 256;
+/// Most session expiries a replica has proposed and not seen executed yet; after
+/// `SESSION_TTL` an expiry still unseen (its instance became a no-op) may be proposed again.
+pub const EXPIRIES_IN_FLIGHT_MAX: usize = 4096;
+
 // ---- cluster --------------------------------------------------------------------------------
 
 /// Largest cluster: ballots and metric labels are sized for it, and EPaxos gains nothing from
@@ -164,4 +188,13 @@ const _: () = {
     assert!(CLIENT_REQUEST_BYTES_MAX <= u32::MAX as usize);
     assert!(COMMAND_BYTES_MAX <= PENDING_BYTES_MAX);
     assert!(CLIENT_STREAM_WINDOW_BYTES <= CLIENT_CONNECTION_WINDOW_BYTES);
+    // A kept result is a small share of the largest value; expiries fit a batch and the
+    // in-flight bound; a session outlives every wait of a client's request by far.
+    assert!(SESSION_RESULT_BYTES_MAX < VALUE_BYTES_MAX);
+    assert!(EXPIRIES_PER_TICK_MAX <= BATCH_MAX);
+    assert!(EXPIRIES_PER_TICK_MAX <= EXPIRIES_IN_FLIGHT_MAX);
+    assert!(EXPIRIES_IN_FLIGHT_MAX <= PENDING_MAX);
+    assert!(SESSION_TTL.as_millis() > 10 * PROPOSE_TIMEOUT.as_millis());
+    assert!(SESSION_TTL_MIN.as_millis() <= SESSION_TTL.as_millis());
+    assert!(SESSIONS_MAX >= 1);
 };

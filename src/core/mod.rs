@@ -18,4 +18,5 @@ pub mod node;
 pub mod quorum;
 pub mod recovery;
 pub mod replica;
+pub mod session;
 pub mod wire;

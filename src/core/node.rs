@@ -199,6 +199,11 @@ impl Node {
         }
     }
 
+    /// The wall clock, in Unix milliseconds: see [`Replica::set_wall_clock_ms`].
+    pub fn set_wall_clock_ms(&mut self, wall_ms: u64) {
+        self.replica.set_wall_clock_ms(wall_ms);
+    }
+
     /// Time passes (the core's timers: resends, recoveries, heartbeats).
     pub fn tick(&mut self, now: Time) {
         if !self.joining() {
@@ -425,6 +430,8 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"v"),
             },
+            time_ms: 0,
+            retry: false,
         }
     }
 

@@ -177,6 +177,8 @@ mod tests {
             op: Op::Get {
                 key: bytes::Bytes::from_static(b"k"),
             },
+            time_ms: 0,
+            retry: false,
         }])
     }
     fn reply(status: Status, ab: Option<u32>, deps: &[InstanceId], init: bool) -> RecoverReply {

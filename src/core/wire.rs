@@ -55,10 +55,13 @@ pub fn op_from_proto(op: Option<proto::Operation>) -> Result<Op, CommandError> {
     Ok(op)
 }
 
-/// Converts a core operation to the contract.
+/// Converts a core operation to the contract. A session expiry is not an operation of the
+/// client contract: it travels beside it (see `commands_to_proto`); asked for one, this gives
+/// an empty operation.
 pub fn op_to_proto(op: &Op) -> proto::Operation {
     use proto::operation::Kind;
     let kind = match op {
+        Op::Expire { .. } => return proto::Operation { kind: None },
         Op::Get { key } => Kind::Get(proto::Get { key: key.clone() }),
         Op::Put { key, value } => Kind::Put(proto::Put {
             key: key.clone(),
@@ -83,6 +86,8 @@ pub fn command_from_request(req: proto::ProposeRequest) -> Result<Command, Comma
         client: ClientId(req.client_id),
         request: RequestId(req.request_id),
         op: op_from_proto(req.op)?,
+        time_ms: 0,
+        retry: req.retry,
     })
 }
 
@@ -122,10 +127,21 @@ fn ballot_to_proto(b: Ballot) -> proto::Ballot {
 
 fn commands_to_proto(cmds: &[Command]) -> Vec<proto::Command> {
     cmds.iter()
-        .map(|c| proto::Command {
-            client_id: c.client.0,
-            request_id: c.request.0,
-            op: Some(op_to_proto(&c.op)),
+        .map(|c| {
+            let (op, expire) = match c.op {
+                Op::Expire { idle_since_ms } => {
+                    (None, Some(proto::ExpireSession { idle_since_ms }))
+                }
+                ref op => (Some(op_to_proto(op)), None),
+            };
+            proto::Command {
+                client_id: c.client.0,
+                request_id: c.request.0,
+                op,
+                time_ms: c.time_ms,
+                retry: c.retry,
+                expire,
+            }
         })
         .collect()
 }
@@ -288,10 +304,20 @@ fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError>
     let cmds = p
         .into_iter()
         .map(|c| {
+            // An expiry is a replica's (request 0, no operation); a client's request is not.
+            let op = match (c.expire, c.op) {
+                (Some(e), None) if c.request_id == 0 => Op::Expire {
+                    idle_since_ms: e.idle_since_ms,
+                },
+                (None, op) if c.request_id != 0 => op_from_proto(op)?,
+                _ => return Err(CommandError::MisplacedExpiry.into()),
+            };
             Ok(Command {
                 client: ClientId(c.client_id),
                 request: RequestId(c.request_id),
-                op: op_from_proto(c.op)?,
+                op,
+                time_ms: c.time_ms,
+                retry: c.retry,
             })
         })
         .collect::<Result<Vec<_>, WireError>>()?;
@@ -509,6 +535,8 @@ mod tests {
                 expected: None,
                 new: Bytes::from_static(b"v"),
             },
+            time_ms: 0,
+            retry: false,
         }]);
         let id = InstanceId::new(ReplicaId(2), 17);
         let b = Ballot::initial(ReplicaId(2));

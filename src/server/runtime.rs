@@ -728,8 +728,12 @@ async fn run_loop(
             },
             _ = ticker.tick() => {
                 let now = el.start.elapsed();
+                el.node.set_wall_clock_ms(wall_clock_ms());
                 el.node.tick(now);
                 el.forget_given_up();
+                let sessions = el.node.replica().kv().sessions();
+                metrics::gauge!("epaxos_sessions").set(sessions.len() as f64);
+                metrics::gauge!("epaxos_session_table_bytes").set(sessions.size_bytes() as f64);
                 for (p, g) in el.m.suspected.iter().enumerate() {
                     let peer = ReplicaId(p as u32);
                     if peer != el.me {
@@ -747,6 +751,7 @@ async fn run_loop(
                 Err(_) => break,
             }
         }
+        el.node.set_wall_clock_ms(wall_clock_ms());
         el.node.flush(el.start.elapsed());
         let mut ready = el.node.take_ready();
         el.persist_node(&ready).await?;
@@ -1154,6 +1159,11 @@ impl EventLoop {
             }
         }
         m.executed_instances.increment(ready.executed.len() as u64);
+        // Sessions: expired here, and commands refused because theirs had (every replica
+        // counts the same refusals, whether or not the client waits here).
+        metrics::counter!("epaxos_sessions_expired_total").increment(ready.sessions_expired);
+        metrics::counter!("epaxos_session_expired_refusals_total")
+            .increment(ready.refused_expired.len() as u64);
         for reply in ready.replies {
             m.executed_commands.increment(1);
             if let Some(Waiter {
@@ -1171,9 +1181,10 @@ impl EventLoop {
                     "reply"
                 );
                 let _ = tx.send(reply.result.map_err(|e| match e {
-                    ReplyError::Stale | ReplyError::Reused => {
-                        Status::failed_precondition(e.to_string())
-                    }
+                    ReplyError::Stale
+                    | ReplyError::Reused
+                    | ReplyError::Expired(_)
+                    | ReplyError::ResultNotKept(_) => Status::failed_precondition(e.to_string()),
                 }));
             }
         }
@@ -1651,4 +1662,13 @@ mod tests {
         o.big_channel_bytes_max = u32::MAX as usize + 1;
         assert!(o.validate().is_err());
     }
+}
+
+/// The wall clock in Unix milliseconds, for the core (which reads no clock): commands are
+/// stamped with it and sessions expire by it (see `core::session`). A clock before the epoch
+/// reads as 0, which the core takes for "no clock" and then proposes no expiry.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

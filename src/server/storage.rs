@@ -882,6 +882,8 @@ mod tests {
                         key: Bytes::from(format!("k{slot}")),
                         value: Bytes::from_static(b"value"),
                     },
+                    time_ms: 0,
+                    retry: false,
                 }]),
                 deps: vec![InstanceId::new(ReplicaId(0), slot)],
                 init_deps: None,
@@ -961,7 +963,7 @@ mod tests {
         log.append(&many).expect("append");
         let before = log.len_bytes();
         let mut kv = KvStore::new();
-        kv.apply(&record(0, Status::Committed).1.commands[0]);
+        kv.apply(&record(0, Status::Committed).1.commands[0], ReplicaId(0));
         let mut index = ConflictIndex::new(3);
         index.record(
             record(0, Status::Committed).0,

@@ -370,6 +370,7 @@ impl Session {
             client_id: self.id,
             request_id: self.next,
             op: Some(op),
+            retry: false,
         };
         self.next += 1;
         let reply = client.propose(req).await?.into_inner();

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use epaxos_kv::core::command::{interferes, Command};
+use epaxos_kv::core::command::{interferes, Command, Op};
 use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Commands, ShowDeps};
@@ -69,6 +69,12 @@ pub struct Observer {
     /// Per replica: the (client, request) pairs executed there, and the core's counter so far.
     applied: Vec<HashSet<(ClientId, RequestId)>>,
     kv_executed: Vec<u64>,
+    /// Per replica: its store's count of requests refused as expired, as last seen.
+    kv_refused: Vec<u64>,
+    /// Commands refused as expired, by instance (the same at every replica: the refusal is
+    /// decided by the execution order): a replica restored from a checkpoint or a snapshot
+    /// counts them as not applied, so that the request may still execute once later.
+    refused_in: HashSet<(InstanceId, ClientId, RequestId)>,
     violations: Vec<Violation>,
     /// A clock of commit and execution events, for the exemption in `check_visibility`.
     clock: u64,
@@ -92,6 +98,8 @@ impl Observer {
             committed: vec![HashSet::new(); n],
             applied: vec![HashSet::new(); n],
             kv_executed: vec![0; n],
+            kv_refused: vec![0; n],
+            refused_in: HashSet::new(),
             violations: Vec::new(),
             clock: 0,
             first_commit: HashMap::new(),
@@ -176,6 +184,8 @@ impl Observer {
         checkpoint: Option<(Vec<u64>, Vec<InstanceId>)>,
     ) {
         self.new_incarnation(r, "restart");
+        self.refused_in
+            .extend(replica.replayed_refusals().iter().copied());
         let mut held: Vec<(InstanceId, &Instance)> = replica
             .instances()
             .filter(|(_, i)| i.status.is_decided())
@@ -197,8 +207,8 @@ impl Observer {
                 self.executed_set[r].insert(id);
                 self.committed[r].insert(id);
                 if let Some(d) = self.decided.get(&id) {
-                    for c in d.commands.iter() {
-                        self.applied[r].insert((c.client, c.request));
+                    for pair in requests_of(&self.refused_in, id, &d.commands) {
+                        self.applied[r].insert(pair);
                     }
                 }
             }
@@ -220,8 +230,8 @@ impl Observer {
             self.compare(r, *id, &inst.commands, &inst.deps);
             if inst.status == Status::Executed {
                 self.executed_set[r].insert(*id);
-                for c in inst.commands.iter() {
-                    self.applied[r].insert((c.client, c.request));
+                for pair in requests_of(&self.refused_in, *id, &inst.commands) {
+                    self.applied[r].insert(pair);
                 }
             }
         }
@@ -259,7 +269,8 @@ impl Observer {
         let actual = replica.kv().executed();
         let expected = self.applied[r].len() as u64;
         self.kv_executed[r] = actual;
-        if actual != expected {
+        self.kv_refused[r] = replica.kv().refused_expired();
+        if !applied_matches(actual, replica.kv().refused_expired(), expected) {
             self.report(
                 Check::ExactlyOnce,
                 format!(
@@ -298,6 +309,8 @@ impl Observer {
         checkpoint: (Vec<u64>, Vec<InstanceId>),
     ) {
         self.new_incarnation(r, "rejoin");
+        self.refused_in
+            .extend(replica.replayed_refusals().iter().copied());
         let mut held: Vec<(InstanceId, &Instance)> = replica
             .instances()
             .filter(|(_, i)| i.status.is_decided())
@@ -374,7 +387,8 @@ impl Observer {
         let actual = replica.kv().executed();
         let expected = self.applied[r].len() as u64;
         self.kv_executed[r] = actual;
-        if actual != expected {
+        self.kv_refused[r] = replica.kv().refused_expired();
+        if !applied_matches(actual, replica.kv().refused_expired(), expected) {
             self.report(
                 Check::ExactlyOnce,
                 format!(
@@ -395,8 +409,8 @@ impl Observer {
             return;
         }
         if let Some(d) = self.decided.get(&id) {
-            for c in d.commands.iter() {
-                self.applied[r].insert((c.client, c.request));
+            for pair in requests_of(&self.refused_in, id, &d.commands) {
+                self.applied[r].insert(pair);
             }
         }
         self.clock += 1;
@@ -440,10 +454,36 @@ impl Observer {
         }
     }
 
-    /// Exactly once: replica `r` executed `ids` (in order) in one step. Every command of them
-    /// whose (client, request) is new at `r` must have executed, and nothing else.
-    pub fn on_executed(&mut self, r: usize, replica: &Replica, ids: &[InstanceId]) {
+    /// Exactly once: replica `r` executed `ids` (in order) in one step, refusing `refused` as
+    /// expired. Every command of them whose (client, request) is new at `r` must have executed,
+    /// unless the replica refused it as expired (its outcome is then unknown to the client, and
+    /// the request may still execute later, once), and nothing else may have executed: a
+    /// request executed at `r` before and executed again (a late retry of an expired session
+    /// taken for a new session) is caught here. Session expiries are no requests.
+    pub fn on_executed(
+        &mut self,
+        r: usize,
+        replica: &Replica,
+        ids: &[InstanceId],
+        refused: &[(InstanceId, ClientId, RequestId)],
+    ) {
+        let refused_now = replica.kv().refused_expired();
+        if refused_now - self.kv_refused[r] != refused.len() as u64 {
+            self.report(
+                Check::ExactlyOnce,
+                format!(
+                    "r{r} reported {} refusals as expired, its store counted {}",
+                    refused.len(),
+                    refused_now - self.kv_refused[r]
+                ),
+                ids.to_vec(),
+            );
+        }
+        self.refused_in.extend(refused.iter().copied());
+        let mut refused: Vec<(InstanceId, ClientId, RequestId)> = refused.to_vec();
         let mut fresh = 0u64;
+        // Requests of this step executed here before (retries), with their retry flags.
+        let mut seen_before = Vec::new();
         for &id in ids {
             self.clock += 1;
             let (mask, everywhere) = self.executed_by.entry(id).or_default();
@@ -483,12 +523,27 @@ impl Observer {
             let Some(d) = self.decided.get(&id) else {
                 continue;
             };
-            for c in d.commands.clone().iter() {
-                if self.applied[r].insert((c.client, c.request)) {
+            for c in d.commands.clone().iter().filter(|c| is_request(c)) {
+                let pair = (c.client, c.request);
+                if let Some(i) = refused.iter().position(|p| *p == (id, c.client, c.request)) {
+                    refused.swap_remove(i);
+                    continue;
+                }
+                if self.applied[r].insert(pair) {
                     fresh += 1;
+                } else {
+                    seen_before.push((pair, c.retry));
                 }
             }
         }
+        if let Some(p) = refused.first() {
+            self.report(
+                Check::ExactlyOnce,
+                format!("r{r} refused {p:?} as expired, but executed no such command"),
+                ids.to_vec(),
+            );
+        }
+        self.kv_refused[r] = replica.kv().refused_expired();
         let expected = self.kv_executed[r] + fresh;
         let actual = replica.kv().executed();
         self.kv_executed[r] = actual;
@@ -501,7 +556,8 @@ impl Observer {
             self.report(
                 Check::ExactlyOnce,
                 format!(
-                    "r{r} {what}: executing {} applied {} commands, {fresh} of them new",
+                    "r{r} {what}: executing {} applied {} commands, {fresh} of them new \
+                     (requests executed here before, with their retry flags: {seen_before:?})",
                     ShowDeps(Some(ids)),
                     actual - (expected - fresh)
                 ),
@@ -674,7 +730,9 @@ impl std::fmt::Display for Conflict {
 pub fn keys_of(commands: &[Command]) -> Vec<(Conflict, bool)> {
     let mut keys: BTreeMap<Conflict, bool> = BTreeMap::new();
     for c in commands {
-        *keys.entry(Conflict::Key(c.op.key().clone())).or_default() |= c.op.is_write();
+        if let Some(key) = c.op.key() {
+            *keys.entry(Conflict::Key(key.clone())).or_default() |= c.op.is_write();
+        }
         keys.insert(Conflict::Session(c.client), true);
     }
     keys.into_iter().collect()
@@ -836,7 +894,7 @@ impl Graph {
     fn rep_command(&self, v: usize, key: &Conflict) -> &Command {
         let on_key = || {
             self.commands[v].iter().filter(move |c| match key {
-                Conflict::Key(k) => c.op.key() == k,
+                Conflict::Key(k) => c.op.key() == Some(k),
                 Conflict::Session(s) => c.client == *s,
             })
         };
@@ -986,4 +1044,29 @@ mod tests {
         let d = [(w2, true), (w1, true)];
         assert!(order_difference(&a, &d).is_some());
     }
+}
+
+/// Whether a command is a client's request (a session expiry is a replica's, never answered).
+fn is_request(c: &Command) -> bool {
+    !matches!(c.op, Op::Expire { .. })
+}
+
+/// The requests instance `id` applies: its commands but session expiries and those refused as
+/// expired (`refused_in`).
+fn requests_of(
+    refused_in: &HashSet<(InstanceId, ClientId, RequestId)>,
+    id: InstanceId,
+    commands: &[Command],
+) -> Vec<(ClientId, RequestId)> {
+    commands
+        .iter()
+        .filter(|c| is_request(c) && !refused_in.contains(&(id, c.client, c.request)))
+        .map(|c| (c.client, c.request))
+        .collect()
+}
+
+/// After a restart or rejoin: the store applied `actual` requests, and the executed instances
+/// hold `expected` distinct ones that were not refused as expired (`_refused` refusals in all).
+fn applied_matches(actual: u64, _refused: u64, expected: u64) -> bool {
+    actual == expected
 }

@@ -146,6 +146,16 @@ pub struct Config {
     /// The test that built this configuration by hand, to name in the replay command; `None`
     /// for `Config::random(seed)`, which `SIM_SEED` replays.
     pub scenario: Option<&'static str>,
+    /// `Options::session_ttl` of every replica: short, so that sessions expire within a run.
+    pub session_ttl: Duration,
+    /// Each replica's wall clock is the simulated time plus a skew drawn in
+    /// `-skew_max..=skew_max` (commands are stamped with it, expiries proposed by it).
+    pub skew_max: Duration,
+    /// Probability that a client, after an answer, goes idle for longer than the TTL (two to
+    /// three TTLs plus the largest skew): its session expires meanwhile, and on waking it sends
+    /// a late retry of its last request (answered as before, or refused as expired: never
+    /// executed again) and then its next request (refused as expired: it starts a new session).
+    pub sleep_chance: f64,
 }
 
 impl Config {
@@ -201,6 +211,10 @@ impl Config {
             // Drawn after everything above, for the same reason.
             wipes: usize::from(r.chance(0.15)),
             sabotage_rejoin_without_horizons: false,
+            // Drawn after everything above, for the same reason.
+            session_ttl: ms(r.range(200, 2000)),
+            skew_max: *r.pick(&[ms(0), ms(20), ms(300)]),
+            sleep_chance: *r.pick(&[0.0, 0.02, 0.1]),
         }
     }
 
@@ -250,6 +264,9 @@ impl Config {
             sabotage: Sabotage::default(),
             sabotage_only: None,
             scenario: Some(scenario),
+            session_ttl: Duration::from_secs(60),
+            skew_max: ms(0),
+            sleep_chance: 0.0,
         }
     }
 }
@@ -309,6 +326,13 @@ impl fmt::Display for Config {
                 self.checkpoint_crash * 100.0
             )?;
         }
+        write!(
+            f,
+            " session_ttl={:?} skew_max={:?} sleep={}%",
+            self.session_ttl,
+            self.skew_max,
+            self.sleep_chance * 100.0
+        )?;
         if self.sabotage_disk {
             write!(f, " sabotage_disk")?;
         }
@@ -412,6 +436,11 @@ pub struct Stats {
     pub still_abstaining: u64,
     /// The store digest of every live replica at the end of the run.
     pub final_digests: Vec<u64>,
+    /// Sessions removed by executed expiries (summed over replicas), client answers "session
+    /// expired" (the session renewed), and late retries sent after a sleep.
+    pub sessions_expired: u64,
+    pub expired_answers: u64,
+    pub late_retries: u64,
 }
 
 /// The result of one run.
@@ -483,6 +512,8 @@ enum Event {
     /// A replica's timer, for one incarnation (a restart starts a new chain of ticks).
     Tick(usize, u64),
     ClientNext(usize),
+    /// A client wakes from a sleep longer than the TTL: a late retry, then its next request.
+    ClientWake(usize),
     Request {
         replica: usize,
         token: Token,
@@ -490,6 +521,8 @@ enum Event {
     },
     Response {
         client: usize,
+        /// The session the request was sent in (a client renews its session on expiry).
+        session: ClientId,
         request: u64,
         result: Result<OpResult, ReplyError>,
     },
@@ -547,8 +580,12 @@ struct Client {
     current: Option<Current>,
     /// The last value this client saw per key (CAS expects it).
     last_seen: BTreeMap<Bytes, Option<Bytes>>,
-    /// Results received per request: retries must all be answered alike.
-    answers: BTreeMap<u64, OpResult>,
+    /// Results received per session and request: retries must all be answered alike.
+    answers: BTreeMap<(ClientId, u64), OpResult>,
+    /// Sessions this client started (its id is derived from it).
+    sessions: u64,
+    /// The last request answered, for a late retry after a sleep.
+    last_done: Option<Command>,
 }
 
 /// One operation of the client-observed history.
@@ -560,6 +597,16 @@ struct HistOp {
     ret: Option<u64>,
     result: Option<OpResult>,
 }
+
+/// The id of client `c`'s `session`-th session (a client starts a new one when its session
+/// expired): distinct for every client and session, never 0.
+fn session_id(c: usize, session: u64) -> ClientId {
+    ClientId(((c as u64 + 1) << 32) | session)
+}
+
+/// Where every replica's wall clock starts (Unix milliseconds, late 2023): the runtime's clock
+/// is far from 0, and 0 means "no clock" to the core.
+const EPOCH_MS: u64 = 1_700_000_000_000;
 
 /// The incarnation of a replica's `generation`-th data directory (wipes bump it).
 fn incarnation_of(generation: u64) -> Incarnation {
@@ -622,7 +669,9 @@ pub struct Sim {
     healed_at: Duration,
     keys: Vec<Bytes>,
     clients: Vec<Client>,
-    tokens: BTreeMap<Token, (usize, u64)>,
+    tokens: BTreeMap<Token, (usize, u64, ClientId)>,
+    /// Per replica: how far its wall clock is off the simulated time, in milliseconds.
+    skew_ms: Vec<i64>,
     next_token: Token,
     history: Vec<HistOp>,
     /// Logical clock of the history: orders invocations and returns strictly.
@@ -655,6 +704,7 @@ impl Sim {
                 o.retry_max = o.retry_max.max(cfg.retry);
                 o.fetch_after = cfg.fetch_after;
                 o.gc_executed = cfg.gc_executed;
+                o.session_ttl = cfg.session_ttl;
                 if cfg.sabotage_only.is_none_or(|r| r == i) {
                     o.sabotage = cfg.sabotage.clone();
                 }
@@ -687,12 +737,20 @@ impl Sim {
             .collect();
         let clients = (0..cfg.clients + cfg.keys)
             .map(|c| Client {
-                id: ClientId(c as u64 + 1),
+                id: session_id(c, 0),
                 next_request: 1,
                 current: None,
                 last_seen: BTreeMap::new(),
                 answers: BTreeMap::new(),
+                sessions: 0,
+                last_done: None,
             })
+            .collect();
+        // Apart from `rng`, so that the other draws of a run stay what they were.
+        let mut skew_rng = Rng::new(cfg.seed ^ 0x5c3e_0c10_c4ab_1e55);
+        let skew_max = cfg.skew_max.as_millis() as u64;
+        let skew_ms = (0..n)
+            .map(|_| skew_rng.range(0, 2 * skew_max) as i64 - skew_max as i64)
             .collect();
         let mut sim = Sim {
             rng: Rng::new(cfg.seed),
@@ -724,6 +782,7 @@ impl Sim {
             keys,
             clients,
             tokens: BTreeMap::new(),
+            skew_ms,
             next_token: 1,
             history: Vec::new(),
             stamp: 0,
@@ -905,9 +964,11 @@ impl Sim {
             }
             Event::Response {
                 client,
+                session,
                 request,
                 result,
-            } => self.on_response(client, request, result),
+            } => self.on_response(client, session, request, result),
+            Event::ClientWake(c) => self.on_wake(c),
             Event::ClientTimeout {
                 client,
                 request,
@@ -955,7 +1016,7 @@ impl Sim {
     }
 
     fn lost_request(&mut self, replica: usize, token: Token) {
-        if let Some(&(client, request)) = self.tokens.get(&token) {
+        if let Some(&(client, request, _)) = self.tokens.get(&token) {
             self.trace.record(
                 self.now,
                 What::RequestLost {
@@ -1006,6 +1067,7 @@ impl Sim {
         if !self.alive(r) || incarnation != self.incarnation[r] {
             return;
         }
+        self.set_wall_clock(r);
         self.nodes[r].tick(self.now);
         self.after_input(r);
         self.ticks[r] += 1;
@@ -1015,6 +1077,12 @@ impl Sim {
             self.check_invariants(r);
         }
         self.schedule(TICK, Event::Tick(r, incarnation));
+    }
+
+    /// Replica `r`'s wall clock: the simulated time, skewed (see `Config::skew_max`).
+    fn set_wall_clock(&mut self, r: usize) {
+        let wall = (EPOCH_MS + self.now.as_millis() as u64).saturating_add_signed(self.skew_ms[r]);
+        self.nodes[r].set_wall_clock_ms(wall);
     }
 
     fn check_invariants(&mut self, r: usize) {
@@ -1039,6 +1107,7 @@ impl Sim {
     /// Like the runtime, the replica's records reach its disk before anything else of the
     /// `Ready` is carried out; a torn crash (see `Life::Torn`) happens here instead.
     fn after_input(&mut self, r: usize) {
+        self.set_wall_clock(r);
         self.nodes[r].flush(self.now);
         // After every step: a broken invariant is caught at the step that broke it.
         if let Err(e) = self.nodes[r].check_step_invariants() {
@@ -1128,6 +1197,7 @@ impl Sim {
                 },
             );
         }
+        self.stats.sessions_expired += ready.sessions_expired;
         if !self.caught_up[r] {
             self.abstaining(r);
         }
@@ -1144,11 +1214,15 @@ impl Sim {
                     },
                 );
             }
-            self.observer
-                .on_executed(r, self.nodes[r].replica(), &ready.executed);
+            self.observer.on_executed(
+                r,
+                self.nodes[r].replica(),
+                &ready.executed,
+                &ready.refused_expired,
+            );
         }
         for reply in ready.replies {
-            let Some(&(client, request)) = self.tokens.get(&reply.token) else {
+            let Some(&(client, request, session)) = self.tokens.get(&reply.token) else {
                 self.violations.push(Violation {
                     check: Check::ExactlyOnce,
                     detail: format!("r{r} answered unknown token {}", reply.token),
@@ -1164,6 +1238,7 @@ impl Sim {
                 after,
                 Event::Response {
                     client,
+                    session,
                     request,
                     result: reply.result,
                 },
@@ -1450,11 +1525,7 @@ impl Sim {
         );
         let request = client.next_request;
         client.next_request += 1;
-        let cmd = Command {
-            client: client.id,
-            request: RequestId(request),
-            op: op.clone(),
-        };
+        let cmd = Command::new(client.id, RequestId(request), op.clone());
         self.stamp += 1;
         self.history.push(HistOp {
             client: c,
@@ -1491,10 +1562,12 @@ impl Sim {
             (None, 1) if same => cur.replica,
             (None, _) => (cur.replica + 1) % n,
         };
+        // Every attempt after the first may follow one that executed.
+        cur.cmd.retry = cur.attempt > 0;
         cur.attempt += 1;
         let (request, attempt, cmd, replica) =
             (cur.request, cur.attempt, cur.cmd.clone(), cur.replica);
-        self.tokens.insert(token, (c, request));
+        self.tokens.insert(token, (c, request, cmd.client));
         self.trace.record(
             self.now,
             What::Request {
@@ -1536,13 +1609,56 @@ impl Sim {
         );
     }
 
-    fn on_response(&mut self, c: usize, request: u64, result: Result<OpResult, ReplyError>) {
-        let is_current = self.clients[c]
-            .current
-            .as_ref()
-            .is_some_and(|cur| cur.request == request);
+    fn on_response(
+        &mut self,
+        c: usize,
+        session: ClientId,
+        request: u64,
+        result: Result<OpResult, ReplyError>,
+    ) {
+        let is_current = self.clients[c].id == session
+            && self.clients[c]
+                .current
+                .as_ref()
+                .is_some_and(|cur| cur.request == request);
         let result = match result {
             Ok(r) => r,
+            Err(ReplyError::Expired(_)) => {
+                // The session expired: whether the request executed is unknown (an earlier
+                // attempt may have, before the expiry), like a request never answered. The
+                // history keeps it open; the client goes on in a new session.
+                self.stats.expired_answers += 1;
+                self.trace.record(
+                    self.now,
+                    What::Reply {
+                        client: c,
+                        request,
+                        result: "session expired".into(),
+                    },
+                );
+                if is_current {
+                    let client = &mut self.clients[c];
+                    client.current = None;
+                    client.sessions += 1;
+                    client.id = session_id(c, client.sessions);
+                    client.next_request = 1;
+                    client.last_done = None;
+                    self.schedule_next_op(c);
+                }
+                return;
+            }
+            Err(ReplyError::ResultNotKept(_)) => {
+                // Simulated values are far below the bound: every result is kept.
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail: format!(
+                        "client {c}'s request {request} was answered ResultNotKept, but every \
+                         simulated result is small enough to keep"
+                    ),
+                    instances: Vec::new(),
+                });
+                return;
+            }
             Err(ReplyError::Stale) => {
                 // Only a request older than the session's last executed one is stale; a
                 // session never moves past its current request.
@@ -1579,7 +1695,7 @@ impl Sim {
             },
         );
         let client = &mut self.clients[c];
-        if let Some(before) = client.answers.get(&request) {
+        if let Some(before) = client.answers.get(&(session, request)) {
             if *before != result {
                 let detail =
                     format!("client {c} request {request} answered {before:?} and {result:?}");
@@ -1590,7 +1706,7 @@ impl Sim {
                 });
             }
         } else {
-            client.answers.insert(request, result.clone());
+            client.answers.insert((session, request), result.clone());
         }
         if !is_current {
             return;
@@ -1598,24 +1714,75 @@ impl Sim {
         let Some(cur) = client.current.take() else {
             return;
         };
-        let key = cur.cmd.op.key().clone();
+        let key = cur.cmd.op.key().cloned().unwrap_or_default();
         let seen = match &cur.cmd.op {
             Op::Get { .. } => result.found.then(|| result.value.clone()),
             Op::Put { value, .. } => Some(value.clone()),
             Op::Delete { .. } => None,
             Op::Cas { new, .. } if result.success => Some(new.clone()),
             Op::Cas { .. } => result.found.then(|| result.value.clone()),
+            Op::Expire { .. } => None,
         };
         client.last_seen.insert(key, seen);
         self.stamp += 1;
+        client.last_done = Some(cur.cmd.clone());
         let h = &mut self.history[cur.hist];
         h.ret = Some(self.stamp);
         h.result = Some(result);
         self.stats.ops_done += 1;
-        if self.cfg.random_ops && !self.settling && c < self.cfg.clients {
-            let think = self.rng.range(0, self.cfg.think_max.as_micros() as u64);
-            self.schedule(Duration::from_micros(think), Event::ClientNext(c));
+        self.schedule_next_op(c);
+    }
+
+    /// A random client's next operation after a pause: usually a short think, sometimes a
+    /// sleep long enough for its session to expire (see `Config::sleep_chance`).
+    fn schedule_next_op(&mut self, c: usize) {
+        if !self.cfg.random_ops || self.settling || c >= self.cfg.clients {
+            return;
         }
+        if self.rng.chance(self.cfg.sleep_chance) {
+            let ttl = self.cfg.session_ttl.as_micros() as u64;
+            let skew = self.cfg.skew_max.as_micros() as u64;
+            let sleep = self.rng.range(2 * ttl, 3 * ttl) + 2 * skew;
+            self.schedule(Duration::from_micros(sleep), Event::ClientWake(c));
+            return;
+        }
+        let think = self.rng.range(0, self.cfg.think_max.as_micros() as u64);
+        self.schedule(Duration::from_micros(think), Event::ClientNext(c));
+    }
+
+    /// A client wakes after a sleep: it sends a late retry of its last answered request (the
+    /// same command, marked a retry) to a random replica, then goes on with its next request.
+    /// The retry must get the original answer or "session expired", never execute again.
+    fn on_wake(&mut self, c: usize) {
+        if let Some(cmd) = self.clients[c].last_done.clone() {
+            let cmd = Command { retry: true, ..cmd };
+            let replica = self.rng.index(self.cfg.n);
+            let token = self.next_token;
+            self.next_token += 1;
+            self.tokens.insert(token, (c, cmd.request.0, cmd.client));
+            self.stats.late_retries += 1;
+            self.trace.record(
+                self.now,
+                What::Request {
+                    client: c,
+                    request: cmd.request.0,
+                    replica,
+                    op: format!("late retry {:?}", cmd.op),
+                    attempt: 0,
+                },
+            );
+            let after = self.client_latency();
+            self.schedule(
+                after,
+                Event::Request {
+                    replica,
+                    token,
+                    cmd,
+                },
+            );
+        }
+        let think = self.rng.range(0, 5_000);
+        self.schedule(Duration::from_micros(think), Event::ClientNext(c));
     }
 
     // ---- faults -----------------------------------------------------------------------------
@@ -2164,6 +2331,22 @@ impl Sim {
                     });
                     return;
                 }
+                let sessions = |r: usize| self.nodes[r].replica().kv().sessions();
+                let (sa, sb) = (sessions(a), sessions(b));
+                if sa.digest() != sb.digest() {
+                    self.violations.push(Violation {
+                        check: Check::Convergence,
+                        detail: format!(
+                            "r{a} and r{b} executed the same {} instances but their session \
+                             tables differ ({} vs {} sessions)",
+                            ea.len(),
+                            sa.len(),
+                            sb.len()
+                        ),
+                        instances: Vec::new(),
+                    });
+                    return;
+                }
             }
         }
     }
@@ -2187,6 +2370,8 @@ impl Sim {
                         new: intern(new),
                     },
                 ),
+                // Clients never send expiries: the history holds client requests only.
+                Op::Expire { .. } => continue,
             };
             let result = h.result.as_ref().map(|r| RegResult {
                 found: r.found,
@@ -2226,7 +2411,7 @@ impl Sim {
                 .map(|&i| show(i))
                 .collect();
             let whole: Vec<String> = (0..self.history.len())
-                .filter(|&i| self.history[i].op.key() == &key)
+                .filter(|&i| self.history[i].op.key() == Some(&key))
                 .take(HISTORY_SHOWN)
                 .map(show)
                 .collect();

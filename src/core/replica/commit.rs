@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Committed, Path, Replica, Time};
+use crate::core::command::Command;
 use crate::core::ids::{Ballot, InstanceId};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::Commands;
@@ -76,7 +77,13 @@ impl Replica {
             for cmd in old.iter() {
                 if self.clients.contains_key(&(cmd.client, cmd.request)) {
                     self.pending_bytes += cmd.op.size_bytes();
-                    self.pending.push_back(cmd.clone());
+                    // A second copy: the first may yet be decided and executed (this replica
+                    // saw it replaced by a no-op in a recovery that may lose), so it is a
+                    // retry, which never starts a session again once that one expired.
+                    self.pending.push_back(Command {
+                        retry: true,
+                        ..cmd.clone()
+                    });
                 }
             }
         }

@@ -7,7 +7,7 @@ use super::waiting::Waiting;
 use super::{Replica, Reply, ReplyError, Time};
 use crate::core::command::OpResult;
 use crate::core::execute::{self, Node, Outcome};
-use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::ids::{InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Status;
 use crate::core::kv::{self, Applied};
 use crate::core::message::Message;
@@ -83,19 +83,34 @@ impl Replica {
         for cmd in commands.iter() {
             let applied = if self.opts.sabotage.skip_dedup {
                 self.kv.apply_without_dedup(cmd)
+            } else if self.opts.sabotage.retry_starts_session {
+                self.kv.apply_trusting_retries(cmd, id.replica)
             } else {
-                self.kv.apply(cmd)
+                self.kv.apply(cmd, id.replica)
             };
+            match applied {
+                Applied::Expiry { removed } => {
+                    self.expiring.remove(&cmd.client);
+                    self.ready.sessions_expired += u64::from(removed);
+                    continue;
+                }
+                Applied::Expired => self
+                    .ready
+                    .refused_expired
+                    .push((id, cmd.client, cmd.request)),
+                _ => {}
+            }
             if let Some(tokens) = self.clients.remove(&(cmd.client, cmd.request)) {
                 let print = kv::fingerprint(&cmd.op);
-                let result = reply_of_applied(applied);
+                let result = reply_of_applied(applied, cmd.request);
                 for (token, theirs) in tokens {
                     // A client that joined this request's waiting list with another command
                     // gets what that command would get now (its retry's answer, or Reused).
                     let result = if theirs == print {
                         result.clone()
                     } else {
-                        reply_of_applied(self.kv.peek(cmd.client, cmd.request, theirs))
+                        let now = self.kv.peek(cmd.client, cmd.request, theirs);
+                        reply_of_applied(now, cmd.request)
                     };
                     self.ready.replies.push(Reply { token, result });
                 }
@@ -151,10 +166,13 @@ impl Replica {
 }
 
 /// What a client is told about its command's application.
-fn reply_of_applied(applied: Applied) -> Result<OpResult, ReplyError> {
+fn reply_of_applied(applied: Applied, request: RequestId) -> Result<OpResult, ReplyError> {
     match applied {
         Applied::Executed(r) | Applied::Duplicate(r) => Ok(r),
         Applied::Stale => Err(ReplyError::Stale),
         Applied::Reused => Err(ReplyError::Reused),
+        Applied::Expired => Err(ReplyError::Expired(request.0)),
+        Applied::ResultNotKept => Err(ReplyError::ResultNotKept(request.0)),
+        Applied::Expiry { .. } => unreachable!("nobody waits for a session expiry"),
     }
 }

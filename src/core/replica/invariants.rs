@@ -19,6 +19,7 @@ impl Replica {
     /// every instance: [`Replica::check_step_invariants`] is the cheap check for every step.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.check_step_invariants()?;
+        self.kv.sessions().check()?;
         let mut unexecuted = 0;
         for (id, inst) in &self.instances {
             if inst.status == Status::Committed {

@@ -22,7 +22,16 @@ impl Replica {
             }
             take += 1;
         }
-        let commands: Vec<Command> = self.pending.drain(..take).collect();
+        // Stamped now, once: every replica then sees the same time (see `session`).
+        let wall_ms = self.wall_ms;
+        let commands: Vec<Command> = self
+            .pending
+            .drain(..take)
+            .map(|cmd| Command {
+                time_ms: wall_ms,
+                ..cmd
+            })
+            .collect();
         self.pending_bytes -= commands.iter().map(|c| c.op.size_bytes()).sum::<usize>();
         let mut deps = Vec::new();
         if !self.opts.sabotage.forget_deps {

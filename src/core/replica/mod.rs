@@ -42,12 +42,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::core::checkpoint::Checkpoint;
-use crate::core::command::{Command, OpResult};
+use crate::core::command::{Command, Op, OpResult};
 use crate::core::deps::ConflictIndex;
 use crate::core::execute;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::kv::{self, KvStore};
+use crate::core::limits;
 use crate::core::message::Message;
 use crate::core::quorum;
 
@@ -124,6 +125,14 @@ pub struct Replica {
     next_catch_up: Time,
     /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
     last_heard: Vec<Time>,
+    /// The wall clock (Unix milliseconds) the shell last reported; 0: none yet. Stamped on the
+    /// commands this replica takes into instances; decides which expiries to propose.
+    wall_ms: u64,
+    /// Sessions whose expiry this replica proposed and has not seen executed, with when:
+    /// not proposed again meanwhile (one whose instance became a no-op is, after a TTL).
+    expiring: BTreeMap<ClientId, Time>,
+    /// What restoring from the log refused as expired while it executed again (for checks).
+    replayed_refusals: Vec<(InstanceId, ClientId, RequestId)>,
     ready: Ready,
 }
 
@@ -161,6 +170,9 @@ impl Replica {
             next_watermark: Duration::ZERO,
             next_catch_up: Duration::ZERO,
             last_heard: vec![Duration::ZERO; opts.n],
+            wall_ms: 0,
+            expiring: BTreeMap::new(),
+            replayed_refusals: Vec::new(),
             ready: Ready::default(),
             opts,
         }
@@ -280,6 +292,7 @@ impl Replica {
         // Re-execution answers nobody: those clients are gone.
         r.ready.replies.clear();
         r.ready.executed.clear();
+        r.replayed_refusals = std::mem::take(&mut r.ready.refused_expired);
         r
     }
 
@@ -289,6 +302,12 @@ impl Replica {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// Commands that restoring this replica refused as expired while it executed its log
+    /// again (for the simulator's exactly-once check).
+    pub fn replayed_refusals(&self) -> &[(InstanceId, ClientId, RequestId)] {
+        &self.replayed_refusals
     }
 
     pub fn kv(&self) -> &KvStore {
@@ -328,6 +347,13 @@ impl Replica {
         std::mem::take(&mut self.ready)
     }
 
+    /// The wall clock, in Unix milliseconds, as the shell reads it (the core reads no clock):
+    /// stamped on the commands this replica takes into instances from now on, and what it
+    /// proposes session expiries by. The simulator gives each replica its own skewed clock.
+    pub fn set_wall_clock_ms(&mut self, wall_ms: u64) {
+        self.wall_ms = wall_ms;
+    }
+
     /// Queues a client command. It starts in an instance at the next [`Replica::flush`].
     pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
         let queued = self.queue_proposal(token, cmd);
@@ -338,7 +364,17 @@ impl Replica {
     fn queue_proposal(&mut self, token: Token, cmd: Command) -> Result<(), Overloaded> {
         let full_bytes = self.pending_bytes + cmd.op.size_bytes() > self.opts.pending_bytes_max;
         if self.pending.len() >= self.opts.pending_max || (full_bytes && !self.pending.is_empty()) {
-            return Err(Overloaded(self.pending.len()));
+            return Err(Overloaded::Proposals(self.pending.len()));
+        }
+        // A request that would open a session while the table is full. Refused here, before
+        // consensus, so the decision may differ between replicas; a session's own requests
+        // are never refused for it.
+        let sessions = self.kv.sessions();
+        if cmd.request == RequestId(1)
+            && sessions.len() >= self.opts.sessions_max
+            && sessions.get(&cmd.client).is_none()
+        {
+            return Err(Overloaded::Sessions(sessions.len()));
         }
         if self.opts.sabotage.local_reads {
             if let crate::core::command::Op::Get { key } = &cmd.op {
@@ -392,8 +428,10 @@ impl Replica {
         if std::mem::take(&mut self.forgotten) {
             // Commands whose clients all gave up before they were proposed (see `forget`).
             let clients = &self.clients;
-            self.pending
-                .retain(|cmd| clients.contains_key(&(cmd.client, cmd.request)));
+            self.pending.retain(|cmd| {
+                matches!(cmd.op, Op::Expire { .. })
+                    || clients.contains_key(&(cmd.client, cmd.request))
+            });
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
         while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
@@ -505,6 +543,7 @@ impl Replica {
         }
         self.fetch_missing(now);
         self.recover_stuck(now);
+        self.propose_expiries(now);
         if self.opts.gc_executed {
             self.collect_garbage();
         }
@@ -518,6 +557,45 @@ impl Replica {
             self.send(self.peers(), msg);
         } else if now >= self.next_catch_up {
             self.catch_up(now);
+        }
+    }
+
+    /// Proposes the expiry of sessions idle for the TTL by this replica's wall clock: those whose
+    /// last command it led, and those any replica led idle for twice the TTL (their leader may
+    /// be gone). At most `EXPIRIES_PER_TICK_MAX` per tick and `EXPIRIES_IN_FLIGHT_MAX` unseen;
+    /// the expiries wait with the client proposals and batch with them. Whether an expiry
+    /// removes the session is decided when it executes, alike everywhere (see `session`).
+    fn propose_expiries(&mut self, now: Time) {
+        let ttl = self.opts.session_ttl.as_millis() as u64;
+        let (Some(own_since), true) = (self.wall_ms.checked_sub(ttl), self.wall_ms > 0) else {
+            return; // no wall clock yet, or not one TTL past the epoch
+        };
+        let any_since = own_since.saturating_sub(ttl);
+        // An expiry not seen executed after a TTL (its instance became a no-op) may go again.
+        let session_ttl = self.opts.session_ttl;
+        self.expiring
+            .retain(|_, at| now.saturating_sub(*at) < session_ttl);
+        let room = limits::EXPIRIES_IN_FLIGHT_MAX.saturating_sub(self.expiring.len());
+        let room = room
+            .min(limits::EXPIRIES_PER_TICK_MAX)
+            .min(self.opts.pending_max.saturating_sub(self.pending.len()));
+        if room == 0 {
+            return;
+        }
+        let expiring = &self.expiring;
+        let idle =
+            self.kv
+                .sessions()
+                .idle(self.opts.id, self.opts.n, own_since, any_since, room, |c| {
+                    expiring.contains_key(&c)
+                });
+        for client in idle {
+            if self.opts.sabotage.expire_locally {
+                self.kv.forget_session_locally(client);
+                continue;
+            }
+            self.expiring.insert(client, now);
+            self.pending.push_back(Command::expire(client, own_since));
         }
     }
 

@@ -48,6 +48,11 @@ pub struct Options {
     /// committed (through Watermarks): nobody can need their Commit from us any more. Off by
     /// default so that tests can inspect every instance; the replica binary turns it on.
     pub gc_executed: bool,
+    /// A client session idle this long is expired (see `session`); its late retries are then
+    /// refused as expired instead of answered.
+    pub session_ttl: Duration,
+    /// Most sessions in the table before requests that would open a new one are refused.
+    pub sessions_max: usize,
     /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
     /// production; nothing outside tests sets them.
     pub sabotage: Sabotage,
@@ -84,6 +89,12 @@ pub struct Sabotage {
     /// Accept any Watermark, however impossible (peers then drop from memory what the liar
     /// still needs, and it never gets those Commits again: liveness breaks).
     pub trust_watermarks: bool,
+    /// Expire idle sessions by this replica's own clock, straight from its table, instead of
+    /// through a replicated expiry (replicas then disagree on which retries are answered).
+    pub expire_locally: bool,
+    /// A retry whose session is not in the table starts a new session and executes (a late
+    /// retry of an expired session executes twice).
+    pub retry_starts_session: bool,
 }
 
 impl Options {
@@ -107,6 +118,8 @@ impl Options {
             watermark_commits_max: limits::WATERMARK_COMMITS_MAX,
             catch_up_every: Duration::from_millis(10),
             gc_executed: false,
+            session_ttl: limits::SESSION_TTL,
+            sessions_max: limits::SESSIONS_MAX,
             sabotage: Sabotage::default(),
         }
     }
@@ -126,6 +139,7 @@ impl Options {
             ("pending_max", self.pending_max),
             ("pending_bytes_max", self.pending_bytes_max),
             ("inflight_max", self.inflight_max),
+            ("sessions_max", self.sessions_max),
         ] {
             if v == 0 {
                 return Err(OptionsError::Zero(name));
@@ -140,6 +154,9 @@ impl Options {
             || self.suspect_after <= self.watermark_every
         {
             return Err(OptionsError::Timers);
+        }
+        if self.session_ttl < limits::SESSION_TTL_MIN {
+            return Err(OptionsError::SessionTtl(self.session_ttl));
         }
         Ok(())
     }
@@ -159,4 +176,9 @@ pub enum OptionsError {
          exceed watermark_every"
     )]
     Timers,
+    #[error(
+        "session TTL {0:?} is too short: at least {min:?}",
+        min = limits::SESSION_TTL_MIN
+    )]
+    SessionTtl(Duration),
 }

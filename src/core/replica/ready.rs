@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Token;
 use crate::core::command::OpResult;
-use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::message::Message;
 
@@ -37,6 +37,21 @@ pub enum ReplyError {
          executed: send the command with a new request id"
     )]
     Reused,
+    /// The session expired (idle too long) and this request cannot start a new one: whether
+    /// an earlier attempt of it executed is unknown, and it was not executed now.
+    #[error(
+        "{prefix}: the outcome of request {0} is unknown (an earlier attempt may have executed); \
+         it was not executed now; start a new session (a new client_id)",
+        prefix = crate::core::session::EXPIRED_PREFIX
+    )]
+    Expired(u64),
+    /// A retry of a compare-and-set that executed and failed; the value it found was too
+    /// large to keep for a retry.
+    #[error(
+        "request {0} executed once already: the compare-and-set failed, and the value it found \
+         was too large to keep for a retry; read the key to learn it"
+    )]
+    ResultNotKept(u64),
 }
 
 /// A peer message refused, never applied: it could not come from a correct peer, or it
@@ -77,10 +92,19 @@ impl Contradiction {
     }
 }
 
-/// The proposal queue is full.
+/// A proposal refused before it entered the protocol (RESOURCE_EXHAUSTED).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("replica overloaded: {0} proposals already waiting")]
-pub struct Overloaded(pub usize);
+pub enum Overloaded {
+    /// The proposal queue is full.
+    #[error("replica overloaded: {0} proposals already waiting")]
+    Proposals(usize),
+    /// The request would open a session, and the session table is full.
+    #[error(
+        "replica holds {0} client sessions, its limit: no new session until idle ones expire; \
+         retry later or use an existing session"
+    )]
+    Sessions(usize),
+}
 
 /// An instance became committed here.
 #[derive(Debug, Clone)]
@@ -171,4 +195,9 @@ pub struct Ready {
     pub refused: Vec<Refused>,
     /// Peer messages refused as impossible (nothing else came of them).
     pub rejected: Vec<Rejected>,
+    /// Sessions removed by expiries executed here.
+    pub sessions_expired: u64,
+    /// Commands refused as expired (`ReplyError::Expired`), with their instance, in execution
+    /// order, whether or not a client waits for them here.
+    pub refused_expired: Vec<(InstanceId, ClientId, RequestId)>,
 }

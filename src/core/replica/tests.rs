@@ -34,6 +34,8 @@ fn put(client: u64, key: &'static str) -> Command {
             key: Bytes::from_static(key.as_bytes()),
             value: Bytes::from_static(b"v"),
         },
+        time_ms: 0,
+        retry: false,
     }
 }
 
@@ -524,6 +526,8 @@ fn a_reused_request_id_is_answered_reused_and_not_applied() {
         op: Op::Get {
             key: Bytes::from_static(b"k"),
         },
+        time_ms: 0,
+        retry: false,
     };
     let put = Command {
         op: Op::Put {
