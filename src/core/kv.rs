@@ -570,6 +570,167 @@ mod tests {
         ));
     }
 
+    fn at(mut c: Command, time_ms: u64) -> Command {
+        c.time_ms = time_ms;
+        c
+    }
+
+    /// The session rules of `session`: activity keeps a session alive, an expiry removes it
+    /// only if it was idle since the cut-off, and then only a first attempt of request 1 starts
+    /// a session; a late retry, or a later request, is refused and never executed.
+    #[test]
+    fn sessions_expire_only_when_idle_and_late_retries_are_refused() {
+        let mut kv = KvStore::new();
+        let put = |req, v: &str| {
+            cmd(
+                7,
+                req,
+                Op::Put {
+                    key: b("k"),
+                    value: b(v),
+                },
+            )
+        };
+        assert!(matches!(
+            kv.apply(&at(put(1, "a"), 1_000), R0),
+            Applied::Executed(_)
+        ));
+        // A retry at 5,000 is activity: an expiry of what was idle since 4,000 finds it active.
+        let retry = Command {
+            retry: true,
+            ..at(put(1, "a"), 5_000)
+        };
+        assert!(matches!(
+            kv.apply(&retry, ReplicaId(2)),
+            Applied::Duplicate(_)
+        ));
+        let s = kv.sessions().get(&ClientId(7)).expect("session");
+        assert_eq!((s.last_time_ms, s.leader), (5_000, ReplicaId(2)));
+        let expire = |since| Command::expire(ClientId(7), since);
+        assert_eq!(
+            kv.apply(&expire(4_000), R0),
+            Applied::Expiry { removed: false }
+        );
+        assert_eq!(
+            kv.apply(&expire(5_000), R0),
+            Applied::Expiry { removed: true }
+        );
+        assert!(kv.sessions().is_empty());
+        let (executed, digest) = (kv.executed(), kv.digest());
+        // A late retry of request 1, and the next request: refused, nothing executed.
+        assert_eq!(kv.apply(&retry, R0), Applied::Expired);
+        assert_eq!(kv.apply(&put(2, "b"), R0), Applied::Expired);
+        assert_eq!((kv.executed(), kv.digest()), (executed, digest));
+        assert_eq!(kv.refused_expired(), 2);
+        assert!(kv.sessions().is_empty(), "a refusal starts no session");
+        // A first attempt of request 1 starts a session; an expiry of an absent one is a no-op.
+        assert!(matches!(kv.apply(&put(1, "c"), R0), Applied::Executed(_)));
+        assert_eq!(kv.get(b"k"), Some(&b("c")));
+        assert_eq!(
+            kv.apply(&Command::expire(ClientId(8), u64::MAX), R0),
+            Applied::Expiry { removed: false }
+        );
+        // The sabotage: the late retry executes again.
+        let mut bad = KvStore::new();
+        bad.apply(&put(1, "a"), R0);
+        bad.apply(&expire(u64::MAX), R0);
+        assert!(matches!(
+            bad.apply_trusting_retries(&retry, R0),
+            Applied::Executed(_)
+        ));
+        assert_eq!(bad.executed(), 2, "executed twice");
+    }
+
+    /// Large results are not kept: a retried GET reads again, a retried successful CAS answers
+    /// from its expected value, a retried failed CAS is told its value is gone.
+    #[test]
+    fn large_results_are_not_kept_and_retries_still_get_true_answers() {
+        let big = Bytes::from(vec![
+            b'x';
+            crate::core::limits::SESSION_RESULT_BYTES_MAX + 1
+        ]);
+        let mut kv = KvStore::new();
+        kv.apply(
+            &cmd(
+                1,
+                1,
+                Op::Put {
+                    key: b("k"),
+                    value: big.clone(),
+                },
+            ),
+            R0,
+        );
+        let get = cmd(2, 1, Op::Get { key: b("k") });
+        assert_eq!(
+            kv.apply(&get, R0).result().map(|r| r.value.clone()),
+            Some(big.clone())
+        );
+        assert!(kv.sessions().size_bytes() < 1024, "the value is not kept");
+        assert_eq!(
+            kv.apply(&get, R0).result().map(|r| r.value.clone()),
+            Some(big.clone())
+        );
+        let cas = |req, expected: Option<Bytes>| {
+            cmd(
+                3,
+                req,
+                Op::Cas {
+                    key: b("k"),
+                    expected,
+                    new: b("small"),
+                },
+            )
+        };
+        let failed = cas(1, None);
+        assert!(!kv.apply(&failed, R0).result().expect("ran").success);
+        assert_eq!(kv.apply(&failed, R0), Applied::ResultNotKept);
+        let won = cas(2, Some(big.clone()));
+        let first = kv.apply(&won, R0);
+        assert_eq!(kv.apply(&won, R0).result(), first.result());
+        assert_eq!(first.result().map(|r| r.value.clone()), Some(big));
+    }
+
+    /// The session table's size, before and after the bound on kept results and expiry (the
+    /// figures of issue 12: 50,000 one-request sessions, 100 sessions each reading 1 MiB).
+    #[test]
+    fn session_table_stays_small() {
+        let mut kv = KvStore::new();
+        for c in 0..50_000u64 {
+            kv.apply(&at(cmd(c + 1, 1, Op::Get { key: b("k") }), 1_000), R0);
+        }
+        let many = kv.sessions().size_bytes();
+        let mut big = KvStore::new();
+        let mib = Bytes::from(vec![0u8; 1024 * 1024]);
+        big.apply(
+            &cmd(
+                1_000_000,
+                1,
+                Op::Put {
+                    key: b("k"),
+                    value: mib,
+                },
+            ),
+            R0,
+        );
+        for c in 0..100u64 {
+            big.apply(&at(cmd(c + 1, 1, Op::Get { key: b("k") }), 1_000), R0);
+        }
+        let readers = big.sessions().size_bytes();
+        println!(
+            "session table: 50,000 one-request sessions {many} bytes ({} per session); 101 \
+             sessions of which 100 read a 1 MiB value {readers} bytes",
+            many / 50_000
+        );
+        assert!(many < 50_000 * 256, "{many}");
+        assert!(readers < 101 * 256, "{readers}");
+        // Expired, they are gone.
+        for c in 0..50_000u64 {
+            kv.apply(&Command::expire(ClientId(c + 1), 1_000), R0);
+        }
+        assert_eq!(kv.sessions().size_bytes(), 0);
+    }
+
     #[test]
     fn digest_depends_on_content_not_history() {
         let mut a = KvStore::new();
