@@ -1610,6 +1610,15 @@ fn join_reply(a: JoinAnswer) -> proto::JoinReply {
     }
 }
 
+/// The wall clock in Unix milliseconds, for the core (which reads no clock): commands are
+/// stamped with it and sessions expire by it (see `core::session`). A clock before the epoch
+/// reads as 0, which the core takes for "no clock" and then proposes no expiry.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1662,13 +1671,4 @@ mod tests {
         o.big_channel_bytes_max = u32::MAX as usize + 1;
         assert!(o.validate().is_err());
     }
-}
-
-/// The wall clock in Unix milliseconds, for the core (which reads no clock): commands are
-/// stamped with it and sessions expire by it (see `core::session`). A clock before the epoch
-/// reads as 0, which the core takes for "no clock" and then proposes no expiry.
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -1014,6 +1014,31 @@ fn tarjan(succ: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
     (comp, sizes)
 }
 
+/// Whether a command is a client's request (a session expiry is a replica's, never answered).
+fn is_request(c: &Command) -> bool {
+    !matches!(c.op, Op::Expire { .. })
+}
+
+/// The requests instance `id` applies: its commands but session expiries and those refused as
+/// expired (`refused_in`).
+fn requests_of(
+    refused_in: &HashSet<(InstanceId, ClientId, RequestId)>,
+    id: InstanceId,
+    commands: &[Command],
+) -> Vec<(ClientId, RequestId)> {
+    commands
+        .iter()
+        .filter(|c| is_request(c) && !refused_in.contains(&(id, c.client, c.request)))
+        .map(|c| (c.client, c.request))
+        .collect()
+}
+
+/// After a restart or rejoin: the store applied `actual` requests, and the executed instances
+/// hold `expected` distinct ones that were not refused as expired (`_refused` refusals in all).
+fn applied_matches(actual: u64, _refused: u64, expected: u64) -> bool {
+    actual == expected
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1044,29 +1069,4 @@ mod tests {
         let d = [(w2, true), (w1, true)];
         assert!(order_difference(&a, &d).is_some());
     }
-}
-
-/// Whether a command is a client's request (a session expiry is a replica's, never answered).
-fn is_request(c: &Command) -> bool {
-    !matches!(c.op, Op::Expire { .. })
-}
-
-/// The requests instance `id` applies: its commands but session expiries and those refused as
-/// expired (`refused_in`).
-fn requests_of(
-    refused_in: &HashSet<(InstanceId, ClientId, RequestId)>,
-    id: InstanceId,
-    commands: &[Command],
-) -> Vec<(ClientId, RequestId)> {
-    commands
-        .iter()
-        .filter(|c| is_request(c) && !refused_in.contains(&(id, c.client, c.request)))
-        .map(|c| (c.client, c.request))
-        .collect()
-}
-
-/// After a restart or rejoin: the store applied `actual` requests, and the executed instances
-/// hold `expected` distinct ones that were not refused as expired (`_refused` refusals in all).
-fn applied_matches(actual: u64, _refused: u64, expected: u64) -> bool {
-    actual == expected
 }
