@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn an_expired_session_is_recognised_and_overload_never_executed() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let addr = HostPort::parse("127.0.0.1:1").expect("addr");
         let expired = tonic::Status::failed_precondition(format!(
             "{}: the outcome of request 3 is unknown",
             epaxos_kv::core::session::EXPIRED_PREFIX
@@ -355,7 +355,7 @@ mod tests {
         )));
         let err = |status| AttemptError::Status {
             replica: 0,
-            addr,
+            addr: addr.clone(),
             status,
         };
         assert!(!may_have_executed(&err(tonic::Status::resource_exhausted(
@@ -364,7 +364,7 @@ mod tests {
         assert!(may_have_executed(&err(tonic::Status::unavailable("down"))));
         assert!(may_have_executed(&AttemptError::Timeout {
             replica: 0,
-            addr
+            addr: addr.clone()
         }));
     }
 
