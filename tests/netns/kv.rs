@@ -309,6 +309,7 @@ impl NetCluster {
                         client_id: session,
                         request_id: request,
                         op: Some(get(key)),
+                        retry: false,
                     };
                     let reply = tokio::time::timeout(Duration::from_secs(10), client.propose(req))
                         .await
@@ -544,6 +545,7 @@ async fn session(
                 client_id,
                 request_id,
                 op: Some(put(&key, &value)),
+                retry: false,
             };
             let mut client = clients[replica].clone();
             let kind = match tokio::time::timeout(ATTEMPT_TIMEOUT, client.propose(req)).await {
