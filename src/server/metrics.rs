@@ -130,6 +130,19 @@ fn describe() {
         "Connections closed at once because the listener held its maximum, by listener."
     );
     describe_counter!(
+        "epaxos_sessions_expired_total",
+        "Client sessions removed by replicated expiries executed here (idle past the TTL)."
+    );
+    describe_counter!(
+        "epaxos_session_expired_refusals_total",
+        "Requests refused because their session had expired (late retries; outcome unknown)."
+    );
+    describe_gauge!("epaxos_sessions", "Client sessions in the exactly-once table.");
+    describe_gauge!(
+        "epaxos_session_table_bytes",
+        "Estimated bytes held by the exactly-once session table and its index."
+    );
+    describe_counter!(
         "epaxos_membership_calls_refused_total",
         "Join and Snapshot calls refused by their admission bound (RESOURCE_EXHAUSTED), by call."
     );
@@ -390,6 +403,10 @@ pub fn register_all(n: usize, me: u32) {
     for call in ["join", "snapshot"] {
         counter!("epaxos_membership_calls_refused_total", "call" => call).absolute(0);
     }
+    counter!("epaxos_sessions_expired_total").absolute(0);
+    counter!("epaxos_session_expired_refusals_total").absolute(0);
+    gauge!("epaxos_sessions").set(0.0);
+    gauge!("epaxos_session_table_bytes").set(0.0);
     // The client listener is the one capped (`--client-connections-max`).
     counter!("epaxos_connections_refused_total", "listener" => "client").absolute(0);
     for method in ["Propose", "Status"] {
