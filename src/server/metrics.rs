@@ -137,7 +137,10 @@ fn describe() {
         "epaxos_session_expired_refusals_total",
         "Requests refused because their session had expired (late retries; outcome unknown)."
     );
-    describe_gauge!("epaxos_sessions", "Client sessions in the exactly-once table.");
+    describe_gauge!(
+        "epaxos_sessions",
+        "Client sessions in the exactly-once table."
+    );
     describe_gauge!(
         "epaxos_session_table_bytes",
         "Estimated bytes held by the exactly-once session table and its index."
