@@ -216,9 +216,33 @@ pub fn is_session_expired(status: &tonic::Status) -> bool {
 }
 
 /// Whether an attempt that failed so may have executed: anything but a refusal before the
-/// command entered the protocol (RESOURCE_EXHAUSTED: a full replica or session table).
+/// command entered the protocol. Those are RESOURCE_EXHAUSTED (a full replica or session
+/// table) and UNAVAILABLE sent by a replica (shutting down, joining, no majority: see
+/// client.proto), and a connection that could not be made (nothing was sent). A retry after
+/// those is still a first attempt, so a session's first request survives a dead replica.
 fn may_have_executed(err: &AttemptError) -> bool {
-    !matches!(err, AttemptError::Status { status, .. } if status.code() == Code::ResourceExhausted)
+    let AttemptError::Status { status, .. } = err else {
+        return true;
+    };
+    match status.code() {
+        Code::ResourceExhausted => false,
+        Code::Unavailable => {
+            std::error::Error::source(status).is_some() && !failed_to_connect(status)
+        }
+        _ => true,
+    }
+}
+
+/// Whether tonic made `status` because the connection could not be established.
+fn failed_to_connect(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Executes `op` as the session's next request: sends it to the replica `picker` chooses and,
@@ -246,13 +270,16 @@ pub async fn execute(
     // Whether an earlier attempt of this request may have executed (the next is a retry).
     let mut sent_before = false;
     let mut renewed = false;
+    // A read changes nothing, so executing it twice is harmless: its retries are sent as first
+    // attempts, and an expired session's read simply goes again in a new session.
+    let read_only = matches!(op.kind, Some(epaxos_kv::proto::operation::Kind::Get(_)));
     loop {
         attempt += 1;
         let mut req = tonic::Request::new(ProposeRequest {
             client_id: session.client_id(),
             request_id,
             op: Some(op.clone()),
-            retry: sent_before,
+            retry: sent_before && !read_only,
         });
         // Tells the replica how long we wait (grpc-timeout); we also enforce it ourselves.
         req.set_timeout(policy.timeout);
@@ -286,8 +313,9 @@ pub async fn execute(
             AttemptError::Status { .. } => {}
         }
         if let AttemptError::Status { status, .. } = &err {
-            if is_session_expired(status) && !sent_before && !renewed {
-                // Nothing of this request executed: send it as a new session's first request.
+            if is_session_expired(status) && (!sent_before || read_only) && !renewed {
+                // Nothing of this request executed (or it is a read, which may run twice):
+                // send it as a new session's first request.
                 session.renew();
                 request_id = session.take_request_id();
                 renewed = true;
@@ -361,7 +389,11 @@ mod tests {
         assert!(!may_have_executed(&err(tonic::Status::resource_exhausted(
             "full"
         ))));
-        assert!(may_have_executed(&err(tonic::Status::unavailable("down"))));
+        // UNAVAILABLE from a replica is a refusal before the command entered the protocol.
+        assert!(!may_have_executed(&err(tonic::Status::unavailable("down"))));
+        assert!(may_have_executed(&err(tonic::Status::aborted(
+            "replica stopped while the command was in progress"
+        ))));
         assert!(may_have_executed(&AttemptError::Timeout {
             replica: 0,
             addr: addr.clone()

@@ -78,3 +78,36 @@ async fn a_late_retry_of_an_expired_session_is_refused_and_never_executed() {
         );
     }
 }
+
+/// The bundled client's first request of a session, refused by a dead replica (the connection
+/// could not be made, so nothing was sent), goes to the next replica as a first attempt, not
+/// as a retry: a retry of a first request finds no session and would be refused as expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_request_refused_by_a_dead_replica_is_sent_again_as_a_first_attempt() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.kill(0);
+    let config = cluster.config.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--target", "round-robin", "put", "after-kill", "v"])
+            .output()
+            .expect("run the client")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the client finished within 60 s")
+        .expect("client task");
+    assert!(
+        out.status.success(),
+        "put with replica 0 down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c1 = cluster.client(1).await.expect("connect");
+    let read = Session::new()
+        .call(&mut c1, get("after-kill"))
+        .await
+        .expect("read back");
+    assert_eq!(read.value, b("v"));
+}

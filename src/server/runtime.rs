@@ -1301,7 +1301,12 @@ impl ClientService {
                 replica: self.id.0,
             })),
             Ok(Ok(Err(status))) => Err(status),
-            Ok(Err(_)) => Err(Status::unavailable("replica is shutting down")),
+            // The command may have entered the protocol: ABORTED, not UNAVAILABLE, which a
+            // client may take as "never executed" (see client.proto).
+            Ok(Err(_)) => Err(Status::aborted(
+                "replica stopped while the command was in progress; its outcome is unknown: \
+                 retry with the same client_id and request_id",
+            )),
             Err(_) => Err(Status::deadline_exceeded(
                 "command did not execute in time; retry with the same client_id and request_id",
             )),
