@@ -23,9 +23,8 @@
 //! the whole trace of the run to stderr.
 //!
 //! Replicas crash and restart from their disks (exactly the records the core asked to persist;
-//! see `sim::world`), and some crash for good. Limit, until a later issue lifts it: there is no
-//! recovery, so in runs with permanent crashes liveness is not demanded of what an uncommitted
-//! instance of a dead leader blocks. Restarts need no such exemption. With `gc_executed`,
+//! see `sim::world`), and some crash for good: liveness is demanded of everything all the same
+//! (recovery takes over a dead leader's instances; see `sim::world`). With `gc_executed`,
 //! replicas also checkpoint and cut their logs like the runtime, and some crash between storing
 //! the checkpoint and cutting the log; they restart from the checkpoint and the log beside it.
 //! In some seeds a replica loses its disk and rejoins like the runtime does it (fenced by every

@@ -51,8 +51,8 @@ impl Replica {
                     self.send_commit(from, id);
                     return;
                 }
-                // Accepted already (the leader moved on) or a higher ballot's PreAccept:
-                // recovery's business, a later issue.
+                // Accepted already (the leader moved on) or a higher ballot's PreAccept: the
+                // stale PreAccept changes nothing; recovery settles the instance.
                 _ => return,
             }
         }
