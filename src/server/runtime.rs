@@ -1301,8 +1301,13 @@ impl ClientService {
                 replica: self.id.0,
             })),
             Ok(Ok(Err(status))) => Err(status),
-            // The command may have entered the protocol: ABORTED, not UNAVAILABLE, which a
-            // client may take as "never executed" (see client.proto).
+            // The event loop dropped the waiter while it runs: it forgot the client once the
+            // propose timeout passed (`forget_given_up`), just before this timer fired.
+            Ok(Err(_)) if !self.big.is_closed() => Err(Status::deadline_exceeded(
+                "command did not execute in time; retry with the same client_id and request_id",
+            )),
+            // The replica stopped with the command in progress: ABORTED, not UNAVAILABLE,
+            // which a client may take as "never executed" (see client.proto).
             Ok(Err(_)) => Err(Status::aborted(
                 "replica stopped while the command was in progress; its outcome is unknown: \
                  retry with the same client_id and request_id",
