@@ -23,7 +23,7 @@
 //! the whole trace of the run to stderr.
 //!
 //! Replicas crash and restart from their disks (exactly the records the core asked to persist;
-//! see `sim::world`), and some crash for good: liveness is demanded of everything all the same
+//! see `sim::disk`), and some crash for good: liveness is demanded of everything all the same
 //! (recovery takes over a dead leader's instances; see `sim::world`). With `gc_executed`,
 //! replicas also checkpoint and cut their logs like the runtime, and some crash between storing
 //! the checkpoint and cutting the log; they restart from the checkpoint and the log beside it.

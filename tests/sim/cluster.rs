@@ -1,0 +1,586 @@
+//! The replicas and their lifecycle: each is a production `Node` (core, membership, peers'
+//! incarnations, checkpoint cadence) whose outputs are carried out like the runtime does it
+//! (`after_input`); crash (between steps, torn, for good), restart from the disk, wipe and
+//! rejoin, and the count of failures against F.
+//!
+//! A restart replaces the replica by `Node::new` of its disk (checkpoint, if any, and records).
+//! Messages that reach a replica while it is down are lost.
+//!
+//! A replica may also lose its disk and rejoin (`Config::wipes`, `Action::Wipe`; see
+//! `Sim::wipe`), as the runtime does it: every peer fences its old incarnation (what that sent
+//! and is still in flight is refused) and reports how far each row reaches; it starts from the
+//! snapshot of the peer that executed most, and abstains below those horizons (across later
+//! restarts too). Until it has learnt everything below its horizons committed, it counts against
+//! the F failures like a replica that is down.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use epaxos_kv::core::checkpoint::Checkpoint;
+use epaxos_kv::core::ids::{Incarnation, InstanceId, ReplicaId};
+use epaxos_kv::core::membership::{JoinDecision, Joiner, Membership};
+use epaxos_kv::core::node::{Node, Restored};
+use epaxos_kv::core::quorum;
+use epaxos_kv::core::replica::Path;
+
+use super::checkers::{Check, Violation};
+use super::trace::What;
+use super::world::{Event, Sim, TICK};
+
+#[derive(Debug)]
+pub(super) enum Fault {
+    /// Cut these links (one way each).
+    Cut(Vec<(usize, usize)>, String),
+    HealLinks,
+    /// A crash for good.
+    Crash(usize),
+    /// Crash-restart cycle `cycle` takes replica `r` down (torn or not)...
+    Down {
+        r: usize,
+        cycle: u64,
+        torn: bool,
+    },
+    /// ... and brings it back, unless it was skipped or `r` crashed for good meanwhile.
+    Restart {
+        r: usize,
+        cycle: u64,
+    },
+    /// Replica `r` loses its disk and rejoins.
+    Wipe(usize),
+}
+
+/// Where a replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Life {
+    Up,
+    /// Crashes during its next step (see `Action::CrashTorn`), for cycle `.0`.
+    Torn(u64),
+    /// Down until the restart of cycle `.0`.
+    Down(u64),
+    /// Crashed for good.
+    Dead,
+}
+
+/// The cycle of scripted crashes: `Action::Restart` restarts whatever cycle took it down.
+pub(super) const SCRIPTED: u64 = u64::MAX;
+/// Crashes between a checkpoint and the log cut get cycles from here on (the planned
+/// crash-restart cycles are numbered from 0).
+pub(super) const CHECKPOINT_CYCLES: u64 = 1 << 32;
+
+/// Where every replica's wall clock starts (Unix milliseconds, late 2023): the runtime's clock
+/// is far from 0, and 0 means "no clock" to the core.
+pub(super) const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// The incarnation of a replica's `generation`-th data directory (wipes bump it).
+pub(super) fn incarnation_of(generation: u64) -> Incarnation {
+    Incarnation::new(generation + 1).expect("one more than a count is never zero")
+}
+
+/// A list of replicas, as `r0, r2`.
+pub(super) struct ShowReplicas<'a>(&'a [usize]);
+
+impl fmt::Display for ShowReplicas<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "r{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Sim {
+    pub(super) fn on_tick(&mut self, r: usize, incarnation: u64) {
+        if !self.alive(r) || incarnation != self.incarnation[r] {
+            return;
+        }
+        self.set_wall_clock(r);
+        self.nodes[r].tick(self.now);
+        self.after_input(r);
+        self.ticks[r] += 1;
+        // The full check walks every instance: every 10th tick keeps it affordable (every step
+        // gets the cheap one, see `after_input`).
+        if self.ticks[r].is_multiple_of(10) {
+            self.check_invariants(r);
+        }
+        self.schedule(TICK, Event::Tick(r, incarnation));
+    }
+
+    /// Replica `r`'s wall clock: the simulated time, skewed (see `Config::skew_max`).
+    pub(super) fn set_wall_clock(&mut self, r: usize) {
+        let wall = (EPOCH_MS + self.now.as_millis() as u64).saturating_add_signed(self.skew_ms[r]);
+        self.nodes[r].set_wall_clock_ms(wall);
+    }
+
+    /// After any input: flush (start instances from what was proposed), then carry out the
+    /// replica's outputs and show them to the observer.
+    ///
+    /// Like the runtime, the replica's records reach its disk before anything else of the
+    /// `Ready` is carried out; a torn crash (see `Life::Torn`) happens here instead.
+    pub(super) fn after_input(&mut self, r: usize) {
+        self.set_wall_clock(r);
+        self.nodes[r].flush(self.now);
+        // After every step: a broken invariant is caught at the step that broke it.
+        if let Err(e) = self.nodes[r].check_step_invariants() {
+            self.invariant_broken(r, e);
+        }
+        let node_ready = self.nodes[r].take_ready();
+        // What the node stores besides instance records comes first (see `node::Ready`).
+        if let Some(peers) = node_ready.peers {
+            self.peers_disk[r] = peers;
+        }
+        assert!(
+            node_ready.install.is_none() && node_ready.membership.is_none(),
+            "joins happen only in `wipe`"
+        );
+        let ready = node_ready.core;
+        // Every message of a simulated run is one a real cluster can send: none may be refused
+        // as impossible (see `Replica::handle`).
+        if let Some(rej) = ready.rejected.first() {
+            if self.violations.iter().all(|v| v.check != Check::Invariant) {
+                self.violations.push(Violation {
+                    check: Check::Invariant,
+                    detail: format!("r{r} at {:?} rejected a real message: {rej:?}", self.now),
+                    instances: Vec::new(),
+                });
+            }
+        }
+        if let Life::Torn(cycle) = self.life[r] {
+            self.torn_crash(r, cycle, ready);
+            return;
+        }
+        self.write_disk(r, &ready.persist);
+        self.digest[r] = self.nodes[r].replica().kv().digest();
+        // Every replica here is correct: refusing one of their messages as impossible or
+        // contradictory is a false alarm (it would drop a message the protocol needs).
+        for refused in &ready.refused {
+            self.violations.push(Violation {
+                check: Check::Refusal,
+                detail: format!(
+                    "r{r} at {:?} refused a message of correct peer {} as {}",
+                    self.now,
+                    refused.peer,
+                    refused.kind.label()
+                ),
+                instances: Vec::new(),
+            });
+        }
+        for out in ready.messages {
+            self.check_durable(r, &out.msg);
+            for to in out.to {
+                self.send(r, to.index(), out.msg.clone());
+            }
+        }
+        for c in &ready.committed {
+            match c.led {
+                Some((Path::Fast, _)) => self.stats.fast += 1,
+                Some((Path::Slow, _)) => self.stats.slow += 1,
+                Some((Path::Recovered, _)) if c.commands == 0 => self.stats.recovered_nop += 1,
+                Some((Path::Recovered, _)) => self.stats.recovered += 1,
+                None => {}
+            }
+            let id = c.instance;
+            let durable = self.durable[r].get(&id);
+            if !durable.is_some_and(|i| i.status.is_decided()) {
+                self.durability_violation(
+                    format!(
+                        "r{r} reported {id} committed, but its disk holds it {}",
+                        durable.map_or("nowhere".to_string(), |i| format!("{:?}", i.status))
+                    ),
+                    id,
+                );
+            }
+            // Garbage collection may have dropped it already (in the same step): the record
+            // just persisted says what was committed.
+            let inst = self.nodes[r]
+                .replica()
+                .instance(id)
+                .or_else(|| self.durable[r].get(&id));
+            let deps = inst.map(|i| i.deps.clone()).unwrap_or_default();
+            self.observer.on_commit(r, id, inst);
+            self.trace.mix(&[r as u64, id.slot]);
+            self.trace.record(
+                self.now,
+                What::Commit {
+                    replica: r,
+                    instance: id,
+                    deps,
+                },
+            );
+        }
+        self.stats.sessions_expired += ready.sessions_expired;
+        if !self.caught_up[r] {
+            self.abstaining(r);
+        }
+        if !ready.executed.is_empty() {
+            if self.horizons[r].is_some() {
+                self.stats.executed_after_rejoin += ready.executed.len() as u64;
+            }
+            for &instance in &ready.executed {
+                self.trace.record(
+                    self.now,
+                    What::Execute {
+                        replica: r,
+                        instance,
+                    },
+                );
+            }
+            self.observer.on_executed(
+                r,
+                self.nodes[r].replica(),
+                &ready.executed,
+                &ready.refused_expired,
+            );
+        }
+        for reply in ready.replies {
+            let Some(&(client, request, session)) = self.tokens.get(&reply.token) else {
+                self.violations.push(Violation {
+                    check: Check::ExactlyOnce,
+                    detail: format!("r{r} answered unknown token {}", reply.token),
+                    instances: Vec::new(),
+                });
+                continue;
+            };
+            if self.rng.chance(self.loss) {
+                continue;
+            }
+            let after = self.client_latency();
+            self.schedule(
+                after,
+                Event::Response {
+                    client,
+                    session,
+                    request,
+                    result: reply.result,
+                },
+            );
+        }
+        self.maybe_checkpoint(r);
+    }
+
+    pub(super) fn on_fault(&mut self, f: Fault) {
+        match f {
+            Fault::Cut(links, what) => {
+                if self.settling {
+                    return;
+                }
+                for (a, b) in links {
+                    self.blocked[a][b] = true;
+                }
+                self.trace.record(self.now, What::Fault(what));
+            }
+            Fault::HealLinks => self.heal_links(),
+            Fault::Crash(r) => {
+                self.crashes_ahead -= 1;
+                self.crash(r);
+            }
+            Fault::Down { r, cycle, torn } => {
+                let down = self.impaired_except(r);
+                let f = quorum::max_failures(self.cfg.n);
+                if self.settling || self.life[r] != Life::Up || down + self.crashes_ahead >= f {
+                    return; // skipped: it would take too many replicas down
+                }
+                self.go_down(r, cycle, torn);
+            }
+            Fault::Restart { r, cycle } => {
+                if matches!(self.life[r], Life::Down(c) | Life::Torn(c) if c == cycle) {
+                    self.restart(r);
+                }
+            }
+            Fault::Wipe(r) => self.wipe(r),
+        }
+    }
+
+    /// A crash that a restart can undo: between steps, or torn (during the next step).
+    pub(super) fn go_down(&mut self, r: usize, cycle: u64, torn: bool) {
+        if torn {
+            self.life[r] = Life::Torn(cycle);
+            self.trace.record(
+                self.now,
+                What::Fault(format!("r{r} crashes in its next step")),
+            );
+        } else {
+            self.life[r] = Life::Down(cycle);
+            self.trace
+                .record(self.now, What::Fault(format!("crash r{r} (to restart)")));
+        }
+    }
+
+    /// Replaces `r` by what its disk restores, and carries out what the restored replica
+    /// sends (its uncommitted instances resumed).
+    pub(super) fn restart(&mut self, r: usize) {
+        let records = self.disk[r].clone();
+        let checkpoint = self.checkpoint[r].as_ref().map(|b| {
+            Checkpoint::decode(b, self.cfg.n).expect("a checkpoint the core encoded decodes")
+        });
+        let covered = checkpoint
+            .as_ref()
+            .map(|c| (c.gc_prefix.clone(), c.executed_above.clone()));
+        if checkpoint.is_some() {
+            self.stats.checkpoint_restarts += 1;
+        }
+        // Like the runtime: the node starts from everything the disk holds (a replica that
+        // rejoined keeps its horizons across restarts: they are in its stored membership).
+        if self.horizons[r].is_some() {
+            self.stats.restarts_after_rejoin += 1;
+        }
+        self.nodes[r] = Node::new(
+            self.opts[r].clone(),
+            self.cfg.checkpoint_every,
+            self.now,
+            Restored {
+                membership: self.membership_disk[r].clone(),
+                peers: self.peers_disk[r].clone(),
+                checkpoint,
+                records,
+            },
+        );
+        self.life[r] = Life::Up;
+        self.incarnation[r] += 1;
+        self.stats.restarts += 1;
+        let resumed = self.nodes[r].replica().inflight();
+        self.stats.resumed += resumed as u64;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "restart r{r} from {}{} records: {} instances, {} executed again, {resumed} \
+                 resumed",
+                covered
+                    .as_ref()
+                    .map_or(String::new(), |(prefix, _)| format!(
+                        "a checkpoint (collected {}) and ",
+                        prefix.iter().sum::<u64>()
+                    )),
+                self.disk[r].len(),
+                self.nodes[r].replica().instances().count(),
+                self.nodes[r].replica().kv().executed(),
+            )),
+        );
+        self.observer
+            .on_restart(r, self.nodes[r].replica(), self.digest[r], covered);
+        self.check_invariants(r);
+        self.after_input(r);
+        let incarnation = self.incarnation[r];
+        self.schedule(TICK, Event::Tick(r, incarnation));
+    }
+
+    /// Replica `r` loses its disk and rejoins, as the runtime does it (`answer_join`, `join`,
+    /// `install`), atomically: every other replica fences `r`'s old incarnation (what it sent
+    /// and is still in flight is refused from now on, see `on_deliver`) and answers how far each
+    /// row reaches (`peer_rejoined`); the horizons are the per-row maximum. `r` then starts from
+    /// a snapshot of the peer that executed most (its checkpoint, with `r`'s next slot at its
+    /// row's horizon, and the decided instances beside it), keeps the horizons, and discards
+    /// what restoring produced (re-execution answers nobody). Its disk becomes exactly that
+    /// checkpoint and those records; clients waiting on the old incarnation get no answer.
+    ///
+    /// A rejoin waits for every peer: skipped (and traced) when another replica is down, or when
+    /// `r` crashed for good. `r` itself may be up or down for a restart. It is skipped too when
+    /// there is no room for one more failure (see `abstaining`): other replicas abstaining, and
+    /// permanent crashes still to come, would then exceed F.
+    pub(super) fn wipe(&mut self, r: usize) {
+        let n = self.cfg.n;
+        let down: Vec<usize> = (0..n).filter(|&p| p != r && !self.alive(p)).collect();
+        // Until it has caught up to its horizons, the rejoined replica counts as a failure (see
+        // `abstaining`): keep room for the permanent crashes still to come.
+        let f = quorum::max_failures(n);
+        let impaired = self.impaired_except(r);
+        if self.life[r] == Life::Dead || !down.is_empty() || impaired + self.crashes_ahead >= f {
+            self.stats.wipes_skipped += 1;
+            let why = if self.life[r] == Life::Dead {
+                "it crashed for good".to_string()
+            } else if !down.is_empty() {
+                format!("{} down", ShowReplicas(&down))
+            } else {
+                format!(
+                    "it counts as a failure until it catches up, and {impaired} other replicas \
+                     abstain and {} permanent crashes are ahead (F = {f})",
+                    self.crashes_ahead
+                )
+            };
+            self.trace.record(
+                self.now,
+                What::Fault(format!("wipe of r{r} skipped: {why}")),
+            );
+            return;
+        }
+        // The new incarnation asks every peer to Join: each fences the old one (durably) and
+        // reports its row ends; what the sent answers decide is the production `Joiner`'s.
+        self.generation[r] += 1;
+        let me = ReplicaId(r as u32);
+        let new_incarnation = incarnation_of(self.generation[r]);
+        let mut joiner = Joiner::new(me, n, false);
+        for p in (0..n).filter(|&p| p != r) {
+            self.nodes[p].answer_join(0, me, Some(new_incarnation));
+            let ready = self.nodes[p].take_ready();
+            assert!(
+                ready.core.persist.is_empty() && ready.core.messages.is_empty(),
+                "answering a Join changes no instance"
+            );
+            if let Some(peers) = ready.peers {
+                self.peers_disk[p] = peers;
+            }
+            let answer = ready
+                .joins
+                .into_iter()
+                .next()
+                .and_then(|(_, a)| a.ok())
+                .expect("a well-formed Join is answered");
+            joiner
+                .answered(ReplicaId(p as u32), answer)
+                .expect("answers are for this cluster size");
+        }
+        let mut node = Node::new(
+            self.opts[r].clone(),
+            self.cfg.checkpoint_every,
+            self.now,
+            Restored {
+                membership: Membership::Joining,
+                peers: vec![None; n],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        let (s, horizons, covered) = match joiner.decision() {
+            Some(JoinDecision::Rejoin { horizons, sources }) => {
+                // The snapshot comes from the best source (the peer that executed most).
+                let s = sources[0].index();
+                let image = self.nodes[s]
+                    .snapshot_for(me, Some(new_incarnation))
+                    .expect("the source answered this incarnation's Join");
+                let (encoded, records) = (image.checkpoint, image.records);
+                let checkpoint =
+                    Checkpoint::decode(&encoded, n).expect("a snapshot the core encoded decodes");
+                let covered = (
+                    checkpoint.gc_prefix.clone(),
+                    checkpoint.executed_above.clone(),
+                );
+                node.join_from_snapshot(self.now, horizons.clone(), checkpoint, records);
+                (s, horizons, covered)
+            }
+            // No peer ever heard of it: it starts empty, like a new replica.
+            Some(JoinDecision::Fresh) => {
+                node.join_fresh();
+                (r, vec![0; n], (vec![0; n], Vec::new()))
+            }
+            None => unreachable!("every peer answered"),
+        };
+        // Carried out like the runtime's `install`: the snapshot becomes its checkpoint and
+        // log, then its membership is stored; re-execution on restore answered nobody.
+        let ready = node.take_ready();
+        let installed = match ready.membership {
+            Some(Membership::Joined { horizons }) => horizons,
+            other => unreachable!("a join ends joined, not {other:?}"),
+        };
+        self.membership_disk[r] = Membership::Joined {
+            horizons: installed.clone(),
+        };
+        self.peers_disk[r] = vec![None; n];
+        match ready.install {
+            Some(install) => {
+                self.durable[r] = install.records.iter().cloned().collect();
+                self.disk[r] = install.records;
+                self.checkpoint[r] = Some(install.checkpoint);
+            }
+            None => {
+                self.durable[r] = HashMap::new();
+                self.disk[r] = Vec::new();
+                self.checkpoint[r] = None;
+            }
+        }
+        self.horizons[r] = Some(installed);
+        self.caught_up[r] = false;
+        self.learnt[r].fill(0);
+        self.nodes[r] = node;
+        self.digest[r] = self.nodes[r].replica().kv().digest();
+        self.life[r] = Life::Up;
+        self.incarnation[r] += 1;
+        self.stats.wipes += 1;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "wipe r{r}: it rejoins from r{s}'s snapshot ({} records, collected {}, {} \
+                 executed) with horizons {horizons:?}{}",
+                self.disk[r].len(),
+                covered.0.iter().sum::<u64>(),
+                self.nodes[r].replica().kv().executed(),
+                if self.cfg.sabotage_rejoin_without_horizons {
+                    " (sabotage: installs none)"
+                } else {
+                    ""
+                }
+            )),
+        );
+        let source_digest = self.nodes[s].replica().kv().digest();
+        self.observer
+            .on_rejoin(r, self.nodes[r].replica(), s, source_digest, covered);
+        self.check_invariants(r);
+        self.after_input(r);
+        let incarnation = self.incarnation[r];
+        self.schedule(TICK, Event::Tick(r, incarnation));
+    }
+
+    pub(super) fn crash(&mut self, r: usize) {
+        self.life[r] = Life::Dead;
+        let down = self.impaired_except(r) + 1;
+        assert!(
+            down <= quorum::max_failures(self.cfg.n),
+            "at most F replicas may be down (or abstaining after a rejoin) when one crashes for \
+             good"
+        );
+        self.trace
+            .record(self.now, What::Fault(format!("crash r{r} for good")));
+    }
+
+    /// Whether `r` is running (a torn crash waits for its next step).
+    pub(super) fn alive(&self, r: usize) -> bool {
+        matches!(self.life[r], Life::Up | Life::Torn(_))
+    }
+
+    /// Whether `r` rejoined and still abstains on some instance: below its horizons, not known
+    /// committed there. Its peers decide those without it, as if it were down: until it has
+    /// learnt them all committed, it counts against the F failures the cluster tolerates (a
+    /// permanent crash meanwhile could leave an instance that only the crashed replica and
+    /// the wiped one's old incarnation knew, which nobody can decide safely any more).
+    pub(super) fn abstaining(&mut self, r: usize) -> bool {
+        if self.caught_up[r] {
+            return false;
+        }
+        let Some(horizons) = &self.horizons[r] else {
+            return false;
+        };
+        let committed = self.observer.committed_at(r);
+        let mut behind = false;
+        for (row, &h) in horizons.iter().enumerate() {
+            let next = &mut self.learnt[r][row];
+            while *next < h && committed.contains(&InstanceId::new(ReplicaId(row as u32), *next)) {
+                *next += 1;
+            }
+            behind |= *next < h;
+        }
+        if !behind {
+            self.caught_up[r] = true;
+            self.trace.record(
+                self.now,
+                What::Fault(format!(
+                    "r{r} learnt everything below its horizons committed: it abstains no more"
+                )),
+            );
+        }
+        behind
+    }
+
+    /// Replicas other than `r` that are down, or abstain after a rejoin: what counts against
+    /// the F failures.
+    pub(super) fn impaired_except(&mut self, r: usize) -> usize {
+        (0..self.cfg.n)
+            .filter(|&p| p != r)
+            .filter(|&p| self.life[p] != Life::Up || self.abstaining(p))
+            .count()
+    }
+
+    pub(super) fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.cfg.n).filter(|r| self.alive(*r))
+    }
+}
