@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side throughput of two builds in one run: alternates OLD and NEW clusters run by run
-# (so both see the same machine noise) and prints each run and the medians.
+# (so both see the same machine noise) and prints each run and the medians: ops/s, p50, p99 and
+# the replicas' CPU (utime+stime of the three processes, /proc/PID/stat) per 1,000 commands.
 #
 #   bench/ab.sh OLD_BIN_DIR NEW_BIN_DIR [RUNS] [SECONDS] [CONCURRENCY] [TARGET]
 #
@@ -37,7 +38,20 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-run() { # BIN_DIR LABEL -> prints "ops p50 p99"
+TICKS=$(getconf CLK_TCK)
+# utime+stime of the given processes, in clock ticks.
+cpu_ticks() {
+  local p total=0 f
+  for p in "$@"; do
+    # Fields after the ")" of the command name: utime and stime are the 12th and 13th there.
+    f=$(sed 's/.*) //' "/proc/$p/stat")
+    set -- $f
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+run() { # BIN_DIR LABEL -> prints "ops p50 p99 cpu_ms_per_1000"
   local bin=$1 dir="$WORK/$2-$RANDOM" p
   mkdir -p "$dir"
   read -r -a p <<<"$(ports)"
@@ -59,28 +73,35 @@ JSON
     sleep 0.1
   done
   [ "$up" = 1 ] || { echo "ab.sh: cluster of $bin did not come up; see $dir" >&2; exit 1; }
-  "$bin/client" --config "$dir/config.json" --insecure --target "$TARGET" bench \
-    --duration "$SECONDS_" --concurrency "$CONC" --keys 100000 --value-size 16 --json 2>/dev/null |
-    python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print("%.0f %.2f %.2f" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"]))'
+  local before after line
+  before=$(cpu_ticks "${PIDS[@]}")
+  line=$("$bin/client" --config "$dir/config.json" --insecure --target "$TARGET" bench \
+    --duration "$SECONDS_" --concurrency "$CONC" --keys 100000 --value-size 16 --json 2>/dev/null)
+  after=$(cpu_ticks "${PIDS[@]}")
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); cpu=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); print("%.0f %.2f %.2f %.1f" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"], 1e6*cpu/max(r["ops"],1)))' \
+    "$line" "$before" "$after" "$TICKS"
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   PIDS=()
 }
 
-echo "c=$CONC $TARGET, ${SECONDS_}s runs, durable, plaintext"
-printf '%-4s %-4s %10s %8s %8s\n' run bin ops/s p50_ms p99_ms
-OLD_OPS=(); NEW_OPS=()
+echo "c=$CONC $TARGET, ${SECONDS_}s runs, durable, plaintext; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-4s %-4s %10s %8s %8s %14s\n' run bin ops/s p50_ms p99_ms cpu_ms/1000cmd
+OLD_RUNS=(); NEW_RUNS=()
 for r in $(seq "$RUNS"); do
   for which in old new; do
     if [ "$which" = old ]; then d=$OLD; else d=$NEW; fi
-    read -r ops p50 p99 <<<"$(run "$d" "$which")"
-    printf '%-4s %-4s %10s %8s %8s\n' "$r" "$which" "$ops" "$p50" "$p99"
-    if [ "$which" = old ]; then OLD_OPS+=("$ops"); else NEW_OPS+=("$ops"); fi
+    read -r ops p50 p99 cpu <<<"$(run "$d" "$which")"
+    printf '%-4s %-4s %10s %8s %8s %14s\n' "$r" "$which" "$ops" "$p50" "$p99" "$cpu"
+    if [ "$which" = old ]; then OLD_RUNS+=("$ops,$p50,$p99,$cpu"); else NEW_RUNS+=("$ops,$p50,$p99,$cpu"); fi
   done
 done
-python3 - "${OLD_OPS[*]}" "${NEW_OPS[*]}" <<'PY'
+python3 - "${OLD_RUNS[*]}" "${NEW_RUNS[*]}" <<'PY'
 import statistics, sys
-old = [float(x) for x in sys.argv[1].split()]
-new = [float(x) for x in sys.argv[2].split()]
-mo, mn = statistics.median(old), statistics.median(new)
-print(f"median old {mo:.0f} ops/s, new {mn:.0f} ops/s, new/old {mn/mo:.3f}")
+def medians(arg):
+    runs = [[float(v) for v in r.split(",")] for r in arg.split()]
+    return [statistics.median(col) for col in zip(*runs)]
+o, n = medians(sys.argv[1]), medians(sys.argv[2])
+print(f"median old {o[0]:.0f} ops/s p50 {o[1]:.2f} p99 {o[2]:.2f} ms cpu {o[3]:.1f} ms/1000cmd")
+print(f"median new {n[0]:.0f} ops/s p50 {n[1]:.2f} p99 {n[2]:.2f} ms cpu {n[3]:.1f} ms/1000cmd")
+print(f"new/old ops {n[0]/o[0]:.3f}  p50 {n[1]/o[1]:.3f}  cpu {n[3]/o[3]:.3f}")
 PY
