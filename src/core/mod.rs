@@ -19,4 +19,6 @@ pub mod quorum;
 pub mod recovery;
 pub mod replica;
 pub mod session;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod wire;

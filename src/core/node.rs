@@ -296,7 +296,7 @@ impl Node {
         // The peer's next slot is its own row's; ours continues at our row's horizon.
         checkpoint.next_slot = horizons.get(opts.id.index()).copied().unwrap_or(0);
         let encoded = checkpoint.encode();
-        let installed = if opts.sabotage.rejoin_without_horizons {
+        let installed = if opts.sabotage.rejoin_without_horizons() {
             vec![0; opts.n]
         } else {
             horizons

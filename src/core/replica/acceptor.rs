@@ -57,7 +57,7 @@ impl Replica {
             }
         }
         let mut deps = init_deps.clone();
-        if !self.opts.sabotage.forget_deps {
+        if !self.opts.sabotage.forget_deps() {
             self.index.collect(id, &commands, false, &mut deps);
             self.add_horizon_deps(&mut deps);
         }

@@ -28,7 +28,7 @@ impl Replica {
                 inst.status = Status::Committed;
                 inst.ballot = inst.ballot.max(ballot);
                 let old = std::mem::replace(&mut inst.commands, commands.clone());
-                if !self.opts.sabotage.keep_own_deps_on_commit {
+                if !self.opts.sabotage.keep_own_deps_on_commit() {
                     inst.deps = deps;
                 }
                 self.commands_changed(id, &old);

@@ -58,7 +58,7 @@ impl Replica {
             &mut components,
         );
         for mut component in components {
-            if self.opts.sabotage.reverse_component_order {
+            if self.opts.sabotage.reverse_component_order() {
                 component.reverse();
             }
             for id in component {
@@ -81,9 +81,9 @@ impl Replica {
         let commands = inst.commands.clone();
         self.to_execute.remove(id);
         for cmd in commands.iter() {
-            let applied = if self.opts.sabotage.skip_dedup {
+            let applied = if self.opts.sabotage.skip_dedup() {
                 self.kv.apply_without_dedup(cmd)
-            } else if self.opts.sabotage.retry_starts_session {
+            } else if self.opts.sabotage.retry_starts_session() {
                 self.kv.apply_trusting_retries(cmd, id.replica)
             } else {
                 self.kv.apply(cmd, id.replica)

@@ -193,7 +193,7 @@ impl Replica {
     /// [`Contradiction::WatermarkBeyond`]). Claims about other rows cannot be checked here:
     /// the sender may know commits this replica has not seen yet.
     pub(super) fn watermark_contradiction(&self, committed: &[u64], executed: &[u64]) -> bool {
-        if self.opts.sabotage.trust_watermarks {
+        if self.opts.sabotage.trust_watermarks() {
             return false;
         }
         let me = self.opts.id.index();

@@ -34,7 +34,7 @@ impl Replica {
             .collect();
         self.pending_bytes -= commands.iter().map(|c| c.op.size_bytes()).sum::<usize>();
         let mut deps = Vec::new();
-        if !self.opts.sabotage.forget_deps {
+        if !self.opts.sabotage.forget_deps() {
             self.index.collect(id, &commands, true, &mut deps);
             self.add_horizon_deps(&mut deps);
         }

@@ -376,7 +376,7 @@ impl Replica {
         {
             return Err(Overloaded::Sessions(sessions.len()));
         }
-        if self.opts.sabotage.local_reads {
+        if self.opts.sabotage.local_reads() {
             if let crate::core::command::Op::Get { key } = &cmd.op {
                 let result = match self.kv.get(key) {
                     Some(v) => OpResult {
@@ -529,7 +529,7 @@ impl Replica {
     }
 
     fn fire_timers(&mut self, now: Time) {
-        if self.opts.sabotage.no_retransmit {
+        if self.opts.sabotage.no_retransmit() {
             return;
         }
         let due: Vec<InstanceId> = self
@@ -590,7 +590,7 @@ impl Replica {
                     expiring.contains_key(&c)
                 });
         for client in idle {
-            if self.opts.sabotage.expire_locally {
+            if self.opts.sabotage.expire_locally() {
                 self.kv.forget_session_locally(client);
                 continue;
             }

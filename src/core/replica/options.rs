@@ -53,49 +53,87 @@ pub struct Options {
     pub session_ttl: Duration,
     /// Most sessions in the table before requests that would open a new one are refused.
     pub sessions_max: usize,
-    /// Deliberate bugs, for tests that show the simulator's checks catch them. All off in
-    /// production; nothing outside tests sets them.
+    /// Deliberate bugs, for tests that show the simulator's checks catch them: empty unless
+    /// built with the `sabotage` feature (tests only), all off by default.
     pub sabotage: Sabotage,
 }
 
-/// Deliberate protocol bugs that tests plant to show that each safety or liveness check can
-/// fail. Every flag defaults to off.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sabotage {
+/// Declares `Sabotage` with one switch per planted bug: a field (only with the `sabotage`
+/// feature, so a release build holds no switch at all) and a method of the same name that the
+/// core consults, `false` and gone after optimization without the feature.
+macro_rules! sabotage_switches {
+    ($($(#[doc = $doc:literal])+ $name:ident,)+) => {
+        /// Deliberate protocol bugs that tests plant to show that each safety or liveness
+        /// check can fail. Every flag defaults to off; without the `sabotage` cargo feature
+        /// (release builds) there are none (see `Cargo.toml`).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Sabotage {
+            $(
+                $(#[doc = $doc])+
+                #[cfg(feature = "sabotage")]
+                pub $name: bool,
+            )+
+        }
+
+        impl Sabotage {
+            $(
+                $(#[doc = $doc])+
+                #[cfg(feature = "sabotage")]
+                #[inline(always)]
+                pub fn $name(&self) -> bool {
+                    self.$name
+                }
+
+                $(#[doc = $doc])+
+                #[cfg(not(feature = "sabotage"))]
+                #[inline(always)]
+                pub fn $name(&self) -> bool {
+                    false
+                }
+            )+
+        }
+    };
+}
+
+sabotage_switches! {
     /// Compute no dependencies (visibility and execution order break).
-    pub forget_deps: bool,
+    forget_deps,
     /// Execute a strongly connected component in reverse `InstanceId` order.
-    pub reverse_component_order: bool,
+    reverse_component_order,
     /// On Commit, keep this replica's own deps instead of the decided ones (agreement breaks).
-    pub keep_own_deps_on_commit: bool,
+    keep_own_deps_on_commit,
     /// Apply every command, retries included (exactly-once breaks).
-    pub skip_dedup: bool,
+    skip_dedup,
     /// Answer GETs from local state when proposed, without consensus (linearizability breaks).
-    pub local_reads: bool,
+    local_reads,
     /// Never resend and never fetch missing commits (liveness breaks under message loss).
-    pub no_retransmit: bool,
+    no_retransmit,
     /// Recovery commits a no-op unless it finds the instance committed (agreement breaks: a
     /// command committed outside the recovery's quorum loses its instance).
-    pub recovery_always_nop: bool,
+    recovery_always_nop,
     /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
     /// the command may never have been committed, and a conflicting one went ahead without it).
-    pub recovery_skips_validate: bool,
+    recovery_skips_validate,
     /// A replica that lost its data rejoins without horizons: it votes as if its old
     /// incarnation never voted (agreement breaks).
-    pub rejoin_without_horizons: bool,
+    rejoin_without_horizons,
     /// Watermarks claim every row committed and executed far beyond anything proposed (a
     /// lying peer: "I executed everything").
-    pub forge_watermarks: bool,
+    forge_watermarks,
     /// Accept any Watermark, however impossible (peers then drop from memory what the liar
     /// still needs, and it never gets those Commits again: liveness breaks).
-    pub trust_watermarks: bool,
+    trust_watermarks,
     /// Expire idle sessions by this replica's own clock, straight from its table, instead of
     /// through a replicated expiry (replicas then disagree on which retries are answered).
-    pub expire_locally: bool,
+    expire_locally,
     /// A retry whose session is not in the table starts a new session and executes (a late
     /// retry of an expired session executes twice).
-    pub retry_starts_session: bool,
+    retry_starts_session,
 }
+
+// Without the feature `Sabotage` is empty: the switches are not in the build at all.
+#[cfg(not(feature = "sabotage"))]
+const _: () = assert!(std::mem::size_of::<Sabotage>() == 0);
 
 impl Options {
     /// Defaults for replica `id` of `n`.

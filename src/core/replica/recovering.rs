@@ -208,9 +208,9 @@ impl Replica {
     ) {
         let decision = match decision {
             Decision::Commit(..) => decision,
-            _ if self.opts.sabotage.recovery_always_nop => Decision::Nop,
+            _ if self.opts.sabotage.recovery_always_nop() => Decision::Nop,
             Decision::Validate { commands, deps, .. }
-                if self.opts.sabotage.recovery_skips_validate =>
+                if self.opts.sabotage.recovery_skips_validate() =>
             {
                 Decision::Accept(commands, deps)
             }

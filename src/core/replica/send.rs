@@ -55,7 +55,7 @@ impl Replica {
 
     pub(super) fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
         let msg = match msg {
-            Message::Watermark { .. } if self.opts.sabotage.forge_watermarks => {
+            Message::Watermark { .. } if self.opts.sabotage.forge_watermarks() => {
                 // Far beyond anything proposed, yet below `SLOT_LIMIT` (which `check_input`
                 // rejects as impossible before any comparison): a lie only a replica that
                 // knows the row can catch.
