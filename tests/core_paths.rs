@@ -1,10 +1,10 @@
 //! Scenario tests of the protocol core through its public API: replicas driven by hand, every
-//! message delivered (or dropped, or delayed) explicitly by the test, time advanced as a value.
+//! message delivered (or dropped, or delayed) explicitly by the test on the in-memory network
+//! every test of the core shares (`core::testkit`), time advanced as a value.
 //!
 //! Each test tells one story of an instance's life; the deterministic simulator
 //! (`tests/simulation.rs`) covers the random interleavings.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,14 +14,7 @@ use epaxos_kv::core::instance::Status;
 use epaxos_kv::core::message::Message;
 use epaxos_kv::core::quorum;
 use epaxos_kv::core::replica::{Committed, Options, Path, Replica, Reply, Token};
-
-/// A message on its way from one replica to another.
-#[derive(Debug, Clone)]
-struct InFlight {
-    from: ReplicaId,
-    to: ReplicaId,
-    msg: Message,
-}
+use epaxos_kv::core::testkit::{Envelope, Network};
 
 /// What a replica produced besides messages, accumulated over the test.
 #[derive(Debug, Default)]
@@ -37,7 +30,8 @@ struct Cluster {
     now: Duration,
     replicas: Vec<Replica>,
     outputs: Vec<Outputs>,
-    net: VecDeque<InFlight>,
+    /// The shared in-memory network of the core's tests (`core::testkit`).
+    net: Network,
 }
 
 /// Most messages a test may deliver in one `deliver_all`: a test driver needs a step limit too.
@@ -60,7 +54,7 @@ impl Cluster {
             now: Duration::ZERO,
             replicas,
             outputs: (0..n).map(|_| Outputs::default()).collect(),
-            net: VecDeque::new(),
+            net: Network::new(n),
         }
     }
 
@@ -95,16 +89,7 @@ impl Cluster {
     /// Drains replica `r`'s outputs: messages go on the network, the rest into `outputs`.
     fn collect(&mut self, r: usize) {
         let ready = self.replicas[r].take_ready();
-        let from = ReplicaId(r as u32);
-        for out in ready.messages {
-            for to in out.to {
-                self.net.push_back(InFlight {
-                    from,
-                    to,
-                    msg: out.msg.clone(),
-                });
-            }
-        }
+        self.net.send(ReplicaId(r as u32), ready.messages);
         let o = &mut self.outputs[r];
         o.replies.extend(ready.replies);
         o.committed.extend(ready.committed);
@@ -112,7 +97,7 @@ impl Cluster {
         o.batches.extend(ready.batches);
     }
 
-    fn deliver(&mut self, m: InFlight) {
+    fn deliver(&mut self, m: Envelope) {
         let to = m.to.index();
         self.replicas[to].handle(self.now, m.from, m.msg);
         self.replicas[to].flush(self.now);
@@ -120,13 +105,12 @@ impl Cluster {
     }
 
     /// Removes and returns the first in-flight message matching `pick`.
-    fn take(&mut self, pick: impl Fn(&InFlight) -> bool) -> Option<InFlight> {
-        let pos = self.net.iter().position(pick)?;
-        self.net.remove(pos)
+    fn take(&mut self, pick: impl Fn(&Envelope) -> bool) -> Option<Envelope> {
+        self.net.take(pick)
     }
 
     /// Delivers the first in-flight message matching `pick`; panics if there is none.
-    fn deliver_one(&mut self, what: &str, pick: impl Fn(&InFlight) -> bool) {
+    fn deliver_one(&mut self, what: &str, pick: impl Fn(&Envelope) -> bool) {
         let m = self
             .take(pick)
             .unwrap_or_else(|| panic!("no in-flight message is {what}: {:?}", self.net));
@@ -134,10 +118,8 @@ impl Cluster {
     }
 
     /// Drops every in-flight message matching `pick`; returns how many.
-    fn drop_where(&mut self, pick: impl Fn(&InFlight) -> bool) -> usize {
-        let before = self.net.len();
-        self.net.retain(|m| !pick(m));
-        before - self.net.len()
+    fn drop_where(&mut self, pick: impl Fn(&Envelope) -> bool) -> usize {
+        self.net.drop_where(pick)
     }
 
     /// Delivers everything in flight, and what that produces, in FIFO order.
@@ -146,9 +128,9 @@ impl Cluster {
     }
 
     /// Like `deliver_all`, but drops the messages matching `lose` instead of delivering them.
-    fn deliver_all_but(&mut self, lose: impl Fn(&InFlight) -> bool) {
+    fn deliver_all_but(&mut self, lose: impl Fn(&Envelope) -> bool) {
         for _ in 0..DELIVERIES_MAX {
-            let Some(m) = self.net.pop_front() else {
+            let Some(m) = self.net.pop() else {
                 return;
             };
             if !lose(&m) {
@@ -221,11 +203,11 @@ fn get(client: u64, request: u64, key: &str) -> Command {
     cmd(client, request, Op::Get { key: b(key) })
 }
 
-fn is_kind(m: &InFlight, kind: &str) -> bool {
+fn is_kind(m: &Envelope, kind: &str) -> bool {
     m.msg.kind() == kind
 }
 
-fn link(m: &InFlight, from: u32, to: u32) -> bool {
+fn link(m: &Envelope, from: u32, to: u32) -> bool {
     m.from == ReplicaId(from) && m.to == ReplicaId(to)
 }
 
@@ -300,7 +282,7 @@ fn thrifty_mode_sends_preaccept_to_fast_quorum_minus_one_and_accept_to_slow_quor
     c.submit(0, 2, put(2, "k", "b"));
     let preaccepts_from_0 = c
         .net
-        .iter()
+        .in_flight()
         .filter(|m| is_kind(m, "PreAccept") && m.from == ReplicaId(0))
         .count();
     assert_eq!(preaccepts_from_0, fast - 1);
@@ -314,7 +296,7 @@ fn thrifty_mode_sends_preaccept_to_fast_quorum_minus_one_and_accept_to_slow_quor
     }
     let accepts_from_0 = c
         .net
-        .iter()
+        .in_flight()
         .filter(|m| is_kind(m, "Accept") && m.from == ReplicaId(0))
         .count();
     assert_eq!(accepts_from_0, slow - 1);
@@ -331,19 +313,19 @@ fn a_silent_peer_in_thrifty_mode_is_covered_by_retransmission_on_tick() {
     let mut c = Cluster::with(3, |o| o.thrifty = true);
     c.submit(0, 1, put(1, "k", "v"));
     // Thrifty N=3 asks one peer, r1, which is silent.
-    let asked: Vec<_> = c.net.iter().map(|m| m.to).collect();
+    let asked: Vec<_> = c.net.in_flight().map(|m| m.to).collect();
     assert_eq!(asked, vec![ReplicaId(1)]);
     assert_eq!(c.drop_where(|m| m.to == ReplicaId(1)), 1);
     // Before the retry timer nothing is resent.
     c.advance(Duration::from_millis(100));
     c.tick(0);
-    assert!(!c.net.iter().any(|m| is_kind(m, "PreAccept")));
+    assert!(!c.net.in_flight().any(|m| is_kind(m, "PreAccept")));
     // After it, r0 asks every peer that did not answer: r2 answers for the silent r1.
     c.advance(Duration::from_millis(150));
     c.tick(0);
     assert!(
         c.net
-            .iter()
+            .in_flight()
             .any(|m| is_kind(m, "PreAccept") && m.to == ReplicaId(2)),
         "retransmission reaches r2: {:?}",
         c.net
@@ -363,7 +345,7 @@ fn retransmitted_preaccept_gets_the_same_answer() {
     c.drop_where(|_| true);
     c.deliver(first.clone());
     let answer = |c: &mut Cluster| match c.take(|m| is_kind(m, "PreAcceptOk")) {
-        Some(InFlight {
+        Some(Envelope {
             msg: Message::PreAcceptOk { deps, .. },
             ..
         }) => deps,
@@ -425,7 +407,7 @@ fn lost_commit_is_fetched_via_commit_request_after_fetch_after() {
     // Before fetch_after, r2 asks nobody.
     c.advance(fetch_after / 2);
     c.tick(2);
-    assert!(!c.net.iter().any(|m| is_kind(m, "CommitRequest")));
+    assert!(!c.net.in_flight().any(|m| is_kind(m, "CommitRequest")));
     c.advance(fetch_after);
     c.tick(2);
     let ask = c

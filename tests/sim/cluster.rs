@@ -267,7 +267,7 @@ impl Sim {
                     return;
                 }
                 for (a, b) in links {
-                    self.blocked[a][b] = true;
+                    self.links.cut(a, b);
                 }
                 self.trace.record(self.now, What::Fault(what));
             }

@@ -67,7 +67,7 @@ impl Sim {
         } else if !self.nodes[to].would_hear(ReplicaId(from as u32), incarnation_of(generation)) {
             // Sent by an incarnation that lost its disk: every peer refuses it since the wipe.
             Some("old incarnation")
-        } else if self.blocked[from][to] {
+        } else if self.links.is_cut(from, to) {
             Some("partition")
         } else {
             None
@@ -187,9 +187,7 @@ impl Sim {
     }
 
     pub(super) fn heal_links(&mut self) {
-        for row in &mut self.blocked {
-            row.fill(false);
-        }
+        self.links.heal();
         self.trace
             .record(self.now, What::Fault("heal links".into()));
     }

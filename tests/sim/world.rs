@@ -33,6 +33,7 @@ use epaxos_kv::core::membership::Membership;
 use epaxos_kv::core::message::{Message, ShowDeps};
 use epaxos_kv::core::node::{Node, Restored};
 use epaxos_kv::core::replica::{Options, Replica, ReplyError, Token};
+use epaxos_kv::core::testkit::Links;
 
 use super::checkers::observer::Observer;
 use super::checkers::{Check, Violation};
@@ -233,8 +234,8 @@ pub struct Sim {
     /// Permanent crashes scheduled that have not happened yet: a restart cycle keeps room for
     /// them under the limit of F replicas down.
     pub(super) crashes_ahead: usize,
-    /// `blocked[from][to]`: the link is cut.
-    pub(super) blocked: Vec<Vec<bool>>,
+    /// Which links are cut (the shared in-memory network's, `core::testkit`).
+    pub(super) links: Links,
     pub(super) loss: f64,
     pub(super) dup: f64,
     pub(super) settling: bool,
@@ -346,7 +347,7 @@ impl Sim {
             durable: vec![HashMap::new(); n],
             digest,
             crashes_ahead: 0,
-            blocked: vec![vec![false; n]; n],
+            links: Links::new(n),
             loss: cfg.loss,
             dup: cfg.dup,
             settling: false,
@@ -550,20 +551,12 @@ impl Sim {
                 op,
             } => self.start_op(client, op, Some(replica)),
             Action::Partition(groups) => {
-                let n = self.cfg.n;
-                let group_of = |r: usize| groups.iter().position(|g| g.contains(&r));
-                for a in 0..n {
-                    for b in 0..n {
-                        if group_of(a) != group_of(b) {
-                            self.blocked[a][b] = true;
-                        }
-                    }
-                }
+                self.links.partition(&groups);
                 self.trace
                     .record(self.now, What::Fault(format!("partition {groups:?}")));
             }
             Action::Cut { from, to } => {
-                self.blocked[from][to] = true;
+                self.links.cut(from, to);
                 self.trace
                     .record(self.now, What::Fault(format!("cut r{from} -> r{to}")));
             }

@@ -9,6 +9,7 @@ use crate::core::command::{Command, OpResult};
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::message::{Commands, Message};
+use crate::core::testkit::Network;
 
 use crate::core::command::Op;
 use bytes::Bytes;
@@ -40,24 +41,21 @@ fn put(client: u64, key: &'static str) -> Command {
 }
 
 /// Delivers every pending message until quiet, except those `drop` refuses.
+/// In rounds on the shared in-memory network (`core::testkit`): every replica flushes and
+/// sends, then everything sent is delivered in order.
 fn settle(rs: &mut [Replica], now: Time, drop: impl Fn(ReplicaId, ReplicaId) -> bool) {
+    let mut net = Network::new(rs.len());
     for _ in 0..1000 {
-        let mut sent = Vec::new();
         for r in rs.iter_mut() {
             r.flush(now);
-            let from = r.id();
-            for out in r.take_ready().messages {
-                for to in out.to {
-                    sent.push((from, to, out.msg.clone()));
-                }
-            }
+            net.send(r.id(), r.take_ready().messages);
         }
-        if sent.is_empty() {
+        if net.is_empty() {
             return;
         }
-        for (from, to, msg) in sent {
-            if !drop(from, to) {
-                rs[to.index()].handle(now, from, msg);
+        for e in net.drain() {
+            if !drop(e.from, e.to) {
+                rs[e.to.index()].handle(now, e.from, e.msg);
             }
         }
     }
@@ -170,8 +168,8 @@ fn crash_between_checkpoint_and_log_cut_restores_the_same_state() {
             .propose(k, put(k + 1, ["a", "b", "c"][k as usize % 3]))
             .expect("room");
         // Collect replica 0's log as the runtime would write it.
+        let mut net = Network::new(rs.len());
         for _ in 0..100 {
-            let mut sent = Vec::new();
             for r in rs.iter_mut() {
                 r.flush(Duration::ZERO);
                 let from = r.id();
@@ -179,17 +177,13 @@ fn crash_between_checkpoint_and_log_cut_restores_the_same_state() {
                 if from == ReplicaId(0) {
                     disk.extend(ready.persist);
                 }
-                for out in ready.messages {
-                    for to in out.to {
-                        sent.push((from, to, out.msg.clone()));
-                    }
-                }
+                net.send(from, ready.messages);
             }
-            if sent.is_empty() {
+            if net.is_empty() {
                 break;
             }
-            for (from, to, msg) in sent {
-                rs[to.index()].handle(Duration::ZERO, from, msg);
+            for e in net.drain() {
+                rs[e.to.index()].handle(Duration::ZERO, e.from, e.msg);
             }
         }
     }
@@ -493,25 +487,21 @@ fn a_reused_request_id_is_answered_reused_and_not_applied() {
     /// Delivers every message until quiet; the replies each replica gave, by token.
     fn run(rs: &mut [Replica]) -> Vec<Vec<(Token, Result<OpResult, ReplyError>)>> {
         let mut replies = vec![Vec::new(); rs.len()];
+        let mut net = Network::new(rs.len());
         for _ in 0..100 {
-            let mut sent = Vec::new();
             for r in rs.iter_mut() {
                 r.flush(Duration::ZERO);
                 let from = r.id();
                 let ready = r.take_ready();
                 replies[from.index()]
                     .extend(ready.replies.into_iter().map(|x| (x.token, x.result)));
-                for out in ready.messages {
-                    for to in out.to {
-                        sent.push((from, to, out.msg.clone()));
-                    }
-                }
+                net.send(from, ready.messages);
             }
-            if sent.is_empty() {
+            if net.is_empty() {
                 break;
             }
-            for (from, to, msg) in sent {
-                rs[to.index()].handle(Duration::ZERO, from, msg);
+            for e in net.drain() {
+                rs[e.to.index()].handle(Duration::ZERO, e.from, e.msg);
             }
         }
         for r in replies.iter_mut() {
