@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use epaxos_kv::core::command::Op;
-use epaxos_kv::core::replica::Sabotage;
 use sim::{Action, Check, Config, Outcome, Sim, Violation};
 
 /// Random seeds a plain `cargo test` runs: about 25 s in release on two cores.
@@ -767,12 +766,12 @@ fn scenario_replica_loses_its_disk_under_load_and_rejoins() {
 /// nothing of 0.0. Only the horizons (row 0 reaches slot 2 at r0 and r1) keep the new r2 from
 /// voting on 0.0: a recovery of 0.0 by {r1, r2} would see nobody who pre-accepted it and commit a
 /// no-op.
-/// With `without_horizons`, the new r2 rejoins as if its old incarnation never voted.
+/// `plant` may plant a bug (see `PLANTED`; the clean scenarios plant none).
 /// With `restart`, the new r2 also crashes and restarts from its disk before the recovery: its
 /// horizons must survive that (the runtime stores them beside its data).
-fn forgotten_vote_scenario(name: &'static str, without_horizons: bool, restart: bool) -> Outcome {
+fn forgotten_vote_scenario(name: &'static str, plant: fn(&mut Config), restart: bool) -> Outcome {
     let mut cfg = Config::scripted(name, 3, 3, 1, ms(1_500));
-    cfg.sabotage_rejoin_without_horizons = without_horizons;
+    plant(&mut cfg);
     cfg.settle_max = ms(10_000);
     let mut script = vec![
         (
@@ -818,7 +817,7 @@ fn forgotten_vote_scenario(name: &'static str, without_horizons: bool, restart: 
 fn scenario_rejoined_replica_does_not_vote_on_what_it_forgot() {
     let o = forgotten_vote_scenario(
         "scenario_rejoined_replica_does_not_vote_on_what_it_forgot",
-        false,
+        |_| {},
         false,
     );
     assert!(o.violations.is_empty(), "{}", o.report);
@@ -842,7 +841,7 @@ fn scenario_rejoined_replica_does_not_vote_on_what_it_forgot() {
 fn scenario_rejoined_replica_keeps_its_horizons_across_a_restart() {
     let o = forgotten_vote_scenario(
         "scenario_rejoined_replica_keeps_its_horizons_across_a_restart",
-        false,
+        |_| {},
         true,
     );
     assert!(o.violations.is_empty(), "{}", o.report);
@@ -860,127 +859,97 @@ fn scenario_rejoined_replica_keeps_its_horizons_across_a_restart() {
     );
 }
 
-/// The same scenario, but r2 rejoins without horizons: it answers the recovery of 0.0 as if it
-/// had never seen it, and 0.0, committed with its command at r0, is committed as a no-op
-/// elsewhere (Agreement).
-#[test]
-fn sabotage_rejoin_without_horizons_breaks_agreement() {
-    let o = forgotten_vote_scenario(
-        "sabotage_rejoin_without_horizons_breaks_agreement",
-        true,
-        false,
-    );
-    assert_eq!(o.stats.wipes, 1, "{:?}", o.stats);
-    assert!(
-        o.failed(Check::Agreement),
-        "the forgotten vote went unnoticed: {:?}\n{}",
-        o.violations,
-        o.report
-    );
-    println!("{}", o.report);
+// ---- each check can fail: the planted bugs ------------------------------------------------------
+
+/// A bug planted on purpose, to show that the check meant to catch it does.
+struct Planted {
+    /// Switches the bug on (a `Sabotage` switch of the core, built only with the `sabotage`
+    /// feature, or a simulator-side one of `Config`), and shapes the runs so that it shows.
+    plant: fn(&mut Config),
+    /// Where it runs.
+    runs: Runs,
+    /// What must report it.
+    expect: Expect,
 }
 
-// ---- each check can fail -------------------------------------------------------------------
+/// Where a planted bug runs.
+enum Runs {
+    /// Random seeds `0..n`, each `Config::random(seed)` with the bug planted.
+    Seeds(u64),
+    /// One scripted scenario, given the test's name and the plant.
+    Scenario(fn(&'static str, fn(&mut Config)) -> Outcome),
+}
 
-/// Runs `seeds` random seeds changed by `tweak` (which plants a sabotage); each of `checks`
-/// must fail in at least one of them. Prints the first report of each.
-fn caught(name: &'static str, checks: &[Check], seeds: u64, tweak: impl Fn(&mut Config) + Sync) {
-    let make = |seed| {
-        let mut cfg = Config::random(seed);
-        cfg.scenario = Some(name);
-        tweak(&mut cfg);
-        cfg
+/// What a planted bug must make the checks report.
+enum Expect {
+    /// Each of these checks fails in at least one run: the named check, not just any.
+    Caught(&'static [Check]),
+    /// Every run fails this check and no other: the replicas refuse the bug's messages, and
+    /// nothing else goes wrong.
+    RefusedHarmlessly(Check),
+}
+
+/// Declares the table of planted bugs and one test per entry, named after it (so that
+/// `cargo test --release --test simulation <name>` runs and replays one).
+macro_rules! planted_bugs {
+    ($($name:ident: $entry:expr,)+) => {
+        /// Every planted bug (listed in the README's testing section).
+        const PLANTED: &[(&str, Planted)] = &[$((stringify!($name), $entry),)+];
+
+        $(
+            #[test]
+            fn $name() {
+                let name = stringify!($name);
+                let planted = PLANTED
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, p)| p)
+                    .expect("the macro put every entry in the table");
+                catch(name, planted);
+            }
+        )+
     };
-    let outcomes = run_seeds((0..seeds).collect(), make);
-    for check in checks {
-        match outcomes.iter().find(|o| o.failed(*check)) {
-            Some(o) => println!(
-                "{name}: seed {} caught by {check:?}:\n{}",
-                o.config.seed, o.report
-            ),
-            None => panic!("{name}: none of {seeds} seeds reported {check:?}"),
-        }
-    }
 }
 
-#[test]
-fn sabotage_forget_deps_breaks_visibility() {
-    caught(
-        "sabotage_forget_deps_breaks_visibility",
-        &[Check::Visibility],
-        20,
-        |c| {
-            c.sabotage = Sabotage {
-                forget_deps: true,
-                ..Sabotage::default()
-            };
+planted_bugs! {
+    sabotage_forget_deps_breaks_visibility: Planted {
+        plant: |c| {
+            c.sabotage.forget_deps = true;
             c.crashes = 0;
         },
-    );
-}
-
-#[test]
-fn sabotage_reverse_component_order_at_one_replica_breaks_execution_order() {
-    caught(
-        "sabotage_reverse_component_order_at_one_replica_breaks_execution_order",
-        &[Check::ExecutionOrder, Check::Convergence],
-        40,
-        |c| {
-            c.sabotage = Sabotage {
-                reverse_component_order: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(20),
+        expect: Expect::Caught(&[Check::Visibility]),
+    },
+    sabotage_reverse_component_order_at_one_replica_breaks_execution_order: Planted {
+        plant: |c| {
+            c.sabotage.reverse_component_order = true;
             // Applied everywhere, a reversed order is still one order; at one replica it is not.
             c.sabotage_only = Some(0);
             c.crashes = 0;
             c.keys = 1;
         },
-    );
-}
-
-#[test]
-fn sabotage_keep_own_deps_on_commit_breaks_agreement() {
-    caught(
-        "sabotage_keep_own_deps_on_commit_breaks_agreement",
-        &[Check::Agreement],
-        20,
-        |c| {
-            c.sabotage = Sabotage {
-                keep_own_deps_on_commit: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(40),
+        expect: Expect::Caught(&[Check::ExecutionOrder, Check::Convergence]),
+    },
+    sabotage_keep_own_deps_on_commit_breaks_agreement: Planted {
+        plant: |c| {
+            c.sabotage.keep_own_deps_on_commit = true;
             c.keys = 1;
         },
-    );
-}
-
-#[test]
-fn sabotage_recovery_always_nop_breaks_agreement() {
-    caught(
-        "sabotage_recovery_always_nop_breaks_agreement",
-        &[Check::Agreement],
-        200,
-        |c| {
-            c.sabotage = Sabotage {
-                recovery_always_nop: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(20),
+        expect: Expect::Caught(&[Check::Agreement]),
+    },
+    sabotage_recovery_always_nop_breaks_agreement: Planted {
+        plant: |c| {
+            c.sabotage.recovery_always_nop = true;
             c.crashes = c.crashes.max(1);
         },
-    );
-}
-
-#[test]
-fn sabotage_recovery_skips_validate_breaks_visibility() {
-    caught(
-        "sabotage_recovery_skips_validate_breaks_visibility",
-        &[Check::Visibility],
-        400,
-        |c| {
-            c.sabotage = Sabotage {
-                recovery_skips_validate: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(200),
+        expect: Expect::Caught(&[Check::Agreement]),
+    },
+    sabotage_recovery_skips_validate_breaks_visibility: Planted {
+        plant: |c| {
+            c.sabotage.recovery_skips_validate = true;
             // Sessions never expire within these runs: the seeds that catch the sabotage are
             // those found before sessions expired.
             c.session_ttl = Duration::from_secs(3600);
@@ -988,172 +957,183 @@ fn sabotage_recovery_skips_validate_breaks_visibility() {
             c.crashes = c.crashes.max(1);
             c.keys = 1;
         },
-    );
-}
-
-#[test]
-fn sabotage_skip_dedup_breaks_exactly_once() {
-    caught(
-        "sabotage_skip_dedup_breaks_exactly_once",
-        &[Check::ExactlyOnce],
-        20,
-        |c| {
-            c.sabotage = Sabotage {
-                skip_dedup: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(400),
+        expect: Expect::Caught(&[Check::Visibility]),
+    },
+    sabotage_skip_dedup_breaks_exactly_once: Planted {
+        plant: |c| {
+            c.sabotage.skip_dedup = true;
             // Retries come from lost requests and replies.
             c.loss = 0.2;
         },
-    );
-}
-
-/// Sessions expired by each replica's own clock, straight from its table, instead of through a
-/// replicated expiry: replicas drop a session at different points of the execution order, so a
-/// request of a sleeping client executes at some replicas and is refused at others.
-#[test]
-fn sabotage_expiring_sessions_locally_breaks_convergence() {
-    caught(
-        "sabotage_expiring_sessions_locally_breaks_convergence",
-        &[Check::Convergence],
-        40,
-        |c| {
-            c.sabotage = Sabotage {
-                expire_locally: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(20),
+        expect: Expect::Caught(&[Check::ExactlyOnce]),
+    },
+    // Sessions expired by each replica's own clock, straight from its table, instead of
+    // through a replicated expiry: replicas drop a session at different points of the
+    // execution order, so a request of a sleeping client executes at some replicas and is
+    // refused at others.
+    sabotage_expiring_sessions_locally_breaks_convergence: Planted {
+        plant: |c| {
+            c.sabotage.expire_locally = true;
             c.sleep_chance = 0.1;
             c.skew_max = ms(300);
             c.crashes = 0;
         },
-    );
-}
-
-/// A late retry whose session expired taken for a new session: the request executes again.
-#[test]
-fn sabotage_late_retry_starting_a_session_breaks_exactly_once() {
-    caught(
-        "sabotage_late_retry_starting_a_session_breaks_exactly_once",
-        &[Check::ExactlyOnce],
-        40,
-        |c| {
-            c.sabotage = Sabotage {
-                retry_starts_session: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(40),
+        expect: Expect::Caught(&[Check::Convergence]),
+    },
+    // A late retry whose session expired taken for a new session: the request executes again.
+    sabotage_late_retry_starting_a_session_breaks_exactly_once: Planted {
+        plant: |c| {
+            c.sabotage.retry_starts_session = true;
             c.sleep_chance = 0.1;
         },
-    );
-}
-
-#[test]
-fn sabotage_local_reads_break_linearizability() {
-    caught(
-        "sabotage_local_reads_break_linearizability",
-        &[Check::Linearizability],
-        40,
-        |c| {
-            c.sabotage = Sabotage {
-                local_reads: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(40),
+        expect: Expect::Caught(&[Check::ExactlyOnce]),
+    },
+    sabotage_local_reads_break_linearizability: Planted {
+        plant: |c| {
+            c.sabotage.local_reads = true;
             c.latency_max = ms(40);
             c.crashes = 0;
         },
-    );
-}
-
-#[test]
-fn sabotage_no_retransmit_breaks_liveness() {
-    caught(
-        "sabotage_no_retransmit_breaks_liveness",
-        &[Check::Liveness],
-        20,
-        |c| {
-            c.sabotage = Sabotage {
-                no_retransmit: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(40),
+        expect: Expect::Caught(&[Check::Linearizability]),
+    },
+    sabotage_no_retransmit_breaks_liveness: Planted {
+        plant: |c| {
+            c.sabotage.no_retransmit = true;
             c.loss = 0.05;
             c.crashes = 0;
             c.settle_max = Duration::from_secs(10);
         },
-    );
-}
-
-/// A replica that lies in its Watermarks ("I executed everything") is refused by every peer
-/// (each knows how far its own row reaches): every other check still holds.
-#[test]
-fn sabotage_forged_watermarks_are_refused_and_change_nothing() {
-    let name = "sabotage_forged_watermarks_are_refused_and_change_nothing";
-    let outcomes = run_seeds((0..30).collect(), |seed| {
-        let mut cfg = Config::random(seed);
-        cfg.scenario = Some(name);
-        cfg.sabotage = Sabotage {
-            forge_watermarks: true,
-            ..Sabotage::default()
-        };
-        cfg.sabotage_only = Some(0);
-        cfg.gc_executed = true;
-        cfg.loss = cfg.loss.max(0.05);
-        cfg
-    });
-    assert!(
-        outcomes.iter().all(|o| o.failed(Check::Refusal)),
-        "every run refuses the forged Watermarks"
-    );
-    for o in &outcomes {
-        let others: Vec<_> = o
-            .violations
-            .iter()
-            .filter(|v| v.check != Check::Refusal)
-            .collect();
-        assert!(others.is_empty(), "{name}: {:?}\n{}", others, o.report);
-    }
-}
-
-/// The same lies, believed: peers drop from memory what the liars still need and never send
-/// them those Commits again.
-#[test]
-fn sabotage_trusted_forged_watermarks_break_liveness() {
-    caught(
-        "sabotage_trusted_forged_watermarks_break_liveness",
-        &[Check::Liveness],
-        30,
-        |c| {
-            c.sabotage = Sabotage {
-                forge_watermarks: true,
-                trust_watermarks: true,
-                ..Sabotage::default()
-            };
+        runs: Runs::Seeds(20),
+        expect: Expect::Caught(&[Check::Liveness]),
+    },
+    // A replica that lies in its Watermarks ("I executed everything") is refused by every peer
+    // (each knows how far its own row reaches): every other check still holds.
+    sabotage_forged_watermarks_are_refused_and_change_nothing: Planted {
+        plant: |c| {
+            c.sabotage.forge_watermarks = true;
+            c.sabotage_only = Some(0);
+            c.gc_executed = true;
+            c.loss = c.loss.max(0.05);
+        },
+        runs: Runs::Seeds(30),
+        expect: Expect::RefusedHarmlessly(Check::Refusal),
+    },
+    // The same lies, believed: peers drop from memory what the liars still need and never send
+    // them those Commits again.
+    sabotage_trusted_forged_watermarks_break_liveness: Planted {
+        plant: |c| {
+            c.sabotage.forge_watermarks = true;
+            c.sabotage.trust_watermarks = true;
             c.gc_executed = true;
             c.loss = c.loss.max(0.05);
             c.crashes = 0;
             c.settle_max = Duration::from_secs(10);
         },
-    );
-}
-
-#[test]
-fn sabotage_disk_losing_records_breaks_durability() {
-    caught(
-        "sabotage_disk_losing_records_breaks_durability",
-        &[Check::Durability],
-        10,
-        |c| c.sabotage_disk = true,
-    );
-}
-
-#[test]
-fn sabotage_rejoin_without_horizons_in_random_runs_breaks_agreement() {
-    caught(
-        "sabotage_rejoin_without_horizons_in_random_runs_breaks_agreement",
-        &[Check::Agreement],
-        200,
-        |c| {
+        runs: Runs::Seeds(30),
+        expect: Expect::Caught(&[Check::Liveness]),
+    },
+    sabotage_disk_losing_records_breaks_durability: Planted {
+        plant: |c| c.sabotage_disk = true,
+        runs: Runs::Seeds(10),
+        expect: Expect::Caught(&[Check::Durability]),
+    },
+    // The forgotten-vote scenario, but r2 rejoins without horizons: it answers the recovery of
+    // 0.0 as if it had never seen it, and 0.0, committed with its command at r0, is committed
+    // as a no-op elsewhere.
+    sabotage_rejoin_without_horizons_breaks_agreement: Planted {
+        plant: |c| c.sabotage_rejoin_without_horizons = true,
+        runs: Runs::Scenario(|name, plant| forgotten_vote_scenario(name, plant, false)),
+        expect: Expect::Caught(&[Check::Agreement]),
+    },
+    sabotage_rejoin_without_horizons_in_random_runs_breaks_agreement: Planted {
+        plant: |c| {
             c.wipes = 1;
             c.sabotage_rejoin_without_horizons = true;
             c.crashes = 0;
         },
+        runs: Runs::Seeds(200),
+        expect: Expect::Caught(&[Check::Agreement]),
+    },
+}
+
+/// The test driver of the table: runs `planted` and asserts that the check it names reports
+/// the bug (`Expect::Caught`: in at least one run each, printing the first report), or that
+/// every run reports it and nothing else (`Expect::RefusedHarmlessly`).
+fn catch(name: &'static str, planted: &Planted) {
+    let outcomes = match planted.runs {
+        Runs::Seeds(seeds) => run_seeds((0..seeds).collect(), |seed| {
+            let mut cfg = Config::random(seed);
+            cfg.scenario = Some(name);
+            (planted.plant)(&mut cfg);
+            cfg
+        }),
+        Runs::Scenario(run) => vec![run(name, planted.plant)],
+    };
+    assert!(
+        outcomes.iter().any(|o| o.stats.delivered > 0),
+        "{name}: the runs did nothing"
     );
+    match planted.expect {
+        Expect::Caught(checks) => {
+            for check in checks {
+                match outcomes.iter().find(|o| o.failed(*check)) {
+                    Some(o) => println!(
+                        "{name}: seed {} caught by {check:?}:\n{}",
+                        o.config.seed, o.report
+                    ),
+                    None => panic!(
+                        "{name}: none of {} runs reported {check:?}; they reported {:?}",
+                        outcomes.len(),
+                        outcomes
+                            .iter()
+                            .flat_map(|o| o.violations.iter().map(|v| v.check))
+                            .collect::<std::collections::BTreeSet<_>>()
+                    ),
+                }
+            }
+        }
+        Expect::RefusedHarmlessly(check) => {
+            for o in &outcomes {
+                assert!(
+                    o.failed(check),
+                    "{name}: seed {} did not report {check:?}",
+                    o.config.seed
+                );
+                let others: Vec<_> = o.violations.iter().filter(|v| v.check != check).collect();
+                assert!(others.is_empty(), "{name}: {others:?}\n{}", o.report);
+            }
+        }
+    }
+}
+
+/// Every check but `Invariant` has a planted bug that it catches (no planted bug breaks the
+/// core's own assertions yet: `Invariant` has none), and the README lists every planted bug.
+#[test]
+fn every_check_has_a_planted_bug_and_the_readme_lists_them() {
+    let caught: std::collections::BTreeSet<Check> = PLANTED
+        .iter()
+        .flat_map(|(_, p)| match p.expect {
+            Expect::Caught(checks) => checks.to_vec(),
+            Expect::RefusedHarmlessly(check) => vec![check],
+        })
+        .collect();
+    for check in Check::ALL {
+        assert!(
+            check == Check::Invariant || caught.contains(&check),
+            "no planted bug shows that {check:?} can fail"
+        );
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md is in the crate's directory");
+    for (name, _) in PLANTED {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "the README's testing section does not list `{name}`"
+        );
+    }
 }

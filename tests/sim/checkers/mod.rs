@@ -49,6 +49,22 @@ pub enum Check {
     Refusal,
 }
 
+impl Check {
+    /// Every check, for tests that go through them all.
+    pub const ALL: [Check; 10] = [
+        Check::Agreement,
+        Check::Visibility,
+        Check::ExecutionOrder,
+        Check::Convergence,
+        Check::Linearizability,
+        Check::Liveness,
+        Check::ExactlyOnce,
+        Check::Durability,
+        Check::Invariant,
+        Check::Refusal,
+    ];
+}
+
 /// One failed check, with what it found and the instances involved (to pick trace events).
 #[derive(Debug, Clone)]
 pub struct Violation {
