@@ -22,6 +22,7 @@ use epaxos_kv::core::membership::{JoinDecision, Joiner, Membership};
 use epaxos_kv::core::node::{Node, Restored};
 use epaxos_kv::core::quorum;
 use epaxos_kv::core::replica::Path;
+use epaxos_kv::core::testkit::envelopes;
 
 use super::checkers::{Check, Violation};
 use super::trace::What;
@@ -167,11 +168,11 @@ impl Sim {
                 instances: Vec::new(),
             });
         }
-        for out in ready.messages {
+        for out in &ready.messages {
             self.check_durable(r, &out.msg);
-            for to in out.to {
-                self.send(r, to.index(), out.msg.clone());
-            }
+        }
+        for envelope in envelopes(ReplicaId(r as u32), ready.messages) {
+            self.send(envelope);
         }
         for c in &ready.committed {
             match c.led {

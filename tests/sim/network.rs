@@ -4,11 +4,16 @@
 //! A message reaches a replica only if it is up, the link is not cut, and the sender's
 //! incarnation is not fenced (a replica that lost its disk; see `cluster`). Every drop is
 //! counted and traced with its reason.
+//!
+//! The messages and the cuts are those of `core::testkit` (`envelopes`, `Links`), the network
+//! the core's unit tests and `tests/core_paths.rs` move messages on; the timing (the event
+//! queue), loss and duplication are the simulator's, drawn from the run's seed.
 
 use std::time::Duration;
 
 use epaxos_kv::core::ids::{InstanceId, ReplicaId};
 use epaxos_kv::core::message::Message;
+use epaxos_kv::core::testkit::Envelope;
 
 use super::cluster::{incarnation_of, Fault};
 use super::rng::Rng;
@@ -135,7 +140,9 @@ impl Sim {
         );
     }
 
-    pub(super) fn send(&mut self, from: usize, to: usize, msg: Message) {
+    /// Puts `envelope` on its way: lost, or delivered after a latency (and maybe twice).
+    pub(super) fn send(&mut self, envelope: Envelope) {
+        let (from, to, msg) = (envelope.from.index(), envelope.to.index(), envelope.msg);
         let kind = msg.kind();
         let instance = msg.instance();
         if let Some(pos) = self
