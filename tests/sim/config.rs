@@ -70,6 +70,10 @@ pub struct Config {
     /// A simulator-side sabotage: the disk silently loses every fifth record, so that replicas
     /// send what they did not persist (to show that `Check::Durability` can fail).
     pub sabotage_disk: bool,
+    /// A simulator-side sabotage: the network garbles every twentieth message it delivers into
+    /// one that names a replica that does not exist, which the receiver rejects as impossible
+    /// (to show that `Check::Invariant` fails: correct replicas send nothing impossible).
+    pub sabotage_garble: bool,
     /// Replicas that lose their disk and rejoin during chaos (see `Sim::wipe`); a wipe is
     /// skipped when some other replica is down at its time, when the replica crashed for good,
     /// or when counting it as a failure until it catches up would leave no room for the
@@ -149,6 +153,7 @@ impl Config {
             torn: r.chance(0.5),
             gc_executed: r.chance(0.3),
             sabotage_disk: false,
+            sabotage_garble: false,
             // Drawn after everything above, for the same reason.
             checkpoint_every: r.range(2, 50),
             checkpoint_crash: *r.pick(&[0.0, 0.05, 0.2]),
@@ -202,6 +207,7 @@ impl Config {
             checkpoint_every: 0,
             checkpoint_crash: 0.0,
             sabotage_disk: false,
+            sabotage_garble: false,
             wipes: 0,
             sabotage_rejoin_without_horizons: false,
             barrier: true,
@@ -279,6 +285,9 @@ impl fmt::Display for Config {
         )?;
         if self.sabotage_disk {
             write!(f, " sabotage_disk")?;
+        }
+        if self.sabotage_garble {
+            write!(f, " sabotage_garble")?;
         }
         if self.sabotage_rejoin_without_horizons {
             write!(f, " sabotage_rejoin_without_horizons")?;

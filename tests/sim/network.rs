@@ -3,7 +3,8 @@
 //!
 //! A message reaches a replica only if it is up, the link is not cut, and the sender's
 //! incarnation is not fenced (a replica that lost its disk; see `cluster`). Every drop is
-//! counted and traced with its reason.
+//! counted and traced with its reason. `Config::sabotage_garble` garbles messages, to show
+//! that `Check::Invariant` fails.
 //!
 //! The messages and the cuts are those of `core::testkit` (`envelopes`, `Links`), the network
 //! the core's unit tests and `tests/core_paths.rs` move messages on; the timing (the event
@@ -83,6 +84,14 @@ impl Sim {
             return;
         }
         self.stats.delivered += 1;
+        let msg = if self.cfg.sabotage_garble && self.stats.delivered.is_multiple_of(20) {
+            let nobody = ReplicaId(self.cfg.n as u32);
+            Message::CommitRequest {
+                instances: vec![InstanceId::new(nobody, 0)],
+            }
+        } else {
+            msg
+        };
         self.trace.mix_message(&msg);
         self.trace.record(
             self.now,

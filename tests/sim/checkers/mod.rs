@@ -4,7 +4,7 @@
 //! liveness after healing).
 //!
 //! A sabotage test (see `tests/simulation.rs`) names the `Check` that must catch its planted
-//! bug: each check here but `Invariant` has at least one bug it is shown to catch.
+//! bug: each check here has at least one bug it is shown to catch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
