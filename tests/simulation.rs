@@ -6,8 +6,8 @@
 //! linearizability of what clients saw, liveness after healing, and exactly-once execution
 //! (see `sim::Check`).
 //!
-//! - `cargo test --release --test simulation`: the scripted scenarios, the sabotage tests, and
-//!   `DEFAULT_SEEDS` random seeds;
+//! - `cargo test --release --test simulation`: the scripted scenarios, the planted bugs
+//!   (`PLANTED`), and `DEFAULT_SEEDS` random seeds;
 //! - `SIM_SEEDS=20000 cargo test --release --test simulation random_seeds -- --nocapture`: more
 //!   seeds (`SIM_SEED_BASE` moves the first one);
 //! - `SIM_SEED=1234 cargo test --release --test simulation random_seeds -- --nocapture`: replays
