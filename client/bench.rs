@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::bench_target::{Avoidance, Backend, Op, Targets, Worker};
+use crate::bench_target::{avoidance, Backend, Op, Targets, Worker};
 use crate::cluster::{Cluster, TargetMode};
 use crate::plot::{self, Point, Second};
 
@@ -497,7 +497,7 @@ async fn targets(setup: &Setup, load: &LoadArgs, plan: &Plan) -> Result<Arc<Targ
         single,
         attempt_timeout,
         retries: setup.retries,
-        avoid: Avoidance::new(n),
+        avoid: avoidance(n, attempt_timeout),
         avoiding: !load.no_avoid,
     });
     // Probe first, so that a missing cluster is an error rather than a run of failures.

@@ -10,11 +10,11 @@
 //! holds a third of all requests for a full timeout each, and throughput falls to almost 0
 //! while the other replicas could serve.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use epaxos_kv::proto::{operation, Get, Operation, ProposeRequest, Put};
+use epaxos_kv::server::backoff::{Avoidance, Backoff};
 use rand::Rng;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -26,9 +26,17 @@ use crate::etcd::{pb as etcdpb, EtcdClient};
 pub const AVOID_BASE: Duration = Duration::from_millis(200);
 /// Longest avoidance.
 pub const AVOID_MAX: Duration = Duration::from_secs(5);
-/// Backoff before the first retry of a request; doubles up to `RETRY_BACKOFF_MAX`, with jitter.
-const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(10);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Before a retry: 10 ms, doubling up to 500 ms, each +-50% at random.
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), Duration::from_millis(500)).with_jitter(0.5)
+}
+
+/// How round-robin workers avoid `n` replicas: see the module's doc; a probe has one attempt's
+/// time to answer.
+pub fn avoidance(n: usize, attempt_timeout: Duration) -> Avoidance {
+    Avoidance::new(n, AVOID_BASE, AVOID_MAX, attempt_timeout)
+}
 
 /// One benchmark operation.
 #[derive(Debug, Clone)]
@@ -43,68 +51,6 @@ pub enum Backend {
     Ours(std::sync::Arc<Cluster>),
     /// etcd members, one channel each.
     Etcd(Vec<EtcdClient<Channel>>),
-}
-
-/// Per replica: until when round-robin workers skip it, and how many failures in a row it had.
-pub struct Avoidance {
-    epoch: Instant,
-    until_ms: Vec<AtomicU64>,
-    strikes: Vec<AtomicU32>,
-}
-
-impl Avoidance {
-    pub fn new(n: usize) -> Avoidance {
-        Avoidance {
-            epoch: Instant::now(),
-            until_ms: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            strikes: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch
-            .elapsed()
-            .as_millis()
-            .try_into()
-            .unwrap_or(u64::MAX)
-    }
-
-    /// Whether a worker may send to replica `i` now: it is healthy, or its avoidance is over and
-    /// this caller won the right to probe it (for `probe_for`; the others skip it meanwhile).
-    pub fn usable(&self, i: usize, probe_for: Duration) -> bool {
-        if self.strikes[i].load(Ordering::Relaxed) == 0 {
-            return true;
-        }
-        let now = self.now_ms();
-        let until = self.until_ms[i].load(Ordering::Relaxed);
-        if now < until {
-            return false;
-        }
-        let probe_until = now.saturating_add(probe_for.as_millis() as u64);
-        self.until_ms[i]
-            .compare_exchange(until, probe_until, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Replica `i` timed out or was unavailable: avoid it for longer each time in a row.
-    pub fn failed(&self, i: usize) {
-        let strikes = self.strikes[i]
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let wait = AVOID_BASE
-            .saturating_mul(1u32 << strikes.saturating_sub(1).min(16))
-            .min(AVOID_MAX);
-        let until = self.now_ms().saturating_add(wait.as_millis() as u64);
-        self.until_ms[i].store(until, Ordering::Relaxed);
-    }
-
-    /// Replica `i` answered: it is healthy again.
-    pub fn succeeded(&self, i: usize) {
-        // Read first: a store on every answer would bounce the cache line between workers.
-        if self.strikes[i].load(Ordering::Relaxed) != 0 {
-            self.strikes[i].store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 /// The targets of a benchmark and how to send to them.
@@ -239,7 +185,7 @@ impl Targets {
         let n = self.n();
         (0..n)
             .map(|i| (start + i) % n)
-            .find(|&r| self.avoid.usable(r, self.attempt_timeout))
+            .find(|&r| self.avoid.usable(r))
             .unwrap_or(start % n)
     }
 
@@ -324,6 +270,7 @@ impl Targets {
         w.next_request_id += 1;
         let mut replica = self.first(w);
         let mut attempts: u32 = 0;
+        let mut backoff = retry_backoff();
         loop {
             attempts += 1;
             let err = match self.attempt(replica, w, request_id, op).await {
@@ -357,11 +304,7 @@ impl Targets {
                     stopped,
                 });
             }
-            let backoff = RETRY_BACKOFF_BASE
-                .saturating_mul(1u32 << (attempts - 1).min(16))
-                .min(RETRY_BACKOFF_MAX)
-                .mul_f64(rng.random_range(0.5..1.5));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.next_delay_with(rng)).await;
             replica = self.retry_target(replica);
         }
     }
@@ -379,7 +322,7 @@ impl Targets {
             single: r,
             attempt_timeout: timeout,
             retries: 0,
-            avoid: Avoidance::new(self.n()),
+            avoid: avoidance(self.n(), timeout),
             avoiding: false,
         };
         match probe
@@ -389,48 +332,5 @@ impl Targets {
             Ok(_) => Ok(()),
             Err(f) => Err(f.message),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_replica_is_avoided_then_probed_by_one_worker() {
-        let a = Avoidance::new(3);
-        assert!(a.usable(1, Duration::from_secs(1)));
-        a.failed(1);
-        assert!(
-            !a.usable(1, Duration::from_secs(1)),
-            "avoided after a failure"
-        );
-        assert!(a.usable(0, Duration::from_secs(1)), "the others are not");
-        // Pretend the avoidance is over: exactly one caller gets to probe.
-        a.until_ms[1].store(0, Ordering::Relaxed);
-        assert!(a.usable(1, Duration::from_secs(60)));
-        assert!(!a.usable(1, Duration::from_secs(60)), "one probe at a time");
-        a.succeeded(1);
-        assert!(
-            a.usable(1, Duration::from_secs(1)),
-            "healthy after an answer"
-        );
-    }
-
-    #[test]
-    fn avoidance_grows_and_is_capped() {
-        let a = Avoidance::new(1);
-        let mut last = 0;
-        for _ in 0..20 {
-            a.failed(0);
-            let wait = a.until_ms[0].load(Ordering::Relaxed) - a.now_ms();
-            assert!(
-                wait + 5 >= last.min(AVOID_MAX.as_millis() as u64 - 5),
-                "{wait} < {last}"
-            );
-            assert!(wait <= AVOID_MAX.as_millis() as u64);
-            last = wait;
-        }
-        assert!(last + 50 >= AVOID_MAX.as_millis() as u64);
     }
 }

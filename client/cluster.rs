@@ -3,13 +3,13 @@
 
 use std::error::Error as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use epaxos_kv::proto::kv_client::KvClient;
 use epaxos_kv::proto::StatusRequest;
+use epaxos_kv::server::backoff::Avoidance;
 use epaxos_kv::server::config::{Config, HostPort};
 use epaxos_kv::server::tls;
 use tonic::transport::{Channel, Endpoint};
@@ -50,17 +50,15 @@ pub struct Cluster {
     /// on each (re)connect, so a replica that moved is found at its new address.
     addrs: Vec<HostPort>,
     clients: Vec<KvClient<Channel>>,
-    /// Per replica: until when (ms since `epoch`) round-robin traffic avoids it, because it
-    /// refused a connection or said it is unavailable.
-    down_until_ms: Vec<AtomicU64>,
-    /// How long a mark lasts (see [`DOWN_FOR`]).
-    down_for_ms: u64,
-    epoch: Instant,
+    /// Which replicas round-robin traffic avoids for now, because they refused a connection,
+    /// said they are unavailable or did not answer in time (see [`DOWN_FOR`]).
+    down: Avoidance,
 }
 
 /// How long round-robin requests avoid a replica that answered UNAVAILABLE or timed out, at
 /// least: twice the attempt timeout if that is longer, so that the one probe let through
-/// (see [`Cluster::try_use`]) has its answer, or its timeout, before the next one goes.
+/// (see [`Cluster::try_use`]) has its answer, or its timeout, before the next one goes. It does
+/// not grow with further failures: a one-shot command makes a few attempts at most.
 /// (With 1 s for both, under a cut-off replica every other second lost nearly all its
 /// throughput, measured with bench/netns-partition.sh.)
 const DOWN_FOR: Duration = Duration::from_secs(3);
@@ -99,56 +97,31 @@ impl Cluster {
             addrs.push(r.addr.clone());
             clients.push(KvClient::new(endpoint.connect_lazy()));
         }
-        let down_until_ms = addrs.iter().map(|_| AtomicU64::new(0)).collect();
+        let down_for = DOWN_FOR.max(connect_timeout.saturating_mul(2));
         Ok(Cluster {
+            down: Avoidance::new(addrs.len(), down_for, down_for, down_for),
             addrs,
             clients,
-            down_until_ms,
-            down_for_ms: DOWN_FOR.max(connect_timeout * 2).as_millis() as u64,
-            epoch: Instant::now(),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch
-            .elapsed()
-            .as_millis()
-            .try_into()
-            .unwrap_or(u64::MAX)
     }
 
     /// Notes that replica `idx` is unreachable or shutting down: round-robin requests skip it
     /// for a while.
     pub fn mark_down(&self, idx: usize) {
-        let until = self.now_ms().saturating_add(self.down_for_ms);
-        self.down_until_ms[idx].fetch_max(until, Ordering::Relaxed);
+        self.down.failed(idx);
     }
 
     /// Notes that replica `idx` answered: round-robin traffic goes to it again at once.
     pub fn mark_up(&self, idx: usize) {
-        if self.down_until_ms[idx].load(Ordering::Relaxed) != 0 {
-            self.down_until_ms[idx].store(0, Ordering::Relaxed);
-        }
+        self.down.succeeded(idx);
     }
 
     /// Whether round-robin may send a request to `idx` now: it is not marked down, or its mark
-    /// ran out and this caller wins the single probe let through per `DOWN_FOR` (the mark is
-    /// renewed for everyone else until the probe's answer clears it, or its failure marks the
-    /// replica down again). Without the probe, every session sent its next request to a
-    /// replica cut off by the network the moment its mark ran out, and all waited a timeout.
+    /// ran out and this caller wins the single probe let through per `DOWN_FOR` (everyone else
+    /// keeps skipping it until the probe's answer clears the mark, or its failure marks the
+    /// replica down again; see [`Avoidance`]).
     pub fn try_use(&self, idx: usize) -> bool {
-        let until = self.down_until_ms[idx].load(Ordering::Relaxed);
-        if until == 0 {
-            return true;
-        }
-        let now = self.now_ms();
-        if until > now {
-            return false;
-        }
-        let renewed = now.saturating_add(self.down_for_ms);
-        self.down_until_ms[idx]
-            .compare_exchange(until, renewed, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        self.down.usable(idx)
     }
 
     /// Number of replicas.
@@ -366,23 +339,5 @@ mod tests {
         c.mark_down(1);
         c.mark_down(2);
         assert_eq!(p.first(&c), 2, "all down: plain rotation");
-    }
-
-    /// A replica whose mark ran out gets one probe; the others keep skipping it until the
-    /// probe's answer clears the mark.
-    #[tokio::test]
-    async fn an_expired_mark_lets_one_probe_through() {
-        let mut c = cluster();
-        c.epoch = Instant::now()
-            .checked_sub(Duration::from_secs(60))
-            .unwrap_or(c.epoch);
-        c.down_until_ms[0].store(1, Ordering::Relaxed); // marked, long expired
-        let mut a = Picker::new(TargetMode::RoundRobin, 3, 0);
-        let mut b = Picker::new(TargetMode::RoundRobin, 3, 0);
-        assert_eq!(a.first(&c), 0, "the probe");
-        assert_eq!(b.first(&c), 1, "skips it while the probe is out");
-        c.mark_up(0);
-        let mut d = Picker::new(TargetMode::RoundRobin, 3, 0);
-        assert_eq!(d.first(&c), 0, "answered: used again");
     }
 }

@@ -4,6 +4,7 @@
 //! requests 1, 2, 3, ... and makes a retry reuse the number, so that the command executes at most
 //! once. A session here is owned by one task and used for one request at a time.
 
+use epaxos_kv::server::backoff::Backoff;
 use epaxos_kv::server::config::HostPort;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -65,10 +66,13 @@ pub struct RetryPolicy {
     pub timeout: Duration,
     /// Further attempts after the first.
     pub retries: u32,
-    /// Backoff before the first retry; doubles with each further one.
-    pub backoff_base: Duration,
-    /// Largest backoff.
-    pub backoff_max: Duration,
+    /// The pause before each retry of one request (it starts over for the next request).
+    pub backoff: Backoff,
+}
+
+/// Before a retry: 20 ms, doubling up to 500 ms, each +-50% at random.
+pub fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).with_jitter(0.5)
 }
 
 impl RetryPolicy {
@@ -76,18 +80,8 @@ impl RetryPolicy {
         RetryPolicy {
             timeout,
             retries,
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(500),
+            backoff: retry_backoff(),
         }
-    }
-
-    /// The pause before retry number `retry` (1-based), with +-50% jitter.
-    fn backoff(&self, retry: u32, rng: &mut impl Rng) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16));
-        let d = exp.min(self.backoff_max);
-        d.mul_f64(rng.random_range(0.5..1.5))
     }
 }
 
@@ -267,6 +261,7 @@ pub async fn execute(
     let mut request_id = session.take_request_id();
     let mut replica = picker.first(cluster);
     let mut attempt: u32 = 0;
+    let mut backoff = policy.backoff.clone();
     // Whether an earlier attempt of this request may have executed (the next is a retry).
     let mut sent_before = false;
     let mut renewed = false;
@@ -334,7 +329,7 @@ pub async fn execute(
                 stopped,
             });
         }
-        tokio::time::sleep(policy.backoff(attempt, rng)).await;
+        tokio::time::sleep(backoff.next_delay_with(rng)).await;
         replica = picker.retry(replica, cluster);
     }
 }
@@ -398,16 +393,5 @@ mod tests {
             replica: 0,
             addr: addr.clone()
         }));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy::new(Duration::from_secs(1), 10);
-        let mut rng = rand::rng();
-        for retry in 1..=10 {
-            let d = p.backoff(retry, &mut rng);
-            assert!(d <= p.backoff_max.mul_f64(1.5), "{retry}: {d:?}");
-            assert!(d >= p.backoff_base.mul_f64(0.5), "{retry}: {d:?}");
-        }
     }
 }

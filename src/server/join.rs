@@ -12,6 +12,7 @@ use crate::core::membership::{JoinAnswer, JoinDecision, Joiner};
 use crate::core::wire;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{self, JoinRequest, SnapshotRequest};
+use crate::server::backoff::Backoff;
 use crate::server::config::{Config, HostPort};
 use crate::server::tls::PeerDialer;
 use crate::server::transport;
@@ -20,8 +21,8 @@ pub use crate::core::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A snapshot transfer may take long for a big state; this bounds a stuck one.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Asking the peers that have not answered again: from 50 ms, doubling up to 1 s.
+const ASK_AGAIN: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 /// How often the wait for peers is reported in the log.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -57,7 +58,7 @@ pub async fn run(
     dialer: &PeerDialer,
 ) -> Joined {
     let mut joiner = Joiner::new(me, config.n(), interrupted);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = ASK_AGAIN;
     let mut reported = tokio::time::Instant::now();
     loop {
         for peer in joiner.missing() {
@@ -114,8 +115,7 @@ pub async fn run(
                  every peer, a new one for a majority)"
             );
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

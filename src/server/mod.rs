@@ -3,6 +3,7 @@
 //! core and carries out what the core decided; protocol decisions belong in [`crate::core`].
 
 pub mod admission;
+pub mod backoff;
 pub mod certs;
 pub mod config;
 pub mod health;

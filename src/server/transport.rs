@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::core::ids::{Incarnation, ReplicaId};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::PeerBatch;
+use crate::server::backoff::Backoff;
 use crate::server::metrics::peer_label;
 use crate::server::tls::PeerDialer;
 
@@ -25,8 +26,8 @@ use crate::core::limits::{
 };
 /// Stream items buffered between the link task and the HTTP/2 stream.
 const STREAM_ITEMS_MAX: usize = 16;
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Redialing a peer: from 50 ms, doubling up to 2 s, and from 50 ms again once connected.
+const REDIAL: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one name resolution may take (a resolver that does not answer must not stall a
 /// link or a join forever; the dial is retried with backoff).
@@ -139,7 +140,7 @@ pub async fn run_link(
     mut queue: ByteReceiver,
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = REDIAL;
     // A TLS failure (certificates) does not heal by retrying: warn once until connected.
     let mut warned = false;
     loop {
@@ -160,13 +161,12 @@ pub async fn run_link(
                     warned = true;
                     tracing::warn!(%peer, error = %why, "cannot resolve peer address; retrying");
                 } else {
-                    tracing::debug!(%peer, %addr, error = %why, ?backoff, "dial failed; retrying");
+                    tracing::debug!(%peer, %addr, error = %why, "dial failed; retrying");
                 }
                 if queue.is_closed() {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
@@ -185,15 +185,14 @@ pub async fn run_link(
                 } else {
                     tracing::debug!(%peer, error = %why, "dispatch refused; retrying");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
         tracing::info!(%peer, %addr, "connected to peer");
         warned = false;
         connected.set(1.0);
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         let closed = loop {
             let first = tokio::select! {
                 m = queue.recv() => match m {
@@ -244,8 +243,7 @@ pub async fn run_link(
             return;
         }
         tracing::info!(%peer, "peer stream closed; redialing");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
