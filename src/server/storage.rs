@@ -336,10 +336,7 @@ impl Log {
             let gen_bytes = generation.to_le_bytes();
             framed.extend_from_slice(&CHECKPOINT_MAGIC);
             framed.extend_from_slice(&gen_bytes);
-            framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&gen_bytes), &payload);
-            framed.extend_from_slice(&crc.to_le_bytes());
-            framed.extend_from_slice(&payload);
+            frame(&mut framed, &gen_bytes, &payload);
             drop(payload);
             replace_file(&dir, CHECKPOINT_FILE, &framed)?;
             drop(framed);
@@ -453,10 +450,67 @@ impl Log {
 }
 
 fn frame_record(buf: &mut Vec<u8>, id: InstanceId, inst: &Instance) {
-    let payload = wire::record_to_proto(id, inst).encode_to_vec();
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    buf.extend_from_slice(&payload);
+    frame(buf, &[], &wire::record_to_proto(id, inst).encode_to_vec());
+}
+
+/// Appends one frame to `out`: `length: u32 LE | crc32c(salt | payload): u32 LE | payload`.
+/// The salt is checksummed but not written: bytes that stand just before the frame (a
+/// checkpoint's generation), so that a frame moved under another salt fails its checksum.
+/// Every CRC32C-framed thing the replica stores is written here and read by [`unframe`].
+fn frame(out: &mut Vec<u8>, salt: &[u8], payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("callers bound payloads below 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(salt, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn checksum(salt: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(salt), payload)
+}
+
+/// Why the bytes at some offset are not a whole, intact frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FrameError {
+    /// Fewer bytes than a frame's header.
+    Short,
+    /// The length field is above the most the caller accepts.
+    TooLong(usize),
+    /// The length field runs past the end of the bytes.
+    PastEnd { len: usize, available: usize },
+    /// The payload is all there but its checksum is wrong.
+    Checksum,
+}
+
+/// The length a frame starting at `bytes` declares; `None` if the header is cut short.
+fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let field = bytes.get(0..4)?.try_into().expect("4 bytes");
+    Some(u32::from_le_bytes(field) as usize)
+}
+
+/// Reads the frame at the start of `bytes` (see [`frame`]), whose payload may be at most `max`
+/// bytes: its payload and the bytes after it.
+fn unframe<'a>(
+    bytes: &'a [u8],
+    salt: &[u8],
+    max: usize,
+) -> Result<(&'a [u8], &'a [u8]), FrameError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(FrameError::Short);
+    }
+    let len = frame_len(bytes).expect("a whole header");
+    if len > max {
+        return Err(FrameError::TooLong(len));
+    }
+    let available = bytes.len() - HEADER_BYTES;
+    if available < len {
+        return Err(FrameError::PastEnd { len, available });
+    }
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let (payload, rest) = bytes[HEADER_BYTES..].split_at(len);
+    if checksum(salt, payload) != crc {
+        return Err(FrameError::Checksum);
+    }
+    Ok((payload, rest))
 }
 
 fn sync_dir(dir: &Path) {
@@ -642,25 +696,26 @@ fn read_checkpoint(
     } else {
         (None, &bytes[..])
     };
-    if rest.len() < HEADER_BYTES {
-        return Err(corrupt("shorter than its header".into()));
-    }
-    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-    let payload = &rest[HEADER_BYTES..];
-    if payload.len() != len || len > CHECKPOINT_BYTES_MAX {
-        return Err(corrupt(format!(
-            "length {len} but {} bytes follow",
-            payload.len()
-        )));
-    }
-    let expected = match generation {
-        Some(g) => crc32c::crc32c_append(crc32c::crc32c(&g.to_le_bytes()), payload),
-        None => crc32c::crc32c(payload),
+    let salt = generation.map(u64::to_le_bytes);
+    let salt = salt.as_ref().map_or(&[][..], |s| &s[..]);
+    // The frame is the rest of the file, exactly.
+    let payload = match unframe(rest, salt, CHECKPOINT_BYTES_MAX) {
+        Ok((payload, [])) => payload,
+        Err(FrameError::PastEnd { len, available }) => {
+            return Err(corrupt(format!(
+                "length {len} but {available} bytes follow"
+            )));
+        }
+        Ok(_) | Err(FrameError::TooLong(_)) => {
+            let len = frame_len(rest).expect("a whole header");
+            return Err(corrupt(format!(
+                "length {len} but {} bytes follow",
+                rest.len() - HEADER_BYTES
+            )));
+        }
+        Err(FrameError::Short) => return Err(corrupt("shorter than its header".into())),
+        Err(FrameError::Checksum) => return Err(corrupt("checksum mismatch".into())),
     };
-    if expected != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
     Checkpoint::decode(payload, n)
         .map(|c| Some((generation, c)))
         .map_err(|e| corrupt(e.to_string()))
@@ -770,47 +825,51 @@ fn parse(
         if rest.len() < HEADER_BYTES {
             return Ok((records, at as u64)); // a header cut short: torn tail
         }
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let len = frame_len(rest).expect("a whole header");
         if len == 0 || len > RECORD_BYTES_MAX {
             if torn_tail() {
                 return Ok((records, at as u64));
             }
             return Err((at as u64, format!("impossible record length {len}")));
         }
-        let end = HEADER_BYTES + len;
-        if rest.len() < end {
-            // The last record cut short, or a damaged length field with more records after it.
-            return match intact_frame_after(bytes, at, n) {
-                None => Ok((records, at as u64)),
-                Some(Ok(next)) => Err((
-                    at as u64,
-                    format!(
-                        "record length {len} runs past the end of the file, but an intact \
-                         record follows at byte {next} (a damaged length field, not a torn tail)"
-                    ),
-                )),
-                Some(Err(())) => Err((
-                    at as u64,
-                    format!(
-                        "record length {len} runs past the end of the file and the {} bytes \
-                         after it are too many to check for intact records",
-                        rest.len()
-                    ),
-                )),
-            };
-        }
-        let payload = &rest[HEADER_BYTES..end];
-        if crc32c::crc32c(payload) != crc {
-            if rest.len() == end || torn_tail() {
-                return Ok((records, at as u64)); // the last record half-written
+        let payload = match unframe(rest, &[], RECORD_BYTES_MAX) {
+            Ok((payload, _)) => payload,
+            Err(e @ (FrameError::Short | FrameError::TooLong(_))) => {
+                unreachable!("header and length checked above: {e:?}")
             }
-            return Err((at as u64, "checksum mismatch".into()));
-        }
+            // The last record cut short, or a damaged length field with more records after it.
+            Err(FrameError::PastEnd { .. }) => {
+                return match intact_frame_after(bytes, at, n) {
+                    None => Ok((records, at as u64)),
+                    Some(Ok(next)) => Err((
+                        at as u64,
+                        format!(
+                            "record length {len} runs past the end of the file, but an intact \
+                             record follows at byte {next} (a damaged length field, not a torn \
+                             tail)"
+                        ),
+                    )),
+                    Some(Err(())) => Err((
+                        at as u64,
+                        format!(
+                            "record length {len} runs past the end of the file and the {} bytes \
+                             after it are too many to check for intact records",
+                            rest.len()
+                        ),
+                    )),
+                };
+            }
+            Err(FrameError::Checksum) => {
+                if rest.len() == HEADER_BYTES + len || torn_tail() {
+                    return Ok((records, at as u64)); // the last record half-written
+                }
+                return Err((at as u64, "checksum mismatch".into()));
+            }
+        };
         let record = decode_record(payload, n)
             .map_err(|e| (at as u64, format!("undecodable record: {e}")))?;
         records.push(record);
-        at += end;
+        at += HEADER_BYTES + payload.len();
     }
     Ok((records, at as u64))
 }
@@ -834,7 +893,7 @@ fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize,
     let mut budget = INTACT_SCAN_BYTES_MAX;
     for start in at + 1..bytes.len().saturating_sub(HEADER_BYTES) {
         let rest = &bytes[start..];
-        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let len = frame_len(rest).expect("the scan stops a header short of the end");
         if len == 0 || len > RECORD_BYTES_MAX || rest.len() < HEADER_BYTES + len {
             continue;
         }
@@ -842,10 +901,10 @@ fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize,
             return Some(Err(()));
         };
         budget = left;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
-        if crc32c::crc32c(payload) == crc && decode_record(payload, n).is_ok() {
-            return Some(Ok(start));
+        if let Ok((payload, _)) = unframe(rest, &[], RECORD_BYTES_MAX) {
+            if decode_record(payload, n).is_ok() {
+                return Some(Ok(start));
+            }
         }
     }
     None
@@ -893,6 +952,34 @@ mod tests {
 
     fn ids(r: &Recovered) -> Vec<(u64, Status)> {
         r.records.iter().map(|(i, s)| (i.slot, s.status)).collect()
+    }
+
+    #[test]
+    fn a_frame_reads_back_and_any_damage_is_named() {
+        let mut buf = Vec::new();
+        frame(&mut buf, b"salt", b"payload");
+        frame(&mut buf, &[], b"");
+        let (p, rest) = unframe(&buf, b"salt", 64).expect("intact");
+        assert_eq!(p, b"payload");
+        let (p, rest) = unframe(rest, &[], 64).expect("an empty payload is a frame");
+        assert_eq!((p, rest), (&b""[..], &b""[..]));
+        assert_eq!(
+            unframe(&buf, b"other", 64),
+            Err(FrameError::Checksum),
+            "salted"
+        );
+        assert_eq!(unframe(&buf[..7], b"salt", 64), Err(FrameError::Short));
+        assert_eq!(unframe(&buf, b"salt", 6), Err(FrameError::TooLong(7)));
+        assert_eq!(
+            unframe(&buf[..12], b"salt", 64),
+            Err(FrameError::PastEnd {
+                len: 7,
+                available: 4
+            })
+        );
+        let mut flipped = buf.clone();
+        flipped[HEADER_BYTES] ^= 1;
+        assert_eq!(unframe(&flipped, b"salt", 64), Err(FrameError::Checksum));
     }
 
     #[test]
