@@ -390,11 +390,7 @@ async fn garbage_from_a_peer_is_counted_and_dropped() {
         .peer_client(0, Some("replica-1"))
         .await
         .expect("connect to the peer listener");
-    let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-1/incarnation"))
-        .expect("replica 1's incarnation file")
-        .trim()
-        .parse()
-        .expect("a number");
+    let incarnation = cluster.incarnation(1);
     let batches = vec![
         proto::PeerBatch {
             from: 1,

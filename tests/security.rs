@@ -151,11 +151,7 @@ async fn a_replica_certificate_cannot_speak_as_another_replica() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     // A batch posing as replica 2, with replica 2's real incarnation: refused before anything
     // reaches the event loop.
-    let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-2/incarnation"))
-        .expect("replica 2's incarnation")
-        .trim()
-        .parse()
-        .expect("a number");
+    let incarnation = cluster.incarnation(2);
     let batch = proto::PeerBatch {
         from: 2,
         messages: vec![],
@@ -504,11 +500,7 @@ async fn still_serving_unfenced_except(cluster: &Cluster, skip: usize) {
 async fn joins_from_one_replica_are_rate_limited() {
     let cluster = Cluster::start(3, &[]).await;
     // Replica 1 joins replica 0 again as the incarnation it already is: nothing is fenced.
-    let incarnation: u64 = std::fs::read_to_string(cluster.dir.join("replica-1/incarnation"))
-        .expect("replica 1's incarnation")
-        .trim()
-        .parse()
-        .expect("a number");
+    let incarnation = cluster.incarnation(1);
     let peer = cluster
         .peer_client(0, Some("replica-1"))
         .await

@@ -1,14 +1,14 @@
 //! The data directory readers: bytes written into a fresh data directory's files -> the log and
 //! checkpoint readers (`Log::open`: framing, checksums, torn tails, record and checkpoint
-//! decoding) -> replay into a core (`Replica::restore_from`); also the membership, peer
-//! incarnation and incarnation files. Must return an error or a state whose invariants hold,
+//! decoding) -> replay into a core (`Replica::restore_from`); also the metadata record and the
+//! membership, peer incarnation and incarnation files of earlier versions. Must return an error or a state whose invariants hold,
 //! never panic.
 //!
 //! Modes (first byte, modulo 9): 0 the log as raw bytes; 1 the log as records framed with
 //! correct checksums (each chunk: a length byte, then that many payload bytes); 2 template
 //! records, one of them patched, framed; 3 the checkpoint file raw; 4 the checkpoint payload
 //! framed; 5 a real checkpoint patched, framed, with a template log; 6 `membership`;
-//! 7 `peers`; 8 `incarnation`.
+//! 7 `peers`; 8 `metadata` or `incarnation`.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use epaxos_kv::core::checkpoint::Checkpoint;
 use epaxos_kv::core::ids::ReplicaId;
 use epaxos_kv::core::replica::{Options, Replica};
 use epaxos_kv::core::wire;
-use epaxos_kv::server::storage::{self, Log, Membership, Sync};
+use epaxos_kv::server::storage::{Log, Metadata, Sync};
 use epaxos_kv_fuzz::{core_with_state, patch, record_templates, N};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
@@ -35,6 +35,13 @@ fn frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// The metadata (record or earlier text files) opens to a well-formed state, or is refused.
+fn check_metadata(d: &Path) {
+    if let Ok(m) = Metadata::open(d, ReplicaId(0), N) {
+        assert_eq!(m.peers.len(), N, "one entry per replica");
+    }
 }
 
 fn framed_templates(patched: Option<(usize, &[u8])>) -> Vec<u8> {
@@ -93,20 +100,24 @@ fuzz_target!(|data: &[u8]| {
             write("instances.log", &framed_templates(None));
         }
         6 => {
+            write("incarnation", b"5\n");
             write("membership", rest);
-            let _ = Membership::load(d, N);
+            check_metadata(d);
             return;
         }
         7 => {
+            write("incarnation", b"5\n");
             write("peers", rest);
-            if let Ok(p) = storage::load_peers(d, N) {
-                assert_eq!(p.len(), N, "one entry per replica");
-            }
+            check_metadata(d);
             return;
         }
         _ => {
-            write("incarnation", rest);
-            let _ = storage::incarnation(d);
+            // The metadata record (even first byte), or an earlier version's incarnation file.
+            match rest.split_first() {
+                Some((b, record)) if b % 2 == 0 => write("metadata", record),
+                _ => write("incarnation", rest),
+            }
+            check_metadata(d);
             return;
         }
     }

@@ -350,8 +350,8 @@ pub async fn serve(
     let durable = opts.sync == Sync::Fsync;
     metrics::gauge!("epaxos_durable").set(if durable { 1.0 } else { 0.0 });
     let restored = recovered.records.len();
-    let incarnation = storage::incarnation(&opts.data_dir)?;
-    let peers = storage::load_peers(&opts.data_dir, config.n())?;
+    let metadata = storage::Metadata::open(&opts.data_dir, id, config.n())?;
+    let (incarnation, peers) = (metadata.incarnation, metadata.peers.clone());
     // What each peer's Dispatch streams are checked against (0: none recorded yet); the event
     // loop updates it from what the node records.
     let accepted: Arc<Vec<AtomicU64>> = Arc::new(
@@ -360,17 +360,7 @@ pub async fn serve(
             .map(|p| AtomicU64::new(p.map_or(0, Incarnation::get)))
             .collect(),
     );
-    let membership = match Membership::load(&opts.data_dir, config.n())? {
-        Some(m) => m,
-        None if new_dir => {
-            Membership::Joining.store(&opts.data_dir)?;
-            Membership::Joining
-        }
-        // A data directory from before joins existed: it never lost its data.
-        None => Membership::Joined {
-            horizons: vec![0; config.n()],
-        },
-    };
+    let membership = metadata.membership.clone();
 
     let (health, health_rx) = health::Publisher::new(if membership == Membership::Joining {
         Health::Joining
@@ -439,7 +429,7 @@ pub async fn serve(
             tick: opts.tick,
             propose_timeout: opts.propose_timeout,
             log,
-            data_dir: opts.data_dir.clone(),
+            metadata,
             accepted: accepted.clone(),
             health,
         },
@@ -594,7 +584,7 @@ struct LoopSetup {
     tick: Duration,
     propose_timeout: Duration,
     log: Log,
-    data_dir: std::path::PathBuf,
+    metadata: storage::Metadata,
     accepted: Arc<Vec<AtomicU64>>,
     health: health::Publisher,
 }
@@ -615,7 +605,7 @@ struct EventLoop {
     next_token: Token,
     m: LoopMetrics,
     log: Log,
-    data_dir: std::path::PathBuf,
+    metadata: storage::Metadata,
     /// Per peer: the incarnation the node recorded, for the Dispatch readers (which close a
     /// stream from another incarnation at once).
     accepted: Arc<Vec<AtomicU64>>,
@@ -653,7 +643,7 @@ async fn run_loop(
         tick,
         propose_timeout,
         log,
-        data_dir,
+        metadata,
         accepted,
         health,
     } = setup;
@@ -671,7 +661,7 @@ async fn run_loop(
         joins: HashMap::new(),
         next_token: 0,
         log,
-        data_dir,
+        metadata,
         accepted,
         health,
     };
@@ -992,16 +982,16 @@ impl EventLoop {
         if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
             return Ok(());
         }
-        let (log, dir) = (&mut self.log, &self.data_dir);
+        let (log, metadata) = (&mut self.log, &mut self.metadata);
         until_written(|| -> Result<(), StorageError> {
             if let Some(peers) = &ready.peers {
-                storage::store_peers(dir, peers)?;
+                metadata.store_peers(peers)?;
             }
             if let Some(installed) = &ready.install {
                 log.checkpoint(&installed.checkpoint, &installed.records)?;
             }
             if let Some(membership) = &ready.membership {
-                membership.store(dir)?;
+                metadata.store_membership(membership)?;
             }
             Ok(())
         })
@@ -1537,26 +1527,18 @@ impl Peer for PeerService {
     }
 }
 
-/// Refuses a data directory whose membership file records horizons for another number of
-/// replicas than `n` (the log and checkpoint would otherwise be reported as corrupt, since
-/// their records are checked against `n`).
+/// Refuses a data directory whose metadata records another number of replicas than `n` (the
+/// log and checkpoint would otherwise be reported as corrupt, since their records are checked
+/// against `n`).
 fn check_cluster_size(dir: &std::path::Path, n: usize) -> Result<(), RuntimeError> {
-    let Ok(text) = std::fs::read_to_string(dir.join("membership")) else {
-        return Ok(()); // none yet, or unreadable: `Membership::load` says which
-    };
-    let mut words = text.split_whitespace();
-    if words.next() != Some("joined") {
-        return Ok(());
+    match storage::recorded_cluster_size(dir)? {
+        Some(recorded) if recorded != n => Err(RuntimeError::ClusterSize {
+            dir: dir.display().to_string(),
+            recorded,
+            configured: n,
+        }),
+        _ => Ok(()),
     }
-    let recorded = words.count();
-    if recorded == n {
-        return Ok(());
-    }
-    Err(RuntimeError::ClusterSize {
-        dir: dir.display().to_string(),
-        recorded,
-        configured: n,
-    })
 }
 
 /// Bytes in the files of `dir` and its subdirectories (0 for what cannot be read).

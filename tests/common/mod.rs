@@ -284,6 +284,17 @@ impl Cluster {
         self.wait_up(i).await;
     }
 
+    /// Replica `i`'s incarnation, from its metadata record (`<magic: 8> | length: u32 |
+    /// crc32c: u32 | proto::Metadata`, see `storage.rs`).
+    pub fn incarnation(&self, i: usize) -> u64 {
+        use prost::Message as _;
+        let path = self.dir.join(format!("replica-{i}/metadata"));
+        let bytes = std::fs::read(&path).expect("replica's metadata record");
+        proto::Metadata::decode(bytes.get(16..).expect("longer than its header"))
+            .expect("a metadata record")
+            .incarnation
+    }
+
     /// Replica `i`'s process id, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().map(|c| c.id())
