@@ -13,7 +13,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use epaxos_kv::proto::{operation, Get, Operation, ProposeRequest, Put};
+use epaxos_kv::core::{command, wire};
+use epaxos_kv::proto::ProposeRequest;
 use epaxos_kv::server::backoff::{Avoidance, Backoff};
 use rand::Rng;
 use tonic::transport::Channel;
@@ -21,6 +22,7 @@ use tonic::Code;
 
 use crate::cluster::{describe_status, is_local_timeout, Cluster, TargetMode};
 use crate::etcd::{pb as etcdpb, EtcdClient};
+use crate::session::{fresh_client_id, retryable_status};
 
 /// First avoidance of a replica that failed; doubles with each further failure in a row.
 pub const AVOID_BASE: Duration = Duration::from_millis(200);
@@ -92,15 +94,6 @@ impl Worker {
     }
 }
 
-fn fresh_client_id() -> u64 {
-    loop {
-        let id: u64 = rand::random();
-        if id != 0 {
-            return id;
-        }
-    }
-}
-
 /// A request that was answered.
 pub struct Answered {
     pub attempts: u32,
@@ -127,16 +120,7 @@ impl AttemptError {
     fn retryable(&self) -> bool {
         match self {
             AttemptError::Timeout => true,
-            AttemptError::Status(s) => {
-                matches!(
-                    s.code(),
-                    Code::DeadlineExceeded
-                        | Code::Unavailable
-                        | Code::ResourceExhausted
-                        | Code::Cancelled
-                        | Code::Aborted
-                ) || (s.code() == Code::Unknown && std::error::Error::source(s).is_some())
-            }
+            AttemptError::Status(s) => retryable_status(s),
         }
     }
 
@@ -200,12 +184,12 @@ impl Targets {
         let t = self.attempt_timeout;
         let result = match &self.backend {
             Backend::Ours(cluster) => {
-                let kind = match op {
-                    Op::Put { key, value } => operation::Kind::Put(Put {
+                let op = match op {
+                    Op::Put { key, value } => command::Op::Put {
                         key: key.clone(),
                         value: value.clone(),
-                    }),
-                    Op::Get { key } => operation::Kind::Get(Get { key: key.clone() }),
+                    },
+                    Op::Get { key } => command::Op::Get { key: key.clone() },
                 };
                 // `..Default::default()`: fields that later versions of the contract add (a
                 // retry flag) keep their defaults until the bench sets them.
@@ -213,7 +197,7 @@ impl Targets {
                 let propose = ProposeRequest {
                     client_id: w.client_id,
                     request_id,
-                    op: Some(Operation { kind: Some(kind) }),
+                    op: Some(wire::op_to_proto(&op)),
                     ..Default::default()
                 };
                 let mut req = tonic::Request::new(propose);

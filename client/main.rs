@@ -275,38 +275,17 @@ fn endpoints_config(
     endpoints: &[String],
     base: Option<epaxos_kv::server::config::Config>,
 ) -> Result<epaxos_kv::server::config::Config> {
-    use epaxos_kv::core::ids::ReplicaId;
-    use epaxos_kv::server::config::{Config, HostPort, Listen, Replica};
-    let mut replicas = Vec::with_capacity(endpoints.len());
+    use epaxos_kv::server::config::{Config, HostPort, TlsSettings};
+    let mut addrs = Vec::with_capacity(endpoints.len());
     for (i, e) in endpoints.iter().map(|e| e.trim()).enumerate() {
         if e.is_empty() {
             bail!("--endpoints: entry {} is empty", i + 1);
         }
         // A name stays a name: the client resolves it on each connect.
-        let addr = HostPort::parse(e).map_err(|why| anyhow::anyhow!("--endpoints: {e}: {why}"))?;
-        // The peer and metrics addresses are not used by the client.
-        replicas.push(Replica {
-            id: ReplicaId(i as u32),
-            addr: addr.clone(),
-            peer_addr: addr.clone(),
-            metrics_addr: addr.clone(),
-            listen: Listen {
-                addr: addr.clone(),
-                peer_addr: addr.clone(),
-                metrics_addr: addr,
-            },
-        });
+        addrs.push(HostPort::parse(e).map_err(|why| anyhow::anyhow!("--endpoints: {e}: {why}"))?);
     }
-    let mut config = match base {
-        Some(c) => c,
-        None => Config::parse(
-            r#"{"replicas": [{"id": 0, "addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2",
-                "metrics_addr": "127.0.0.1:3"}]}"#,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
-    };
-    config.replicas = replicas;
-    Ok(config)
+    let tls = base.map_or_else(TlsSettings::defaults, |c| c.tls);
+    Ok(Config::for_client(addrs, tls))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

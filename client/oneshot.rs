@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
-use epaxos_kv::core::command::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use epaxos_kv::proto::{operation, Cas, Delete, Get, OpResult, Operation, Put};
+use epaxos_kv::core::command::Op;
+use epaxos_kv::core::wire;
+use epaxos_kv::proto::{OpResult, Operation};
 
 use crate::cluster::{Cluster, Picker, TargetMode};
 use crate::session::{execute, Failure, RetryPolicy, Session};
@@ -45,55 +46,38 @@ impl Request {
         }
     }
 
-    /// Checks the limits of `src/core/command.rs` so that the user gets a clear message rather than
-    /// an INVALID_ARGUMENT from the replica.
+    /// The operation as the core has it (keys and values as bytes).
+    fn to_op(&self) -> Op {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        match self {
+            Request::Get { key } => Op::Get { key: b(key) },
+            Request::Put { key, value } => Op::Put {
+                key: b(key),
+                value: Bytes::copy_from_slice(value),
+            },
+            Request::Delete { key } => Op::Delete { key: b(key) },
+            Request::Cas { key, expected, new } => Op::Cas {
+                key: b(key),
+                expected: expected.as_deref().map(b),
+                new: b(new),
+            },
+        }
+    }
+
+    /// Checks the request as the replicas will (`Op::validate`: key and value sizes), so that
+    /// the user gets a clear message rather than an INVALID_ARGUMENT from a replica; and,
+    /// the client's own rule, that the key is not empty (an empty key is legal in the
+    /// protocol, but on a command line it is a mistake: an unset shell variable).
     fn validate(&self) -> Result<()> {
-        let key = self.key();
-        if key.is_empty() {
+        if self.key().is_empty() {
             bail!("the key is empty; keys have at least one byte");
         }
-        if key.len() > KEY_BYTES_MAX {
-            bail!(
-                "key is {} bytes; at most {KEY_BYTES_MAX} are allowed",
-                key.len()
-            );
-        }
-        let values: Vec<&[u8]> = match self {
-            Request::Put { value, .. } => vec![value],
-            Request::Cas { expected, new, .. } => expected
-                .iter()
-                .map(String::as_bytes)
-                .chain([new.as_bytes()])
-                .collect(),
-            _ => vec![],
-        };
-        for v in values {
-            if v.len() > VALUE_BYTES_MAX {
-                bail!(
-                    "value is {} bytes; at most {VALUE_BYTES_MAX} are allowed",
-                    v.len()
-                );
-            }
-        }
+        self.to_op().validate()?;
         Ok(())
     }
 
     fn to_operation(&self) -> Operation {
-        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-        let kind = match self {
-            Request::Get { key } => operation::Kind::Get(Get { key: b(key) }),
-            Request::Put { key, value } => operation::Kind::Put(Put {
-                key: b(key),
-                value: Bytes::copy_from_slice(value),
-            }),
-            Request::Delete { key } => operation::Kind::Delete(Delete { key: b(key) }),
-            Request::Cas { key, expected, new } => operation::Kind::Cas(Cas {
-                key: b(key),
-                expected: expected.as_deref().map(b),
-                new_value: b(new),
-            }),
-        };
-        Operation { kind: Some(kind) }
+        wire::op_to_proto(&self.to_op())
     }
 }
 
@@ -325,6 +309,8 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use epaxos_kv::core::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+    use epaxos_kv::proto::operation;
 
     #[test]
     fn cas_expect_absent_leaves_expected_unset() {
@@ -344,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_checked() {
+    fn limits_are_the_replicas() {
         let big = "x".repeat(KEY_BYTES_MAX + 1);
         let err = Request::Get { key: big }
             .validate()
@@ -358,6 +344,16 @@ mod tests {
         assert!(ok.validate().is_ok());
         let empty = Request::Get { key: String::new() }.validate().unwrap_err();
         assert!(empty.to_string().contains("empty"), "{empty}");
+        let cas = Request::Cas {
+            key: "k".into(),
+            expected: Some("x".repeat(VALUE_BYTES_MAX + 1)),
+            new: "v".into(),
+        };
+        let err = cas.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("value is"),
+            "an expected value counts too: {err}"
+        );
     }
 
     #[test]

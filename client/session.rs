@@ -49,7 +49,8 @@ impl Session {
     }
 }
 
-fn fresh_client_id() -> u64 {
+/// A new random session id.
+pub fn fresh_client_id() -> u64 {
     // 0 is a legal id, but a zero is what an uninitialised field looks like: avoid it.
     loop {
         let id: u64 = rand::random();
@@ -104,6 +105,20 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
     status.code() == Code::Unknown && std::error::Error::source(status).is_some()
 }
 
+/// Whether a request that failed with `status` may succeed when sent again (with the same
+/// request id, so that it executes at most once).
+pub fn retryable_status(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::DeadlineExceeded
+            | Code::Unavailable
+            | Code::ResourceExhausted
+            // The connection broke with the request outstanding (the replica stopped).
+            | Code::Cancelled
+            | Code::Aborted
+    ) || is_transport_failure(status)
+}
+
 /// Why one attempt failed.
 #[derive(Debug, Clone)]
 pub enum AttemptError {
@@ -140,17 +155,7 @@ impl AttemptError {
     pub fn retryable(&self) -> bool {
         match self {
             AttemptError::Timeout { .. } => true,
-            AttemptError::Status { status, .. } => {
-                matches!(
-                    status.code(),
-                    Code::DeadlineExceeded
-                        | Code::Unavailable
-                        | Code::ResourceExhausted
-                        // The connection broke with the request outstanding (the replica stopped).
-                        | Code::Cancelled
-                        | Code::Aborted
-                ) || is_transport_failure(status)
-            }
+            AttemptError::Status { status, .. } => retryable_status(status),
         }
     }
 }

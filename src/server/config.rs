@@ -303,6 +303,13 @@ impl TlsSettings {
         self.cert_dir.join("client.key")
     }
 
+    /// The settings of a config without a `tls` section, paths taken from the current
+    /// directory.
+    pub fn defaults() -> TlsSettings {
+        TlsSettings::parse(RawTls::default(), Path::new("."))
+            .expect("the default cluster name and paths are valid")
+    }
+
     fn parse(raw: RawTls, base: &Path) -> Result<TlsSettings, ConfigError> {
         let cluster_name = raw
             .cluster_name
@@ -433,6 +440,29 @@ impl Config {
     /// Number of replicas.
     pub fn n(&self) -> usize {
         self.replicas.len()
+    }
+
+    /// A client's view of a cluster whose replicas it names itself (`client --endpoints`):
+    /// replica i's client listener at `addrs[i]`, with `tls` (a config file's, or
+    /// [`TlsSettings::defaults`]). The peer and metrics addresses, which a client never dials,
+    /// are the client address.
+    pub fn for_client(addrs: Vec<HostPort>, tls: TlsSettings) -> Config {
+        let replicas = addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| Replica {
+                id: ReplicaId(i as u32),
+                peer_addr: addr.clone(),
+                metrics_addr: addr.clone(),
+                listen: Listen {
+                    addr: addr.clone(),
+                    peer_addr: addr.clone(),
+                    metrics_addr: addr.clone(),
+                },
+                addr,
+            })
+            .collect();
+        Config { replicas, tls }
     }
 
     /// The entry of replica `id`, or an error naming it.
