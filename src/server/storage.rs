@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 
 use crate::core::checkpoint::Checkpoint;
-use crate::core::ids::{Incarnation, InstanceId, ReplicaId};
+use crate::core::ids::InstanceId;
 use crate::core::instance::Instance;
 use crate::core::wire;
 use crate::proto;
@@ -458,7 +458,7 @@ fn frame_record(buf: &mut Vec<u8>, id: InstanceId, inst: &Instance) {
 /// The salt is checksummed but not written: bytes that stand just before the frame (a
 /// checkpoint's generation), so that a frame moved under another salt fails its checksum.
 /// Every CRC32C-framed thing the replica stores is written here and read by [`unframe`].
-fn frame(out: &mut Vec<u8>, salt: &[u8], payload: &[u8]) {
+pub(crate) fn frame(out: &mut Vec<u8>, salt: &[u8], payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("callers bound payloads below 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&checksum(salt, payload).to_le_bytes());
@@ -471,7 +471,7 @@ fn checksum(salt: &[u8], payload: &[u8]) -> u32 {
 
 /// Why the bytes at some offset are not a whole, intact frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum FrameError {
+pub(crate) enum FrameError {
     /// Fewer bytes than a frame's header.
     #[error("shorter than a frame header")]
     Short,
@@ -494,7 +494,7 @@ fn frame_len(bytes: &[u8]) -> Option<usize> {
 
 /// Reads the frame at the start of `bytes` (see [`frame`]), whose payload may be at most `max`
 /// bytes: its payload and the bytes after it.
-fn unframe<'a>(
+pub(crate) fn unframe<'a>(
     bytes: &'a [u8],
     salt: &[u8],
     max: usize,
@@ -518,14 +518,14 @@ fn unframe<'a>(
     Ok((payload, rest))
 }
 
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
 }
 
 /// Replaces `dir/name` atomically by `bytes`: temporary file, sync, rename, sync the directory.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let io = |source| StorageError::Io {
         path: tmp.clone(),
@@ -539,343 +539,11 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError
     Ok(())
 }
 
-/// The file holding the [`Metadata`] record.
-const METADATA_FILE: &str = "metadata";
-/// The metadata file starts with this, then one frame (see [`frame`]) of `proto::Metadata`.
-const METADATA_MAGIC: [u8; 8] = *b"EPXMETA\x01";
-/// The layout of `proto::Metadata` this version writes and reads.
-const METADATA_FORMAT: u32 = 1;
-/// Largest metadata record read back: a few numbers per replica.
-const METADATA_BYTES_MAX: usize = 64 * 1024;
-/// The text files that held the metadata before the record existed: read when there is no
-/// record, removed once the record that replaces them is durable.
-const LEGACY_INCARNATION_FILE: &str = "incarnation";
-const LEGACY_PEERS_FILE: &str = "peers";
-const LEGACY_MEMBERSHIP_FILE: &str = "membership";
-
 pub use crate::core::membership::Membership;
-
-/// What a replica keeps about itself and its cluster beside the log, as one record
-/// (`proto::Metadata` in `dir/metadata`), read once at start and replaced whole, atomically, by
-/// each change. One record rather than a file per item: a change is one write, and a crash
-/// cannot leave half of a new directory's state (an incarnation without its membership read as
-/// a replica that never lost its data).
-#[derive(Debug)]
-pub struct Metadata {
-    dir: PathBuf,
-    me: ReplicaId,
-    /// This replica's incarnation: drawn at random (nonzero) when the data directory is new.
-    /// Peers remember it (see `Node::hear`): a replica that lost its data directory comes back
-    /// as another incarnation, which they refuse.
-    pub incarnation: Incarnation,
-    /// Each peer's incarnation as first seen, by replica id.
-    pub peers: Vec<Option<Incarnation>>,
-    pub membership: Membership,
-    /// The membership epoch (configuration changes); 0 until epochs exist.
-    pub epoch: u64,
-    /// The text files of an earlier version are still there: removed after the next write.
-    legacy: bool,
-}
-
-impl Metadata {
-    /// Reads the metadata of replica `me` of a cluster of `n` from `dir`: the record, or the
-    /// text files of an earlier version (rewritten as a record by the next change), or, in a
-    /// new data directory, a new incarnation that is joining, made durable before this returns.
-    /// A damaged record, or one of another replica or cluster size, is an error: never a
-    /// silent fresh start.
-    pub fn open(dir: &Path, me: ReplicaId, n: usize) -> Result<Metadata, StorageError> {
-        let path = dir.join(METADATA_FILE);
-        let legacy = LEGACY_FILES.iter().any(|f| dir.join(f).exists());
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mut m = Metadata::decode(&bytes, dir, me, n).map_err(|reason| {
-                    StorageError::Corrupt {
-                        path: path.clone(),
-                        offset: 0,
-                        reason,
-                    }
-                })?;
-                // A crash after the record was durable, before the old files went.
-                m.legacy = legacy;
-                m.remove_legacy();
-                Ok(m)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(incarnation) = legacy_incarnation(dir)? {
-                    return Ok(Metadata {
-                        dir: dir.to_path_buf(),
-                        me,
-                        incarnation,
-                        peers: legacy_peers(dir, n)?,
-                        // None: a data directory from before joins existed, which never lost
-                        // its data.
-                        membership: legacy_membership(dir, n)?.unwrap_or(Membership::Joined {
-                            horizons: vec![0; n],
-                        }),
-                        epoch: 0,
-                        legacy,
-                    });
-                }
-                let mut m = Metadata {
-                    dir: dir.to_path_buf(),
-                    me,
-                    incarnation: Incarnation::new(rand::random::<u64>().max(1))
-                        .expect("max(1) is never zero"),
-                    peers: vec![None; n],
-                    membership: Membership::Joining,
-                    epoch: 0,
-                    legacy,
-                };
-                m.store()?;
-                Ok(m)
-            }
-            Err(source) => Err(StorageError::Io { path, source }),
-        }
-    }
-
-    /// Makes the peers' incarnations durable.
-    pub fn store_peers(&mut self, peers: &[Option<Incarnation>]) -> Result<(), StorageError> {
-        self.peers = peers.to_vec();
-        self.store()
-    }
-
-    /// Makes the membership durable.
-    pub fn store_membership(&mut self, membership: &Membership) -> Result<(), StorageError> {
-        self.membership = membership.clone();
-        self.store()
-    }
-
-    /// Replaces the record atomically, then removes the text files of an earlier version.
-    fn store(&mut self) -> Result<(), StorageError> {
-        private_dir(&self.dir)?;
-        let mut bytes = METADATA_MAGIC.to_vec();
-        frame(&mut bytes, &[], &self.to_proto().encode_to_vec());
-        replace_file(&self.dir, METADATA_FILE, &bytes)?;
-        self.remove_legacy();
-        Ok(())
-    }
-
-    /// Removes the text files of an earlier version (once the record is durable).
-    fn remove_legacy(&mut self) {
-        if !self.legacy {
-            return;
-        }
-        for name in LEGACY_FILES {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
-        sync_dir(&self.dir);
-        self.legacy = false;
-    }
-
-    fn to_proto(&self) -> proto::Metadata {
-        use proto::metadata::{Joined, Joining, Membership as Kind};
-        proto::Metadata {
-            format: METADATA_FORMAT,
-            replica: self.me.0,
-            cluster_size: self.peers.len() as u32,
-            incarnation: self.incarnation.get(),
-            peer_incarnations: self
-                .peers
-                .iter()
-                .map(|p| p.map_or(0, Incarnation::get))
-                .collect(),
-            membership: Some(match &self.membership {
-                Membership::Joining => Kind::Joining(Joining {}),
-                Membership::Joined { horizons } => Kind::Joined(Joined {
-                    horizons: horizons.clone(),
-                }),
-            }),
-            epoch: self.epoch,
-        }
-    }
-
-    /// Reads a metadata file's bytes; a damaged or foreign record is the reason why not.
-    fn decode(bytes: &[u8], dir: &Path, me: ReplicaId, n: usize) -> Result<Metadata, String> {
-        use proto::metadata::Membership as Kind;
-        let framed = bytes
-            .strip_prefix(&METADATA_MAGIC)
-            .ok_or("does not start with the metadata magic")?;
-        let payload = match unframe(framed, &[], METADATA_BYTES_MAX) {
-            Ok((payload, [])) => payload,
-            Ok((_, rest)) => return Err(format!("{} bytes after the record", rest.len())),
-            Err(e) => return Err(format!("damaged record: {e}")),
-        };
-        let p = proto::Metadata::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
-        if p.format != METADATA_FORMAT {
-            return Err(format!(
-                "record format {} (this version reads {METADATA_FORMAT})",
-                p.format
-            ));
-        }
-        if p.replica != me.0 {
-            return Err(format!(
-                "the data directory of replica {}, not of replica {}",
-                p.replica, me.0
-            ));
-        }
-        if p.cluster_size as usize != n || p.peer_incarnations.len() != n {
-            return Err(format!(
-                "a cluster of {} replicas ({} peer incarnations), not {n}",
-                p.cluster_size,
-                p.peer_incarnations.len()
-            ));
-        }
-        let membership = match p.membership.ok_or("no membership")? {
-            Kind::Joining(_) => Membership::Joining,
-            Kind::Joined(j) if j.horizons.len() == n => Membership::Joined {
-                horizons: j.horizons,
-            },
-            Kind::Joined(j) => return Err(format!("{} horizons, not {n}", j.horizons.len())),
-        };
-        Ok(Metadata {
-            dir: dir.to_path_buf(),
-            me,
-            incarnation: Incarnation::new(p.incarnation).ok_or("incarnation 0")?,
-            peers: p
-                .peer_incarnations
-                .into_iter()
-                .map(Incarnation::new)
-                .collect(),
-            membership,
-            epoch: p.epoch,
-            legacy: false,
-        })
-    }
-}
-
-const LEGACY_FILES: [&str; 3] = [
-    LEGACY_INCARNATION_FILE,
-    LEGACY_PEERS_FILE,
-    LEGACY_MEMBERSHIP_FILE,
-];
-
-/// Whether `dir` holds no replica state yet (no incarnation was ever drawn there): a replica
-/// starting on it must join before it takes part (see `runtime`).
-pub fn is_new(dir: &Path) -> bool {
-    !dir.join(METADATA_FILE).exists() && !dir.join(LEGACY_INCARNATION_FILE).exists()
-}
-
-/// The cluster size the data in `dir` was written for, if it says: the metadata record's, or
-/// the number of horizons in an earlier version's `membership` file. Read before the log
-/// (whose records are checked against the size), so that a changed configuration is named as
-/// such rather than as a corrupt log.
-pub fn recorded_cluster_size(dir: &Path) -> Result<Option<usize>, StorageError> {
-    let path = dir.join(METADATA_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let corrupt = |reason: String| StorageError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason,
-            };
-            let framed = bytes
-                .strip_prefix(&METADATA_MAGIC)
-                .ok_or_else(|| corrupt("does not start with the metadata magic".into()))?;
-            let (payload, _) = unframe(framed, &[], METADATA_BYTES_MAX)
-                .map_err(|e| corrupt(format!("damaged record: {e}")))?;
-            let p = proto::Metadata::decode(payload)
-                .map_err(|e| corrupt(format!("undecodable: {e}")))?;
-            Ok(Some(p.cluster_size as usize))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // An earlier version's membership file: `joined` and one horizon per replica.
-            let Ok(text) = std::fs::read_to_string(dir.join(LEGACY_MEMBERSHIP_FILE)) else {
-                return Ok(None); // none, or unreadable: `Metadata::open` says which
-            };
-            let mut words = text.split_whitespace();
-            Ok((words.next() == Some("joined")).then(|| words.count()))
-        }
-        Err(source) => Err(StorageError::Io { path, source }),
-    }
-}
-
-/// An earlier version's `incarnation` file: one nonzero number.
-fn legacy_incarnation(dir: &Path) -> Result<Option<Incarnation>, StorageError> {
-    let path = dir.join(LEGACY_INCARNATION_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(Incarnation::new)
-            .map(Some)
-            .ok_or(StorageError::Corrupt {
-                path,
-                offset: 0,
-                reason: "incarnation file does not hold a nonzero number".to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StorageError::Io { path, source }),
-    }
-}
-
-/// An earlier version's `membership` file: `joining`, or `joined` and the horizons; `None` if
-/// there is none (a data directory from before joins existed).
-fn legacy_membership(dir: &Path, n: usize) -> Result<Option<Membership>, StorageError> {
-    let path = dir.join(LEGACY_MEMBERSHIP_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StorageError::Io { path, source }),
-    };
-    let corrupt = |reason: &str| StorageError::Corrupt {
-        path: path.clone(),
-        offset: 0,
-        reason: reason.to_string(),
-    };
-    let mut words = text.split_whitespace();
-    match words.next() {
-        Some("joining") => Ok(Some(Membership::Joining)),
-        Some("joined") => {
-            let horizons = words
-                .map(|w| w.parse::<u64>())
-                .collect::<Result<Vec<u64>, _>>()
-                .map_err(|_| corrupt("membership horizons are not numbers"))?;
-            if horizons.len() != n {
-                return Err(corrupt(
-                    "membership holds horizons for another cluster size",
-                ));
-            }
-            Ok(Some(Membership::Joined { horizons }))
-        }
-        _ => Err(corrupt(
-            "membership file is neither `joining` nor `joined ...`",
-        )),
-    }
-}
-
-/// An earlier version's `peers` file: one `id incarnation` line per peer seen. Unreadable
-/// lines are an error (the file was replaced whole, so damage is real corruption).
-fn legacy_peers(dir: &Path, n: usize) -> Result<Vec<Option<Incarnation>>, StorageError> {
-    let path = dir.join(LEGACY_PEERS_FILE);
-    let mut known = vec![None; n];
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let mut parts = line.split_whitespace();
-                let parsed = (|| {
-                    let id: usize = parts.next()?.parse().ok()?;
-                    let inc = Incarnation::new(parts.next()?.parse().ok()?)?;
-                    Some((id, inc))
-                })();
-                match parsed {
-                    Some((id, inc)) if id < n => known[id] = Some(inc),
-                    _ => {
-                        return Err(StorageError::Corrupt {
-                            path,
-                            offset: 0,
-                            reason: "peers file holds a line that is not `id incarnation`"
-                                .to_string(),
-                        })
-                    }
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(StorageError::Io { path, source }),
-    }
-    Ok(known)
-}
+pub use crate::server::metadata::{is_new, recorded_cluster_size, Metadata};
+use crate::server::metadata::{
+    LEGACY_INCARNATION_FILE, LEGACY_MEMBERSHIP_FILE, LEGACY_PEERS_FILE, METADATA_FILE,
+};
 
 /// Reads the checkpoint, if any, with its generation (`None`: written before generations
 /// existed). A checkpoint is replaced whole by rename, so any damage is real corruption: refuse
@@ -1122,7 +790,7 @@ fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize,
 mod tests {
     use super::*;
     use crate::core::command::{Command, Op};
-    use crate::core::ids::{Ballot, ClientId, ReplicaId, RequestId};
+    use crate::core::ids::{Ballot, ClientId, Incarnation, ReplicaId, RequestId};
     use crate::core::instance::Status;
     use bytes::Bytes;
     use std::sync::Arc;
@@ -1650,138 +1318,5 @@ mod tests {
             assert_eq!(mode(&d.join(name)), 0o600, "{name} tightened");
         }
         let _ = std::fs::remove_dir_all(parent);
-    }
-
-    #[test]
-    fn metadata_is_drawn_once_then_each_change_is_durable() {
-        let d = dir();
-        assert!(is_new(&d));
-        let mut m = Metadata::open(&d, ReplicaId(1), 3).expect("new");
-        assert!(!is_new(&d), "durable before open returns");
-        assert_eq!(
-            m.membership,
-            Membership::Joining,
-            "a new directory joins first"
-        );
-        assert_eq!(m.peers, vec![None; 3]);
-        let again = Metadata::open(&d, ReplicaId(1), 3).expect("read");
-        assert_eq!(again.incarnation, m.incarnation, "kept across restarts");
-        let known = vec![Incarnation::new(77), None, Incarnation::new(5)];
-        m.store_peers(&known).expect("peers");
-        let joined = Membership::Joined {
-            horizons: vec![4, 0, 17],
-        };
-        m.store_membership(&joined).expect("membership");
-        let again = Metadata::open(&d, ReplicaId(1), 3).expect("read");
-        assert_eq!(
-            (
-                again.incarnation,
-                again.peers,
-                again.membership,
-                again.epoch
-            ),
-            (m.incarnation, known, joined, 0)
-        );
-        assert_eq!(recorded_cluster_size(&d).expect("size"), Some(3));
-        for name in LEGACY_FILES {
-            assert!(!d.join(name).exists(), "no {name} file is written");
-        }
-        std::fs::remove_dir_all(&d).expect("clean up");
-    }
-
-    /// A data directory of an earlier version (the three text files, written here by hand)
-    /// loads as it was, and is rewritten as one record by the next change; the old files go
-    /// only once the record is durable.
-    #[test]
-    fn an_earlier_versions_text_files_load_and_are_replaced_by_the_next_write() {
-        let d = dir();
-        std::fs::create_dir_all(&d).expect("mkdir");
-        std::fs::write(d.join("incarnation"), "1234\n").expect("write");
-        std::fs::write(d.join("peers"), "0 99\n2 7\n").expect("write");
-        std::fs::write(d.join("membership"), "joined 4 0 17\n").expect("write");
-        assert!(!is_new(&d));
-        assert_eq!(recorded_cluster_size(&d).expect("size"), Some(3));
-        assert_eq!(recorded_cluster_size(&d).expect("size"), Some(3));
-        let mut m = Metadata::open(&d, ReplicaId(1), 3).expect("legacy");
-        let joined = Membership::Joined {
-            horizons: vec![4, 0, 17],
-        };
-        let peers = vec![Incarnation::new(99), None, Incarnation::new(7)];
-        assert_eq!(m.incarnation, Incarnation::new(1234).expect("nonzero"));
-        assert_eq!((&m.peers, &m.membership), (&peers, &joined));
-        assert!(d.join("incarnation").exists(), "reading changes nothing");
-        assert!(!d.join(METADATA_FILE).exists());
-        m.store_peers(&peers).expect("the next write");
-        assert!(d.join(METADATA_FILE).exists());
-        for name in LEGACY_FILES {
-            assert!(!d.join(name).exists(), "{name} removed");
-        }
-        let again = Metadata::open(&d, ReplicaId(1), 3).expect("the record");
-        assert_eq!(again.incarnation, m.incarnation);
-        assert_eq!((again.peers, again.membership), (peers, joined));
-
-        // Without a membership file (from before joins existed): joined, never lost data. A
-        // crash after the record was written but before the old files went: they go at open.
-        let d2 = dir();
-        std::fs::create_dir_all(&d2).expect("mkdir");
-        std::fs::write(d2.join("incarnation"), "5\n").expect("write");
-        let m = Metadata::open(&d2, ReplicaId(0), 3).expect("legacy");
-        assert_eq!(
-            m.membership,
-            Membership::Joined {
-                horizons: vec![0; 3]
-            }
-        );
-        std::fs::copy(d.join(METADATA_FILE), d2.join(METADATA_FILE)).expect("copy");
-        let m = Metadata::open(&d2, ReplicaId(1), 3).expect("record wins");
-        assert_eq!(m.incarnation, Incarnation::new(1234).expect("nonzero"));
-        assert!(!d2.join("incarnation").exists(), "leftover removed");
-
-        // Damaged old files are still refused.
-        for (name, text) in [
-            ("membership", "joined 1 x 3\n"),
-            ("membership", "joined 1 2\n"),
-            ("peers", "1 garbage\n"),
-            ("peers", "1 0\n"),
-            ("incarnation", "0\n"),
-        ] {
-            let d3 = dir();
-            std::fs::create_dir_all(&d3).expect("mkdir");
-            std::fs::write(d3.join("incarnation"), "5\n").expect("write");
-            std::fs::write(d3.join(name), text).expect("damage");
-            assert!(
-                Metadata::open(&d3, ReplicaId(0), 3).is_err(),
-                "{name}: {text}"
-            );
-            std::fs::remove_dir_all(&d3).expect("clean up");
-        }
-        std::fs::remove_dir_all(&d).expect("clean up");
-        std::fs::remove_dir_all(&d2).expect("clean up");
-    }
-
-    #[test]
-    fn a_damaged_or_foreign_metadata_record_refuses_to_start() {
-        let d = dir();
-        Metadata::open(&d, ReplicaId(1), 3).expect("new");
-        let good = std::fs::read(d.join(METADATA_FILE)).expect("read");
-        let refusal = |bytes: &[u8], me: u32, n: usize| {
-            std::fs::write(d.join(METADATA_FILE), bytes).expect("write");
-            let err = Metadata::open(&d, ReplicaId(me), n).expect_err("refused");
-            let msg = err.to_string();
-            assert!(msg.contains("metadata"), "names the file: {msg}");
-            msg
-        };
-        let mut flipped = good.clone();
-        *flipped.last_mut().expect("not empty") ^= 1;
-        assert!(refusal(&flipped, 1, 3).contains("checksum mismatch"));
-        assert!(refusal(&good[..good.len() - 1], 1, 3).contains("bytes follow"));
-        assert!(refusal(&good[..5], 1, 3).contains("magic"));
-        assert!(refusal(b"", 1, 3).contains("magic"));
-        assert!(refusal(&good, 2, 3).contains("of replica 1, not of replica 2"));
-        assert!(refusal(&good, 1, 5).contains("cluster of 3"));
-        let kept = std::fs::read(d.join(METADATA_FILE)).expect("read");
-        assert_eq!(kept, good, "a refusal overwrites nothing");
-        Metadata::open(&d, ReplicaId(1), 3).expect("the right replica and size open it");
-        std::fs::remove_dir_all(&d).expect("clean up");
     }
 }
