@@ -22,11 +22,13 @@ fn templates() -> Vec<proto::ProposeRequest> {
         proto::ProposeRequest {
             client_id: 1,
             request_id: 1,
+            retry: false,
             op: op(Kind::Get(proto::Get { key: key.clone() })),
         },
         proto::ProposeRequest {
             client_id: 2,
             request_id: 9,
+            retry: false,
             op: op(Kind::Put(proto::Put {
                 key: key.clone(),
                 value: Bytes::from_static(b"value"),
@@ -35,11 +37,13 @@ fn templates() -> Vec<proto::ProposeRequest> {
         proto::ProposeRequest {
             client_id: 3,
             request_id: 2,
+            retry: false,
             op: op(Kind::Delete(proto::Delete { key: key.clone() })),
         },
         proto::ProposeRequest {
             client_id: u64::MAX,
             request_id: u64::MAX,
+            retry: false,
             op: op(Kind::Cas(proto::Cas {
                 key,
                 expected: Some(Bytes::from_static(b"old")),
