@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use epaxos_kv::core::command::{Command, Op};
+use epaxos_kv::core::deps::Deps;
 use epaxos_kv::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Message, RecoverReply};
@@ -218,12 +219,12 @@ impl Made {
     fn build(&self, next_request: &mut u64) -> Message {
         let instance = id_of(self.instance);
         let ballot = ballot_of(self.ballot);
-        let mut deps: Vec<InstanceId> = self.deps.iter().map(|d| id_of(*d)).collect();
+        let mut raw: Vec<InstanceId> = self.deps.iter().map(|d| id_of(*d)).collect();
         if self.self_dep {
-            deps.push(instance);
+            raw.push(instance);
         }
-        // One entry per row, sorted: the shape `wire` gives every message.
-        epaxos_kv::core::deps::normalize(&mut deps);
+        // One entry per row, sorted: the only shape `Deps` has.
+        let deps: Deps = raw.into_iter().collect();
         let commands = Arc::new(
             self.keys
                 .iter()
@@ -262,7 +263,9 @@ impl Made {
                 instance,
                 promised: ballot,
             },
-            6 => Message::CommitRequest { instances: deps },
+            6 => Message::CommitRequest {
+                instances: deps.as_slice().to_vec(),
+            },
             7 => Message::Watermark {
                 committed_prefix: self.prefix.clone(),
                 executed_prefix: self.prefix.iter().map(|p| p / 2).collect(),
@@ -340,10 +343,10 @@ fn impossible(
             None
         }
     };
-    let bad_deps = |id: &InstanceId, deps: &[InstanceId]| {
+    let bad_deps = |id: &InstanceId, deps: &Deps| {
         deps.iter()
             .find_map(bad_id)
-            .or_else(|| deps.contains(id).then_some(Reject::SelfDependency))
+            .or_else(|| deps.contains(*id).then_some(Reject::SelfDependency))
     };
     if let Some(r) = msg.instance().as_ref().and_then(bad_id) {
         return Some(r);
@@ -793,7 +796,7 @@ fn id(row: u32, slot: u64) -> InstanceId {
     InstanceId::new(ReplicaId(row), slot)
 }
 
-fn commit(instance: InstanceId, ballot: Ballot, deps: Vec<InstanceId>) -> Message {
+fn commit(instance: InstanceId, ballot: Ballot, deps: Deps) -> Message {
     Message::Commit {
         instance,
         ballot,
@@ -806,7 +809,11 @@ fn commit(instance: InstanceId, ballot: Ballot, deps: Vec<InstanceId>) -> Messag
 #[test]
 fn a_dependency_on_a_row_outside_the_cluster_is_rejected() {
     let mut rs = cluster(3);
-    let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), vec![id(7, 0)]);
+    let msg = commit(
+        id(1, 0),
+        Ballot::initial(ReplicaId(1)),
+        Deps::from([id(7, 0)]),
+    );
     assert_rejected(&mut rs[0], 1, msg, Reject::UnknownReplica);
     let msg = Message::CommitRequest {
         instances: vec![id(3, 0)],
@@ -830,7 +837,7 @@ fn a_ballot_of_a_replica_outside_the_cluster_is_rejected() {
     assert_rejected(
         &mut rs[0],
         1,
-        commit(id(1, 0), ballot, vec![]),
+        commit(id(1, 0), ballot, Deps::new()),
         Reject::UnknownReplica,
     );
     let msg = Message::Nack {
@@ -846,9 +853,13 @@ fn a_ballot_of_a_replica_outside_the_cluster_is_rejected() {
 fn a_slot_beyond_any_row_is_rejected() {
     let mut rs = cluster(3);
     for slot in [SLOT_LIMIT, u64::MAX] {
-        let msg = commit(id(1, slot), Ballot::initial(ReplicaId(1)), vec![]);
+        let msg = commit(id(1, slot), Ballot::initial(ReplicaId(1)), Deps::new());
         assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
-        let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), vec![id(2, slot)]);
+        let msg = commit(
+            id(1, 0),
+            Ballot::initial(ReplicaId(1)),
+            Deps::from([id(2, slot)]),
+        );
         assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
     }
     // Was: a Watermark reporting u64::MAX for two rows overflowed the sum in `catch_up` (a
@@ -859,7 +870,11 @@ fn a_slot_beyond_any_row_is_rejected() {
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
     // Just below the limit is a slot like any other.
-    let msg = commit(id(1, SLOT_LIMIT - 1), Ballot::initial(ReplicaId(1)), vec![]);
+    let msg = commit(
+        id(1, SLOT_LIMIT - 1),
+        Ballot::initial(ReplicaId(1)),
+        Deps::new(),
+    );
     rs[0].handle(Duration::from_secs(1), ReplicaId(1), msg);
     assert!(rs[0].take_ready().rejected.is_empty());
     rs[0].check_invariants().expect("invariants hold");
@@ -871,7 +886,7 @@ fn a_slot_beyond_any_row_is_rejected() {
 #[test]
 fn an_instance_of_the_own_row_never_created_is_rejected() {
     let mut rs = cluster(3);
-    let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), vec![]);
+    let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), Deps::new());
     assert_rejected(&mut rs[1], 0, msg, Reject::UnknownOwnInstance);
     let msg = Message::Recover {
         instance: id(1, 0),
@@ -882,7 +897,11 @@ fn an_instance_of_the_own_row_never_created_is_rejected() {
     };
     assert_rejected(&mut rs[1], 0, msg, Reject::UnknownOwnInstance);
     // Nor as a dependency.
-    let msg = commit(id(0, 0), Ballot::initial(ReplicaId(0)), vec![id(1, 0)]);
+    let msg = commit(
+        id(0, 0),
+        Ballot::initial(ReplicaId(0)),
+        Deps::from([id(1, 0)]),
+    );
     assert_rejected(&mut rs[1], 0, msg, Reject::UnknownOwnInstance);
     // Once r1 created 1.0 itself, the same ids are ordinary.
     rs[1].propose(1, get(1, 1)).expect("room");
@@ -908,7 +927,7 @@ fn an_instance_depending_on_itself_is_rejected() {
         instance: id(1, 0),
         ballot: Ballot::initial(ReplicaId(1)),
         commands: Arc::new(vec![get(7, 1)]),
-        deps: vec![id(1, 0)],
+        deps: Deps::from([id(1, 0)]),
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::SelfDependency);
     let msg = Message::ValidateOk {
@@ -935,7 +954,7 @@ fn a_ballot_that_cannot_exist_is_rejected() {
     assert_rejected(
         &mut rs[0],
         1,
-        commit(id(1, 0), not_leaders, vec![]),
+        commit(id(1, 0), not_leaders, Deps::new()),
         Reject::Ballot,
     );
     let msg = Message::Recover {
@@ -950,7 +969,7 @@ fn a_ballot_that_cannot_exist_is_rejected() {
             replica: ReplicaId(2),
         },
         commands: Arc::new(vec![]),
-        deps: vec![],
+        deps: Deps::new(),
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::Ballot);
     let msg = Message::RecoverOk {
@@ -966,7 +985,7 @@ fn a_ballot_that_cannot_exist_is_rejected() {
                 replica: ReplicaId(1),
             }),
             commands: Arc::new(vec![]),
-            deps: vec![],
+            deps: Deps::new(),
             init_deps: None,
         },
     };

@@ -263,7 +263,11 @@ fn conflicting_concurrent_proposals_force_the_slow_path() {
         "0.0 decided by {led:?}"
     );
     let deps = &c.replicas[2].instance(id(0, 0)).expect("r2 knows 0.0").deps;
-    assert_eq!(deps, &vec![id(1, 0)], "the slow path commits the union");
+    assert_eq!(
+        deps.as_slice(),
+        [id(1, 0)],
+        "the slow path commits the union"
+    );
     // Both writes executed in the same order everywhere: 1.0 first, as 0.0 depends on it.
     for r in 0..3 {
         assert_eq!(c.replicas[r].kv().get(b"k"), Some(&b("from-0")), "r{r}");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use epaxos_kv::core::command::{Command, Op};
+use epaxos_kv::core::deps::Deps;
 use epaxos_kv::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Message, RecoverReply};
@@ -81,7 +82,7 @@ pub fn commands() -> Arc<Vec<Command>> {
 
 /// One message of every type, about instances the core from [`core_with_state`] knows.
 pub fn message_templates() -> Vec<Message> {
-    let deps = vec![id(0, 0), id(2, 1)];
+    let deps = Deps::from([id(0, 0), id(2, 1)]);
     vec![
         Message::PreAccept {
             instance: id(1, 0),
@@ -108,7 +109,7 @@ pub fn message_templates() -> Vec<Message> {
             instance: id(2, 0),
             ballot: ballot(1, 2),
             commands: commands(),
-            deps: vec![id(0, 0)],
+            deps: Deps::from([id(0, 0)]),
         },
         Message::Nack {
             instance: id(0, 0),
@@ -133,7 +134,7 @@ pub fn message_templates() -> Vec<Message> {
                 accepted_ballot: Some(ballot(0, 2)),
                 commands: commands(),
                 deps: deps.clone(),
-                init_deps: Some(vec![id(0, 0)]),
+                init_deps: Some(Deps::from([id(0, 0)])),
             },
         },
         Message::Validate {
@@ -156,18 +157,18 @@ pub fn message_templates() -> Vec<Message> {
 
 /// Log records of every status.
 pub fn record_templates() -> Vec<(InstanceId, Instance)> {
-    let inst = |status, b: Ballot, ab: Option<Ballot>, init: Option<Vec<InstanceId>>| Instance {
+    let inst = |status, b: Ballot, ab: Option<Ballot>, init: Option<Deps>| Instance {
         status,
         ballot: b,
         accepted_ballot: ab,
         commands: commands(),
-        deps: vec![id(2, 0)],
+        deps: Deps::from([id(2, 0)]),
         init_deps: init,
     };
     vec![
         (
             id(0, 0),
-            inst(Status::PreAccepted, ballot(0, 0), None, Some(vec![])),
+            inst(Status::PreAccepted, ballot(0, 0), None, Some(Deps::new())),
         ),
         (
             id(0, 1),
@@ -179,7 +180,7 @@ pub fn record_templates() -> Vec<(InstanceId, Instance)> {
         ),
         (
             id(2, 5),
-            inst(Status::Initial, ballot(4, 0), None, Some(vec![id(0, 1)])),
+            inst(Status::Initial, ballot(4, 0), None, Some(Deps::from([id(0, 1)]))),
         ),
     ]
 }
@@ -207,7 +208,7 @@ pub fn core_with_state() -> Replica {
             instance: id(2, 3),
             ballot: ballot(0, 2),
             commands: commands(),
-            deps: vec![],
+            deps: Deps::new(),
         },
     );
     r.handle(
@@ -217,7 +218,7 @@ pub fn core_with_state() -> Replica {
             instance: id(1, 0),
             ballot: ballot(0, 1),
             commands: commands(),
-            deps: vec![id(0, 0)],
+            deps: Deps::from([id(0, 0)]),
         },
     );
     // Long enough for 2.3 to be a straggler taken over by recovery.

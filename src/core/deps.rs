@@ -1,11 +1,12 @@
-//! Dependency computation: which known instances a new command interferes with.
+//! Dependencies: what they mean, the one shape they have ([`Deps`]), and how they are computed
+//! (which known instances a new command interferes with).
 //!
 //! **What a dependency means.** Deps hold at most one entry per row: `q.s` in the deps of `x`
 //! means "every instance of row `q` up to slot `s`" (the downward closure of the row, as in
 //! the original Go implementation). Execution orders `x` after each of those that interferes
 //! with it (see `execute::Unexecuted`), and waits until all of them are committed, since only
 //! then is it known which of them interfere. This meaning is exact and cheap to test
-//! (`covers`), which EPaxos* recovery needs: its Validate phase asks "is `y` in `D`?" and
+//! ([`Deps::covers`]), which EPaxos* recovery needs: its Validate phase asks "is `y` in `D`?" and
 //! "is `x` in the deps of `y`?", and a recovered no-op must not break what depends on a slot.
 //!
 //! **How they are computed.** Per key and per row the index keeps the latest slot that touched
@@ -24,29 +25,145 @@
 //! taken as stale at one of them and executed at the other.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use bytes::Bytes;
 
 use crate::core::command::Command;
 use crate::core::ids::{ClientId, InstanceId, ReplicaId};
 
-/// Keeps the highest slot of each row, sorted by row: the one shape deps have.
-pub fn normalize(deps: &mut Vec<InstanceId>) {
-    deps.sort_unstable_by(|a, b| a.replica.cmp(&b.replica).then(b.slot.cmp(&a.slot)));
-    deps.dedup_by_key(|d| d.replica);
+/// A dependency set in its one shape: sorted by row, at most one entry per row, that row's
+/// highest slot (see the module doc for what `q.s` means). The fields are private and every
+/// constructor normalizes, so the shape cannot be broken: two sets that mean the same thing are
+/// equal, which is what the fast path's "answered exactly the initial deps" compares.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Deps(Vec<InstanceId>);
+
+impl Deps {
+    /// No dependency.
+    pub fn new() -> Deps {
+        Deps(Vec::new())
+    }
+
+    /// Adds `id`: its row then reaches at least its slot (a lower entry of the row is raised,
+    /// a higher one kept).
+    pub fn raise(&mut self, id: InstanceId) {
+        match self.0.binary_search_by_key(&id.replica, |d| d.replica) {
+            Ok(i) => self.0[i].slot = self.0[i].slot.max(id.slot),
+            Err(i) => self.0.insert(i, id),
+        }
+    }
+
+    /// Adds every entry of `other` (see [`Deps::union`]).
+    pub fn union_with(&mut self, other: &Deps) {
+        if other.0.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
+        }
+        *self = self.union(other);
+    }
+
+    /// The union of two sets: per row, the higher slot.
+    pub fn union(&self, other: &Deps) -> Deps {
+        let (a, b) = (&self.0, &other.0);
+        let mut u = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            let (x, y) = (a[i], b[j]);
+            match x.replica.cmp(&y.replica) {
+                std::cmp::Ordering::Less => {
+                    u.push(x);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    u.push(y);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    u.push(if x.slot >= y.slot { x } else { y });
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        u.extend_from_slice(&a[i..]);
+        u.extend_from_slice(&b[j..]);
+        Deps(u)
+    }
+
+    /// Whether the set includes `id`: `id`'s row has an entry at or above its slot.
+    pub fn covers(&self, id: InstanceId) -> bool {
+        self.slot(id.replica).is_some_and(|s| s >= id.slot)
+    }
+
+    /// The highest slot of `row` in the set, if the set names the row.
+    pub fn slot(&self, row: ReplicaId) -> Option<u64> {
+        self.0
+            .binary_search_by_key(&row, |d| d.replica)
+            .ok()
+            .map(|i| self.0[i].slot)
+    }
+
+    /// Whether `id` is exactly one of the entries (not merely covered by one): an instance
+    /// naming itself is refused this way.
+    pub fn contains(&self, id: InstanceId) -> bool {
+        self.slot(id.replica) == Some(id.slot)
+    }
+
+    /// The entries, by row.
+    pub fn iter(&self) -> std::slice::Iter<'_, InstanceId> {
+        self.0.iter()
+    }
+
+    /// The entries, by row, as a slice.
+    pub fn as_slice(&self) -> &[InstanceId] {
+        &self.0
+    }
+
+    /// Number of rows named.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no row is named.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
-/// The union of two deps: per row, the higher slot.
-pub fn union(a: &[InstanceId], b: &[InstanceId]) -> Vec<InstanceId> {
-    let mut u: Vec<InstanceId> = a.iter().chain(b).copied().collect();
-    normalize(&mut u);
-    u
+/// Any entries, in any order and with repeated rows: keeps the highest slot of each row.
+impl FromIterator<InstanceId> for Deps {
+    fn from_iter<I: IntoIterator<Item = InstanceId>>(iter: I) -> Deps {
+        let mut deps: Vec<InstanceId> = iter.into_iter().collect();
+        deps.sort_unstable_by(|a, b| a.replica.cmp(&b.replica).then(b.slot.cmp(&a.slot)));
+        deps.dedup_by_key(|d| d.replica);
+        Deps(deps)
+    }
 }
 
-/// Whether `deps` include `id`: `id`'s row has an entry at or above its slot.
-pub fn covers(deps: &[InstanceId], id: InstanceId) -> bool {
-    deps.iter()
-        .any(|d| d.replica == id.replica && d.slot >= id.slot)
+/// A literal list of entries, normalized like any other input.
+impl<const N: usize> From<[InstanceId; N]> for Deps {
+    fn from(ids: [InstanceId; N]) -> Deps {
+        ids.into_iter().collect()
+    }
+}
+
+impl<'a> IntoIterator for &'a Deps {
+    type Item = &'a InstanceId;
+    type IntoIter = std::slice::Iter<'a, InstanceId>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// As a list, like the `Vec` it wraps.
+impl fmt::Debug for Deps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.0).finish()
+    }
 }
 
 /// What commands conflict on: a key, or a client session (see the module doc).
@@ -100,14 +217,14 @@ impl ConflictIndex {
     }
 
     /// Adds to `deps` the instances that `instance` (with `commands`) must depend on, as known
-    /// here. `deps` comes back sorted and without duplicates. Only the instance's own leader
-    /// adds from its own row (the chain); other replicas leave that row to the leader.
+    /// here. Only the instance's own leader adds from its own row (the chain); other replicas
+    /// leave that row to the leader.
     pub fn collect(
         &self,
         instance: InstanceId,
         commands: &[Command],
         own_row: bool,
-        deps: &mut Vec<InstanceId>,
+        deps: &mut Deps,
     ) {
         for (key, write) in keys_of(commands) {
             let Some(rows) = self.by_key.get(&key) else {
@@ -128,12 +245,11 @@ impl ConflictIndex {
                 if let Some(slot) = slot {
                     let dep = InstanceId::new(row_id, slot);
                     if dep != instance {
-                        deps.push(dep);
+                        deps.raise(dep);
                     }
                 }
             }
         }
-        normalize(deps);
     }
 
     /// Records that `instance` touches the keys of `commands`.
@@ -234,9 +350,9 @@ mod tests {
         cmds: &[Command],
         own: bool,
     ) -> Vec<InstanceId> {
-        let mut d = Vec::new();
+        let mut d = Deps::new();
         ix.collect(inst, cmds, own, &mut d);
-        d
+        d.as_slice().to_vec()
     }
 
     #[test]
@@ -305,17 +421,81 @@ mod tests {
         assert_eq!(deps_of(&ix, id(1, 1), &[put("a")], true), vec![id(0, 7)]);
     }
 
+    fn deps(ids: &[InstanceId]) -> Deps {
+        ids.iter().copied().collect()
+    }
+
     #[test]
     fn deps_keep_the_highest_slot_per_row_and_cover_below_it() {
-        let mut d = vec![id(1, 2), id(0, 4), id(1, 9), id(0, 1)];
-        normalize(&mut d);
-        assert_eq!(d, vec![id(0, 4), id(1, 9)]);
+        let d = deps(&[id(1, 2), id(0, 4), id(1, 9), id(0, 1)]);
+        assert_eq!(d.as_slice(), [id(0, 4), id(1, 9)]);
         assert_eq!(
-            union(&d, &[id(0, 7), id(2, 0)]),
-            vec![id(0, 7), id(1, 9), id(2, 0)]
+            d.union(&deps(&[id(0, 7), id(2, 0)])).as_slice(),
+            [id(0, 7), id(1, 9), id(2, 0)]
         );
-        assert!(covers(&d, id(0, 4)) && covers(&d, id(0, 0)) && covers(&d, id(1, 3)));
-        assert!(!covers(&d, id(0, 5)) && !covers(&d, id(2, 0)));
+        assert!(d.covers(id(0, 4)) && d.covers(id(0, 0)) && d.covers(id(1, 3)));
+        assert!(!d.covers(id(0, 5)) && !d.covers(id(2, 0)));
+        assert!(d.contains(id(1, 9)) && !d.contains(id(1, 2)));
+        let mut r = d.clone();
+        r.raise(id(1, 3));
+        assert_eq!(r, d, "a lower slot of a named row changes nothing");
+        r.raise(id(2, 5));
+        r.raise(id(0, 6));
+        assert_eq!(r.as_slice(), [id(0, 6), id(1, 9), id(2, 5)]);
+        assert_eq!(format!("{d:?}"), format!("{:?}", [id(0, 4), id(1, 9)]));
+    }
+
+    /// The fast path compares sets with `==`: two sets that cover the same instances are equal
+    /// whatever order and repetitions they were built from.
+    #[test]
+    fn equal_meaning_is_equal_value() {
+        let a = deps(&[id(2, 1), id(0, 3), id(0, 1)]);
+        let b = deps(&[id(0, 3), id(2, 0), id(2, 1)]);
+        assert_eq!(a, b);
+        assert_ne!(a, deps(&[id(0, 3), id(2, 2)]));
+    }
+
+    proptest::proptest! {
+        /// Any input comes out sorted by row with one entry per row, that row's highest slot;
+        /// `covers`, `union` and `raise` agree with the naive reading of the raw entries.
+        #[test]
+        fn any_input_normalizes_and_agrees_with_a_naive_model(
+            a in proptest::collection::vec((0u32..5, 0u64..8), 0..12),
+            b in proptest::collection::vec((0u32..5, 0u64..8), 0..12),
+            probe in (0u32..6, 0u64..9),
+        ) {
+            let ids = |v: &[(u32, u64)]| -> Vec<InstanceId> {
+                v.iter().map(|(r, s)| id(*r, *s)).collect()
+            };
+            let (ra, rb, probe) = (ids(&a), ids(&b), id(probe.0, probe.1));
+            // The naive model: "is x in the set built from these raw entries?"
+            let naive = |raw: &[InstanceId], x: InstanceId| {
+                raw.iter().any(|d| d.replica == x.replica && d.slot >= x.slot)
+            };
+            let (da, db) = (deps(&ra), deps(&rb));
+            for d in [&da, &db] {
+                let s = d.as_slice();
+                proptest::prop_assert!(s.windows(2).all(|w| w[0].replica < w[1].replica));
+            }
+            for row in 0..6 {
+                let highest = ra.iter().filter(|d| d.replica.0 == row).map(|d| d.slot).max();
+                proptest::prop_assert_eq!(da.slot(ReplicaId(row)), highest);
+            }
+            proptest::prop_assert_eq!(da.len(), da.iter().count());
+            proptest::prop_assert_eq!(da.covers(probe), naive(&ra, probe));
+            let u = da.union(&db);
+            let both: Vec<InstanceId> = ra.iter().chain(&rb).copied().collect();
+            proptest::prop_assert_eq!(&u, &deps(&both));
+            proptest::prop_assert_eq!(u.covers(probe), naive(&ra, probe) || naive(&rb, probe));
+            let mut w = da.clone();
+            w.union_with(&db);
+            proptest::prop_assert_eq!(&w, &u);
+            let mut r = da.clone();
+            for x in &rb {
+                r.raise(*x);
+            }
+            proptest::prop_assert_eq!(&r, &u);
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::core::command::Command;
-use crate::core::deps::{keys_of, ConflictKey};
+use crate::core::deps::{keys_of, ConflictKey, Deps};
 use crate::core::ids::InstanceId;
 
 /// What the walk needs to know about an instance.
@@ -217,12 +217,7 @@ impl Unexecuted {
     ///
     /// The caller must also make the instance wait until every slot its deps cover is
     /// committed: only then is it known which of them interfere.
-    pub fn edges(
-        &self,
-        id: InstanceId,
-        commands: &[Command],
-        deps: &[InstanceId],
-    ) -> Vec<InstanceId> {
+    pub fn edges(&self, id: InstanceId, commands: &[Command], deps: &Deps) -> Vec<InstanceId> {
         let mut edges = Vec::new();
         let computed;
         let keys = match self.footprints.get(&id) {
@@ -268,7 +263,7 @@ impl Unexecuted {
 /// Rows of `deps` whose covered slots are not all committed: the first uncommitted slot of each,
 /// given per row the first slot not known to be committed.
 pub fn gaps<'a>(
-    deps: &'a [InstanceId],
+    deps: &'a Deps,
     committed_prefix: &'a [u64],
 ) -> impl Iterator<Item = InstanceId> + 'a {
     deps.iter().filter_map(move |d| {
@@ -447,27 +442,35 @@ mod tests {
             u.insert(id(0, 3), &[cmd(3, "a", false)]);
             u.insert(id(1, 5), &[cmd(4, "a", true)]);
             // A write on a covering row 0 up to 3 and row 1 up to 5: the latest on a of each.
-            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 3), id(1, 5)]);
+            let e = u.edges(
+                id(2, 0),
+                &[cmd(9, "a", true)],
+                &Deps::from([id(0, 3), id(1, 5)]),
+            );
             assert_eq!(e, vec![id(0, 3), id(1, 5)]);
             // A read skips reads of other rows: the latest write on a in row 0 is 0.1.
-            let e = u.edges(id(2, 0), &[cmd(9, "a", false)], &[id(0, 3)]);
+            let e = u.edges(id(2, 0), &[cmd(9, "a", false)], &Deps::from([id(0, 3)]));
             assert_eq!(e, vec![id(0, 1)]);
             // Slots above the dep's are not covered; other keys do not interfere.
-            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 2)]);
+            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &Deps::from([id(0, 2)]));
             assert_eq!(e, vec![id(0, 1)]);
-            let e = u.edges(id(2, 0), &[cmd(9, "c", true)], &[id(0, 3), id(1, 5)]);
+            let e = u.edges(
+                id(2, 0),
+                &[cmd(9, "c", true)],
+                &Deps::from([id(0, 3), id(1, 5)]),
+            );
             assert!(e.is_empty());
             // Executed instances leave the index.
             u.remove(id(0, 3));
             u.remove(id(0, 1));
-            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &[id(0, 3)]);
+            let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &Deps::from([id(0, 3)]));
             assert!(e.is_empty());
         }
 
         #[test]
         fn uncommitted_covered_slots_are_gaps() {
             let prefix = [4, 0, 9];
-            let g: Vec<_> = gaps(&[id(0, 3), id(1, 0), id(2, 9)], &prefix).collect();
+            let g: Vec<_> = gaps(&Deps::from([id(0, 3), id(1, 0), id(2, 9)]), &prefix).collect();
             assert_eq!(g, vec![id(1, 0), id(2, 9)]);
         }
     }

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::message::Commands;
 
@@ -47,10 +48,10 @@ pub struct Instance {
     pub accepted_ballot: Option<Ballot>,
     pub commands: Commands,
     /// The current dependencies: final once the status is Committed.
-    pub deps: Vec<InstanceId>,
+    pub deps: Deps,
     /// The leader's initial dependencies (what the fast path compares against, and what
     /// EPaxos* recovery needs); `None` where neither its PreAccept nor a Validate arrived.
-    pub init_deps: Option<Vec<InstanceId>>,
+    pub init_deps: Option<Deps>,
 }
 
 impl Instance {
@@ -62,7 +63,7 @@ impl Instance {
             ballot: Ballot::initial(id.replica),
             accepted_ballot: None,
             commands: Commands::default(),
-            deps: Vec::new(),
+            deps: Deps::new(),
             init_deps: None,
         }
     }
@@ -77,9 +78,7 @@ impl Instance {
 #[derive(Debug, Clone)]
 pub enum Phase {
     /// Waiting for PreAcceptOks: (replica, deps) per answer.
-    PreAccepting {
-        replies: Vec<(ReplicaId, Vec<InstanceId>)>,
-    },
+    PreAccepting { replies: Vec<(ReplicaId, Deps)> },
     /// Waiting for AcceptOks.
     Accepting { acks: Vec<ReplicaId> },
 }

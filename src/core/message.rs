@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::core::command::Command;
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId};
 use crate::core::instance::Status;
 
@@ -20,20 +21,20 @@ pub enum Message {
         instance: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     },
     /// The leader's deps plus the interfering instances the sender knows.
     PreAcceptOk {
         instance: InstanceId,
         ballot: Ballot,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     },
     /// Phase 2 (slow path): accept these final dependencies.
     Accept {
         instance: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     },
     /// The sender accepted at `ballot`.
     AcceptOk {
@@ -45,7 +46,7 @@ pub enum Message {
         instance: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     },
     /// The sender has promised `promised`, higher than the rejected message's ballot.
     Nack {
@@ -76,7 +77,7 @@ pub enum Message {
         instance: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     },
     /// The interfering instances the sender knows that `deps` do not cover and that do not
     /// depend on the instance, each with whether it is committed at the sender.
@@ -97,8 +98,8 @@ pub struct RecoverReply {
     pub accepted_ballot: Option<Ballot>,
     /// Empty: unknown (status `Initial`) or a no-op (accepted or committed).
     pub commands: Commands,
-    pub deps: Vec<InstanceId>,
-    pub init_deps: Option<Vec<InstanceId>>,
+    pub deps: Deps,
+    pub init_deps: Option<Deps>,
 }
 
 impl Message {
@@ -159,7 +160,7 @@ impl Message {
     }
 
     /// The dependencies the message carries, if any.
-    pub fn deps(&self) -> Option<&[InstanceId]> {
+    pub fn deps(&self) -> Option<&Deps> {
         match self {
             Message::PreAccept { deps, .. }
             | Message::PreAcceptOk { deps, .. }
@@ -184,16 +185,16 @@ impl<T: fmt::Display> fmt::Display for Show<T> {
     }
 }
 
-/// Shows a dependency list as `[0.1,2.7]`, for traces.
-pub struct ShowDeps<'a>(pub Option<&'a [InstanceId]>);
+/// Shows a dependency list (a [`Deps`], or any list of instances) as `[0.1,2.7]`, for traces.
+pub struct ShowDeps<D>(pub Option<D>);
 
-impl fmt::Display for ShowDeps<'_> {
+impl<'a, D: IntoIterator<Item = &'a InstanceId> + Copy> fmt::Display for ShowDeps<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(deps) = self.0 else {
             return f.write_str("-");
         };
         f.write_str("[")?;
-        for (i, d) in deps.iter().enumerate() {
+        for (i, d) in deps.into_iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }

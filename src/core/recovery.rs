@@ -49,6 +49,7 @@
 //! which its peers fence the old one against, and abstains below the horizons they report
 //! (see `Replica` "rejoin" and `join`).
 
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::Status;
 use crate::core::message::{Commands, RecoverReply};
@@ -56,13 +57,13 @@ use crate::core::message::{Commands, RecoverReply};
 /// What the RecoverOk answers decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Commit(Commands, Vec<InstanceId>),
-    Accept(Commands, Vec<InstanceId>),
+    Commit(Commands, Deps),
+    Accept(Commands, Deps),
     /// Check whether the command may have been committed on the fast path; `matching` answers
     /// pre-accepted exactly the initial deps.
     Validate {
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
         matching: usize,
     },
     Nop,
@@ -151,7 +152,7 @@ pub fn after_waiting(n: usize, f: usize, e: usize, awaited: &[Awaited]) -> Optio
         return Some(Decision::Nop);
     }
     if awaited.iter().all(|a| *a == Awaited::Harmless) {
-        return Some(Decision::Accept(Commands::default(), Vec::new()));
+        return Some(Decision::Accept(Commands::default(), Deps::new()));
     }
     let threshold = n.saturating_sub(f + e) as u32;
     let cycle = awaited
@@ -182,6 +183,7 @@ mod tests {
         }])
     }
     fn reply(status: Status, ab: Option<u32>, deps: &[InstanceId], init: bool) -> RecoverReply {
+        let deps: Deps = deps.iter().copied().collect();
         RecoverReply {
             status,
             accepted_ballot: ab.map(|round| Ballot {
@@ -193,8 +195,8 @@ mod tests {
             } else {
                 cmd()
             },
-            deps: deps.to_vec(),
-            init_deps: init.then(|| vec![id(1, 1)]),
+            deps,
+            init_deps: init.then(|| Deps::from([id(1, 1)])),
         }
     }
     const R0: ReplicaId = ReplicaId(0);
@@ -208,7 +210,10 @@ mod tests {
             (R1, reply(Status::Accepted, Some(1), &[id(1, 5)], true)),
             (R2, reply(Status::Committed, Some(0), &d, true)),
         ];
-        assert_eq!(decide(R0, 1, &replies), Decision::Commit(cmd(), d.to_vec()));
+        assert_eq!(
+            decide(R0, 1, &replies),
+            Decision::Commit(cmd(), Deps::from(d))
+        );
         // Highest accepted ballot, not highest promise: a stale accept at round 0 loses.
         let replies = [
             (R1, reply(Status::Accepted, Some(0), &[id(1, 9)], true)),
@@ -216,7 +221,7 @@ mod tests {
         ];
         assert_eq!(
             decide(R0, 1, &replies),
-            Decision::Accept(cmd(), vec![id(1, 5)])
+            Decision::Accept(cmd(), Deps::from([id(1, 5)]))
         );
     }
 

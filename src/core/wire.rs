@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::core::command::{Command, CommandError, Op, OpResult};
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::{Message, RecoverReply};
@@ -146,8 +147,12 @@ fn commands_to_proto(cmds: &[Command]) -> Vec<proto::Command> {
         .collect()
 }
 
-fn deps_to_proto(deps: &[InstanceId]) -> Vec<proto::InstanceId> {
-    deps.iter().map(|d| id_to_proto(*d)).collect()
+fn ids_to_proto(ids: &[InstanceId]) -> Vec<proto::InstanceId> {
+    ids.iter().map(|d| id_to_proto(*d)).collect()
+}
+
+fn deps_to_proto(deps: &Deps) -> Vec<proto::InstanceId> {
+    ids_to_proto(deps.as_slice())
 }
 
 /// Converts a core message to the contract.
@@ -205,7 +210,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             promised: Some(ballot_to_proto(*promised)),
         }),
         Message::CommitRequest { instances } => Kind::CommitRequest(proto::CommitRequest {
-            instances: deps_to_proto(instances),
+            instances: ids_to_proto(instances),
         }),
         Message::Watermark {
             committed_prefix,
@@ -230,7 +235,11 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             commands: commands_to_proto(&reply.commands),
             deps: deps_to_proto(&reply.deps),
             init_known: reply.init_deps.is_some(),
-            init_deps: deps_to_proto(reply.init_deps.as_deref().unwrap_or_default()),
+            init_deps: reply
+                .init_deps
+                .as_ref()
+                .map(deps_to_proto)
+                .unwrap_or_default(),
         }),
         Message::Validate {
             instance,
@@ -290,14 +299,12 @@ fn ballot_from(p: Option<proto::Ballot>, n: usize) -> Result<Ballot, WireError> 
     })
 }
 
-fn deps_from(p: Vec<proto::InstanceId>, n: usize) -> Result<Vec<InstanceId>, WireError> {
-    let mut deps = p
-        .into_iter()
-        .map(|d| id_from(Some(d), n))
-        .collect::<Result<Vec<_>, _>>()?;
-    // The core relies on one entry per row, sorted (equality is the fast-path test).
-    crate::core::deps::normalize(&mut deps);
-    Ok(deps)
+/// A peer's (or a record's) deps in any order, with repeated rows, are normalized, not refused:
+/// `q.s` means "row `q` up to `s`", so a lower entry of a row says nothing the highest does not,
+/// and order carries no meaning. The normalized set means exactly what was sent, and only that
+/// shape exists in the core (see `Deps`). Ids outside the cluster or beyond any row are refused.
+fn deps_from(p: Vec<proto::InstanceId>, n: usize) -> Result<Deps, WireError> {
+    p.into_iter().map(|d| id_from(Some(d), n)).collect()
 }
 
 fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError> {
@@ -458,7 +465,11 @@ pub fn record_to_proto(id: InstanceId, inst: &Instance) -> proto::InstanceRecord
         accepted_ballot: inst.accepted_ballot.map(ballot_to_proto),
         commands: commands_to_proto(&inst.commands),
         deps: deps_to_proto(&inst.deps),
-        init_deps: deps_to_proto(inst.init_deps.as_deref().unwrap_or_default()),
+        init_deps: inst
+            .init_deps
+            .as_ref()
+            .map(deps_to_proto)
+            .unwrap_or_default(),
         init_known: inst.init_deps.is_some(),
     }
 }
@@ -487,7 +498,7 @@ pub fn record_from_proto(
         },
     };
     // What the core never writes (its `check_invariants`): replaying it would break them.
-    if inst.deps.contains(&id) || inst.init_deps.as_ref().is_some_and(|d| d.contains(&id)) {
+    if inst.deps.contains(id) || inst.init_deps.as_ref().is_some_and(|d| d.contains(id)) {
         return Err(WireError::Impossible("an instance depending on itself"));
     }
     if inst.accepted_ballot.is_some_and(|ab| ab > inst.ballot) {
@@ -540,10 +551,10 @@ mod tests {
         }]);
         let id = InstanceId::new(ReplicaId(2), 17);
         let b = Ballot::initial(ReplicaId(2));
-        let deps = vec![
+        let deps = Deps::from([
             InstanceId::new(ReplicaId(0), 1),
             InstanceId::new(ReplicaId(1), 4),
-        ];
+        ]);
         let msgs = vec![
             Message::PreAccept {
                 instance: id,
@@ -577,7 +588,7 @@ mod tests {
                 promised: b,
             },
             Message::CommitRequest {
-                instances: deps.clone(),
+                instances: deps.as_slice().to_vec(),
             },
             Message::Watermark {
                 committed_prefix: vec![3, 0, 9],
@@ -595,7 +606,7 @@ mod tests {
                     accepted_ballot: Some(b),
                     commands: cmds.clone(),
                     deps: deps.clone(),
-                    init_deps: Some(vec![]),
+                    init_deps: Some(Deps::new()),
                 },
             },
             Message::RecoverOk {
@@ -605,7 +616,7 @@ mod tests {
                     status: Status::Initial,
                     accepted_ballot: None,
                     commands: Arc::new(vec![]),
-                    deps: vec![],
+                    deps: Deps::new(),
                     init_deps: None,
                 },
             },
@@ -628,6 +639,51 @@ mod tests {
         for m in msgs {
             assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);
         }
+    }
+
+    /// A peer's deps out of order and with repeated rows are normalized, not refused (see
+    /// `deps_from`): the same set, so the fast-path comparison sees what the peer meant.
+    #[test]
+    fn unsorted_or_repeated_peer_deps_are_normalized() {
+        let raw = |r: u32, s: u64| proto::InstanceId {
+            replica: r,
+            slot: s,
+        };
+        let p = proto::PeerMessage {
+            kind: Some(proto::peer_message::Kind::PreAcceptOk(proto::PreAcceptOk {
+                instance: Some(raw(1, 0)),
+                ballot: Some(ballot_to_proto(Ballot::initial(ReplicaId(1)))),
+                deps: vec![raw(2, 1), raw(0, 3), raw(2, 5), raw(0, 1), raw(2, 5)],
+            })),
+        };
+        let Message::PreAcceptOk { deps, .. } = message_from_proto(p, 3).expect("valid") else {
+            panic!("a PreAcceptOk decodes as one");
+        };
+        let expected = [
+            InstanceId::new(ReplicaId(0), 3),
+            InstanceId::new(ReplicaId(2), 5),
+        ];
+        assert_eq!(deps.as_slice(), expected);
+        // A durable record too: what the log holds goes through the same conversion.
+        let mut record = record_to_proto(
+            InstanceId::new(ReplicaId(1), 0),
+            &Instance::unknown(InstanceId::new(ReplicaId(1), 0)),
+        );
+        record.deps = vec![raw(2, 5), raw(0, 1), raw(0, 3)];
+        let (_, inst) = record_from_proto(record, 3).expect("valid");
+        assert_eq!(inst.deps.as_slice(), expected);
+        // Normalizing never hides an id outside the cluster.
+        let bad = proto::PeerMessage {
+            kind: Some(proto::peer_message::Kind::PreAcceptOk(proto::PreAcceptOk {
+                instance: Some(raw(1, 0)),
+                ballot: Some(ballot_to_proto(Ballot::initial(ReplicaId(1)))),
+                deps: vec![raw(0, 3), raw(7, 1)],
+            })),
+        };
+        assert!(matches!(
+            message_from_proto(bad, 3),
+            Err(WireError::UnknownReplica(7))
+        ));
     }
 
     /// Found by fuzzing (`peer_message`): CommitRequest went through the deps normalization,
@@ -655,14 +711,14 @@ mod tests {
             ballot: Ballot::initial(ReplicaId(1)),
             accepted_ballot: None,
             commands: Arc::new(vec![]),
-            deps: vec![InstanceId::new(ReplicaId(1), 3)],
+            deps: Deps::from([InstanceId::new(ReplicaId(1), 3)]),
             init_deps: None,
         };
         assert!(record_from_proto(record_to_proto(id, &good), 3).is_ok());
         let mut own = good.clone();
-        own.deps = vec![id];
+        own.deps = Deps::from([id]);
         let mut own_init = good.clone();
-        own_init.init_deps = Some(vec![id]);
+        own_init.init_deps = Some(Deps::from([id]));
         let mut above = good.clone();
         above.accepted_ballot = Some(Ballot {
             round: 1,

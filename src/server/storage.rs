@@ -820,7 +820,7 @@ mod tests {
                     time_ms: 0,
                     retry: false,
                 }]),
-                deps: vec![InstanceId::new(ReplicaId(0), slot)],
+                deps: crate::core::deps::Deps::from([InstanceId::new(ReplicaId(0), slot)]),
                 init_deps: None,
             },
         )

@@ -199,7 +199,7 @@ impl Sim {
                 .replica()
                 .instance(id)
                 .or_else(|| self.durable[r].get(&id));
-            let deps = inst.map(|i| i.deps.clone()).unwrap_or_default();
+            let deps = inst.map(|i| i.deps.as_slice().to_vec()).unwrap_or_default();
             self.observer.on_commit(r, id, inst);
             self.trace.mix(&[r as u64, id.slot]);
             self.trace.record(

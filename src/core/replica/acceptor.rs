@@ -2,6 +2,7 @@
 //! answering requests for Commits.
 
 use super::{Contradiction, Replica, Time};
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::{Commands, Message};
@@ -19,7 +20,7 @@ impl Replica {
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        init_deps: Vec<InstanceId>,
+        init_deps: Deps,
     ) {
         if self.forgotten(id) {
             return; // executed and committed everywhere: a stale resend
@@ -90,7 +91,7 @@ impl Replica {
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     ) {
         if self.forgotten(id) || self.abstains(id) {
             return;
@@ -152,7 +153,7 @@ impl Replica {
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     ) {
         if self.forgotten(id) {
             return;

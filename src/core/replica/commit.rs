@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{Committed, Path, Replica, Time};
 use crate::core::command::Command;
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::Commands;
@@ -19,7 +20,7 @@ impl Replica {
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
         led: Option<(Path, Duration)>,
     ) {
         match self.instances.get_mut(&id) {

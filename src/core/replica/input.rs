@@ -2,6 +2,7 @@
 //! ([`Reject`]), or refused as contradicting what this replica knows ([`Contradiction`]).
 
 use super::{Contradiction, Reject, Replica};
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId, SLOT_LIMIT};
 use crate::core::message::{Commands, Message};
 
@@ -42,9 +43,9 @@ impl Replica {
                 Ok(())
             }
         };
-        let deps_ok = |id: InstanceId, deps: &[InstanceId]| {
+        let deps_ok = |id: InstanceId, deps: &Deps| {
             deps.iter().try_for_each(|d| id_ok(*d))?;
-            if deps.contains(&id) {
+            if deps.contains(id) {
                 return Err(Reject::SelfDependency);
             }
             Ok(())
@@ -175,14 +176,14 @@ impl Replica {
         &self,
         id: InstanceId,
         commands: &Commands,
-        deps: &[InstanceId],
+        deps: &Deps,
     ) -> Option<Contradiction> {
         if id.replica == self.opts.id && id.slot >= self.next_slot {
             return Some(Contradiction::CommitUnproposed);
         }
         let inst = self.instances.get(&id)?;
         let differs = if inst.status.is_decided() {
-            inst.commands != *commands || inst.deps != deps
+            inst.commands != *commands || inst.deps != *deps
         } else {
             !inst.commands.is_empty() && !commands.is_empty() && inst.commands != *commands
         };

@@ -71,7 +71,7 @@ fn check_instance(id: InstanceId, inst: &Instance) -> Result<(), String> {
             ));
         }
     }
-    if inst.deps.contains(&id) {
+    if inst.deps.contains(id) {
         return Err(format!("{id} depends on itself"));
     }
     Ok(())

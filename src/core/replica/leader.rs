@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{Path, Replica, Time};
 use crate::core::command::Command;
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::message::{Commands, Message};
@@ -33,7 +34,7 @@ impl Replica {
             })
             .collect();
         self.pending_bytes -= commands.iter().map(|c| c.op.size_bytes()).sum::<usize>();
-        let mut deps = Vec::new();
+        let mut deps = Deps::new();
         if !self.opts.sabotage.forget_deps() {
             self.index.collect(id, &commands, true, &mut deps);
             self.add_horizon_deps(&mut deps);
@@ -114,7 +115,7 @@ impl Replica {
         from: ReplicaId,
         id: InstanceId,
         ballot: Ballot,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     ) {
         let Some(inst) = self.instances.get(&id) else {
             return;
@@ -164,14 +165,13 @@ impl Replica {
         if answered >= self.slow_quorum && (!fast_possible || timed_out) {
             let mut union = init_deps;
             for (_, d) in replies {
-                union.extend_from_slice(d);
+                union.union_with(d);
             }
-            crate::core::deps::normalize(&mut union);
             self.start_accept(now, id, union);
         }
     }
 
-    pub(super) fn start_accept(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>) {
+    pub(super) fn start_accept(&mut self, now: Time, id: InstanceId, deps: Deps) {
         let asked = self.targets(now, self.slow_quorum - 1);
         let inst = self
             .instances
@@ -241,7 +241,7 @@ impl Replica {
         }
     }
 
-    fn commit_led(&mut self, now: Time, id: InstanceId, deps: Vec<InstanceId>, path: Path) {
+    fn commit_led(&mut self, now: Time, id: InstanceId, deps: Deps, path: Path) {
         let lead = self
             .leading
             .remove(&id)

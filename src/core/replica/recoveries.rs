@@ -1,6 +1,7 @@
 //! Recoveries in progress: the ballot, when it started, and which phase it is in.
 
 use super::Time;
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::message::{Commands, RecoverReply};
 
@@ -20,7 +21,7 @@ pub(super) enum RecoveryPhase {
     Validating {
         quorum: Vec<ReplicaId>,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
         matching: usize,
         replies: Vec<(ReplicaId, Vec<(InstanceId, bool)>)>,
     },
@@ -28,7 +29,7 @@ pub(super) enum RecoveryPhase {
     Waiting {
         quorum: Vec<ReplicaId>,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
         awaited: Vec<InstanceId>,
     },
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::recoveries::{Recovery, RecoveryPhase};
 use super::{Path, Replica, Time};
-use crate::core::deps::{covers, keys_of, ConflictKey};
+use crate::core::deps::{keys_of, ConflictKey, Deps};
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::message::{Commands, Message, RecoverReply};
@@ -219,7 +219,7 @@ impl Replica {
         match decision {
             Decision::Commit(commands, deps) => self.recovered_commit(now, id, commands, deps),
             Decision::Accept(commands, deps) => self.recovery_accept(now, id, commands, deps),
-            Decision::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            Decision::Nop => self.recovery_accept(now, id, Commands::default(), Deps::new()),
             Decision::Validate {
                 commands,
                 deps,
@@ -258,13 +258,7 @@ impl Replica {
     }
 
     /// Recovery found the instance committed: commit it here and tell everyone.
-    fn recovered_commit(
-        &mut self,
-        now: Time,
-        id: InstanceId,
-        commands: Commands,
-        deps: Vec<InstanceId>,
-    ) {
+    fn recovered_commit(&mut self, now: Time, id: InstanceId, commands: Commands, deps: Deps) {
         let Some(rec) = self.recovering.remove(&id) else {
             return;
         };
@@ -285,13 +279,7 @@ impl Replica {
     }
 
     /// Phase 2 at the recovery ballot with the chosen value (a no-op when `commands` is empty).
-    fn recovery_accept(
-        &mut self,
-        now: Time,
-        id: InstanceId,
-        commands: Commands,
-        deps: Vec<InstanceId>,
-    ) {
+    fn recovery_accept(&mut self, now: Time, id: InstanceId, commands: Commands, deps: Deps) {
         let Some(rec) = self.recovering.remove(&id) else {
             return;
         };
@@ -320,7 +308,7 @@ impl Replica {
     /// What a Validate leaves at a replica of the quorum: the command and initial deps the
     /// recoverer proposes, as if its PreAccept had arrived (later recoveries of other
     /// instances then see it in their own Validate).
-    fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &[InstanceId]) {
+    fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &Deps) {
         let Some(inst) = self.instances.get_mut(&id) else {
             return;
         };
@@ -328,7 +316,7 @@ impl Replica {
             return;
         }
         let old = std::mem::replace(&mut inst.commands, commands.clone());
-        inst.init_deps = Some(deps.to_vec());
+        inst.init_deps = Some(deps.clone());
         self.commands_changed(id, &old);
     }
 
@@ -341,7 +329,7 @@ impl Replica {
         &self,
         id: InstanceId,
         commands: &Commands,
-        deps: &[InstanceId],
+        deps: &Deps,
     ) -> Vec<(InstanceId, bool)> {
         let keys: HashMap<ConflictKey, bool> = keys_of(commands).into_iter().collect();
         let interferes = |other: &Commands| {
@@ -351,7 +339,7 @@ impl Replica {
         };
         let mut found = Vec::new();
         for (other, inst) in &self.instances {
-            if *other == id || covers(deps, *other) || inst.commands.is_empty() {
+            if *other == id || deps.covers(*other) || inst.commands.is_empty() {
                 continue;
             }
             let (their_deps, committed) = if inst.status.is_decided() {
@@ -361,7 +349,7 @@ impl Replica {
             } else {
                 continue;
             };
-            if !covers(their_deps, id) && interferes(&inst.commands) {
+            if !their_deps.covers(id) && interferes(&inst.commands) {
                 found.push((*other, committed));
             }
         }
@@ -375,7 +363,7 @@ impl Replica {
         id: InstanceId,
         ballot: Ballot,
         commands: Commands,
-        deps: Vec<InstanceId>,
+        deps: Deps,
     ) {
         if self.forgotten(id) || self.abstains(id) {
             return;
@@ -461,7 +449,7 @@ impl Replica {
         let (commands, deps, quorum) = (commands.clone(), deps.clone(), quorum.clone());
         match recovery::after_validate(e, &quorum, *matching, &union) {
             AfterValidate::Accept => self.recovery_accept(now, id, commands, deps),
-            AfterValidate::Nop => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            AfterValidate::Nop => self.recovery_accept(now, id, Commands::default(), Deps::new()),
             AfterValidate::Wait(awaited) => {
                 let matching = *matching as u32;
                 rec.phase = RecoveryPhase::Waiting {
@@ -541,7 +529,7 @@ impl Replica {
             .iter()
             .map(|other| match self.instances.get(other) {
                 Some(i) if i.status.is_decided() => {
-                    if i.commands.is_empty() || covers(&i.deps, id) {
+                    if i.commands.is_empty() || i.deps.covers(id) {
                         Awaited::Harmless
                     } else {
                         Awaited::Conflicting
@@ -557,7 +545,7 @@ impl Replica {
         let (commands, deps) = (commands.clone(), deps.clone());
         match recovery::after_waiting(self.opts.n, self.f(), self.e(), &states) {
             Some(Decision::Accept(..)) => self.recovery_accept(now, id, commands, deps),
-            Some(_) => self.recovery_accept(now, id, Commands::default(), Vec::new()),
+            Some(_) => self.recovery_accept(now, id, Commands::default(), Deps::new()),
             None => {}
         }
     }

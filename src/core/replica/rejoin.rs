@@ -20,6 +20,7 @@
 //!
 
 use super::Replica;
+use crate::core::deps::Deps;
 use crate::core::ids::{InstanceId, ReplicaId};
 
 impl Replica {
@@ -54,16 +55,15 @@ impl Replica {
     }
 
     /// Covers every row up to its horizon until this replica learnt it committed that far.
-    pub(super) fn add_horizon_deps(&self, deps: &mut Vec<InstanceId>) {
-        let cover: Vec<InstanceId> = self
+    pub(super) fn add_horizon_deps(&self, deps: &mut Deps) {
+        let cover = self
             .horizons
             .iter()
             .enumerate()
             .filter(|(row, h)| **h > 0 && self.committed_prefix[*row] < **h)
-            .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1))
-            .collect();
-        if !cover.is_empty() {
-            *deps = crate::core::deps::union(deps, &cover);
+            .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1));
+        for id in cover {
+            deps.raise(id);
         }
     }
 

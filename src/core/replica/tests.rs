@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::{Command, OpResult};
+use crate::core::deps::Deps;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::message::{Commands, Message};
@@ -91,7 +92,7 @@ fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
         instance: first,
         ballot: Ballot::initial(ReplicaId(0)),
         commands: rs[0].instance(first).expect("known").commands.clone(),
-        deps: vec![],
+        deps: Deps::new(),
     };
     // Two watermark rounds: everyone learns that everyone committed 0.0.
     for round in 1..=2u64 {
@@ -114,7 +115,10 @@ fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
     rs[2].propose(2, put(2, "a")).expect("room");
     settle(&mut rs, t, |_, _| false);
     let second = InstanceId::new(ReplicaId(2), 0);
-    assert_eq!(rs[2].instance(second).expect("kept").deps, vec![first]);
+    assert_eq!(
+        rs[2].instance(second).expect("kept").deps,
+        Deps::from([first])
+    );
     for r in &rs {
         assert_eq!(r.kv().executed(), 2, "{} executed both", r.id());
         r.check_invariants().expect("invariants");
@@ -216,13 +220,13 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
             instance: InstanceId::new(r0, 4),
             ballot: b0,
             commands: commands.clone(),
-            deps: vec![],
+            deps: Deps::new(),
         },
         Message::Accept {
             instance: InstanceId::new(r0, 3),
             ballot: b0,
             commands: commands.clone(),
-            deps: vec![],
+            deps: Deps::new(),
         },
         Message::Recover {
             instance: InstanceId::new(r0, 2),
@@ -245,7 +249,7 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
             instance: InstanceId::new(r0, 0),
             ballot: b0,
             commands: commands.clone(),
-            deps: vec![],
+            deps: Deps::new(),
         },
     );
     assert!(r.instance(InstanceId::new(r0, 0)).is_some());
@@ -259,7 +263,7 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
             instance: InstanceId::new(r0, 5),
             ballot: b0,
             commands: Arc::new(vec![put(2, "other")]),
-            deps: vec![],
+            deps: Deps::new(),
         },
     );
     let ready = r.take_ready();
@@ -269,7 +273,7 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
             ..
         }] => assert_eq!(
             deps,
-            &vec![InstanceId::new(r0, 4), InstanceId::new(ReplicaId(2), 2)]
+            &Deps::from([InstanceId::new(r0, 4), InstanceId::new(ReplicaId(2), 2)])
         ),
         other => panic!("expected one PreAcceptOk, got {other:?}"),
     }
@@ -299,7 +303,7 @@ fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
             instance: InstanceId::new(ReplicaId(1), 7),
             ballot: Ballot::initial(ReplicaId(1)),
             commands: Arc::new(vec![put(3, "c")]),
-            deps: vec![],
+            deps: Deps::new(),
         },
     );
     assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![1, 8, 0]);
@@ -564,7 +568,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
         ..put(1, "a")
     }]);
     let digest = rs[1].kv().digest();
-    let commit = |instance, commands: &Commands, deps: Vec<InstanceId>| Message::Commit {
+    let commit = |instance, commands: &Commands, deps: Deps| Message::Commit {
         instance,
         ballot: Ballot::initial(instance.replica),
         commands: commands.clone(),
@@ -575,7 +579,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
             commit(
                 id,
                 &committed.commands,
-                vec![InstanceId::new(ReplicaId(2), 7)],
+                Deps::from([InstanceId::new(ReplicaId(2), 7)]),
             ),
             Contradiction::CommitDiffers,
         ),
@@ -588,7 +592,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
             Contradiction::CommitDiffers,
         ),
         (
-            commit(InstanceId::new(ReplicaId(1), 0), &other_cmds, vec![]),
+            commit(InstanceId::new(ReplicaId(1), 0), &other_cmds, Deps::new()),
             Contradiction::CommitUnproposed,
         ),
     ];
@@ -639,7 +643,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
     rs[1].handle(
         Duration::ZERO,
         ReplicaId(2),
-        commit(id, &other_cmds, vec![]),
+        commit(id, &other_cmds, Deps::new()),
     );
     assert_eq!(
         rs[1].take_ready().refused,
@@ -652,7 +656,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
     rs[1].handle(
         Duration::ZERO,
         ReplicaId(2),
-        commit(id, &Commands::default(), vec![]),
+        commit(id, &Commands::default(), Deps::new()),
     );
     let ready = rs[1].take_ready();
     assert!(ready.refused.is_empty());

@@ -166,7 +166,7 @@ impl Observer {
             return;
         }
         self.committed[r].insert(id);
-        self.compare(r, id, &inst.commands, &inst.deps);
+        self.compare(r, id, &inst.commands, inst.deps.as_slice());
     }
 
     /// Replica `r` restarted as `replica`: it replayed its disk. What it holds committed must
@@ -227,7 +227,7 @@ impl Observer {
             }
         }
         for (id, inst) in &held {
-            self.compare(r, *id, &inst.commands, &inst.deps);
+            self.compare(r, *id, &inst.commands, inst.deps.as_slice());
             if inst.status == Status::Executed {
                 self.executed_set[r].insert(*id);
                 for pair in requests_of(&self.refused_in, *id, &inst.commands) {
@@ -333,7 +333,7 @@ impl Observer {
             self.committed[r].insert(id);
         }
         for (id, inst) in &held {
-            self.compare(r, *id, &inst.commands, &inst.deps);
+            self.compare(r, *id, &inst.commands, inst.deps.as_slice());
             if inst.status == Status::Executed {
                 self.mark_executed(r, *id);
             }
@@ -577,7 +577,7 @@ impl Observer {
                 .collect();
             held.sort_by_key(|(id, _, _)| *id);
             for (id, commands, deps) in held {
-                self.compare(r, id, &commands, &deps);
+                self.compare(r, id, &commands, deps.as_slice());
             }
         }
         let graph = Graph::new(&self.decided);
