@@ -26,7 +26,7 @@ impl Replica {
             return; // executed and committed everywhere: a stale resend
         }
         if self.abstains(id) {
-            return;
+            return; // not ours to vote on (see `rejoin`)
         }
         if let Some(inst) = self.instances.get(&id) {
             if ballot < inst.ballot {
@@ -94,7 +94,7 @@ impl Replica {
         deps: Deps,
     ) {
         if self.forgotten(id) || self.abstains(id) {
-            return;
+            return; // executed everywhere (a stale message), or not ours to vote on (`rejoin`)
         }
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => {
@@ -156,7 +156,7 @@ impl Replica {
         deps: Deps,
     ) {
         if self.forgotten(id) {
-            return;
+            return; // executed here and everywhere: a stale resend
         }
         if let Some(kind) = self.commit_contradiction(id, &commands, &deps) {
             self.refuse(from, kind);

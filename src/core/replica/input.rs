@@ -18,16 +18,13 @@ impl Replica {
         if from.index() >= n || from == me {
             return Err(Reject::Sender);
         }
-        // A replica that rejoined after losing its data may hear of slots of its own row that
-        // its old incarnation created and no peer knew but as a dependency: horizons do not
-        // cover those, so there its own row beyond its next slot is no proof of anything.
-        let own_row_known = self.horizons.iter().all(|h| *h == 0);
+        let own_row_known = self.knows_own_row();
         let id_ok = |id: InstanceId| {
             if id.replica.index() >= n {
                 Err(Reject::UnknownReplica)
             } else if id.slot >= SLOT_LIMIT {
                 Err(Reject::ImplausibleSlot)
-            } else if own_row_known && id.replica == me && id.slot >= self.next_slot {
+            } else if own_row_known && self.never_created(id) {
                 Err(Reject::UnknownOwnInstance)
             } else {
                 Ok(())
@@ -178,7 +175,10 @@ impl Replica {
         commands: &Commands,
         deps: &Deps,
     ) -> Option<Contradiction> {
-        if id.replica == self.opts.id && id.slot >= self.next_slot {
+        if self.never_created(id) {
+            // Reached only after a rejoin: before, `check_input` rejected it as
+            // `UnknownOwnInstance`.
+            debug_assert!(!self.knows_own_row(), "{id} passed check_input");
             return Some(Contradiction::CommitUnproposed);
         }
         let inst = self.instances.get(&id)?;
@@ -188,6 +188,25 @@ impl Replica {
             !inst.commands.is_empty() && !commands.is_empty() && inst.commands != *commands
         };
         differs.then_some(Contradiction::CommitDiffers)
+    }
+
+    /// Whether `id` is a slot of this replica's own row at or past its next slot: one it never
+    /// created. One situation, two names by what this replica can know:
+    /// - it never lost its data ([`Replica::knows_own_row`]): no correct peer can name such a
+    ///   slot in anything, and every message that does is rejected
+    ///   ([`Reject::UnknownOwnInstance`]);
+    /// - it rejoined: its old incarnation may have created such slots that no peer knew but as
+    ///   a dependency (horizons do not cover those), so naming one proves nothing; only a
+    ///   Commit of one is refused ([`Contradiction::CommitUnproposed`]), since committing it
+    ///   here would put a decided value in a slot this replica gives its own next commands.
+    fn never_created(&self, id: InstanceId) -> bool {
+        id.replica == self.opts.id && id.slot >= self.next_slot
+    }
+
+    /// Whether this replica knows every slot its row ever had: it never lost its data (no
+    /// horizons), so its next slot is past all of them.
+    fn knows_own_row(&self) -> bool {
+        self.horizons.iter().all(|h| *h == 0)
     }
 
     /// Whether a Watermark claims more than its sender can have (see

@@ -27,6 +27,23 @@ impl Replica {
             }
             check_instance(*id, inst)?;
         }
+        // A recovery in progress ends when its instance commits or its promise moves on
+        // (`recovery_accept` relies on it).
+        for (id, rec) in &self.recovering {
+            match self.instances.get(id) {
+                None => return Err(format!("recovering {id}, which is not in the table")),
+                Some(i) if i.status.is_decided() => {
+                    return Err(format!("recovering {id}, which is decided"))
+                }
+                Some(i) if i.ballot != rec.ballot => {
+                    return Err(format!(
+                        "recovering {id} at {} but its ballot is {}",
+                        rec.ballot, i.ballot
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         if unexecuted != self.unexecuted {
             return Err(format!(
                 "unexecuted counter {} but {unexecuted} committed instances wait",

@@ -73,7 +73,9 @@ pub enum Contradiction {
     /// (non-empty) commands than the instance holds here: only its leader puts commands in an
     /// instance, so every non-empty value of it carries the same ones.
     CommitDiffers,
-    /// A Commit of a slot of this replica's own row that it never proposed.
+    /// A Commit of a slot of this replica's own row that it never proposed, received after it
+    /// rejoined with a new data directory (before, such a message is a
+    /// [`Reject::UnknownOwnInstance`]; see `never_created` in `input`).
     CommitUnproposed,
     /// A Watermark claiming more than its sender can have: a row executed beyond where it is
     /// committed, or this replica's own row committed beyond the slots it ever proposed.
@@ -136,9 +138,10 @@ pub enum Reject {
     UnknownReplica,
     /// A slot at or above [`SLOT_LIMIT`].
     ImplausibleSlot,
-    /// An instance of this replica's own row that it never created (at or past its next slot):
-    /// every instance of a row starts at its leader, so no peer can know of one (unless this
-    /// replica rejoined after losing its data: then its old incarnation may have created it).
+    /// An instance of this replica's own row that it never created (at or past its next slot),
+    /// while it never lost its data: every instance of a row starts at its leader, so no peer
+    /// can know of one. After a rejoin its old incarnation may have created it: then only a
+    /// Commit of one is refused, as [`Contradiction::CommitUnproposed`].
     UnknownOwnInstance,
     /// Dependencies (or Validate conflicts) that name the instance itself.
     SelfDependency,

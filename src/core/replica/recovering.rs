@@ -29,7 +29,7 @@ impl Replica {
         let mut due = Vec::new();
         for (id, w) in self.waiting.iter_mut() {
             if now < w.recover_at || self.leading.contains_key(id) {
-                continue;
+                continue; // not due, or our own Accept phase carries it already
             }
             w.recover_backoff = (w.recover_backoff * 2).min(cap);
             w.recover_at = now + w.recover_backoff;
@@ -78,7 +78,7 @@ impl Replica {
             .entry(id)
             .or_insert_with(|| Instance::unknown(id));
         if inst.status.is_decided() {
-            return;
+            return; // committed since it was needed: nothing to recover
         }
         let Some(ballot) = next_ballot(inst.ballot, me) else {
             // Only a promise from before ballots at the top round were refused can get here:
@@ -117,7 +117,7 @@ impl Replica {
         ballot: Ballot,
     ) {
         if self.forgotten(id) || self.abstains(id) {
-            return;
+            return; // executed everywhere (a stale message), or not ours to vote on (`rejoin`)
         }
         let inst = self
             .instances
@@ -165,15 +165,15 @@ impl Replica {
         let e = self.e();
         let slow_quorum = self.slow_quorum;
         let Some(rec) = self.recovering.get_mut(&id) else {
-            return;
+            return; // a late answer: the recovery ended (decided, or taken over by another)
         };
         if rec.ballot != ballot {
-            return;
+            return; // an answer to an earlier recovery of ours at a lower ballot
         }
         match &mut rec.phase {
             RecoveryPhase::Recovering { replies } => {
                 if replies.iter().any(|(r, _)| *r == from) {
-                    return;
+                    return; // a duplicate
                 }
                 replies.push((from, reply));
                 if replies.len() >= slow_quorum {
@@ -191,10 +191,11 @@ impl Replica {
                 } else if from == id.replica {
                     Decision::Nop
                 } else {
-                    return;
+                    return; // a pre-accept or nothing: tells nothing the quorum did not
                 };
                 self.apply_decision(now, id, decision, Vec::new());
             }
+            // Late (Validating) or duplicate (Waiting, from the quorum) answers.
             _ => {}
         }
     }
@@ -226,8 +227,9 @@ impl Replica {
                 matching,
             } => {
                 let me = self.opts.id;
+                // Own bookkeeping: decisions are applied only to a recovery in progress.
                 let Some(rec) = self.recovering.get(&id) else {
-                    return;
+                    panic!("validating {id}, which no recovery of ours carries");
                 };
                 let ballot = rec.ballot;
                 self.apply_validate(id, &commands, &deps);
@@ -259,8 +261,9 @@ impl Replica {
 
     /// Recovery found the instance committed: commit it here and tell everyone.
     fn recovered_commit(&mut self, now: Time, id: InstanceId, commands: Commands, deps: Deps) {
+        // Own bookkeeping: decisions are applied only to a recovery in progress.
         let Some(rec) = self.recovering.remove(&id) else {
-            return;
+            panic!("committing {id} as recovered, but no recovery of ours carries it");
         };
         let took = now.saturating_sub(rec.started_at);
         self.commit_here(
@@ -271,24 +274,32 @@ impl Replica {
             deps,
             Some((Path::Recovered, took)),
         );
-        if let Some(inst) = self.instances.get(&id) {
-            if inst.status.is_decided() {
-                self.send_commit_to_all(id);
-            }
-        }
+        // `commit_here` leaves the instance in the table, decided.
+        self.send_commit_to_all(id);
     }
 
     /// Phase 2 at the recovery ballot with the chosen value (a no-op when `commands` is empty).
     fn recovery_accept(&mut self, now: Time, id: InstanceId, commands: Commands, deps: Deps) {
+        // Own bookkeeping (see `check_invariants`): every caller holds a recovery in progress,
+        // whose instance is in the table, undecided, at the recovery's ballot.
         let Some(rec) = self.recovering.remove(&id) else {
-            return;
+            panic!("accepting {id} by recovery, but no recovery of ours carries it");
         };
         let Some(inst) = self.instances.get_mut(&id) else {
-            return;
+            panic!(
+                "recovering {id} at {}, which is not in the table",
+                rec.ballot
+            );
         };
-        if inst.status.is_decided() || inst.ballot != rec.ballot {
-            return;
-        }
+        assert!(
+            !inst.status.is_decided(),
+            "recovering {id} at {}, which is decided",
+            rec.ballot
+        );
+        assert_eq!(
+            inst.ballot, rec.ballot,
+            "recovering {id}: the promise moved on without ending the recovery"
+        );
         let old = std::mem::replace(&mut inst.commands, commands);
         self.commands_changed(id, &old);
         self.leading.insert(
@@ -309,11 +320,12 @@ impl Replica {
     /// recoverer proposes, as if its PreAccept had arrived (later recoveries of other
     /// instances then see it in their own Validate).
     fn apply_validate(&mut self, id: InstanceId, commands: &Commands, deps: &Deps) {
+        // Own bookkeeping: both callers found the instance in the table.
         let Some(inst) = self.instances.get_mut(&id) else {
-            return;
+            panic!("applying a Validate of {id}, which is not in the table");
         };
         if inst.status >= Status::Accepted {
-            return;
+            return; // a duplicated Validate arriving after the Accept at its ballot
         }
         let old = std::mem::replace(&mut inst.commands, commands.clone());
         inst.init_deps = Some(deps.clone());
@@ -366,9 +378,11 @@ impl Replica {
         deps: Deps,
     ) {
         if self.forgotten(id) || self.abstains(id) {
-            return;
+            return; // executed everywhere (a stale message), or not ours to vote on (`rejoin`)
         }
         let Some(inst) = self.instances.get(&id) else {
+            // Validate goes to those that promised (and saved) the ballot; a replica with a new
+            // data directory may yet get one sent to its old incarnation.
             return;
         };
         if inst.status.is_decided() {
@@ -380,6 +394,7 @@ impl Replica {
                 let promised = inst.ballot;
                 self.nack(from, id, promised);
             }
+            // Above our promise: as above, only a message to an old incarnation.
             return;
         }
         self.apply_validate(id, &commands, &deps);
@@ -404,10 +419,10 @@ impl Replica {
         conflicts: Vec<(InstanceId, bool)>,
     ) {
         let Some(rec) = self.recovering.get_mut(&id) else {
-            return;
+            return; // a late answer: the recovery ended
         };
         if rec.ballot != ballot {
-            return;
+            return; // an answer to an earlier recovery of ours
         }
         if let RecoveryPhase::Validating {
             quorum, replies, ..
@@ -424,7 +439,7 @@ impl Replica {
     fn check_validated(&mut self, now: Time, id: InstanceId) {
         let e = self.e();
         let Some(rec) = self.recovering.get_mut(&id) else {
-            return;
+            return; // a ValidateOk after the recovery ended
         };
         let RecoveryPhase::Validating {
             quorum,
@@ -434,10 +449,10 @@ impl Replica {
             replies,
         } = &rec.phase
         else {
-            return;
+            return; // a late ValidateOk: the recovery moved on to Waiting
         };
         if replies.len() < quorum.len() {
-            return;
+            return; // more answers to come
         }
         let mut union: BTreeMap<InstanceId, bool> = BTreeMap::new();
         for (_, found) in replies {
@@ -490,7 +505,7 @@ impl Replica {
             || self.forgotten(id)
             || (self.announced.len() >= ANNOUNCED_MAX && !self.announced.contains_key(&id))
         {
-            return;
+            return; // decided or forgotten: nothing waits on it; or the table is full
         }
         let m = self.announced.entry(id).or_default();
         *m = (*m).max(matching);
@@ -513,6 +528,8 @@ impl Replica {
     }
 
     fn check_waiting(&mut self, now: Time, id: InstanceId) {
+        // Re-evaluated after other steps of the same input, which may have ended the recovery
+        // (a commit of an awaited instance can settle it) or not yet put it in Waiting.
         let Some(rec) = self.recovering.get(&id) else {
             return;
         };

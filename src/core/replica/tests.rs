@@ -720,3 +720,36 @@ fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
     settle(&mut rs, Duration::from_millis(2), |_, _| false);
     assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
 }
+
+/// A recovery in progress is of an undecided instance held at the recovery's ballot
+/// (`recovery_accept` asserts it): `check_invariants`, which the simulator runs after every
+/// step, catches bookkeeping that breaks it.
+#[test]
+fn a_recovery_in_progress_holds_its_instance_at_its_ballot() {
+    let mut rs = cluster(3);
+    rs[0].propose(1, put(1, "k")).expect("room");
+    rs[0].flush(Duration::ZERO);
+    let id = InstanceId::new(ReplicaId(0), 0);
+    // r1 gets the PreAccept of 0.0; r0 then falls silent, and r1 takes 0.0 over.
+    for out in rs[0].take_ready().messages {
+        if out.to.contains(&ReplicaId(1)) {
+            rs[1].handle(Duration::ZERO, ReplicaId(0), out.msg);
+        }
+    }
+    for t in 1..=30 {
+        rs[1].tick(Duration::from_secs(t));
+        if rs[1].recovering.contains_key(&id) {
+            break;
+        }
+    }
+    let ballot = rs[1].recovering.get(&id).expect("r1 recovers 0.0").ballot;
+    rs[1]
+        .check_invariants()
+        .expect("a recovery as the core keeps it");
+    rs[1].instances.get_mut(&id).expect("known").ballot = Ballot {
+        round: ballot.round + 1,
+        replica: ReplicaId(2),
+    };
+    let broken = rs[1].check_invariants().expect_err("the promise moved on");
+    assert!(broken.contains("recovering 0.0"), "{broken}");
+}
