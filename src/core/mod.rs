@@ -15,6 +15,7 @@ pub mod limits;
 pub mod membership;
 pub mod message;
 pub mod node;
+pub mod per_row;
 pub mod quorum;
 pub mod recovery;
 pub mod replica;

@@ -177,12 +177,12 @@ impl Replica {
             self.refuse(from, Contradiction::WatermarkBeyond);
             return;
         }
-        if let Some(known) = self.peer_committed.get_mut(from.index()) {
+        if let Some(known) = self.peer_committed.get_mut(from) {
             for (k, p) in known.iter_mut().zip(&prefix) {
                 *k = (*k).max(*p);
             }
         }
-        if let Some(known) = self.peer_executed.get_mut(from.index()) {
+        if let Some(known) = self.peer_executed.get_mut(from) {
             for (k, p) in known.iter_mut().zip(&executed) {
                 *k = (*k).max(*p);
             }
@@ -190,10 +190,9 @@ impl Replica {
         let mut budget = self.opts.watermark_commits_max;
         // Slots looked at, sent or not: bounds the work one Watermark can cause.
         let mut scan = 16 * self.opts.watermark_commits_max;
-        for (row, start) in prefix.into_iter().enumerate().take(self.opts.n) {
-            let row_id = ReplicaId(row as u32);
+        for (row_id, start) in (0..self.opts.n as u32).map(ReplicaId).zip(prefix) {
             let mut slot = start;
-            while slot < self.committed_end[row] && budget > 0 && scan > 0 {
+            while slot < self.committed_end[row_id] && budget > 0 && scan > 0 {
                 scan -= 1;
                 let id = InstanceId::new(row_id, slot);
                 if self

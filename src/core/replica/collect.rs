@@ -29,7 +29,7 @@ impl Replica {
         let encoded = crate::core::checkpoint::encode(
             &self.kv,
             &self.index,
-            &self.gc_prefix,
+            self.gc_prefix.as_slice(),
             &executed_above,
             self.next_slot,
         );
@@ -38,24 +38,23 @@ impl Replica {
 
     /// Whether `id` was dropped from memory (see `gc_prefix`).
     pub(super) fn forgotten(&self, id: InstanceId) -> bool {
-        id.slot < self.gc_prefix[id.replica.index()]
+        id.slot < self.gc_prefix[id.replica]
     }
 
     /// Drops the instances that are executed here and at every peer.
     pub(super) fn collect_garbage(&mut self) {
-        for row in 0..self.opts.n {
+        for row in (0..self.opts.n as u32).map(ReplicaId) {
             // Executed everywhere, not just committed: recovery's Validate cannot see forgotten
             // instances, and ignoring them is safe only if every replica executed them before
             // anything recovered after them (see `recovery`).
             let mut limit = self.executed_prefix[row].min(self.committed_prefix[row]);
-            for (peer, prefixes) in self.peer_executed.iter().enumerate() {
-                if peer != self.opts.id.index() {
+            for (peer, prefixes) in self.peer_executed.rows() {
+                if peer != self.opts.id {
                     limit = limit.min(prefixes[row]);
                 }
             }
-            let row_id = ReplicaId(row as u32);
             for slot in self.gc_prefix[row]..limit {
-                let id = InstanceId::new(row_id, slot);
+                let id = InstanceId::new(row, slot);
                 debug_assert!(
                     self.instances
                         .get(&id)
@@ -70,7 +69,7 @@ impl Replica {
 
     /// Per row: the executed prefix here.
     pub fn executed_prefix(&self) -> &[u64] {
-        &self.executed_prefix
+        self.executed_prefix.as_slice()
     }
 
     /// What a joining peer starts from: an encoded checkpoint of the current state and the

@@ -92,7 +92,7 @@ impl Replica {
 
     /// Moves the committed prefix and end of `id`'s row past `id` where it can.
     pub(super) fn advance_prefix(&mut self, id: InstanceId) {
-        let row = id.replica.index();
+        let row = id.replica;
         self.committed_end[row] = self.committed_end[row].max(id.slot + 1);
         let mut p = self.committed_prefix[row];
         while self
@@ -117,7 +117,7 @@ impl Replica {
             roots.extend(w.roots);
         }
         // Instances that waited for this row's committed prefix to pass a slot it now passed.
-        let row = id.replica.index();
+        let row = id.replica;
         let passed = self.committed_prefix[row];
         let still = self.prefix_waiters[row].split_off(&passed);
         for (_, waiters) in std::mem::replace(&mut self.prefix_waiters[row], still) {
@@ -141,12 +141,12 @@ impl Replica {
             // would otherwise walk, or requeue, its whole blocked backlog for every commit.
             let gap = self.instances.get(&root).and_then(|i| {
                 i.deps.iter().find_map(|d| {
-                    let p = self.committed_prefix[d.replica.index()];
+                    let p = self.committed_prefix[d.replica];
                     (p <= d.slot).then_some((InstanceId::new(d.replica, p), *d))
                 })
             });
             if let Some((gap, covered)) = gap {
-                self.prefix_waiters[covered.replica.index()]
+                self.prefix_waiters[covered.replica]
                     .entry(covered.slot)
                     .or_default()
                     .push(root);

@@ -49,10 +49,10 @@ impl Replica {
                 Some(i) if i.status == Status::Executed => Node::Done,
                 Some(i) if i.status == Status::Committed => {
                     let mut edges = to_execute.edges(id, &i.commands, &i.deps);
-                    edges.extend(execute::gaps(&i.deps, committed_prefix));
+                    edges.extend(execute::gaps(&i.deps, committed_prefix.as_slice()));
                     Node::Ready(edges)
                 }
-                None if id.slot < self.gc_prefix[id.replica.index()] => Node::Done,
+                None if id.slot < self.gc_prefix[id.replica] => Node::Done,
                 _ => Node::Missing,
             },
             &mut components,
@@ -123,7 +123,7 @@ impl Replica {
 
     /// Moves the executed prefix of `id`'s row forward where it can.
     pub(super) fn advance_executed(&mut self, id: InstanceId) {
-        let row = id.replica.index();
+        let row = id.replica;
         let mut p = self.executed_prefix[row];
         while self
             .instances

@@ -105,7 +105,7 @@ impl Replica {
     /// Watermark each `watermark_every`, which serves as the heartbeat.
     pub fn is_suspected(&self, peer: ReplicaId, now: Time) -> bool {
         self.last_heard
-            .get(peer.index())
+            .get(peer)
             .is_some_and(|heard| now.saturating_sub(*heard) > self.opts.suspect_after)
     }
 

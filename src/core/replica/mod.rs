@@ -50,6 +50,7 @@ use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::kv::{self, KvStore};
 use crate::core::limits;
 use crate::core::message::Message;
+use crate::core::per_row::PerRow;
 use crate::core::quorum;
 
 pub use options::{Options, OptionsError, Sabotage};
@@ -93,21 +94,21 @@ pub struct Replica {
     waiting: BTreeMap<InstanceId, Waiting>,
     /// Per row: committed instances waiting for the row's committed prefix to pass a slot
     /// (their deps cover it), by that slot.
-    prefix_waiters: Vec<BTreeMap<u64, Vec<InstanceId>>>,
+    prefix_waiters: PerRow<BTreeMap<u64, Vec<InstanceId>>>,
     committed_count: u64,
     unexecuted: u64,
     /// The committed instances not executed yet, by key: where execution finds edges.
     to_execute: execute::Unexecuted,
     /// Per row: the first slot not known to be committed here.
-    committed_prefix: Vec<u64>,
+    committed_prefix: PerRow<u64>,
     /// Per row: one past the highest slot committed here.
-    committed_end: Vec<u64>,
+    committed_end: PerRow<u64>,
     /// Per row: the first slot not executed here.
-    executed_prefix: Vec<u64>,
+    executed_prefix: PerRow<u64>,
     /// Per peer, per row: the committed prefix it last reported.
-    peer_committed: Vec<Vec<u64>>,
+    peer_committed: PerRow<PerRow<u64>>,
     /// Per peer, per row: the executed prefix it last reported.
-    peer_executed: Vec<Vec<u64>>,
+    peer_executed: PerRow<PerRow<u64>>,
     /// Recoveries this replica runs.
     recovering: BTreeMap<InstanceId, Recovery>,
     /// Per uncommitted instance: the highest matching count a recoverer of it announced in a
@@ -115,16 +116,16 @@ pub struct Replica {
     announced: HashMap<InstanceId, u32>,
     /// Per row: slots below this were dropped from memory (all executed here, all committed
     /// everywhere). A dependency on one of them counts as executed.
-    gc_prefix: Vec<u64>,
+    gc_prefix: PerRow<u64>,
     /// Per row: how far the row reached anywhere when this replica joined with a new data
     /// directory (all zeros for a replica that never lost its data). Below it, an earlier
     /// incarnation may have voted and forgotten: see `rejoin`.
-    horizons: Vec<u64>,
+    horizons: PerRow<u64>,
     next_watermark: Time,
     /// When this replica, if it is behind a peer, may next pull Commits from it.
     next_catch_up: Time,
     /// Per peer: when a message from it last arrived (starts at 0, the replica's start).
-    last_heard: Vec<Time>,
+    last_heard: PerRow<Time>,
     /// The wall clock (Unix milliseconds) the shell last reported; 0: none yet. Stamped on the
     /// commands this replica takes into instances; decides which expiries to propose.
     wall_ms: u64,
@@ -154,22 +155,22 @@ impl Replica {
             clients: HashMap::new(),
             forgotten: false,
             waiting: BTreeMap::new(),
-            prefix_waiters: vec![BTreeMap::new(); opts.n],
+            prefix_waiters: PerRow::new(opts.n, BTreeMap::new()),
             committed_count: 0,
             unexecuted: 0,
             to_execute: execute::Unexecuted::new(opts.n),
-            committed_prefix: vec![0; opts.n],
-            committed_end: vec![0; opts.n],
-            executed_prefix: vec![0; opts.n],
-            peer_committed: vec![vec![0; opts.n]; opts.n],
-            peer_executed: vec![vec![0; opts.n]; opts.n],
+            committed_prefix: PerRow::new(opts.n, 0),
+            committed_end: PerRow::new(opts.n, 0),
+            executed_prefix: PerRow::new(opts.n, 0),
+            peer_committed: PerRow::new(opts.n, PerRow::new(opts.n, 0)),
+            peer_executed: PerRow::new(opts.n, PerRow::new(opts.n, 0)),
             recovering: BTreeMap::new(),
             announced: HashMap::new(),
-            gc_prefix: vec![0; opts.n],
-            horizons: vec![0; opts.n],
+            gc_prefix: PerRow::new(opts.n, 0),
+            horizons: PerRow::new(opts.n, 0),
             next_watermark: Duration::ZERO,
             next_catch_up: Duration::ZERO,
-            last_heard: vec![Duration::ZERO; opts.n],
+            last_heard: PerRow::new(opts.n, Duration::ZERO),
             wall_ms: 0,
             expiring: BTreeMap::new(),
             replayed_refusals: Vec::new(),
@@ -207,11 +208,13 @@ impl Replica {
             r.kv = c.kv;
             r.index = c.index;
             r.next_slot = c.next_slot;
-            r.committed_count = c.gc_prefix.iter().sum();
-            r.executed_prefix = c.gc_prefix.clone();
-            r.committed_prefix = c.gc_prefix.clone();
-            r.committed_end = c.gc_prefix.clone();
-            r.gc_prefix = c.gc_prefix;
+            let gc_prefix = PerRow::from_vec(c.gc_prefix, r.opts.n)
+                .expect("a checkpoint has a gc prefix per row: decoding checks it");
+            r.committed_count = gc_prefix.iter().sum();
+            r.executed_prefix = gc_prefix.clone();
+            r.committed_prefix = gc_prefix.clone();
+            r.committed_end = gc_prefix.clone();
+            r.gc_prefix = gc_prefix;
             executed_above = c.executed_above.into_iter().collect();
         }
         for (id, inst) in records {
@@ -457,7 +460,7 @@ impl Replica {
             });
             return;
         }
-        self.last_heard[from.index()] = now;
+        self.last_heard[from] = now;
         if msg.ballot().is_some_and(|b| b.round == u32::MAX) {
             // Honest ballots grow by one round per takeover and never get near the top; a
             // ballot there leaves no successor for the next takeover (see `next_ballot`).
@@ -550,10 +553,7 @@ impl Replica {
         if now >= self.next_watermark {
             self.next_watermark = now + self.opts.watermark_every;
             self.need_stragglers(now);
-            let msg = Message::Watermark {
-                committed_prefix: self.committed_prefix.clone(),
-                executed_prefix: self.executed_prefix.clone(),
-            };
+            let msg = self.watermark();
             self.send(self.peers(), msg);
         } else if now >= self.next_catch_up {
             self.catch_up(now);
@@ -603,7 +603,7 @@ impl Replica {
     /// more than one Watermark's answer: a replica that was down for long catches up at a round
     /// trip per `watermark_commits_max` Commits instead of that many per `watermark_every`.
     fn catch_up(&mut self, now: Time) {
-        let behind = |reported: &Vec<u64>| -> u64 {
+        let behind = |reported: &PerRow<u64>| -> u64 {
             reported
                 .iter()
                 .zip(&self.committed_prefix)
@@ -613,15 +613,12 @@ impl Replica {
         let ahead = self
             .peers()
             .into_iter()
-            .map(|p| (behind(&self.peer_committed[p.index()]), p))
+            .map(|p| (behind(&self.peer_committed[p]), p))
             .max();
         if let Some((lag, peer)) = ahead {
             if lag > self.opts.watermark_commits_max as u64 {
                 self.next_catch_up = now + self.opts.catch_up_every;
-                let msg = Message::Watermark {
-                    committed_prefix: self.committed_prefix.clone(),
-                    executed_prefix: self.executed_prefix.clone(),
-                };
+                let msg = self.watermark();
                 self.send(vec![peer], msg);
             }
         }

@@ -22,15 +22,16 @@
 use super::Replica;
 use crate::core::deps::Deps;
 use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::per_row::PerRow;
 
 impl Replica {
     /// Sets the horizons a rejoined replica keeps (durable in its data directory: they apply
     /// after a restart too). Its own row continues at its horizon.
     pub fn set_horizons(&mut self, horizons: Vec<u64>) {
-        if horizons.len() != self.opts.n {
+        let Some(horizons) = PerRow::from_vec(horizons, self.opts.n) else {
             return;
-        }
-        self.next_slot = self.next_slot.max(horizons[self.opts.id.index()]);
+        };
+        self.next_slot = self.next_slot.max(horizons[self.opts.id]);
         self.horizons = horizons;
     }
 
@@ -47,7 +48,7 @@ impl Replica {
     /// Whether this replica must not vote on `id`: below its row's horizon and not known
     /// committed here (a decided value is a fact anyone may repeat).
     pub(super) fn abstains(&self, id: InstanceId) -> bool {
-        id.slot < self.horizons[id.replica.index()]
+        id.slot < self.horizons[id.replica]
             && !self
                 .instances
                 .get(&id)
@@ -58,10 +59,9 @@ impl Replica {
     pub(super) fn add_horizon_deps(&self, deps: &mut Deps) {
         let cover = self
             .horizons
-            .iter()
-            .enumerate()
+            .rows()
             .filter(|(row, h)| **h > 0 && self.committed_prefix[*row] < **h)
-            .map(|(row, h)| InstanceId::new(ReplicaId(row as u32), h - 1));
+            .map(|(row, h)| InstanceId::new(row, h - 1));
         for id in cover {
             deps.raise(id);
         }
@@ -72,20 +72,22 @@ impl Replica {
     /// reaches here (one past the highest slot known, committed or not, forgotten included; the
     /// next slot for this replica's own row).
     pub fn peer_rejoined(&mut self, peer: ReplicaId) -> Vec<u64> {
-        if let Some(p) = self.peer_committed.get_mut(peer.index()) {
+        if let Some(p) = self.peer_committed.get_mut(peer) {
             p.iter_mut().for_each(|s| *s = 0);
         }
-        if let Some(p) = self.peer_executed.get_mut(peer.index()) {
+        if let Some(p) = self.peer_executed.get_mut(peer) {
             p.iter_mut().for_each(|s| *s = 0);
         }
-        let mut ends: Vec<u64> = (0..self.opts.n)
-            .map(|row| self.committed_end[row].max(self.gc_prefix[row]))
-            .collect();
-        ends[self.opts.id.index()] = ends[self.opts.id.index()].max(self.next_slot);
+        let mut ends = self.committed_end.clone();
+        for (end, gc) in ends.iter_mut().zip(&self.gc_prefix) {
+            *end = (*end).max(*gc);
+        }
+        let me = self.opts.id;
+        ends[me] = ends[me].max(self.next_slot);
         for id in self.instances.keys() {
-            let end = &mut ends[id.replica.index()];
+            let end = &mut ends[id.replica];
             *end = (*end).max(id.slot + 1);
         }
-        ends
+        ends.into_vec()
     }
 }

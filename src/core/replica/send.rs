@@ -17,6 +17,14 @@ impl Replica {
         self.send(vec![to], msg);
     }
 
+    /// What this replica reports of its rows: committed and executed prefixes.
+    pub(super) fn watermark(&self) -> Message {
+        Message::Watermark {
+            committed_prefix: self.committed_prefix.as_slice().to_vec(),
+            executed_prefix: self.executed_prefix.as_slice().to_vec(),
+        }
+    }
+
     pub(super) fn send_commit_to_all(&mut self, id: InstanceId) {
         for peer in self.peers() {
             self.send_commit(peer, id);

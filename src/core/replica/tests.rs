@@ -79,7 +79,7 @@ fn a_replica_that_missed_an_instance_learns_it_from_a_watermark() {
     settle(&mut rs, t, |_, _| false);
     assert_eq!(rs[2].kv().executed(), 1, "r2 caught up");
     assert_eq!(rs[2].kv().digest(), rs[0].kv().digest());
-    assert_eq!(rs[2].committed_prefix, vec![1, 0, 0]);
+    assert_eq!(rs[2].committed_prefix.as_slice(), [1, 0, 0]);
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
         },
     );
     assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![1, 8, 0]);
-    assert!(rs[0].peer_executed[2].iter().all(|s| *s == 0));
+    assert!(rs[0].peer_executed[ReplicaId(2)].iter().all(|s| *s == 0));
 }
 
 #[test]
