@@ -66,6 +66,11 @@ struct Args {
     /// executed here and committed everywhere.
     #[arg(long, default_value_t = limits::CHECKPOINT_EVERY)]
     checkpoint_every: u64,
+    /// Per row, how many instances a peer may fall behind what a majority executed before
+    /// garbage collection stops waiting for it (a member down for longer catches up by
+    /// snapshot when it returns). Bounds memory and disk with a member down.
+    #[arg(long, default_value_t = limits::RETENTION_INSTANCES)]
+    retention_instances: u64,
     /// How often to send each peer a Watermark, which is also the heartbeat, in milliseconds.
     #[arg(long, default_value_t = limits::HEARTBEAT.as_millis() as u64)]
     heartbeat_ms: u64,
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
     core.pending_max = args.pending_max;
     core.pending_bytes_max = args.pending_bytes_max;
     core.gc_executed = true;
+    core.retention_instances = args.retention_instances;
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.recover_after = Duration::from_millis(args.recover_after_ms);

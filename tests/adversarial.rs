@@ -269,6 +269,7 @@ impl Made {
             7 => Message::Watermark {
                 committed_prefix: self.prefix.clone(),
                 executed_prefix: self.prefix.iter().map(|p| p / 2).collect(),
+                collected_prefix: vec![],
             },
             8 => Message::Recover { instance, ballot },
             9 => Message::RecoverOk {
@@ -388,12 +389,15 @@ fn impossible(
         Message::Watermark {
             committed_prefix,
             executed_prefix,
+            collected_prefix,
         } => {
-            if committed_prefix.len() > n || executed_prefix.len() > n {
+            if committed_prefix.len() > n || executed_prefix.len() > n || collected_prefix.len() > n
+            {
                 Some(Reject::UnknownReplica)
             } else if committed_prefix
                 .iter()
                 .chain(executed_prefix)
+                .chain(collected_prefix)
                 .any(|p| *p > SLOT_LIMIT)
             {
                 Some(Reject::ImplausibleSlot)
@@ -822,6 +826,7 @@ fn a_dependency_on_a_row_outside_the_cluster_is_rejected() {
     let msg = Message::Watermark {
         committed_prefix: vec![0; 4],
         executed_prefix: vec![],
+        collected_prefix: vec![],
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::UnknownReplica);
 }
@@ -867,6 +872,7 @@ fn a_slot_beyond_any_row_is_rejected() {
     let msg = Message::Watermark {
         committed_prefix: vec![u64::MAX, u64::MAX, 0],
         executed_prefix: vec![0; 3],
+        collected_prefix: vec![],
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::ImplausibleSlot);
     // Just below the limit is a slot like any other.
@@ -1014,6 +1020,7 @@ fn a_message_from_no_peer_is_rejected_and_not_heard() {
         let msg = Message::Watermark {
             committed_prefix: vec![0; 3],
             executed_prefix: vec![0; 3],
+            collected_prefix: vec![],
         };
         assert_rejected(&mut rs[0], from, msg, Reject::Sender);
     }

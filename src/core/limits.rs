@@ -58,6 +58,11 @@ pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const JOIN_INTERVAL_MIN: Duration = Duration::from_millis(50);
 /// Default: checkpoint (and cut the log) each time this many more instances were collected.
 pub const CHECKPOINT_EVERY: u64 = 20_000;
+/// Default retention (per row, in instances): how far a member may fall behind the executed
+/// prefix of a majority before the survivors collect past it (and it must catch up by
+/// snapshot when it returns; see `replica::collect`). Bounds survivors' memory and log with a
+/// member down: about 100 MB at 1 KiB an instance, a few seconds to minutes of load.
+pub const RETENTION_INSTANCES: u64 = 100_000;
 
 // ---- queues ---------------------------------------------------------------------------------
 
@@ -197,4 +202,7 @@ const _: () = {
     assert!(SESSION_TTL.as_millis() > 10 * PROPOSE_TIMEOUT.as_millis());
     assert!(SESSION_TTL_MIN.as_millis() <= SESSION_TTL.as_millis());
     assert!(SESSIONS_MAX >= 1);
+    // A member that catches up through Watermarks (a short outage) is not pushed into a
+    // snapshot: the survivors keep more than one Watermark's answer for it.
+    assert!(RETENTION_INSTANCES > WATERMARK_COMMITS_MAX as u64);
 };

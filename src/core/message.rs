@@ -55,11 +55,14 @@ pub enum Message {
     },
     /// Send me Commit for those of these instances you know to be committed.
     CommitRequest { instances: Vec<InstanceId> },
-    /// Per row, the first slot the sender does not know to be committed (anti-entropy) and
-    /// the first it has not executed (garbage collection).
+    /// Per row, the first slot the sender does not know to be committed (anti-entropy), the
+    /// first it has not executed (garbage collection), and the first it still holds (below it
+    /// everything was collected: a receiver that has not executed that far installs a
+    /// snapshot; empty from a peer that never collects past anyone, i.e. all zeros).
     Watermark {
         committed_prefix: Vec<u64>,
         executed_prefix: Vec<u64>,
+        collected_prefix: Vec<u64>,
     },
     /// Recovery: the sender takes the instance over at `ballot`.
     Recover {

@@ -28,6 +28,11 @@ pub enum Refusal {
     /// A Join naming this replica itself, or without an incarnation.
     #[error("join from this replica's own id, or without an incarnation")]
     BadJoin,
+    /// Peers collected instances this replica has not executed: it installs a snapshot first.
+    #[error(
+        "replica is catching up from a peer's snapshot (it was left behind); try another replica"
+    )]
+    CatchingUp,
     /// A snapshot asked by an incarnation that has not joined here.
     #[error("snapshot only for a replica that joined with this incarnation")]
     NotJoined,
@@ -138,6 +143,20 @@ impl Node {
         self.membership == Membership::Joining
     }
 
+    /// The peer to install a snapshot from, if peers collected instances this replica has not
+    /// executed (see `replica::collect`): it takes part in nothing until it has.
+    pub fn catching_up(&self) -> Option<ReplicaId> {
+        if self.joining() {
+            return None;
+        }
+        self.replica.left_behind()
+    }
+
+    /// Whether the core takes inputs: joined and not catching up.
+    fn active(&self) -> bool {
+        !self.joining() && self.replica.left_behind().is_none()
+    }
+
     /// The incarnation recorded for `peer`, if any.
     pub fn peer_incarnation(&self, peer: ReplicaId) -> Option<Incarnation> {
         self.peers.get(peer.index()).copied().flatten()
@@ -156,6 +175,9 @@ impl Node {
     pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Refusal> {
         if self.joining() {
             return Err(Refusal::Joining);
+        }
+        if self.catching_up().is_some() {
+            return Err(Refusal::CatchingUp);
         }
         Ok(self.replica.propose(token, cmd)?)
     }
@@ -194,7 +216,7 @@ impl Node {
     /// A protocol message from `peer` (heard: see [`Node::hear`]). Dropped while joining: the
     /// peers resend what matters once this replica has joined.
     pub fn handle(&mut self, now: Time, peer: ReplicaId, msg: Message) {
-        if !self.joining() {
+        if self.active() {
             self.replica.handle(now, peer, msg);
         }
     }
@@ -206,14 +228,14 @@ impl Node {
 
     /// Time passes (the core's timers: resends, recoveries, heartbeats).
     pub fn tick(&mut self, now: Time) {
-        if !self.joining() {
+        if self.active() {
             self.replica.tick(now);
         }
     }
 
     /// Starts instances from what was proposed since the last flush.
     pub fn flush(&mut self, now: Time) {
-        if !self.joining() {
+        if self.active() {
             self.replica.flush(now);
         }
     }
@@ -315,6 +337,55 @@ impl Node {
         });
     }
 
+    /// This replica was left behind (see [`Node::catching_up`]) and received the snapshot of a
+    /// peer (`checkpoint` and the decided `records` beside it): it continues from it, keeping
+    /// every instance of its own above the snapshot's collected prefix that the snapshot does
+    /// not hold decided (its promises and votes: nothing it voted on is forgotten, so no
+    /// horizons are needed), its own row's next slot and its horizons. Written as its new
+    /// checkpoint and log through `Ready::install`. Why this is safe: `replica::collect`.
+    pub fn install_caught_up(
+        &mut self,
+        now: Time,
+        mut checkpoint: Checkpoint,
+        records: Vec<(InstanceId, Instance)>,
+    ) {
+        if self.catching_up().is_none() {
+            return; // installed already (or never needed): a late snapshot changes nothing
+        }
+        let opts = self.replica.options().clone();
+        let me = opts.id.index();
+        let decided: std::collections::HashSet<InstanceId> =
+            records.iter().map(|(id, _)| *id).collect();
+        let collected = checkpoint.gc_prefix.clone();
+        let mut kept: Vec<(InstanceId, Instance)> = self
+            .replica
+            .instances()
+            .filter(|(id, _)| {
+                id.replica.index() < opts.n
+                    && id.slot >= collected[id.replica.index()]
+                    && !decided.contains(id)
+            })
+            .map(|(id, inst)| (*id, inst.clone()))
+            .collect();
+        kept.sort_unstable_by_key(|(id, _)| *id);
+        kept.extend(records);
+        checkpoint.next_slot = self
+            .replica
+            .next_slot()
+            .max(collected.get(me).copied().unwrap_or(0));
+        let encoded = checkpoint.encode();
+        let horizons = self.replica.horizons().to_vec();
+        let mut replica = Replica::restore_from(opts, now, Some(checkpoint), kept.clone());
+        replica.set_horizons(horizons);
+        // Its outputs (the resends of the instances of its own it goes on leading) stay.
+        self.checkpointed_at = replica.collected();
+        self.replica = replica;
+        self.out.install = Some(Image {
+            checkpoint: encoded,
+            records: kept,
+        });
+    }
+
     fn set_membership(&mut self, membership: Membership) {
         self.membership = membership.clone();
         self.out.membership = Some(membership);
@@ -331,6 +402,7 @@ impl Node {
         if every == 0
             || !self.replica.options().gc_executed
             || self.checkpointing
+            || self.catching_up().is_some()
             || collected < self.checkpointed_at + every
         {
             return None;
@@ -538,6 +610,11 @@ mod tests {
     /// Delivers every message until none is left, hearing each sender's incarnation `id + 1`;
     /// returns the tokens answered.
     fn settle(nodes: &mut [Node], now: Time) -> Vec<Token> {
+        settle_without(nodes, now, None)
+    }
+
+    /// [`settle`] with replica `down` cut off: what it sends and what is sent to it is lost.
+    fn settle_without(nodes: &mut [Node], now: Time, down: Option<usize>) -> Vec<Token> {
         let mut answered = Vec::new();
         for _ in 0..100 {
             let mut sent = false;
@@ -545,8 +622,14 @@ mod tests {
                 nodes[from].flush(now);
                 let ready = nodes[from].take_ready();
                 answered.extend(ready.core.replies.iter().map(|r| r.token));
+                if down == Some(from) {
+                    continue;
+                }
                 for out in ready.core.messages {
                     for to in out.to {
+                        if down == Some(to.index()) {
+                            continue;
+                        }
                         sent = true;
                         let peer = ReplicaId(from as u32);
                         let node = &mut nodes[to.index()];
@@ -680,5 +763,184 @@ mod tests {
         let mut never = joined(0);
         never.checkpoint_every = 0;
         assert!(never.poll_checkpoint().is_none());
+    }
+
+    fn put_key(client: u64, key: &str) -> Command {
+        let mut cmd = put(client);
+        cmd.op = Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+        };
+        cmd
+    }
+
+    /// Three nodes with a retention of `retention` instances per row.
+    fn retaining(retention: u64) -> Vec<Node> {
+        (0..3)
+            .map(|id| {
+                let mut o = opts(id);
+                o.retention_instances = retention;
+                Node::new(
+                    o,
+                    4,
+                    Duration::ZERO,
+                    Restored {
+                        membership: Membership::Joined {
+                            horizons: vec![0; 3],
+                        },
+                        peers: vec![None; 3],
+                        checkpoint: None,
+                        records: Vec::new(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `puts` puts through r0 with r2 cut off, then lets Watermarks flow for a while.
+    fn load_without_r2(nodes: &mut [Node], puts: u64, mut now: Time) -> Time {
+        for client in 1..=puts {
+            nodes[0]
+                .propose(client, put_key(client, &format!("k{client}")))
+                .expect("room");
+            nodes[0].flush(now);
+            let _ = settle_without(nodes, now, Some(2));
+        }
+        for _ in 0..3 {
+            now += Duration::from_secs(2);
+            for n in nodes.iter_mut() {
+                n.tick(now);
+            }
+            let _ = settle_without(nodes, now, Some(2));
+        }
+        now
+    }
+
+    #[test]
+    fn survivors_collect_past_a_member_down_beyond_the_retention_only() {
+        let mut nodes = retaining(3);
+        let now = load_without_r2(&mut nodes, 10, Duration::ZERO);
+        for n in &nodes[..2] {
+            assert_eq!(n.replica().kv().executed(), 10);
+            assert_eq!(
+                n.replica().collected_prefix(),
+                &[7, 0, 0],
+                "a majority executed r0's row up to 10: all but the last 3 collected"
+            );
+            assert_eq!(n.replica().instances_in_memory(), 3);
+        }
+        // Without the retention rule nothing would be collected: r2 executed nothing.
+        let mut patient = retaining(1000);
+        let _ = load_without_r2(&mut patient, 10, now);
+        assert_eq!(patient[0].replica().collected_prefix(), &[0, 0, 0]);
+    }
+
+    #[test]
+    fn a_member_left_behind_installs_a_snapshot_and_keeps_its_own_votes() {
+        let mut nodes = retaining(3);
+        // r2 pre-accepts an instance of its own that nobody else sees before it is cut off.
+        nodes[2].propose(100, put_key(100, "mine")).expect("room");
+        nodes[2].flush(Duration::ZERO);
+        let own = nodes[2].take_ready();
+        assert_eq!(own.core.persist.len(), 1);
+        let mut now = load_without_r2(&mut nodes, 10, Duration::ZERO);
+        assert!(nodes[2].catching_up().is_none(), "it has heard nothing yet");
+        // r2 returns: r0's Watermark says r0 collected what r2 never executed.
+        now += Duration::from_secs(2);
+        nodes[0].tick(now);
+        let ready = nodes[0].take_ready();
+        for out in ready.core.messages {
+            if out.to.contains(&ReplicaId(2)) {
+                assert!(nodes[2].hear(ReplicaId(0), inc(1)));
+                nodes[2].handle(now, ReplicaId(0), out.msg.clone());
+            }
+        }
+        assert_eq!(nodes[2].catching_up(), Some(ReplicaId(0)));
+        assert_eq!(
+            nodes[2].propose(101, put_key(101, "x")),
+            Err(Refusal::CatchingUp)
+        );
+        assert!(nodes[2].poll_checkpoint().is_none());
+        let _ = nodes[2].take_ready();
+        // The shell fetches r0's snapshot (fenced by the incarnation r0 recorded for r2).
+        assert!(nodes[0].hear(ReplicaId(2), inc(3)));
+        let image = nodes[0]
+            .snapshot_for(ReplicaId(2), Some(inc(3)))
+            .expect("r2's incarnation is the one r0 records");
+        let checkpoint = Checkpoint::decode(&image.checkpoint, 3).expect("decodes");
+        nodes[2].install_caught_up(now, checkpoint, image.records);
+        assert!(nodes[2].catching_up().is_none());
+        let r = nodes[2].take_ready();
+        let installed = r.install.expect("written as its checkpoint and log");
+        assert!(r.membership.is_none(), "its membership does not change");
+        let mine = InstanceId::new(ReplicaId(2), 0);
+        assert!(
+            installed.records.iter().any(|(id, _)| *id == mine),
+            "its own pre-accepted instance is kept"
+        );
+        assert!(
+            r.core
+                .messages
+                .iter()
+                .any(|o| matches!(o.msg, Message::PreAccept { instance, .. } if instance == mine)),
+            "and it goes on leading it"
+        );
+        assert_eq!(
+            nodes[2].replica().kv().digest(),
+            nodes[0].replica().kv().digest()
+        );
+        // From then on it takes part: its own instance commits and executes everywhere.
+        for n in nodes.iter_mut() {
+            n.tick(now);
+        }
+        for out in r.core.messages {
+            for to in out.to {
+                nodes[to.index()].handle(now, ReplicaId(2), out.msg.clone());
+            }
+        }
+        let _ = settle(&mut nodes, now);
+        for n in &nodes {
+            n.check_invariants().expect("invariants");
+            assert_eq!(n.replica().kv().executed(), 11);
+        }
+        assert_eq!(
+            nodes[2].replica().kv().digest(),
+            nodes[1].replica().kv().digest()
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "sabotage")]
+    fn a_member_that_ignores_being_left_behind_never_catches_up() {
+        let mut nodes = retaining(3);
+        let mut o = opts(2);
+        o.retention_instances = 3;
+        o.sabotage.ignore_collected = true;
+        nodes[2] = Node::new(
+            o,
+            4,
+            Duration::ZERO,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        let mut now = load_without_r2(&mut nodes, 10, Duration::ZERO);
+        for _ in 0..5 {
+            now += Duration::from_secs(2);
+            for n in nodes.iter_mut() {
+                n.tick(now);
+            }
+            let _ = settle(&mut nodes, now);
+        }
+        assert!(nodes[2].catching_up().is_none());
+        assert!(
+            nodes[2].replica().kv().executed() < 10,
+            "the Commits it lacks are gone: it never executes them"
+        );
     }
 }

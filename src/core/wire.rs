@@ -215,9 +215,11 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
         Message::Watermark {
             committed_prefix,
             executed_prefix,
+            collected_prefix,
         } => Kind::Watermark(proto::Watermark {
             committed_prefix: committed_prefix.clone(),
             executed_prefix: executed_prefix.clone(),
+            collected_prefix: collected_prefix.clone(),
         }),
         Message::Recover { instance, ballot } => Kind::Recover(proto::Recover {
             instance: Some(id_to_proto(*instance)),
@@ -375,13 +377,18 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
                 .collect::<Result<Vec<_>, _>>()?,
         },
         Kind::Watermark(m) => {
-            let rows = m.committed_prefix.len().max(m.executed_prefix.len());
+            let rows = m
+                .committed_prefix
+                .len()
+                .max(m.executed_prefix.len())
+                .max(m.collected_prefix.len());
             if rows > n {
                 return Err(WireError::UnknownReplica(rows as u32 - 1));
             }
             Message::Watermark {
                 committed_prefix: m.committed_prefix,
                 executed_prefix: m.executed_prefix,
+                collected_prefix: m.collected_prefix,
             }
         }
         Kind::Recover(m) => Message::Recover {
@@ -593,6 +600,7 @@ mod tests {
             Message::Watermark {
                 committed_prefix: vec![3, 0, 9],
                 executed_prefix: vec![1, 0, 2],
+                collected_prefix: vec![1, 0, 0],
             },
             Message::Recover {
                 instance: id,

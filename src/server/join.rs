@@ -1,6 +1,8 @@
 //! Joining, the shell's part: asking every peer `Join` (with backoff, each call with a
 //! timeout) and fetching a snapshot. What the answers mean, and what the replica then does,
 //! is decided in the core ([`Joiner`], `Node::join_fresh`, `Node::join_from_snapshot`).
+//! A joined replica that peers left behind (`Node::catching_up`) fetches a snapshot the same
+//! way ([`catch_up`]) and the core installs it (`Node::install_caught_up`).
 
 use std::time::Duration;
 
@@ -115,6 +117,33 @@ pub async fn run(
                  every peer, a new one for a majority)"
             );
         }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Fetches the snapshot a replica left behind by its peers' garbage collection needs: from
+/// `source` (the peer whose Watermark said it collected past this replica), else from the
+/// other peers in turn, with backoff until one gives it. Served under the incarnation fence
+/// like a rejoin's: only the incarnation the peer records for this replica gets it.
+pub async fn catch_up(
+    config: &Config,
+    me: ReplicaId,
+    incarnation: Incarnation,
+    source: ReplicaId,
+    dialer: &PeerDialer,
+) -> Snapshot {
+    let mut sources = vec![source];
+    sources.extend(
+        (0..config.n() as u32)
+            .map(ReplicaId)
+            .filter(|p| *p != me && *p != source),
+    );
+    let mut backoff = ASK_AGAIN;
+    loop {
+        if let Some(snapshot) = fetch_best(config, me, incarnation, &sources, dialer).await {
+            return snapshot;
+        }
+        tracing::warn!(%source, "left behind: no peer gave a snapshot yet; asking again");
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

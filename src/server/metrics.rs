@@ -257,6 +257,20 @@ fn describe() {
         "1 while a rejoined replica has not learnt every row committed up to its horizons (it \
          counts against the tolerated failures until then)."
     );
+    describe_gauge!(
+        "epaxos_catching_up",
+        "1 while this replica, left behind by its peers' garbage collection (they collected \
+         instances it had not executed), fetches and installs a peer's snapshot."
+    );
+    describe_counter!(
+        "epaxos_catch_ups_total",
+        "Snapshots installed after peers collected instances this replica had not executed."
+    );
+    describe_gauge!(
+        "epaxos_instances_in_memory",
+        "Instances held in memory (garbage collection drops those executed everywhere, or at a \
+         majority beyond the retention)."
+    );
     describe_counter!(
         "epaxos_rejoins_total",
         "Times this replica rejoined from a peer's snapshot after losing its data."
@@ -388,6 +402,7 @@ pub fn register_all(n: usize, me: u32) {
     .set(1.0);
     for name in [
         "epaxos_rejoins_total",
+        "epaxos_catch_ups_total",
         "epaxos_snapshots_sent_total",
         "epaxos_peer_identity_refused_total",
         "epaxos_checkpoints_total",
@@ -399,6 +414,8 @@ pub fn register_all(n: usize, me: u32) {
         "epaxos_storage_blocked",
         "epaxos_joining",
         "epaxos_abstaining",
+        "epaxos_catching_up",
+        "epaxos_instances_in_memory",
         "epaxos_log_bytes",
     ] {
         gauge!(g).increment(0.0);

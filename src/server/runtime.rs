@@ -264,6 +264,8 @@ pub enum Event {
     },
     /// This replica's own join is decided.
     Joined(Box<join::Joined>),
+    /// The snapshot this replica, left behind by its peers' collection, fetched.
+    CaughtUp(Box<join::Snapshot>),
 }
 
 /// Where a listen address binds now: itself if an IP literal, else the first address its name
@@ -432,6 +434,13 @@ pub async fn serve(
             metadata,
             accepted: accepted.clone(),
             health,
+            catch_up: CatchUpContext {
+                config: Arc::new(config.clone()),
+                me: id,
+                incarnation,
+                dialer: dialer.clone(),
+                big: big_tx.downgrade(),
+            },
         },
     ));
 
@@ -580,7 +589,19 @@ struct PendingJoin {
 }
 
 /// What the event loop needs besides the node and its channels.
+/// What fetching a snapshot needs when peers left this replica behind (see `join::catch_up`).
+#[derive(Clone)]
+struct CatchUpContext {
+    config: Arc<Config>,
+    me: ReplicaId,
+    incarnation: Incarnation,
+    dialer: tls::PeerDialer,
+    /// Weak: the event loop must not keep its own channel open (it ends when the channel does).
+    big: mpsc::WeakSender<Event>,
+}
+
 struct LoopSetup {
+    catch_up: CatchUpContext,
     tick: Duration,
     propose_timeout: Duration,
     log: Log,
@@ -618,6 +639,12 @@ struct EventLoop {
     /// per-peer round trip (`epaxos_peer_rtt_seconds`). Bounded; entries older than
     /// `RTT_FORGET_AFTER` are dropped at each tick.
     rtt_sent: HashMap<(ReplicaId, InstanceId), Instant>,
+    /// Fetching a snapshot after peers left this replica behind: how, and the fetch running.
+    catch_up: CatchUpContext,
+    catch_up_started: Option<tokio::task::JoinHandle<()>>,
+    /// A checkpoint is being written: a snapshot to install waits in `deferred_install`.
+    checkpoint_writing: bool,
+    deferred_install: Option<Box<join::Snapshot>>,
 }
 
 /// Round trips measured at once, at most (beyond, a send is not timed).
@@ -639,6 +666,8 @@ async fn run_loop(
     let log_bytes = metrics::gauge!("epaxos_log_bytes");
     let joining_gauge = metrics::gauge!("epaxos_joining");
     let abstaining_gauge = metrics::gauge!("epaxos_abstaining");
+    let catching_up_gauge = metrics::gauge!("epaxos_catching_up");
+    let instances_gauge = metrics::gauge!("epaxos_instances_in_memory");
     let LoopSetup {
         tick,
         propose_timeout,
@@ -646,8 +675,13 @@ async fn run_loop(
         metadata,
         accepted,
         health,
+        catch_up,
     } = setup;
     let mut el = EventLoop {
+        catch_up,
+        catch_up_started: None,
+        checkpoint_writing: false,
+        deferred_install: None,
         abstaining: false,
         heard: vec![Instant::now(); peers.len()],
         rtt_sent: HashMap::new(),
@@ -764,7 +798,20 @@ async fn run_loop(
             }
         }
         el.carry_out(ready);
+        el.checkpoint_writing = writing.is_some();
+        if !el.checkpoint_writing {
+            if let Some(snapshot) = el.deferred_install.take() {
+                el.install_caught_up(el.start.elapsed(), *snapshot);
+            }
+        }
+        el.start_catch_up();
         joining_gauge.set(if el.node.joining() { 1.0 } else { 0.0 });
+        catching_up_gauge.set(if el.node.catching_up().is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        instances_gauge.set(el.node.replica().instances_in_memory() as f64);
         el.report_abstaining(&abstaining_gauge);
         el.health.publish(el.health());
         if writing.is_none() {
@@ -847,7 +894,7 @@ impl EventLoop {
                         self.m.proposals.increment(1);
                         self.waiting.insert(token, Waiter { reply, at, request });
                     }
-                    Err(e @ Refusal::Joining) => {
+                    Err(e @ (Refusal::Joining | Refusal::CatchingUp)) => {
                         let _ = reply.send(Err(Status::unavailable(e.to_string())));
                     }
                     Err(e) => {
@@ -973,7 +1020,56 @@ impl EventLoop {
                     metrics::counter!("epaxos_rejoins_total").increment(1);
                 }
             },
+            Event::CaughtUp(snapshot) => {
+                if self.checkpoint_writing {
+                    // Installing rewrites the checkpoint and the log: after the one being
+                    // written (the loop installs it then).
+                    self.deferred_install = Some(snapshot);
+                } else {
+                    self.install_caught_up(now, *snapshot);
+                }
+            }
         }
+    }
+
+    /// Installs the snapshot of a replica left behind (see `Node::install_caught_up`).
+    fn install_caught_up(&mut self, now: Duration, snapshot: join::Snapshot) {
+        self.catch_up_started = None;
+        let join::Snapshot {
+            from,
+            checkpoint,
+            records,
+        } = snapshot;
+        let collected = checkpoint.gc_prefix.clone();
+        self.node.install_caught_up(now, checkpoint, records);
+        let core = self.node.replica();
+        tracing::info!(%from, collected = ?collected, keys = core.kv().len(),
+            executed = core.kv().executed(),
+            "caught up from a peer's snapshot: peers had collected instances this replica had \
+             not executed while it was down or cut off");
+        metrics::counter!("epaxos_catch_ups_total").increment(1);
+    }
+
+    /// Starts fetching a snapshot if the node was left behind and no fetch runs yet.
+    fn start_catch_up(&mut self) {
+        let Some(source) = self.node.catching_up() else {
+            return;
+        };
+        if self.catch_up_started.is_some() {
+            return;
+        }
+        tracing::warn!(%source,
+            "left behind: a peer collected instances this replica has not executed; fetching \
+             a snapshot (no client requests meanwhile)");
+        let ctx = self.catch_up.clone();
+        let handle = tokio::spawn(async move {
+            let snapshot =
+                join::catch_up(&ctx.config, ctx.me, ctx.incarnation, source, &ctx.dialer).await;
+            if let Some(big) = ctx.big.upgrade() {
+                let _ = big.send(Event::CaughtUp(Box::new(snapshot))).await;
+            }
+        });
+        self.catch_up_started = Some(handle);
     }
 
     /// Makes durable what the node itself must store (see `node::Ready`: peers' incarnations,
@@ -988,6 +1084,10 @@ impl EventLoop {
                 metadata.store_peers(peers)?;
             }
             if let Some(installed) = &ready.install {
+                // The records go into the current log first: a crash after the new checkpoint
+                // is in place but before the log is replaced then restores the checkpoint with
+                // every record beside it (the snapshot's decided instances are in no log yet).
+                log.append(&installed.records)?;
                 log.checkpoint(&installed.checkpoint, &installed.records)?;
             }
             if let Some(membership) = &ready.membership {
@@ -1027,7 +1127,9 @@ impl EventLoop {
             .map(ReplicaId)
             .filter(|p| *p == self.me || !core.is_suspected(*p, now))
             .count();
-        Health::assess(self.node.joining(), core.abstaining(), reachable, n)
+        // Catching up from a snapshot serves nothing, like joining.
+        let joining = self.node.joining() || self.node.catching_up().is_some();
+        Health::assess(joining, core.abstaining(), reachable, n)
     }
 
     /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).

@@ -133,9 +133,16 @@ impl Sim {
             self.peers_disk[r] = peers;
         }
         assert!(
-            node_ready.install.is_none() && node_ready.membership.is_none(),
+            node_ready.membership.is_none(),
             "joins happen only in `wipe`"
         );
+        // A snapshot installed by a replica left behind (see `catch_up`): like the runtime, it
+        // becomes its checkpoint and log.
+        if let Some(install) = node_ready.install {
+            self.durable[r] = install.records.iter().cloned().collect();
+            self.disk[r] = install.records;
+            self.checkpoint[r] = Some(install.checkpoint);
+        }
         let ready = node_ready.core;
         // Every message of a simulated run is one a real cluster can send: none may be refused
         // as impossible (see `Replica::handle`).
@@ -258,7 +265,82 @@ impl Sim {
                 },
             );
         }
+        self.report_collected(r);
         self.maybe_checkpoint(r);
+        if self.nodes[r].catching_up().is_some() {
+            self.catch_up(r);
+        }
+    }
+
+    /// Tells the observer what `r` dropped from memory since the last step.
+    fn report_collected(&mut self, r: usize) {
+        let now: Vec<u64> = self.nodes[r].replica().collected_prefix().to_vec();
+        let mut ids = Vec::new();
+        for (row, (&seen, &end)) in self.collected_seen[r].iter().zip(&now).enumerate() {
+            ids.extend((seen..end).map(|slot| InstanceId::new(ReplicaId(row as u32), slot)));
+        }
+        for (seen, end) in self.collected_seen[r].iter_mut().zip(&now) {
+            *seen = (*seen).max(*end);
+        }
+        if !ids.is_empty() {
+            self.observer.on_collected(r, &ids);
+        }
+    }
+
+    /// Replica `r` found that a peer collected instances it has not executed
+    /// (`Node::catching_up`): as the runtime does it (`join::catch_up`, then
+    /// `Node::install_caught_up`), it fetches the snapshot of that peer, or else of another
+    /// live one it can reach that is not catching up itself, and installs it. Atomic here; if
+    /// no peer can give one now, it tries again after its next input (its ticks go on).
+    pub(super) fn catch_up(&mut self, r: usize) {
+        let Some(source) = self.nodes[r].catching_up() else {
+            return;
+        };
+        if !self.alive(r) {
+            return;
+        }
+        let n = self.cfg.n;
+        let me = ReplicaId(r as u32);
+        let incarnation = incarnation_of(self.generation[r]);
+        let mut order = vec![source.index()];
+        order.extend((0..n).filter(|&p| p != r && p != source.index()));
+        for s in order {
+            if !self.alive(s)
+                || self.links.is_cut(s, r)
+                || self.links.is_cut(r, s)
+                || self.nodes[s].catching_up().is_some()
+            {
+                continue;
+            }
+            let Ok(image) = self.nodes[s].snapshot_for(me, Some(incarnation)) else {
+                continue;
+            };
+            let checkpoint = Checkpoint::decode(&image.checkpoint, n)
+                .expect("a snapshot the core encoded decodes");
+            let covered = (
+                checkpoint.gc_prefix.clone(),
+                checkpoint.executed_above.clone(),
+            );
+            let executed_before = self.nodes[r].replica().kv().executed();
+            self.nodes[r].install_caught_up(self.now, checkpoint, image.records);
+            self.stats.catch_ups += 1;
+            self.trace.record(
+                self.now,
+                What::Fault(format!(
+                    "r{r} was left behind by {source}'s garbage collection: it installs \
+                     r{s}'s snapshot (collected {}, {} executed; it had executed \
+                     {executed_before})",
+                    covered.0.iter().sum::<u64>(),
+                    self.nodes[r].replica().kv().executed(),
+                )),
+            );
+            let source_digest = self.nodes[s].replica().kv().digest();
+            self.observer
+                .on_rejoin(r, self.nodes[r].replica(), s, source_digest, covered);
+            self.check_invariants(r);
+            self.after_input(r);
+            return;
+        }
     }
 
     pub(super) fn on_fault(&mut self, f: Fault) {

@@ -63,6 +63,10 @@ pub struct Config {
     /// With `gc_executed`: like the runtime, a replica checkpoints once `collected()` has grown
     /// this much since its last checkpoint (0: never), and cuts its log to the live records.
     pub checkpoint_every: u64,
+    /// With `gc_executed`: `Options::retention_instances` of every replica (how far behind a
+    /// majority a replica may fall before the others collect past it; it then catches up by
+    /// snapshot, see `Sim::catch_up`).
+    pub retention_instances: u64,
     /// Probability that a replica crashes between storing a checkpoint and cutting its log
     /// (during chaos, when one more replica may go down): the new checkpoint then sits beside
     /// the old, uncut log.
@@ -164,6 +168,14 @@ impl Config {
             session_ttl: ms(r.range(200, 2000)),
             skew_max: *r.pick(&[ms(0), ms(20), ms(300)]),
             sleep_chance: *r.pick(&[0.0, 0.02, 0.1]),
+            // Drawn after everything above, for the same reason. Small enough, in half the
+            // runs, for the others to collect past a replica that is down or cut off (it then
+            // catches up by snapshot).
+            retention_instances: if r.chance(0.5) {
+                r.range(2, 20)
+            } else {
+                epaxos_kv::core::limits::RETENTION_INSTANCES
+            },
         }
     }
 
@@ -205,6 +217,7 @@ impl Config {
             torn: false,
             gc_executed: false,
             checkpoint_every: 0,
+            retention_instances: epaxos_kv::core::limits::RETENTION_INSTANCES,
             checkpoint_crash: 0.0,
             sabotage_disk: false,
             sabotage_garble: false,
@@ -275,6 +288,9 @@ impl fmt::Display for Config {
                 self.checkpoint_every,
                 self.checkpoint_crash * 100.0
             )?;
+        }
+        if self.gc_executed {
+            write!(f, " retention={}", self.retention_instances)?;
         }
         write!(
             f,

@@ -95,6 +95,9 @@ pub struct Stats {
     /// replicas that had rejoined (from the snapshot's checkpoint and what they logged since).
     pub executed_after_rejoin: u64,
     pub restarts_after_rejoin: u64,
+    /// Snapshots installed by replicas that the others' garbage collection left behind (see
+    /// `Sim::catch_up`).
+    pub catch_ups: u64,
     /// Live replicas that rejoined and, at the end of the run, have still not learnt every
     /// instance below their horizons committed (see `Sim::abstaining`).
     pub still_abstaining: u64,
@@ -236,6 +239,9 @@ pub struct Sim {
     pub(super) crashes_ahead: usize,
     /// Which links are cut (the shared in-memory network's, `core::testkit`).
     pub(super) links: Links,
+    /// Per replica, per row: how far the observer was told it collected (see
+    /// `Observer::on_collected`).
+    pub(super) collected_seen: Vec<Vec<u64>>,
     pub(super) loss: f64,
     pub(super) dup: f64,
     pub(super) settling: bool,
@@ -277,6 +283,7 @@ impl Sim {
                 o.retry_max = o.retry_max.max(cfg.retry);
                 o.fetch_after = cfg.fetch_after;
                 o.gc_executed = cfg.gc_executed;
+                o.retention_instances = cfg.retention_instances;
                 o.session_ttl = cfg.session_ttl;
                 if cfg.sabotage_only.is_none_or(|r| r == i) {
                     o.sabotage = cfg.sabotage.clone();
@@ -348,6 +355,7 @@ impl Sim {
             digest,
             crashes_ahead: 0,
             links: Links::new(n),
+            collected_seen: vec![vec![0; n]; n],
             loss: cfg.loss,
             dup: cfg.dup,
             settling: false,

@@ -172,10 +172,14 @@ impl Replica {
         from: ReplicaId,
         prefix: Vec<u64>,
         executed: Vec<u64>,
+        collected: Vec<u64>,
     ) {
         if self.watermark_contradiction(&prefix, &executed) {
             self.refuse(from, Contradiction::WatermarkBeyond);
             return;
+        }
+        if self.check_left_behind(from, &collected) {
+            return; // nothing more until a snapshot is installed
         }
         if let Some(known) = self.peer_committed.get_mut(from) {
             for (k, p) in known.iter_mut().zip(&prefix) {
@@ -186,6 +190,18 @@ impl Replica {
             for (k, p) in known.iter_mut().zip(&executed) {
                 *k = (*k).max(*p);
             }
+        }
+        if executed
+            .iter()
+            .zip(&self.gc_prefix)
+            .any(|(e, collected)| e < collected)
+        {
+            // The sender is left behind: it needs a snapshot, not the Commits above what it
+            // lacks (executing those first could order them before what it lacks; see
+            // `collect`). Tell it at once.
+            let msg = self.watermark();
+            self.send(vec![from], msg);
+            return;
         }
         let mut budget = self.opts.watermark_commits_max;
         // Slots looked at, sent or not: bounds the work one Watermark can cause.

@@ -95,14 +95,19 @@ impl Replica {
             Message::Watermark {
                 committed_prefix,
                 executed_prefix,
+                collected_prefix,
             } => {
-                if committed_prefix.len() > n || executed_prefix.len() > n {
+                if committed_prefix.len() > n
+                    || executed_prefix.len() > n
+                    || collected_prefix.len() > n
+                {
                     return Err(Reject::UnknownReplica);
                 }
                 // A prefix is one past a slot: at most `SLOT_LIMIT`.
                 if committed_prefix
                     .iter()
                     .chain(executed_prefix)
+                    .chain(collected_prefix)
                     .any(|p| *p > SLOT_LIMIT)
                 {
                     return Err(Reject::ImplausibleSlot);

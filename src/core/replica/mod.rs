@@ -121,6 +121,9 @@ pub struct Replica {
     /// directory (all zeros for a replica that never lost its data). Below it, an earlier
     /// incarnation may have voted and forgotten: see `rejoin`.
     horizons: PerRow<u64>,
+    /// A peer that collected instances this replica has not executed (see `collect`): this
+    /// replica takes part in nothing more until it installed a snapshot (from that peer).
+    left_behind: Option<ReplicaId>,
     next_watermark: Time,
     /// When this replica, if it is behind a peer, may next pull Commits from it.
     next_catch_up: Time,
@@ -168,6 +171,7 @@ impl Replica {
             announced: HashMap::new(),
             gc_prefix: PerRow::new(opts.n, 0),
             horizons: PerRow::new(opts.n, 0),
+            left_behind: None,
             next_watermark: Duration::ZERO,
             next_catch_up: Duration::ZERO,
             last_heard: PerRow::new(opts.n, Duration::ZERO),
@@ -499,7 +503,8 @@ impl Replica {
             Message::Watermark {
                 committed_prefix,
                 executed_prefix,
-            } => self.handle_watermark(from, committed_prefix, executed_prefix),
+                collected_prefix,
+            } => self.handle_watermark(from, committed_prefix, executed_prefix, collected_prefix),
             Message::Recover { instance, ballot } => {
                 self.handle_recover(now, from, instance, ballot)
             }

@@ -48,6 +48,9 @@ pub struct Options {
     /// committed (through Watermarks): nobody can need their Commit from us any more. Off by
     /// default so that tests can inspect every instance; the replica binary turns it on.
     pub gc_executed: bool,
+    /// Per row, how far behind a majority's executed prefix a peer may fall before garbage
+    /// collection stops waiting for it (it then catches up by snapshot; see `collect`).
+    pub retention_instances: u64,
     /// A client session idle this long is expired (see `session`); its late retries are then
     /// refused as expired instead of answered.
     pub session_ttl: Duration,
@@ -129,6 +132,14 @@ sabotage_switches! {
     /// A retry whose session is not in the table starts a new session and executes (a late
     /// retry of an expired session executes twice).
     retry_starts_session,
+    /// Collect past a lagging peer once this replica alone executed the retention beyond it,
+    /// without waiting for a majority (a minority's execution is then all that remains of
+    /// instances a recovery must not decide again).
+    collect_without_majority,
+    /// A member told that peers collected instances it has not executed goes on from its own
+    /// stale state instead of installing a snapshot (it waits forever for Commits nobody
+    /// holds any more).
+    ignore_collected,
 }
 
 // Without the feature `Sabotage` is empty: the switches are not in the build at all.
@@ -156,6 +167,7 @@ impl Options {
             watermark_commits_max: limits::WATERMARK_COMMITS_MAX,
             catch_up_every: Duration::from_millis(10),
             gc_executed: false,
+            retention_instances: limits::RETENTION_INSTANCES,
             session_ttl: limits::SESSION_TTL,
             sessions_max: limits::SESSIONS_MAX,
             sabotage: Sabotage::default(),
@@ -178,6 +190,7 @@ impl Options {
             ("pending_bytes_max", self.pending_bytes_max),
             ("inflight_max", self.inflight_max),
             ("sessions_max", self.sessions_max),
+            ("retention_instances", self.retention_instances as usize),
         ] {
             if v == 0 {
                 return Err(OptionsError::Zero(name));

@@ -35,6 +35,16 @@ impl Replica {
         self.horizons = horizons;
     }
 
+    /// Per row: how far the row reached anywhere when this replica rejoined (zeros if never).
+    pub fn horizons(&self) -> &[u64] {
+        self.horizons.as_slice()
+    }
+
+    /// The next slot of this replica's own row.
+    pub fn next_slot(&self) -> u64 {
+        self.next_slot
+    }
+
     /// Whether this replica, having rejoined, still abstains somewhere: some row is not known
     /// committed up to its horizon. Until then it counts against the failures the cluster
     /// tolerates, like a replica that is down (below the horizons it does not vote).

@@ -17,11 +17,12 @@ impl Replica {
         self.send(vec![to], msg);
     }
 
-    /// What this replica reports of its rows: committed and executed prefixes.
+    /// What this replica reports of its rows: committed, executed and collected prefixes.
     pub(super) fn watermark(&self) -> Message {
         Message::Watermark {
             committed_prefix: self.committed_prefix.as_slice().to_vec(),
             executed_prefix: self.executed_prefix.as_slice().to_vec(),
+            collected_prefix: self.gc_prefix.as_slice().to_vec(),
         }
     }
 
@@ -71,6 +72,7 @@ impl Replica {
                 Message::Watermark {
                     committed_prefix: everything.clone(),
                     executed_prefix: everything,
+                    collected_prefix: vec![0; self.opts.n],
                 }
             }
             msg => msg,

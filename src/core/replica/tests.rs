@@ -373,6 +373,7 @@ fn thrifty_leader_skips_a_suspected_peer() {
         Message::Watermark {
             committed_prefix: vec![0, 0, 0],
             executed_prefix: vec![0, 0, 0],
+            collected_prefix: vec![],
         },
     );
     assert!(r0.is_suspected(ReplicaId(1), t));
@@ -684,6 +685,7 @@ fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
         let msg = Message::Watermark {
             committed_prefix,
             executed_prefix,
+            collected_prefix: vec![],
         };
         rs[0].handle(Duration::ZERO, ReplicaId(2), msg.clone());
         let ready = rs[0].take_ready();
@@ -707,6 +709,7 @@ fn a_watermark_beyond_what_its_sender_can_have_is_refused() {
         Message::Watermark {
             committed_prefix: vec![1, 0, 0],
             executed_prefix: vec![1, 0, 0],
+            collected_prefix: vec![],
         },
     );
     assert!(rs[0].take_ready().refused.is_empty(), "honest");

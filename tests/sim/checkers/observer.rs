@@ -82,6 +82,8 @@ pub struct Observer {
     first_commit: HashMap<InstanceId, u64>,
     /// Per instance: the replicas that executed it, and when the last of all `n` did.
     executed_by: HashMap<InstanceId, (u64, Option<u64>)>,
+    /// Per instance: when some replica first dropped it from memory.
+    collected_at: HashMap<InstanceId, u64>,
     n: usize,
 }
 
@@ -104,7 +106,34 @@ impl Observer {
             clock: 0,
             first_commit: HashMap::new(),
             executed_by: HashMap::new(),
+            collected_at: HashMap::new(),
             n,
+        }
+    }
+
+    /// Replica `r` dropped `ids` from memory (garbage collection). Only what a majority
+    /// executed may be collected (see `epaxos_kv::core::replica::collect`): a collected instance
+    /// is never decided again, because every quorum meets a replica that executed it.
+    pub fn on_collected(&mut self, r: usize, ids: &[InstanceId]) {
+        let majority = self.n / 2 + 1;
+        for &id in ids {
+            self.clock += 1;
+            self.collected_at.entry(id).or_insert(self.clock);
+            let executed = self
+                .executed_by
+                .get(&id)
+                .map_or(0, |(mask, _)| mask.count_ones() as usize);
+            if executed < majority {
+                self.report(
+                    Check::Invariant,
+                    format!(
+                        "r{r} collected {id}, executed at only {executed} of {} replicas (a \
+                         majority must have executed what is collected)",
+                        self.n
+                    ),
+                    vec![id],
+                );
+            }
         }
     }
 
@@ -622,11 +651,21 @@ impl Observer {
         // Executed at every replica before the other was committed anywhere: every replica
         // orders them alike whatever the deps say. Recovery may then commit the later one
         // without the earlier in its deps, when the earlier was dropped from memory (garbage
-        // collection waits for execution everywhere; see `epaxos_kv::core::recovery`).
+        // collection waits for execution everywhere; see `epaxos_kv::core::recovery`). Or
+        // dropped from memory somewhere before the other was committed anywhere, past a
+        // replica left behind (see `epaxos_kv::core::replica::collect`): every replica that
+        // did not execute it installs a snapshot holding it before it executes anything
+        // else; the execution-order check holds every replica (and each of its earlier
+        // incarnations) to that.
         let before = |x: InstanceId, y: InstanceId| {
             let everywhere = self.executed_by.get(&x).and_then(|(_, at)| *at);
+            let collected = self.collected_at.get(&x).copied();
             let committed = self.first_commit.get(&y);
-            matches!((everywhere, committed), (Some(e), Some(c)) if e < *c)
+            let first = match (everywhere, collected) {
+                (Some(e), Some(c)) => Some(e.min(c)),
+                (e, c) => e.or(c),
+            };
+            matches!((first, committed), (Some(e), Some(c)) if e < *c)
         };
         if before(a, b) || before(b, a) {
             return;
