@@ -68,9 +68,11 @@ struct Args {
     checkpoint_every: u64,
     /// Per row, how many instances a peer may fall behind what a majority executed before
     /// garbage collection stops waiting for it (a member down for longer catches up by
-    /// snapshot when it returns). Bounds memory and disk with a member down.
-    #[arg(long, default_value_t = limits::RETENTION_INSTANCES)]
-    retention_instances: u64,
+    /// snapshot when it returns). Bounds memory and disk with a member down. Default:
+    /// 100,000 with 3 replicas; off with 5 or more, where one window of the catch-up is not
+    /// yet proved safe (README, "retention"): set it there only knowingly.
+    #[arg(long)]
+    retention_instances: Option<u64>,
     /// How often to send each peer a Watermark, which is also the heartbeat, in milliseconds.
     #[arg(long, default_value_t = limits::HEARTBEAT.as_millis() as u64)]
     heartbeat_ms: u64,
@@ -179,7 +181,24 @@ fn main() -> anyhow::Result<()> {
     core.pending_max = args.pending_max;
     core.pending_bytes_max = args.pending_bytes_max;
     core.gc_executed = true;
-    core.retention_instances = args.retention_instances;
+    core.retention_instances = match args.retention_instances {
+        Some(r) => {
+            if config.n() > 3 {
+                tracing::warn!(
+                    retention_instances = r,
+                    replicas = config.n(),
+                    "--retention-instances with more than 3 replicas: a member returning past \
+                     the retention may, in a window not yet proved closed, execute a recovered \
+                     instance out of order (README, retention)"
+                );
+            }
+            r
+        }
+        // Only what every peer executed is collected (the old rule): memory grows while a
+        // member is down, but no catch-up window exists.
+        None if config.n() > 3 => u64::MAX,
+        None => limits::RETENTION_INSTANCES,
+    };
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.recover_after = Duration::from_millis(args.recover_after_ms);
