@@ -1,0 +1,724 @@
+//! The event loop: one task owns the `Node` (and the `Replica` in it); it drains bigChannel,
+//! feeds the core, writes and syncs what the core asks to persist, and carries out its `Ready`.
+
+use super::*;
+
+/// A checkpoint being written off the event loop.
+pub(super) struct Writing {
+    pub(super) job: tokio::task::JoinHandle<Result<storage::PreparedLog, StorageError>>,
+    pub(super) started: Instant,
+    /// Time the event loop spent encoding it.
+    pub(super) encode: Duration,
+    pub(super) bytes: usize,
+    pub(super) live: usize,
+}
+
+/// A client waiting for its command: where the answer goes and when the proposal arrived.
+pub(super) struct Waiter {
+    pub(super) reply: oneshot::Sender<Result<OpResult, Status>>,
+    pub(super) at: Instant,
+    /// The command's session and request (what the node needs to forget it).
+    pub(super) request: (ClientId, RequestId),
+}
+
+/// A Join the node answered, waiting for the record of the new incarnation to be durable.
+pub(super) struct PendingJoin {
+    pub(super) from: ReplicaId,
+    pub(super) incarnation: Option<Incarnation>,
+    pub(super) reply: oneshot::Sender<Result<proto::JoinReply, Status>>,
+}
+
+/// What the event loop needs besides the node and its channels.
+/// What fetching a snapshot needs when peers left this replica behind (see `join::catch_up`).
+#[derive(Clone)]
+pub(super) struct CatchUpContext {
+    pub(super) config: Arc<Config>,
+    pub(super) me: ReplicaId,
+    pub(super) incarnation: Incarnation,
+    pub(super) dialer: tls::PeerDialer,
+    /// Weak: the event loop must not keep its own channel open (it ends when the channel does).
+    pub(super) big: mpsc::WeakSender<Event>,
+}
+
+pub(super) struct LoopSetup {
+    pub(super) catch_up: CatchUpContext,
+    pub(super) tick: Duration,
+    pub(super) propose_timeout: Duration,
+    pub(super) log: Log,
+    pub(super) metadata: storage::Metadata,
+    pub(super) accepted: Arc<Vec<AtomicU64>>,
+    pub(super) health: health::Publisher,
+}
+
+/// The single-threaded event loop's state: the node and what the shell needs to carry out its
+/// outputs.
+pub(super) struct EventLoop {
+    pub(super) node: Node,
+    pub(super) me: ReplicaId,
+    pub(super) start: Instant,
+    pub(super) peers: Vec<Option<ByteSender>>,
+    /// By token, which grows with arrival: the oldest first, for `forget_given_up`.
+    pub(super) waiting: BTreeMap<Token, Waiter>,
+    /// How long a client's call waits (after that, the service has answered it).
+    pub(super) propose_timeout: Duration,
+    /// Joins answered by the node, waiting for its record of the new incarnation to be durable.
+    pub(super) joins: HashMap<Token, PendingJoin>,
+    pub(super) next_token: Token,
+    pub(super) m: LoopMetrics,
+    pub(super) log: Log,
+    pub(super) metadata: storage::Metadata,
+    /// Per peer: the incarnation the node recorded, for the Dispatch readers (which close a
+    /// stream from another incarnation at once).
+    pub(super) accepted: Arc<Vec<AtomicU64>>,
+    /// What `epaxos_abstaining` last reported.
+    pub(super) abstaining: bool,
+    pub(super) health: health::Publisher,
+    /// Per peer: when anything was last heard from it (start, if never).
+    pub(super) heard: Vec<Instant>,
+    /// PreAccepts and Accepts sent, by peer and instance, waiting for their answer: the
+    /// per-peer round trip (`epaxos_peer_rtt_seconds`). Bounded; entries older than
+    /// `RTT_FORGET_AFTER` are dropped at each tick.
+    pub(super) rtt_sent: HashMap<(ReplicaId, InstanceId), Instant>,
+    /// Fetching a snapshot after peers left this replica behind: how, and the fetch running.
+    pub(super) catch_up: CatchUpContext,
+    pub(super) catch_up_started: Option<tokio::task::JoinHandle<()>>,
+    /// A checkpoint is being written: a snapshot to install waits in `deferred_install`.
+    pub(super) checkpoint_writing: bool,
+    pub(super) deferred_install: Option<Box<join::Snapshot>>,
+}
+
+/// Round trips measured at once, at most (beyond, a send is not timed).
+pub(super) const RTT_PENDING_MAX: usize = 4096;
+/// A round trip not answered within this is forgotten (the peer is down or the answer lost).
+pub(super) const RTT_FORGET_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs the event loop that owns all protocol state until bigChannel closes.
+pub(super) async fn run_loop(
+    node: Node,
+    mut big: mpsc::Receiver<Event>,
+    peers: Vec<Option<ByteSender>>,
+    setup: LoopSetup,
+) -> Result<(), RuntimeError> {
+    let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
+    let persisted = metrics::counter!("epaxos_persisted_records_total");
+    let checkpoints = metrics::counter!("epaxos_checkpoints_total");
+    let checkpoint_latency = metrics::histogram!("epaxos_checkpoint_seconds");
+    let log_bytes = metrics::gauge!("epaxos_log_bytes");
+    let joining_gauge = metrics::gauge!("epaxos_joining");
+    let abstaining_gauge = metrics::gauge!("epaxos_abstaining");
+    let catching_up_gauge = metrics::gauge!("epaxos_catching_up");
+    let instances_gauge = metrics::gauge!("epaxos_instances_in_memory");
+    let LoopSetup {
+        tick,
+        propose_timeout,
+        log,
+        metadata,
+        accepted,
+        health,
+        catch_up,
+    } = setup;
+    let mut el = EventLoop {
+        catch_up,
+        catch_up_started: None,
+        checkpoint_writing: false,
+        deferred_install: None,
+        abstaining: false,
+        heard: vec![Instant::now(); peers.len()],
+        rtt_sent: HashMap::new(),
+        me: node.replica().id(),
+        m: LoopMetrics::new(peers.len()),
+        node,
+        start: Instant::now(),
+        peers,
+        waiting: BTreeMap::new(),
+        propose_timeout,
+        joins: HashMap::new(),
+        next_token: 0,
+        log,
+        metadata,
+        accepted,
+        health,
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A checkpoint being written on a blocking thread (see `Log::start_checkpoint`), and the
+    // records appended to the old log since it started, which the new log must get too.
+    let mut writing: Option<Writing> = None;
+    let mut since: Vec<(InstanceId, Instance)> = Vec::new();
+    loop {
+        tokio::select! {
+            done = async { (&mut writing.as_mut().expect("branch enabled only while writing").job).await },
+                if writing.is_some() =>
+            {
+                let w = writing.take().expect("branch enabled only while writing");
+                let finishing = Instant::now();
+                let written = done
+                    .map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?
+                    .and_then(|prepared| {
+                        let log = &mut el.log;
+                        tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since))
+                    });
+                el.node.checkpoint_written();
+                if let Err(e) = written {
+                    if !e.is_out_of_space() {
+                        tracing::error!(error = %e, "cannot checkpoint; stopping the replica");
+                        return Err(e.into());
+                    }
+                    // The old log is still whole and in place: go on with it, try again later.
+                    el.log.abandon_checkpoint();
+                    since = Vec::new();
+                    tracing::warn!(error = %e,
+                        "cannot write a checkpoint (data directory full or read-only); the log \
+                         is kept as it is and the next checkpoint tries again");
+                    continue;
+                }
+                let stall = w.encode + finishing.elapsed();
+                checkpoints.increment(1);
+                checkpoint_latency.record(w.started.elapsed().as_secs_f64());
+                log_bytes.set(el.log.len_bytes() as f64);
+                tracing::info!(
+                    bytes = w.bytes,
+                    live = w.live,
+                    appended_meanwhile = since.len(),
+                    ms = w.started.elapsed().as_millis() as u64,
+                    event_loop_ms = stall.as_millis() as u64,
+                    "checkpoint written, log cut"
+                );
+                since = Vec::new();
+            }
+            ev = big.recv() => match ev {
+                Some(ev) => el.handle(ev),
+                None => return Ok(()),
+            },
+            _ = ticker.tick() => {
+                let now = el.start.elapsed();
+                el.node.set_wall_clock_ms(wall_clock_ms());
+                el.node.tick(now);
+                el.forget_given_up();
+                let sessions = el.node.replica().kv().sessions();
+                metrics::gauge!("epaxos_sessions").set(sessions.len() as f64);
+                metrics::gauge!("epaxos_session_table_bytes").set(sessions.size_bytes() as f64);
+                for (p, g) in el.m.suspected.iter().enumerate() {
+                    let peer = ReplicaId(p as u32);
+                    if peer != el.me {
+                        g.set(if el.node.replica().is_suspected(peer, now) { 1.0 } else { 0.0 });
+                        el.m.last_heard[p].set(el.heard[p].elapsed().as_secs_f64());
+                    }
+                }
+                el.rtt_sent.retain(|_, sent| sent.elapsed() < RTT_FORGET_AFTER);
+            }
+        }
+        crate::server::metrics::HIGH_WATER.observe([big.len() as u64 + 1, 0, 0, 0]);
+        for _ in 0..DRAIN_MAX {
+            match big.try_recv() {
+                Ok(ev) => el.handle(ev),
+                Err(_) => break,
+            }
+        }
+        el.node.set_wall_clock_ms(wall_clock_ms());
+        el.node.flush(el.start.elapsed());
+        let mut ready = el.node.take_ready();
+        el.persist_node(&ready).await?;
+        if !ready.core.persist.is_empty() {
+            // Group commit: one write and one sync for everything this iteration changed,
+            // before any message or reply that depends on it leaves.
+            let started = Instant::now();
+            let records = std::mem::take(&mut ready.core.persist);
+            let log = &mut el.log;
+            until_written(|| log.append(&records))
+                .await
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot persist; stopping the replica");
+                })?;
+            fsync_latency.record(started.elapsed().as_secs_f64());
+            persisted.increment(records.len() as u64);
+            log_bytes.set(el.log.len_bytes() as f64);
+            if writing.is_some() {
+                since.extend(records);
+            }
+        }
+        el.carry_out(ready);
+        el.checkpoint_writing = writing.is_some();
+        if !el.checkpoint_writing {
+            if let Some(snapshot) = el.deferred_install.take() {
+                el.install_caught_up(el.start.elapsed(), *snapshot);
+            }
+        }
+        el.start_catch_up();
+        joining_gauge.set(if el.node.joining() { 1.0 } else { 0.0 });
+        catching_up_gauge.set(if el.node.catching_up().is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        instances_gauge.set(el.node.replica().instances_in_memory() as f64);
+        el.report_abstaining(&abstaining_gauge);
+        el.health.publish(el.health());
+        if writing.is_none() {
+            let started = Instant::now();
+            if let Some(job) = el.node.poll_checkpoint() {
+                // The node encoded it (that reads the live state, so it happens here); the
+                // writing and syncing happen on a blocking thread while the loop goes on.
+                let encode = started.elapsed();
+                let (bytes, live) = (job.checkpoint.len(), job.records.len());
+                let work = el.log.start_checkpoint(job.checkpoint, job.records);
+                writing = Some(Writing {
+                    job: tokio::task::spawn_blocking(work),
+                    started,
+                    encode,
+                    bytes,
+                    live,
+                });
+            }
+        }
+        el.m.big_channel.set(big.len() as f64);
+        el.m.waiting.set(el.node.replica().unexecuted() as f64);
+        el.m.pending.set(el.node.replica().pending() as f64);
+        el.m.inflight.set(el.node.replica().inflight() as f64);
+        crate::server::metrics::HIGH_WATER.observe([
+            big.len() as u64,
+            el.node.replica().pending() as u64,
+            el.node.replica().inflight() as u64,
+            el.node.replica().unexecuted(),
+        ]);
+    }
+}
+
+/// Runs `write` (a blocking write to the data directory; it leaves the files as they were when
+/// it fails) until it succeeds. While the data directory is full or read-only the event loop
+/// waits here: nothing that needs the write is acknowledged (clients and peers queue, then
+/// time out), one error line says why, and one line says when the replica serves again. Any
+/// other error is returned: the replica stops.
+pub(super) async fn until_written<T>(
+    mut write: impl FnMut() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let mut blocked_since: Option<Instant> = None;
+    loop {
+        match tokio::task::block_in_place(&mut write) {
+            Ok(v) => {
+                if let Some(since) = blocked_since {
+                    metrics::gauge!("epaxos_storage_blocked").set(0.0);
+                    tracing::info!(
+                        blocked_ms = since.elapsed().as_millis() as u64,
+                        "data directory writable again: serving"
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_out_of_space() => {
+                if blocked_since.is_none() {
+                    blocked_since = Some(Instant::now());
+                    metrics::gauge!("epaxos_storage_blocked").set(1.0);
+                    tracing::error!(error = %e,
+                        "cannot write the data directory (full or read-only): acknowledging \
+                         nothing that needs a write until it can; retrying every second");
+                }
+                tokio::time::sleep(STORAGE_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl EventLoop {
+    pub(super) fn handle(&mut self, ev: Event) {
+        let now = self.start.elapsed();
+        match ev {
+            Event::Propose { cmd, reply, at, .. } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let request = (cmd.client, cmd.request);
+                tracing::debug!(client = cmd.client.0, request = cmd.request.0, "proposal");
+                match self.node.propose(token, cmd) {
+                    Ok(()) => {
+                        self.m.proposals.increment(1);
+                        self.waiting.insert(token, Waiter { reply, at, request });
+                    }
+                    Err(e @ (Refusal::Joining | Refusal::CatchingUp)) => {
+                        let _ = reply.send(Err(Status::unavailable(e.to_string())));
+                    }
+                    Err(e) => {
+                        self.m.rejected_overloaded.increment(1);
+                        let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+                    }
+                }
+            }
+            Event::Peer {
+                from,
+                incarnation,
+                messages,
+                ..
+            } => {
+                if !self.node.hear(from, incarnation) {
+                    return;
+                }
+                if let Some(h) = self.heard.get_mut(from.index()) {
+                    *h = Instant::now();
+                }
+                for msg in messages {
+                    self.m.received(from.0, &msg);
+                    if let (Message::PreAcceptOk { .. } | Message::AcceptOk { .. }, Some(i)) =
+                        (&msg, msg.instance())
+                    {
+                        if let Some(sent) = self.rtt_sent.remove(&(from, i)) {
+                            if let Some(h) = self.m.rtt.get(from.index()) {
+                                h.record(sent.elapsed().as_secs_f64());
+                            }
+                        }
+                    }
+                    tracing::debug!(dir = "recv", kind = msg.kind(), from = %from, to = %self.me,
+                        instance = %Show(msg.instance()), ballot = %Show(msg.ballot()),
+                        deps = %ShowDeps(msg.deps()));
+                    self.node.handle(now, from, msg);
+                }
+            }
+            Event::Status { reply } => {
+                let core = self.node.replica();
+                let _ = reply.send(proto::StatusReply {
+                    id: self.me.0,
+                    executed: core.kv().executed(),
+                    digest: core.kv().digest(),
+                    committed: core.committed_count(),
+                    keys: core.kv().len() as u64,
+                    waiting: core.unexecuted(),
+                    joining: self.node.joining(),
+                    abstaining: core.abstaining(),
+                    peers_heard: (0..self.peers.len() as u32)
+                        .filter(|p| *p != self.me.0 && !core.is_suspected(ReplicaId(*p), now))
+                        .collect(),
+                    peers_suspected: (0..self.peers.len() as u32)
+                        .filter(|p| *p != self.me.0 && core.is_suspected(ReplicaId(*p), now))
+                        .collect(),
+                    // The service fills in what it holds (see `ClientService::status_call`).
+                    ..Default::default()
+                });
+            }
+            Event::Join {
+                from,
+                incarnation,
+                reply,
+            } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.joins.insert(
+                    token,
+                    PendingJoin {
+                        from,
+                        incarnation,
+                        reply,
+                    },
+                );
+                self.node.answer_join(token, from, incarnation);
+            }
+            Event::Snapshot {
+                from,
+                incarnation,
+                reply,
+            } => {
+                let started = Instant::now();
+                let result = match self.node.snapshot_for(from, incarnation) {
+                    Ok(node::Image {
+                        checkpoint,
+                        records,
+                    }) => {
+                        let snapshot = proto::Snapshot {
+                            checkpoint: checkpoint.into(),
+                            records: records
+                                .iter()
+                                .map(|(id, inst)| wire::record_to_proto(*id, inst))
+                                .collect(),
+                        };
+                        let bytes = prost::Message::encode_to_vec(&snapshot);
+                        tracing::info!(peer = %from, bytes = bytes.len(), records = records.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "snapshot taken for a joining peer");
+                        metrics::counter!("epaxos_snapshots_sent_total").increment(1);
+                        Ok(bytes)
+                    }
+                    Err(e @ Refusal::Joining) => Err(Status::unavailable(e.to_string())),
+                    Err(e) => Err(Status::failed_precondition(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Event::Joined(joined) => match *joined {
+                join::Joined::Fresh => {
+                    tracing::info!("joined the cluster as a new replica");
+                    self.node.join_fresh();
+                }
+                join::Joined::Rejoin { horizons, snapshot } => {
+                    let join::Snapshot {
+                        from,
+                        checkpoint,
+                        records,
+                    } = *snapshot;
+                    self.node
+                        .join_from_snapshot(now, horizons.clone(), checkpoint, records);
+                    let core = self.node.replica();
+                    tracing::info!(%from, keys = core.kv().len(),
+                        committed = core.committed_count(), executed = core.kv().executed(),
+                        horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
+                    metrics::counter!("epaxos_rejoins_total").increment(1);
+                }
+            },
+            Event::CaughtUp(snapshot) => {
+                if self.checkpoint_writing {
+                    // Installing rewrites the checkpoint and the log: after the one being
+                    // written (the loop installs it then).
+                    self.deferred_install = Some(snapshot);
+                } else {
+                    self.install_caught_up(now, *snapshot);
+                }
+            }
+        }
+    }
+
+    /// Installs the snapshot of a replica left behind (see `Node::install_caught_up`).
+    pub(super) fn install_caught_up(&mut self, now: Duration, snapshot: join::Snapshot) {
+        self.catch_up_started = None;
+        let join::Snapshot {
+            from,
+            checkpoint,
+            records,
+        } = snapshot;
+        let collected = checkpoint.gc_prefix.clone();
+        self.node.install_caught_up(now, checkpoint, records);
+        let core = self.node.replica();
+        tracing::info!(%from, collected = ?collected, keys = core.kv().len(),
+            executed = core.kv().executed(),
+            "caught up from a peer's snapshot: peers had collected instances this replica had \
+             not executed while it was down or cut off");
+        metrics::counter!("epaxos_catch_ups_total").increment(1);
+    }
+
+    /// Starts fetching a snapshot if the node was left behind and no fetch runs yet.
+    pub(super) fn start_catch_up(&mut self) {
+        let Some(source) = self.node.catching_up() else {
+            return;
+        };
+        if self.catch_up_started.is_some() {
+            return;
+        }
+        tracing::warn!(%source,
+            "left behind: a peer collected instances this replica has not executed; fetching \
+             a snapshot (no client requests meanwhile)");
+        let ctx = self.catch_up.clone();
+        let handle = tokio::spawn(async move {
+            let snapshot =
+                join::catch_up(&ctx.config, ctx.me, ctx.incarnation, source, &ctx.dialer).await;
+            if let Some(big) = ctx.big.upgrade() {
+                let _ = big.send(Event::CaughtUp(Box::new(snapshot))).await;
+            }
+        });
+        self.catch_up_started = Some(handle);
+    }
+
+    /// Makes durable what the node itself must store (see `node::Ready`: peers' incarnations,
+    /// an installed snapshot, the membership), before anything of `ready` is carried out.
+    pub(super) async fn persist_node(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
+        if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
+            return Ok(());
+        }
+        let (log, metadata) = (&mut self.log, &mut self.metadata);
+        until_written(|| -> Result<(), StorageError> {
+            if let Some(peers) = &ready.peers {
+                metadata.store_peers(peers)?;
+            }
+            if let Some(installed) = &ready.install {
+                // The records go into the current log first: a crash after the new checkpoint
+                // is in place but before the log is replaced then restores the checkpoint with
+                // every record beside it (the snapshot's decided instances are in no log yet).
+                log.append(&installed.records)?;
+                log.checkpoint(&installed.checkpoint, &installed.records)?;
+            }
+            if let Some(membership) = &ready.membership {
+                metadata.store_membership(membership)?;
+            }
+            Ok(())
+        })
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "cannot persist; stopping the replica"))?;
+        if let Some(peers) = &ready.peers {
+            for (a, p) in self.accepted.iter().zip(peers) {
+                a.store(p.map_or(0, Incarnation::get), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the clients whose calls the service has given up on (their `propose_timeout`
+    /// passed): nothing of them stays in this table or in the node's.
+    pub(super) fn forget_given_up(&mut self) {
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.get().at.elapsed() < self.propose_timeout && !entry.get().reply.is_closed() {
+                break;
+            }
+            let (token, w) = entry.remove_entry();
+            self.node.forget(token, w.request);
+        }
+    }
+
+    /// Whether this replica can serve now (see `server::health`): a peer counts as reachable
+    /// while the core does not suspect it.
+    pub(super) fn health(&self) -> Health {
+        let now = self.start.elapsed();
+        let core = self.node.replica();
+        let n = self.peers.len();
+        let reachable = (0..n as u32)
+            .map(ReplicaId)
+            .filter(|p| *p == self.me || !core.is_suspected(*p, now))
+            .count();
+        // Catching up from a snapshot serves nothing, like joining.
+        let joining = self.node.joining() || self.node.catching_up().is_some();
+        Health::assess(joining, core.abstaining(), reachable, n)
+    }
+
+    /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).
+    pub(super) fn report_abstaining(&mut self, gauge: &metrics::Gauge) {
+        let abstaining = self.node.replica().abstaining();
+        if abstaining == self.abstaining {
+            return;
+        }
+        if abstaining {
+            tracing::warn!(
+                "abstaining below the rejoin horizons until every row is known committed up \
+                 to them: until then this replica counts as a failure"
+            );
+        } else {
+            tracing::info!("caught up to the rejoin horizons: votes on everything again");
+        }
+        self.abstaining = abstaining;
+        gauge.set(if abstaining { 1.0 } else { 0.0 });
+    }
+
+    /// Carries out the node's outputs once what they depend on is durable.
+    pub(super) fn carry_out(&mut self, ready: node::Ready) {
+        for (token, answer) in ready.joins {
+            let Some(PendingJoin {
+                from,
+                incarnation,
+                reply,
+            }) = self.joins.remove(&token)
+            else {
+                continue;
+            };
+            if let Ok(JoinAnswer {
+                previous: Some(old),
+                ..
+            }) = &answer
+            {
+                if Some(*old) != incarnation {
+                    tracing::warn!(peer = %from, %old, new = ?incarnation.map(Incarnation::get),
+                        "peer rejoins with a new data directory: its old incarnation is refused \
+                         from now on");
+                    metrics::counter!("epaxos_peer_rejoined_total",
+                        "peer" => crate::server::metrics::peer_label(from.0))
+                    .increment(1);
+                }
+            }
+            let _ = reply.send(answer.map(join_reply).map_err(|e| match e {
+                Refusal::BadJoin => Status::invalid_argument(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            }));
+        }
+        for r in ready.refused {
+            // The Dispatch reader closes such a stream too; these were queued before it did.
+            tracing::debug!(peer = %r.peer, incarnation = %r.incarnation, recorded = %r.recorded,
+                "batch from a replaced incarnation refused");
+        }
+        self.carry_out_core(ready.core);
+    }
+
+    /// Carries out the protocol core's outputs.
+    pub(super) fn carry_out_core(&mut self, ready: Ready) {
+        let m = &self.m;
+        for out in ready.messages {
+            let bytes = wire::encode(&out.msg);
+            let timed = match (&out.msg, out.msg.instance()) {
+                (Message::PreAccept { .. } | Message::Accept { .. }, Some(i)) => Some(i),
+                _ => None,
+            };
+            for to in out.to {
+                m.sent(to.0, &out.msg);
+                if let Some(i) = timed {
+                    if self.rtt_sent.len() < RTT_PENDING_MAX {
+                        self.rtt_sent.insert((to, i), Instant::now());
+                    }
+                }
+                tracing::debug!(dir = "send", kind = out.msg.kind(), from = %self.me, to = %to,
+                    instance = %Show(out.msg.instance()), ballot = %Show(out.msg.ballot()),
+                    deps = %ShowDeps(out.msg.deps()));
+                let Some(Some(q)) = self.peers.get(to.index()) else {
+                    continue;
+                };
+                if q.try_send(bytes.clone()).is_err() {
+                    m.dropped[to.index()].increment(1);
+                }
+            }
+        }
+        for batch in ready.batches {
+            tracing::debug!(commands = batch, "instance started (batch size)");
+            m.batches.increment(1);
+            m.batch_size.record(batch as f64);
+        }
+        m.recoveries_started.increment(ready.recoveries_started);
+        ready
+            .refused
+            .into_iter()
+            .for_each(crate::server::metrics::contradiction);
+        for r in ready.rejected {
+            metrics::counter!("epaxos_peer_rejected_total",
+                "peer" => crate::server::metrics::peer_label(r.from.0), "reason" => r.reason.label())
+            .increment(1);
+            tracing::debug!(from = %r.from, kind = r.kind, reason = r.reason.label(),
+                "refused a peer message naming what cannot exist");
+        }
+        for c in ready.committed {
+            m.committed.increment(1);
+            if let Some((path, latency)) = c.led {
+                m.commit(path, c.commands);
+                if path == Path::Recovered {
+                    tracing::info!(
+                        instance = %c.instance,
+                        outcome = if c.commands == 0 { "nop" } else { "command" },
+                        took_ms = latency.as_millis() as u64,
+                        "recovered instance"
+                    );
+                } else if path == Path::Fast {
+                    m.commit_latency_fast.record(latency.as_secs_f64());
+                } else {
+                    m.commit_latency_slow.record(latency.as_secs_f64());
+                }
+            }
+        }
+        m.executed_instances.increment(ready.executed.len() as u64);
+        // Sessions: expired here, and commands refused because theirs had (every replica
+        // counts the same refusals, whether or not the client waits here).
+        metrics::counter!("epaxos_sessions_expired_total").increment(ready.sessions_expired);
+        metrics::counter!("epaxos_session_expired_refusals_total")
+            .increment(ready.refused_expired.len() as u64);
+        for reply in ready.replies {
+            m.executed_commands.increment(1);
+            if let Some(Waiter {
+                reply: tx,
+                at,
+                request: (client, request),
+            }) = self.waiting.remove(&reply.token)
+            {
+                m.execution_latency.record(at.elapsed().as_secs_f64());
+                tracing::debug!(
+                    client = client.0,
+                    request = request.0,
+                    us = at.elapsed().as_micros() as u64,
+                    ok = reply.result.is_ok(),
+                    "reply"
+                );
+                let _ = tx.send(reply.result.map_err(|e| match e {
+                    ReplyError::Stale
+                    | ReplyError::Reused
+                    | ReplyError::Expired(_)
+                    | ReplyError::ResultNotKept(_) => Status::failed_precondition(e.to_string()),
+                }));
+            }
+        }
+    }
+}

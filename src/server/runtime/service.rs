@@ -1,0 +1,350 @@
+//! The gRPC services: `Kv` for clients and `Peer` for replicas. They decode and validate, push one
+//! `Event` into bigChannel, and wait (with a timeout) for the answer.
+
+use super::*;
+
+/// The client service (client listener): translates calls into events.
+pub(super) struct ClientService {
+    pub(super) id: ReplicaId,
+    pub(super) big: mpsc::Sender<Event>,
+    /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
+    pub(super) budget: Arc<Semaphore>,
+    pub(super) propose_timeout: Duration,
+    /// What the event loop last assessed: without a majority a proposal is refused at once
+    /// (it could not commit), rather than after `propose_timeout`.
+    pub(super) health: watch::Receiver<Health>,
+    /// When the service started (Status: uptime).
+    pub(super) started: Instant,
+    pub(super) data_dir: std::path::PathBuf,
+    /// Per peer: when (ms since `started`, 0: never) a stream of a replaced incarnation of it
+    /// was last refused; shared with the peer service.
+    pub(super) refused_at_ms: Arc<Vec<AtomicU64>>,
+}
+
+/// A refusal of a replaced incarnation this recent shows in Status (`peers_refused`).
+pub(super) const REFUSED_RECENT_MS: u64 = 60_000;
+
+/// The peer service (peer listener): checks who is speaking, then translates calls into events.
+pub(super) struct PeerService {
+    pub(super) n: usize,
+    pub(super) big: mpsc::Sender<Event>,
+    /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
+    pub(super) budget: Arc<Semaphore>,
+    /// The budget's size: a peer batch larger than it takes all of it (and so still passes).
+    pub(super) budget_max: usize,
+    /// Per peer: the incarnation its Dispatch streams must carry (0: none recorded yet); kept
+    /// by the event loop, which holds the durable record.
+    pub(super) accepted: Arc<Vec<AtomicU64>>,
+    /// Per peer: when a replaced incarnation of it was last refused (see `ClientService`).
+    pub(super) refused_at_ms: Arc<Vec<AtomicU64>>,
+    pub(super) started: Instant,
+    /// Who the caller's certificate names; refuses calls that claim another replica.
+    pub(super) auth: Arc<tls::PeerAuth>,
+    /// Joins per peer at a bounded rate, snapshots one at a time.
+    pub(super) joins: Arc<admission::PerPeerRate>,
+    pub(super) snapshots: admission::Snapshots,
+}
+
+#[tonic::async_trait]
+impl Kv for ClientService {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let result = self.propose_call(request).await;
+        crate::server::metrics::client_request("Propose", &result);
+        result
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let result = self.status_call(request).await;
+        crate::server::metrics::client_request("Status", &result);
+        result
+    }
+}
+
+impl ClientService {
+    pub(super) async fn propose_call(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let cmd = wire::command_from_request(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let health = *self.health.borrow();
+        if let Health::NoMajority { .. } = health {
+            return Err(Status::unavailable(format!(
+                "replica {} cannot serve: {health}; try a replica in the majority",
+                self.id.0
+            )));
+        }
+        // A full replica says so at once rather than queueing the caller.
+        let overloaded = || {
+            metrics::counter!("epaxos_proposals_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            Status::resource_exhausted("replica overloaded; retry later")
+        };
+        let size = u32::try_from(cmd.op.size_bytes()).map_err(|_| overloaded())?;
+        let budget = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(size.max(1))
+            .map_err(|_| overloaded())?;
+        let (tx, rx) = oneshot::channel();
+        let event = Event::Propose {
+            cmd,
+            reply: tx,
+            at: Instant::now(),
+            budget,
+        };
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        match self.big.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(overloaded()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Status::unavailable("replica is shutting down"))
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(result))) => Ok(Response::new(ProposeReply {
+                result: Some(wire::result_to_proto(&result)),
+                replica: self.id.0,
+            })),
+            Ok(Ok(Err(status))) => Err(status),
+            // The event loop dropped the waiter while it runs: it forgot the client once the
+            // propose timeout passed (`forget_given_up`), just before this timer fired.
+            Ok(Err(_)) if !self.big.is_closed() => Err(Status::deadline_exceeded(
+                "command did not execute in time; retry with the same client_id and request_id",
+            )),
+            // The replica stopped with the command in progress: ABORTED, not UNAVAILABLE,
+            // which a client may take as "never executed" (see client.proto).
+            Ok(Err(_)) => Err(Status::aborted(
+                "replica stopped while the command was in progress; its outcome is unknown: \
+                 retry with the same client_id and request_id",
+            )),
+            Err(_) => Err(Status::deadline_exceeded(
+                "command did not execute in time; retry with the same client_id and request_id",
+            )),
+        }
+    }
+
+    pub(super) async fn status_call(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.big
+            .send(Event::Status { reply: tx })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        let mut s = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(s)) => s,
+            _ => return Err(Status::unavailable("replica did not answer in time")),
+        };
+        let health = *self.health.borrow();
+        s.serving = health.can_serve();
+        s.health = health.to_string();
+        s.version = crate::VERSION_LONG.to_string();
+        s.uptime_ms = self.started.elapsed().as_millis() as u64;
+        let dir = self.data_dir.clone();
+        s.data_bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+            .await
+            .unwrap_or(0);
+        s.peers_refused = (0..self.refused_at_ms.len())
+            .filter(|p| {
+                let at = self.refused_at_ms[*p].load(Ordering::Relaxed);
+                at != 0 && self.started.elapsed().as_millis() as u64 <= at + REFUSED_RECENT_MS
+            })
+            .map(|p| p as u32)
+            .collect();
+        Ok(Response::new(s))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn join(
+        &self,
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinReply>, Status> {
+        let identity = self.auth.identify(&request, "Join")?;
+        let remote = request.remote_addr();
+        let req = request.into_inner();
+        self.auth.check(identity, req.from, remote, "Join")?;
+        if req.from as usize >= self.n {
+            return Err(Status::invalid_argument(format!(
+                "replica {} is not in the configuration",
+                req.from
+            )));
+        }
+        if !self.joins.admit(req.from as usize, Instant::now()) {
+            metrics::counter!("epaxos_membership_calls_refused_total", "call" => "join")
+                .increment(1);
+            return Err(Status::resource_exhausted(
+                "joins from this replica come too often; retry later",
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.big
+            .send(Event::Join {
+                from: ReplicaId(req.from),
+                incarnation: Incarnation::new(req.incarnation),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(r)) => r.map(Response::new),
+            _ => Err(Status::unavailable("replica did not answer in time")),
+        }
+    }
+
+    type SnapshotStream = ReceiverStream<Result<proto::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<proto::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let identity = self.auth.identify(&request, "Snapshot")?;
+        let remote = request.remote_addr();
+        let req = request.into_inner();
+        self.auth.check(identity, req.from, remote, "Snapshot")?;
+        let Some(slot) = self.snapshots.try_start() else {
+            metrics::counter!("epaxos_membership_calls_refused_total", "call" => "snapshot")
+                .increment(1);
+            return Err(Status::resource_exhausted(
+                "a snapshot is being sent already; retry later",
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        // The node gives it only to a peer that joined as this incarnation.
+        self.big
+            .send(Event::Snapshot {
+                from: ReplicaId(req.from),
+                incarnation: Incarnation::new(req.incarnation),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Status::unavailable("replica is shutting down"))?;
+        let bytes = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(r)) => r?,
+            _ => return Err(Status::unavailable("replica did not answer in time")),
+        };
+        // Bounded: the sender waits for the joiner to take each chunk.
+        let (chunks, out) = mpsc::channel(4);
+        let bytes = Bytes::from(bytes);
+        tokio::spawn(async move {
+            // The slot (and the encoded state) is held until the stream ends or its reader
+            // stalls: then it is abandoned.
+            let _slot = slot;
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + limits::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let chunk = proto::SnapshotChunk {
+                    data: bytes.slice(at..end),
+                };
+                at = end;
+                match tokio::time::timeout(limits::SNAPSHOT_CHUNK_TIMEOUT, chunks.send(Ok(chunk)))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!("snapshot reader stalled; abandoning the stream");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    type DispatchStream = ReceiverStream<Result<DispatchAck, Status>>;
+
+    async fn dispatch(
+        &self,
+        request: Request<tonic::Streaming<PeerBatch>>,
+    ) -> Result<Response<Self::DispatchStream>, Status> {
+        // Who may write this stream is settled once, from the certificate.
+        let identity = self.auth.identify(&request, "Dispatch")?;
+        let remote = request.remote_addr();
+        let mut inbound = request.into_inner();
+        // The response stream stays open (and empty) while `keep_open` lives in the reader.
+        let (keep_open, rx) = mpsc::channel(1);
+        let big = self.big.clone();
+        let n = self.n;
+        let accepted = self.accepted.clone();
+        let (refused_at_ms, started) = (self.refused_at_ms.clone(), self.started);
+        let budget = self.budget.clone();
+        let budget_max = self.budget_max;
+        let auth = self.auth.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "peer stream ended");
+                        break;
+                    }
+                };
+                // A batch claiming another replica than the certificate names changes nothing
+                // and ends the stream.
+                if let Err(status) = auth.check(identity, batch.from, remote, "Dispatch") {
+                    let _ = keep_open.send(Err(status)).await;
+                    break;
+                }
+                if batch.from as usize >= n {
+                    tracing::warn!(
+                        from = batch.from,
+                        "batch from a replica not in the config; closing stream"
+                    );
+                    break;
+                }
+                let from = ReplicaId(batch.from);
+                let incarnation = match check_incarnation(&accepted, from, batch.incarnation) {
+                    Ok(i) => i,
+                    Err(status) => {
+                        if let Some(at) = refused_at_ms.get(from.index()) {
+                            at.store(started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                        }
+                        let _ = keep_open.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let mut messages = Vec::with_capacity(batch.messages.len());
+                for bytes in &batch.messages {
+                    match wire::decode(bytes, n) {
+                        Ok(m) => messages.push(m),
+                        Err(e) => {
+                            metrics::counter!("epaxos_wire_errors_total",
+                                "peer" => crate::server::metrics::peer_label(from.0))
+                            .increment(1);
+                            tracing::warn!(%from, error = %e, "dropping malformed peer message");
+                        }
+                    }
+                }
+                // Backpressure: a full bigChannel (in events or in bytes) slows the peer's
+                // stream down.
+                let size: usize = batch.messages.iter().map(|m| m.len()).sum();
+                let size = u32::try_from(size.clamp(1, budget_max))
+                    .expect("the byte budget fits a u32 (checked by RuntimeOptions::validate)");
+                let Ok(budget) = budget.clone().acquire_many_owned(size).await else {
+                    break;
+                };
+                let event = Event::Peer {
+                    from,
+                    incarnation,
+                    messages,
+                    budget,
+                };
+                if big.send(event).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
