@@ -73,6 +73,12 @@ struct Args {
     /// yet proved safe (README, "retention"): set it there only knowingly.
     #[arg(long)]
     retention_instances: Option<u64>,
+    /// The same retention in bytes: per row, the key and value bytes of the instances kept
+    /// beyond what a majority executed for a member that has not; past either bound garbage
+    /// collection stops waiting for it. Default: 256 MiB with 3 replicas; off with 5 or more,
+    /// like --retention-instances.
+    #[arg(long)]
+    retention_bytes: Option<u64>,
     /// How often to send each peer a Watermark, which is also the heartbeat, in milliseconds.
     #[arg(long, default_value_t = limits::HEARTBEAT.as_millis() as u64)]
     heartbeat_ms: u64,
@@ -144,6 +150,29 @@ enum SyncArg {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A retention flag's value: as given (with a warning above 3 replicas), else its default with
+/// 3 replicas and off (`u64::MAX`) with more, where only what every peer executed is collected
+/// (the old rule: memory grows while a member is down, but no catch-up window exists).
+fn retention(flag: &str, given: Option<u64>, n: usize, default: u64) -> u64 {
+    match given {
+        Some(r) => {
+            if n > 3 {
+                tracing::warn!(
+                    flag,
+                    value = r,
+                    replicas = n,
+                    "a retention with more than 3 replicas: a member returning past the \
+                     retention may, in a window not yet proved closed, execute a recovered \
+                     instance out of order (README, retention)"
+                );
+            }
+            r
+        }
+        None if n > 3 => u64::MAX,
+        None => default,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One process-wide TLS provider (ring), whatever else the dependency tree enables.
@@ -181,24 +210,18 @@ fn main() -> anyhow::Result<()> {
     core.pending_max = args.pending_max;
     core.pending_bytes_max = args.pending_bytes_max;
     core.gc_executed = true;
-    core.retention_instances = match args.retention_instances {
-        Some(r) => {
-            if config.n() > 3 {
-                tracing::warn!(
-                    retention_instances = r,
-                    replicas = config.n(),
-                    "--retention-instances with more than 3 replicas: a member returning past \
-                     the retention may, in a window not yet proved closed, execute a recovered \
-                     instance out of order (README, retention)"
-                );
-            }
-            r
-        }
-        // Only what every peer executed is collected (the old rule): memory grows while a
-        // member is down, but no catch-up window exists.
-        None if config.n() > 3 => u64::MAX,
-        None => limits::RETENTION_INSTANCES,
-    };
+    core.retention_instances = retention(
+        "--retention-instances",
+        args.retention_instances,
+        config.n(),
+        limits::RETENTION_INSTANCES,
+    );
+    core.retention_bytes = retention(
+        "--retention-bytes",
+        args.retention_bytes,
+        config.n(),
+        limits::RETENTION_BYTES,
+    );
     core.watermark_every = Duration::from_millis(args.heartbeat_ms);
     core.suspect_after = Duration::from_millis(args.suspect_after_ms);
     core.recover_after = Duration::from_millis(args.recover_after_ms);

@@ -818,6 +818,32 @@ fn scenario_member_away_past_the_retention_catches_up_by_snapshot() {
     }
 }
 
+/// The same story with the retention in bytes only (the count retention far away): the
+/// survivors collect past r2 once more than 64 key and value bytes of a row wait for it, and it
+/// catches up by snapshot.
+#[test]
+fn scenario_member_away_past_the_byte_retention_catches_up_by_snapshot() {
+    let name = "scenario_member_away_past_the_byte_retention_catches_up_by_snapshot";
+    for seed in 1..=4u64 {
+        let o = left_behind_scenario(name, seed, |c| {
+            c.retention_instances = 1_000_000;
+            c.retention_bytes = 64;
+        });
+        assert!(o.violations.is_empty(), "seed {seed}: {}", o.report);
+        assert!(
+            o.stats.catch_ups >= 1,
+            "seed {seed}: r2 installed a snapshot: {:?}",
+            o.stats
+        );
+        assert_eq!(o.stats.ops_open, 0, "seed {seed}: {:?}", o.stats);
+        let d = &o.stats.final_digests;
+        assert!(
+            d.len() == 3 && d.iter().all(|x| *x == d[0]),
+            "seed {seed}: digests differ: {d:x?}"
+        );
+    }
+}
+
 /// Random seeds (3 and 5 replicas, every fault) with garbage collection on and a retention of
 /// 2 to 19 instances: the others collect past any replica that is down or cut off for a
 /// moment, and it catches up by snapshot. Every check holds, and a collected instance was

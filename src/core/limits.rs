@@ -63,6 +63,12 @@ pub const CHECKPOINT_EVERY: u64 = 20_000;
 /// snapshot when it returns; see `replica::collect`). Bounds survivors' memory and log with a
 /// member down: about 100 MB at 1 KiB an instance, a few seconds to minutes of load.
 pub const RETENTION_INSTANCES: u64 = 100_000;
+/// Default retention (per row, in bytes): the same bound measured in the key and value bytes
+/// of the commands held (`Op::size_bytes`, what the pending and batch budgets count), for
+/// loads of large values, where 100,000 instances could be 100 GiB. The survivors collect past
+/// a lagging member when either bound is passed; 256 MiB per row keeps a row's retention
+/// within what a snapshot streams in seconds.
+pub const RETENTION_BYTES: u64 = 256 * 1024 * 1024;
 
 // ---- queues ---------------------------------------------------------------------------------
 
@@ -205,4 +211,7 @@ const _: () = {
     // A member that catches up through Watermarks (a short outage) is not pushed into a
     // snapshot: the survivors keep more than one Watermark's answer for it.
     assert!(RETENTION_INSTANCES > WATERMARK_COMMITS_MAX as u64);
+    // The byte retention holds many of the largest instances: one large batch does not
+    // push a member that is merely slow into a snapshot.
+    assert!(RETENTION_BYTES >= 16 * (BATCH_BYTES_MAX + COMMAND_BYTES_MAX) as u64);
 };

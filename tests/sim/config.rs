@@ -67,6 +67,9 @@ pub struct Config {
     /// majority a replica may fall before the others collect past it; it then catches up by
     /// snapshot, see `Sim::catch_up`).
     pub retention_instances: u64,
+    /// With `gc_executed`: `Options::retention_bytes` of every replica (the same bound in key
+    /// and value bytes; not drawn, so random runs are as before).
+    pub retention_bytes: u64,
     /// Probability that a replica crashes between storing a checkpoint and cutting its log
     /// (during chaos, when one more replica may go down): the new checkpoint then sits beside
     /// the old, uncut log.
@@ -176,6 +179,7 @@ impl Config {
             } else {
                 epaxos_kv::core::limits::RETENTION_INSTANCES
             },
+            retention_bytes: epaxos_kv::core::limits::RETENTION_BYTES,
         }
     }
 
@@ -218,6 +222,7 @@ impl Config {
             gc_executed: false,
             checkpoint_every: 0,
             retention_instances: epaxos_kv::core::limits::RETENTION_INSTANCES,
+            retention_bytes: epaxos_kv::core::limits::RETENTION_BYTES,
             checkpoint_crash: 0.0,
             sabotage_disk: false,
             sabotage_garble: false,

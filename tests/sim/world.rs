@@ -284,6 +284,7 @@ impl Sim {
                 o.fetch_after = cfg.fetch_after;
                 o.gc_executed = cfg.gc_executed;
                 o.retention_instances = cfg.retention_instances;
+                o.retention_bytes = cfg.retention_bytes;
                 o.session_ttl = cfg.session_ttl;
                 if cfg.sabotage_only.is_none_or(|r| r == i) {
                     o.sabotage = cfg.sabotage.clone();

@@ -3,9 +3,19 @@
 //!
 //! **The rule.** Per row, an instance may be dropped once it is executed here and
 //! - executed at every peer (nobody can need its Commit again), or
-//! - executed at a majority, this replica included, with at least `retention_instances` more
-//!   slots of the row executed by that majority beyond it (the *retention*): a member that
-//!   lags further, down or cut off, no longer holds the survivors' memory and log hostage.
+//! - executed at a majority, this replica included, and past the *retention*: at least
+//!   `retention_instances` more slots of the row executed by that majority beyond it, or
+//!   more than `retention_bytes` held beyond it (below). A member that lags further, down or
+//!   cut off, no longer holds the survivors' memory and log hostage.
+//!
+//! **Which bytes.** Per row, the key and value bytes (`Op::size_bytes`, what the batch and
+//! pending budgets count) of the commands of the instances this replica still holds in memory
+//! between its collected prefix and the highest executed prefix of a majority it has seen
+//! (`Retained`): exactly what the retention keeps for the lagging member and nobody else.
+//! Instances not yet executed at a majority are not counted (they cannot be collected
+//! anyway). When that passes `retention_bytes`, the oldest of them are collected until it no
+//! longer does. The sum is kept as the prefixes move, so a tick costs only the slots that
+//! moved, not the whole retention.
 //!
 //! Each replica applies the rule alone, from the executed prefixes its peers' Watermarks
 //! reported; no agreement is needed, because what makes dropping safe is a property of the
@@ -58,6 +68,19 @@ use super::Replica;
 use crate::core::ids::{InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Status};
 
+/// One row's byte retention: the bytes (see the module's doc) of the instances in memory
+/// between the collected prefix and `end`, the highest majority-executed prefix seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Retained {
+    end: u64,
+    bytes: u64,
+}
+
+/// What an instance weighs in the byte retention: its commands' key and value bytes.
+fn weight(inst: &Instance) -> u64 {
+    inst.commands.iter().map(|c| c.op.size_bytes() as u64).sum()
+}
+
 impl Replica {
     /// Instances dropped from memory so far, all rows: the runtime checkpoints when this has
     /// grown enough since its last checkpoint.
@@ -98,7 +121,11 @@ impl Replica {
     /// retention beyond them (see the module's doc).
     pub(super) fn collect_garbage(&mut self) {
         for row in (0..self.opts.n as u32).map(ReplicaId) {
-            let limit = self.collectable(row);
+            let (everyone, majority) = self.executed_bounds(row);
+            self.count_retained(row, majority);
+            let limit = everyone
+                .max(majority.saturating_sub(self.opts.retention_instances))
+                .max(self.bytes_limit(row, majority));
             for slot in self.gc_prefix[row]..limit {
                 let id = InstanceId::new(row, slot);
                 debug_assert!(
@@ -107,14 +134,19 @@ impl Replica {
                         .is_none_or(|i| i.status == Status::Executed),
                     "{id} collected before it executed"
                 );
-                self.instances.remove(&id);
+                if let Some(inst) = self.instances.remove(&id) {
+                    if slot < self.retained[row].end {
+                        self.retained[row].bytes -= weight(&inst);
+                    }
+                }
             }
             self.gc_prefix[row] = self.gc_prefix[row].max(limit);
         }
     }
 
-    /// How far `row` may be collected here.
-    fn collectable(&self, row: ReplicaId) -> u64 {
+    /// Per row: the prefix executed here and at every peer, and the prefix executed at a
+    /// majority, this replica included (never above what it executed itself).
+    fn executed_bounds(&self, row: ReplicaId) -> (u64, u64) {
         let mine = self.executed_prefix[row].min(self.committed_prefix[row]);
         // Descending: the first `slow_quorum - 1` peers and this replica make a majority.
         let mut peers: Vec<u64> = self
@@ -137,7 +169,45 @@ impl Replica {
                 .unwrap_or(mine)
                 .min(mine)
         };
-        everyone.max(majority.saturating_sub(self.opts.retention_instances))
+        (everyone, majority)
+    }
+
+    /// Brings `row`'s byte retention up to `majority`: counts the instances in memory that a
+    /// majority executed since the last call (each slot once).
+    fn count_retained(&mut self, row: ReplicaId, majority: u64) {
+        let gc = self.gc_prefix[row];
+        let retained = &mut self.retained[row];
+        if retained.end <= gc {
+            // Everything counted was collected (or nothing was counted yet, as after a
+            // restore from a checkpoint).
+            debug_assert_eq!(retained.bytes, 0, "{row}: collected bytes still counted");
+            *retained = Retained { end: gc, bytes: 0 };
+        }
+        for slot in retained.end..majority {
+            if let Some(inst) = self.instances.get(&InstanceId::new(row, slot)) {
+                retained.bytes += weight(inst);
+            }
+        }
+        retained.end = retained.end.max(majority);
+    }
+
+    /// How far `row` must be collected to bring its byte retention within `retention_bytes`:
+    /// the oldest instances go first, never past `majority`.
+    fn bytes_limit(&self, row: ReplicaId, majority: u64) -> u64 {
+        let mut bytes = self.retained[row].bytes;
+        let mut slot = self.gc_prefix[row];
+        while bytes > self.opts.retention_bytes && slot < majority {
+            if let Some(inst) = self.instances.get(&InstanceId::new(row, slot)) {
+                bytes -= weight(inst);
+            }
+            slot += 1;
+        }
+        slot
+    }
+
+    /// Per row: the bytes the retention holds here (see the module's doc).
+    pub fn retained_bytes(&self) -> Vec<u64> {
+        self.retained.iter().map(|r| r.bytes).collect()
     }
 
     /// A peer's Watermark says it collected (per row) below `collected`: if that passes what
@@ -190,5 +260,121 @@ impl Replica {
         let (encoded, mut live) = self.checkpoint();
         live.retain(|(_, i)| i.status.is_decided());
         (encoded, live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::{Options, Time};
+    use super::*;
+    use crate::core::command::{Command, Op};
+    use crate::core::ids::{ClientId, RequestId};
+    use crate::core::testkit::Network;
+
+    /// Three replicas collecting garbage with the given retentions.
+    fn cluster(instances: u64, bytes: u64) -> Vec<Replica> {
+        (0..3)
+            .map(|i| {
+                let mut o = Options::new(ReplicaId(i), 3);
+                o.gc_executed = true;
+                o.retention_instances = instances;
+                o.retention_bytes = bytes;
+                Replica::new(o)
+            })
+            .collect()
+    }
+
+    /// A put of `value_bytes` bytes to a key of 2 bytes: 2 + `value_bytes` in the retention.
+    fn put(client: u64, value_bytes: usize) -> Command {
+        Command::new(
+            ClientId(client),
+            RequestId(1),
+            Op::Put {
+                key: Bytes::from(format!("k{}", client % 10)),
+                value: Bytes::from(vec![b'v'; value_bytes]),
+            },
+        )
+    }
+
+    /// Delivers everything but what goes to or from r2 (down) until quiet.
+    fn settle_without_r2(rs: &mut [Replica], now: Time) {
+        let mut net = Network::new(rs.len());
+        for _ in 0..1000 {
+            for r in rs.iter_mut() {
+                r.flush(now);
+                net.send(r.id(), r.take_ready().messages);
+            }
+            if net.is_empty() {
+                return;
+            }
+            for e in net.drain() {
+                if e.from != ReplicaId(2) && e.to != ReplicaId(2) {
+                    rs[e.to.index()].handle(now, e.from, e.msg);
+                }
+            }
+        }
+        panic!("messages kept flowing");
+    }
+
+    /// `puts` puts of `value_bytes` through r0 with r2 down, then Watermarks for a while (so
+    /// that r0 and r1 learn each other's executed prefixes).
+    fn load(rs: &mut [Replica], puts: u64, value_bytes: usize) {
+        let mut now = Duration::ZERO;
+        for client in 1..=puts {
+            rs[0]
+                .propose(client, put(client, value_bytes))
+                .expect("room");
+            settle_without_r2(rs, now);
+        }
+        for _ in 0..3 {
+            now += Duration::from_secs(2);
+            for r in rs.iter_mut() {
+                r.tick(now);
+            }
+            settle_without_r2(rs, now);
+        }
+    }
+
+    #[test]
+    fn the_byte_retention_collects_the_oldest_past_a_member_down() {
+        // 102 bytes an instance: 3 fit in 350 bytes, a fourth would not.
+        let mut rs = cluster(1000, 350);
+        load(&mut rs, 10, 100);
+        for r in &rs[..2] {
+            assert_eq!(r.kv().executed(), 10);
+            assert_eq!(
+                r.collected_prefix(),
+                &[7, 0, 0],
+                "a majority executed r0's row up to 10: all but the last 3 collected"
+            );
+            assert_eq!(r.retained_bytes(), [306, 0, 0]);
+            assert_eq!(r.instances_in_memory(), 3);
+        }
+    }
+
+    #[test]
+    fn whichever_retention_is_passed_first_collects() {
+        let mut by_count = cluster(2, 1 << 20);
+        load(&mut by_count, 10, 100);
+        assert_eq!(by_count[0].collected_prefix(), &[8, 0, 0]);
+        assert_eq!(by_count[0].retained_bytes(), [204, 0, 0]);
+        // Neither passed: only what every member executed goes (nothing: r2 executed none).
+        let mut patient = cluster(1000, 1 << 20);
+        load(&mut patient, 10, 100);
+        assert_eq!(patient[0].collected_prefix(), &[0, 0, 0]);
+        assert_eq!(patient[0].retained_bytes(), [1020, 0, 0]);
+    }
+
+    #[test]
+    fn an_instance_larger_than_the_byte_retention_is_collected_once_a_majority_executed_it() {
+        let mut rs = cluster(1000, 50);
+        load(&mut rs, 4, 100);
+        assert_eq!(rs[0].collected_prefix(), &[4, 0, 0]);
+        assert_eq!(rs[0].retained_bytes(), [0, 0, 0]);
+        assert_eq!(rs[0].instances_in_memory(), 0);
     }
 }

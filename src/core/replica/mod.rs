@@ -117,6 +117,8 @@ pub struct Replica {
     /// Per row: slots below this were dropped from memory (all executed here, all committed
     /// everywhere). A dependency on one of them counts as executed.
     gc_prefix: PerRow<u64>,
+    /// Per row: the bytes the retention holds (see `collect`).
+    retained: PerRow<collect::Retained>,
     /// Per row: how far the row reached anywhere when this replica joined with a new data
     /// directory (all zeros for a replica that never lost its data). Below it, an earlier
     /// incarnation may have voted and forgotten: see `rejoin`.
@@ -170,6 +172,7 @@ impl Replica {
             recovering: BTreeMap::new(),
             announced: HashMap::new(),
             gc_prefix: PerRow::new(opts.n, 0),
+            retained: PerRow::new(opts.n, collect::Retained::default()),
             horizons: PerRow::new(opts.n, 0),
             left_behind: None,
             next_watermark: Duration::ZERO,

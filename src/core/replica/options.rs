@@ -51,6 +51,10 @@ pub struct Options {
     /// Per row, how far behind a majority's executed prefix a peer may fall before garbage
     /// collection stops waiting for it (it then catches up by snapshot; see `collect`).
     pub retention_instances: u64,
+    /// The same bound in bytes: per row, the key and value bytes of the commands of the
+    /// instances kept in memory below a majority's executed prefix (see `collect`). Past
+    /// either bound garbage collection stops waiting for the lagging peer.
+    pub retention_bytes: u64,
     /// A client session idle this long is expired (see `session`); its late retries are then
     /// refused as expired instead of answered.
     pub session_ttl: Duration,
@@ -168,6 +172,7 @@ impl Options {
             catch_up_every: Duration::from_millis(10),
             gc_executed: false,
             retention_instances: limits::RETENTION_INSTANCES,
+            retention_bytes: limits::RETENTION_BYTES,
             session_ttl: limits::SESSION_TTL,
             sessions_max: limits::SESSIONS_MAX,
             sabotage: Sabotage::default(),
@@ -191,6 +196,7 @@ impl Options {
             ("inflight_max", self.inflight_max),
             ("sessions_max", self.sessions_max),
             ("retention_instances", self.retention_instances as usize),
+            ("retention_bytes", self.retention_bytes as usize),
         ] {
             if v == 0 {
                 return Err(OptionsError::Zero(name));
