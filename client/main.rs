@@ -1,12 +1,13 @@
 //! `client`: the command-line client and load generator of the EPaxos* key/value store.
 //!
-//! It speaks only the client contract, `proto/client.proto` (`Kv.Propose`, `Kv.Status`), over
-//! TLS by default (see `Cluster::new`).
+//! It speaks only the client contract, `proto/client.proto` (`Kv.Propose`, `Kv.Status`, and the
+//! admin calls `Kv.MemberAdd`, `Kv.MemberRemove`), over TLS by default (see `Cluster::new`).
 
 mod bench;
 mod bench_target;
 mod cluster;
 mod etcd;
+mod member;
 mod oneshot;
 mod plot;
 mod session;
@@ -180,6 +181,45 @@ enum Command {
         #[arg(long = "status-timeout-ms", default_value_t = 1000)]
         status_timeout_ms: u64,
     },
+    /// The cluster's configuration (`member list`) and the admin calls that change it
+    /// (`member add`, `member remove`; they need the cluster's client certificate).
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// One line per member: id, peer address, client address, whether it is a member of the
+    /// current epoch, whether it is reachable (it answered, or the replica reporting the
+    /// configuration hears it). Replicas of the client's configuration that are not members
+    /// are listed too. `-w table` and `-w json` add the epoch.
+    List {
+        /// How long to wait for each replica, in milliseconds.
+        #[arg(long = "status-timeout-ms", default_value_t = 1000)]
+        status_timeout_ms: u64,
+    },
+    /// Adds replica ID (started first, empty, with these addresses) in a new epoch; prints the
+    /// new configuration once the change executed. Admin: needs the cluster's client
+    /// certificate (client.pem, made by `replica certs`).
+    Add {
+        /// The new member's id: never used before in this cluster.
+        id: u32,
+        /// Where its peers reach it (host:port).
+        peer_addr: String,
+        /// Where clients reach it (host:port).
+        client_addr: String,
+        /// How long to wait for the change to execute, in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Removes member ID (live or dead) in a new epoch; as `add`.
+    Remove {
+        /// The member to remove.
+        id: u32,
+        /// How long to wait for the change to execute, in milliseconds.
+        #[arg(long = "timeout-ms", default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -325,6 +365,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let format = if *json { Format::Json } else { format };
             return status::run(cluster, which, t, format).await;
+        }
+        Command::Member(m) => {
+            let (change, ms) = match m {
+                MemberCommand::List { status_timeout_ms } => {
+                    let t = Duration::from_millis((*status_timeout_ms).max(1));
+                    let cluster = Arc::new(load_cluster(&cli, t)?);
+                    return member::list(cluster, t, format).await;
+                }
+                MemberCommand::Add {
+                    id,
+                    peer_addr,
+                    client_addr,
+                    timeout_ms,
+                } => (
+                    member::Change::Add {
+                        id: *id,
+                        peer_addr: peer_addr.clone(),
+                        client_addr: client_addr.clone(),
+                    },
+                    timeout_ms,
+                ),
+                MemberCommand::Remove { id, timeout_ms } => {
+                    (member::Change::Remove { id: *id }, timeout_ms)
+                }
+            };
+            let t = Duration::from_millis((*ms).max(1));
+            let cluster = Arc::new(load_cluster(&cli, t)?);
+            return member::change(cluster, change, t, format).await;
         }
         Command::Get { key, request } => (request, Request::Get { key: key.clone() }),
         Command::Put {

@@ -13,14 +13,15 @@ use crate::cluster::{describe_status, is_local_timeout, Cluster};
 use crate::Format;
 
 /// One replica's answer, or why there was none.
-struct Row {
-    id: usize,
-    addr: String,
-    reply: Result<StatusReply, String>,
-    rtt: Duration,
+pub(crate) struct Row {
+    pub(crate) id: usize,
+    pub(crate) addr: String,
+    pub(crate) reply: Result<StatusReply, String>,
+    pub(crate) rtt: Duration,
 }
 
-async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) -> Row {
+/// Asks replica `idx` for its Status within `timeout`.
+pub(crate) async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) -> Row {
     let mut client = cluster.client(idx);
     let mut req = tonic::Request::new(StatusRequest {});
     req.set_timeout(timeout);
@@ -82,7 +83,8 @@ pub async fn run(
                     Ok(s) => writeln!(
                         out,
                         "{} {} up {} version={:?} uptime={} data={} executed={} committed={} \
-                         waiting={} keys={} digest={:016x} heard={} suspected={} refused={}",
+                         waiting={} keys={} digest={:016x} heard={} suspected={} refused={} \
+                         epoch={} members={}",
                         r.id,
                         r.addr,
                         if s.serving { "serving" } else { "NOT-SERVING" },
@@ -97,6 +99,8 @@ pub async fn run(
                         ids(&s.peers_heard),
                         ids(&s.peers_suspected),
                         ids(&s.peers_refused),
+                        s.epoch,
+                        member_ids(s),
                     )?,
                     Err(e) => writeln!(out, "{} {} DOWN {e}", r.id, r.addr)?,
                 }
@@ -106,16 +110,16 @@ pub async fn run(
         Format::Table => {
             writeln!(
                 out,
-                "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:<16}  {:<9}  {:<9}  {:<8}",
+                "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:<16}  {:<9}  {:<9}  {:<8}  {:>5}  {:<9}",
                 "ID", "ADDR", "STATE", "UPTIME", "DATA", "EXECUTED", "COMMITTED", "WAITING",
-                "KEYS", "DIGEST", "HEARD", "SUSPECTED", "REFUSED"
+                "KEYS", "DIGEST", "HEARD", "SUSPECTED", "REFUSED", "EPOCH", "MEMBERS"
             )?;
             for r in &rows {
                 match &r.reply {
                     Ok(s) => {
                         writeln!(
                             out,
-                            "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:016x}  {:<9}  {:<9}  {:<8}",
+                            "{:>3}  {:<21}  {:<11}  {:<8}  {:>8}  {:>12}  {:>12}  {:>8}  {:>10}  {:016x}  {:<9}  {:<9}  {:<8}  {:>5}  {:<9}",
                             r.id,
                             r.addr,
                             state(s),
@@ -129,6 +133,8 @@ pub async fn run(
                             ids(&s.peers_heard),
                             ids(&s.peers_suspected),
                             ids(&s.peers_refused),
+                            s.epoch,
+                            member_ids(s),
                         )?;
                         if !s.serving {
                             writeln!(out, "     not serving: {}", s.health)?;
@@ -184,6 +190,12 @@ fn row_json(r: &Row) -> serde_json::Value {
             "peers_heard": s.peers_heard,
             "peers_suspected": s.peers_suspected,
             "peers_refused": s.peers_refused,
+            "epoch": s.epoch.to_string(),
+            "members": s.members.iter().map(|m| json!({
+                "id": m.id,
+                "peer_addr": m.peer_addr,
+                "client_addr": m.client_addr,
+            })).collect::<Vec<_>>(),
             "rtt_ms": r.rtt.as_secs_f64() * 1e3,
         }),
         Err(e) => json!({
@@ -235,6 +247,11 @@ fn state(s: &StatusReply) -> &'static str {
     } else {
         "NO-MAJORITY"
     }
+}
+
+/// The ids of the members of the configuration a replica acts in.
+fn member_ids(s: &StatusReply) -> String {
+    ids(&s.members.iter().map(|m| m.id).collect::<Vec<_>>())
 }
 
 fn ids(list: &[u32]) -> String {

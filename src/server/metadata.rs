@@ -12,6 +12,7 @@ use prost::Message as _;
 use crate::core::ids::{Incarnation, ReplicaId};
 use crate::core::membership::Membership;
 use crate::proto;
+use crate::server::members::{Member, Members};
 use crate::server::storage::{frame, private_dir, replace_file, sync_dir, unframe, StorageError};
 
 /// The file holding the [`Metadata`] record.
@@ -44,8 +45,10 @@ pub struct Metadata {
     /// Each peer's incarnation as first seen, by replica id.
     pub peers: Vec<Option<Incarnation>>,
     pub membership: Membership,
-    /// The membership epoch (configuration changes); 0 until epochs exist.
+    /// The epoch of the configuration this replica acts in (0: config.json's replicas).
     pub epoch: u64,
+    /// The members of `epoch` with their addresses (empty for epoch 0: config.json's).
+    pub members: Vec<Member>,
     /// The text files of an earlier version are still there: removed after the next write.
     legacy: bool,
 }
@@ -86,6 +89,7 @@ impl Metadata {
                             horizons: vec![0; n],
                         }),
                         epoch: 0,
+                        members: Vec::new(),
                         legacy,
                     });
                 }
@@ -97,6 +101,7 @@ impl Metadata {
                     peers: vec![None; n],
                     membership: Membership::Joining,
                     epoch: 0,
+                    members: Vec::new(),
                     legacy,
                 };
                 m.store()?;
@@ -115,6 +120,21 @@ impl Metadata {
     /// Makes the membership durable.
     pub fn store_membership(&mut self, membership: &Membership) -> Result<(), StorageError> {
         self.membership = membership.clone();
+        self.store()
+    }
+
+    /// The configuration recorded here, if one past epoch 0 was (see `members::Members`).
+    pub fn configuration(&self) -> Option<Members> {
+        if self.epoch == 0 {
+            return None;
+        }
+        Members::new(self.epoch, self.members.clone()).ok()
+    }
+
+    /// Makes a decided configuration durable: written before the replica acts in its epoch.
+    pub fn store_configuration(&mut self, members: &Members) -> Result<(), StorageError> {
+        self.epoch = members.epoch();
+        self.members = members.members().to_vec();
         self.store()
     }
 
@@ -159,6 +179,15 @@ impl Metadata {
                 }),
             }),
             epoch: self.epoch,
+            members: self
+                .members
+                .iter()
+                .map(|m| proto::metadata::Member {
+                    id: m.id.0,
+                    peer_addr: m.peer_addr.to_string(),
+                    client_addr: m.client_addr.to_string(),
+                })
+                .collect(),
         }
     }
 
@@ -200,6 +229,15 @@ impl Metadata {
             },
             Kind::Joined(j) => return Err(format!("{} horizons, not {n}", j.horizons.len())),
         };
+        let members = p
+            .members
+            .iter()
+            .map(|m| Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr))
+            .collect::<Result<Vec<Member>, _>>()
+            .map_err(|e| e.to_string())?;
+        if p.epoch > 0 {
+            Members::new(p.epoch, members.clone()).map_err(|e| e.to_string())?;
+        }
         Ok(Metadata {
             dir: dir.to_path_buf(),
             me,
@@ -211,6 +249,7 @@ impl Metadata {
                 .collect(),
             membership,
             epoch: p.epoch,
+            members,
             legacy: false,
         })
     }
@@ -490,6 +529,29 @@ mod tests {
         let kept = std::fs::read(d.join(METADATA_FILE)).expect("read");
         assert_eq!(kept, good, "a refusal overwrites nothing");
         Metadata::open(&d, ReplicaId(1), 3).expect("the right replica and size open it");
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    #[test]
+    fn a_decided_configuration_is_kept_with_its_addresses() {
+        let d = dir();
+        let mut m = Metadata::open(&d, ReplicaId(1), 3).expect("new");
+        assert_eq!(m.configuration(), None, "epoch 0: config.json's");
+        let member = |id: u32| {
+            Members::member_from_parts(id, &format!("db{id}.example:7170"), "10.0.0.9:7070")
+                .expect("valid")
+        };
+        let decided = Members::new(2, vec![member(3), member(1), member(0)]).expect("valid");
+        m.store_configuration(&decided).expect("stored");
+        let again = Metadata::open(&d, ReplicaId(1), 3).expect("read");
+        assert_eq!(again.configuration(), Some(decided));
+        assert_eq!(again.epoch, 2);
+        // A later epoch without its members is damage, not a configuration.
+        let mut broken = again;
+        broken.members.clear();
+        broken.store().expect("written");
+        let err = Metadata::open(&d, ReplicaId(1), 3).expect_err("refused");
+        assert!(err.to_string().contains("epoch 2 has no members"), "{err}");
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 }

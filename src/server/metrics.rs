@@ -308,6 +308,20 @@ fn describe() {
          replica than the call claims (PERMISSION_DENIED)."
     );
     describe_gauge!(
+        "epaxos_epoch",
+        "The epoch of the configuration this replica acts in (0: config.json's replicas; each \
+         membership change makes the next)."
+    );
+    describe_gauge!(
+        "epaxos_members",
+        "Members of the configuration this replica acts in."
+    );
+    describe_counter!(
+        "epaxos_admin_refused_total",
+        "Admin calls (MemberAdd, MemberRemove) refused with PERMISSION_DENIED: the caller \
+         presented no client certificate of the cluster CA naming client.<cluster_name>."
+    );
+    describe_gauge!(
         "epaxos_insecure",
         "1 with --insecure (plaintext, nobody authenticated), 0 with TLS."
     );
@@ -323,6 +337,12 @@ fn describe() {
          contradict what this replica knows (kind: ballot_overflow, commit_differs, commit_unproposed, \
          watermark_beyond). A correct cluster never counts one."
     );
+}
+
+/// The configuration this replica acts in: `epaxos_epoch` and `epaxos_members`.
+pub fn configuration(members: &crate::server::members::Members) {
+    gauge!("epaxos_epoch").set(members.epoch() as f64);
+    gauge!("epaxos_members").set(members.members().len() as f64);
 }
 
 /// Counts (and reports) a peer message the core refused (see `replica::Refused`).
@@ -405,6 +425,7 @@ pub fn register_all(n: usize, me: u32) {
         "epaxos_catch_ups_total",
         "epaxos_snapshots_sent_total",
         "epaxos_peer_identity_refused_total",
+        "epaxos_admin_refused_total",
         "epaxos_checkpoints_total",
         "epaxos_persisted_records_total",
     ] {
@@ -429,7 +450,7 @@ pub fn register_all(n: usize, me: u32) {
     gauge!("epaxos_session_table_bytes").set(0.0);
     // The client listener is the one capped (`--client-connections-max`).
     counter!("epaxos_connections_refused_total", "listener" => "client").absolute(0);
-    for method in ["Propose", "Status"] {
+    for method in ["Propose", "Status", "MemberAdd", "MemberRemove"] {
         for code in CLIENT_CODES {
             counter!("epaxos_client_requests_total", "method" => method, "code" => code_label(code))
                 .absolute(0);

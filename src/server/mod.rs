@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod incoming;
 pub mod join;
+pub mod members;
 pub mod metadata;
 pub mod metrics;
 pub mod notify;

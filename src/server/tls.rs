@@ -6,15 +6,18 @@
 //!   field of the message, says who is speaking ([`PeerAuth`]); dialers check the same name in
 //!   the answering replica's certificate.
 //! - **Peer listener**: mutual TLS, client certificates signed by the cluster CA required.
-//! - **Client listener**: TLS; client certificates required only when `tls.client_ca` is set.
+//! - **Client listener**: TLS; client certificates asked for but optional (required when
+//!   `tls.client_ca` is set). The admin calls (`MemberAdd`, `MemberRemove`) need one signed by
+//!   the cluster CA and naming `client.<cluster_name>` ([`AdminAuth`]).
 //! - `--insecure` turns all of it off (plaintext on both listeners, no identity checks).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -132,6 +135,8 @@ pub struct ReplicaTls {
     /// When this replica's own certificate and the cluster CA expire (Unix seconds).
     pub own_expiry: i64,
     pub ca_expiry: i64,
+    /// Who may make admin calls on the client listener.
+    pub admin: AdminAuth,
 }
 
 /// Loads replica `id`'s certificate and key and the cluster CA (and the client CA, if any).
@@ -164,14 +169,26 @@ pub fn load_replica(config: &Config, id: ReplicaId) -> Result<ReplicaTls, TlsErr
     }
     let identity = Identity::from_pem(&cert_pem, &key_pem);
     let ca = Certificate::from_pem(&ca_pem);
+    // Client certificates are asked for, so that an admin can present one (see
+    // `AdminAuth`); optional unless the operator set a client CA. With one, both CAs are
+    // trusted: the client CA's certificates for data, the cluster CA's for admin calls.
     let mut client = ServerTlsConfig::new()
         .identity(identity.clone())
         .timeout(HANDSHAKE_TIMEOUT);
     if let Some(path) = &tls.client_ca {
-        let pem = read("the client CA certificate", path)?;
+        let mut pem = read("the client CA certificate", path)?;
         pem_certs("the client CA certificate", path, &pem)?;
+        pem.push(b'\n');
+        pem.extend_from_slice(&ca_pem);
         client = client.client_ca_root(Certificate::from_pem(pem));
+    } else {
+        client = client.client_ca_root(ca.clone()).client_auth_optional(true);
     }
+    let admin = AdminAuth::new(&ca_der, &tls.cluster_name).map_err(|why| TlsError::Invalid {
+        what: "the cluster CA certificate",
+        path: ca_path.clone(),
+        why,
+    })?;
     let peer = ServerTlsConfig::new()
         .identity(identity.clone())
         .client_ca_root(ca.clone())
@@ -188,7 +205,105 @@ pub fn load_replica(config: &Config, id: ReplicaId) -> Result<ReplicaTls, TlsErr
         },
         own_expiry,
         ca_expiry,
+        admin,
     })
+}
+
+/// Who may call the admin RPCs (`MemberAdd`, `MemberRemove`) on the client listener: a caller
+/// whose TLS client certificate chains to the cluster CA (checked again here, whatever CA the
+/// listener also trusts) and names `client.<cluster_name>` (the one `replica certs` makes), or
+/// anyone with `--insecure`.
+#[derive(Clone)]
+pub struct AdminAuth {
+    /// None with `--insecure`.
+    check: Option<(Arc<dyn rustls::server::danger::ClientCertVerifier>, String)>,
+}
+
+impl AdminAuth {
+    /// `--insecure`: every caller is an admin.
+    pub fn insecure() -> AdminAuth {
+        AdminAuth { check: None }
+    }
+
+    /// Admins are the holders of a certificate of the CA `ca_der` naming
+    /// `client.<cluster_name>`.
+    pub fn new(ca_der: &[Vec<u8>], cluster_name: &str) -> Result<AdminAuth, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in ca_der {
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| format!("cannot check client certificates against it: {e}"))?;
+        Ok(AdminAuth {
+            check: Some((verifier, client_name(cluster_name))),
+        })
+    }
+
+    /// Whether the caller of `call` may make it; PERMISSION_DENIED saying why not (and counted
+    /// in `epaxos_admin_refused_total`).
+    pub fn check<T>(&self, req: &Request<T>, call: &str) -> Result<(), Status> {
+        let Some((verifier, name)) = &self.check else {
+            return Ok(());
+        };
+        let refuse = |why: String| {
+            metrics::counter!("epaxos_admin_refused_total").increment(1);
+            tracing::warn!(remote = ?req.remote_addr(), call, reason = %why, "admin call refused");
+            Status::permission_denied(format!(
+                "{call} is an admin call: {why}; present the cluster's client certificate \
+                 (client.pem and client.key in the certificate directory, made by `replica \
+                 certs`, signed by the cluster CA and naming {name})"
+            ))
+        };
+        let certs = req.peer_certs();
+        let Some((leaf, intermediates)) = certs.as_ref().and_then(|c| c.split_first()) else {
+            return Err(refuse("no client certificate was presented".into()));
+        };
+        let leaf = CertificateDer::from(leaf.as_ref().to_vec());
+        let intermediates: Vec<CertificateDer<'static>> = intermediates
+            .iter()
+            .map(|c| CertificateDer::from(c.as_ref().to_vec()))
+            .collect();
+        verifier
+            .verify_client_cert(&leaf, &intermediates, UnixTime::now())
+            .map_err(|e| {
+                refuse(format!(
+                    "the client certificate is not the cluster CA's: {e}"
+                ))
+            })?;
+        if !dns_names(leaf.as_ref())
+            .map_err(&refuse)?
+            .iter()
+            .any(|n| n == name)
+        {
+            return Err(refuse(format!(
+                "the client certificate does not name {name}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The DNS subject alternative names of a certificate.
+fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subject alternative names: {e}"))?;
+    Ok(san
+        .into_iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// How a replica dials its peers' `peer_addr`: mutual TLS checking that the answering replica's

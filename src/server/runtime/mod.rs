@@ -77,6 +77,9 @@ pub enum RuntimeError {
         recorded: usize,
         configured: usize,
     },
+    /// The configuration the data directory recorded cannot run here.
+    #[error("{0}")]
+    Members(String),
     /// The metrics endpoint could not start (address in use?).
     #[error("cannot start metrics endpoint on {0}: {1}")]
     Metrics(SocketAddr, String),

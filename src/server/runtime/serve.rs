@@ -2,6 +2,7 @@
 //! tasks that run until shutdown.
 
 use super::*;
+use crate::server::members::Members;
 
 /// Where a listen address binds now: itself if an IP literal, else the first address its name
 /// resolves to (`listen_addr`), or each in turn until one binds (`bind`).
@@ -98,6 +99,26 @@ pub async fn serve(
             .collect(),
     );
     let membership = metadata.membership.clone();
+    // The configuration it acts in: the data directory's when it recorded a later epoch than
+    // config.json seeds (the cluster decided it), said once when the two differ.
+    let (members, differs) = Members::at_start(&config, metadata.configuration());
+    if let Some(both) = differs {
+        tracing::warn!(%both, "the data directory's configuration wins over config.json's");
+    }
+    if let Some(m) = members
+        .members()
+        .iter()
+        .find(|m| m.id.index() >= config.n())
+    {
+        return Err(RuntimeError::Members(format!(
+            "the data directory's configuration ({members}) has replica {}, beyond the {} of \
+             config.json, and this version runs only config.json's ids",
+            m.id.0,
+            config.n()
+        )));
+    }
+    crate::server::metrics::configuration(&members);
+    let (members_tx, members_rx) = watch::channel(Arc::new(members.clone()));
 
     let (health, health_rx) = health::Publisher::new(if membership == Membership::Joining {
         Health::Joining
@@ -111,7 +132,8 @@ pub async fn serve(
     ));
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
     let mut peer_queues: Vec<Option<ByteSender>> = vec![None; config.n()];
-    for peer in &config.replicas {
+    // The peer links follow the configuration: its members but this replica.
+    for peer in members.members() {
         if peer.id == id {
             continue;
         }
@@ -192,7 +214,13 @@ pub async fn serve(
         started,
         data_dir: opts.data_dir.clone(),
         refused_at_ms: refused_at_ms.clone(),
+        members: members_rx,
+        admin: security
+            .as_ref()
+            .map_or_else(tls::AdminAuth::insecure, |t| t.admin.clone()),
     };
+    // Kept until the replica stops: the event loop will publish decided configurations here.
+    let _members_tx = members_tx;
     let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
     let peer_service = PeerService {
         n: config.n(),

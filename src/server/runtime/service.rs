@@ -2,6 +2,7 @@
 //! `Event` into bigChannel, and wait (with a timeout) for the answer.
 
 use super::*;
+use crate::server::members::Members;
 
 /// The client service (client listener): translates calls into events.
 pub(super) struct ClientService {
@@ -19,6 +20,10 @@ pub(super) struct ClientService {
     /// Per peer: when (ms since `started`, 0: never) a stream of a replaced incarnation of it
     /// was last refused; shared with the peer service.
     pub(super) refused_at_ms: Arc<Vec<AtomicU64>>,
+    /// The configuration this replica acts in (Status, the admin calls' answers).
+    pub(super) members: watch::Receiver<Arc<Members>>,
+    /// Who may make the admin calls (`MemberAdd`, `MemberRemove`).
+    pub(super) admin: tls::AdminAuth,
 }
 
 /// A refusal of a replaced incarnation this recent shows in Status (`peers_refused`).
@@ -62,6 +67,24 @@ impl Kv for ClientService {
     ) -> Result<Response<proto::StatusReply>, Status> {
         let result = self.status_call(request).await;
         crate::server::metrics::client_request("Status", &result);
+        result
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<proto::MemberAddRequest>,
+    ) -> Result<Response<proto::MemberChangeReply>, Status> {
+        let result = self.member_add_call(request).await;
+        crate::server::metrics::client_request("MemberAdd", &result);
+        result
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<proto::MemberRemoveRequest>,
+    ) -> Result<Response<proto::MemberChangeReply>, Status> {
+        let result = self.member_remove_call(request).await;
+        crate::server::metrics::client_request("MemberRemove", &result);
         result
     }
 }
@@ -152,6 +175,9 @@ impl ClientService {
         s.data_bytes = tokio::task::spawn_blocking(move || dir_bytes(&dir))
             .await
             .unwrap_or(0);
+        let members = self.members.borrow().clone();
+        s.epoch = members.epoch();
+        s.members = members.to_proto();
         s.peers_refused = (0..self.refused_at_ms.len())
             .filter(|p| {
                 let at = self.refused_at_ms[*p].load(Ordering::Relaxed);
@@ -160,6 +186,51 @@ impl ClientService {
             .map(|p| p as u32)
             .collect();
         Ok(Response::new(s))
+    }
+}
+
+impl ClientService {
+    /// `MemberAdd`: an admin's request to add a member, checked here (who asks, what it names);
+    /// deciding it is the core's (see `change_membership`).
+    pub(super) async fn member_add_call(
+        &self,
+        request: Request<proto::MemberAddRequest>,
+    ) -> Result<Response<proto::MemberChangeReply>, Status> {
+        self.admin.check(&request, "MemberAdd")?;
+        let m = request
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("MemberAdd: no member given"))?;
+        let member = Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr)
+            .map_err(|e| Status::invalid_argument(format!("MemberAdd: {e}")))?;
+        self.change_membership(&format!(
+            "add replica {} (peer {}, client {})",
+            member.id.0, member.peer_addr, member.client_addr
+        ))
+    }
+
+    /// `MemberRemove`: as `MemberAdd`.
+    pub(super) async fn member_remove_call(
+        &self,
+        request: Request<proto::MemberRemoveRequest>,
+    ) -> Result<Response<proto::MemberChangeReply>, Status> {
+        self.admin.check(&request, "MemberRemove")?;
+        let id = request.into_inner().id;
+        self.change_membership(&format!("remove replica {id}"))
+    }
+
+    /// Hands a change to the core. Not wired yet: the core's `Node::propose_reconfigure`
+    /// (epochs, issue 15) has not landed, so the change is answered UNIMPLEMENTED, naming the
+    /// configuration that stays; nothing is changed.
+    fn change_membership(
+        &self,
+        change: &str,
+    ) -> Result<Response<proto::MemberChangeReply>, Status> {
+        let members = self.members.borrow().clone();
+        Err(Status::unimplemented(format!(
+            "cannot {change}: this version does not decide membership changes yet (epochs in \
+             the core, issue 15); the configuration stays {members}"
+        )))
     }
 }
 

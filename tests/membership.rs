@@ -1,0 +1,258 @@
+//! The configuration on real processes (issue 15, operator side): what `client member list`,
+//! `client status` and the metrics say about the epoch and its members, and who may make the
+//! admin calls (`MemberAdd`, `MemberRemove`) on the client listener.
+//!
+//! Not here yet: changing the membership itself (grow, shrink, replace under load). The core's
+//! epochs have not landed, so the admin calls stop, after authorisation, with UNIMPLEMENTED
+//! naming the configuration that stays; the tests below pin that, so that they fail (and are
+//! rewritten) the day a change is decided.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{metric_sum, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
+use epaxos_kv::proto;
+use epaxos_kv::proto::kv_client::KvClient;
+
+/// `client ARGS` with `--config config`, bounded in time: (exit code, stdout, stderr).
+fn run_client(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match child.try_wait().expect("wait for client") {
+            Some(_) => break,
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("client {args:?} did not finish within 20 s");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let out = child.wait_with_output().expect("client output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `client member list` until `want` holds of its lines (bounded: reachability follows the
+/// replicas' suspicion timeout), returning them.
+fn member_list_until(cluster: &Cluster, want: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, out, err) = run_client(&cluster.config, &["member", "list"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let lines: Vec<String> = out.lines().map(str::to_string).collect();
+        if want(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member list never matched: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_list_status_and_metrics_show_epoch_zero_and_config_json_replicas() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let expected: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "{i} {} {} member reachable",
+                cluster.peers[i], cluster.addrs[i]
+            )
+        })
+        .collect();
+    member_list_until(&cluster, |lines| lines == expected);
+
+    let (code, out, err) = run_client(&cluster.config, &["-w", "json", "member", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["epoch"], "0");
+    assert_eq!(doc["members"].as_array().map(Vec::len), Some(3), "{doc}");
+    assert_eq!(doc["members"][1]["peer_addr"], cluster.peers[1].as_str());
+
+    // Status: the epoch and the members with their addresses, in every output format.
+    for i in 0..3 {
+        let s = cluster.status(i).await;
+        assert_eq!(s.epoch, 0);
+        let members: Vec<(u32, String, String)> = s
+            .members
+            .iter()
+            .map(|m| (m.id, m.peer_addr.clone(), m.client_addr.clone()))
+            .collect();
+        let want: Vec<(u32, String, String)> = (0..3)
+            .map(|j| (j as u32, cluster.peers[j].clone(), cluster.addrs[j].clone()))
+            .collect();
+        assert_eq!(members, want, "replica {i}");
+    }
+    let (_, out, err) = run_client(&cluster.config, &["status"]);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.ends_with("epoch=0 members=0,1,2"))
+            .count(),
+        3,
+        "{out}{err}"
+    );
+    let (_, out, _) = run_client(&cluster.config, &["-w", "json", "status"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    for r in doc["replicas"].as_array().expect("replicas") {
+        assert_eq!(r["epoch"], "0", "{r}");
+        assert_eq!(r["members"].as_array().map(Vec::len), Some(3), "{r}");
+    }
+    let (_, out, _) = run_client(&cluster.config, &["-w", "table", "status"]);
+    let header = out.lines().next().expect("a header");
+    assert!(
+        header.contains("EPOCH") && header.contains("MEMBERS"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_end().ends_with("0  0,1,2")),
+        "{out}"
+    );
+
+    // Metrics.
+    for i in 0..3 {
+        let text = scrape_metrics(&cluster.metrics[i]).expect("scrape");
+        assert!(text.lines().any(|l| l == "epaxos_epoch 0"), "{text}");
+        assert!(text.lines().any(|l| l == "epaxos_members 3"), "{text}");
+    }
+
+    // A member down stays a member, unreachable.
+    cluster.kill(2);
+    let lines = member_list_until(&cluster, |lines| {
+        lines.len() == 3 && lines[2].ends_with("member unreachable")
+    });
+    assert_eq!(lines[..2], expected[..2]);
+    let (_, out, _) = run_client(&cluster.config, &["-w", "table", "member", "list"]);
+    assert!(out.contains("epoch: 0 (as replica"), "{out}");
+}
+
+/// A call to MemberRemove on replica 0, presenting `identity` (a file name of the certificate
+/// directory, e.g. "client"), or no certificate.
+async fn remove_as(cluster: &Cluster, identity: Option<&str>) -> tonic::Status {
+    let channel = cluster
+        .endpoint(0, &cluster.addrs[0], identity)
+        .connect()
+        .await
+        .expect("the client listener takes callers with or without a certificate");
+    let mut client = KvClient::new(channel);
+    client
+        .member_remove(proto::MemberRemoveRequest { id: 2 })
+        .await
+        .expect_err("no membership change is decided by this version")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_cluster_client_certificate() {
+    let cluster = Cluster::start(3, &[]).await;
+    // Without a certificate: data calls work as before, admin calls are refused.
+    let channel = cluster
+        .endpoint(0, &cluster.addrs[0], None)
+        .connect()
+        .await
+        .expect("connect without a certificate");
+    let r = Session::new()
+        .call(&mut KvClient::new(channel), put("k", "v"))
+        .await
+        .expect("a put without a client certificate");
+    assert!(r.success);
+    let refused = remove_as(&cluster, None).await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("no client certificate was presented")
+            && refused
+                .message()
+                .contains(&format!("client.{CLUSTER_NAME}")),
+        "{refused:?}"
+    );
+    // A replica's certificate is the cluster CA's, but does not name the client.
+    let refused = remove_as(&cluster, Some("replica-1")).await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("does not name"), "{refused:?}");
+    let text = scrape_metrics(&cluster.metrics[0]).expect("scrape");
+    assert_eq!(
+        metric_sum(&text, "epaxos_admin_refused_total"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "epaxos_client_requests_total{method=\"MemberRemove\",code=\"PERMISSION_DENIED\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+
+    // The client certificate passes; what follows is the core's, not built yet.
+    let answered = remove_as(&cluster, Some("client")).await;
+    assert_eq!(answered.code(), tonic::Code::Unimplemented, "{answered:?}");
+    assert!(
+        answered
+            .message()
+            .contains("the configuration stays epoch 0: 0 (peer"),
+        "{answered:?}"
+    );
+    // So does the bundled client, which presents it; without it, it is refused.
+    let (code, out, err) = run_client(&cluster.config, &["member", "remove", "2"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("Unimplemented"), "{err}");
+    let (code, out, err) = run_client(
+        &cluster.config,
+        &["member", "add", "3", "127.0.0.1:1", "127.0.0.1:2"],
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("cannot add replica 3"), "{err}");
+    let (code, _, err) = run_client(&cluster.config, &["member", "add", "3", "nohost", "x:1"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("InvalidArgument") && err.contains("peer_addr"),
+        "{err}"
+    );
+    std::fs::remove_file(cluster.dir.join("certs/client.pem")).expect("remove client.pem");
+    let (code, out, err) = run_client(&cluster.config, &["member", "remove", "2"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("PermissionDenied"), "{err}");
+    // Nothing changed.
+    let channel = cluster
+        .endpoint(1, &cluster.addrs[1], None)
+        .connect()
+        .await
+        .expect("connect without a certificate");
+    let s = KvClient::new(channel)
+        .status(proto::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!((s.epoch, s.members.len()), (0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_insecure_anyone_may_make_admin_calls() {
+    let cluster = Cluster::start(3, &["--insecure"]).await;
+    let answered = remove_as(&cluster, None).await;
+    assert_eq!(answered.code(), tonic::Code::Unimplemented, "{answered:?}");
+    let text = scrape_metrics(&cluster.metrics[0]).expect("scrape");
+    assert_eq!(
+        metric_sum(&text, "epaxos_admin_refused_total"),
+        0.0,
+        "{text}"
+    );
+}
