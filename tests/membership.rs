@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use common::{metric_sum, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
 use epaxos_kv::proto;
 use epaxos_kv::proto::kv_client::KvClient;
+use prost::Message as _;
+
+/// `<magic: 8> | length: u32 | crc32c: u32 | proto::Metadata`.
+const RECORD_AT: usize = 16;
 
 /// `client ARGS` with `--config config`, bounded in time: (exit code, stdout, stderr).
 fn run_client(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
@@ -254,5 +258,95 @@ async fn with_insecure_anyone_may_make_admin_calls() {
         metric_sum(&text, "epaxos_admin_refused_total"),
         0.0,
         "{text}"
+    );
+}
+
+/// A data directory that recorded a later epoch than config.json's (as a decided change
+/// leaves it) starts in that epoch: it says so once with both, shows it in Status, member list
+/// and metrics, and, not being a member of it, refuses client requests naming the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_with_a_later_epoch_wins_over_config_json() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.kill(2);
+    let dir2 = cluster.dir.join("replica-2");
+    let bytes = std::fs::read(dir2.join("metadata")).expect("read metadata");
+    let mut record = proto::Metadata::decode(&bytes[RECORD_AT..]).expect("decode metadata");
+    record.epoch = 1;
+    record.members = (0..2)
+        .map(|i| proto::metadata::Member {
+            id: i as u32,
+            peer_addr: cluster.peers[i].clone(),
+            client_addr: cluster.addrs[i].clone(),
+        })
+        .collect();
+    let payload = record.encode_to_vec();
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    std::fs::write(dir2.join("metadata"), out).expect("write metadata");
+    cluster.restart(2).await;
+
+    let log = cluster.log(2);
+    let told: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the data directory's configuration wins over config.json's"))
+        .collect();
+    assert_eq!(told.len(), 1, "{log}");
+    assert!(
+        told[0].contains("data directory: epoch 1: 0 (peer")
+            && told[0].contains("config.json: epoch 0: 0 (peer"),
+        "{}",
+        told[0]
+    );
+    let s = cluster.status(2).await;
+    assert_eq!(s.epoch, 1);
+    assert_eq!(s.members.iter().map(|m| m.id).collect::<Vec<_>>(), [0, 1]);
+    let text = scrape_metrics(&cluster.metrics[2]).expect("scrape");
+    assert!(text.lines().any(|l| l == "epaxos_epoch 1"), "{text}");
+    assert!(text.lines().any(|l| l == "epaxos_members 2"), "{text}");
+
+    let mut c2 = cluster.client(2).await.expect("connect");
+    let refused = Session::new()
+        .call(&mut c2, put("k", "v"))
+        .await
+        .expect_err("not a member");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("replica 2 is not a member")
+            && refused
+                .message()
+                .contains(&format!("0 (peer {}", cluster.peers[0]))
+            && refused
+                .message()
+                .contains(&format!("1 (peer {}", cluster.peers[1])),
+        "{refused:?}"
+    );
+    // The members serve; member list takes the highest epoch reported.
+    let mut c0 = cluster.client(0).await.expect("connect");
+    assert!(
+        Session::new()
+            .call(&mut c0, put("k", "v"))
+            .await
+            .expect("put")
+            .success
+    );
+    let lines = member_list_until(&cluster, |lines| lines.len() == 3);
+    assert!(
+        lines[0].starts_with("0 ") && lines[0].ends_with(" member reachable"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("1 ") && lines[1].ends_with(" member reachable"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("2 - {} not-member reachable", cluster.addrs[2]),
+        "{lines:?}"
     );
 }

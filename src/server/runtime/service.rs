@@ -96,6 +96,15 @@ impl ClientService {
     ) -> Result<Response<ProposeReply>, Status> {
         let cmd = wire::command_from_request(request.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A replica outside the configuration it acts in (removed) serves no client.
+        let members = self.members.borrow().clone();
+        if !members.is_member(self.id) {
+            return Err(Status::failed_precondition(format!(
+                "replica {} is not a member of the cluster's configuration; send requests to \
+                 a member: {members}",
+                self.id.0
+            )));
+        }
         let health = *self.health.borrow();
         if let Health::NoMajority { .. } = health {
             return Err(Status::unavailable(format!(
