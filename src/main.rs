@@ -69,7 +69,7 @@ struct Args {
     /// Per row, how many instances a peer may fall behind what a majority executed before
     /// garbage collection stops waiting for it (a member down for longer catches up by
     /// snapshot when it returns). Bounds memory and disk with a member down. Default:
-    /// 100,000 with 3 replicas; off with 5 or more, where one window of the catch-up is not
+    /// 20,000 with 3 replicas; off with 5 or more, where one window of the catch-up is not
     /// yet proved safe (README, "retention"): set it there only knowingly.
     #[arg(long)]
     retention_instances: Option<u64>,
