@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use epaxos_kv::core::command::{Command, Op};
 use epaxos_kv::core::deps::Deps;
+use epaxos_kv::core::epoch::Epoch;
 use epaxos_kv::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Message, RecoverReply};
@@ -236,6 +237,7 @@ impl Made {
         );
         match self.kind {
             0 => Message::PreAccept {
+                epoch: Epoch(0),
                 instance,
                 ballot,
                 commands,
@@ -247,6 +249,7 @@ impl Made {
                 deps,
             },
             2 => Message::Accept {
+                epoch: Epoch(0),
                 instance,
                 ballot,
                 commands,
@@ -254,6 +257,7 @@ impl Made {
             },
             3 => Message::AcceptOk { instance, ballot },
             4 => Message::Commit {
+                epoch: Epoch(0),
                 instance,
                 ballot,
                 commands,
@@ -271,7 +275,11 @@ impl Made {
                 executed_prefix: self.prefix.iter().map(|p| p / 2).collect(),
                 collected_prefix: vec![],
             },
-            8 => Message::Recover { instance, ballot },
+            8 => Message::Recover {
+                epoch: Epoch(0),
+                instance,
+                ballot,
+            },
             9 => Message::RecoverOk {
                 instance,
                 ballot,
@@ -405,7 +413,9 @@ fn impossible(
                 None
             }
         }
-        Message::Recover { instance, ballot } => bad_ballot(instance, ballot)
+        Message::Recover {
+            instance, ballot, ..
+        } => bad_ballot(instance, ballot)
             .or_else(|| (ballot.round == 0 || ballot.replica != from).then_some(Reject::Ballot)),
         Message::RecoverOk {
             instance,
@@ -802,6 +812,7 @@ fn id(row: u32, slot: u64) -> InstanceId {
 
 fn commit(instance: InstanceId, ballot: Ballot, deps: Deps) -> Message {
     Message::Commit {
+        epoch: Epoch(0),
         instance,
         ballot,
         commands: Arc::new(vec![get(7, 1)]),
@@ -895,6 +906,7 @@ fn an_instance_of_the_own_row_never_created_is_rejected() {
     let msg = commit(id(1, 0), Ballot::initial(ReplicaId(1)), Deps::new());
     assert_rejected(&mut rs[1], 0, msg, Reject::UnknownOwnInstance);
     let msg = Message::Recover {
+        epoch: Epoch(0),
         instance: id(1, 0),
         ballot: Ballot {
             round: 1,
@@ -930,6 +942,7 @@ fn an_instance_of_the_own_row_never_created_is_rejected() {
 fn an_instance_depending_on_itself_is_rejected() {
     let mut rs = cluster(3);
     let msg = Message::PreAccept {
+        epoch: Epoch(0),
         instance: id(1, 0),
         ballot: Ballot::initial(ReplicaId(1)),
         commands: Arc::new(vec![get(7, 1)]),
@@ -964,11 +977,13 @@ fn a_ballot_that_cannot_exist_is_rejected() {
         Reject::Ballot,
     );
     let msg = Message::Recover {
+        epoch: Epoch(0),
         instance: id(2, 0),
         ballot: Ballot::initial(ReplicaId(1)),
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::Ballot);
     let msg = Message::Accept {
+        epoch: Epoch(0),
         instance: id(2, 0),
         ballot: Ballot {
             round: 3,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use epaxos_kv::core::command::{Command, Op};
 use epaxos_kv::core::deps::Deps;
+use epaxos_kv::core::epoch::Epoch;
 use epaxos_kv::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Message, RecoverReply};
@@ -86,6 +87,7 @@ pub fn message_templates() -> Vec<Message> {
     vec![
         Message::PreAccept {
             instance: id(1, 0),
+            epoch: Epoch(0),
             ballot: ballot(0, 1),
             commands: commands(),
             deps: deps.clone(),
@@ -97,6 +99,7 @@ pub fn message_templates() -> Vec<Message> {
         },
         Message::Accept {
             instance: id(1, 1),
+            epoch: Epoch(0),
             ballot: ballot(0, 1),
             commands: commands(),
             deps: deps.clone(),
@@ -107,6 +110,7 @@ pub fn message_templates() -> Vec<Message> {
         },
         Message::Commit {
             instance: id(2, 0),
+            epoch: Epoch(0),
             ballot: ballot(1, 2),
             commands: commands(),
             deps: Deps::from([id(0, 0)]),
@@ -124,6 +128,7 @@ pub fn message_templates() -> Vec<Message> {
         },
         Message::Recover {
             instance: id(1, 0),
+            epoch: Epoch(0),
             ballot: ballot(2, 1),
         },
         Message::RecoverOk {
@@ -206,6 +211,7 @@ pub fn core_with_state() -> Replica {
         ReplicaId(2),
         Message::PreAccept {
             instance: id(2, 3),
+            epoch: Epoch(0),
             ballot: ballot(0, 2),
             commands: commands(),
             deps: Deps::new(),
@@ -216,6 +222,7 @@ pub fn core_with_state() -> Replica {
         ReplicaId(1),
         Message::Commit {
             instance: id(1, 0),
+            epoch: Epoch(0),
             ballot: ballot(0, 1),
             commands: commands(),
             deps: Deps::from([id(0, 0)]),

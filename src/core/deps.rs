@@ -216,6 +216,13 @@ impl ConflictIndex {
         }
     }
 
+    /// Room for `rows` rows (a configuration added ids): keys recorded before keep their
+    /// shorter tables, which stand for "nothing in the new rows", and grow when the new rows
+    /// record something.
+    pub fn grow(&mut self, rows: usize) {
+        self.n = self.n.max(rows);
+    }
+
     /// Adds to `deps` the instances that `instance` (with `commands`) must depend on, as known
     /// here. Only the instance's own leader adds from its own row (the chain); other replicas
     /// leave that row to the leader.
@@ -260,6 +267,9 @@ impl ConflictIndex {
                 .by_key
                 .entry(key)
                 .or_insert_with(|| vec![Latest::default(); n]);
+            if rows.len() < n {
+                rows.resize(n, Latest::default());
+            }
             let Some(latest) = rows.get_mut(instance.replica.index()) else {
                 continue; // a row outside the cluster: wire validation rejects these first
             };

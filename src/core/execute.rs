@@ -165,6 +165,11 @@ impl Unexecuted {
         }
     }
 
+    /// Room for `rows` rows (see `ConflictIndex::grow`).
+    pub fn grow(&mut self, rows: usize) {
+        self.n = self.n.max(rows);
+    }
+
     /// `id` (with `commands`) is committed and waits to execute.
     pub fn insert(&mut self, id: InstanceId, commands: &[Command]) {
         let n = self.n;
@@ -175,6 +180,9 @@ impl Unexecuted {
                 .by_key
                 .entry(key.clone())
                 .or_insert_with(|| vec![Slots::default(); n]);
+            if rows.len() < n {
+                rows.resize(n, Slots::default());
+            }
             if let Some(slots) = rows.get_mut(id.replica.index()) {
                 slots.any.insert(id.slot);
                 if write {

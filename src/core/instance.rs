@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use crate::core::deps::Deps;
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::message::Commands;
 
@@ -39,6 +40,9 @@ impl Status {
 /// What every replica keeps about an instance it has heard of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
+    /// The epoch its leader was in when it started it: whose votes count for it, for its whole
+    /// life (see `epoch`).
+    pub epoch: Epoch,
     pub status: Status,
     /// The highest ballot this replica has taken part in for the instance (`bal`).
     pub ballot: Ballot,
@@ -56,9 +60,10 @@ pub struct Instance {
 
 impl Instance {
     /// What a replica knows of an instance it never heard of but is asked to recover: nothing
-    /// but the original leader's ballot.
-    pub fn unknown(id: InstanceId) -> Instance {
+    /// but the original leader's ballot and the epoch the recoverer names.
+    pub fn unknown(id: InstanceId, epoch: Epoch) -> Instance {
         Instance {
+            epoch,
             status: Status::Initial,
             ballot: Ballot::initial(id.replica),
             accepted_ballot: None,

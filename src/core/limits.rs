@@ -168,6 +168,11 @@ pub const EXPIRIES_IN_FLIGHT_MAX: usize = 4096;
 /// Largest cluster: ballots and metric labels are sized for it, and EPaxos gains nothing from
 /// more replicas.
 pub const REPLICAS_MAX: usize = 15;
+/// Most replica ids ever handed out over a cluster's life: ids are never reused (a replacement
+/// takes a fresh one, see `epoch`), and every per-row table (watermarks, horizons, the sealed
+/// vectors of membership changes) is as long as the highest id, so this bounds them: 64 rows
+/// of a few words each. Room for the largest cluster replaced member by member three times.
+pub const MEMBERS_EVER_MAX: usize = 64;
 
 // The relations the code relies on, checked when it compiles.
 const _: () = {
@@ -217,4 +222,8 @@ const _: () = {
     // The byte retention holds many of the largest instances: one large batch does not
     // push a member that is merely slow into a snapshot.
     assert!(RETENTION_BYTES >= 16 * (BATCH_BYTES_MAX + COMMAND_BYTES_MAX) as u64);
+    // Epoch 0 (the largest seed cluster) fits the ids ever handed out, with room for changes;
+    // ids travel as u32 on the wire.
+    assert!(REPLICAS_MAX < MEMBERS_EVER_MAX);
+    assert!(MEMBERS_EVER_MAX <= u32::MAX as usize);
 };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::core::command::Command;
 use crate::core::deps::Deps;
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, InstanceId};
 use crate::core::instance::Status;
 
@@ -19,6 +20,8 @@ pub enum Message {
     /// Phase 1: the leader proposes `commands` with its initial dependencies.
     PreAccept {
         instance: InstanceId,
+        /// The instance's epoch: whose votes count for it.
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -32,6 +35,8 @@ pub enum Message {
     /// Phase 2 (slow path): accept these final dependencies.
     Accept {
         instance: InstanceId,
+        /// The instance's epoch: whose votes count for it.
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -44,6 +49,8 @@ pub enum Message {
     /// The instance is decided.
     Commit {
         instance: InstanceId,
+        /// The instance's epoch: whose votes count for it.
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -67,6 +74,8 @@ pub enum Message {
     /// Recovery: the sender takes the instance over at `ballot`.
     Recover {
         instance: InstanceId,
+        /// The instance's epoch: whose votes count for it.
+        epoch: Epoch,
         ballot: Ballot,
     },
     /// What the sender knows of the instance, having promised `ballot`.
@@ -159,6 +168,18 @@ impl Message {
             Message::CommitRequest { .. } | Message::Watermark { .. } | Message::Waiting { .. } => {
                 None
             }
+        }
+    }
+
+    /// The epoch of the instance the message is about, where the message names it (the phase
+    /// messages that may create the instance at the receiver, and Commit and Recover).
+    pub fn epoch(&self) -> Option<Epoch> {
+        match self {
+            Message::PreAccept { epoch, .. }
+            | Message::Accept { epoch, .. }
+            | Message::Commit { epoch, .. }
+            | Message::Recover { epoch, .. } => Some(*epoch),
+            _ => None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod command;
 pub mod deps;
+pub mod epoch;
 pub mod execute;
 pub mod ids;
 pub mod instance;

@@ -10,6 +10,7 @@
 
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::Command;
+use crate::core::epoch::Configuration;
 use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::membership::{JoinAnswer, Membership};
@@ -132,6 +133,12 @@ impl Node {
     /// The protocol core, to read.
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// The current epoch and its members here (epoch 0, `config.json`'s ids, until a change
+    /// executes; see `core::epoch`).
+    pub fn configuration(&self) -> &Configuration {
+        self.replica.configuration()
     }
 
     pub fn membership(&self) -> &Membership {

@@ -1,6 +1,7 @@
 //! One value per replica row: the watermarks, frontiers and horizons the core keeps for every
-//! row (or every peer), indexed by [`ReplicaId`] and fixed at the cluster's size, so that
-//! neither a raw index nor a table of another length can slip in.
+//! row (or every peer), indexed by [`ReplicaId`], so that no raw index can slip in. A table
+//! starts at the cluster's size (epoch 0's ids) and only grows, to one past the highest id of
+//! any configuration the replica learns (ids are never reused, see `epoch`).
 
 use std::ops::{Index, IndexMut};
 
@@ -14,6 +15,26 @@ impl<T: Clone> PerRow<T> {
     /// `value` for each of `n` rows.
     pub fn new(n: usize, value: T) -> PerRow<T> {
         PerRow(vec![value; n])
+    }
+
+    /// At least `rows` rows, the new ones holding `value`; never shrinks (an id once handed
+    /// out keeps its row).
+    pub fn grow(&mut self, rows: usize, value: T) {
+        if self.0.len() < rows {
+            self.0.resize(rows, value);
+        }
+    }
+}
+
+impl<T> PerRow<T> {
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (never, in the core: a cluster has a member).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -101,5 +122,9 @@ mod tests {
             PerRow::from_vec(vec![1, 2, 3], 3).map(|p| p[ReplicaId(1)]),
             Some(2)
         );
+        p.grow(5, 9);
+        assert_eq!(p.as_slice(), [0, 0, 7, 9, 9], "new rows take the value");
+        p.grow(2, 1);
+        assert_eq!(p.len(), 5, "never shrinks");
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::core::command::{Command, CommandError, Op, OpResult};
 use crate::core::deps::Deps;
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::{Message, RecoverReply};
@@ -161,6 +162,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
     let kind = match msg {
         Message::PreAccept {
             instance,
+            epoch,
             ballot,
             commands,
             deps,
@@ -169,6 +171,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             ballot: Some(ballot_to_proto(*ballot)),
             commands: commands_to_proto(commands),
             deps: deps_to_proto(deps),
+            epoch: epoch.0,
         }),
         Message::PreAcceptOk {
             instance,
@@ -181,6 +184,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
         }),
         Message::Accept {
             instance,
+            epoch,
             ballot,
             commands,
             deps,
@@ -189,6 +193,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             ballot: Some(ballot_to_proto(*ballot)),
             commands: commands_to_proto(commands),
             deps: deps_to_proto(deps),
+            epoch: epoch.0,
         }),
         Message::AcceptOk { instance, ballot } => Kind::AcceptOk(proto::AcceptOk {
             instance: Some(id_to_proto(*instance)),
@@ -196,6 +201,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
         }),
         Message::Commit {
             instance,
+            epoch,
             ballot,
             commands,
             deps,
@@ -204,6 +210,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             ballot: Some(ballot_to_proto(*ballot)),
             commands: commands_to_proto(commands),
             deps: deps_to_proto(deps),
+            epoch: epoch.0,
         }),
         Message::Nack { instance, promised } => Kind::Nack(proto::Nack {
             instance: Some(id_to_proto(*instance)),
@@ -221,9 +228,14 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             executed_prefix: executed_prefix.clone(),
             collected_prefix: collected_prefix.clone(),
         }),
-        Message::Recover { instance, ballot } => Kind::Recover(proto::Recover {
+        Message::Recover {
+            instance,
+            epoch,
+            ballot,
+        } => Kind::Recover(proto::Recover {
             instance: Some(id_to_proto(*instance)),
             ballot: Some(ballot_to_proto(*ballot)),
+            epoch: epoch.0,
         }),
         Message::RecoverOk {
             instance,
@@ -339,6 +351,7 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
     Ok(match p.kind.ok_or(WireError::Missing("kind"))? {
         Kind::PreAccept(m) => Message::PreAccept {
             instance: id_from(m.instance, n)?,
+            epoch: Epoch(m.epoch),
             ballot: ballot_from(m.ballot, n)?,
             commands: commands_from(m.commands)?,
             deps: deps_from(m.deps, n)?,
@@ -350,6 +363,7 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
         },
         Kind::Accept(m) => Message::Accept {
             instance: id_from(m.instance, n)?,
+            epoch: Epoch(m.epoch),
             ballot: ballot_from(m.ballot, n)?,
             commands: commands_from(m.commands)?,
             deps: deps_from(m.deps, n)?,
@@ -360,6 +374,7 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
         },
         Kind::Commit(m) => Message::Commit {
             instance: id_from(m.instance, n)?,
+            epoch: Epoch(m.epoch),
             ballot: ballot_from(m.ballot, n)?,
             commands: commands_from(m.commands)?,
             deps: deps_from(m.deps, n)?,
@@ -393,6 +408,7 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
         }
         Kind::Recover(m) => Message::Recover {
             instance: id_from(m.instance, n)?,
+            epoch: Epoch(m.epoch),
             ballot: ballot_from(m.ballot, n)?,
         },
         Kind::RecoverOk(m) => {
@@ -478,6 +494,7 @@ pub fn record_to_proto(id: InstanceId, inst: &Instance) -> proto::InstanceRecord
             .map(deps_to_proto)
             .unwrap_or_default(),
         init_known: inst.init_deps.is_some(),
+        epoch: inst.epoch.0,
     }
 }
 
@@ -493,6 +510,8 @@ pub fn record_from_proto(
     };
     let id = id_from(p.instance, n)?;
     let inst = Instance {
+        // An earlier version's record has none: epoch 0, the only epoch it knew.
+        epoch: Epoch(p.epoch),
         status,
         ballot: ballot_from(p.ballot, n)?,
         accepted_ballot,
@@ -564,6 +583,7 @@ mod tests {
         ]);
         let msgs = vec![
             Message::PreAccept {
+                epoch: Epoch(3),
                 instance: id,
                 ballot: b,
                 commands: cmds.clone(),
@@ -575,6 +595,7 @@ mod tests {
                 deps: deps.clone(),
             },
             Message::Accept {
+                epoch: Epoch(4),
                 instance: id,
                 ballot: b,
                 commands: cmds.clone(),
@@ -585,6 +606,7 @@ mod tests {
                 ballot: b,
             },
             Message::Commit {
+                epoch: Epoch(5),
                 instance: id,
                 ballot: b,
                 commands: cmds.clone(),
@@ -603,6 +625,7 @@ mod tests {
                 collected_prefix: vec![1, 0, 0],
             },
             Message::Recover {
+                epoch: Epoch(6),
                 instance: id,
                 ballot: b,
             },
@@ -649,6 +672,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_record_keeps_its_epoch_and_an_earlier_versions_record_is_epoch_zero() {
+        let id = InstanceId::new(ReplicaId(1), 4);
+        let mut inst = Instance::unknown(id, Epoch(2));
+        inst.status = Status::PreAccepted;
+        inst.init_deps = Some(Deps::new());
+        let (_, back) = record_from_proto(record_to_proto(id, &inst), 3).expect("valid");
+        assert_eq!(back, inst);
+        // What an earlier version wrote has no epoch field: it decodes as epoch 0.
+        let mut old = record_to_proto(id, &inst);
+        old.epoch = 0;
+        let (_, back) = record_from_proto(old, 3).expect("valid");
+        assert_eq!(back.epoch, Epoch(0));
+        // And an earlier version's message too.
+        let mut p = message_to_proto(&Message::Recover {
+            instance: id,
+            epoch: Epoch(5),
+            ballot: Ballot {
+                round: 1,
+                replica: ReplicaId(0),
+            },
+        });
+        if let Some(proto::peer_message::Kind::Recover(r)) = &mut p.kind {
+            r.epoch = 0;
+        }
+        assert_eq!(
+            message_from_proto(p, 3).expect("valid").epoch(),
+            Some(Epoch(0))
+        );
+    }
+
     /// A peer's deps out of order and with repeated rows are normalized, not refused (see
     /// `deps_from`): the same set, so the fast-path comparison sees what the peer meant.
     #[test]
@@ -675,7 +729,7 @@ mod tests {
         // A durable record too: what the log holds goes through the same conversion.
         let mut record = record_to_proto(
             InstanceId::new(ReplicaId(1), 0),
-            &Instance::unknown(InstanceId::new(ReplicaId(1), 0)),
+            &Instance::unknown(InstanceId::new(ReplicaId(1), 0), Epoch(0)),
         );
         record.deps = vec![raw(2, 5), raw(0, 1), raw(0, 3)];
         let (_, inst) = record_from_proto(record, 3).expect("valid");
@@ -715,6 +769,7 @@ mod tests {
     fn a_record_that_cannot_exist_is_refused() {
         let id = InstanceId::new(ReplicaId(1), 4);
         let good = Instance {
+            epoch: Epoch(0),
             status: Status::Committed,
             ballot: Ballot::initial(ReplicaId(1)),
             accepted_ballot: None,

@@ -335,7 +335,7 @@ fn describe() {
         "epaxos_peer_contradictions_total",
         "Peer messages refused, never applied, because no correct peer could send them or they \
          contradict what this replica knows (kind: ballot_overflow, commit_differs, commit_unproposed, \
-         watermark_beyond). A correct cluster never counts one."
+         watermark_beyond, not_member, unknown_epoch). A correct cluster never counts one."
     );
 }
 
@@ -411,11 +411,13 @@ pub fn register_all(n: usize, me: u32) {
         Reject::Ballot,
         Reject::ImplausibleCount,
     ];
-    const CONTRADICTIONS: [Contradiction; 4] = [
+    const CONTRADICTIONS: [Contradiction; 6] = [
         Contradiction::BallotOverflow,
         Contradiction::CommitDiffers,
         Contradiction::CommitUnproposed,
         Contradiction::WatermarkBeyond,
+        Contradiction::NotMember,
+        Contradiction::UnknownEpoch,
     ];
     gauge!("epaxos_build_info", "version" => env!("CARGO_PKG_VERSION"),
         "commit" => crate::GIT_COMMIT)

@@ -790,6 +790,7 @@ fn intact_frame_after(bytes: &[u8], at: usize, n: usize) -> Option<Result<usize,
 mod tests {
     use super::*;
     use crate::core::command::{Command, Op};
+    use crate::core::epoch::Epoch;
     use crate::core::ids::{Ballot, ClientId, Incarnation, ReplicaId, RequestId};
     use crate::core::instance::Status;
     use bytes::Bytes;
@@ -806,6 +807,7 @@ mod tests {
         (
             id,
             Instance {
+                epoch: Epoch(0),
                 status,
                 ballot: Ballot::initial(ReplicaId(1)),
                 accepted_ballot: (status == Status::Accepted)

@@ -3,6 +3,7 @@
 
 use super::{Contradiction, Replica, Time};
 use crate::core::deps::Deps;
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::{Commands, Message};
@@ -18,6 +19,7 @@ impl Replica {
         &mut self,
         from: ReplicaId,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         init_deps: Deps,
@@ -66,6 +68,7 @@ impl Replica {
         self.instances.insert(
             id,
             Instance {
+                epoch,
                 status: Status::PreAccepted,
                 ballot,
                 accepted_ballot: None,
@@ -89,6 +92,7 @@ impl Replica {
         &mut self,
         from: ReplicaId,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -125,6 +129,7 @@ impl Replica {
                 self.instances.insert(
                     id,
                     Instance {
+                        epoch,
                         status: Status::Accepted,
                         ballot,
                         accepted_ballot: Some(ballot),
@@ -146,11 +151,15 @@ impl Replica {
         );
     }
 
+    // The Commit's fields as they come (the epoch is the eighth); a struct for them would be
+    // `Message::Commit` again.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_commit(
         &mut self,
         now: Time,
         from: ReplicaId,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -162,7 +171,7 @@ impl Replica {
             self.refuse(from, kind);
             return;
         }
-        self.commit_here(now, id, ballot, commands, deps, None);
+        self.commit_here(now, id, epoch, ballot, commands, deps, None);
     }
 
     /// Answers a Watermark with the Commits the sender lacks, lowest slots first, at most
@@ -206,7 +215,7 @@ impl Replica {
         let mut budget = self.opts.watermark_commits_max;
         // Slots looked at, sent or not: bounds the work one Watermark can cause.
         let mut scan = 16 * self.opts.watermark_commits_max;
-        for (row_id, start) in (0..self.opts.n as u32).map(ReplicaId).zip(prefix) {
+        for (row_id, start) in (0..self.rows() as u32).map(ReplicaId).zip(prefix) {
             let mut slot = start;
             while slot < self.committed_end[row_id] && budget > 0 && scan > 0 {
                 scan -= 1;

@@ -120,7 +120,7 @@ impl Replica {
     /// Drops the instances that are executed here and at every peer, or at a majority with the
     /// retention beyond them (see the module's doc).
     pub(super) fn collect_garbage(&mut self) {
-        for row in (0..self.opts.n as u32).map(ReplicaId) {
+        for row in (0..self.rows() as u32).map(ReplicaId) {
             let (everyone, majority) = self.executed_bounds(row);
             self.count_retained(row, majority);
             let limit = everyone
@@ -163,7 +163,7 @@ impl Replica {
         let majority = if self.opts.sabotage.collect_without_majority() {
             mine
         } else {
-            self.slow_quorum
+            (self.configuration().slow_quorum())
                 .checked_sub(2)
                 .and_then(|i| peers.get(i).copied())
                 .unwrap_or(mine)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Committed, Path, Replica, Time};
 use crate::core::command::Command;
 use crate::core::deps::Deps;
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, InstanceId};
 use crate::core::instance::{Instance, Status};
 use crate::core::message::Commands;
@@ -14,10 +15,14 @@ use crate::core::message::Commands;
 impl Replica {
     /// Commits `id` here with a decided value (decided as its leader, learnt from a Commit, or
     /// found by recovery): the one commit path.
+    // The decided value's parts and where it came from; the epoch is only read for an
+    // instance learnt here for the first time.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn commit_here(
         &mut self,
         now: Time,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -39,6 +44,7 @@ impl Replica {
                 self.instances.insert(
                     id,
                     Instance {
+                        epoch,
                         status: Status::Committed,
                         ballot,
                         accepted_ballot: None,

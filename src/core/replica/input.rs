@@ -14,7 +14,8 @@ impl Replica {
     /// replica ids outside the cluster; the core checks everything again because it is also fed
     /// directly (simulator, tests) and because the rest needs its state (its next slot).
     pub(super) fn check_input(&self, from: ReplicaId, msg: &Message) -> Result<(), Reject> {
-        let (n, me) = (self.opts.n, self.opts.id);
+        // Ids are checked against every row known here (epoch 0's ids and those added since).
+        let (n, me) = (self.rows(), self.opts.id);
         if from.index() >= n || from == me {
             return Err(Reject::Sender);
         }
@@ -114,7 +115,9 @@ impl Replica {
                 }
                 Ok(())
             }
-            Message::Recover { instance, ballot } => {
+            Message::Recover {
+                instance, ballot, ..
+            } => {
                 ballot_ok(*instance, *ballot)?;
                 sent_by_owner(*instance, *ballot, true)
             }
@@ -168,6 +171,39 @@ impl Replica {
                 Ok(())
             }
         }
+    }
+
+    /// Whether `msg` contradicts the membership of the epoch it concerns (see `epoch`): it names
+    /// an epoch this replica has not learnt, or it is a vote (or a PreAccept) from a replica
+    /// that is not a member of the instance's epoch. A vote is checked against the epoch of
+    /// the instance as this replica holds it (a vote on an instance it does not hold is
+    /// dropped by its handler anyway); a PreAccept against the epoch it names, since only a
+    /// member of an epoch leads instances in it.
+    pub(super) fn membership_contradiction(
+        &self,
+        from: ReplicaId,
+        msg: &Message,
+    ) -> Option<Contradiction> {
+        if let Some(epoch) = msg.epoch() {
+            let Some(config) = self.configuration_of(epoch) else {
+                return Some(Contradiction::UnknownEpoch);
+            };
+            if matches!(msg, Message::PreAccept { .. }) && !config.is_member(from) {
+                return Some(Contradiction::NotMember);
+            }
+        }
+        let vote = matches!(
+            msg,
+            Message::PreAcceptOk { .. }
+                | Message::AcceptOk { .. }
+                | Message::RecoverOk { .. }
+                | Message::ValidateOk { .. }
+        );
+        let id = msg.instance()?;
+        if vote && self.instances.contains_key(&id) && !self.votes_on(id, from) {
+            return Some(Contradiction::NotMember);
+        }
+        None
     }
 
     /// Whether a Commit of `id` contradicts what this replica knows for certain (see

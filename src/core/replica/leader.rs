@@ -45,6 +45,7 @@ impl Replica {
         self.instances.insert(
             id,
             Instance {
+                epoch: self.configuration().epoch(),
                 status: Status::PreAccepted,
                 ballot,
                 accepted_ballot: None,
@@ -55,7 +56,7 @@ impl Replica {
         );
         self.save(id);
         self.ready.batches.push(commands.len());
-        let asked = self.targets(now, self.fast_quorum - 1);
+        let asked = self.targets(now, id, self.fast_quorum_of(id) - 1);
         self.leading.insert(
             id,
             Leading {
@@ -73,6 +74,7 @@ impl Replica {
             asked,
             Message::PreAccept {
                 instance: id,
+                epoch: self.configuration().epoch(),
                 ballot,
                 commands,
                 deps,
@@ -85,16 +87,14 @@ impl Replica {
     /// in thrifty mode just `needed` of them (the next ids after ours, a fixed choice).
     /// In thrifty mode, peers not suspected come first (then the next ids after ours), so a
     /// dead peer does not cost every instance a resend timeout.
-    fn targets(&self, now: Time, needed: usize) -> Vec<ReplicaId> {
-        let n = self.opts.n as u32;
+    /// Only members of `id`'s epoch are asked: nobody else's answer is a vote.
+    fn targets(&self, now: Time, id: InstanceId, needed: usize) -> Vec<ReplicaId> {
+        let mut peers = self.voters(id);
         let count = if self.opts.thrifty {
             needed
         } else {
-            self.opts.n - 1
+            peers.len()
         };
-        let mut peers: Vec<ReplicaId> = (1..n)
-            .map(|k| ReplicaId((self.opts.id.0 + k) % n))
-            .collect();
         // Stable: keeps the id order among peers alike.
         peers.sort_by_key(|p| self.is_suspected(*p, now));
         peers.truncate(count);
@@ -157,12 +157,13 @@ impl Replica {
             .iter()
             .filter(|p| !lead.has_answered(**p) && !self.is_suspected(**p, now))
             .count();
-        if matching >= self.fast_quorum {
+        let (fast_quorum, slow_quorum) = (self.fast_quorum_of(id), self.slow_quorum_of(id));
+        if matching >= fast_quorum {
             self.commit_led(now, id, init_deps, Path::Fast);
             return;
         }
-        let fast_possible = matching + unanswered >= self.fast_quorum;
-        if answered >= self.slow_quorum && (!fast_possible || timed_out) {
+        let fast_possible = matching + unanswered >= fast_quorum;
+        if answered >= slow_quorum && (!fast_possible || timed_out) {
             let mut union = init_deps;
             for (_, d) in replies {
                 union.union_with(d);
@@ -172,7 +173,7 @@ impl Replica {
     }
 
     pub(super) fn start_accept(&mut self, now: Time, id: InstanceId, deps: Deps) {
-        let asked = self.targets(now, self.slow_quorum - 1);
+        let asked = self.targets(now, id, self.slow_quorum_of(id) - 1);
         let inst = self
             .instances
             .get_mut(&id)
@@ -182,6 +183,7 @@ impl Replica {
         inst.deps = deps.clone();
         let msg = Message::Accept {
             instance: id,
+            epoch: inst.epoch,
             ballot: inst.ballot,
             commands: inst.commands.clone(),
             deps,
@@ -229,7 +231,7 @@ impl Replica {
             panic!("deciding the Accept of {id}, which is not led here");
         };
         if let Phase::Accepting { acks } = &lead.phase {
-            if 1 + acks.len() >= self.slow_quorum {
+            if 1 + acks.len() >= self.slow_quorum_of(id) {
                 let path = if lead.recovery {
                     Path::Recovered
                 } else {
@@ -253,16 +255,17 @@ impl Replica {
         // The leader's own copy takes the decided deps here (commit_here's sabotage switch is
         // about Commits learnt from peers).
         inst.deps = deps.clone();
-        let (ballot, commands) = (inst.ballot, inst.commands.clone());
+        let (epoch, ballot, commands) = (inst.epoch, inst.ballot, inst.commands.clone());
         let msg = Message::Commit {
             instance: id,
+            epoch,
             ballot,
             commands: commands.clone(),
             deps: deps.clone(),
         };
         self.send(self.peers(), msg);
         let led = Some((path, now.saturating_sub(lead.started_at)));
-        self.commit_here(now, id, ballot, commands, deps, led);
+        self.commit_here(now, id, epoch, ballot, commands, deps, led);
     }
 
     pub(super) fn on_retry_timeout(&mut self, now: Time, id: InstanceId) {
@@ -270,7 +273,7 @@ impl Replica {
             return;
         };
         if let Phase::PreAccepting { replies } = &lead.phase {
-            if 1 + replies.len() >= self.slow_quorum {
+            if 1 + replies.len() >= self.slow_quorum_of(id) {
                 // A slow quorum answered but the fast quorum did not come in time.
                 self.decide_pre_accept(now, id, true);
                 return;
@@ -281,18 +284,20 @@ impl Replica {
         let silent: Vec<ReplicaId> = self
             .peers()
             .into_iter()
-            .filter(|p| !lead.has_answered(*p))
+            .filter(|p| self.votes_on(id, *p) && !lead.has_answered(*p))
             .collect();
         let inst = &self.instances[&id];
         let msg = match &lead.phase {
             Phase::PreAccepting { .. } => Message::PreAccept {
                 instance: id,
+                epoch: inst.epoch,
                 ballot: inst.ballot,
                 commands: inst.commands.clone(),
                 deps: inst.init_deps.clone().unwrap_or_default(),
             },
             Phase::Accepting { .. } => Message::Accept {
                 instance: id,
+                epoch: inst.epoch,
                 ballot: inst.ballot,
                 commands: inst.commands.clone(),
                 deps: inst.deps.clone(),

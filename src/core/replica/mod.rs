@@ -44,6 +44,7 @@ use std::time::Duration;
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::{Command, Op, OpResult};
 use crate::core::deps::ConflictIndex;
+use crate::core::epoch::{Configuration, Epoch};
 use crate::core::execute;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
@@ -51,7 +52,6 @@ use crate::core::kv::{self, KvStore};
 use crate::core::limits;
 use crate::core::message::Message;
 use crate::core::per_row::PerRow;
-use crate::core::quorum;
 
 pub use options::{Options, OptionsError, Sabotage};
 pub use ready::{
@@ -70,8 +70,10 @@ pub type Token = u64;
 /// One replica's protocol state.
 pub struct Replica {
     opts: Options,
-    fast_quorum: usize,
-    slow_quorum: usize,
+    /// The configuration of each epoch this replica knows, oldest first (epoch `k` at index
+    /// `k`; today only epoch 0). Every instance's quorums and "is the sender a member?" come
+    /// from its own epoch's entry, never from the current one (see `epoch`).
+    configurations: Vec<Configuration>,
     instances: HashMap<InstanceId, Instance>,
     index: ConflictIndex,
     kv: KvStore,
@@ -148,8 +150,7 @@ impl Replica {
         opts.validate()
             .expect("options are validated by the caller");
         Replica {
-            fast_quorum: quorum::fast_quorum(opts.n),
-            slow_quorum: quorum::slow_quorum(opts.n),
+            configurations: vec![Configuration::initial(opts.n)],
             index: ConflictIndex::new(opts.n),
             instances: HashMap::new(),
             kv: KvStore::new(),
@@ -264,6 +265,7 @@ impl Replica {
                         },
                         Message::PreAccept {
                             instance: *id,
+                            epoch: inst.epoch,
                             ballot: inst.ballot,
                             commands: inst.commands.clone(),
                             deps: inst.init_deps.clone().unwrap_or_default(),
@@ -273,6 +275,7 @@ impl Replica {
                         Phase::Accepting { acks: Vec::new() },
                         Message::Accept {
                             instance: *id,
+                            epoch: inst.epoch,
                             ballot: inst.ballot,
                             commands: inst.commands.clone(),
                             deps: inst.deps.clone(),
@@ -312,6 +315,105 @@ impl Replica {
 
     pub fn options(&self) -> &Options {
         &self.opts
+    }
+
+    /// The current epoch and its members here.
+    pub fn configuration(&self) -> &Configuration {
+        self.configurations
+            .last()
+            .expect("a replica always knows epoch 0")
+    }
+
+    /// The configuration of `epoch`, if this replica knows it.
+    pub fn configuration_of(&self, epoch: Epoch) -> Option<&Configuration> {
+        usize::try_from(epoch.0)
+            .ok()
+            .and_then(|e| self.configurations.get(e))
+    }
+
+    /// The configuration whose quorums decide `id`: its own epoch's. An instance not in the
+    /// table is decided under the current one (a recoverer that never heard of it names that
+    /// epoch in its Recover; see `epoch`).
+    fn deciding(&self, id: InstanceId) -> &Configuration {
+        self.instances
+            .get(&id)
+            .and_then(|inst| self.configuration_of(inst.epoch))
+            .unwrap_or_else(|| self.configuration())
+    }
+
+    /// Members (leader included) that must report the initial deps for `id`'s fast path.
+    fn fast_quorum_of(&self, id: InstanceId) -> usize {
+        self.deciding(id).fast_quorum()
+    }
+
+    /// Members (leader included) that must accept for `id`'s slow path.
+    fn slow_quorum_of(&self, id: InstanceId) -> usize {
+        self.deciding(id).slow_quorum()
+    }
+
+    /// The members of `id`'s epoch but this replica, the ids after this one's first (wrapping
+    /// around): whom to ask for votes on it.
+    fn voters(&self, id: InstanceId) -> Vec<ReplicaId> {
+        let me = self.opts.id;
+        let members = self.deciding(id).members();
+        let after = members.partition_point(|m| *m <= me);
+        members[after..]
+            .iter()
+            .chain(&members[..after])
+            .copied()
+            .filter(|m| *m != me)
+            .collect()
+    }
+
+    /// Takes `next` as the configuration of the epoch after the current one; `false` (and
+    /// nothing changes) if it is not the next epoch. Only what consensus decided may come here:
+    /// the tests call it directly today; executing a `Reconfigure` will (issue 15, step 2).
+    /// Every per-row table grows to the new configuration's highest id (see `PerRow`).
+    #[allow(dead_code)]
+    pub(crate) fn adopt_configuration(&mut self, next: Configuration) -> bool {
+        if next.epoch().0 != self.configuration().epoch().0 + 1 {
+            return false;
+        }
+        let rows = next.rows();
+        self.configurations.push(next);
+        self.grow_rows(rows);
+        true
+    }
+
+    /// Grows every per-row table to `rows` rows (ids never shrink, see `PerRow`).
+    fn grow_rows(&mut self, rows: usize) {
+        if rows <= self.rows() {
+            return;
+        }
+        self.index.grow(rows);
+        self.to_execute.grow(rows);
+        self.prefix_waiters.grow(rows, BTreeMap::new());
+        self.committed_prefix.grow(rows, 0);
+        self.committed_end.grow(rows, 0);
+        self.executed_prefix.grow(rows, 0);
+        self.gc_prefix.grow(rows, 0);
+        self.retained.grow(rows, collect::Retained::default());
+        self.horizons.grow(rows, 0);
+        // A new row's peer starts heard now-or-never alike: as if at the replica's start.
+        self.last_heard.grow(rows, Duration::ZERO);
+        for table in [&mut self.peer_committed, &mut self.peer_executed] {
+            for peer in table.iter_mut() {
+                peer.grow(rows, 0);
+            }
+            table.grow(rows, PerRow::new(rows, 0));
+        }
+    }
+
+    /// How many rows the per-row tables hold: one past the highest id of any configuration
+    /// known here.
+    pub(crate) fn rows(&self) -> usize {
+        self.committed_prefix.len()
+    }
+
+    /// Whether `from`'s answer may count as a vote on `id`: it is a member of `id`'s epoch. A
+    /// non-member's answer is never a vote (a quorum of a configuration counts its members).
+    fn votes_on(&self, id: InstanceId, from: ReplicaId) -> bool {
+        self.deciding(id).is_member(from)
     }
 
     /// Commands that restoring this replica refused as expired while it executed its log
@@ -474,13 +576,18 @@ impl Replica {
             self.refuse(from, Contradiction::BallotOverflow);
             return;
         }
+        if let Some(contradiction) = self.membership_contradiction(from, &msg) {
+            self.refuse(from, contradiction);
+            return;
+        }
         match msg {
             Message::PreAccept {
                 instance,
+                epoch,
                 ballot,
                 commands,
                 deps,
-            } => self.handle_pre_accept(from, instance, ballot, commands, deps),
+            } => self.handle_pre_accept(from, instance, epoch, ballot, commands, deps),
             Message::PreAcceptOk {
                 instance,
                 ballot,
@@ -488,19 +595,21 @@ impl Replica {
             } => self.handle_pre_accept_ok(now, from, instance, ballot, deps),
             Message::Accept {
                 instance,
+                epoch,
                 ballot,
                 commands,
                 deps,
-            } => self.handle_accept(from, instance, ballot, commands, deps),
+            } => self.handle_accept(from, instance, epoch, ballot, commands, deps),
             Message::AcceptOk { instance, ballot } => {
                 self.handle_accept_ok(now, from, instance, ballot)
             }
             Message::Commit {
                 instance,
+                epoch,
                 ballot,
                 commands,
                 deps,
-            } => self.handle_commit(now, from, instance, ballot, commands, deps),
+            } => self.handle_commit(now, from, instance, epoch, ballot, commands, deps),
             Message::Nack { instance, promised } => self.handle_nack(now, instance, promised),
             Message::CommitRequest { instances } => self.handle_commit_request(from, instances),
             Message::Watermark {
@@ -508,9 +617,11 @@ impl Replica {
                 executed_prefix,
                 collected_prefix,
             } => self.handle_watermark(from, committed_prefix, executed_prefix, collected_prefix),
-            Message::Recover { instance, ballot } => {
-                self.handle_recover(now, from, instance, ballot)
-            }
+            Message::Recover {
+                instance,
+                epoch,
+                ballot,
+            } => self.handle_recover(now, from, instance, epoch, ballot),
             Message::RecoverOk {
                 instance,
                 ballot,

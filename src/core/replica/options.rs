@@ -188,6 +188,9 @@ impl Options {
         if self.n.is_multiple_of(2) {
             return Err(OptionsError::Even(self.n));
         }
+        if self.n >= limits::MEMBERS_EVER_MAX {
+            return Err(OptionsError::TooMany(self.n));
+        }
         for (name, v) in [
             ("batch_max", self.batch_max),
             ("batch_bytes_max", self.batch_bytes_max),
@@ -226,6 +229,11 @@ pub enum OptionsError {
     Id(ReplicaId, usize),
     #[error("a cluster of {0} replicas: the number of replicas must be odd (quorums need not intersect otherwise)")]
     Even(usize),
+    #[error(
+        "a cluster of {0} replicas: at most {max} ids are ever handed out",
+        max = limits::MEMBERS_EVER_MAX
+    )]
+    TooMany(usize),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error(

@@ -80,6 +80,12 @@ pub enum Contradiction {
     /// A Watermark claiming more than its sender can have: a row executed beyond where it is
     /// committed, or this replica's own row committed beyond the slots it ever proposed.
     WatermarkBeyond,
+    /// A vote (PreAcceptOk, AcceptOk, RecoverOk, ValidateOk) on an instance from a replica that
+    /// is not a member of the instance's epoch, or a PreAccept led by one: its quorums count
+    /// only that epoch's members (see `epoch`).
+    NotMember,
+    /// A message naming an epoch this replica has not learnt (above its current one).
+    UnknownEpoch,
 }
 
 impl Contradiction {
@@ -90,6 +96,8 @@ impl Contradiction {
             Contradiction::CommitDiffers => "commit_differs",
             Contradiction::CommitUnproposed => "commit_unproposed",
             Contradiction::WatermarkBeyond => "watermark_beyond",
+            Contradiction::NotMember => "not_member",
+            Contradiction::UnknownEpoch => "unknown_epoch",
         }
     }
 }

@@ -6,20 +6,23 @@ use std::collections::{BTreeMap, HashMap};
 use super::recoveries::{Recovery, RecoveryPhase};
 use super::{Path, Replica, Time};
 use crate::core::deps::{keys_of, ConflictKey, Deps};
+use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::message::{Commands, Message, RecoverReply};
 use crate::core::recovery::{self, AfterValidate, Awaited, Decision};
 
 impl Replica {
-    /// `e` of EPaxos*: how many replicas the fast path may miss.
-    pub(super) fn e(&self) -> usize {
-        self.opts.n - self.fast_quorum
+    /// `e` of EPaxos* for `id`: how many members of its epoch the fast path may miss.
+    pub(super) fn e(&self, id: InstanceId) -> usize {
+        let c = self.deciding(id);
+        c.len() - c.fast_quorum()
     }
 
-    /// `f`: how many replicas may fail.
-    fn f(&self) -> usize {
-        self.opts.n - self.slow_quorum
+    /// `f` for `id`: how many members of its epoch may fail.
+    fn f(&self, id: InstanceId) -> usize {
+        let c = self.deciding(id);
+        c.len() - c.slow_quorum()
     }
 
     /// Takes over the needed instances that stayed uncommitted past their recovery time (and
@@ -73,10 +76,11 @@ impl Replica {
             return;
         }
         let me = self.opts.id;
+        let current = self.configuration().epoch();
         let inst = self
             .instances
             .entry(id)
-            .or_insert_with(|| Instance::unknown(id));
+            .or_insert_with(|| Instance::unknown(id, current));
         if inst.status.is_decided() {
             return; // committed since it was needed: nothing to recover
         }
@@ -86,6 +90,7 @@ impl Replica {
             return;
         };
         inst.ballot = ballot;
+        let epoch = inst.epoch;
         let mine = reply_of(inst);
         self.save(id);
         self.leading.remove(&id);
@@ -100,10 +105,17 @@ impl Replica {
             },
         );
         self.ready.recoveries_started += 1;
+        // Only the members of the instance's epoch: nobody else's answer counts.
+        let asked = self
+            .peers()
+            .into_iter()
+            .filter(|p| self.votes_on(id, *p))
+            .collect();
         self.send(
-            self.peers(),
+            asked,
             Message::Recover {
                 instance: id,
+                epoch,
                 ballot,
             },
         );
@@ -114,6 +126,7 @@ impl Replica {
         now: Time,
         from: ReplicaId,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
     ) {
         if self.forgotten(id) || self.abstains(id) {
@@ -122,7 +135,7 @@ impl Replica {
         let inst = self
             .instances
             .entry(id)
-            .or_insert_with(|| Instance::unknown(id));
+            .or_insert_with(|| Instance::unknown(id, epoch));
         if inst.status.is_decided() {
             self.send_commit(from, id);
             return;
@@ -162,8 +175,8 @@ impl Replica {
         ballot: Ballot,
         reply: RecoverReply,
     ) {
-        let e = self.e();
-        let slow_quorum = self.slow_quorum;
+        let e = self.e(id);
+        let slow_quorum = self.slow_quorum_of(id);
         let Some(rec) = self.recovering.get_mut(&id) else {
             return; // a late answer: the recovery ended (decided, or taken over by another)
         };
@@ -266,9 +279,11 @@ impl Replica {
             panic!("committing {id} as recovered, but no recovery of ours carries it");
         };
         let took = now.saturating_sub(rec.started_at);
+        let epoch = self.deciding(id).epoch();
         self.commit_here(
             now,
             id,
+            epoch,
             rec.ballot,
             commands,
             deps,
@@ -437,7 +452,7 @@ impl Replica {
 
     /// Step 3, once the whole quorum answered Validate.
     fn check_validated(&mut self, now: Time, id: InstanceId) {
-        let e = self.e();
+        let e = self.e(id);
         let Some(rec) = self.recovering.get_mut(&id) else {
             return; // a ValidateOk after the recovery ended
         };
@@ -560,7 +575,8 @@ impl Replica {
             })
             .collect();
         let (commands, deps) = (commands.clone(), deps.clone());
-        match recovery::after_waiting(self.opts.n, self.f(), self.e(), &states) {
+        let n = self.deciding(id).len();
+        match recovery::after_waiting(n, self.f(id), self.e(id), &states) {
             Some(Decision::Accept(..)) => self.recovery_accept(now, id, commands, deps),
             Some(_) => self.recovery_accept(now, id, Commands::default(), Deps::new()),
             None => {}

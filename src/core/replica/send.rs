@@ -10,6 +10,7 @@ impl Replica {
         let inst = &self.instances[&id];
         let msg = Message::Commit {
             instance: id,
+            epoch: inst.epoch,
             ballot: inst.ballot,
             commands: inst.commands.clone(),
             deps: inst.deps.clone(),
@@ -39,11 +40,18 @@ impl Replica {
         }
     }
 
+    /// Every other replica of any configuration known here (the members of epoch 0, then
+    /// those added since): whom Commits, Watermarks and other news go to.
     pub(super) fn peers(&self) -> Vec<ReplicaId> {
-        (0..self.opts.n as u32)
-            .map(ReplicaId)
+        let mut peers: Vec<ReplicaId> = self
+            .configurations
+            .iter()
+            .flat_map(|c| c.members().iter().copied())
             .filter(|r| *r != self.opts.id)
-            .collect()
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
     }
 
     /// Tells `to` that this replica promised `promised` for `id`, above its message's ballot.
@@ -68,11 +76,11 @@ impl Replica {
                 // Far beyond anything proposed, yet below `SLOT_LIMIT` (which `check_input`
                 // rejects as impossible before any comparison): a lie only a replica that
                 // knows the row can catch.
-                let everything = vec![crate::core::ids::SLOT_LIMIT - 1; self.opts.n];
+                let everything = vec![crate::core::ids::SLOT_LIMIT - 1; self.rows()];
                 Message::Watermark {
                     committed_prefix: everything.clone(),
                     executed_prefix: everything,
-                    collected_prefix: vec![0; self.opts.n],
+                    collected_prefix: vec![0; self.rows()],
                 }
             }
             msg => msg,

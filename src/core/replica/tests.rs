@@ -89,6 +89,7 @@ fn executed_instances_committed_everywhere_are_dropped_and_stay_executed() {
     settle(&mut rs, Duration::ZERO, |_, _| false);
     let first = InstanceId::new(ReplicaId(0), 0);
     let commit = Message::Commit {
+        epoch: Epoch(0),
         instance: first,
         ballot: Ballot::initial(ReplicaId(0)),
         commands: rs[0].instance(first).expect("known").commands.clone(),
@@ -217,18 +218,21 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
     // Below the horizon: no vote of any kind, nothing kept.
     for msg in [
         Message::PreAccept {
+            epoch: Epoch(0),
             instance: InstanceId::new(r0, 4),
             ballot: b0,
             commands: commands.clone(),
             deps: Deps::new(),
         },
         Message::Accept {
+            epoch: Epoch(0),
             instance: InstanceId::new(r0, 3),
             ballot: b0,
             commands: commands.clone(),
             deps: Deps::new(),
         },
         Message::Recover {
+            epoch: Epoch(0),
             instance: InstanceId::new(r0, 2),
             ballot: Ballot {
                 round: 1,
@@ -246,6 +250,7 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
         now,
         r0,
         Message::Commit {
+            epoch: Epoch(0),
             instance: InstanceId::new(r0, 0),
             ballot: b0,
             commands: commands.clone(),
@@ -260,6 +265,7 @@ fn a_rejoined_replica_abstains_below_its_horizons_and_covers_them_in_deps() {
         now,
         r0,
         Message::PreAccept {
+            epoch: Epoch(0),
             instance: InstanceId::new(r0, 5),
             ballot: b0,
             commands: Arc::new(vec![put(2, "other")]),
@@ -300,6 +306,7 @@ fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
         Duration::ZERO,
         ReplicaId(1),
         Message::PreAccept {
+            epoch: Epoch(0),
             instance: InstanceId::new(ReplicaId(1), 7),
             ballot: Ballot::initial(ReplicaId(1)),
             commands: Arc::new(vec![put(3, "c")]),
@@ -436,6 +443,7 @@ fn ballots_never_wrap_at_the_top_round() {
         Duration::ZERO,
         ReplicaId(2),
         Message::Recover {
+            epoch: Epoch(0),
             instance: id,
             ballot: top,
         },
@@ -570,6 +578,7 @@ fn commits_that_contradict_what_a_replica_knows_are_refused() {
     }]);
     let digest = rs[1].kv().digest();
     let commit = |instance, commands: &Commands, deps: Deps| Message::Commit {
+        epoch: Epoch(0),
         instance,
         ballot: Ballot::initial(instance.replica),
         commands: commands.clone(),
@@ -755,4 +764,183 @@ fn a_recovery_in_progress_holds_its_instance_at_its_ballot() {
     };
     let broken = rs[1].check_invariants().expect_err("the promise moved on");
     assert!(broken.contains("recovering 0.0"), "{broken}");
+}
+
+/// Epoch 1 = {r0, r1} adopted by r0 and r1 only (as if a change had executed there).
+fn two_member_epoch(rs: &mut [Replica]) -> Configuration {
+    let e1 = Configuration::new(Epoch(1), vec![ReplicaId(0), ReplicaId(1)]).expect("valid");
+    for r in rs.iter_mut().take(2) {
+        assert!(r.adopt_configuration(e1.clone()), "epoch 1 follows epoch 0");
+    }
+    e1
+}
+
+#[test]
+fn an_instance_carries_its_leaders_epoch_and_asks_only_its_members() {
+    let mut rs = cluster(3);
+    two_member_epoch(&mut rs);
+    let t = Duration::ZERO;
+    rs[0].propose(1, put(1, "a")).expect("room");
+    rs[0].flush(t);
+    let id = InstanceId::new(ReplicaId(0), 0);
+    assert_eq!(rs[0].instance(id).expect("led").epoch, Epoch(1));
+    let sent = rs[0].take_ready().messages;
+    let pre_accepts: Vec<&Outgoing> = sent
+        .iter()
+        .filter(|o| matches!(o.msg, Message::PreAccept { .. }))
+        .collect();
+    assert_eq!(pre_accepts.len(), 1);
+    assert_eq!(
+        pre_accepts[0].to,
+        vec![ReplicaId(1)],
+        "r2 is no member of epoch 1"
+    );
+    assert_eq!(pre_accepts[0].msg.epoch(), Some(Epoch(1)));
+    // r2 never learnt epoch 1: a message naming it is refused and creates nothing.
+    rs[2].handle(t, ReplicaId(0), pre_accepts[0].msg.clone());
+    let ready = rs[2].take_ready();
+    assert_eq!(
+        ready.refused,
+        vec![Refused {
+            peer: ReplicaId(0),
+            kind: Contradiction::UnknownEpoch
+        }]
+    );
+    assert!(rs[2].instance(id).is_none());
+}
+
+#[test]
+fn a_vote_from_a_replica_outside_the_instances_epoch_is_refused_not_counted() {
+    let mut rs = cluster(3);
+    two_member_epoch(&mut rs);
+    let t = Duration::ZERO;
+    rs[0].propose(1, put(1, "a")).expect("room");
+    rs[0].flush(t);
+    let _ = rs[0].take_ready();
+    let id = InstanceId::new(ReplicaId(0), 0);
+    // Epoch 1 has two members: its fast quorum is both. r2's matching answer would make two
+    // with r0's own, so counting it would commit.
+    let vote = Message::PreAcceptOk {
+        instance: id,
+        ballot: Ballot::initial(ReplicaId(0)),
+        deps: Deps::new(),
+    };
+    rs[0].handle(t, ReplicaId(2), vote.clone());
+    let ready = rs[0].take_ready();
+    assert_eq!(
+        ready.refused,
+        vec![Refused {
+            peer: ReplicaId(2),
+            kind: Contradiction::NotMember
+        }]
+    );
+    assert!(
+        ready.committed.is_empty(),
+        "a non-member's vote decided nothing"
+    );
+    assert!(!rs[0].instance(id).expect("led").status.is_decided());
+    // The member's identical answer commits it (fast path, both members).
+    rs[0].handle(t, ReplicaId(1), vote);
+    let ready = rs[0].take_ready();
+    assert_eq!(ready.committed.len(), 1);
+    assert!(rs[0].instance(id).expect("led").status.is_decided());
+}
+
+#[test]
+fn a_pre_accept_from_a_non_member_is_refused_and_old_instances_keep_their_epochs_quorums() {
+    let mut rs = cluster(3);
+    two_member_epoch(&mut rs);
+    let t = Duration::ZERO;
+    // r2 leading in epoch 1, of which it is no member: nobody takes it.
+    let foreign = Message::PreAccept {
+        instance: InstanceId::new(ReplicaId(2), 0),
+        epoch: Epoch(1),
+        ballot: Ballot::initial(ReplicaId(2)),
+        commands: Arc::new(vec![put(9, "z")]),
+        deps: Deps::new(),
+    };
+    rs[1].handle(t, ReplicaId(2), foreign);
+    assert_eq!(
+        rs[1].take_ready().refused,
+        vec![Refused {
+            peer: ReplicaId(2),
+            kind: Contradiction::NotMember
+        }]
+    );
+    // An epoch-0 instance of r2's, started before the change, is still voted on by r1 and
+    // r2's vote counts for epoch-0 instances at r0 (it is a member of epoch 0).
+    let old = InstanceId::new(ReplicaId(2), 0);
+    rs[1].handle(
+        t,
+        ReplicaId(2),
+        Message::PreAccept {
+            instance: old,
+            epoch: Epoch(0),
+            ballot: Ballot::initial(ReplicaId(2)),
+            commands: Arc::new(vec![put(9, "z")]),
+            deps: Deps::new(),
+        },
+    );
+    let ready = rs[1].take_ready();
+    assert!(ready.refused.is_empty());
+    assert_eq!(rs[1].instance(old).expect("pre-accepted").epoch, Epoch(0));
+}
+
+#[test]
+fn rows_grow_to_an_added_members_id_and_its_instances_commit_and_execute() {
+    let mut rs = cluster(3);
+    let e1 = Configuration::new(Epoch(1), (0..4).map(ReplicaId).collect()).expect("valid");
+    for r in rs.iter_mut() {
+        assert_eq!(r.rows(), 3);
+        assert!(r.adopt_configuration(e1.clone()));
+        assert_eq!(r.rows(), 4, "a row for id 3");
+        let Message::Watermark {
+            committed_prefix, ..
+        } = r.watermark()
+        else {
+            panic!("a watermark");
+        };
+        assert_eq!(committed_prefix.len(), 4, "watermarks carry the new row");
+    }
+    // r3 (not simulated here) leads 3.0 in epoch 1; r0 votes and later learns the commit.
+    let t = Duration::ZERO;
+    let id = InstanceId::new(ReplicaId(3), 0);
+    let commands: Commands = Arc::new(vec![put(7, "a")]);
+    rs[0].handle(
+        t,
+        ReplicaId(3),
+        Message::PreAccept {
+            instance: id,
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(3)),
+            commands: commands.clone(),
+            deps: Deps::new(),
+        },
+    );
+    let ready = rs[0].take_ready();
+    assert!(ready.rejected.is_empty() && ready.refused.is_empty());
+    assert!(ready
+        .messages
+        .iter()
+        .any(|o| o.to == vec![ReplicaId(3)] && matches!(o.msg, Message::PreAcceptOk { .. })));
+    rs[0].handle(
+        t,
+        ReplicaId(3),
+        Message::Commit {
+            instance: id,
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(3)),
+            commands,
+            deps: Deps::new(),
+        },
+    );
+    assert_eq!(rs[0].kv().executed(), 1, "3.0 executed at r0");
+    assert_eq!(rs[0].committed_prefix.as_slice(), [0, 0, 0, 1]);
+    // A write proposed at r0 afterwards depends on the new row's instance.
+    rs[0].propose(1, put(1, "a")).expect("room");
+    rs[0].flush(t);
+    let mine = InstanceId::new(ReplicaId(0), 0);
+    assert_eq!(rs[0].instance(mine).expect("led").deps, Deps::from([id]));
+    // Commits and Watermarks now go to r3 too.
+    assert!(rs[0].peers().contains(&ReplicaId(3)));
 }
