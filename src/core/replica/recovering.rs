@@ -77,6 +77,16 @@ impl Replica {
         }
         let me = self.opts.id;
         let current = self.configuration().epoch();
+        // A recoverer counts its own answer (and, in the Accept phase it may lead, itself) as
+        // a vote: only a member of the instance's epoch may recover it. Members do (an
+        // instance's epoch always has a live majority to make progress at all).
+        let epoch = self.instances.get(&id).map_or(current, |i| i.epoch);
+        if !self
+            .configuration_of(epoch)
+            .is_some_and(|c| c.is_member(me))
+        {
+            return;
+        }
         let inst = self
             .instances
             .entry(id)

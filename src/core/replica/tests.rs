@@ -944,3 +944,62 @@ fn rows_grow_to_an_added_members_id_and_its_instances_commit_and_execute() {
     // Commits and Watermarks now go to r3 too.
     assert!(rs[0].peers().contains(&ReplicaId(3)));
 }
+
+#[test]
+fn a_replica_outside_an_instances_epoch_does_not_recover_it() {
+    let mut rs = cluster(3);
+    two_member_epoch(&mut rs);
+    rs[2].adopt_configuration(
+        Configuration::new(Epoch(1), vec![ReplicaId(0), ReplicaId(1)]).expect("valid"),
+    );
+    // r2 learns of r0's epoch-1 instance 0.0 only as a dependency of a commit, and waits.
+    let t = Duration::ZERO;
+    let stuck = InstanceId::new(ReplicaId(0), 0);
+    rs[2].handle(
+        t,
+        ReplicaId(1),
+        Message::Commit {
+            instance: InstanceId::new(ReplicaId(1), 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(1)),
+            commands: Arc::new(vec![put(1, "a")]),
+            deps: Deps::from([stuck]),
+        },
+    );
+    let _ = rs[2].take_ready();
+    // Long past the recovery time: a member would have sent Recover by now.
+    for ms in [1_000u64, 2_000, 4_000, 8_000] {
+        rs[2].tick(Duration::from_millis(ms));
+        let ready = rs[2].take_ready();
+        assert!(
+            !ready
+                .messages
+                .iter()
+                .any(|o| matches!(o.msg, Message::Recover { .. })),
+            "r2 is no member of epoch 1 and counts for nothing there"
+        );
+    }
+    // r0, a member, would: the same situation at r1 (member) starts a recovery.
+    rs[1].handle(
+        t,
+        ReplicaId(0),
+        Message::PreAccept {
+            instance: stuck,
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(0)),
+            commands: Arc::new(vec![put(2, "a")]),
+            deps: Deps::new(),
+        },
+    );
+    let _ = rs[1].take_ready();
+    let mut recovered = false;
+    for ms in [1_000u64, 2_000, 4_000, 8_000] {
+        rs[1].tick(Duration::from_millis(ms));
+        recovered |= rs[1]
+            .take_ready()
+            .messages
+            .iter()
+            .any(|o| matches!(o.msg, Message::Recover { .. }));
+    }
+    assert!(recovered, "a member recovers the stuck instance");
+}
