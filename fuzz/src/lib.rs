@@ -125,6 +125,7 @@ pub fn message_templates() -> Vec<Message> {
         Message::Watermark {
             committed_prefix: vec![1, 0, 2],
             executed_prefix: vec![1, 0, 0],
+            collected_prefix: vec![0, 0, 0],
         },
         Message::Recover {
             instance: id(1, 0),
@@ -169,6 +170,7 @@ pub fn record_templates() -> Vec<(InstanceId, Instance)> {
         commands: commands(),
         deps: Deps::from([id(2, 0)]),
         init_deps: init,
+        epoch: Epoch(0),
     };
     vec![
         (
