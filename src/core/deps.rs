@@ -187,17 +187,38 @@ pub struct ConflictIndex {
     by_key: HashMap<ConflictKey, Vec<Latest>>,
 }
 
-/// The distinct conflict keys of a batch, each with whether the batch writes it.
+/// Up to this many distinct keys, `keys_of` finds repeats by a linear scan: for the small
+/// batches of light load that is several times cheaper than hashing each key (SipHash) into a
+/// map built for the call. Past it, the map: a large batch stays linear, not quadratic, and
+/// keys from clients still go through the DoS-resistant hasher.
+const KEYS_SCANNED_MAX: usize = 16;
+
+/// The distinct conflict keys of a batch, each with whether the batch writes it, in the order
+/// the commands first name them.
 pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
     let mut keys: Vec<(ConflictKey, bool)> = Vec::with_capacity(2 * commands.len());
-    // Position of each key in `keys`: a linear search would make large batches quadratic.
-    let mut at: HashMap<ConflictKey, usize> = HashMap::with_capacity(2 * commands.len());
-    let mut add = |key: ConflictKey, write: bool| match at.get(&key) {
-        Some(&i) => keys[i].1 |= write,
-        None => {
-            at.insert(key.clone(), keys.len());
-            keys.push((key, write));
+    // Position of each key in `keys`, once there are more than `KEYS_SCANNED_MAX`.
+    let mut at: Option<HashMap<ConflictKey, usize>> = None;
+    let mut add = |key: ConflictKey, write: bool| {
+        let found = match &at {
+            Some(at) => at.get(&key).copied(),
+            None => keys.iter().position(|(k, _)| *k == key),
+        };
+        if let Some(i) = found {
+            keys[i].1 |= write;
+            return;
         }
+        if let Some(at) = &mut at {
+            at.insert(key.clone(), keys.len());
+        } else if keys.len() == KEYS_SCANNED_MAX {
+            let mut map = HashMap::with_capacity(2 * commands.len());
+            for (i, (k, _)) in keys.iter().enumerate() {
+                map.insert(k.clone(), i);
+            }
+            map.insert(key.clone(), keys.len());
+            at = Some(map);
+        }
+        keys.push((key, write));
     };
     for c in commands {
         if let Some(key) = c.op.key() {
@@ -505,6 +526,46 @@ mod tests {
                 r.raise(*x);
             }
             proptest::prop_assert_eq!(&r, &u);
+        }
+    }
+
+    /// Small batches scan, large ones hash: both give each key once, in first-named order,
+    /// written if any command of the batch writes it.
+    #[test]
+    fn keys_of_is_the_same_below_and_above_the_scan_limit() {
+        for commands in [3usize, KEYS_SCANNED_MAX, 5 * KEYS_SCANNED_MAX] {
+            let batch: Vec<Command> = (0..commands)
+                .map(|i| Command {
+                    client: ClientId(i as u64 % 4),
+                    request: RequestId(i as u64 + 1),
+                    op: if i % 3 == 0 {
+                        Op::Get {
+                            key: Bytes::from(format!("k{}", i % 40)),
+                        }
+                    } else {
+                        Op::Put {
+                            key: Bytes::from(format!("k{}", i % 40)),
+                            value: Bytes::new(),
+                        }
+                    },
+                    time_ms: 0,
+                    retry: false,
+                })
+                .collect();
+            let mut expected: Vec<(ConflictKey, bool)> = Vec::new();
+            for c in &batch {
+                let mut named = vec![(ConflictKey::Session(c.client), true)];
+                if let Some(k) = c.op.key() {
+                    named.insert(0, (ConflictKey::Key(k.clone()), c.op.is_write()));
+                }
+                for (k, w) in named {
+                    match expected.iter_mut().find(|(e, _)| *e == k) {
+                        Some(e) => e.1 |= w,
+                        None => expected.push((k, w)),
+                    }
+                }
+            }
+            assert_eq!(keys_of(&batch), expected, "{commands} commands");
         }
     }
 
