@@ -81,6 +81,16 @@ impl ByteReceiver {
         Some(entry)
     }
 
+    /// Polls for the next entry (for a `Stream` built on the queue); `Ready(None)` once every
+    /// sender is gone and the queue is empty.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        let entry = std::task::ready!(self.rx.poll_recv(cx));
+        if let Some(entry) = &entry {
+            self.bytes.fetch_sub(entry.len(), Ordering::AcqRel);
+        }
+        std::task::Poll::Ready(entry)
+    }
+
     /// The next entry if one is queued.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         let entry = self.rx.try_recv().ok()?;
@@ -126,6 +136,11 @@ mod tests {
             "a large entry alone fits an empty queue"
         );
         assert_eq!(rx.try_recv().map(|b| b.len()), Some(50));
+        // Polled (as a stream's body polls it): an entry releases its bytes too.
+        assert_eq!(tx.try_send(Bytes::from(vec![0; 7])), Ok(()));
+        let polled = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
+        assert_eq!(polled.map(|b| b.len()), Some(7));
+        assert_eq!(tx.queued_bytes(), 0);
         drop(rx);
         assert_eq!(tx.try_send(Bytes::from(vec![0; 1])), Err(Refused::Closed));
     }

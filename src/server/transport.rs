@@ -1,7 +1,12 @@
-//! Outbound peer links: one task per peer drains that peer's bounded queue of encoded messages
-//! onto the `Dispatch` stream this replica dialed. Only the dialer writes; the receiver reads.
+//! Outbound peer links: one task per peer keeps a `Dispatch` stream to that peer open, and the
+//! stream's body takes batches straight from the peer's bounded queue of encoded messages. Only
+//! the dialer writes; the receiver reads.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -9,10 +14,9 @@ use tonic::transport::Channel;
 use crate::server::config::HostPort;
 
 use metrics::gauge;
-use tokio::sync::mpsc;
+use tokio_stream::Stream;
 
 use crate::server::queue::ByteReceiver;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::ids::{Incarnation, ReplicaId};
 use crate::proto::peer_client::PeerClient;
@@ -24,8 +28,6 @@ use crate::server::tls::PeerDialer;
 use crate::core::limits::{
     PEER_GRPC_MESSAGE_BYTES_MAX, STREAM_BATCH_BYTES_MAX, STREAM_BATCH_MESSAGES_MAX,
 };
-/// Stream items buffered between the link task and the HTTP/2 stream.
-const STREAM_ITEMS_MAX: usize = 16;
 /// Redialing a peer: from 50 ms, doubling up to 2 s, and from 50 ms again once connected.
 const REDIAL: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -137,9 +139,16 @@ pub async fn run_link(
     peer: ReplicaId,
     addr: HostPort,
     dialer: PeerDialer,
-    mut queue: ByteReceiver,
+    queue: ByteReceiver,
 ) {
     let connected = gauge!("epaxos_peer_connected", "peer" => peer_label(peer.0));
+    let queue = Arc::new(Mutex::new(queue));
+    let is_closed = || {
+        queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_closed()
+    };
     let mut backoff = REDIAL;
     // A TLS failure (certificates) does not heal by retrying: warn once until connected.
     let mut warned = false;
@@ -163,7 +172,7 @@ pub async fn run_link(
                 } else {
                     tracing::debug!(%peer, %addr, error = %why, "dial failed; retrying");
                 }
-                if queue.is_closed() {
+                if is_closed() {
                     return;
                 }
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -173,8 +182,16 @@ pub async fn run_link(
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_GRPC_MESSAGE_BYTES_MAX);
-        let (tx, rx) = mpsc::channel::<PeerBatch>(STREAM_ITEMS_MAX);
-        let mut responses = match client.dispatch(ReceiverStream::new(rx)).await {
+        let batches = Batches {
+            queue: queue.clone(),
+            retired: Arc::new(AtomicBool::new(false)),
+            from: me.0,
+            incarnation: incarnation.get(),
+        };
+        // Set when this stream is given up, so that a body hyper has not dropped yet takes no
+        // more messages from the queue (the next stream's would be lost in it).
+        let retired = RetireOnDrop(batches.retired.clone());
+        let mut responses = match client.dispatch(batches).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 let why = error_chain(&e);
@@ -185,6 +202,7 @@ pub async fn run_link(
                 } else {
                     tracing::debug!(%peer, error = %why, "dispatch refused; retrying");
                 }
+                drop(retired);
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -193,57 +211,83 @@ pub async fn run_link(
         warned = false;
         connected.set(1.0);
         backoff.reset();
-        let closed = loop {
-            let first = tokio::select! {
-                m = queue.recv() => match m {
-                    Some(m) => m,
-                    None => break true,
-                },
-                // The peer never writes back; a message or end here means the stream is gone.
-                r = responses.message() => {
-                    if let Err(status) = r {
-                        if status.code() == tonic::Code::FailedPrecondition {
-                            tracing::error!(%peer, reason = status.message(),
-                                "peer refuses this replica");
-                        }
-                        if status.code() == tonic::Code::PermissionDenied {
-                            tracing::error!(%peer, reason = status.message(),
-                                "peer refuses this replica's certificate");
-                        }
-                    }
-                    break false;
-                }
-            };
-            let mut bytes = first.len();
-            let mut messages = vec![first];
-            while messages.len() < STREAM_BATCH_MESSAGES_MAX && bytes < STREAM_BATCH_BYTES_MAX {
-                match queue.try_recv() {
-                    Some(m) => {
-                        bytes += m.len();
-                        messages.push(m);
-                    }
-                    None => break,
-                }
+        // The peer never writes back: a message or the end here means the stream is gone. The
+        // body ends (and with it the peer's side, then this response stream) once the queue
+        // closes, when the replica shuts down.
+        if let Err(status) = responses.message().await {
+            if status.code() == tonic::Code::FailedPrecondition {
+                tracing::error!(%peer, reason = status.message(), "peer refuses this replica");
             }
-            if tx
-                .send(PeerBatch {
-                    from: me.0,
-                    messages,
-                    incarnation: incarnation.get(),
-                })
-                .await
-                .is_err()
-            {
-                // The stream is gone with this batch; the protocol resends what matters.
-                break false;
+            if status.code() == tonic::Code::PermissionDenied {
+                tracing::error!(%peer, reason = status.message(),
+                    "peer refuses this replica's certificate");
             }
-        };
+        }
+        drop(retired);
         connected.set(0.0);
-        if closed {
+        if is_closed() {
             return;
         }
         tracing::info!(%peer, "peer stream closed; redialing");
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// The body of one `Dispatch` stream: batches taken straight from the peer's queue, up to
+/// `STREAM_BATCH_MESSAGES_MAX` messages or `STREAM_BATCH_BYTES_MAX` bytes each. The HTTP/2
+/// body pump polls it only while the stream has send capacity, so a slow peer leaves messages
+/// in the bounded queue (which then grows the batches) and nothing is buffered in between; and
+/// a message handed over wakes that pump directly, with no task relaying it (one thread
+/// wake-up fewer per batch than a relay task and a channel).
+struct Batches {
+    /// Shared with the link task, which holds it across reconnections; locked only inside
+    /// `poll_next`, never across an await.
+    queue: Arc<Mutex<ByteReceiver>>,
+    /// The link gave this stream up: end it, take nothing more.
+    retired: Arc<AtomicBool>,
+    from: u32,
+    incarnation: u64,
+}
+
+impl Stream for Batches {
+    type Item = PeerBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PeerBatch>> {
+        if self.retired.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = match queue.poll_recv(cx) {
+            Poll::Ready(Some(m)) => m,
+            // Every sender is gone: the replica is shutting down.
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut bytes = first.len();
+        let mut messages = vec![first];
+        while messages.len() < STREAM_BATCH_MESSAGES_MAX && bytes < STREAM_BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Some(m) => {
+                    bytes += m.len();
+                    messages.push(m);
+                }
+                None => break,
+            }
+        }
+        Poll::Ready(Some(PeerBatch {
+            from: self.from,
+            messages,
+            incarnation: self.incarnation,
+        }))
+    }
+}
+
+/// Retires a stream's body when the link is done with it, whichever way it leaves.
+struct RetireOnDrop(Arc<AtomicBool>);
+
+impl Drop for RetireOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
