@@ -118,6 +118,12 @@ struct Args {
     /// (RESOURCE_EXHAUSTED) until idle sessions expire.
     #[arg(long, default_value_t = limits::SESSIONS_MAX)]
     sessions_max: usize,
+    /// Threads running the replica's tasks (default: one per core). The protocol runs on one
+    /// task whatever this is; fewer threads mean fewer cross-thread wake-ups per command, which
+    /// on a machine shared with other processes (or replicas) costs less CPU (README,
+    /// Benchmarks).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -268,7 +274,11 @@ fn main() -> anyhow::Result<()> {
         "starting replica"
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(usize::from(n));
+    }
+    let rt = rt
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

@@ -272,6 +272,12 @@ async fn three_replicas_round_robin_concurrent() {
     concurrent_load(3, true, &[]).await;
 }
 
+/// `--worker-threads 1`: everything on one runtime thread (plus blocking ones) still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_one_worker_thread_each() {
+    concurrent_load(3, true, &["--worker-threads", "1"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_replicas_round_robin_concurrent() {
     concurrent_load(5, true, &[]).await;
