@@ -1051,3 +1051,49 @@ fn a_message_from_no_peer_is_rejected_and_not_heard() {
     assert_eq!(rs[0].take_ready().rejected.len(), 1);
     assert!(rs[0].is_suspected(ReplicaId(1), later + Duration::from_millis(1)));
 }
+
+/// Ids are checked against the rows a replica knows (issue 15: a configuration may add ids
+/// above epoch 0's). An id a later configuration may add but this replica has not heard of
+/// is refused on the wire (`UnknownReplica`, naming the rows known) and by the core fed
+/// directly (`Reject::UnknownReplica`, or `Reject::Sender` as the sender), without effect; an
+/// id no configuration can hold is garbage on the wire (`ImpossibleReplica`); the same message
+/// decodes for a replica that knows the row.
+#[test]
+fn an_id_not_yet_known_is_refused_on_the_wire_and_by_the_core() {
+    use epaxos_kv::core::limits::MEMBERS_EVER_MAX;
+    use epaxos_kv::core::wire::{decode, encode, WireError};
+    let mut rs = cluster(3);
+    let added = commit(id(3, 0), Ballot::initial(ReplicaId(3)), Deps::new());
+    assert!(matches!(
+        decode(&encode(&added), 3),
+        Err(WireError::UnknownReplica { id: 3, rows: 3 })
+    ));
+    assert_eq!(decode(&encode(&added), 4).expect("row 3 known"), added);
+    assert_rejected(&mut rs[0], 1, added.clone(), Reject::UnknownReplica);
+    assert_rejected(&mut rs[0], 3, added, Reject::Sender);
+    let dep_on_added = commit(
+        id(1, 0),
+        Ballot::initial(ReplicaId(1)),
+        Deps::from([id(3, 0)]),
+    );
+    assert!(matches!(
+        decode(&encode(&dep_on_added), 3),
+        Err(WireError::UnknownReplica { id: 3, rows: 3 })
+    ));
+    assert_rejected(&mut rs[0], 1, dep_on_added, Reject::UnknownReplica);
+    for far in [MEMBERS_EVER_MAX as u32, u32::MAX] {
+        let msg = Message::Nack {
+            instance: id(2, 0),
+            promised: Ballot {
+                round: 2,
+                replica: ReplicaId(far),
+            },
+        };
+        assert!(matches!(
+            decode(&encode(&msg), MEMBERS_EVER_MAX),
+            Err(WireError::ImpossibleReplica(i)) if i == far
+        ));
+        assert_rejected(&mut rs[0], 1, msg, Reject::UnknownReplica);
+    }
+    rs[0].check_invariants().expect("invariants hold");
+}

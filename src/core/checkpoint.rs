@@ -79,13 +79,11 @@ impl Checkpoint {
         }
         let mut executed_above = Vec::with_capacity(p.executed_above.len());
         for id in p.executed_above {
-            if id.replica as usize >= n {
-                return Err(WireError::UnknownReplica(id.replica));
-            }
+            let replica = replica_of(id.replica, n)?;
             if id.slot >= SLOT_LIMIT {
                 return Err(WireError::Impossible("a slot beyond any row"));
             }
-            executed_above.push(InstanceId::new(ReplicaId(id.replica), id.slot));
+            executed_above.push(InstanceId::new(replica, id.slot));
         }
         let mut sessions = Vec::with_capacity(p.sessions.len());
         for s in p.sessions {
@@ -190,13 +188,9 @@ pub fn encode(
     buf
 }
 
-/// A session's leader as stored: a replica of the cluster.
-fn replica_of(id: u32, n: usize) -> Result<ReplicaId, WireError> {
-    if (id as usize) < n {
-        Ok(ReplicaId(id))
-    } else {
-        Err(WireError::UnknownReplica(id))
-    }
+/// A replica id as stored: one of the checkpoint's `rows`.
+fn replica_of(id: u32, rows: usize) -> Result<ReplicaId, WireError> {
+    crate::core::wire::replica(id, rows)
 }
 
 #[cfg(test)]

@@ -164,6 +164,12 @@ impl Node {
         !self.joining() && self.replica.left_behind().is_none()
     }
 
+    /// How many rows this replica knows: one past the highest id of every configuration it
+    /// has learnt (epoch 0's `n` until a change adds an id). What `wire` checks ids against.
+    pub fn rows(&self) -> usize {
+        self.replica.rows()
+    }
+
     /// The incarnation recorded for `peer`, if any.
     pub fn peer_incarnation(&self, peer: ReplicaId) -> Option<Incarnation> {
         self.peers.get(peer.index()).copied().flatten()

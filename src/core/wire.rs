@@ -10,6 +10,7 @@ use crate::core::deps::Deps;
 use crate::core::epoch::Epoch;
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Status};
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::message::{Message, RecoverReply};
 use crate::proto;
 
@@ -19,9 +20,14 @@ pub enum WireError {
     /// A required field is missing.
     #[error("missing field {0}")]
     Missing(&'static str),
-    /// A replica id outside the cluster.
-    #[error("replica {0} is not in the cluster")]
-    UnknownReplica(u32),
+    /// A replica id this replica has not heard of: at or beyond the rows it knows (epoch 0's
+    /// ids and those of every configuration learnt since). It may be an id a configuration
+    /// this replica has not learnt yet added, so it is refused, not taken for garbage.
+    #[error("replica {id} is not among the {rows} rows this replica knows")]
+    UnknownReplica { id: u32, rows: usize },
+    /// A replica id no configuration can hold (at or beyond `MEMBERS_EVER_MAX`): garbage.
+    #[error("replica {0} is beyond any id ever handed out ({MEMBERS_EVER_MAX})")]
+    ImpossibleReplica(u32),
     /// The bytes do not decode.
     #[error("cannot decode: {0}")]
     Decode(#[from] prost::DecodeError),
@@ -107,10 +113,11 @@ pub fn encode(msg: &Message) -> Bytes {
     Bytes::from(message_to_proto(msg).encode_to_vec())
 }
 
-/// Decodes and validates one peer message for a cluster of `n` replicas.
-pub fn decode(bytes: &[u8], n: usize) -> Result<Message, WireError> {
+/// Decodes and validates one peer message for a replica that knows `rows` rows (see
+/// [`message_from_proto`]).
+pub fn decode(bytes: &[u8], rows: usize) -> Result<Message, WireError> {
     use prost::Message as _;
-    message_from_proto(proto::PeerMessage::decode(bytes)?, n)
+    message_from_proto(proto::PeerMessage::decode(bytes)?, rows)
 }
 
 fn id_to_proto(id: InstanceId) -> proto::InstanceId {
@@ -289,11 +296,21 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
     proto::PeerMessage { kind: Some(kind) }
 }
 
-fn replica(id: u32, n: usize) -> Result<ReplicaId, WireError> {
-    if (id as usize) < n {
+/// `id` if it is one of the `rows` rows known (`rows` is at most `MEMBERS_EVER_MAX`).
+pub(crate) fn replica(id: u32, rows: usize) -> Result<ReplicaId, WireError> {
+    if (id as usize) < rows {
         Ok(ReplicaId(id))
     } else {
-        Err(WireError::UnknownReplica(id))
+        Err(not_known(id, rows))
+    }
+}
+
+/// Why `id`, at or beyond the `rows` known, is refused: not heard of yet, or never possible.
+fn not_known(id: u32, rows: usize) -> WireError {
+    if (id as usize) < MEMBERS_EVER_MAX {
+        WireError::UnknownReplica { id, rows }
+    } else {
+        WireError::ImpossibleReplica(id)
     }
 }
 
@@ -345,8 +362,11 @@ fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError>
     Ok(Arc::new(cmds))
 }
 
-/// Converts and validates a peer message for a cluster of `n` replicas.
-pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, WireError> {
+/// Converts and validates a peer message for a replica that knows `rows` rows: one past the
+/// highest id of every configuration it has learnt (`Node::rows`; epoch 0's `n` until a change
+/// adds an id). Every replica id in it must be below `rows`.
+pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message, WireError> {
+    let n = rows;
     use proto::peer_message::Kind;
     Ok(match p.kind.ok_or(WireError::Missing("kind"))? {
         Kind::PreAccept(m) => Message::PreAccept {
@@ -398,7 +418,7 @@ pub fn message_from_proto(p: proto::PeerMessage, n: usize) -> Result<Message, Wi
                 .max(m.executed_prefix.len())
                 .max(m.collected_prefix.len());
             if rows > n {
-                return Err(WireError::UnknownReplica(rows as u32 - 1));
+                return Err(not_known(u32::try_from(rows - 1).unwrap_or(u32::MAX), n));
             }
             Message::Watermark {
                 committed_prefix: m.committed_prefix,
@@ -498,11 +518,13 @@ pub fn record_to_proto(id: InstanceId, inst: &Instance) -> proto::InstanceRecord
     }
 }
 
-/// Decodes and validates a durable log record for a cluster of `n` replicas.
+/// Decodes and validates a durable log record for a replica that knows `rows` rows (see
+/// [`message_from_proto`]).
 pub fn record_from_proto(
     p: proto::InstanceRecord,
-    n: usize,
+    rows: usize,
 ) -> Result<(InstanceId, Instance), WireError> {
+    let n = rows;
     let status = status_from_proto(p.status)?;
     let accepted_ballot = match p.accepted_ballot {
         Some(b) => Some(ballot_from(Some(b), n)?),
@@ -744,7 +766,7 @@ mod tests {
         };
         assert!(matches!(
             message_from_proto(bad, 3),
-            Err(WireError::UnknownReplica(7))
+            Err(WireError::UnknownReplica { id: 7, rows: 3 })
         ));
     }
 
@@ -814,8 +836,65 @@ mod tests {
         };
         assert!(matches!(
             decode(&encode(&m), 3),
-            Err(WireError::UnknownReplica(7))
+            Err(WireError::UnknownReplica { id: 7, rows: 3 })
         ));
         assert!(matches!(decode(&[], 3), Err(WireError::Missing("kind"))));
+    }
+
+    /// Ids are checked against the rows the replica knows, not epoch 0's size: once a
+    /// configuration added id 3, its messages, ballots, deps and records decode; an id never
+    /// heard of is still refused (UnknownReplica, with the rows known), and one no
+    /// configuration can hold is garbage (ImpossibleReplica).
+    #[test]
+    fn ids_are_checked_against_the_rows_known() {
+        let added = ReplicaId(3);
+        let m = Message::Commit {
+            instance: InstanceId::new(added, 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(added),
+            commands: Arc::new(vec![]),
+            deps: Deps::from([InstanceId::new(ReplicaId(0), 2)]),
+        };
+        assert!(matches!(
+            decode(&encode(&m), 3),
+            Err(WireError::UnknownReplica { id: 3, rows: 3 })
+        ));
+        assert_eq!(decode(&encode(&m), 4).expect("row 3 is known"), m);
+        let far = MEMBERS_EVER_MAX as u32;
+        for id in [far, u32::MAX] {
+            let m = Message::AcceptOk {
+                instance: InstanceId::new(ReplicaId(0), 1),
+                ballot: Ballot {
+                    round: 1,
+                    replica: ReplicaId(id),
+                },
+            };
+            assert!(matches!(
+                decode(&encode(&m), MEMBERS_EVER_MAX),
+                Err(WireError::ImpossibleReplica(i)) if i == id
+            ));
+        }
+        let watermark = |rows: usize| Message::Watermark {
+            committed_prefix: vec![0; rows],
+            executed_prefix: vec![],
+            collected_prefix: vec![],
+        };
+        assert!(decode(&encode(&watermark(4)), 4).is_ok());
+        assert!(matches!(
+            decode(&encode(&watermark(4)), 3),
+            Err(WireError::UnknownReplica { id: 3, rows: 3 })
+        ));
+        assert!(matches!(
+            decode(&encode(&watermark(MEMBERS_EVER_MAX + 1)), 3),
+            Err(WireError::ImpossibleReplica(_))
+        ));
+        // The log's records alike: a record of the added row replays once the row is known.
+        let id = InstanceId::new(added, 0);
+        let record = record_to_proto(id, &Instance::unknown(id, Epoch(1)));
+        assert!(matches!(
+            record_from_proto(record.clone(), 3),
+            Err(WireError::UnknownReplica { id: 3, rows: 3 })
+        ));
+        assert!(record_from_proto(record, 4).is_ok());
     }
 }
