@@ -12,6 +12,7 @@ use crate::core::command::OpResult;
 use crate::core::deps::{ConflictIndex, ConflictKey};
 use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::kv::{KvStore, Session};
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::wire::WireError;
 use crate::proto;
 
@@ -37,16 +38,31 @@ impl Checkpoint {
         )
     }
 
-    /// Decodes and validates the stored form for a cluster of `n` replicas.
-    pub fn decode(bytes: &[u8], n: usize) -> Result<Checkpoint, WireError> {
+    /// Decodes and validates the stored form for a replica whose configuration needs `rows`
+    /// rows (epoch 0's `n` today). A checkpoint taken after a configuration added ids has more
+    /// rows, and restoring it grows the tables to them (`Checkpoint::rows`); one with fewer
+    /// cannot hold this replica's epoch and is refused (`WireError::TooFewRows`).
+    pub fn decode(bytes: &[u8], rows: usize) -> Result<Checkpoint, WireError> {
         use prost::Message as _;
-        Checkpoint::from_proto(proto::Checkpoint::decode(bytes)?, n)
+        Checkpoint::from_proto(proto::Checkpoint::decode(bytes)?, rows)
     }
 
-    /// Converts and validates the stored form for a cluster of `n` replicas.
-    fn from_proto(p: proto::Checkpoint, n: usize) -> Result<Checkpoint, WireError> {
-        if p.gc_prefix.len() != n {
-            return Err(WireError::Missing("gc_prefix for every replica"));
+    /// How many rows the checkpoint holds (one past the highest id it knew).
+    pub fn rows(&self) -> usize {
+        self.gc_prefix.len()
+    }
+
+    /// Converts and validates the stored form (see [`Checkpoint::decode`]). Every per-row
+    /// vector in it has the checkpoint's own row count, the length of `gc_prefix`.
+    fn from_proto(p: proto::Checkpoint, needed: usize) -> Result<Checkpoint, WireError> {
+        let n = p.gc_prefix.len();
+        if n < needed {
+            return Err(WireError::TooFewRows { rows: n, needed });
+        }
+        if n > MEMBERS_EVER_MAX {
+            return Err(WireError::ImpossibleReplica(
+                u32::try_from(n - 1).unwrap_or(u32::MAX),
+            ));
         }
         // Prefixes and next slots are one past a slot; no slot reaches `SLOT_LIMIT`.
         if p.gc_prefix.iter().any(|g| *g > SLOT_LIMIT) || p.next_slot > SLOT_LIMIT {
@@ -59,7 +75,10 @@ impl Checkpoint {
                 proto::index_entry::Key::DataKey(b) => ConflictKey::Key(Bytes::copy_from_slice(&b)),
                 proto::index_entry::Key::Session(c) => ConflictKey::Session(ClientId(c)),
             };
-            if e.any_plus_one.len() != n || e.write_plus_one.len() != n {
+            // A key recorded before a configuration added ids keeps its shorter table
+            // ("nothing in the new rows", see `ConflictIndex::grow`); never longer than the
+            // checkpoint's rows.
+            if e.any_plus_one.len() != e.write_plus_one.len() || e.any_plus_one.len() > n {
                 return Err(WireError::Missing("index rows for every replica"));
             }
             if e.any_plus_one
@@ -197,8 +216,147 @@ fn replica_of(id: u32, rows: usize) -> Result<ReplicaId, WireError> {
 mod tests {
     use super::*;
     use crate::core::command::{Command, Op};
+    use crate::core::deps::Deps;
+    use crate::core::epoch::{Configuration, Epoch};
     use crate::core::kv::Applied;
+    use crate::core::replica::{Options, Replica};
     use prost::Message as _;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn put(client: u64, key: &'static str) -> Command {
+        Command::new(
+            ClientId(client),
+            RequestId(1),
+            Op::Put {
+                key: Bytes::from_static(key.as_bytes()),
+                value: Bytes::from_static(b"v"),
+            },
+        )
+    }
+
+    /// Delivers every message among `rs` (replicas 0..rs.len()) until quiet; messages to ids
+    /// not simulated are lost.
+    fn settle(rs: &mut [Replica], now: Duration) {
+        for _ in 0..1000 {
+            let mut sent = Vec::new();
+            for r in rs.iter_mut() {
+                r.flush(now);
+                let from = r.id();
+                for out in r.take_ready().messages {
+                    for to in out.to {
+                        sent.push((from, to, out.msg.clone()));
+                    }
+                }
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (from, to, msg) in sent {
+                if let Some(r) = rs.get_mut(to.index()) {
+                    r.handle(now, from, msg);
+                }
+            }
+        }
+        panic!("messages kept flowing");
+    }
+
+    /// A checkpoint taken after a configuration added id 3 (a snapshot a new or lagging
+    /// replica may be sent) restores into a fresh replica of epoch 0's three: its tables grow
+    /// to four rows, it holds row 3's instance, and its state is the one checkpointed.
+    #[test]
+    fn a_checkpoint_with_an_added_row_restores_into_a_fresh_replica() {
+        let opts = |i: u32| {
+            let mut o = Options::new(ReplicaId(i), 3);
+            o.gc_executed = true;
+            o
+        };
+        let mut rs: Vec<Replica> = (0..3).map(|i| Replica::new(opts(i))).collect();
+        for k in 0..6u64 {
+            rs[(k % 3) as usize]
+                .propose(k, put(k + 1, ["a", "b"][k as usize % 2]))
+                .expect("room");
+            settle(&mut rs, Duration::ZERO);
+        }
+        for round in 1..=3u64 {
+            let t = Duration::from_secs(round);
+            rs.iter_mut().for_each(|r| r.tick(t));
+            settle(&mut rs, t);
+        }
+        assert!(rs[0].collected() > 0, "some instances were collected");
+        let e1 = Configuration::new(Epoch(1), (0..4).map(ReplicaId).collect()).expect("valid");
+        let added = InstanceId::new(ReplicaId(3), 0);
+        let now = Duration::from_secs(4);
+        for r in rs.iter_mut() {
+            assert!(r.adopt_configuration(e1.clone()));
+            // Replica 3 (not simulated) led 3.0 in epoch 1 and committed it.
+            r.handle(
+                now,
+                ReplicaId(3),
+                crate::core::message::Message::Commit {
+                    instance: added,
+                    epoch: Epoch(1),
+                    ballot: crate::core::ids::Ballot::initial(ReplicaId(3)),
+                    commands: Arc::new(vec![put(40, "a")]),
+                    deps: Deps::new(),
+                },
+            );
+        }
+        settle(&mut rs, now);
+        assert_eq!(rs[0].kv().executed(), 7, "row 3's write executed");
+        let (encoded, live) = rs[0].checkpoint();
+        let cp = Checkpoint::decode(&encoded, 3).expect("more rows than epoch 0 needs");
+        assert_eq!(cp.rows(), 4);
+        let mut back = Replica::restore_from(opts(0), now, Some(cp), live);
+        let _ = back.take_ready();
+        assert_eq!(back.rows(), 4, "the tables grew to the checkpoint's rows");
+        assert!(back.instance(added).is_some(), "row 3's instance is kept");
+        assert_eq!(back.kv().digest(), rs[0].kv().digest());
+        assert_eq!(back.kv().executed(), 7, "nothing executed twice");
+        back.check_invariants().expect("invariants");
+        // Restored from the checkpoint alone too (the decided instances beside it dropped).
+        let cp = Checkpoint::decode(&encoded, 3).expect("decodes");
+        let bare = Replica::restore_from(opts(0), now, Some(cp), Vec::new());
+        assert_eq!(bare.rows(), 4);
+        bare.check_invariants().expect("invariants");
+    }
+
+    /// A checkpoint with fewer rows than the replica's configuration needs is refused, naming
+    /// both counts.
+    #[test]
+    fn a_checkpoint_with_fewer_rows_than_the_epoch_is_refused() {
+        let two = proto::Checkpoint {
+            gc_prefix: vec![0; 2],
+            ..Default::default()
+        };
+        let err = Checkpoint::decode(&two.encode_to_vec(), 3).expect_err("too few rows");
+        assert!(matches!(err, WireError::TooFewRows { rows: 2, needed: 3 }));
+        assert!(
+            err.to_string().contains("2 rows, fewer than the 3"),
+            "{err}"
+        );
+        let too_many = proto::Checkpoint {
+            gc_prefix: vec![0; MEMBERS_EVER_MAX + 1],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Checkpoint::decode(&too_many.encode_to_vec(), 3),
+            Err(WireError::ImpossibleReplica(_))
+        ));
+        // An index entry or a session leader of a row the checkpoint does not have.
+        let mut ghost = proto::Checkpoint {
+            gc_prefix: vec![0; 4],
+            ..Default::default()
+        };
+        ghost.executed_above = vec![proto::InstanceId {
+            replica: 4,
+            slot: 0,
+        }];
+        assert!(matches!(
+            Checkpoint::decode(&ghost.encode_to_vec(), 3),
+            Err(WireError::UnknownReplica { id: 4, rows: 4 })
+        ));
+    }
 
     /// The session table's fingerprints survive a checkpoint: a replica restored from one
     /// still refuses a reused request id like the others (the answer must not depend on which

@@ -374,8 +374,8 @@ impl Node {
             .replica
             .instances()
             .filter(|(id, _)| {
-                id.replica.index() < opts.n
-                    && id.slot >= collected[id.replica.index()]
+                // A row the snapshot does not hold (added since it was taken) is all above it.
+                id.slot >= collected.get(id.replica.index()).copied().unwrap_or(0)
                     && !decided.contains(id)
             })
             .map(|(id, inst)| (*id, inst.clone()))

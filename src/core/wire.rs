@@ -25,6 +25,10 @@ pub enum WireError {
     /// this replica has not learnt yet added, so it is refused, not taken for garbage.
     #[error("replica {id} is not among the {rows} rows this replica knows")]
     UnknownReplica { id: u32, rows: usize },
+    /// A checkpoint with fewer rows than this replica's configuration needs: taken by a
+    /// replica that knew fewer ids, it cannot be the state of this replica's epoch.
+    #[error("the checkpoint has {rows} rows, fewer than the {needed} this replica's configuration needs")]
+    TooFewRows { rows: usize, needed: usize },
     /// A replica id no configuration can hold (at or beyond `MEMBERS_EVER_MAX`): garbage.
     #[error("replica {0} is beyond any id ever handed out ({MEMBERS_EVER_MAX})")]
     ImpossibleReplica(u32),

@@ -213,11 +213,14 @@ impl Replica {
         let me = r.opts.id;
         let mut executed_above = HashSet::new();
         if let Some(c) = checkpoint {
+            // A checkpoint taken after a configuration added ids has their rows too.
+            r.grow_rows(c.rows());
             r.kv = c.kv;
             r.index = c.index;
             r.next_slot = c.next_slot;
-            let gc_prefix = PerRow::from_vec(c.gc_prefix, r.opts.n)
-                .expect("a checkpoint has a gc prefix per row: decoding checks it");
+            let gc_prefix = PerRow::from_vec(c.gc_prefix, r.rows()).expect(
+                "a checkpoint has at least epoch 0's rows: decoding (with opts.n) checks it",
+            );
             r.committed_count = gc_prefix.iter().sum();
             r.executed_prefix = gc_prefix.clone();
             r.committed_prefix = gc_prefix.clone();
@@ -226,7 +229,7 @@ impl Replica {
             executed_above = c.executed_above.into_iter().collect();
         }
         for (id, inst) in records {
-            if id.replica.index() >= r.opts.n || r.forgotten(id) {
+            if id.replica.index() >= r.rows() || r.forgotten(id) {
                 continue;
             }
             r.index.record(id, &inst.commands);

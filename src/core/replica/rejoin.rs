@@ -22,13 +22,21 @@
 use super::Replica;
 use crate::core::deps::Deps;
 use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::per_row::PerRow;
 
 impl Replica {
     /// Sets the horizons a rejoined replica keeps (durable in its data directory: they apply
     /// after a restart too). Its own row continues at its horizon.
-    pub fn set_horizons(&mut self, horizons: Vec<u64>) {
-        let Some(horizons) = PerRow::from_vec(horizons, self.opts.n) else {
+    pub fn set_horizons(&mut self, mut horizons: Vec<u64>) {
+        // Fewer than epoch 0's rows are not horizons. More than known here (a peer knew an id
+        // a configuration added) grow the tables; a row known here but not in them has none.
+        if horizons.len() < self.opts.n || horizons.len() > MEMBERS_EVER_MAX {
+            return;
+        }
+        self.grow_rows(horizons.len());
+        horizons.resize(self.rows(), 0);
+        let Some(horizons) = PerRow::from_vec(horizons, self.rows()) else {
             return;
         };
         self.next_slot = self.next_slot.max(horizons[self.opts.id]);
