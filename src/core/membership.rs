@@ -13,8 +13,11 @@
 //!   from all peers. It then starts from the snapshot of the peer that executed most and
 //!   abstains below the horizons (see `Replica::set_horizons`).
 
+use std::collections::BTreeMap;
+
+use crate::core::epoch::Configuration;
 use crate::core::ids::{Incarnation, ReplicaId};
-use crate::core::quorum;
+use crate::core::limits::MEMBERS_EVER_MAX;
 
 /// Whether a replica takes part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,85 +58,130 @@ pub enum JoinDecision {
     },
 }
 
-/// A malformed answer to a Join.
+/// A malformed answer to a Join, or one from a replica that is not a member.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("join answer from {peer} has {rows} rows, not {n}")]
-pub struct MalformedAnswer {
-    pub peer: ReplicaId,
-    pub rows: usize,
-    pub n: usize,
+pub enum MalformedAnswer {
+    /// Its per-row vectors differ in length, cover fewer rows than the configuration's, or
+    /// more than any configuration can have.
+    #[error(
+        "join answer from {peer} has {rows} rows, not between {needed} and {MEMBERS_EVER_MAX}"
+    )]
+    Rows {
+        peer: ReplicaId,
+        rows: usize,
+        needed: usize,
+    },
+    /// The peer is not a member of the configuration the joiner asks (or is the joiner).
+    #[error("join answer from {peer}, not a member of {configuration} other than this replica")]
+    NotMember {
+        peer: ReplicaId,
+        configuration: Configuration,
+    },
 }
 
-/// The answers collected by a joining replica.
+/// The answers collected by a joining replica, keyed by the members of the configuration it
+/// joins (not by a count: ids are never reused, so an added member has an id above epoch 0's).
 #[derive(Debug, Clone)]
 pub struct Joiner {
     me: ReplicaId,
     /// An earlier join of this data directory did not finish: it is a rejoin whatever the
     /// peers answer.
     interrupted: bool,
-    answers: Vec<Option<JoinAnswer>>,
+    /// Whom to ask and whose answers count toward the decision.
+    configuration: Configuration,
+    answers: BTreeMap<ReplicaId, JoinAnswer>,
 }
 
 impl Joiner {
-    /// Replica `me` of `n` starts joining.
+    /// Replica `me` of epoch 0's `n` starts joining.
     pub fn new(me: ReplicaId, n: usize, interrupted: bool) -> Joiner {
+        Joiner::of(me, Configuration::initial(n), interrupted)
+    }
+
+    /// Replica `me` starts joining the members of `configuration` (`me` may be one of them,
+    /// or an added replica not yet counted).
+    pub fn of(me: ReplicaId, configuration: Configuration, interrupted: bool) -> Joiner {
         Joiner {
             me,
             interrupted,
-            answers: vec![None; n],
+            configuration,
+            answers: BTreeMap::new(),
         }
     }
 
-    /// Peers still to ask.
+    /// Peers still to ask: the members but this replica that have not answered.
     pub fn missing(&self) -> Vec<ReplicaId> {
-        (0..self.answers.len())
-            .map(|p| ReplicaId(p as u32))
-            .filter(|&p| p != self.me && self.answers[p.index()].is_none())
+        self.others()
+            .filter(|p| !self.answers.contains_key(p))
             .collect()
     }
 
-    /// Records `peer`'s answer.
+    fn others(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        let me = self.me;
+        self.configuration
+            .members()
+            .iter()
+            .copied()
+            .filter(move |p| *p != me)
+    }
+
+    /// Records `peer`'s answer. A peer that learnt a later configuration may report more rows
+    /// than this one knows (they count toward the horizons); never fewer.
     pub fn answered(&mut self, peer: ReplicaId, answer: JoinAnswer) -> Result<(), MalformedAnswer> {
-        let n = self.answers.len();
-        let rows = answer.row_ends.len().min(answer.executed_prefix.len());
-        if answer.row_ends.len() != n || answer.executed_prefix.len() != n || peer.index() >= n {
-            return Err(MalformedAnswer { peer, rows, n });
+        if peer == self.me || !self.configuration.is_member(peer) {
+            return Err(MalformedAnswer::NotMember {
+                peer,
+                configuration: self.configuration.clone(),
+            });
         }
-        self.answers[peer.index()] = Some(answer);
+        let needed = self.configuration.rows();
+        let rows = answer.row_ends.len().min(answer.executed_prefix.len());
+        if answer.row_ends.len() != answer.executed_prefix.len()
+            || rows < needed
+            || rows > MEMBERS_EVER_MAX
+        {
+            return Err(MalformedAnswer::Rows { peer, rows, needed });
+        }
+        self.answers.insert(peer, answer);
         Ok(())
     }
 
     /// Whether some peer knew an earlier incarnation (or the last join was interrupted): then
     /// every peer must answer.
     pub fn rejoin(&self) -> bool {
-        self.interrupted || self.answers.iter().flatten().any(|a| a.previous.is_some())
+        self.interrupted || self.answers.values().any(|a| a.previous.is_some())
     }
 
-    /// The decision, once the answers suffice.
+    /// The decision, once the answers suffice: fresh once the members that answered (with
+    /// this replica, if it is one) make a majority of the configuration; a rejoin once every
+    /// other member answered.
     pub fn decision(&self) -> Option<JoinDecision> {
-        let n = self.answers.len();
-        let answered: Vec<(usize, &JoinAnswer)> = self
-            .answers
-            .iter()
-            .enumerate()
-            .filter_map(|(p, a)| a.as_ref().map(|a| (p, a)))
-            .collect();
         if !self.rejoin() {
-            return (answered.len() + 1 >= quorum::slow_quorum(n)).then_some(JoinDecision::Fresh);
+            let me = usize::from(self.configuration.is_member(self.me));
+            return (self.answers.len() + me >= self.configuration.slow_quorum())
+                .then_some(JoinDecision::Fresh);
         }
-        if answered.len() + 1 < n {
+        if self.others().any(|p| !self.answers.contains_key(&p)) {
             return None;
         }
-        let mut horizons = vec![0; n];
-        for (_, a) in &answered {
+        let rows = self
+            .answers
+            .values()
+            .map(|a| a.row_ends.len())
+            .max()
+            .unwrap_or(0)
+            .max(self.configuration.rows());
+        let mut horizons = vec![0; rows];
+        for a in self.answers.values() {
             for (h, e) in horizons.iter_mut().zip(&a.row_ends) {
                 *h = (*h).max(*e);
             }
         }
-        let mut ranked: Vec<(u64, ReplicaId)> = answered
+        let mut ranked: Vec<(u64, ReplicaId)> = self
+            .answers
             .iter()
             .filter(|(_, a)| !a.joining)
-            .map(|(p, a)| (a.executed_prefix.iter().sum(), ReplicaId(*p as u32)))
+            .map(|(p, a)| (a.executed_prefix.iter().sum(), *p))
             .collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
         Some(JoinDecision::Rejoin {
@@ -144,13 +192,14 @@ impl Joiner {
 
     /// No snapshot could be had from any source: ask everyone again (their state moved on).
     pub fn restart(&mut self) {
-        self.answers.iter_mut().for_each(|a| *a = None);
+        self.answers.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::epoch::Epoch;
 
     fn answer(previous: u64, row_ends: Vec<u64>, executed: Vec<u64>) -> JoinAnswer {
         JoinAnswer {
@@ -216,6 +265,69 @@ mod tests {
         assert!(j
             .answered(ReplicaId(1), answer(0, vec![1, 1], vec![1, 1, 1]))
             .is_err());
+        assert!(matches!(
+            j.answered(ReplicaId(1), answer(0, vec![1, 1], vec![1, 1])),
+            Err(MalformedAnswer::Rows {
+                rows: 2,
+                needed: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            j.answered(ReplicaId(3), answer(0, vec![1; 4], vec![1; 4])),
+            Err(MalformedAnswer::NotMember { .. })
+        ));
         assert_eq!(j.decision(), None);
+    }
+
+    /// The joiner is keyed by the members, not by a count: replica 3, added in epoch 1 to
+    /// {0,1,2}, asks the three others, is fresh once with itself they make a majority of four
+    /// (3), and a rejoin of it waits for all three and takes horizons over four rows.
+    #[test]
+    fn an_added_id_joins_the_members_of_its_configuration() {
+        let e1 = Configuration::new(Epoch(1), (0..4).map(ReplicaId).collect()).expect("valid");
+        let mut j = Joiner::of(ReplicaId(3), e1.clone(), false);
+        assert_eq!(j.missing(), vec![ReplicaId(0), ReplicaId(1), ReplicaId(2)]);
+        j.answered(ReplicaId(0), answer(0, vec![5, 3, 0, 0], vec![5, 3, 0, 0]))
+            .expect("well formed");
+        assert_eq!(j.decision(), None, "2 of 4 is no majority");
+        j.answered(ReplicaId(2), answer(0, vec![5, 3, 1, 0], vec![5, 3, 1, 0]))
+            .expect("well formed");
+        assert_eq!(j.decision(), Some(JoinDecision::Fresh));
+        assert_eq!(j.missing(), vec![ReplicaId(1)]);
+
+        let mut j = Joiner::of(ReplicaId(3), e1, false);
+        j.answered(ReplicaId(0), answer(9, vec![5, 3, 0, 2], vec![5, 3, 0, 1]))
+            .expect("well formed");
+        j.answered(ReplicaId(1), answer(0, vec![4, 4, 0, 1], vec![4, 4, 0, 1]))
+            .expect("well formed");
+        assert_eq!(j.decision(), None, "a rejoin needs every other member");
+        // A peer that already learnt a later configuration (id 4 added) reports five rows.
+        j.answered(
+            ReplicaId(2),
+            answer(0, vec![1, 1, 7, 0, 3], vec![1, 1, 7, 0, 3]),
+        )
+        .expect("more rows than the joiner knows are fine");
+        assert_eq!(
+            j.decision(),
+            Some(JoinDecision::Rejoin {
+                horizons: vec![5, 4, 7, 2, 3],
+                sources: vec![ReplicaId(2), ReplicaId(1), ReplicaId(0)],
+            }),
+            "r2 executed 12, r1 9, r0 9 (ties by id, highest first)"
+        );
+    }
+
+    /// Epoch 0's joiner counts a majority as `n - f`, as every configuration does: with 4
+    /// replicas, 2 answers and the joiner make 3.
+    #[test]
+    fn a_fresh_join_needs_a_majority_of_an_even_cluster_too() {
+        let mut j = Joiner::new(ReplicaId(0), 4, false);
+        j.answered(ReplicaId(1), answer(0, vec![0; 4], vec![0; 4]))
+            .expect("well formed");
+        assert_eq!(j.decision(), None, "2 of 4 is no majority");
+        j.answered(ReplicaId(3), answer(0, vec![0; 4], vec![0; 4]))
+            .expect("well formed");
+        assert_eq!(j.decision(), Some(JoinDecision::Fresh));
     }
 }

@@ -13,6 +13,7 @@ use crate::core::command::Command;
 use crate::core::epoch::Configuration;
 use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::Message;
 use crate::core::replica::{self, Options, Overloaded, Replica, Time, Token};
@@ -115,8 +116,11 @@ impl Node {
             }
             Membership::Joining => Replica::new(opts),
         };
+        // One entry per row known (epoch 0's ids, and any a grown checkpoint or record holds):
+        // an entry once recorded is never cut off, or its fence would be lost.
         let mut peers = restored.peers;
-        peers.resize(n, None);
+        let rows = n.max(replica.rows()).max(peers.len().min(MEMBERS_EVER_MAX));
+        peers.resize(rows, None);
         Node {
             checkpointed_at: replica.collected(),
             replica,
@@ -170,6 +174,19 @@ impl Node {
         self.replica.rows()
     }
 
+    /// `peer`'s entry in the incarnation table, if it is a row known here (the table grows to
+    /// the rows known: an id a configuration added can join and be heard).
+    fn peer_slot(&mut self, peer: ReplicaId) -> Option<&mut Option<Incarnation>> {
+        let rows = self.replica.rows();
+        if peer.index() >= rows {
+            return None;
+        }
+        if self.peers.len() < rows {
+            self.peers.resize(rows, None);
+        }
+        self.peers.get_mut(peer.index())
+    }
+
     /// The incarnation recorded for `peer`, if any.
     pub fn peer_incarnation(&self, peer: ReplicaId) -> Option<Incarnation> {
         self.peers.get(peer.index()).copied().flatten()
@@ -205,7 +222,7 @@ impl Node {
     /// recorded, durably through `Ready::peers`): a replica that lost its data may have
     /// forgotten promises and votes, so only the incarnation that joined in its place is.
     pub fn hear(&mut self, peer: ReplicaId, incarnation: Incarnation) -> bool {
-        let Some(slot) = self.peers.get_mut(peer.index()) else {
+        let Some(slot) = self.peer_slot(peer) else {
             return false;
         };
         match *slot {
@@ -267,14 +284,15 @@ impl Node {
         incarnation: Option<Incarnation>,
     ) -> Result<JoinAnswer, Refusal> {
         let me = self.replica.id();
-        let (Some(incarnation), true) =
-            (incarnation, from != me && from.index() < self.peers.len())
-        else {
+        let (Some(incarnation), true) = (incarnation, from != me) else {
             return Err(Refusal::BadJoin);
         };
-        let previous = self.peers[from.index()];
+        let Some(slot) = self.peer_slot(from) else {
+            return Err(Refusal::BadJoin);
+        };
+        let previous = *slot;
         if previous != Some(incarnation) {
-            self.peers[from.index()] = Some(incarnation);
+            *slot = Some(incarnation);
             self.out.peers = Some(self.peers.clone());
         }
         let row_ends = self.replica.peer_rejoined(from);
@@ -596,6 +614,53 @@ mod tests {
         assert_eq!(r.joins[0].1, Err(Refusal::BadJoin), "its own id");
         assert_eq!(r.joins[1].1, Err(Refusal::BadJoin), "no incarnation");
         assert!(r.peers.is_none());
+    }
+
+    /// The incarnation table is keyed by the rows known, not epoch 0's size: before a
+    /// configuration adds id 3, its Join and batches are refused; after, it joins (its
+    /// incarnation recorded, the answer over four rows) and is heard, and a restart keeps
+    /// its entry.
+    #[test]
+    fn an_added_id_joins_and_is_heard_once_its_row_is_known() {
+        let mut n = joined(0);
+        assert_eq!(n.rows(), 3);
+        n.answer_join(50, ReplicaId(3), Some(inc(5)));
+        assert!(!n.hear(ReplicaId(3), inc(5)), "id 3 is not known yet");
+        let r = n.take_ready();
+        assert_eq!(r.joins[0].1, Err(Refusal::BadJoin));
+        assert!(r.peers.is_none());
+        let e1 = Configuration::new(
+            crate::core::epoch::Epoch(1),
+            (0..4).map(ReplicaId).collect(),
+        )
+        .expect("valid");
+        assert!(n.replica.adopt_configuration(e1));
+        assert_eq!(n.rows(), 4);
+        n.answer_join(51, ReplicaId(3), Some(inc(5)));
+        let r = n.take_ready();
+        let answer = r.joins[0].1.as_ref().expect("answered");
+        assert_eq!(answer.previous, None, "a fresh id");
+        assert_eq!(answer.row_ends.len(), 4, "every row known");
+        assert_eq!(r.peers, Some(vec![None, None, None, Some(inc(5))]));
+        assert!(n.hear(ReplicaId(3), inc(5)));
+        assert!(!n.hear(ReplicaId(3), inc(6)), "fenced like any peer");
+        assert!(!n.hear(ReplicaId(4), inc(1)), "id 4 is not known");
+        // The recorded table comes back longer than epoch 0's size: nothing is cut off.
+        let back = Node::new(
+            opts(0),
+            2,
+            Duration::ZERO,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                peers: vec![None, None, None, Some(inc(5))],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        assert_eq!(back.peer_incarnation(ReplicaId(3)), Some(inc(5)));
+        assert!(!back.would_hear(ReplicaId(3), inc(6)), "the fence survives");
     }
 
     #[test]
