@@ -271,15 +271,15 @@ impl Log {
         for tmp in [LOG_FILE, CHECKPOINT_FILE] {
             let _ = std::fs::remove_file(dir.join(format!("{tmp}.tmp")));
         }
-        let log_generation = match header {
+        // The next checkpoint is one generation ahead of the *log*, not of the checkpoint
+        // file: after a crash between a checkpoint's rename and the log's, the checkpoint is
+        // already one ahead, and numbering from it would make the next interrupted checkpoint
+        // two ahead of the log, which opening refuses. Rewriting that same generation instead
+        // keeps every moment of the next checkpoint a pair opening accepts.
+        let generation = match header {
             LogHeader::Generation(g) => g,
             _ => 0,
         };
-        let generation = checkpoint
-            .as_ref()
-            .and_then(|(g, _)| *g)
-            .unwrap_or(0)
-            .max(log_generation);
         Ok((
             Log {
                 file,
@@ -1220,6 +1220,34 @@ mod tests {
         std::fs::remove_file(d.join(LOG_FILE)).expect("delete");
         let msg = refusal(&d);
         assert!(msg.contains("(incarnation) file shows"), "{msg}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// Two crashes in a row, each between a checkpoint's rename and the log's: the second
+    /// checkpoint rewrites the generation the first left one ahead of the log, so the
+    /// directory opens after each (it once numbered from the checkpoint and refused).
+    #[test]
+    fn checkpoints_interrupted_twice_before_the_log_cut_still_open() {
+        let d = checkpointed_dir();
+        for round in 0..3 {
+            let (log, rec) = Log::open(&d, 3, Sync::Fsync).expect("interrupted checkpoint opens");
+            assert!(rec.checkpoint.is_some(), "round {round}");
+            // The job renames the checkpoint into place and writes the new log beside the old
+            // one; dropping it without `finish_checkpoint` is the crash before the log's rename.
+            let job = log.start_checkpoint(empty_checkpoint(), Vec::new());
+            let prepared = job().expect("checkpoint written");
+            drop(prepared);
+            drop(log);
+        }
+        let (mut log, rec) = Log::open(&d, 3, Sync::Fsync).expect("opens");
+        assert!(
+            rec.records.iter().any(|(id, _)| id.slot == 3),
+            "the old log's records are all still there"
+        );
+        log.checkpoint(&empty_checkpoint(), &[])
+            .expect("a whole checkpoint");
+        drop(log);
+        Log::open(&d, 3, Sync::Fsync).expect("opens after a whole one");
         let _ = std::fs::remove_dir_all(d);
     }
 
