@@ -84,6 +84,14 @@ pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Default most uncommitted instances a replica leads at once: proposals that arrive
 /// meanwhile wait and go out together, so a low limit makes batches, not queues.
 pub const INFLIGHT_MAX: usize = 16;
+/// Most slots of its own row a replica may have started beyond the first one whose record it
+/// does not yet know durable. A new instance's first PreAccept leaves before its record is
+/// synced (see `replica::leader`), so a crash can lose the records of slots that peers saw;
+/// restarting, a replica skips this many slots past the end of what its disk holds (the
+/// durable reservation: it never proposes another command in a slot it may have used at ballot
+/// 0) and has peers settle the skipped ones. Each restart costs up to this many no-op
+/// recoveries, so it stays near what one event-loop iteration starts (`INFLIGHT_MAX`).
+pub const OWN_SLOTS_UNSYNCED_MAX: u64 = 16;
 /// Capacity of bigChannel, in events (each a client proposal or a batch of peer messages).
 pub const BIG_CHANNEL_MAX: usize = 65_536;
 /// Most events the event loop takes from bigChannel before it flushes and sends: bounds the
@@ -196,6 +204,9 @@ const _: () = {
     assert!(SUSPECT_AFTER.as_millis() > HEARTBEAT.as_millis());
     assert!(BATCH_MAX >= 1 && INFLIGHT_MAX >= 1 && PENDING_MAX >= BATCH_MAX);
     assert!(DRAIN_MAX <= BIG_CHANNEL_MAX);
+    // With the default in-flight bound, the slots one iteration starts never wait for the
+    // previous sync (the window is never what limits the start of instances).
+    assert!(OWN_SLOTS_UNSYNCED_MAX >= INFLIGHT_MAX as u64);
     // The largest peer batch and the largest command each fit bigChannel's byte budget (its
     // semaphore counts in u32), and the largest message fits a peer's queue.
     assert!(PEER_GRPC_MESSAGE_BYTES_MAX <= BIG_CHANNEL_BYTES_MAX);

@@ -5,8 +5,9 @@
 //!
 //! Like [`Replica`] it is sans-IO: inputs go in with `now`, outputs come out in [`Ready`], and
 //! the runtime and the simulator drive this same code. The shell carries a `Ready` out in the
-//! order its fields are listed: make `peers`, `install`, `membership` and `core.persist`
-//! durable, then send `joins`, the core's messages and replies.
+//! order its fields are listed: make `peers`, `install` and `membership` durable, send the
+//! core's early messages (`replica::Ready::early`), make `core.persist` durable and say so
+//! ([`Node::persisted`]), then send `joins`, the core's other messages and replies.
 
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::Command;
@@ -57,8 +58,9 @@ pub struct RefusedPeer {
     pub recorded: Incarnation,
 }
 
-/// Everything to carry out, in this order: make `peers`, `install`, `membership` and
-/// `core.persist` durable; then send `joins` and the rest of `core`.
+/// Everything to carry out, in this order: make `peers`, `install` and `membership` durable;
+/// send the first `core.early` of `core.messages`; make `core.persist` durable and call
+/// [`Node::persisted`]; then send `joins` and the rest of `core`.
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Ready {
@@ -261,6 +263,22 @@ impl Node {
         if self.active() {
             self.replica.tick(now);
         }
+    }
+
+    /// This node runs on a data directory that an earlier run of this replica used (a restart,
+    /// after a crash or not): the shell calls it right after [`Node::new`]. The earlier run may
+    /// have sent PreAccepts whose records never reached the disk; their slots are skipped (see
+    /// [`Replica::skip_unsynced_slots`]). Nothing to do for a replica still joining: it
+    /// continues its row where the peers' horizons say.
+    pub fn restarted(&mut self, now: Time) {
+        if !self.joining() {
+            self.replica.skip_unsynced_slots(now);
+        }
+    }
+
+    /// The records of every `Ready` taken so far are durable: see [`Replica::persisted`].
+    pub fn persisted(&mut self) {
+        self.replica.persisted();
     }
 
     /// Starts instances from what was proposed since the last flush.

@@ -143,7 +143,7 @@ impl Sim {
             self.disk[r] = install.records;
             self.checkpoint[r] = Some(install.checkpoint);
         }
-        let ready = node_ready.core;
+        let mut ready = node_ready.core;
         // Every message of a simulated run is one a real cluster can send: none may be refused
         // as impossible (see `Replica::handle`).
         if let Some(rej) = ready.rejected.first() {
@@ -155,11 +155,16 @@ impl Sim {
                 });
             }
         }
+        // Like the runtime: the early messages leave, then the records are written and synced
+        // (a torn crash hits in between), then the node learns they are durable.
+        let early: Vec<_> = ready.messages.drain(..ready.early).collect();
+        self.send_early(r, &ready.persist, early);
         if let Life::Torn(cycle) = self.life[r] {
             self.torn_crash(r, cycle, ready);
             return;
         }
         self.write_disk(r, &ready.persist);
+        self.nodes[r].persisted();
         self.digest[r] = self.nodes[r].replica().kv().digest();
         // Every replica here is correct: refusing one of their messages as impossible or
         // contradictory is a false alarm (it would drop a message the protocol needs).
@@ -420,6 +425,7 @@ impl Sim {
                 records,
             },
         );
+        self.nodes[r].restarted(self.now);
         self.life[r] = Life::Up;
         self.incarnation[r] += 1;
         self.stats.restarts += 1;
@@ -572,6 +578,12 @@ impl Sim {
                 self.checkpoint[r] = None;
             }
         }
+        // The new incarnation continues its row at its horizon: what the old one sent early at
+        // or above it reached no peer (the horizon is the furthest any peer saw), so a slot
+        // there may be started again; below it, never.
+        let own_horizon = installed[r];
+        self.started
+            .retain(|id| id.replica.index() != r || id.slot < own_horizon);
         self.horizons[r] = Some(installed);
         self.caught_up[r] = false;
         self.learnt[r].fill(0);

@@ -2,10 +2,11 @@
 //!
 //! The crash model keeps exactly what the real replica persists. Each replica has a disk: every
 //! `Ready.persist` record it produced, in order (what the runtime appends and syncs before it
-//! sends anything of that `Ready`). A crash happens between steps, after a `Ready` was carried
-//! out whole, or, when torn, during the next step: that step's messages and replies never leave
-//! and only a prefix of its records reaches the disk (the log's torn tail is cut at a record
-//! boundary). With `gc_executed`, a replica also checkpoints like the runtime (see
+//! sends anything of that `Ready` but its early messages, `Ready::early`). A crash happens
+//! between steps, after a `Ready` was carried out whole, or, when torn, during the next step,
+//! in the window where its records are written but not yet synced: that step's early messages
+//! (new instances' PreAccepts) have left, its other messages and replies never leave, and only
+//! a prefix of its records reaches the disk (the log's torn tail is cut at a record boundary). With `gc_executed`, a replica also checkpoints like the runtime (see
 //! `Config::checkpoint_every`): the disk keeps the encoded checkpoint, then its records are
 //! replaced by the live ones; a crash may hit between the two (`Config::checkpoint_crash`,
 //! `Action::CrashAtCheckpoint`), leaving the new checkpoint beside the old, uncut log.
@@ -13,10 +14,12 @@
 
 use std::time::Duration;
 
-use epaxos_kv::core::ids::InstanceId;
-use epaxos_kv::core::instance::Instance;
+use epaxos_kv::core::ids::{Ballot, InstanceId, ReplicaId};
+use epaxos_kv::core::instance::{Instance, Status};
+use epaxos_kv::core::message::Message;
 use epaxos_kv::core::quorum;
-use epaxos_kv::core::replica::Ready;
+use epaxos_kv::core::replica::{Outgoing, Ready};
+use epaxos_kv::core::testkit::envelopes;
 
 use super::cluster::{Fault, Life, CHECKPOINT_CYCLES, SCRIPTED};
 use super::trace::What;
@@ -110,5 +113,55 @@ impl Sim {
                 ready.replies.len()
             )),
         );
+    }
+}
+
+impl Sim {
+    /// Sends what `r` may send before this step's records (`persist`) are written and synced,
+    /// like the runtime does: a new instance's first PreAccept (see `replica::leader`). It is
+    /// checked exactly: it is a PreAccept at ballot 0 of an instance of `r`'s own row whose
+    /// record (with the same commands and initial deps) is in `persist`, and it is the first
+    /// ever sent for that instance (a restart must never start a slot again: see
+    /// `Replica::skip_unsynced_slots`). Any other message sent early must already be durable,
+    /// like every message (`check_durable`, against the disk before this step's records).
+    pub(super) fn send_early(
+        &mut self,
+        r: usize,
+        persist: &[(InstanceId, Instance)],
+        early: Vec<Outgoing>,
+    ) {
+        for out in &early {
+            match &out.msg {
+                Message::PreAccept {
+                    instance,
+                    ballot,
+                    commands,
+                    deps,
+                } if instance.replica.index() == r
+                    && *ballot == Ballot::initial(instance.replica)
+                    && persist.iter().any(|(id, i)| {
+                        id == instance
+                            && i.status == Status::PreAccepted
+                            && i.ballot == *ballot
+                            && i.init_deps.as_ref() == Some(deps)
+                            && *i.commands == **commands
+                    }) =>
+                {
+                    if !self.started.insert(*instance) {
+                        self.durability_violation(
+                            format!(
+                                "r{r} started {instance} again at ballot 0: a PreAccept for it \
+                                 left early before, and a crash lost its record"
+                            ),
+                            *instance,
+                        );
+                    }
+                }
+                msg => self.check_durable(r, msg),
+            }
+        }
+        for envelope in envelopes(ReplicaId(r as u32), early) {
+            self.send(envelope);
+        }
     }
 }

@@ -22,7 +22,7 @@
 //! modules must not reorder draws (`SIM_HASHES=1` shows it did not).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -231,6 +231,9 @@ pub struct Sim {
     pub(super) checkpoint_rng: Rng,
     /// Per replica, per instance: the last record on its disk (what a message may reveal).
     pub(super) durable: Vec<HashMap<InstanceId, Instance>>,
+    /// Every instance whose first PreAccept left early (before its record was durable), over
+    /// the whole run: one sent twice is a slot used again (see `Sim::send_early`).
+    pub(super) started: HashSet<InstanceId>,
     /// Per replica: the digest of its store after its last `Ready` carried out (a torn crash
     /// loses what the step it interrupts executed).
     pub(super) digest: Vec<u64>,
@@ -353,6 +356,7 @@ impl Sim {
             crash_at_checkpoint: vec![false; n],
             checkpoint_rng: Rng::new(cfg.seed ^ 0xc4ec_4b01_47c0_ffee),
             durable: vec![HashMap::new(); n],
+            started: HashSet::new(),
             digest,
             crashes_ahead: 0,
             links: Links::new(n),

@@ -78,14 +78,20 @@ impl Replica {
             },
         );
         self.save(id);
-        self.send(
-            vec![from],
-            Message::PreAcceptOk {
-                instance: id,
-                ballot,
-                deps,
-            },
-        );
+        let answer = Message::PreAcceptOk {
+            instance: id,
+            ballot,
+            deps,
+        };
+        // The answer is a vote: it leaves only once its record is durable (not early, unlike
+        // the leader's PreAccept). A voter that crashed after answering and lost the record
+        // could vote again with other deps, and the leader may have counted the first vote
+        // in a fast quorum that recovery must find.
+        if self.opts.sabotage.answer_before_durable() {
+            self.send_early(vec![from], answer);
+        } else {
+            self.send(vec![from], answer);
+        }
     }
 
     pub(super) fn handle_accept(

@@ -11,6 +11,29 @@ use crate::core::instance::{Instance, Leading, Phase, Status};
 use crate::core::message::{Commands, Message};
 
 impl Replica {
+    /// Starts an instance in the next slot of this replica's row and sends its PreAccept.
+    ///
+    /// The PreAccept leaves *before* the instance's record is durable (`send_early`: the shell
+    /// sends it, then syncs), so the network and the peers' syncs overlap this replica's own.
+    /// What a crash at each moment loses, and why nothing breaks:
+    /// - after the PreAccept left, before the record is durable: the restarted leader knows
+    ///   nothing of slot k, while peers may hold it pre-accepted at ballot 0. Nothing about k
+    ///   was decided or revealed beyond the PreAccept: the leader's own vote counts only in
+    ///   decisions it makes on peers' answers, which it handles after this step's sync, and
+    ///   every output of a decision (Accept, Commit, execution, reply) waits for its own record,
+    ///   which the log orders after this one. So k is settled by recovery at a higher ballot
+    ///   (no-op, or what a recoverer elsewhere already chose); the restart never proposes
+    ///   another command in k at ballot 0 (see [`Replica::skip_unsynced_slots`]), and it bounds
+    ///   the slots at stake: new instances start only within `OWN_SLOTS_UNSYNCED_MAX` of the
+    ///   last durable one (`flush`).
+    /// - after the record is durable: as with a record synced before sending; the restarted
+    ///   leader resumes k at ballot 0 with exactly what it sent (see `restore`).
+    ///
+    /// Nothing else leaves early. A voter's answer reveals its vote, which must survive it
+    /// (`handle_pre_accept`, `handle_accept`). The Accept waits for its record: sent early and
+    /// lost, the restarted leader would resume k from its PreAccepted record and could choose
+    /// other deps at the same ballot 0. The Commit waits for the commit record too (see
+    /// `commit_led`).
     pub(super) fn start_instance(&mut self, now: Time) {
         let id = InstanceId::new(self.opts.id, self.next_slot);
         self.next_slot += 1;
@@ -70,7 +93,7 @@ impl Replica {
                 recovery: false,
             },
         );
-        self.send(
+        self.send_early(
             asked,
             Message::PreAccept {
                 instance: id,
@@ -139,6 +162,12 @@ impl Replica {
     /// The EPaxos* fast-path rule: commit the initial deps once a fast quorum (leader included)
     /// reported exactly them. Otherwise go to the slow path with the union of all answers once a
     /// slow quorum answered and either the fast path can no longer happen or `timed_out`.
+    ///
+    /// The leader's own vote is its PreAccepted record, which may not be durable yet when the
+    /// instance starts (its PreAccept left early: see `start_instance`). Counting it at once is
+    /// still counting a durable vote: nothing this decision produces leaves before the next
+    /// sync, which covers that record (the Accept or the Commit is a later record of the same
+    /// log, and the shell sends only `Ready::early` before syncing).
     fn decide_pre_accept(&mut self, now: Time, id: InstanceId, timed_out: bool) {
         // Callers decide only an instance they lead, in the PreAccept phase.
         let (Some(inst), Some(lead)) = (self.instances.get(&id), self.leading.get(&id)) else {
@@ -243,6 +272,16 @@ impl Replica {
         }
     }
 
+    /// Commits an instance this replica decided as its leader (or recoverer). Its Commit,
+    /// execution and replies wait for the commit record to be durable here, although a
+    /// quorum's durable votes already fix the outcome: EPaxos* recovery reads a coordinator's
+    /// answer as proof of what it did. A coordinator in the recovery's quorum that reports the
+    /// instance only pre-accepted makes it a no-op ("initial coordinator in Q"), and Validate
+    /// reasons the same way about the coordinators of conflicting instances. A leader that had
+    /// replied before its commit record was durable and then crashed would restart with the
+    /// instance pre-accepted and give exactly that answer: the command its client saw executed
+    /// would become a no-op. Replying earlier needs a restarted coordinator to stop answering
+    /// as one for its undecided instances, a change to the recovery rules.
     fn commit_led(&mut self, now: Time, id: InstanceId, deps: Deps, path: Path) {
         let lead = self
             .leading

@@ -8,7 +8,8 @@
 //! - [`Replica::tick`]: timers (resending to silent peers, fetching missing commits).
 //!
 //! Outputs collect in a [`Ready`] that the runtime drains with [`Replica::take_ready`] and
-//! carries out: send the messages, answer the clients.
+//! carries out: send the messages that may leave at once, make the records durable, tell the
+//! core ([`Replica::persisted`]), send the rest, answer the clients.
 //!
 //! Recovery of instances whose leader died (EPaxos* explicit prepare) lives in `recovery`
 //! (its rules) and in `recovering` (its bookkeeping).
@@ -141,6 +142,16 @@ pub struct Replica {
     expiring: BTreeMap<ClientId, Time>,
     /// What restoring from the log refused as expired while it executed again (for checks).
     replayed_refusals: Vec<(InstanceId, ClientId, RequestId)>,
+    /// Own row: every slot below this has its record durable, or was skipped at a restart
+    /// (see [`Replica::skip_unsynced_slots`]). New instances start only below this plus
+    /// `OWN_SLOTS_UNSYNCED_MAX`: that bounds what a crash can lose of slots peers saw.
+    durable_slot_end: u64,
+    /// `next_slot` when the runtime last took the outputs: their records cover every slot
+    /// below it, so once it says they are durable ([`Replica::persisted`]) so are those slots.
+    taken_slot_end: u64,
+    /// Messages that may leave before this `Ready`'s records are durable (see `Ready::early`),
+    /// put at the front of `ready.messages` when it is taken.
+    early: Vec<Outgoing>,
     ready: Ready,
 }
 
@@ -182,6 +193,9 @@ impl Replica {
             wall_ms: 0,
             expiring: BTreeMap::new(),
             replayed_refusals: Vec::new(),
+            durable_slot_end: 0,
+            taken_slot_end: 0,
+            early: Vec::new(),
             ready: Ready::default(),
             opts,
         }
@@ -309,7 +323,52 @@ impl Replica {
         r.ready.replies.clear();
         r.ready.executed.clear();
         r.replayed_refusals = std::mem::take(&mut r.ready.refused_expired);
+        // Everything restored is durable (or, after a snapshot, becomes so before anything of
+        // this replica's leaves: see `node::Ready::install`).
+        r.durable_slot_end = r.next_slot;
+        r.taken_slot_end = r.next_slot;
         r
+    }
+
+    /// After a crash (a restart from this replica's own disk): skips the slots of its own row
+    /// that its previous run may have started without their records reaching the disk, and
+    /// has them settled by recovery.
+    ///
+    /// Why: a new instance's first PreAccept leaves before its record is durable (see
+    /// `leader`). A crash in between loses the record while peers may hold the instance
+    /// pre-accepted at ballot 0. Proposing another command in that slot at ballot 0 would then
+    /// make two values at one ballot: a peer answers a PreAccept at the ballot it pre-accepted
+    /// with its vote for the first command (see `handle_pre_accept`), which the leader would
+    /// count for the second. The previous run started slots only below the end of what it
+    /// knew durable plus `OWN_SLOTS_UNSYNCED_MAX`, and what it knew durable is on the disk; so
+    /// past the end of the disk's own slots (`next_slot` as restored) plus that window, no
+    /// slot was ever used. The skipped slots are needed at once, so this replica takes them
+    /// over (recovery, at a ballot above 0): a lost instance was decided nowhere, since its
+    /// leader's vote and every decision of it are revealed only after its record is durable,
+    /// so recovery ends it as a no-op (EPaxos*: its coordinator is in the recovery's quorum)
+    /// or with what a recoverer elsewhere already settled.
+    pub fn skip_unsynced_slots(&mut self, now: Time) {
+        if self.opts.sabotage.reuse_unsynced_slots() {
+            return;
+        }
+        let from = self.next_slot;
+        self.next_slot += limits::OWN_SLOTS_UNSYNCED_MAX;
+        self.durable_slot_end = self.next_slot;
+        self.taken_slot_end = self.next_slot;
+        let me = self.opts.id;
+        for slot in from..self.next_slot {
+            let id = InstanceId::new(me, slot);
+            if !self.instances.contains_key(&id) {
+                self.need(now, id).recover_at = now;
+            }
+        }
+    }
+
+    /// The records of every `Ready` taken so far are durable (the shell synced them): the own
+    /// slots they hold no longer count against `OWN_SLOTS_UNSYNCED_MAX`. The runtime calls it
+    /// after each sync, before the next `flush`.
+    pub fn persisted(&mut self) {
+        self.durable_slot_end = self.durable_slot_end.max(self.taken_slot_end);
     }
 
     pub fn id(&self) -> ReplicaId {
@@ -459,7 +518,14 @@ impl Replica {
 
     /// Drains the outputs accumulated since the last call.
     pub fn take_ready(&mut self) -> Ready {
-        std::mem::take(&mut self.ready)
+        self.taken_slot_end = self.next_slot;
+        let mut ready = std::mem::take(&mut self.ready);
+        if !self.early.is_empty() {
+            ready.early = self.early.len();
+            let later = std::mem::replace(&mut ready.messages, std::mem::take(&mut self.early));
+            ready.messages.extend(later);
+        }
+        ready
     }
 
     /// The wall clock, in Unix milliseconds, as the shell reads it (the core reads no clock):
@@ -549,7 +615,10 @@ impl Replica {
             });
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
-        while !self.pending.is_empty() && self.leading.len() < self.opts.inflight_max {
+        while !self.pending.is_empty()
+            && self.leading.len() < self.opts.inflight_max
+            && self.next_slot < self.durable_slot_end + limits::OWN_SLOTS_UNSYNCED_MAX
+        {
             self.start_instance(now);
         }
         self.debug_check_invariants();

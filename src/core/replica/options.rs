@@ -144,6 +144,12 @@ sabotage_switches! {
     /// stale state instead of installing a snapshot (it waits forever for Commits nobody
     /// holds any more).
     ignore_collected,
+    /// A voter's PreAcceptOk leaves before its record is durable, like the leader's own
+    /// PreAccept (a crash can then lose a vote a leader counted).
+    answer_before_durable,
+    /// A restart does not skip the slots its previous run may have started without their
+    /// records reaching the disk: it proposes new commands in them at ballot 0.
+    reuse_unsynced_slots,
 }
 
 // Without the feature `Sabotage` is empty: the switches are not in the build at all.

@@ -185,8 +185,12 @@ pub struct Rejected {
     pub reason: Reject,
 }
 
-/// Everything the runtime must carry out after feeding inputs, in this order: make `persist`
-/// durable first, then send `messages` and `replies` (they may reveal what `persist` holds).
+/// Everything the runtime must carry out after feeding inputs, in this order: send the first
+/// `early` of `messages` (they may leave before `persist` is durable), make `persist` durable,
+/// tell the core ([`Replica::persisted`](super::Replica::persisted)), then send the other
+/// `messages` and the `replies` (they may reveal what `persist` holds). A shell that sends
+/// everything after the sync is correct too, only slower (raft-rs keeps the same two kinds of
+/// messages apart: `messages` and `persisted_messages`).
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Ready {
@@ -194,6 +198,10 @@ pub struct Ready {
     /// supersedes an earlier one). Executed is never written: it is re-derived on restart.
     pub persist: Vec<(InstanceId, Instance)>,
     pub messages: Vec<Outgoing>,
+    /// How many of `messages`, from the front, may leave before `persist` is durable: the
+    /// first PreAccept of each instance started in this `Ready` (why that is safe: `leader`).
+    /// Everything else a replica sends reveals state that must survive a crash first.
+    pub early: usize,
     pub replies: Vec<Reply>,
     pub committed: Vec<Committed>,
     /// Instances executed, in execution order.

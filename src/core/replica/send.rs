@@ -70,6 +70,14 @@ impl Replica {
         );
     }
 
+    /// Like `send`, for a message that may leave before the records of this `Ready` are
+    /// durable (see `Ready::early`): only a new instance's first PreAccept (see `leader`).
+    pub(super) fn send_early(&mut self, to: Vec<ReplicaId>, msg: Message) {
+        if !to.is_empty() {
+            self.early.push(Outgoing { to, msg });
+        }
+    }
+
     pub(super) fn send(&mut self, to: Vec<ReplicaId>, msg: Message) {
         let msg = match msg {
             Message::Watermark { .. } if self.opts.sabotage.forge_watermarks() => {

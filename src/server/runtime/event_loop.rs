@@ -2,6 +2,7 @@
 //! feeds the core, writes and syncs what the core asks to persist, and carries out its `Ready`.
 
 use super::*;
+use crate::core::replica::Outgoing;
 
 /// A checkpoint being written off the event loop.
 pub(super) struct Writing {
@@ -219,9 +220,13 @@ pub(super) async fn run_loop(
         el.node.flush(el.start.elapsed());
         let mut ready = el.node.take_ready();
         el.persist_node(&ready).await?;
+        // New instances' PreAccepts leave now: the peers' syncs and the network overlap ours
+        // (why that is safe: `replica::leader`, `start_instance`).
+        let early: Vec<Outgoing> = ready.core.messages.drain(..ready.core.early).collect();
+        el.send_messages(early);
         if !ready.core.persist.is_empty() {
             // Group commit: one write and one sync for everything this iteration changed,
-            // before any message or reply that depends on it leaves.
+            // before any other message or reply that depends on it leaves.
             let started = Instant::now();
             let records = std::mem::take(&mut ready.core.persist);
             let log = &mut el.log;
@@ -237,6 +242,7 @@ pub(super) async fn run_loop(
                 since.extend(records);
             }
         }
+        el.node.persisted();
         el.carry_out(ready);
         el.checkpoint_writing = writing.is_some();
         if !el.checkpoint_writing {
@@ -628,10 +634,10 @@ impl EventLoop {
         self.carry_out_core(ready.core);
     }
 
-    /// Carries out the protocol core's outputs.
-    pub(super) fn carry_out_core(&mut self, ready: Ready) {
+    /// Encodes each message once and queues the bytes for every addressee.
+    pub(super) fn send_messages(&mut self, messages: Vec<Outgoing>) {
         let m = &self.m;
-        for out in ready.messages {
+        for out in messages {
             let bytes = wire::encode(&out.msg);
             let timed = match (&out.msg, out.msg.instance()) {
                 (Message::PreAccept { .. } | Message::Accept { .. }, Some(i)) => Some(i),
@@ -655,6 +661,13 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Carries out the protocol core's outputs (what `run_loop` left of them: the early
+    /// messages went before the sync).
+    pub(super) fn carry_out_core(&mut self, ready: Ready) {
+        self.send_messages(ready.messages);
+        let m = &self.m;
         for batch in ready.batches {
             tracing::debug!(commands = batch, "instance started (batch size)");
             m.batches.increment(1);

@@ -161,7 +161,7 @@ pub async fn serve(
             let _ = big.send(Event::Joined(Box::new(joined))).await;
         });
     }
-    let node = Node::new(
+    let mut node = Node::new(
         opts.core.clone(),
         opts.checkpoint_every,
         Duration::ZERO,
@@ -172,6 +172,9 @@ pub async fn serve(
             records: recovered.records,
         },
     );
+    if !new_dir {
+        node.restarted(Duration::ZERO);
+    }
     if !node.joining() {
         tracing::info!(
             records = restored,
