@@ -791,6 +791,79 @@ mod tests {
         assert_eq!(nodes[0].replica().pending(), 0);
     }
 
+    /// A node of replica 0 restored from `records` (no checkpoint).
+    fn restored(o: Options, records: Vec<(InstanceId, Instance)>) -> Node {
+        Node::new(
+            o,
+            0,
+            Duration::ZERO,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                peers: vec![None; 3],
+                checkpoint: None,
+                records,
+            },
+        )
+    }
+
+    #[test]
+    fn new_instances_stay_within_the_unsynced_window_and_a_restart_skips_it() {
+        use crate::core::limits::OWN_SLOTS_UNSYNCED_MAX as WINDOW;
+        let mut o = opts(0);
+        o.inflight_max = 100;
+        o.batch_max = 1;
+        let mut n = restored(o.clone(), Vec::new());
+        for client in 1..=WINDOW + 4 {
+            n.propose(client, put(client)).expect("room");
+        }
+        n.flush(Duration::ZERO);
+        let first = n.take_ready();
+        assert_eq!(first.core.persist.len() as u64, WINDOW);
+        assert_eq!(
+            first.core.early as u64, WINDOW,
+            "one early PreAccept per instance"
+        );
+        assert!(first.core.messages[..first.core.early]
+            .iter()
+            .all(|o| matches!(o.msg, Message::PreAccept { .. })));
+        n.flush(Duration::ZERO);
+        assert!(
+            n.take_ready().core.persist.is_empty(),
+            "no more before those records are known durable"
+        );
+        n.persisted();
+        n.flush(Duration::ZERO);
+        let second = n.take_ready();
+        assert_eq!(second.core.persist.len(), 4, "the rest once they are");
+        // A crash loses the second batch of records (its PreAccepts had left): the restart
+        // skips a whole window past what the disk holds and has the skipped slots recovered.
+        let mut back = restored(o, first.core.persist);
+        back.restarted(Duration::ZERO);
+        let _ = back.take_ready();
+        back.propose(99, put(99)).expect("room");
+        back.flush(Duration::ZERO);
+        let ready = back.take_ready();
+        assert_eq!(
+            ready.core.persist[0].0,
+            InstanceId::new(ReplicaId(0), 2 * WINDOW),
+            "never a slot the lost PreAccepts used"
+        );
+        back.tick(Duration::ZERO);
+        let recovering: Vec<u64> = back
+            .take_ready()
+            .core
+            .messages
+            .iter()
+            .filter_map(|o| match o.msg {
+                Message::Recover { instance, .. } => Some(instance.slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recovering, (WINDOW..2 * WINDOW).collect::<Vec<u64>>());
+    }
+
     #[test]
     fn pending_commands_are_bounded_in_bytes_too() {
         let mut o = opts(0);
