@@ -8,8 +8,9 @@ use super::{Committed, Path, Replica, Time};
 use crate::core::command::Command;
 use crate::core::deps::Deps;
 use crate::core::epoch::Epoch;
-use crate::core::ids::{Ballot, InstanceId};
+use crate::core::ids::{Ballot, InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Status};
+use crate::core::limits;
 use crate::core::message::Commands;
 
 impl Replica {
@@ -96,6 +97,26 @@ impl Replica {
         }
     }
 
+    /// Needs the slots of `row` from `from` up to `covered` that are not decided here, at most
+    /// `OWN_SLOTS_UNSYNCED_MAX` of them from `from` on: they are fetched, then recovered, at
+    /// once rather than one after another. A restarted leader leaves a run that long of slots
+    /// nobody may know (see `skip_unsynced_slots`); if it cannot settle them itself (cut off,
+    /// wiped), the peers that find them in the way would otherwise pay a recovery timeout for
+    /// each in turn.
+    fn need_gaps(&mut self, now: Time, row: ReplicaId, from: u64, covered: u64) {
+        let last = covered.min(from + limits::OWN_SLOTS_UNSYNCED_MAX - 1);
+        for slot in from..=last {
+            let id = InstanceId::new(row, slot);
+            if !self
+                .instances
+                .get(&id)
+                .is_some_and(|i| i.status.is_decided())
+            {
+                self.need(now, id);
+            }
+        }
+    }
+
     /// Moves the committed prefix and end of `id`'s row past `id` where it can.
     pub(super) fn advance_prefix(&mut self, id: InstanceId) {
         let row = id.replica;
@@ -129,9 +150,9 @@ impl Replica {
         for (_, waiters) in std::mem::replace(&mut self.prefix_waiters[row], still) {
             roots.extend(waiters);
         }
-        if !self.prefix_waiters[row].is_empty() {
-            // Some still wait for this row: its next gap is needed (fetched, then recovered).
-            self.need(now, InstanceId::new(id.replica, passed));
+        if let Some((&covered, _)) = self.prefix_waiters[row].last_key_value() {
+            // Some still wait for this row: its next gaps are needed (fetched, then recovered).
+            self.need_gaps(now, row, passed, covered);
         }
         // Instances found blocked during this pass, with what blocks them: a root among them
         // is registered without walking the graph again.
@@ -156,7 +177,7 @@ impl Replica {
                     .entry(covered.slot)
                     .or_default()
                     .push(root);
-                self.need(now, gap);
+                self.need_gaps(now, covered.replica, gap.slot, covered.slot);
                 continue;
             }
             if let Some((missing, waiting)) = self.try_execute(root) {
