@@ -137,6 +137,7 @@ impl Sim {
                     ballot,
                     commands,
                     deps,
+                    epoch,
                 } if instance.replica.index() == r
                     && *ballot == Ballot::initial(instance.replica)
                     && persist.iter().any(|(id, i)| {
@@ -144,6 +145,7 @@ impl Sim {
                             && i.status == Status::PreAccepted
                             && i.ballot == *ballot
                             && i.init_deps.as_ref() == Some(deps)
+                            && i.epoch == *epoch
                             && *i.commands == **commands
                     }) =>
                 {
