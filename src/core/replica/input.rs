@@ -236,10 +236,11 @@ impl Replica {
     /// - it never lost its data ([`Replica::knows_own_row`]): no correct peer can name such a
     ///   slot in anything, and every message that does is rejected
     ///   ([`Reject::UnknownOwnInstance`]);
-    /// - it rejoined: its old incarnation may have created such slots that no peer knew but as
-    ///   a dependency (horizons do not cover those), so naming one proves nothing; only a
-    ///   Commit of one is refused ([`Contradiction::CommitUnproposed`]), since committing it
-    ///   here would put a decided value in a slot this replica gives its own next commands.
+    /// - it rejoined: its old incarnation may have created such slots that no peer knew at
+    ///   its Join (the horizons cover every slot a peer knew, as a dependency too: see
+    ///   `peer_rejoined`), so naming one proves nothing; only a Commit of one is refused
+    ///   ([`Contradiction::CommitUnproposed`]), since committing it here would put a decided
+    ///   value in a slot this replica gives its own next commands.
     fn never_created(&self, id: InstanceId) -> bool {
         id.replica == self.opts.id && id.slot >= self.next_slot
     }

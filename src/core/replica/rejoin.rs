@@ -7,7 +7,8 @@
 //!   old incarnation; every vote of the old one that ever counted was counted by some peer
 //!   before that moment, for an instance that peer knew, so below the highest slot any peer
 //!   knew per row (the `horizons`) lie all the instances the old incarnation may have voted
-//!   on, its own row's instances included;
+//!   on, its own row's instances included; "knew" counts slots named only in dependencies
+//!   (see `peer_rejoined`): peers may have to settle those too;
 //! - starts from a peer's snapshot (`snapshot`) with its next own slot at its row's horizon;
 //! - abstains below the horizons (`abstains`): it learns Commits there but never answers
 //!   PreAccept, Accept, Recover or Validate, nor recovers; peers decide those instances
@@ -19,9 +20,11 @@
 //!   each commit without the other in its deps (their quorums may meet only at this replica).
 //!
 
+use super::recoveries::RecoveryPhase;
 use super::Replica;
 use crate::core::deps::Deps;
 use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::instance::Phase;
 use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::per_row::PerRow;
 
@@ -87,8 +90,22 @@ impl Replica {
 
     /// Peer `peer` joined with a new data directory: forget what its old incarnation reported
     /// (garbage collection waits for the new one's progress) and answer how far each row
-    /// reaches here (one past the highest slot known, committed or not, forgotten included; the
-    /// next slot for this replica's own row).
+    /// reaches here: one past the highest slot known, committed or not, forgotten included, the
+    /// next slot for this replica's own row, **and every slot named here only as a dependency**
+    /// (in an instance's deps or initial deps, in a PreAcceptOk or RecoverOk this replica holds
+    /// while it leads or recovers, in a conflict a ValidateOk reported, in an instance it waits
+    /// for).
+    ///
+    /// Why the dependencies: a replica's answers carry its own instances in their deps, also
+    /// ones whose PreAccepts reached nobody (lost, cut off). If the old incarnation of `peer`
+    /// did that and then lost its data, a peer here knows such a slot (peer, k) only as a
+    /// dependency: a Commit covering it makes every replica that executes it wait for (peer, k),
+    /// take it over and commit a no-op there. A horizon that stopped below k would let the new
+    /// incarnation start its own row there and give k a command of its own at ballot 0 while
+    /// peers decide k without it: two values for one slot, and its refusal of that no-op's
+    /// Commit (`CommitUnproposed`) is what shows it. Counting what deps name keeps every slot
+    /// any peer may need below the horizon, where peers decide it and the new incarnation only
+    /// learns it.
     pub fn peer_rejoined(&mut self, peer: ReplicaId) -> Vec<u64> {
         if let Some(p) = self.peer_committed.get_mut(peer) {
             p.iter_mut().for_each(|s| *s = 0);
@@ -102,10 +119,49 @@ impl Replica {
         }
         let me = self.opts.id;
         ends[me] = ends[me].max(self.next_slot);
-        for id in self.instances.keys() {
-            let end = &mut ends[id.replica];
-            *end = (*end).max(id.slot + 1);
+        let mut reach = |id: &InstanceId| {
+            if let Some(end) = ends.get_mut(id.replica) {
+                *end = (*end).max(id.slot + 1);
+            }
+        };
+        for (id, inst) in &self.instances {
+            reach(id);
+            inst.deps.iter().for_each(&mut reach);
+            if let Some(init) = &inst.init_deps {
+                init.iter().for_each(&mut reach);
+            }
         }
+        for lead in self.leading.values() {
+            if let Phase::PreAccepting { replies } = &lead.phase {
+                replies
+                    .iter()
+                    .flat_map(|(_, d)| d.iter())
+                    .for_each(&mut reach);
+            }
+        }
+        for recovery in self.recovering.values() {
+            match &recovery.phase {
+                RecoveryPhase::Recovering { replies } => {
+                    for (_, r) in replies {
+                        r.deps.iter().for_each(&mut reach);
+                        if let Some(init) = &r.init_deps {
+                            init.iter().for_each(&mut reach);
+                        }
+                    }
+                }
+                RecoveryPhase::Validating { deps, replies, .. } => {
+                    deps.iter().for_each(&mut reach);
+                    replies
+                        .iter()
+                        .flat_map(|(_, c)| c.iter().map(|(id, _)| id))
+                        .for_each(&mut reach);
+                }
+                RecoveryPhase::Waiting { deps, awaited, .. } => {
+                    deps.iter().chain(awaited).for_each(&mut reach);
+                }
+            }
+        }
+        self.waiting.keys().for_each(&mut reach);
         ends.into_vec()
     }
 }

@@ -317,6 +317,27 @@ fn a_peer_that_rejoins_learns_how_far_each_row_reaches() {
     assert!(rs[0].peer_executed[ReplicaId(2)].iter().all(|s| *s == 0));
 }
 
+/// The old incarnation of r2 answered a PreAccept with deps on its own slot 2.4, whose
+/// PreAccept reached nobody: r0 knows 2.4 only as a dependency. The horizon of row 2 must
+/// still pass it (see `peer_rejoined`), or the new r2 would start a command of its own in a
+/// slot peers take over (a no-op) to execute what depends on it.
+#[test]
+fn a_slot_known_only_as_a_dependency_is_below_the_horizon() {
+    let mut rs = cluster(3);
+    rs[0].handle(
+        Duration::ZERO,
+        ReplicaId(1),
+        Message::PreAccept {
+            epoch: Epoch(0),
+            instance: InstanceId::new(ReplicaId(1), 0),
+            ballot: Ballot::initial(ReplicaId(1)),
+            commands: Arc::new(vec![put(3, "c")]),
+            deps: Deps::from([InstanceId::new(ReplicaId(2), 4)]),
+        },
+    );
+    assert_eq!(rs[0].peer_rejoined(ReplicaId(2)), vec![0, 1, 5]);
+}
+
 #[test]
 fn a_replica_far_behind_pulls_commits_between_watermarks() {
     let mut rs: Vec<Replica> = (0..3)

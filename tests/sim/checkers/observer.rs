@@ -258,10 +258,7 @@ impl Observer {
         for (id, inst) in &held {
             self.compare(r, *id, &inst.commands, inst.deps.as_slice());
             if inst.status == Status::Executed {
-                self.executed_set[r].insert(*id);
-                for pair in requests_of(&self.refused_in, *id, &inst.commands) {
-                    self.applied[r].insert(pair);
-                }
+                self.mark_executed(r, *id);
             }
         }
         let mut forgotten: Vec<InstanceId> = before
@@ -430,9 +427,11 @@ impl Observer {
         }
     }
 
-    /// `id` is executed at `r` since its rejoin (its effects are in the snapshot's state, or
-    /// restoring executed it): its requests count as applied there, and `r` as one of the
-    /// replicas that executed it.
+    /// `id` is executed at `r` since its rejoin or restart (its effects are in the snapshot's
+    /// state, or restoring executed it): its requests count as applied there, and `r` as one
+    /// of the replicas that executed it. Restoring may execute an instance for the first time
+    /// anywhere (a torn crash lost the step that executed it, but not its commit record): the
+    /// replica then counts towards the majority that lets it and its peers collect it.
     fn mark_executed(&mut self, r: usize, id: InstanceId) {
         if !self.executed_set[r].insert(id) {
             return;
