@@ -38,18 +38,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-TICKS=$(getconf CLK_TCK)
-# utime+stime of the given processes, in clock ticks.
-cpu_ticks() {
-  local p total=0 f
-  for p in "$@"; do
-    # Fields after the ")" of the command name: utime and stime are the 12th and 13th there.
-    f=$(sed 's/.*) //' "/proc/$p/stat")
-    set -- $f
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
+. "$(dirname "$0")/cpu.sh"
 
 run() { # BIN_DIR LABEL -> prints "ops p50 p99 cpu_ms_per_1000"
   local bin=$1 dir="$WORK/$2-$RANDOM" p

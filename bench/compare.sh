@@ -68,7 +68,6 @@ echo "building release binaries..." >&2
 cargo build --release --bin replica --bin client >&2
 REPLICA=$ROOT/target/release/replica
 CLIENT=$ROOT/target/release/client
-TICKS=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/compare.XXXXXX")
 if [ "$(stat -f -c %T "$tmp")" = tmpfs ]; then
@@ -184,17 +183,7 @@ start_etcd() {
     --duration 0.2 --concurrency 1 --write-pct 100 --quiet --json --attempt-timeout-ms 500
 }
 
-# utime+stime of the given processes, in clock ticks.
-cpu_ticks() {
-  local p total=0 f
-  for p in "$@"; do
-    # Fields after the ")" of the command name: utime and stime are 12th and 13th there.
-    f=$(sed 's/.*) //' "/proc/$p/stat")
-    set -- $f
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
+. bench/cpu.sh
 
 # One run: run SYSTEM WORKLOAD C TARGET CELL_LABEL PIDS... ; appends a JSON line to runs.jsonl.
 run_one() {

@@ -273,7 +273,6 @@ mod tests {
     use super::*;
     use crate::core::command::{Command, Op};
     use crate::core::ids::{ClientId, RequestId};
-    use crate::core::testkit::Network;
 
     /// Three replicas collecting garbage with the given retentions.
     fn cluster(instances: u64, bytes: u64) -> Vec<Replica> {
@@ -302,22 +301,8 @@ mod tests {
 
     /// Delivers everything but what goes to or from r2 (down) until quiet.
     fn settle_without_r2(rs: &mut [Replica], now: Time) {
-        let mut net = Network::new(rs.len());
-        for _ in 0..1000 {
-            for r in rs.iter_mut() {
-                r.flush(now);
-                net.send(r.id(), r.take_ready().messages);
-            }
-            if net.is_empty() {
-                return;
-            }
-            for e in net.drain() {
-                if e.from != ReplicaId(2) && e.to != ReplicaId(2) {
-                    rs[e.to.index()].handle(now, e.from, e.msg);
-                }
-            }
-        }
-        panic!("messages kept flowing");
+        let r2 = ReplicaId(2);
+        super::super::tests::settle(rs, now, |from, to| from == r2 || to == r2);
     }
 
     /// `puts` puts of `value_bytes` through r0 with r2 down, then Watermarks for a while (so

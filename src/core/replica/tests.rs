@@ -44,7 +44,7 @@ fn put(client: u64, key: &'static str) -> Command {
 /// Delivers every pending message until quiet, except those `drop` refuses.
 /// In rounds on the shared in-memory network (`core::testkit`): every replica flushes and
 /// sends, then everything sent is delivered in order.
-fn settle(rs: &mut [Replica], now: Time, drop: impl Fn(ReplicaId, ReplicaId) -> bool) {
+pub(super) fn settle(rs: &mut [Replica], now: Time, drop: impl Fn(ReplicaId, ReplicaId) -> bool) {
     let mut net = Network::new(rs.len());
     for _ in 0..1000 {
         for r in rs.iter_mut() {
