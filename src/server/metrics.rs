@@ -2,6 +2,7 @@
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -517,7 +518,19 @@ pub fn code_label(code: tonic::Code) -> &'static str {
 
 /// Counts a client call's outcome (`epaxos_client_requests_total{method,code}`).
 pub fn client_request<T>(method: &'static str, result: &Result<T, tonic::Status>) {
+    // The common case, a Propose answered OK, keeps its handle: looking a labelled counter up
+    // in the registry costs ~1.35k instructions, 2% of a command's (callgrind, issue 14).
+    static PROPOSE_OK: OnceLock<Counter> = OnceLock::new();
     let code = match result {
+        Ok(_) if method == "Propose" => {
+            PROPOSE_OK
+                .get_or_init(|| {
+                    counter!("epaxos_client_requests_total", "method" => "Propose",
+                        "code" => code_label(tonic::Code::Ok))
+                })
+                .increment(1);
+            return;
+        }
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
     };
@@ -645,6 +658,8 @@ pub struct LoopMetrics {
     pub commit_latency_fast: Histogram,
     pub commit_latency_slow: Histogram,
     pub execution_latency: Histogram,
+    pub sessions_expired: Counter,
+    pub session_expired_refusals: Counter,
 }
 
 impl LoopMetrics {
@@ -688,6 +703,8 @@ impl LoopMetrics {
             commit_latency_fast: histogram!("epaxos_commit_latency_seconds", "path" => "fast"),
             commit_latency_slow: histogram!("epaxos_commit_latency_seconds", "path" => "slow"),
             execution_latency: histogram!("epaxos_execution_latency_seconds"),
+            sessions_expired: counter!("epaxos_sessions_expired_total"),
+            session_expired_refusals: counter!("epaxos_session_expired_refusals_total"),
         }
     }
 

@@ -706,8 +706,8 @@ impl EventLoop {
         m.executed_instances.increment(ready.executed.len() as u64);
         // Sessions: expired here, and commands refused because theirs had (every replica
         // counts the same refusals, whether or not the client waits here).
-        metrics::counter!("epaxos_sessions_expired_total").increment(ready.sessions_expired);
-        metrics::counter!("epaxos_session_expired_refusals_total")
+        m.sessions_expired.increment(ready.sessions_expired);
+        m.session_expired_refusals
             .increment(ready.refused_expired.len() as u64);
         for reply in ready.replies {
             m.executed_commands.increment(1);
