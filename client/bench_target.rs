@@ -28,6 +28,8 @@ use crate::session::{fresh_client_id, retryable_status};
 pub const AVOID_BASE: Duration = Duration::from_millis(200);
 /// Longest avoidance.
 pub const AVOID_MAX: Duration = Duration::from_secs(5);
+/// Retries of a probe's transient failures (the probe's timeout bounds them too).
+const PROBE_RETRIES: u32 = 20;
 
 /// Before a retry: 10 ms, doubling up to 500 ms, each +-50% at random.
 fn retry_backoff() -> Backoff {
@@ -293,7 +295,9 @@ impl Targets {
         }
     }
 
-    /// Checks that replica `r` answers (a GET of `key`), within `timeout`.
+    /// Checks that replica `r` answers (a GET of `key`), within `timeout`. A transient refusal
+    /// (etcd's "leader changed", a replica still starting) is retried with the usual backoff
+    /// until `timeout`: one unlucky answer must not fail a whole benchmark run.
     pub async fn probe(&self, r: usize, key: Bytes, timeout: Duration) -> Result<(), String> {
         let mut w = Worker::new(r);
         let probe = Targets {
@@ -305,16 +309,21 @@ impl Targets {
             mode: TargetMode::Single,
             single: r,
             attempt_timeout: timeout,
-            retries: 0,
+            retries: PROBE_RETRIES,
             avoid: avoidance(self.n(), timeout),
             avoiding: false,
         };
-        match probe
-            .call(&mut w, &Op::Get { key }, Instant::now(), &mut rand::rng())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(f) => Err(f.message),
+        let until = Instant::now() + timeout;
+        let op = Op::Get { key };
+        let mut rng = rand::rng();
+        match tokio::time::timeout(timeout, probe.call(&mut w, &op, until, &mut rng)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(f)) => Err(f.message),
+            Err(_) => Err(format!(
+                "{}: no answer within {} ms",
+                self.names[r],
+                timeout.as_millis()
+            )),
         }
     }
 }
