@@ -350,3 +350,224 @@ async fn a_data_directory_with_a_later_epoch_wins_over_config_json() {
         "{lines:?}"
     );
 }
+
+/// Rewrites replica `i`'s metadata record with `change` (the record's CRC made anew).
+fn rewrite_metadata(cluster: &Cluster, i: usize, change: impl FnOnce(&mut proto::Metadata)) {
+    let path = cluster.dir.join(format!("replica-{i}/metadata"));
+    let bytes = std::fs::read(&path).expect("read metadata");
+    let mut record = proto::Metadata::decode(&bytes[RECORD_AT..]).expect("decode metadata");
+    change(&mut record);
+    let payload = record.encode_to_vec();
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    std::fs::write(&path, out).expect("write metadata");
+}
+
+/// A configuration that added a member (epoch 1: config.json's 0, 1, 2 and a replica 3 at an
+/// address config.json does not have), recorded in every data directory as a decided change
+/// leaves it, with the row it added (cluster size 4): the replicas restart with config.json
+/// unchanged, dial replica 3 where the record says, take Dispatch from its certificate (and
+/// still refuse one never a member), show it in Status, member list and metrics, and serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_follows_a_recorded_configuration_that_added_a_member() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let mut session = Session::new();
+    assert!(
+        session
+            .call(&mut c0, put("before", "grow"))
+            .await
+            .expect("put")
+            .success
+    );
+    // Certificates for replicas 3 and 4 from the same CA: a config naming them, in the same
+    // directory (certificates are made for the ids a config lists).
+    let ports = common::free_ports(6);
+    let at = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let (peer3, client3) = (at(0), at(1));
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cluster.config).expect("read config"))
+            .expect("config is JSON");
+    let replicas = doc["replicas"].as_array_mut().expect("replicas");
+    for (id, addr, peer_addr, metrics_addr) in [(3, 1, 0, 2), (4, 3, 4, 5)] {
+        replicas.push(serde_json::json!({
+            "id": id, "addr": at(addr), "peer_addr": at(peer_addr),
+            "metrics_addr": at(metrics_addr),
+        }));
+    }
+    let five = cluster.dir.join("five.json");
+    std::fs::write(&five, doc.to_string()).expect("write five.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .arg("certs")
+        .arg("--config")
+        .arg(&five)
+        .output()
+        .expect("run replica certs");
+    assert!(out.status.success(), "{out:?}");
+    // Replica 3's peer address: a listener that shows who dials it.
+    let listener = std::net::TcpListener::bind(&peer3).expect("bind replica 3's peer address");
+    listener.set_nonblocking(true).expect("nonblocking");
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        rewrite_metadata(&cluster, i, |record| {
+            record.epoch = 1;
+            record.members = (0..3)
+                .map(|j| proto::metadata::Member {
+                    id: j as u32,
+                    peer_addr: cluster.peers[j].clone(),
+                    client_addr: cluster.addrs[j].clone(),
+                })
+                .chain([proto::metadata::Member {
+                    id: 3,
+                    peer_addr: peer3.clone(),
+                    client_addr: client3.clone(),
+                }])
+                .collect();
+            record.cluster_size = 4;
+            record.peer_incarnations.resize(4, 0);
+            if let Some(proto::metadata::Membership::Joined(j)) = &mut record.membership {
+                j.horizons.resize(4, 0);
+            }
+        });
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+
+    // Dialed at the recorded address.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "nobody dialed replica 3 at {peer3}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    for i in 0..3 {
+        let log = cluster.log(i);
+        let linked: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("peer links follow the configuration"))
+            .collect();
+        let last = linked
+            .last()
+            .unwrap_or_else(|| panic!("replica {i}: {log}"));
+        assert!(
+            last.contains("epoch 1:") && last.contains(&format!("3 (peer {peer3}")),
+            "replica {i}: {last}"
+        );
+        let others: Vec<u32> = (0..4).filter(|j| *j != i as u32).collect();
+        assert!(
+            last.contains(&format!("started={others:?}")),
+            "replica {i}: {last}"
+        );
+        let text = scrape_metrics(&cluster.metrics[i]).expect("scrape");
+        assert!(text.lines().any(|l| l == "epaxos_epoch 1"), "{text}");
+        assert!(text.lines().any(|l| l == "epaxos_members 4"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("epaxos_peer_connected{peer=\"3\"}")),
+            "{text}"
+        );
+        let s = cluster.status(i).await;
+        assert_eq!(s.epoch, 1);
+        assert_eq!(
+            s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(s.members[3].peer_addr, peer3);
+        // Never heard: suspected once the suspicion timeout passed.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = cluster.status(i).await;
+            if s.peers_suspected == [3] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica 3 never suspected: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Replica 3's certificate may open a Dispatch stream (it is a member); replica 4's, never
+    // a member, is refused as before.
+    let mut as3 = cluster
+        .peer_client(0, Some("replica-3"))
+        .await
+        .expect("connect as replica 3");
+    let (batches, rx) = tokio::sync::mpsc::channel(1);
+    batches
+        .send(proto::PeerBatch {
+            from: 3,
+            messages: vec![],
+            incarnation: 4242,
+        })
+        .await
+        .expect("queue a batch");
+    let mut stream = as3
+        .dispatch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("replica 3 may dispatch")
+        .into_inner();
+    let open = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+    assert!(open.is_err(), "the stream stays open: {open:?}");
+    drop(batches);
+    let mut as4 = cluster
+        .peer_client(0, Some("replica-4"))
+        .await
+        .expect("connect as replica 4");
+    let refused = as4
+        .dispatch(tokio_stream::iter(vec![proto::PeerBatch {
+            from: 4,
+            messages: vec![],
+            incarnation: 4242,
+        }]))
+        .await
+        .expect_err("replica 4 was never a member");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("names no replica"),
+        "{refused:?}"
+    );
+
+    // member list: the four members, 3 unreachable.
+    let lines = member_list_until(&cluster, |lines| {
+        lines.len() == 4 && lines[..3].iter().all(|l| l.ends_with(" member reachable"))
+    });
+    assert_eq!(
+        lines[3],
+        format!("3 {peer3} {client3} member unreachable"),
+        "{lines:?}"
+    );
+
+    // Reads and writes, on every replica, and what was written before is there.
+    for i in 0..3 {
+        let mut c = cluster.client(i).await.expect("connect");
+        let key = format!("after-{i}");
+        assert!(
+            session
+                .call(&mut c, put(&key, "grow"))
+                .await
+                .expect("put")
+                .success
+        );
+        let r = session
+            .call(&mut c, common::get("before"))
+            .await
+            .expect("get");
+        assert_eq!(&r.value[..], b"grow", "{r:?}");
+    }
+}

@@ -7,8 +7,6 @@ use std::fmt;
 
 use tokio::sync::watch;
 
-use crate::core::quorum::slow_quorum;
-
 /// What a replica can do for clients now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -32,7 +30,9 @@ impl Health {
     /// Health from the node's state: `reachable` counts the replicas heard from within the
     /// suspicion timeout, this one included, of `n`.
     pub fn assess(joining: bool, abstaining: bool, reachable: usize, n: usize) -> Health {
-        let needed = slow_quorum(n);
+        // A majority of the configuration (n - f; `slow_quorum` assumes an odd n, and a
+        // configuration passing between sizes may be even).
+        let needed = n - n.saturating_sub(1) / 2;
         if joining {
             Health::Joining
         } else if reachable < needed {

@@ -15,7 +15,8 @@ use crate::core::wire;
 use crate::proto::peer_client::PeerClient;
 use crate::proto::{self, JoinRequest, SnapshotRequest};
 use crate::server::backoff::Backoff;
-use crate::server::config::{Config, HostPort};
+use crate::server::config::HostPort;
+use crate::server::members::Members;
 use crate::server::tls::PeerDialer;
 use crate::server::transport;
 
@@ -53,13 +54,15 @@ pub struct Snapshot {
 /// whatever the peers answer. Retries for as long as it takes (peers may be down): the
 /// replica takes part in nothing meanwhile, which is the safe way to wait.
 pub async fn run(
-    config: &Config,
+    members: &Members,
     me: ReplicaId,
     incarnation: Incarnation,
     interrupted: bool,
     dialer: &PeerDialer,
 ) -> Joined {
-    let mut joiner = Joiner::new(me, config.n(), interrupted);
+    let configuration = members.configuration();
+    let rows = configuration.rows();
+    let mut joiner = Joiner::of(me, configuration, interrupted);
     let mut backoff = ASK_AGAIN;
     let mut reported = tokio::time::Instant::now();
     loop {
@@ -68,7 +71,9 @@ pub async fn run(
                 from: me.0,
                 incarnation: incarnation.get(),
             };
-            let addr = &config.replicas[peer.index()].peer_addr;
+            let Some(addr) = members.get(peer).map(|m| &m.peer_addr) else {
+                continue;
+            };
             let join = |mut c: PeerClient<_>| async move { c.join(request).await };
             match call(dialer, peer, addr, join).await {
                 Ok(reply) => {
@@ -95,7 +100,8 @@ pub async fn run(
                 return Joined::Fresh;
             }
             Some(JoinDecision::Rejoin { horizons, sources }) => {
-                if let Some(snapshot) = fetch_best(config, me, incarnation, &sources, dialer).await
+                if let Some(snapshot) =
+                    fetch_best(members, me, incarnation, &sources, dialer, rows).await
                 {
                     return Joined::Rejoin {
                         horizons,
@@ -126,21 +132,24 @@ pub async fn run(
 /// other peers in turn, with backoff until one gives it. Served under the incarnation fence
 /// like a rejoin's: only the incarnation the peer records for this replica gets it.
 pub async fn catch_up(
-    config: &Config,
+    members: &Members,
     me: ReplicaId,
     incarnation: Incarnation,
     source: ReplicaId,
     dialer: &PeerDialer,
+    rows: usize,
 ) -> Snapshot {
     let mut sources = vec![source];
     sources.extend(
-        (0..config.n() as u32)
-            .map(ReplicaId)
+        members
+            .members()
+            .iter()
+            .map(|m| m.id)
             .filter(|p| *p != me && *p != source),
     );
     let mut backoff = ASK_AGAIN;
     loop {
-        if let Some(snapshot) = fetch_best(config, me, incarnation, &sources, dialer).await {
+        if let Some(snapshot) = fetch_best(members, me, incarnation, &sources, dialer, rows).await {
             return snapshot;
         }
         tracing::warn!(%source, "left behind: no peer gave a snapshot yet; asking again");
@@ -149,18 +158,23 @@ pub async fn catch_up(
 }
 
 /// Fetches a snapshot from the first of `sources` that gives one (the core ranks them: the
-/// peer that executed most first, none that is joining itself).
+/// peer that executed most first, none that is joining itself), at its address in `members`
+/// (a source that is not a member there is skipped). `rows`: what this replica needs of a
+/// checkpoint (see `Checkpoint::decode`).
 async fn fetch_best(
-    config: &Config,
+    members: &Members,
     me: ReplicaId,
     incarnation: Incarnation,
     sources: &[ReplicaId],
     dialer: &PeerDialer,
+    rows: usize,
 ) -> Option<Snapshot> {
     for &peer in sources {
-        let addr = &config.replicas[peer.index()].peer_addr;
+        let Some(addr) = members.get(peer).map(|m| &m.peer_addr) else {
+            continue;
+        };
         let started = tokio::time::Instant::now();
-        let fetching = fetch(dialer, peer, addr, me, incarnation, config.n());
+        let fetching = fetch(dialer, peer, addr, me, incarnation, rows);
         match tokio::time::timeout(SNAPSHOT_TIMEOUT, fetching).await {
             Ok(Ok((mut snapshot, bytes))) => {
                 tracing::info!(%peer, bytes, records = snapshot.records.len(),
@@ -218,9 +232,12 @@ async fn fetch(
     }
     let snapshot = proto::Snapshot::decode(bytes.as_slice())?;
     let checkpoint = Checkpoint::decode(&snapshot.checkpoint, n)?;
+    // Records may be of every row the checkpoint knows (more than this replica, if the peer
+    // learnt a configuration that added ids).
+    let rows = checkpoint.rows().max(n);
     let mut records = Vec::with_capacity(snapshot.records.len());
     for r in snapshot.records {
-        let (id, inst) = wire::record_from_proto(r, n)?;
+        let (id, inst) = wire::record_from_proto(r, rows)?;
         if !inst.status.is_decided() {
             return Err(SnapshotError::Undecided(id));
         }

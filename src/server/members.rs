@@ -8,7 +8,9 @@
 
 use std::fmt;
 
+use crate::core::epoch::{Configuration, Epoch};
 use crate::core::ids::ReplicaId;
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::proto;
 use crate::server::config::{Config, HostPort};
 
@@ -34,6 +36,8 @@ pub enum MembersError {
     Empty(u64),
     #[error("epoch {epoch} lists replica {id} twice")]
     Duplicate { epoch: u64, id: u32 },
+    #[error("epoch {epoch} lists replica {id}; ids go up to {}", MEMBERS_EVER_MAX - 1)]
+    TooHigh { epoch: u64, id: u32 },
     #[error("member {id}: invalid {field} {value:?}: {why}")]
     Address {
         id: u32,
@@ -50,6 +54,9 @@ impl Members {
             return Err(MembersError::Empty(epoch));
         }
         members.sort_by_key(|m| m.id);
+        if let Some(m) = members.iter().find(|m| m.id.index() >= MEMBERS_EVER_MAX) {
+            return Err(MembersError::TooHigh { epoch, id: m.id.0 });
+        }
         if let Some(w) = members.windows(2).find(|w| w[0].id == w[1].id) {
             return Err(MembersError::Duplicate {
                 epoch,
@@ -105,6 +112,15 @@ impl Members {
 
     pub fn is_member(&self, id: ReplicaId) -> bool {
         self.get(id).is_some()
+    }
+
+    /// The same configuration as the core knows it: ids only.
+    pub fn configuration(&self) -> Configuration {
+        Configuration::new(
+            Epoch(self.epoch),
+            self.members.iter().map(|m| m.id).collect(),
+        )
+        .expect("members are distinct, non-empty and below MEMBERS_EVER_MAX (Members::new)")
     }
 
     /// The members as the client contract shows them.

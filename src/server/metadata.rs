@@ -272,6 +272,13 @@ pub fn is_new(dir: &Path) -> bool {
 /// (whose records are checked against the size), so that a changed configuration is named as
 /// such rather than as a corrupt log.
 pub fn recorded_cluster_size(dir: &Path) -> Result<Option<usize>, StorageError> {
+    Ok(recorded_size_and_epoch(dir)?.map(|(n, _)| n))
+}
+
+/// The cluster size the data in `dir` was written for (see [`recorded_cluster_size`]) and the
+/// epoch of the configuration it recorded (0 for an earlier version's files): a size beyond
+/// config.json's is that of a cluster whose decided configurations added ids.
+pub fn recorded_size_and_epoch(dir: &Path) -> Result<Option<(usize, u64)>, StorageError> {
     let path = dir.join(METADATA_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -287,7 +294,7 @@ pub fn recorded_cluster_size(dir: &Path) -> Result<Option<usize>, StorageError> 
                 .map_err(|e| corrupt(format!("damaged record: {e}")))?;
             let p = proto::Metadata::decode(payload)
                 .map_err(|e| corrupt(format!("undecodable: {e}")))?;
-            Ok(Some(p.cluster_size as usize))
+            Ok(Some((p.cluster_size as usize, p.epoch)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // An earlier version's membership file: `joined` and one horizon per replica.
@@ -295,7 +302,7 @@ pub fn recorded_cluster_size(dir: &Path) -> Result<Option<usize>, StorageError> 
                 return Ok(None); // none, or unreadable: `Metadata::open` says which
             };
             let mut words = text.split_whitespace();
-            Ok((words.next() == Some("joined")).then(|| words.count()))
+            Ok((words.next() == Some("joined")).then(|| (words.count(), 0)))
         }
         Err(source) => Err(StorageError::Io { path, source }),
     }

@@ -399,11 +399,10 @@ impl HighWater {
     }
 }
 
-/// Creates every labelled series a dashboard or alert may ask for at 0, so that it exists
-/// from the start rather than from its first event (`n` replicas, this one `me`).
-pub fn register_all(n: usize, me: u32) {
-    use crate::core::replica::{Contradiction, Reject};
-    const REJECTS: [Reject; 7] = [
+/// The per-peer series [`register_peer`] creates.
+const REJECTS: [crate::core::replica::Reject; 7] = {
+    use crate::core::replica::Reject;
+    [
         Reject::Sender,
         Reject::UnknownReplica,
         Reject::ImplausibleSlot,
@@ -411,15 +410,24 @@ pub fn register_all(n: usize, me: u32) {
         Reject::SelfDependency,
         Reject::Ballot,
         Reject::ImplausibleCount,
-    ];
-    const CONTRADICTIONS: [Contradiction; 6] = [
+    ]
+};
+const CONTRADICTIONS: [crate::core::replica::Contradiction; 6] = {
+    use crate::core::replica::Contradiction;
+    [
         Contradiction::BallotOverflow,
         Contradiction::CommitDiffers,
         Contradiction::CommitUnproposed,
         Contradiction::WatermarkBeyond,
         Contradiction::NotMember,
         Contradiction::UnknownEpoch,
-    ];
+    ]
+};
+
+/// Creates every labelled series a dashboard or alert may ask for at 0, so that it exists
+/// from the start rather than from its first event. Per-peer series come with each peer's
+/// link (see [`register_peer`]).
+pub fn register_all() {
     gauge!("epaxos_build_info", "version" => env!("CARGO_PKG_VERSION"),
         "commit" => crate::GIT_COMMIT)
     .set(1.0);
@@ -459,26 +467,28 @@ pub fn register_all(n: usize, me: u32) {
                 .absolute(0);
         }
     }
-    for p in (0..n as u32).filter(|p| *p != me) {
-        let peer = peer_label(p);
-        for name in [
-            "epaxos_wire_errors_total",
-            "epaxos_peer_refused_total",
-            "epaxos_peer_rejoined_total",
-        ] {
-            counter!(name, "peer" => peer).absolute(0);
-        }
-        gauge!("epaxos_peer_connected", "peer" => peer).increment(0.0);
-        for r in REJECTS {
-            counter!("epaxos_peer_rejected_total", "peer" => peer, "reason" => r.label())
-                .absolute(0);
-        }
-        for k in CONTRADICTIONS {
-            counter!("epaxos_peer_contradictions_total", "peer" => peer, "kind" => k.label())
-                .absolute(0);
-        }
-    }
     HIGH_WATER.export();
+}
+
+/// Creates peer `p`'s series at 0: when a link to it starts (it is a member of the
+/// configuration this replica acts in).
+pub fn register_peer(p: u32) {
+    let peer = peer_label(p);
+    for name in [
+        "epaxos_wire_errors_total",
+        "epaxos_peer_refused_total",
+        "epaxos_peer_rejoined_total",
+    ] {
+        counter!(name, "peer" => peer).absolute(0);
+    }
+    gauge!("epaxos_peer_connected", "peer" => peer).increment(0.0);
+    for r in REJECTS {
+        counter!("epaxos_peer_rejected_total", "peer" => peer, "reason" => r.label()).absolute(0);
+    }
+    for k in CONTRADICTIONS {
+        counter!("epaxos_peer_contradictions_total", "peer" => peer, "kind" => k.label())
+            .absolute(0);
+    }
 }
 
 /// The gRPC codes a client call is answered with, pre-registered at 0.
@@ -705,6 +715,29 @@ impl LoopMetrics {
             execution_latency: histogram!("epaxos_execution_latency_seconds"),
             sessions_expired: counter!("epaxos_sessions_expired_total"),
             session_expired_refusals: counter!("epaxos_session_expired_refusals_total"),
+        }
+    }
+
+    /// Adds the per-peer handles of ids up to `rows` (a configuration added them).
+    pub fn grow(&mut self, rows: usize) {
+        for p in self.sent.len() as u32..rows as u32 {
+            let peer = peer_label(p);
+            self.sent.push(
+                KINDS.map(|k| counter!("epaxos_messages_sent_total", "type" => k, "peer" => peer)),
+            );
+            self.received.push(
+                KINDS.map(
+                    |k| counter!("epaxos_messages_received_total", "type" => k, "peer" => peer),
+                ),
+            );
+            self.dropped
+                .push(counter!("epaxos_peer_queue_dropped_total", "peer" => peer));
+            self.suspected
+                .push(gauge!("epaxos_peer_suspected", "peer" => peer));
+            self.last_heard
+                .push(gauge!("epaxos_peer_last_heard_seconds", "peer" => peer));
+            self.rtt
+                .push(histogram!("epaxos_peer_rtt_seconds", "peer" => peer));
         }
     }
 

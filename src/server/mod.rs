@@ -14,6 +14,7 @@ pub mod members;
 pub mod metadata;
 pub mod metrics;
 pub mod notify;
+pub mod peer_ids;
 pub mod queue;
 pub mod runtime;
 pub mod storage;

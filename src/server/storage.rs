@@ -223,6 +223,18 @@ impl Log {
     /// Opens (creating if needed) the log in `dir` for a cluster of `n` replicas and reads it
     /// back.
     pub fn open(dir: &Path, n: usize, sync: Sync) -> Result<(Log, Recovered), StorageError> {
+        Log::open_rows(dir, n, n, sync)
+    }
+
+    /// As [`Log::open`], for a replica whose configurations added ids beyond epoch 0's `n`:
+    /// records may be of `rows` rows, a checkpoint must have `n` at least (one taken before
+    /// the change has no more).
+    pub fn open_rows(
+        dir: &Path,
+        n: usize,
+        rows: usize,
+        sync: Sync,
+    ) -> Result<(Log, Recovered), StorageError> {
         let path = dir.join(LOG_FILE);
         let io = |source| StorageError::Io {
             path: path.clone(),
@@ -251,7 +263,7 @@ impl Log {
         let (records, good_len) = if header == LogHeader::Empty {
             (Vec::new(), 0)
         } else {
-            parse(&bytes, start, n).map_err(corrupt)?
+            parse(&bytes, start, rows.max(n)).map_err(corrupt)?
         };
         let checkpoint = read_checkpoint(dir, n)?;
         check_complete(dir, header, checkpoint.as_ref().map(|(g, _)| *g))?;
@@ -540,7 +552,9 @@ pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), S
 }
 
 pub use crate::core::membership::Membership;
-pub use crate::server::metadata::{is_new, recorded_cluster_size, Metadata};
+pub use crate::server::metadata::{
+    is_new, recorded_cluster_size, recorded_size_and_epoch, Metadata,
+};
 use crate::server::metadata::{
     LEGACY_INCARNATION_FILE, LEGACY_MEMBERSHIP_FILE, LEGACY_PEERS_FILE, METADATA_FILE,
 };

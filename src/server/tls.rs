@@ -354,7 +354,8 @@ pub fn client_config(tls: &TlsSettings) -> Result<ClientTlsConfig, TlsError> {
 pub struct PeerAuth {
     /// None with `--insecure`: every call is taken at its word.
     cluster_name: Option<String>,
-    n: usize,
+    /// The ids that are or were members: a certificate naming another is refused.
+    ids: std::sync::Arc<crate::server::peer_ids::PeerIds>,
     /// Connections (remote addresses) already logged as refused: one line per connection.
     logged: Mutex<HashSet<SocketAddr>>,
 }
@@ -363,16 +364,19 @@ pub struct PeerAuth {
 const LOGGED_MAX: usize = 4096;
 
 impl PeerAuth {
-    pub fn new(cluster_name: Option<String>, n: usize) -> PeerAuth {
+    pub fn new(
+        cluster_name: Option<String>,
+        ids: std::sync::Arc<crate::server::peer_ids::PeerIds>,
+    ) -> PeerAuth {
         PeerAuth {
             cluster_name,
-            n,
+            ids,
             logged: Mutex::new(HashSet::new()),
         }
     }
 
     /// The replica the caller's certificate names (None with `--insecure`). A certificate that
-    /// names no replica of this configuration (a client's, another cluster's), or several, is
+    /// names no replica that is or was a member (a client's, another cluster's), or several, is
     /// refused.
     pub fn identify<T>(&self, req: &Request<T>, call: &str) -> Result<Option<ReplicaId>, Status> {
         let Some(cluster) = &self.cluster_name else {
@@ -389,7 +393,7 @@ impl PeerAuth {
             named_replicas(leaf.as_ref(), cluster).map_err(|e| self.refuse(remote, call, e))?;
         let mut ids: Vec<u32> = named
             .into_iter()
-            .filter(|id| (*id as usize) < self.n)
+            .filter(|id| self.ids.was_member(*id))
             .collect();
         ids.sort_unstable();
         ids.dedup();

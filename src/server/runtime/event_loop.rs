@@ -1,8 +1,11 @@
 //! The event loop: one task owns the `Node` (and the `Replica` in it); it drains bigChannel,
 //! feeds the core, writes and syncs what the core asks to persist, and carries out its `Ready`.
 
+use super::links::PeerLinks;
 use super::*;
 use crate::core::replica::Outgoing;
+use crate::server::members::Members;
+use crate::server::peer_ids::PeerIds;
 
 /// A checkpoint being written off the event loop.
 pub(super) struct Writing {
@@ -33,7 +36,6 @@ pub(super) struct PendingJoin {
 /// What fetching a snapshot needs when peers left this replica behind (see `join::catch_up`).
 #[derive(Clone)]
 pub(super) struct CatchUpContext {
-    pub(super) config: Arc<Config>,
     pub(super) me: ReplicaId,
     pub(super) incarnation: Incarnation,
     pub(super) dialer: tls::PeerDialer,
@@ -49,6 +51,10 @@ pub(super) struct LoopSetup {
     pub(super) metadata: storage::Metadata,
     pub(super) accepted: Arc<Vec<AtomicU64>>,
     pub(super) health: health::Publisher,
+    /// Where the configuration the replica acts in is published (Status, the admin calls).
+    pub(super) members: watch::Sender<Arc<Members>>,
+    /// The ids the peer listener takes calls from (see `peer_ids`).
+    pub(super) ids: Arc<PeerIds>,
 }
 
 /// The single-threaded event loop's state: the node and what the shell needs to carry out its
@@ -57,7 +63,12 @@ pub(super) struct EventLoop {
     pub(super) node: Node,
     pub(super) me: ReplicaId,
     pub(super) start: Instant,
-    pub(super) peers: Vec<Option<ByteSender>>,
+    /// The links to the members of `members` but this replica.
+    pub(super) links: PeerLinks,
+    /// The configuration this replica acts in, with its members' addresses.
+    pub(super) members: Arc<Members>,
+    pub(super) members_tx: watch::Sender<Arc<Members>>,
+    pub(super) ids: Arc<PeerIds>,
     /// By token, which grows with arrival: the oldest first, for `forget_given_up`.
     pub(super) waiting: BTreeMap<Token, Waiter>,
     /// How long a client's call waits (after that, the service has answered it).
@@ -74,7 +85,8 @@ pub(super) struct EventLoop {
     /// What `epaxos_abstaining` last reported.
     pub(super) abstaining: bool,
     pub(super) health: health::Publisher,
-    /// Per peer: when anything was last heard from it (start, if never).
+    /// Per id (every id there can be): when anything was last heard from it (start, if
+    /// never).
     pub(super) heard: Vec<Instant>,
     /// PreAccepts and Accepts sent, by peer and instance, waiting for their answer: the
     /// per-peer round trip (`epaxos_peer_rtt_seconds`). Bounded; entries older than
@@ -97,7 +109,7 @@ pub(super) const RTT_FORGET_AFTER: Duration = Duration::from_secs(10);
 pub(super) async fn run_loop(
     node: Node,
     mut big: mpsc::Receiver<Event>,
-    peers: Vec<Option<ByteSender>>,
+    links: PeerLinks,
     setup: LoopSetup,
 ) -> Result<(), RuntimeError> {
     let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
@@ -117,20 +129,26 @@ pub(super) async fn run_loop(
         accepted,
         health,
         catch_up,
+        members,
+        ids,
     } = setup;
+    let current = members.borrow().clone();
     let mut el = EventLoop {
         catch_up,
         catch_up_started: None,
         checkpoint_writing: false,
         deferred_install: None,
         abstaining: false,
-        heard: vec![Instant::now(); peers.len()],
+        heard: vec![Instant::now(); limits::MEMBERS_EVER_MAX],
         rtt_sent: HashMap::new(),
         me: node.replica().id(),
-        m: LoopMetrics::new(peers.len()),
+        m: LoopMetrics::new(0),
         node,
         start: Instant::now(),
-        peers,
+        links,
+        members: current.clone(),
+        members_tx: members,
+        ids,
         waiting: BTreeMap::new(),
         propose_timeout,
         joins: HashMap::new(),
@@ -140,6 +158,7 @@ pub(super) async fn run_loop(
         accepted,
         health,
     };
+    el.apply_configuration(current);
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A checkpoint being written on a blocking thread (see `Log::start_checkpoint`), and the
@@ -199,11 +218,15 @@ pub(super) async fn run_loop(
                 let sessions = el.node.replica().kv().sessions();
                 metrics::gauge!("epaxos_sessions").set(sessions.len() as f64);
                 metrics::gauge!("epaxos_session_table_bytes").set(sessions.size_bytes() as f64);
-                for (p, g) in el.m.suspected.iter().enumerate() {
-                    let peer = ReplicaId(p as u32);
-                    if peer != el.me {
-                        g.set(if el.node.replica().is_suspected(peer, now) { 1.0 } else { 0.0 });
-                        el.m.last_heard[p].set(el.heard[p].elapsed().as_secs_f64());
+                for peer in el.links.ids() {
+                    let suspected = el.node.replica().is_suspected(peer, now);
+                    if let Some(g) = el.m.suspected.get(peer.index()) {
+                        g.set(if suspected { 1.0 } else { 0.0 });
+                    }
+                    if let (Some(g), Some(h)) =
+                        (el.m.last_heard.get(peer.index()), el.heard.get(peer.index()))
+                    {
+                        g.set(h.elapsed().as_secs_f64());
                     }
                 }
                 el.rtt_sent.retain(|_, sent| sent.elapsed() < RTT_FORGET_AFTER);
@@ -244,6 +267,7 @@ pub(super) async fn run_loop(
         }
         el.node.persisted();
         el.carry_out(ready);
+        el.ids.set_rows(el.node.rows());
         el.checkpoint_writing = writing.is_some();
         if !el.checkpoint_writing {
             if let Some(snapshot) = el.deferred_install.take() {
@@ -389,11 +413,17 @@ impl EventLoop {
                     waiting: core.unexecuted(),
                     joining: self.node.joining(),
                     abstaining: core.abstaining(),
-                    peers_heard: (0..self.peers.len() as u32)
-                        .filter(|p| *p != self.me.0 && !core.is_suspected(ReplicaId(*p), now))
+                    peers_heard: self
+                        .links
+                        .ids()
+                        .filter(|p| self.reachable(*p, now))
+                        .map(|p| p.0)
                         .collect(),
-                    peers_suspected: (0..self.peers.len() as u32)
-                        .filter(|p| *p != self.me.0 && core.is_suspected(ReplicaId(*p), now))
+                    peers_suspected: self
+                        .links
+                        .ids()
+                        .filter(|p| !self.reachable(*p, now))
+                        .map(|p| p.0)
                         .collect(),
                     // The service fills in what it holds (see `ClientService::status_call`).
                     ..Default::default()
@@ -478,6 +508,34 @@ impl EventLoop {
         }
     }
 
+    /// Makes the shell act in `members` (at start, and once a decided configuration is
+    /// durable): links to its members, the ids the peer listener takes, per-peer metrics, and
+    /// what Status and the admin calls show. The caller persists a decided configuration
+    /// first (`Metadata::store_configuration`): nothing of a new epoch may happen before.
+    pub(super) fn apply_configuration(&mut self, members: Arc<Members>) {
+        let (started, ended) = self.links.apply(&members);
+        self.ids.admit(&members);
+        let rows = members
+            .members()
+            .iter()
+            .map(|m| m.id.index() + 1)
+            .max()
+            .unwrap_or(0)
+            .max(self.node.rows());
+        self.m.grow(rows);
+        for id in &started {
+            crate::server::metrics::register_peer(id.0);
+        }
+        if !started.is_empty() || !ended.is_empty() {
+            let ids = |v: &[ReplicaId]| v.iter().map(|r| r.0).collect::<Vec<u32>>();
+            tracing::info!(configuration = %members, started = ?ids(&started),
+                ended = ?ids(&ended), "peer links follow the configuration");
+        }
+        crate::server::metrics::configuration(&members);
+        self.members = members.clone();
+        self.members_tx.send_replace(members);
+    }
+
     /// Installs the snapshot of a replica left behind (see `Node::install_caught_up`).
     pub(super) fn install_caught_up(&mut self, now: Duration, snapshot: join::Snapshot) {
         self.catch_up_started = None;
@@ -508,9 +566,10 @@ impl EventLoop {
             "left behind: a peer collected instances this replica has not executed; fetching \
              a snapshot (no client requests meanwhile)");
         let ctx = self.catch_up.clone();
+        let (members, rows) = (self.members.clone(), self.node.rows());
         let handle = tokio::spawn(async move {
             let snapshot =
-                join::catch_up(&ctx.config, ctx.me, ctx.incarnation, source, &ctx.dialer).await;
+                join::catch_up(&members, ctx.me, ctx.incarnation, source, &ctx.dialer, rows).await;
             if let Some(big) = ctx.big.upgrade() {
                 let _ = big.send(Event::CaughtUp(Box::new(snapshot))).await;
             }
@@ -568,14 +627,23 @@ impl EventLoop {
     pub(super) fn health(&self) -> Health {
         let now = self.start.elapsed();
         let core = self.node.replica();
-        let n = self.peers.len();
-        let reachable = (0..n as u32)
-            .map(ReplicaId)
-            .filter(|p| *p == self.me || !core.is_suspected(*p, now))
+        // Reachable members of the configuration it acts in (this replica if it is one).
+        let n = self.members.members().len();
+        let reachable = self
+            .members
+            .members()
+            .iter()
+            .filter(|m| m.id == self.me || self.reachable(m.id, now))
             .count();
         // Catching up from a snapshot serves nothing, like joining.
         let joining = self.node.joining() || self.node.catching_up().is_some();
         Health::assess(joining, core.abstaining(), reachable, n)
+    }
+
+    /// Whether `peer` counts as reachable: the core knows its row and does not suspect it (a
+    /// member whose row the core has not learnt yet was never heard).
+    fn reachable(&self, peer: ReplicaId, now: Duration) -> bool {
+        peer.index() < self.node.rows() && !self.node.replica().is_suspected(peer, now)
     }
 
     /// Logs and exports a change of `abstaining` (see `Replica::abstaining`).
@@ -653,11 +721,13 @@ impl EventLoop {
                 tracing::debug!(dir = "send", kind = out.msg.kind(), from = %self.me, to = %to,
                     instance = %Show(out.msg.instance()), ballot = %Show(out.msg.ballot()),
                     deps = %ShowDeps(out.msg.deps()));
-                let Some(Some(q)) = self.peers.get(to.index()) else {
+                let Some(q) = self.links.queue(to) else {
                     continue;
                 };
                 if q.try_send(bytes.clone()).is_err() {
-                    m.dropped[to.index()].increment(1);
+                    if let Some(d) = m.dropped.get(to.index()) {
+                        d.increment(1);
+                    }
                 }
             }
         }

@@ -54,6 +54,7 @@ use crate::core::limits::{self, DRAIN_MAX};
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 mod event_loop;
+mod links;
 mod options;
 mod serve;
 mod service;
@@ -153,17 +154,25 @@ pub enum Event {
     CaughtUp(Box<join::Snapshot>),
 }
 
-/// Refuses a data directory whose metadata records another number of replicas than `n` (the
-/// log and checkpoint would otherwise be reported as corrupt, since their records are checked
-/// against `n`).
-fn check_cluster_size(dir: &std::path::Path, n: usize) -> Result<(), RuntimeError> {
-    match storage::recorded_cluster_size(dir)? {
-        Some(recorded) if recorded != n => Err(RuntimeError::ClusterSize {
+/// The rows the data directory's log and metadata are read with: config.json's `n`, or more
+/// where the cluster's decided configurations added ids (a replica restarted after a grow
+/// starts with its config.json unchanged). Refuses a data directory whose metadata records
+/// another number of replicas that no decided configuration explains: fewer than `n`, or more
+/// while still in epoch 0 (the log and checkpoint would otherwise be reported as corrupt, or
+/// read as another cluster's).
+fn check_cluster_size(dir: &std::path::Path, n: usize) -> Result<usize, RuntimeError> {
+    match storage::recorded_size_and_epoch(dir)? {
+        Some((recorded, epoch))
+            if recorded > n && epoch > 0 && recorded <= limits::MEMBERS_EVER_MAX =>
+        {
+            Ok(recorded)
+        }
+        Some((recorded, _)) if recorded != n => Err(RuntimeError::ClusterSize {
             dir: dir.display().to_string(),
             recorded,
             configured: n,
         }),
-        _ => Ok(()),
+        _ => Ok(n),
     }
 }
 
@@ -235,4 +244,43 @@ fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::members::Members;
+
+    /// The rows a data directory is opened with: config.json's n, or the recorded size where a
+    /// decided configuration (epoch > 0) added ids; any other difference is refused.
+    #[test]
+    fn a_data_directory_has_more_rows_than_config_json_only_after_a_decided_change() {
+        let d = std::env::temp_dir().join(format!("epaxos-rows-{}", rand::random::<u64>()));
+        assert_eq!(check_cluster_size(&d, 3).expect("new"), 3);
+        // Written for 4 rows in epoch 0: config.json's 3 is another cluster.
+        let mut m = storage::Metadata::open(&d, ReplicaId(0), 4).expect("open");
+        let refused = check_cluster_size(&d, 3).expect_err("4 rows in epoch 0");
+        assert!(
+            matches!(
+                refused,
+                RuntimeError::ClusterSize {
+                    recorded: 4,
+                    configured: 3,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        // Epoch 1 added replica 3: 4 rows, with config.json's 3 unchanged.
+        let member = |id: u32| {
+            Members::member_from_parts(id, &format!("127.0.0.1:{}", 7170 + id), "127.0.0.1:1")
+                .expect("valid")
+        };
+        let grown = Members::new(1, (0..4).map(member).collect()).expect("valid");
+        m.store_configuration(&grown).expect("store");
+        assert_eq!(check_cluster_size(&d, 3).expect("grown"), 4);
+        // Fewer recorded rows than config.json lists is refused still.
+        assert!(check_cluster_size(&d, 5).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -1,8 +1,10 @@
 //! Starting a replica: listeners, the peer links, the node restored from disk, joining, and the
 //! tasks that run until shutdown.
 
+use super::links::PeerLinks;
 use super::*;
 use crate::server::members::Members;
+use crate::server::peer_ids::PeerIds;
 
 /// Where a listen address binds now: itself if an IP literal, else the first address its name
 /// resolves to (`listen_addr`), or each in turn until one binds (`bind`).
@@ -50,7 +52,7 @@ pub async fn serve(
     let metrics_at = listen_addr(&me.listen.metrics_addr).await?;
     let metrics_handle = crate::server::metrics::install()
         .map_err(|e| RuntimeError::Metrics(metrics_at, e.to_string()))?;
-    crate::server::metrics::register_all(config.n(), id.0);
+    crate::server::metrics::register_all();
     let metrics_listener = std::net::TcpListener::bind(metrics_at)
         .and_then(|l| {
             l.set_nonblocking(true)?;
@@ -79,8 +81,9 @@ pub async fn serve(
     let client_incoming = client_incoming.with_nodelay(Some(true));
     let (peer_incoming, peer_at) = bind(&me.listen.peer_addr).await?;
     let peer_incoming = peer_incoming.with_nodelay(Some(true));
-    check_cluster_size(&opts.data_dir, config.n())?;
-    let (log, recovered) = Log::open(&opts.data_dir, config.n(), opts.sync)?;
+    // Rows: config.json's n, or more if decided configurations added ids.
+    let rows = check_cluster_size(&opts.data_dir, config.n())?;
+    let (log, recovered) = Log::open_rows(&opts.data_dir, config.n(), rows, opts.sync)?;
     if recovered.truncated_bytes > 0 {
         tracing::warn!(dir = %opts.data_dir.display(), bytes = recovered.truncated_bytes,
             "cut a torn tail off the log (a crash interrupted the last append)");
@@ -88,14 +91,13 @@ pub async fn serve(
     let durable = opts.sync == Sync::Fsync;
     metrics::gauge!("epaxos_durable").set(if durable { 1.0 } else { 0.0 });
     let restored = recovered.records.len();
-    let metadata = storage::Metadata::open(&opts.data_dir, id, config.n())?;
+    let metadata = storage::Metadata::open(&opts.data_dir, id, rows)?;
     let (incarnation, peers) = (metadata.incarnation, metadata.peers.clone());
-    // What each peer's Dispatch streams are checked against (0: none recorded yet); the event
-    // loop updates it from what the node records.
+    // What each peer's Dispatch streams are checked against (0: none recorded yet), for every
+    // id there can be; the event loop updates it from what the node records.
     let accepted: Arc<Vec<AtomicU64>> = Arc::new(
-        peers
-            .iter()
-            .map(|p| AtomicU64::new(p.map_or(0, Incarnation::get)))
+        (0..limits::MEMBERS_EVER_MAX)
+            .map(|i| AtomicU64::new(peers.get(i).copied().flatten().map_or(0, Incarnation::get)))
             .collect(),
     );
     let membership = metadata.membership.clone();
@@ -105,20 +107,8 @@ pub async fn serve(
     if let Some(both) = differs {
         tracing::warn!(%both, "the data directory's configuration wins over config.json's");
     }
-    if let Some(m) = members
-        .members()
-        .iter()
-        .find(|m| m.id.index() >= config.n())
-    {
-        return Err(RuntimeError::Members(format!(
-            "the data directory's configuration ({members}) has replica {}, beyond the {} of \
-             config.json, and this version runs only config.json's ids",
-            m.id.0,
-            config.n()
-        )));
-    }
-    crate::server::metrics::configuration(&members);
-    let (members_tx, members_rx) = watch::channel(Arc::new(members.clone()));
+    let members = Arc::new(members);
+    let (members_tx, members_rx) = watch::channel(members.clone());
 
     let (health, health_rx) = health::Publisher::new(if membership == Membership::Joining {
         Health::Joining
@@ -131,33 +121,24 @@ pub async fn serve(
         health_rx.clone(),
     ));
     let (big_tx, big_rx) = mpsc::channel::<Event>(opts.big_channel_max);
-    let mut peer_queues: Vec<Option<ByteSender>> = vec![None; config.n()];
-    // The peer links follow the configuration: its members but this replica.
-    for peer in members.members() {
-        if peer.id == id {
-            continue;
-        }
-        let (tx, rx) = byte_queue(opts.peer_queue_max, opts.peer_queue_bytes_max);
-        peer_queues[peer.id.index()] = Some(tx);
-        tokio::spawn(transport::run_link(
-            id,
-            incarnation,
-            peer.id,
-            peer.peer_addr.clone(),
-            dialer.clone(),
-            rx,
-        ));
-    }
+    // The peer links follow the configuration: the event loop applies it first thing.
+    let links = PeerLinks::new(
+        id,
+        incarnation,
+        dialer.clone(),
+        opts.peer_queue_max,
+        opts.peer_queue_bytes_max,
+    );
 
     if membership == Membership::Joining {
         // Whatever an interrupted join left is replaced by the snapshot it takes now.
         let interrupted = !new_dir;
         tracing::info!(interrupted, "new data directory: joining the cluster first");
-        let config = config.clone();
+        let members = members.clone();
         let big = big_tx.clone();
         let dialer = dialer.clone();
         tokio::spawn(async move {
-            let joined = join::run(&config, id, incarnation, interrupted, &dialer).await;
+            let joined = join::run(&members, id, incarnation, interrupted, &dialer).await;
             let _ = big.send(Event::Joined(Box::new(joined))).await;
         });
     }
@@ -183,11 +164,14 @@ pub async fn serve(
             "restored from the log"
         );
     }
+    let ids = Arc::new(PeerIds::new(&members, node.rows()));
     let mut event_loop = tokio::spawn(run_loop(
         node,
         big_rx,
-        peer_queues,
+        links,
         LoopSetup {
+            members: members_tx,
+            ids: ids.clone(),
             tick: opts.tick,
             propose_timeout: opts.propose_timeout,
             log,
@@ -195,7 +179,6 @@ pub async fn serve(
             accepted: accepted.clone(),
             health,
             catch_up: CatchUpContext {
-                config: Arc::new(config.clone()),
                 me: id,
                 incarnation,
                 dialer: dialer.clone(),
@@ -206,8 +189,11 @@ pub async fn serve(
 
     let budget = Arc::new(Semaphore::new(opts.big_channel_bytes_max));
     let started = Instant::now();
-    let refused_at_ms: Arc<Vec<AtomicU64>> =
-        Arc::new((0..config.n()).map(|_| AtomicU64::new(0)).collect());
+    let refused_at_ms: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..limits::MEMBERS_EVER_MAX)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
     let client_service = ClientService {
         id,
         big: big_tx.clone(),
@@ -222,20 +208,18 @@ pub async fn serve(
             .as_ref()
             .map_or_else(tls::AdminAuth::insecure, |t| t.admin.clone()),
     };
-    // Kept until the replica stops: the event loop will publish decided configurations here.
-    let _members_tx = members_tx;
     let cluster_name = security.as_ref().map(|_| config.tls.cluster_name.clone());
     let peer_service = PeerService {
-        n: config.n(),
+        ids: ids.clone(),
         big: big_tx,
         budget,
         budget_max: opts.big_channel_bytes_max,
         accepted,
         refused_at_ms,
         started,
-        auth: Arc::new(tls::PeerAuth::new(cluster_name, config.n())),
+        auth: Arc::new(tls::PeerAuth::new(cluster_name, ids)),
         joins: Arc::new(admission::PerPeerRate::new(
-            config.n(),
+            limits::MEMBERS_EVER_MAX,
             limits::JOIN_INTERVAL_MIN,
         )),
         snapshots: admission::Snapshots::new(limits::SNAPSHOTS_IN_FLIGHT_MAX),

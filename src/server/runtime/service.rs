@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::server::members::Members;
+use crate::server::peer_ids::PeerIds;
 
 /// The client service (client listener): translates calls into events.
 pub(super) struct ClientService {
@@ -31,7 +32,8 @@ pub(super) const REFUSED_RECENT_MS: u64 = 60_000;
 
 /// The peer service (peer listener): checks who is speaking, then translates calls into events.
 pub(super) struct PeerService {
-    pub(super) n: usize,
+    /// The ids that are or were members, and the rows messages are decoded against.
+    pub(super) ids: Arc<PeerIds>,
     pub(super) big: mpsc::Sender<Event>,
     /// bigChannel's byte budget (see `limits::BIG_CHANNEL_BYTES_MAX`).
     pub(super) budget: Arc<Semaphore>,
@@ -253,7 +255,7 @@ impl Peer for PeerService {
         let remote = request.remote_addr();
         let req = request.into_inner();
         self.auth.check(identity, req.from, remote, "Join")?;
-        if req.from as usize >= self.n {
+        if !self.ids.was_member(req.from) {
             return Err(Status::invalid_argument(format!(
                 "replica {} is not in the configuration",
                 req.from
@@ -354,7 +356,7 @@ impl Peer for PeerService {
         // The response stream stays open (and empty) while `keep_open` lives in the reader.
         let (keep_open, rx) = mpsc::channel(1);
         let big = self.big.clone();
-        let n = self.n;
+        let ids = self.ids.clone();
         let accepted = self.accepted.clone();
         let (refused_at_ms, started) = (self.refused_at_ms.clone(), self.started);
         let budget = self.budget.clone();
@@ -376,7 +378,7 @@ impl Peer for PeerService {
                     let _ = keep_open.send(Err(status)).await;
                     break;
                 }
-                if batch.from as usize >= n {
+                if !ids.was_member(batch.from) {
                     tracing::warn!(
                         from = batch.from,
                         "batch from a replica not in the config; closing stream"
@@ -396,7 +398,7 @@ impl Peer for PeerService {
                 };
                 let mut messages = Vec::with_capacity(batch.messages.len());
                 for bytes in &batch.messages {
-                    match wire::decode(bytes, n) {
+                    match wire::decode(bytes, ids.rows()) {
                         Ok(m) => messages.push(m),
                         Err(e) => {
                             metrics::counter!("epaxos_wire_errors_total",
