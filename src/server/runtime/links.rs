@@ -110,3 +110,49 @@ impl Drop for PeerLinks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(epoch: u64, ids: &[u32]) -> Members {
+        // Port 9 (discard) on loopback: nothing answers, the links keep redialing.
+        Members::new(
+            epoch,
+            ids.iter()
+                .map(|id| {
+                    Members::member_from_parts(*id, &format!("127.0.0.1:{}", 9), "127.0.0.1:1")
+                        .expect("valid")
+                })
+                .collect(),
+        )
+        .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn links_follow_the_configuration() {
+        let me = ReplicaId(0);
+        let incarnation = Incarnation::new(7).expect("nonzero");
+        let mut links = PeerLinks::new(me, incarnation, tls::PeerDialer::insecure(), 4, 1024);
+        let (started, ended) = links.apply(&members(0, &[0, 1, 2]));
+        assert_eq!((started, ended), (vec![ReplicaId(1), ReplicaId(2)], vec![]));
+        assert!(links.queue(me).is_none(), "no link to itself");
+        // 2 replaced by 3: 3's link starts, 2's ends, 1's stays.
+        let (started, ended) = links.apply(&members(1, &[0, 1, 3]));
+        assert_eq!((started, ended), (vec![ReplicaId(3)], vec![ReplicaId(2)]));
+        assert_eq!(
+            links.ids().collect::<Vec<_>>(),
+            [ReplicaId(1), ReplicaId(3)]
+        );
+        assert!(links.queue(ReplicaId(2)).is_none());
+        // The same configuration again changes nothing.
+        assert_eq!(links.apply(&members(1, &[0, 1, 3])), (vec![], vec![]));
+        // A removed replica: its link ends.
+        let (started, ended) = links.apply(&members(2, &[1, 3]));
+        assert_eq!((started, ended), (vec![], vec![]));
+        assert_eq!(
+            links.ids().collect::<Vec<_>>(),
+            [ReplicaId(1), ReplicaId(3)]
+        );
+    }
+}
