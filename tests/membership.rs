@@ -571,3 +571,116 @@ async fn the_shell_follows_a_recorded_configuration_that_added_a_member() {
         assert_eq!(&r.value[..], b"grow", "{r:?}");
     }
 }
+
+/// Replica `i`'s members as its metadata record holds them: the epoch and the members with
+/// their addresses (`moved`: replica 1's client address, if it is not config.json's).
+fn record_members(
+    cluster: &Cluster,
+    epoch: u64,
+    ids: &[usize],
+    moved: &str,
+) -> impl FnOnce(&mut proto::Metadata) {
+    let members: Vec<proto::metadata::Member> = ids
+        .iter()
+        .map(|j| proto::metadata::Member {
+            id: *j as u32,
+            peer_addr: cluster.peers[*j].clone(),
+            client_addr: if *j == 1 {
+                moved.to_string()
+            } else {
+                cluster.addrs[*j].clone()
+            },
+        })
+        .collect();
+    move |record: &mut proto::Metadata| {
+        record.epoch = epoch;
+        record.members = members;
+    }
+}
+
+/// A replica started on an empty data directory with a stale config.json learns the cluster's
+/// configuration from its peers' Join answers: it adopts a later one it is a member of (said
+/// once with both, made durable), and refuses to start, naming the members, if it is not one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_replica_with_a_stale_config_json_learns_the_configuration_from_its_peers() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    // The cluster acts in epoch 1: the same replicas, replica 1 reached by clients at an
+    // address config.json does not have (what a decided configuration records).
+    let moved = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    for i in 0..2 {
+        cluster.kill(i);
+        rewrite_metadata(&cluster, i, record_members(&cluster, 1, &[0, 1, 2], &moved));
+        cluster.restart(i).await;
+    }
+    cluster.kill(2);
+    std::fs::remove_dir_all(cluster.dir.join("replica-2")).expect("wipe replica 2");
+    cluster.restart(2).await;
+    let log = cluster.log(2);
+    let told: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("config.json is older than the cluster's configuration"))
+        .collect();
+    assert_eq!(told.len(), 1, "{log}");
+    assert!(
+        told[0].contains("started_with=epoch 0: 0 (peer") && told[0].contains("cluster=epoch 1:"),
+        "{}",
+        told[0]
+    );
+    let s = cluster.status(2).await;
+    assert_eq!(s.epoch, 1);
+    assert_eq!(s.members[1].client_addr, moved, "{s:?}");
+    let path = cluster.dir.join("replica-2/metadata");
+    let record = proto::Metadata::decode(&std::fs::read(&path).expect("metadata")[RECORD_AT..])
+        .expect("decode");
+    assert_eq!(record.epoch, 1, "made durable");
+    let mut c2 = cluster.client(2).await.expect("connect");
+    assert!(
+        Session::new()
+            .call(&mut c2, put("adopted", "yes"))
+            .await
+            .expect("put")
+            .success
+    );
+
+    // Epoch 2 removed replica 2: started empty with config.json, it refuses to start.
+    for i in 0..2 {
+        cluster.kill(i);
+        rewrite_metadata(&cluster, i, record_members(&cluster, 2, &[0, 1], &moved));
+        cluster.restart(i).await;
+    }
+    cluster.kill(2);
+    std::fs::remove_dir_all(cluster.dir.join("replica-2")).expect("wipe replica 2");
+    let stderr = cluster.dir.join("replica-2-removed.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .arg("--config")
+        .arg(&cluster.config)
+        .args(["--id", "2", "--data-dir"])
+        .arg(cluster.dir.join("replica-2"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("create log"))
+        .spawn()
+        .expect("spawn replica 2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "replica 2 still runs: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let said = std::fs::read_to_string(&stderr).expect("read log");
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("replica 2 is not a member of the cluster's configuration, epoch 2: 0 (peer")
+            && said.contains(&format!("1 (peer {}, client {moved})", cluster.peers[1])),
+        "{said}"
+    );
+}

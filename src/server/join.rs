@@ -38,6 +38,10 @@ pub enum Joined {
         horizons: Vec<u64>,
         snapshot: Box<Snapshot>,
     },
+    /// A peer acts in a later configuration than the one this join asked (config.json's is
+    /// stale): the caller adopts it and joins again among its members, or refuses to start if
+    /// this replica is not one of them. Nothing was decided.
+    Later(Members),
 }
 
 /// A peer's state, received.
@@ -77,6 +81,15 @@ pub async fn run(
             let join = |mut c: PeerClient<_>| async move { c.join(request).await };
             match call(dialer, peer, addr, join).await {
                 Ok(reply) => {
+                    match later_configuration(members, &reply) {
+                        Ok(Some(later)) => return Joined::Later(later),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e,
+                                "join answer names a malformed configuration; asking again");
+                            continue;
+                        }
+                    }
                     let answer = JoinAnswer {
                         previous: Incarnation::new(reply.previous_incarnation),
                         row_ends: reply.row_ends,
@@ -125,6 +138,22 @@ pub async fn run(
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// The configuration a Join's answer names, if later than `members` (the one asked in).
+fn later_configuration(
+    members: &Members,
+    reply: &proto::JoinReply,
+) -> Result<Option<Members>, crate::server::members::MembersError> {
+    if reply.epoch <= members.epoch() {
+        return Ok(None);
+    }
+    let named = reply
+        .members
+        .iter()
+        .map(|m| Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr))
+        .collect::<Result<Vec<_>, _>>()?;
+    Members::new(reply.epoch, named).map(Some)
 }
 
 /// Fetches the snapshot a replica left behind by its peers' garbage collection needs: from

@@ -27,10 +27,17 @@ pub struct PeerIds {
 }
 
 impl PeerIds {
-    /// The ids of `members`, with `rows` rows known.
+    /// The ids of `members` and every id below `rows`, the rows known (config.json's ids, and
+    /// those of the configurations learnt since: the record keeps only the current one, so a
+    /// member removed before a restart is still known through its row and can learn it was
+    /// removed).
     pub fn new(members: &Members, rows: usize) -> PeerIds {
+        let below = match rows.min(MEMBERS_EVER_MAX) {
+            64 => u64::MAX,
+            r => (1u64 << r) - 1,
+        };
         let ids = PeerIds {
-            ever: AtomicU64::new(0),
+            ever: AtomicU64::new(below),
             rows: AtomicUsize::new(rows),
         };
         ids.admit(members);
@@ -93,8 +100,11 @@ mod tests {
 
     #[test]
     fn ids_that_were_members_stay_known_and_others_are_not() {
-        let ids = PeerIds::new(&members(0, &[0, 1, 2]), 3);
-        assert!(ids.was_member(2));
+        let ids = PeerIds::new(&members(2, &[0, 1]), 3);
+        assert!(
+            ids.was_member(2),
+            "below the rows known: config.json's, or removed since"
+        );
         assert!(!ids.was_member(3), "never a member");
         assert!(
             !ids.was_member(64) && !ids.was_member(u32::MAX),
@@ -107,5 +117,10 @@ mod tests {
         assert_eq!(ids.ever(), [0, 1, 2, 63].map(ReplicaId));
         ids.set_rows(64);
         assert_eq!(ids.rows(), 64);
+        assert_eq!(
+            PeerIds::new(&members(0, &[0]), 64).ever().len(),
+            64,
+            "every id there can be"
+        );
     }
 }

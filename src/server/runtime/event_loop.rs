@@ -98,6 +98,8 @@ pub(super) struct EventLoop {
     /// A checkpoint is being written: a snapshot to install waits in `deferred_install`.
     pub(super) checkpoint_writing: bool,
     pub(super) deferred_install: Option<Box<join::Snapshot>>,
+    /// Why the replica must stop (the loop returns it once the current events are handled).
+    pub(super) stop: Option<RuntimeError>,
 }
 
 /// Round trips measured at once, at most (beyond, a send is not timed).
@@ -138,6 +140,7 @@ pub(super) async fn run_loop(
         catch_up_started: None,
         checkpoint_writing: false,
         deferred_install: None,
+        stop: None,
         abstaining: false,
         heard: vec![Instant::now(); limits::MEMBERS_EVER_MAX],
         rtt_sent: HashMap::new(),
@@ -238,6 +241,9 @@ pub(super) async fn run_loop(
                 Ok(ev) => el.handle(ev),
                 Err(_) => break,
             }
+        }
+        if let Some(e) = el.stop.take() {
+            return Err(e);
         }
         el.node.set_wall_clock_ms(wall_clock_ms());
         el.node.flush(el.start.elapsed());
@@ -477,6 +483,8 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Event::Joined(joined) => match *joined {
+                // Sent as `LaterConfiguration` by the join task; the same if it comes here.
+                join::Joined::Later(later) => self.adopt_later(later),
                 join::Joined::Fresh => {
                     tracing::info!("joined the cluster as a new replica");
                     self.node.join_fresh();
@@ -496,6 +504,7 @@ impl EventLoop {
                     metrics::counter!("epaxos_rejoins_total").increment(1);
                 }
             },
+            Event::LaterConfiguration(later) => self.adopt_later(*later),
             Event::CaughtUp(snapshot) => {
                 if self.checkpoint_writing {
                     // Installing rewrites the checkpoint and the log: after the one being
@@ -534,6 +543,32 @@ impl EventLoop {
         crate::server::metrics::configuration(&members);
         self.members = members.clone();
         self.members_tx.send_replace(members);
+    }
+
+    /// A joining replica learnt from a peer that the cluster acts in `later`, a later
+    /// configuration than the one it started with (config.json's): it adopts it, durably
+    /// before anything else, or, not being a member, stops with the members in the error.
+    /// Said once with both.
+    pub(super) fn adopt_later(&mut self, later: Members) {
+        if later.epoch() <= self.members.epoch() {
+            return;
+        }
+        tracing::warn!(started_with = %self.members, cluster = %later,
+            "config.json is older than the cluster's configuration: the cluster's rules");
+        if !later.is_member(self.me) {
+            self.stop = Some(RuntimeError::Members(format!(
+                "replica {} is not a member of the cluster's configuration, {later}; config.json                  is stale ({}): start a member's id, or add this replica first (client member                  add)",
+                self.me.0, self.members
+            )));
+            return;
+        }
+        let metadata = &mut self.metadata;
+        if let Err(e) = tokio::task::block_in_place(|| metadata.store_configuration(&later)) {
+            tracing::error!(error = %e, "cannot persist the configuration; stopping the replica");
+            self.stop = Some(e.into());
+            return;
+        }
+        self.apply_configuration(Arc::new(later));
     }
 
     /// Installs the snapshot of a replica left behind (see `Node::install_caught_up`).
@@ -689,10 +724,15 @@ impl EventLoop {
                     .increment(1);
                 }
             }
-            let _ = reply.send(answer.map(join_reply).map_err(|e| match e {
-                Refusal::BadJoin => Status::invalid_argument(e.to_string()),
-                _ => Status::unavailable(e.to_string()),
-            }));
+            let members = self.members.clone();
+            let _ = reply.send(
+                answer
+                    .map(|a| join_reply(a, &members))
+                    .map_err(|e| match e {
+                        Refusal::BadJoin => Status::invalid_argument(e.to_string()),
+                        _ => Status::unavailable(e.to_string()),
+                    }),
+            );
         }
         for r in ready.refused {
             // The Dispatch reader closes such a stream too; these were queued before it did.

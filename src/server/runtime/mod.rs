@@ -150,6 +150,9 @@ pub enum Event {
     },
     /// This replica's own join is decided.
     Joined(Box<join::Joined>),
+    /// A peer answered this replica's Join from a later configuration than config.json's: the
+    /// event loop adopts it (made durable first), or stops the replica if it is not a member.
+    LaterConfiguration(Box<crate::server::members::Members>),
     /// The snapshot this replica, left behind by its peers' collection, fetched.
     CaughtUp(Box<join::Snapshot>),
 }
@@ -227,13 +230,16 @@ fn check_incarnation(
     Ok(incarnation)
 }
 
-/// A Join's answer on the wire.
-fn join_reply(a: JoinAnswer) -> proto::JoinReply {
+/// A Join's answer on the wire, with the configuration this replica acts in (a joiner with a
+/// stale config.json learns the current one from it).
+fn join_reply(a: JoinAnswer, members: &crate::server::members::Members) -> proto::JoinReply {
     proto::JoinReply {
         previous_incarnation: a.previous.map_or(0, Incarnation::get),
         row_ends: a.row_ends,
         executed_prefix: a.executed_prefix,
         joining: a.joining,
+        epoch: members.epoch(),
+        members: members.to_proto(),
     }
 }
 

@@ -134,12 +134,32 @@ pub async fn serve(
         // Whatever an interrupted join left is replaced by the snapshot it takes now.
         let interrupted = !new_dir;
         tracing::info!(interrupted, "new data directory: joining the cluster first");
-        let members = members.clone();
+        let mut members = Members::clone(&members);
         let big = big_tx.clone();
         let dialer = dialer.clone();
         tokio::spawn(async move {
-            let joined = join::run(&members, id, incarnation, interrupted, &dialer).await;
-            let _ = big.send(Event::Joined(Box::new(joined))).await;
+            loop {
+                match join::run(&members, id, incarnation, interrupted, &dialer).await {
+                    // config.json was stale: the event loop adopts the cluster's (or stops the
+                    // replica, not a member of it); the join starts over among its members.
+                    join::Joined::Later(later) => {
+                        let member = later.is_member(id);
+                        members = later.clone();
+                        if big
+                            .send(Event::LaterConfiguration(Box::new(later)))
+                            .await
+                            .is_err()
+                            || !member
+                        {
+                            return;
+                        }
+                    }
+                    joined => {
+                        let _ = big.send(Event::Joined(Box::new(joined))).await;
+                        return;
+                    }
+                }
+            }
         });
     }
     let mut node = Node::new(
