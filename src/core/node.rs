@@ -281,6 +281,12 @@ impl Node {
         self.replica.persisted();
     }
 
+    /// The records of every `Ready` up to one whose `core.slot_end` was `slot_end` are
+    /// durable: see [`Replica::persisted_through`].
+    pub fn persisted_through(&mut self, slot_end: u64) {
+        self.replica.persisted_through(slot_end);
+    }
+
     /// Starts instances from what was proposed since the last flush.
     pub fn flush(&mut self, now: Time) {
         if self.active() {
@@ -808,6 +814,40 @@ mod tests {
         )
     }
 
+    /// A shell that syncs in a pipeline says how far its disk got with the `slot_end` of the
+    /// last `Ready` it made durable: later Readies' slots still count against the window.
+    #[test]
+    fn persisted_through_frees_only_the_slots_of_the_readies_made_durable() {
+        use crate::core::limits::OWN_SLOTS_UNSYNCED_MAX as WINDOW;
+        let mut o = opts(0);
+        o.inflight_max = 100;
+        o.batch_max = 1;
+        let mut n = restored(o, Vec::new());
+        for client in 1..=3 * WINDOW {
+            n.propose(client, put(client)).expect("room");
+        }
+        n.flush(Duration::ZERO);
+        let first = n.take_ready();
+        assert_eq!(first.core.persist.len() as u64, WINDOW);
+        assert_eq!(first.core.slot_end, WINDOW);
+        // The first Ready is durable: its window frees, and the next Ready is taken.
+        n.persisted_through(first.core.slot_end);
+        n.flush(Duration::ZERO);
+        let second = n.take_ready();
+        assert_eq!(second.core.persist.len() as u64, WINDOW);
+        assert_eq!(second.core.slot_end, 2 * WINDOW);
+        // The disk reports the first again (the second is still being written): nothing new.
+        n.persisted_through(first.core.slot_end);
+        n.flush(Duration::ZERO);
+        assert!(n.take_ready().core.persist.is_empty(), "second not durable yet");
+        // A mark beyond what was taken claims no more than was taken.
+        n.persisted_through(u64::MAX);
+        n.flush(Duration::ZERO);
+        let third = n.take_ready();
+        assert_eq!(third.core.persist.len() as u64, WINDOW);
+        assert_eq!(third.core.slot_end, 3 * WINDOW);
+    }
+
     #[test]
     fn new_instances_stay_within_the_unsynced_window_and_a_restart_skips_it() {
         use crate::core::limits::OWN_SLOTS_UNSYNCED_MAX as WINDOW;
@@ -837,6 +877,7 @@ mod tests {
         n.flush(Duration::ZERO);
         let second = n.take_ready();
         assert_eq!(second.core.persist.len(), 4, "the rest once they are");
+        assert_eq!(second.core.slot_end, WINDOW + 4);
         // A crash loses the second batch of records (its PreAccepts had left): the restart
         // skips a whole window past what the disk holds and has the skipped slots recovered.
         let mut back = restored(o, first.core.persist);

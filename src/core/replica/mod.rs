@@ -371,6 +371,16 @@ impl Replica {
         self.durable_slot_end = self.durable_slot_end.max(self.taken_slot_end);
     }
 
+    /// The records of every `Ready` up to one whose `slot_end` was `slot_end` are durable,
+    /// later ones perhaps not (a shell that syncs in a pipeline): only the own slots those
+    /// records hold stop counting against `OWN_SLOTS_UNSYNCED_MAX`. Claiming more would let a
+    /// crash lose records of slots past the window a restart skips.
+    pub fn persisted_through(&mut self, slot_end: u64) {
+        self.durable_slot_end = self
+            .durable_slot_end
+            .max(slot_end.min(self.taken_slot_end));
+    }
+
     pub fn id(&self) -> ReplicaId {
         self.opts.id
     }
@@ -520,6 +530,7 @@ impl Replica {
     pub fn take_ready(&mut self) -> Ready {
         self.taken_slot_end = self.next_slot;
         let mut ready = std::mem::take(&mut self.ready);
+        ready.slot_end = self.taken_slot_end;
         if !self.early.is_empty() {
             ready.early = self.early.len();
             let later = std::mem::replace(&mut ready.messages, std::mem::take(&mut self.early));

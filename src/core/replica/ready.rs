@@ -202,6 +202,10 @@ pub struct Ready {
     /// first PreAccept of each instance started in this `Ready` (why that is safe: `leader`).
     /// Everything else a replica sends reveals state that must survive a crash first.
     pub early: usize,
+    /// Own slots below this have their records in `persist` of this or an earlier `Ready`: a
+    /// shell that syncs Readies in a pipeline says how far its disk got with
+    /// [`Replica::persisted_through`](super::Replica::persisted_through).
+    pub slot_end: u64,
     pub replies: Vec<Reply>,
     pub committed: Vec<Committed>,
     /// Instances executed, in execution order.
