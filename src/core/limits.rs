@@ -42,6 +42,18 @@ pub const STREAM_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Largest log record accepted when reading back: one instance (a batch) and its metadata.
 pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most bytes of log records (as framed) handed to the log writer and not yet durable: past
+/// it the event loop takes no more events until the disk catches up (backpressure onto
+/// bigChannel, then onto clients and peers), so a slow or stalled disk bounds what piles up.
+pub const WRITER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most event-loop iterations whose records (and outputs) wait for the log writer: an
+/// iteration's held messages and replies wait with them, and must not pile up either.
+pub const WRITER_QUEUE_MAX: usize = 4096;
+/// The log grows by segments of this many bytes, written as zeros ahead of the records by the
+/// log writer between groups (see `server::storage::Log`): a sync then writes data blocks only,
+/// not the inode, except when the records outrun the zeros. Small enough that writing one is a
+/// short pause of the writer and a full disk still shows soon (the zeros take records).
+pub const LOG_SEGMENT_BYTES: usize = 1024 * 1024;
 /// Largest checkpoint accepted when reading back (its length field is 32 bits).
 pub const CHECKPOINT_BYTES_MAX: usize = u32::MAX as usize;
 /// Largest snapshot a joining replica accepts: a checkpoint and the records beside it.
@@ -195,6 +207,12 @@ const _: () = {
     // A snapshot chunk fits a peer gRPC message; a record fits a checkpoint and a snapshot.
     assert!(SNAPSHOT_CHUNK_BYTES < PEER_GRPC_MESSAGE_BYTES_MAX);
     assert!(RECORD_BYTES_MAX <= CHECKPOINT_BYTES_MAX);
+    // A full batch's record fits the writer's queue, and what waits for the disk stays below
+    // what bigChannel may hold.
+    assert!(MESSAGE_BYTES_MAX <= WRITER_QUEUE_BYTES_MAX);
+    assert!(WRITER_QUEUE_BYTES_MAX <= BIG_CHANNEL_BYTES_MAX);
+    assert!(WRITER_QUEUE_MAX >= 2);
+    assert!(LOG_SEGMENT_BYTES > 0 && LOG_SEGMENT_BYTES <= RECORD_BYTES_MAX);
     assert!(CHECKPOINT_BYTES_MAX <= SNAPSHOT_BYTES_MAX);
     // A client request or reply (one command, one value) fits the client's gRPC limit, which
     // is far below the peers' (a stranger's flood costs less).

@@ -31,7 +31,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
@@ -42,7 +42,7 @@ use crate::core::instance::Instance;
 use crate::core::wire;
 use crate::proto;
 
-pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, RECORD_BYTES_MAX};
+pub use crate::core::limits::{CHECKPOINT_BYTES_MAX, LOG_SEGMENT_BYTES, RECORD_BYTES_MAX};
 const HEADER_BYTES: usize = 8;
 const LOG_FILE: &str = "instances.log";
 const CHECKPOINT_FILE: &str = "checkpoint";
@@ -196,9 +196,23 @@ pub struct Recovered {
     pub truncated_bytes: u64,
 }
 
-/// An open log, positioned at its end.
+/// An open log: records up to `end`, then zeros up to `allocated` (written ahead by
+/// [`Log::preallocate`]).
+///
+/// Why zeros ahead: appending past the end of a file changes its size, so every fdatasync
+/// also writes the inode (a journal commit on ext4). The log writer instead writes a segment
+/// of [`LOG_SEGMENT_BYTES`] zeros ahead of the records between groups (not `fallocate`: on
+/// ext4 its unwritten extents are converted on the first write into them, a metadata change
+/// again), and records overwrite the zeros in place, so a sync writes data blocks only. When
+/// the records outrun the zeros (or a full disk refused them) they extend the file as before.
+/// A crash leaves records, then possibly one torn record, then zeros: [`parse`] reads the zero
+/// tail as the end of the log, not as damage.
 pub struct Log {
     file: File,
+    /// Where the next record goes: the end of the last record written.
+    end: u64,
+    /// The file's length: `end` plus the zeros preallocated after it.
+    allocated: u64,
     path: PathBuf,
     dir: PathBuf,
     sync: Sync,
@@ -241,9 +255,11 @@ impl Log {
             source,
         };
         private_dir(dir)?;
+        // Not `append`: records overwrite the preallocated zeros at `end` (positional writes;
+        // on Linux a positional write to an O_APPEND file appends anyway).
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .mode(FILE_MODE)
             .open(&path)
@@ -267,16 +283,26 @@ impl Log {
         };
         let checkpoint = read_checkpoint(dir, n)?;
         check_complete(dir, header, checkpoint.as_ref().map(|(g, _)| *g))?;
-        let truncated_bytes = bytes.len() as u64 - good_len;
-        if header == LogHeader::Empty {
+        // Zeros after the last record are preallocated space, not a torn tail: what is cut
+        // and reported is only what was written there.
+        let written_end = bytes
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |last| last as u64 + 1);
+        let truncated_bytes = written_end.saturating_sub(good_len);
+        let (end, allocated) = if header == LogHeader::Empty {
             // A new log (the checks above showed nothing else exists): its header first.
             file.set_len(0).map_err(io)?;
-            file.write_all(&log_header_bytes(0)).map_err(io)?;
+            file.write_all_at(&log_header_bytes(0), 0).map_err(io)?;
             file.sync_all().map_err(io)?;
+            (LOG_HEADER_BYTES as u64, LOG_HEADER_BYTES as u64)
         } else if truncated_bytes > 0 {
             file.set_len(good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
-        }
+            (good_len, good_len)
+        } else {
+            (good_len, bytes.len() as u64)
+        };
         // A new file's directory entry must be durable too.
         sync_dir(dir);
         // Leftovers of a checkpoint interrupted before its rename.
@@ -295,6 +321,8 @@ impl Log {
         Ok((
             Log {
                 file,
+                end,
+                allocated,
                 path,
                 dir: dir.to_path_buf(),
                 sync,
@@ -399,13 +427,11 @@ impl Log {
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         sync_dir(&self.dir);
         self.generation = generation;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|source| StorageError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        // The renamed file, written to its end and not preallocated yet.
+        let len = file.metadata().map_err(io)?.len();
+        self.file = file;
+        self.end = len;
+        self.allocated = len;
         Ok(())
     }
 
@@ -418,9 +444,45 @@ impl Log {
         }
     }
 
-    /// Bytes in the log file now.
+    /// Bytes of the log's records (and header) now; the preallocated zeros after them do not
+    /// count.
     pub fn len_bytes(&self) -> u64 {
-        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+        self.end
+    }
+
+    /// Bytes the log file takes, preallocated zeros included.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Writes a segment of zeros after the records if fewer than half a segment are left
+    /// ahead of them, and makes it durable (data and the new size), so that the syncs of the
+    /// records that land in it write no inode. Returns whether it wrote any. The log writer
+    /// calls it between groups. On failure (a full disk) the file is cut back to what it was:
+    /// the records then extend the file as they would without it.
+    pub fn preallocate(&mut self) -> Result<bool, StorageError> {
+        let segment = LOG_SEGMENT_BYTES as u64;
+        if self.allocated.saturating_sub(self.end) >= segment / 2 {
+            return Ok(false);
+        }
+        let from = self.allocated.max(self.end);
+        let zeros = vec![0u8; LOG_SEGMENT_BYTES];
+        let written = self
+            .file
+            .write_all_at(&zeros, from)
+            .and_then(|()| match self.sync {
+                Sync::Fsync => self.file.sync_data(),
+                Sync::None => Ok(()),
+            });
+        if let Err(source) = written {
+            let _ = self.file.set_len(from);
+            return Err(StorageError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.allocated = from + segment;
+        Ok(true)
     }
 
     /// Appends instance states and, in `Sync::Fsync` mode, makes them durable: one write and
@@ -433,26 +495,29 @@ impl Log {
         for (id, inst) in records {
             frame_record(&mut self.buf, *id, inst);
         }
-        let io = |source| StorageError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        // On failure (disk full, read-only remount, I/O error) the file is cut back to where it
-        // was: a half-written batch followed later by a successful retry would be damage
-        // before the tail, which refuses to start. After a failed sync the kernel may have
+        // On failure (disk full, read-only remount, I/O error) the file is cut back to the
+        // last record, preallocated zeros too: a half-written batch followed later by a
+        // successful retry would be damage before the tail, which refuses to start (the
+        // zeros come back with the next segment). After a failed sync the kernel may have
         // dropped the pages, so the retry writes the whole batch again rather than syncing.
-        let before = self.file.metadata().map_err(io)?.len();
+        let end = self.end + self.buf.len() as u64;
         let written = self
             .file
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, self.end)
             .and_then(|()| match self.sync {
                 Sync::Fsync => self.file.sync_data(),
                 Sync::None => Ok(()),
             });
         if let Err(source) = written {
-            let _ = self.file.set_len(before);
-            return Err(io(source));
+            let _ = self.file.set_len(self.end);
+            self.allocated = self.end;
+            return Err(StorageError::Io {
+                path: self.path.clone(),
+                source,
+            });
         }
+        self.end = end;
+        self.allocated = self.allocated.max(end);
         Ok(())
     }
 
@@ -720,6 +785,12 @@ fn parse(
             if torn_tail() {
                 return Ok((records, at as u64));
             }
+            // Zeros where a header should be, then written bytes: in a preallocated log (see
+            // `Log`) that is a last group whose earlier pages never landed; torn unless an
+            // intact record follows.
+            if len == 0 && intact_frame_after(bytes, at, n).is_none() {
+                return Ok((records, at as u64));
+            }
             return Err((at as u64, format!("impossible record length {len}")));
         }
         let payload = match unframe(rest, &[], RECORD_BYTES_MAX) {
@@ -752,6 +823,13 @@ fn parse(
             Err(FrameError::Checksum) => {
                 if rest.len() == HEADER_BYTES + len || torn_tail() {
                     return Ok((records, at as u64)); // the last record half-written
+                }
+                // The last record half-written, then the preallocated zeros (see `Log`): torn,
+                // unless an intact record follows (then the bad frame is damage, as above).
+                if rest[HEADER_BYTES + len..].iter().all(|b| *b == 0)
+                    && intact_frame_after(bytes, at, n).is_none()
+                {
+                    return Ok((records, at as u64));
                 }
                 return Err((at as u64, "checksum mismatch".into()));
             }
@@ -904,10 +982,12 @@ mod tests {
             let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
             log.append(&[record(0, Status::Committed), record(1, Status::Committed)])
                 .expect("append");
+            let full = log.len_bytes() as usize;
             drop(log);
             let path = d.join(LOG_FILE);
             let mut bytes = std::fs::read(&path).expect("read");
-            let full = bytes.len();
+            // A log as written before preallocation (see `a_preallocated_zero_tail_...`).
+            bytes.truncate(full);
             match damage {
                 "short" => bytes.truncate(full - 3),
                 "zeros" => bytes.extend_from_slice(&[0u8; 100]),
@@ -920,7 +1000,8 @@ mod tests {
             let (mut log, rec) = Log::open(&d, 3, Sync::Fsync).expect(damage);
             let expect = if damage == "zeros" { 2 } else { 1 };
             assert_eq!(rec.records.len(), expect, "{damage}");
-            assert!(rec.truncated_bytes > 0, "{damage}");
+            // Zeros after the last record are what preallocation leaves: nothing is cut.
+            assert_eq!(rec.truncated_bytes > 0, damage != "zeros", "{damage}");
             // Appending after the cut yields a clean log.
             log.append(&[record(5, Status::Committed)]).expect("append");
             drop(log);
@@ -989,9 +1070,11 @@ mod tests {
         let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
         log.append(&[record(0, Status::Committed), record(1, Status::Committed)])
             .expect("append");
+        assert!(log.preallocate().expect("zeros ahead"));
         drop(log);
         let path = d.join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() >= LOG_SEGMENT_BYTES, "preallocated");
         bytes[LOG_HEADER_BYTES + HEADER_BYTES + 2] ^= 0xff; // inside the first record's payload
         std::fs::write(&path, &bytes).expect("write");
         let err = Log::open(&d, 3, Sync::Fsync).err().expect("must refuse");
@@ -1011,31 +1094,172 @@ mod tests {
         let mut at = LOG_HEADER_BYTES;
         let mut out = Vec::new();
         while at + HEADER_BYTES <= bytes.len() {
-            out.push(at);
             let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            if len == 0 {
+                break; // the preallocated zeros
+            }
+            out.push(at);
             at += HEADER_BYTES + len as usize;
         }
         out
     }
 
     /// A log of 50 records with `damage` applied to its bytes (given the record offsets), and
-    /// what opening it gives.
-    fn open_damaged(
+    /// what opening it gives. `zero_tail`: keep the preallocated zeros after the records (else
+    /// the file ends at the last record, as logs were written before preallocation).
+    fn open_damaged_tail(
+        zero_tail: bool,
         damage: impl FnOnce(&mut Vec<u8>, &[usize]),
     ) -> (PathBuf, Vec<u8>, Result<(Log, Recovered), StorageError>) {
         let d = dir();
         let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
         let many: Vec<_> = (0..50).map(|s| record(s, Status::Committed)).collect();
         log.append(&many).expect("append");
+        assert!(log.preallocate().expect("zeros ahead"));
+        let end = log.len_bytes() as usize;
         drop(log);
         let path = d.join(LOG_FILE);
         let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() > end, "preallocated");
+        assert!(bytes[end..].iter().all(|b| *b == 0), "with zeros");
+        if !zero_tail {
+            bytes.truncate(end);
+        }
         let offsets = frame_offsets(&bytes);
         assert_eq!(offsets.len(), 50);
         damage(&mut bytes, &offsets);
         std::fs::write(&path, &bytes).expect("write");
         let opened = Log::open(&d, 3, Sync::Fsync);
         (d, bytes, opened)
+    }
+
+    fn open_damaged(
+        damage: impl FnOnce(&mut Vec<u8>, &[usize]),
+    ) -> (PathBuf, Vec<u8>, Result<(Log, Recovered), StorageError>) {
+        open_damaged_tail(false, damage)
+    }
+
+    /// Zeros ahead of the records: `preallocate` writes a segment when less than half of one
+    /// is left (and not otherwise), records land in it without growing the file, records that
+    /// outrun it grow the file as without zeros, and every record reads back after a restart
+    /// (which keeps the zeros and appends into them).
+    #[test]
+    fn segments_of_zeros_are_written_ahead_and_records_outrun_them_safely() {
+        let d = dir();
+        let seg = LOG_SEGMENT_BYTES as u64;
+        let (mut log, _) = Log::open(&d, 3, Sync::None).expect("open");
+        let header = log.len_bytes();
+        assert!(log.preallocate().expect("zeros"), "nothing ahead yet");
+        assert_eq!(log.allocated_bytes(), header + seg);
+        assert!(!log.preallocate().expect("zeros"), "a segment is ahead");
+        let file_len = |d: &Path| std::fs::metadata(d.join(LOG_FILE)).expect("stat").len();
+        assert_eq!(file_len(&d), header + seg);
+        // Records into the zeros: the file keeps its length.
+        let mut slot = 0;
+        while log.len_bytes() < header + seg / 2 {
+            log.append(&[record(slot, Status::Committed)])
+                .expect("append");
+            slot += 1;
+        }
+        assert_eq!(file_len(&d), header + seg, "written in place");
+        // Less than half a segment left: the next one goes after the current zeros.
+        assert!(log.preallocate().expect("zeros"));
+        assert_eq!(log.allocated_bytes(), header + 2 * seg);
+        // Records outrunning every zero (nothing preallocated meanwhile) grow the file.
+        let many: Vec<_> = (slot..slot + 40_000)
+            .map(|s| record(s, Status::Committed))
+            .collect();
+        slot += 40_000;
+        log.append(&many).expect("append past the zeros");
+        assert!(log.len_bytes() > header + 2 * seg, "past the zeros");
+        assert_eq!(log.allocated_bytes(), log.len_bytes());
+        assert_eq!(file_len(&d), log.len_bytes());
+        assert!(log.preallocate().expect("zeros"));
+        drop(log);
+        let (mut log, rec) = Log::open(&d, 3, Sync::None).expect("reopen");
+        assert_eq!(rec.records.len() as u64, slot);
+        assert_eq!(rec.truncated_bytes, 0);
+        // The restart keeps the zeros and appends into them.
+        let (end, allocated) = (log.len_bytes(), log.allocated_bytes());
+        assert_eq!(allocated, end + seg);
+        log.append(&[record(slot, Status::Committed)])
+            .expect("append");
+        assert_eq!(log.allocated_bytes(), allocated);
+        drop(log);
+        let (_, rec) = Log::open(&d, 3, Sync::None).expect("reopen");
+        assert_eq!(rec.records.len() as u64, slot + 1);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// The log grows by zero-filled segments (so a sync writes no inode): a clean zero tail
+    /// reads back as the end of the log, nothing cut; a last record half-written into it (its
+    /// header and part of its payload, or a damaged byte) is a torn tail, cut and reported;
+    /// damage with intact records after it still refuses to start, zeros or not.
+    #[test]
+    fn a_preallocated_zero_tail_is_the_end_and_a_torn_record_in_it_is_cut() {
+        // Clean: every record back, nothing reported, the preallocation kept.
+        let (d, bytes, opened) = open_damaged_tail(true, |_, _| {});
+        let (mut log, rec) = opened.expect("a clean preallocated log opens");
+        assert_eq!(rec.records.len(), 50);
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(log.allocated_bytes(), bytes.len() as u64);
+        // Appending goes after the last record, into the zeros, not after them.
+        let end = log.len_bytes();
+        log.append(&[record(50, Status::Committed)])
+            .expect("append");
+        assert!(log.len_bytes() > end);
+        assert_eq!(log.allocated_bytes(), bytes.len() as u64, "no new segment");
+        drop(log);
+        let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("reopen");
+        assert_eq!(rec.records.len(), 51);
+        assert_eq!(rec.truncated_bytes, 0);
+        let _ = std::fs::remove_dir_all(d);
+
+        // Torn: the last record's frame cut short by zeros (its later pages never landed), its
+        // start still zeros (an earlier page never landed), or one of its bytes damaged; the
+        // zero tail after it.
+        for torn in ["cut_short", "damaged_byte", "earlier_page_missing"] {
+            let (d, _, opened) = open_damaged_tail(true, |b, offsets| {
+                let last = offsets[49];
+                let len = u32::from_le_bytes(b[last..last + 4].try_into().expect("4")) as usize;
+                let frame_end = last + HEADER_BYTES + len;
+                match torn {
+                    "cut_short" => b[last + HEADER_BYTES + 2..frame_end].fill(0),
+                    "earlier_page_missing" => b[last..last + HEADER_BYTES + 2].fill(0),
+                    _ => b[frame_end - 1] ^= 0x40,
+                }
+            });
+            let (mut log, rec) = opened.expect(torn);
+            assert_eq!(rec.records.len(), 49, "{torn}");
+            assert!(rec.truncated_bytes > 0, "{torn}");
+            log.append(&[record(60, Status::Committed)])
+                .expect("append");
+            drop(log);
+            let (_, rec) = Log::open(&d, 3, Sync::Fsync).expect("reopen");
+            assert_eq!(rec.records.len(), 50, "{torn}");
+            assert_eq!(rec.truncated_bytes, 0, "{torn}");
+            let _ = std::fs::remove_dir_all(d);
+        }
+
+        // Damage mid-file: a length now running into the zeros, a checksum flipped. Records
+        // follow intact, so neither is a torn tail.
+        for damage in ["length", "crc"] {
+            let mut at = 0;
+            let (d, bytes, opened) = open_damaged_tail(true, |b, offsets| {
+                at = offsets[10];
+                match damage {
+                    "length" => b[at + 2] ^= 0x10, // +1 MiB: into the zero tail
+                    _ => b[at + 5] ^= 0x01,
+                }
+            });
+            let msg = opened.err().expect(damage).to_string();
+            assert!(
+                msg.contains(&format!("corrupt record at byte {at}")),
+                "{msg}"
+            );
+            assert_eq!(std::fs::read(d.join(LOG_FILE)).expect("read"), bytes);
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[test]
