@@ -98,8 +98,11 @@ async fn a_full_data_directory_holds_writes_and_serves_again_once_space_is_back(
             break;
         }
         acknowledged += 1;
+        // The zeros the log writer keeps ahead of the records (at most a segment and a half)
+        // still take records once the disk is full: each put here writes at least two of 64+
+        // bytes.
         assert!(
-            acknowledged < 500,
+            acknowledged < 500 + 3 * epaxos_kv::core::limits::LOG_SEGMENT_BYTES / 2 / 128,
             "writes still acknowledged with a full disk"
         );
     }

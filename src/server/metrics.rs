@@ -106,7 +106,8 @@ fn describe() {
     describe_histogram!(
         "epaxos_fsync_seconds",
         Unit::Seconds,
-        "Group commits: one log append and sync per event-loop iteration that changed state."
+        "Group commits: one log write and sync by the log writer thread, covering every \
+         event-loop iteration's records queued when it started (count: syncs)."
     );
     describe_counter!(
         "epaxos_persisted_records_total",

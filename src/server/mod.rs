@@ -20,3 +20,4 @@ pub mod runtime;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod writer;

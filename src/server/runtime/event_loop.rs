@@ -1,11 +1,14 @@
 //! The event loop: one task owns the `Node` (and the `Replica` in it); it drains bigChannel,
 //! feeds the core, writes and syncs what the core asks to persist, and carries out its `Ready`.
 
+use std::collections::VecDeque;
+
 use super::links::PeerLinks;
 use super::*;
 use crate::core::replica::Outgoing;
 use crate::server::members::Members;
 use crate::server::peer_ids::PeerIds;
+use crate::server::writer::Writer;
 
 /// A checkpoint being written off the event loop.
 pub(super) struct Writing {
@@ -32,7 +35,21 @@ pub(super) struct PendingJoin {
     pub(super) reply: oneshot::Sender<Result<proto::JoinReply, Status>>,
 }
 
-/// What the event loop needs besides the node and its channels.
+/// An answer the loop built while handling an event that reveals state whose records may
+/// still be on their way to the disk: it leaves with the iteration's other outputs.
+pub(super) enum Answer {
+    Status(oneshot::Sender<proto::StatusReply>, proto::StatusReply),
+    Snapshot(oneshot::Sender<Result<Vec<u8>, Status>>, Result<Vec<u8>, Status>),
+}
+
+/// An iteration's outputs waiting for its group of records to be durable (see
+/// `server::writer`): the node's `Ready` (its early messages already sent) and the answers.
+pub(super) struct Held {
+    group: u64,
+    ready: node::Ready,
+    answers: Vec<Answer>,
+}
+
 /// What fetching a snapshot needs when peers left this replica behind (see `join::catch_up`).
 #[derive(Clone)]
 pub(super) struct CatchUpContext {
@@ -77,7 +94,12 @@ pub(super) struct EventLoop {
     pub(super) joins: HashMap<Token, PendingJoin>,
     pub(super) next_token: Token,
     pub(super) m: LoopMetrics,
-    pub(super) log: Log,
+    /// The log writer thread (pipelined group commit: see `server::writer`).
+    pub(super) writer: Writer,
+    /// Iterations' outputs waiting for their group to be durable, oldest first.
+    pub(super) held: VecDeque<Held>,
+    /// Answers built while handling this iteration's events (see [`Answer`]).
+    pub(super) answers: Vec<Answer>,
     pub(super) metadata: storage::Metadata,
     /// Per peer: the incarnation the node recorded, for the Dispatch readers (which close a
     /// stream from another incarnation at once).
@@ -114,8 +136,6 @@ pub(super) async fn run_loop(
     links: PeerLinks,
     setup: LoopSetup,
 ) -> Result<(), RuntimeError> {
-    let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
-    let persisted = metrics::counter!("epaxos_persisted_records_total");
     let checkpoints = metrics::counter!("epaxos_checkpoints_total");
     let checkpoint_latency = metrics::histogram!("epaxos_checkpoint_seconds");
     let log_bytes = metrics::gauge!("epaxos_log_bytes");
@@ -156,7 +176,12 @@ pub(super) async fn run_loop(
         propose_timeout,
         joins: HashMap::new(),
         next_token: 0,
-        log,
+        writer: Writer::start(log).map_err(|source| StorageError::Io {
+            path: std::path::PathBuf::from("<log writer thread>"),
+            source,
+        })?,
+        held: VecDeque::new(),
+        answers: Vec::new(),
         metadata,
         accepted,
         health,
@@ -169,18 +194,26 @@ pub(super) async fn run_loop(
     let mut writing: Option<Writing> = None;
     let mut since: Vec<(InstanceId, Instance)> = Vec::new();
     loop {
+        // Past the writer's bounds the loop takes nothing new until the disk catches up.
+        let backlogged = el.writer.backlogged();
         tokio::select! {
+            durable = el.writer.changed() => {
+                let durable = durable.inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot persist; stopping the replica");
+                })?;
+                el.release(durable);
+            }
             done = async { (&mut writing.as_mut().expect("branch enabled only while writing").job).await },
                 if writing.is_some() =>
             {
                 let w = writing.take().expect("branch enabled only while writing");
                 let finishing = Instant::now();
-                let written = done
-                    .map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?
-                    .and_then(|prepared| {
-                        let log = &mut el.log;
-                        tokio::task::block_in_place(|| log.finish_checkpoint(prepared, &since))
-                    });
+                let prepared = done.map_err(|e| RuntimeError::CheckpointTask(e.to_string()))?;
+                // Everything handed to the writer is in `since` and must be in the old log
+                // first: appended after `since`, an older record would supersede a newer one.
+                el.writer.wait_idle().await?;
+                let written = prepared
+                    .and_then(|prepared| el.writer.with_log(|log| log.finish_checkpoint(prepared, &since)));
                 el.node.checkpoint_written();
                 if let Err(e) = written {
                     if !e.is_out_of_space() {
@@ -188,7 +221,7 @@ pub(super) async fn run_loop(
                         return Err(e.into());
                     }
                     // The old log is still whole and in place: go on with it, try again later.
-                    el.log.abandon_checkpoint();
+                    el.writer.with_log(|log| log.abandon_checkpoint());
                     since = Vec::new();
                     tracing::warn!(error = %e,
                         "cannot write a checkpoint (data directory full or read-only); the log \
@@ -198,7 +231,7 @@ pub(super) async fn run_loop(
                 let stall = w.encode + finishing.elapsed();
                 checkpoints.increment(1);
                 checkpoint_latency.record(w.started.elapsed().as_secs_f64());
-                log_bytes.set(el.log.len_bytes() as f64);
+                log_bytes.set(el.writer.len_bytes() as f64);
                 tracing::info!(
                     bytes = w.bytes,
                     live = w.live,
@@ -209,11 +242,11 @@ pub(super) async fn run_loop(
                 );
                 since = Vec::new();
             }
-            ev = big.recv() => match ev {
+            ev = big.recv(), if !backlogged => match ev {
                 Some(ev) => el.handle(ev),
-                None => return Ok(()),
+                None => return el.finish().await,
             },
-            _ = ticker.tick() => {
+            _ = ticker.tick(), if !backlogged => {
                 let now = el.start.elapsed();
                 el.node.set_wall_clock_ms(wall_clock_ms());
                 el.node.tick(now);
@@ -237,6 +270,9 @@ pub(super) async fn run_loop(
         }
         crate::server::metrics::HIGH_WATER.observe([big.len() as u64 + 1, 0, 0, 0]);
         for _ in 0..DRAIN_MAX {
+            if el.writer.backlogged() {
+                break;
+            }
             match big.try_recv() {
                 Ok(ev) => el.handle(ev),
                 Err(_) => break,
@@ -253,26 +289,14 @@ pub(super) async fn run_loop(
         // (why that is safe: `replica::leader`, `start_instance`).
         let early: Vec<Outgoing> = ready.core.messages.drain(..ready.core.early).collect();
         el.send_messages(early);
-        if !ready.core.persist.is_empty() {
-            // Group commit: one write and one sync for everything this iteration changed,
-            // before any other message or reply that depends on it leaves.
-            let started = Instant::now();
-            let records = std::mem::take(&mut ready.core.persist);
-            let log = &mut el.log;
-            until_written(|| log.append(&records))
-                .await
-                .inspect_err(|e| {
-                    tracing::error!(error = %e, "cannot persist; stopping the replica");
-                })?;
-            fsync_latency.record(started.elapsed().as_secs_f64());
-            persisted.increment(records.len() as u64);
-            log_bytes.set(el.log.len_bytes() as f64);
-            if writing.is_some() {
-                since.extend(records);
-            }
+        // Group commit, pipelined: the records go to the writer thread, and everything else of
+        // this iteration waits until they (and every earlier group) are durable.
+        let records = std::mem::take(&mut ready.core.persist);
+        if writing.is_some() {
+            since.extend(records.iter().cloned());
         }
-        el.node.persisted();
-        el.carry_out(ready);
+        let group = el.writer.submit(records);
+        el.hold(group, ready);
         el.ids.set_rows(el.node.rows());
         el.checkpoint_writing = writing.is_some();
         if !el.checkpoint_writing {
@@ -297,7 +321,9 @@ pub(super) async fn run_loop(
                 // writing and syncing happen on a blocking thread while the loop goes on.
                 let encode = started.elapsed();
                 let (bytes, live) = (job.checkpoint.len(), job.records.len());
-                let work = el.log.start_checkpoint(job.checkpoint, job.records);
+                let work = el
+                    .writer
+                    .with_log(|log| log.start_checkpoint(job.checkpoint, job.records));
                 writing = Some(Writing {
                     job: tokio::task::spawn_blocking(work),
                     started,
@@ -410,7 +436,7 @@ impl EventLoop {
             }
             Event::Status { reply } => {
                 let core = self.node.replica();
-                let _ = reply.send(proto::StatusReply {
+                let status = proto::StatusReply {
                     id: self.me.0,
                     executed: core.kv().executed(),
                     digest: core.kv().digest(),
@@ -433,7 +459,8 @@ impl EventLoop {
                         .collect(),
                     // The service fills in what it holds (see `ClientService::status_call`).
                     ..Default::default()
-                });
+                };
+                self.answers.push(Answer::Status(reply, status));
             }
             Event::Join {
                 from,
@@ -480,7 +507,7 @@ impl EventLoop {
                     Err(e @ Refusal::Joining) => Err(Status::unavailable(e.to_string())),
                     Err(e) => Err(Status::failed_precondition(e.to_string())),
                 };
-                let _ = reply.send(result);
+                self.answers.push(Answer::Snapshot(reply, result));
             }
             Event::Joined(joined) => match *joined {
                 // Sent as `LaterConfiguration` by the join task; the same if it comes here.
@@ -618,7 +645,11 @@ impl EventLoop {
         if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
             return Ok(());
         }
-        let (log, metadata) = (&mut self.log, &mut self.metadata);
+        if ready.install.is_some() {
+            // The log is replaced: after everything handed to the writer is in it.
+            self.writer.wait_idle().await?;
+        }
+        let (writer, metadata) = (&self.writer, &mut self.metadata);
         until_written(|| -> Result<(), StorageError> {
             if let Some(peers) = &ready.peers {
                 metadata.store_peers(peers)?;
@@ -627,8 +658,10 @@ impl EventLoop {
                 // The records go into the current log first: a crash after the new checkpoint
                 // is in place but before the log is replaced then restores the checkpoint with
                 // every record beside it (the snapshot's decided instances are in no log yet).
-                log.append(&installed.records)?;
-                log.checkpoint(&installed.checkpoint, &installed.records)?;
+                writer.with_log(|log| {
+                    log.append(&installed.records)?;
+                    log.checkpoint(&installed.checkpoint, &installed.records)
+                })?;
             }
             if let Some(membership) = &ready.membership {
                 metadata.store_membership(membership)?;
@@ -697,6 +730,54 @@ impl EventLoop {
         }
         self.abstaining = abstaining;
         gauge.set(if abstaining { 1.0 } else { 0.0 });
+    }
+
+    /// Holds an iteration's outputs (its early messages gone) until its group of records is
+    /// durable, or carries them out at once when nothing they may reveal is still on its way
+    /// to the disk. In order: outputs never overtake earlier held ones.
+    ///
+    /// What a crash loses, and why that is safe: the outputs of group g leave only once every
+    /// group up to g is synced, so a crash before that loses records whose effects no one
+    /// outside has seen (no vote, decision, reply or answer built on them), exactly as a crash
+    /// before those events were handled; a crash after it loses nothing they revealed. An
+    /// iteration without records waits for the last group handed over: it may reveal state
+    /// (an execution, a resend, a Status digest) that earlier records hold.
+    pub(super) fn hold(&mut self, group: u64, ready: node::Ready) {
+        let answers = std::mem::take(&mut self.answers);
+        self.held.push_back(Held {
+            group,
+            ready,
+            answers,
+        });
+        self.release(self.writer.durable());
+    }
+
+    /// Carries out, oldest first, the held outputs whose group is durable, and tells the node
+    /// how far its records are.
+    pub(super) fn release(&mut self, durable: u64) {
+        while self.held.front().is_some_and(|h| h.group <= durable) {
+            let Held { ready, answers, .. } = self.held.pop_front().expect("front checked");
+            self.node.persisted_through(ready.core.slot_end);
+            self.carry_out(ready);
+            for answer in answers {
+                match answer {
+                    Answer::Status(reply, status) => {
+                        let _ = reply.send(status);
+                    }
+                    Answer::Snapshot(reply, result) => {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+
+    /// bigChannel closed (the replica stops): the groups handed over are made durable and
+    /// their outputs carried out, as when the loop synced in place.
+    async fn finish(&mut self) -> Result<(), RuntimeError> {
+        self.writer.wait_idle().await?;
+        self.release(self.writer.durable());
+        Ok(())
     }
 
     /// Carries out the node's outputs once what they depend on is durable.
