@@ -281,8 +281,14 @@ pub(super) async fn run_loop(
         if let Some(e) = el.stop.take() {
             return Err(e);
         }
-        el.node.set_wall_clock_ms(wall_clock_ms());
-        el.node.flush(el.start.elapsed());
+        // New instances start while the disk is idle: proposals that arrive while it syncs
+        // then go out together, in fewer and larger batches (as when the loop synced in
+        // place and took them in meanwhile), and every group handed over since is durable,
+        // so the whole unsynced window is open to them.
+        if el.writer.idle() {
+            el.node.set_wall_clock_ms(wall_clock_ms());
+            el.node.flush(el.start.elapsed());
+        }
         let mut ready = el.node.take_ready();
         el.persist_node(&ready).await?;
         // New instances' PreAccepts leave now: the peers' syncs and the network overlap ours
