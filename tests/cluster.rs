@@ -471,6 +471,80 @@ async fn sigkill_during_a_checkpoint_loses_nothing() {
     );
 }
 
+/// SIGKILL of the replica every client talks to while 16 sessions load it: its own log holds
+/// the commit record of every write it acknowledged. The log writer thread syncs while the
+/// event loop goes on; a reply must still leave only once the group holding its commit record
+/// is written and synced. A reply released when the records are merely handed to the writer
+/// (still in the process's memory, which SIGKILL loses, unlike written pages) fails this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_the_log_holds_every_write_the_replica_acknowledged() {
+    use epaxos_kv::core::command::Op;
+    use epaxos_kv::core::instance::Status;
+    use epaxos_kv::server::storage::{Log, Sync};
+    use std::sync::{Arc, Mutex};
+    let mut cluster = Cluster::start(3, &[]).await;
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut c = cluster.client(0).await.expect("connect");
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Session::new();
+            for k in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (key, value) = (format!("w{w}-{}", k % 50), format!("{w}-{k}"));
+                match s.call(&mut c, put(&key, &value)).await {
+                    Ok(_) => acked.lock().expect("lock").push((key, value)),
+                    Err(_) => break, // the replica was killed
+                }
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while acked.lock().expect("lock").len() < 2000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "load made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    cluster.kill(0);
+    // What was acknowledged before the kill (a call answered after it failed).
+    let acked: Vec<(String, String)> = acked.lock().expect("lock").clone();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let (_, recovered) = Log::open(&cluster.dir.join("replica-0"), 3, Sync::Fsync)
+        .expect("the killed replica's log opens");
+    let mut committed = std::collections::HashSet::new();
+    for (_, inst) in &recovered.records {
+        if inst.status != Status::Committed {
+            continue;
+        }
+        for cmd in inst.commands.iter() {
+            if let Op::Put { key, value } = &cmd.op {
+                committed.insert((key.clone(), value.clone()));
+            }
+        }
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| !committed.contains(&(b(k), b(v))))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes have no commit record in the log of the replica that \
+         acknowledged them, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum KillAt {
     /// Once 300 writes are acknowledged.
@@ -635,7 +709,11 @@ async fn torn_log_tail_is_cut_and_mid_log_damage_refuses_to_start() {
         |b: &[u8]| b[..b.iter().rposition(|x| *x != 0).map_or(0, |i| i + 1)].to_vec();
     let good_records = records_only(&good);
     let after = std::fs::read(&log).expect("read");
-    assert_eq!(&after[..good_records.len()], &good_records[..], "the good records stay");
+    assert_eq!(
+        &after[..good_records.len()],
+        &good_records[..],
+        "the good records stay"
+    );
     assert_ne!(
         after.get(good.len()..torn.len()),
         Some(&torn[good.len()..]),

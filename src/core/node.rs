@@ -839,7 +839,10 @@ mod tests {
         // The disk reports the first again (the second is still being written): nothing new.
         n.persisted_through(first.core.slot_end);
         n.flush(Duration::ZERO);
-        assert!(n.take_ready().core.persist.is_empty(), "second not durable yet");
+        assert!(
+            n.take_ready().core.persist.is_empty(),
+            "second not durable yet"
+        );
         // A mark beyond what was taken claims no more than was taken.
         n.persisted_through(u64::MAX);
         n.flush(Duration::ZERO);

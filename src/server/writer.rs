@@ -137,9 +137,12 @@ impl Writer {
             records,
         };
         if let Some(tx) = &self.to_thread {
-            // Full only if the loop took events while `backlogged`; it waits then. A closed
+            // Full only if the loop took events while `backlogged`; it waits then (rare:
+            // `block_in_place` hands the worker's other tasks to another thread). A closed
             // channel means the thread stopped on an error, which `changed` reports.
-            let _ = tokio::task::block_in_place(|| tx.send(group));
+            if let Err(std_mpsc::TrySendError::Full(group)) = tx.try_send(group) {
+                let _ = tokio::task::block_in_place(|| tx.send(group));
+            }
         }
         self.submitted
     }
@@ -207,10 +210,13 @@ impl Writer {
 
     /// The error that stopped the thread.
     fn failure(&self) -> StorageError {
-        self.lock().failed.take().unwrap_or_else(|| StorageError::Io {
-            path: std::path::PathBuf::from("<log writer>"),
-            source: std::io::Error::other("the log writer thread stopped"),
-        })
+        self.lock()
+            .failed
+            .take()
+            .unwrap_or_else(|| StorageError::Io {
+                path: std::path::PathBuf::from("<log writer>"),
+                source: std::io::Error::other("the log writer thread stopped"),
+            })
     }
 }
 
@@ -234,7 +240,11 @@ fn write_groups(
     let fsync_latency = metrics::histogram!("epaxos_fsync_seconds");
     let persisted = metrics::counter!("epaxos_persisted_records_total");
     let log_bytes = metrics::gauge!("epaxos_log_bytes");
-    let lock = || shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lock = || {
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let mut next: Option<Group> = None;
     // Zeros are not tried again before the log grows past this after a full disk refused them.
     let mut zeros_after: u64 = 0;
@@ -253,7 +263,11 @@ fn write_groups(
             match from_loop.try_recv() {
                 Ok(g) => {
                     number = g.number;
-                    bytes += g.records.iter().map(|(_, i)| record_bytes(i)).sum::<usize>();
+                    bytes += g
+                        .records
+                        .iter()
+                        .map(|(_, i)| record_bytes(i))
+                        .sum::<usize>();
                     records.extend(g.records);
                 }
                 Err(_) => break,

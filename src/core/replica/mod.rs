@@ -376,9 +376,7 @@ impl Replica {
     /// records hold stop counting against `OWN_SLOTS_UNSYNCED_MAX`. Claiming more would let a
     /// crash lose records of slots past the window a restart skips.
     pub fn persisted_through(&mut self, slot_end: u64) {
-        self.durable_slot_end = self
-            .durable_slot_end
-            .max(slot_end.min(self.taken_slot_end));
+        self.durable_slot_end = self.durable_slot_end.max(slot_end.min(self.taken_slot_end));
     }
 
     pub fn id(&self) -> ReplicaId {

@@ -39,7 +39,10 @@ pub(super) struct PendingJoin {
 /// still be on their way to the disk: it leaves with the iteration's other outputs.
 pub(super) enum Answer {
     Status(oneshot::Sender<proto::StatusReply>, proto::StatusReply),
-    Snapshot(oneshot::Sender<Result<Vec<u8>, Status>>, Result<Vec<u8>, Status>),
+    Snapshot(
+        oneshot::Sender<Result<Vec<u8>, Status>>,
+        Result<Vec<u8>, Status>,
+    ),
 }
 
 /// An iteration's outputs waiting for its group of records to be durable (see
