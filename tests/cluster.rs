@@ -484,40 +484,44 @@ async fn sigkill_under_load_the_log_holds_every_write_the_replica_acknowledged()
     use std::sync::{Arc, Mutex};
     let mut cluster = Cluster::start(3, &[]).await;
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The session whose reply makes the 2,000th acknowledged write kills the replica at once,
+    // so the kill lands while the groups after that reply's are still on their way.
+    let pid = cluster.pid(0).expect("replica 0 runs") as libc::pid_t;
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..16 {
         let mut c = cluster.client(0).await.expect("connect");
-        let (acked, stop) = (acked.clone(), stop.clone());
+        let (acked, killed) = (acked.clone(), killed.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = Session::new();
             for k in 0.. {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
                 let (key, value) = (format!("w{w}-{}", k % 50), format!("{w}-{k}"));
                 match s.call(&mut c, put(&key, &value)).await {
-                    Ok(_) => acked.lock().expect("lock").push((key, value)),
+                    Ok(_) => {
+                        let n = {
+                            let mut acked = acked.lock().expect("lock");
+                            acked.push((key, value));
+                            acked.len()
+                        };
+                        if n >= 2000 && !killed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            // SAFETY: kill(2) on the pid of a child this test started.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
                     Err(_) => break, // the replica was killed
                 }
             }
         }));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while acked.lock().expect("lock").len() < 2000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "load made no progress"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    cluster.kill(0);
-    // What was acknowledged before the kill (a call answered after it failed).
-    let acked: Vec<(String, String)> = acked.lock().expect("lock").clone();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for t in tasks {
-        t.await.expect("load task");
+        tokio::time::timeout_at(deadline.into(), t)
+            .await
+            .expect("load made no progress, or the kill did not stop it")
+            .expect("load task");
     }
+    cluster.kill(0); // reaps it
+    let acked: Vec<(String, String)> = acked.lock().expect("lock").clone();
     let (_, recovered) = Log::open(&cluster.dir.join("replica-0"), 3, Sync::Fsync)
         .expect("the killed replica's log opens");
     let mut committed = std::collections::HashSet::new();
