@@ -197,8 +197,9 @@ pub(super) async fn run_loop(
     let mut writing: Option<Writing> = None;
     let mut since: Vec<(InstanceId, Instance)> = Vec::new();
     loop {
-        // Past the writer's bounds the loop takes nothing new until the disk catches up.
-        let backlogged = el.writer.backlogged();
+        // Past the writer's bounds, or with as many iterations' outputs held, the loop takes
+        // nothing new until the disk catches up.
+        let backlogged = el.backlogged();
         tokio::select! {
             durable = el.writer.changed() => {
                 let durable = durable.inspect_err(|e| {
@@ -273,7 +274,7 @@ pub(super) async fn run_loop(
         }
         crate::server::metrics::HIGH_WATER.observe([big.len() as u64 + 1, 0, 0, 0]);
         for _ in 0..DRAIN_MAX {
-            if el.writer.backlogged() {
+            if el.backlogged() {
                 break;
             }
             match big.try_recv() {
@@ -759,6 +760,13 @@ impl EventLoop {
             answers,
         });
         self.release(self.writer.durable());
+    }
+
+    /// Whether the loop should take no events and no ticks until the disk catches up: the
+    /// writer's queue is full (groups or bytes), or as many iterations' outputs wait (an
+    /// iteration without records still holds its outputs while a group is on its way).
+    pub(super) fn backlogged(&self) -> bool {
+        self.writer.backlogged() || self.held.len() >= limits::WRITER_QUEUE_MAX
     }
 
     /// Carries out, oldest first, the held outputs whose group is durable, and tells the node
