@@ -74,6 +74,7 @@ impl Checkpoint {
             let key = match e.key.ok_or(WireError::Missing("index key"))? {
                 proto::index_entry::Key::DataKey(b) => ConflictKey::Key(Bytes::copy_from_slice(&b)),
                 proto::index_entry::Key::Session(c) => ConflictKey::Session(ClientId(c)),
+                proto::index_entry::Key::Cluster(_) => ConflictKey::Cluster,
             };
             // A key recorded before a configuration added ids keeps its shorter table
             // ("nothing in the new rows", see `ConflictIndex::grow`); never longer than the
@@ -184,6 +185,7 @@ pub fn encode(
         entry.key = Some(match k {
             ConflictKey::Key(b) => proto::index_entry::Key::DataKey(b.clone()),
             ConflictKey::Session(c) => proto::index_entry::Key::Session(c.0),
+            ConflictKey::Cluster => proto::index_entry::Key::Cluster(true),
         });
         entry.any_plus_one.clear();
         entry.write_plus_one.clear();

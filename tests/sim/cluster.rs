@@ -420,6 +420,7 @@ impl Sim {
             self.now,
             Restored {
                 membership: self.membership_disk[r].clone(),
+                configuration: None,
                 peers: self.peers_disk[r].clone(),
                 checkpoint,
                 records,
@@ -526,6 +527,7 @@ impl Sim {
             self.now,
             Restored {
                 membership: Membership::Joining,
+                configuration: None,
                 peers: vec![None; n],
                 checkpoint: None,
                 records: Vec::new(),

@@ -308,6 +308,7 @@ impl Sim {
                     Duration::ZERO,
                     Restored {
                         membership: joined.clone(),
+                        configuration: None,
                         peers: vec![None; n],
                         checkpoint: None,
                         records: Vec::new(),

@@ -31,9 +31,11 @@ mod invariants;
 mod leader;
 mod options;
 mod ready;
+mod reconfigure;
 mod recoveries;
 mod recovering;
 mod rejoin;
+mod seal_hook;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -59,6 +61,7 @@ pub use ready::{
     Committed, Contradiction, Outgoing, Overloaded, Path, Ready, Refused, Reject, Rejected, Reply,
     ReplyError,
 };
+pub use reconfigure::{epoch_of_result, Decided, ReconfigureRefusal};
 use recoveries::Recovery;
 use waiting::Waiting;
 
@@ -75,6 +78,10 @@ pub struct Replica {
     /// `k`; today only epoch 0). Every instance's quorums and "is the sender a member?" come
     /// from its own epoch's entry, never from the current one (see `epoch`).
     configurations: Vec<Configuration>,
+    /// Every id that is or was a member (ids are never reused: an Add of one is refused).
+    ever: std::collections::BTreeSet<ReplicaId>,
+    /// The addresses of the members changes added, by id (opaque; for the shell).
+    addresses: BTreeMap<ReplicaId, crate::core::epoch::Member>,
     instances: HashMap<InstanceId, Instance>,
     index: ConflictIndex,
     kv: KvStore,
@@ -162,6 +169,12 @@ impl Replica {
             .expect("options are validated by the caller");
         Replica {
             configurations: vec![Configuration::initial(opts.n)],
+            ever: Configuration::initial(opts.n)
+                .members()
+                .iter()
+                .copied()
+                .collect(),
+            addresses: BTreeMap::new(),
             index: ConflictIndex::new(opts.n),
             instances: HashMap::new(),
             kv: KvStore::new(),
@@ -616,6 +629,8 @@ impl Replica {
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
         while !self.pending.is_empty()
+            && self.may_start_instances()
+            && !self.removed()
             && self.leading.len() < self.opts.inflight_max
             && self.next_slot < self.durable_slot_end + limits::OWN_SLOTS_UNSYNCED_MAX
         {

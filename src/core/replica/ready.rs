@@ -219,4 +219,7 @@ pub struct Ready {
     /// Commands refused as expired (`ReplyError::Expired`), with their instance, in execution
     /// order, whether or not a client waits for them here.
     pub refused_expired: Vec<(InstanceId, ClientId, RequestId)>,
+    /// A membership change executed here: the configuration it made (taken into
+    /// `node::Ready::configuration`, where the shell's duty is written).
+    pub configuration: Option<super::Decided>,
 }

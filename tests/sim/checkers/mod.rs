@@ -302,7 +302,7 @@ impl Sim {
                     },
                 ),
                 // Clients never send expiries: the history holds client requests only.
-                Op::Expire { .. } => continue,
+                Op::Expire { .. } | Op::Reconfigure { .. } => continue,
             };
             let result = h.result.as_ref().map(|r| RegResult {
                 found: r.found,
