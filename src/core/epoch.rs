@@ -25,12 +25,17 @@
 //!   the instance may have been decided by; an answer from anyone else is refused.
 //! - *a crash in the middle of a change*: the epoch is in the instance's stored record, so an
 //!   instance restored from the log is finished under the same quorums as before the crash.
-//!   (Which epoch a replica is in after a restart is the shell's record of the decided
-//!   configuration: step 2.)
+//!   Which epoch a replica is in after a restart comes from executing its checkpoint and log
+//!   again (a checkpoint keeps every epoch's members, `checkpoint::Configurations`), or from
+//!   the shell's record of the decided configuration if the log ends before the change.
 //!
-//! A message naming an epoch this replica has not learnt is refused
-//! (`Contradiction::UnknownEpoch`) today; once changes are decided it will instead tell the
-//! replica it is behind.
+//! A message naming an epoch above this replica's tells it that it is behind (a change
+//! committed elsewhere has not executed here): it drops the message and pulls the Commits it
+//! misses from the sender (`replica::reconfigure`), never counting it a contradiction.
+//!
+//! Changes are commands (`Op::Reconfigure`, see `replica::reconfigure`): a change interferes
+//! with every command, so every replica executes it at the same point of its order and moves
+//! from epoch `e` to `e + 1` at the same point of its state.
 
 use std::fmt;
 

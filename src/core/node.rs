@@ -646,6 +646,72 @@ mod tests {
         assert!(n.propose(1, put(1)).is_ok(), "joined: it takes proposals");
     }
 
+    /// The node's side of membership changes: refused while joining; a removed replica refuses
+    /// clients naming the current members; a restart takes the configuration the shell kept
+    /// when the log ends before the change; an id asking to Join before it is known counts
+    /// live for the change that adds it.
+    #[test]
+    fn membership_changes_at_the_node() {
+        use crate::core::epoch::{Change, Epoch, Member};
+        let mut joining = node(0, Membership::Joining);
+        assert_eq!(
+            joining.propose_reconfigure(1, Change::Remove(ReplicaId(2)), Duration::ZERO),
+            Err(ReconfigureRefusal::Joining)
+        );
+        // Replica 3 asked to Join before it is known: it counts live for the change adding it.
+        let mut knocked = joined(0);
+        knocked.answer_join(9, ReplicaId(3), Some(inc(3)));
+        let _ = knocked.take_ready();
+        let m3 = Member {
+            id: ReplicaId(3),
+            peer_addr: "h3:1".into(),
+            client_addr: "h3:2".into(),
+        };
+        let late = knocked.replica().options().suspect_after * 2;
+        knocked.tick(late);
+        let _ = knocked.take_ready();
+        assert_eq!(
+            knocked.propose_reconfigure(1, Change::Add(m3), late),
+            Err(ReconfigureRefusal::NoLiveMajority {
+                members: vec![ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3)],
+                live: vec![ReplicaId(0), ReplicaId(3)],
+            }),
+            "1 and 2 are suspected, 3 knocked"
+        );
+        let mut nodes = vec![joined(0), joined(1), joined(2)];
+        let now = Duration::ZERO;
+        nodes[1]
+            .propose_reconfigure(5, Change::Remove(ReplicaId(0)), now)
+            .expect("{1, 2} live");
+        assert_eq!(settle(&mut nodes, now), vec![5]);
+        assert!(nodes[0].removed() && !nodes[1].removed());
+        assert_eq!(
+            nodes[0].propose(1, put(1)),
+            Err(Refusal::Removed {
+                members: vec![ReplicaId(1), ReplicaId(2)]
+            })
+        );
+        // The shell kept epoch 1 but the log lost the change: the record wins at the restart.
+        let decided = nodes[1].configuration_members();
+        assert_eq!(decided.configuration.epoch(), Epoch(1));
+        let back = Node::new(
+            opts(1),
+            0,
+            now,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                configuration: Some(decided.clone()),
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        assert_eq!(*back.configuration(), decided.configuration);
+        assert_eq!(back.configuration_members(), decided);
+    }
+
     #[test]
     fn the_first_incarnation_heard_is_recorded_and_another_is_refused() {
         let mut n = joined(0);

@@ -949,6 +949,7 @@ mod tests {
             &record(0, Status::Committed).1.commands,
         );
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv,
             index,
             gc_prefix: vec![0, 49, 0],
@@ -1099,6 +1100,7 @@ mod tests {
         use crate::core::deps::ConflictIndex;
         use crate::core::kv::KvStore;
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 40, 0],
@@ -1156,6 +1158,7 @@ mod tests {
         use crate::core::deps::ConflictIndex;
         use crate::core::kv::KvStore;
         Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 3, 0],
@@ -1331,6 +1334,7 @@ mod tests {
         let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
         log.append(&[record(0, Status::Committed)]).expect("append");
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 1, 0],

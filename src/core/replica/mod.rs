@@ -242,6 +242,7 @@ impl Replica {
         if let Some(c) = checkpoint {
             // A checkpoint taken after a configuration added ids has their rows too.
             r.grow_rows(c.rows());
+            r.restore_configurations(c.configurations);
             r.kv = c.kv;
             r.index = c.index;
             r.next_slot = c.next_slot;
@@ -661,6 +662,16 @@ impl Replica {
             // Honest ballots grow by one round per takeover and never get near the top; a
             // ballot there leaves no successor for the next takeover (see `next_ballot`).
             self.refuse(from, Contradiction::BallotOverflow);
+            return;
+        }
+        if msg
+            .epoch()
+            .is_some_and(|e| e > self.configuration().epoch())
+        {
+            // A peer acts in an epoch this replica has not reached: it is behind (the change
+            // is committed somewhere and not executed here), not lied to. It drops the message
+            // (the peer resends) and pulls the Commits it misses from that peer.
+            self.behind_epoch(now, from);
             return;
         }
         if let Some(contradiction) = self.membership_contradiction(from, &msg) {

@@ -84,7 +84,9 @@ pub enum Contradiction {
     /// is not a member of the instance's epoch, or a PreAccept led by one: its quorums count
     /// only that epoch's members (see `epoch`).
     NotMember,
-    /// A message naming an epoch this replica has not learnt (above its current one).
+    /// A message naming an epoch this replica does not know. Not produced since changes are
+    /// decided: an epoch above the current one means this replica is behind (it pulls the
+    /// Commits it misses, see `reconfigure::behind_epoch`), and every epoch below is known.
     UnknownEpoch,
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 
 use super::{Replica, Time};
+use crate::core::checkpoint::Configurations;
 use crate::core::command::{Command, OpResult};
 use crate::core::epoch::{Change, ChangeError, Configuration, Epoch, Member};
 use crate::core::ids::ReplicaId;
@@ -153,6 +154,17 @@ impl Replica {
             .map_err(|_| ReconfigureRefusal::Overloaded)
     }
 
+    /// A message of an epoch above this replica's came from `from`: ask it for the Commits this
+    /// replica misses (a Watermark, answered with them), at most once per `catch_up_every`.
+    pub(super) fn behind_epoch(&mut self, now: Time, from: ReplicaId) {
+        if now < self.next_catch_up {
+            return;
+        }
+        self.next_catch_up = now + self.opts.catch_up_every;
+        let msg = self.watermark();
+        self.send(vec![from], msg);
+    }
+
     /// Executes a change proposed in `epoch`: the answer to its caller.
     pub(super) fn execute_reconfigure(&mut self, change: &Change, epoch: Epoch) -> OpResult {
         let current = self.configuration().clone();
@@ -203,6 +215,29 @@ impl Replica {
                 .collect(),
             ever: self.ever.iter().copied().collect(),
             configuration,
+        }
+    }
+
+    /// What a checkpoint keeps of the configurations (see `checkpoint::Configurations`).
+    pub(super) fn configurations_for_checkpoint(&self) -> Configurations {
+        Configurations {
+            epochs: self.configurations.clone(),
+            ever: self.ever.iter().copied().collect(),
+            addresses: self.addresses.values().cloned().collect(),
+        }
+    }
+
+    /// Takes the configurations a checkpoint went through (restore, snapshot install); an
+    /// older checkpoint without them leaves epoch 0.
+    pub(super) fn restore_configurations(&mut self, c: Configurations) {
+        if !c.epochs.is_empty() {
+            let rows = c.epochs.iter().map(|e| e.rows()).max().unwrap_or(0);
+            self.configurations = c.epochs;
+            self.grow_rows(rows);
+        }
+        self.ever.extend(c.ever);
+        for m in c.addresses {
+            self.addresses.insert(m.id, m);
         }
     }
 
@@ -356,6 +391,43 @@ mod tests {
         let (replies, _) = settle(&mut rs, NOW, &[2]);
         assert_eq!(replies.iter().map(|r| r.0).collect::<Vec<_>>(), vec![8]);
         assert_eq!(rs[0].kv().digest(), rs[1].kv().digest());
+    }
+
+    /// A restart gives the configurations back: from the checkpoint (the change collected
+    /// with it) or from executing the log again; an older checkpoint without them is epoch 0.
+    #[test]
+    fn a_restart_keeps_every_epoch_from_the_checkpoint_or_the_log() {
+        let mut rs = cluster(3);
+        let knocking: BTreeSet<ReplicaId> = [ReplicaId(3)].into();
+        rs[0]
+            .propose_reconfigure(1, Change::Add(member(3)), NOW, &knocking)
+            .expect("proposed");
+        settle(&mut rs, NOW, &[]);
+        rs[0]
+            .propose_reconfigure(2, Change::Remove(ReplicaId(2)), NOW, &BTreeSet::new())
+            .expect("{0, 1, 3}: 0 and 1 alone are a live majority");
+        settle(&mut rs, NOW, &[]);
+        let want = rs[1].configuration().clone();
+        assert_eq!(want.members(), ids(&[0, 1, 3]).as_slice());
+        let (encoded, records) = rs[1].checkpoint();
+        let cp = crate::core::checkpoint::Checkpoint::decode(&encoded, 3).expect("decodes");
+        assert_eq!(cp.configurations.epochs.len(), 3);
+        assert_eq!(cp.configurations.addresses, vec![member(3)]);
+        let from_checkpoint =
+            Replica::restore_from(rs[1].options().clone(), NOW, Some(cp), Vec::new());
+        let from_log = Replica::restore(rs[1].options().clone(), NOW, records);
+        for back in [&from_checkpoint, &from_log] {
+            assert_eq!(*back.configuration(), want);
+            assert_eq!(
+                back.configuration_of(Epoch(0)),
+                rs[1].configuration_of(Epoch(0))
+            );
+            assert_eq!(back.members_ever(), rs[1].members_ever());
+            assert_eq!(back.member_addresses(), vec![member(3)]);
+        }
+        // A removed replica restarted from its log is still removed.
+        let (_, records) = rs[2].checkpoint();
+        assert!(Replica::restore(rs[2].options().clone(), NOW, records).removed());
     }
 
     /// Two changes proposed in epoch 0 at two replicas: one executes first everywhere and
