@@ -431,6 +431,9 @@ impl Replica {
     /// around): whom to ask for votes on it.
     fn voters(&self, id: InstanceId) -> Vec<ReplicaId> {
         let me = self.opts.id;
+        if self.opts.sabotage.count_removed_votes() {
+            return self.peers();
+        }
         let members = self.deciding(id).members();
         let after = members.partition_point(|m| *m <= me);
         members[after..]
@@ -489,7 +492,7 @@ impl Replica {
     /// Whether `from`'s answer may count as a vote on `id`: it is a member of `id`'s epoch. A
     /// non-member's answer is never a vote (a quorum of a configuration counts its members).
     fn votes_on(&self, id: InstanceId, from: ReplicaId) -> bool {
-        self.deciding(id).is_member(from)
+        self.opts.sabotage.count_removed_votes() || self.deciding(id).is_member(from)
     }
 
     /// Commands that restoring this replica refused as expired while it executed its log
