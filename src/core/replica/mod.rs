@@ -17,6 +17,7 @@
 //! The files split the replica by role and phase: `leader` (PreAccept/Accept/Commit of the
 //! instances it leads), `acceptor` (answering them), `commit` (the one commit path),
 //! `execution` and `collect` (execution, watermarks, garbage collection, checkpoints),
+//! `reconfigure` (membership changes) and `seal_hook` (the epoch boundary's hooks),
 //! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `input`
 //! (what peer input is impossible), `send` (message builders); the stateful parts are nouns:
 //! `waiting` (what execution waits for), `recoveries` (recoveries in progress), and the
