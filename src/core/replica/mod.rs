@@ -570,6 +570,7 @@ impl Replica {
         // are never refused for it.
         let sessions = self.kv.sessions();
         if cmd.request == RequestId(1)
+            && !cmd.op.is_reconfigure()
             && sessions.len() >= self.opts.sessions_max
             && sessions.get(&cmd.client).is_none()
         {
@@ -787,6 +788,9 @@ impl Replica {
     /// the expiries wait with the client proposals and batch with them. Whether an expiry
     /// removes the session is decided when it executes, alike everywhere (see `session`).
     fn propose_expiries(&mut self, now: Time) {
+        if self.removed() {
+            return; // it starts no instance any more: the members expire sessions
+        }
         let ttl = self.opts.session_ttl.as_millis() as u64;
         let (Some(own_since), true) = (self.wall_ms.checked_sub(ttl), self.wall_ms > 0) else {
             return; // no wall clock yet, or not one TTL past the epoch
