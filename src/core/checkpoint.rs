@@ -10,15 +10,30 @@ use bytes::Bytes;
 
 use crate::core::command::OpResult;
 use crate::core::deps::{ConflictIndex, ConflictKey};
+use crate::core::epoch::{Change, Configuration, Epoch, Member};
 use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::kv::{KvStore, Session};
 use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::wire::WireError;
 use crate::proto;
 
+/// The configurations a checkpoint's state went through (membership changes it executed):
+/// a restore or a snapshot install gives them back, since the changes are collected with the
+/// instances that carried them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configurations {
+    /// Every epoch's configuration, epoch 0 first; empty: epoch 0 only (`Options::n`'s ids).
+    pub epochs: Vec<Configuration>,
+    /// Every id that is or was a member.
+    pub ever: Vec<ReplicaId>,
+    /// The addresses of the members changes added.
+    pub addresses: Vec<Member>,
+}
+
 /// A replica's checkpoint (see the module doc).
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
+    pub configurations: Configurations,
     pub kv: KvStore,
     pub index: ConflictIndex,
     pub gc_prefix: Vec<u64>,
@@ -35,6 +50,7 @@ impl Checkpoint {
             &self.gc_prefix,
             &self.executed_above,
             self.next_slot,
+            &self.configurations,
         )
     }
 
@@ -74,6 +90,7 @@ impl Checkpoint {
             let key = match e.key.ok_or(WireError::Missing("index key"))? {
                 proto::index_entry::Key::DataKey(b) => ConflictKey::Key(Bytes::copy_from_slice(&b)),
                 proto::index_entry::Key::Session(c) => ConflictKey::Session(ClientId(c)),
+                proto::index_entry::Key::Cluster(_) => ConflictKey::Cluster,
             };
             // A key recorded before a configuration added ids keeps its shorter table
             // ("nothing in the new rows", see `ConflictIndex::grow`); never longer than the
@@ -135,7 +152,40 @@ impl Checkpoint {
                 Bytes::copy_from_slice(&e.value),
             )
         });
+        let mut epochs = Vec::with_capacity(p.epochs.len());
+        for (e, members) in p.epochs.into_iter().enumerate() {
+            let members = members
+                .members
+                .into_iter()
+                .map(|m| replica_of(m, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            let c = Configuration::new(Epoch(e as u64), members)
+                .map_err(|_| WireError::Impossible("an epoch that is no configuration"))?;
+            epochs.push(c);
+        }
+        let ever = p
+            .members_ever
+            .into_iter()
+            .map(|m| replica_of(m, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut addresses = Vec::with_capacity(p.addresses.len());
+        for m in p.addresses {
+            let m = Member {
+                id: replica_of(m.id, n)?,
+                peer_addr: m.peer_addr,
+                client_addr: m.client_addr,
+            };
+            Change::Add(m.clone())
+                .validate()
+                .map_err(|_| WireError::Impossible("an address beyond its bound"))?;
+            addresses.push(m);
+        }
         Ok(Checkpoint {
+            configurations: Configurations {
+                epochs,
+                ever,
+                addresses,
+            },
             kv: KvStore::import(entries, sessions, p.executed, p.refused_expired),
             index: ConflictIndex::import(n, index),
             gc_prefix: p.gc_prefix,
@@ -155,6 +205,7 @@ pub fn encode(
     gc_prefix: &[u64],
     executed_above: &[InstanceId],
     next_slot: u64,
+    configurations: &Configurations,
 ) -> Vec<u8> {
     use prost::encoding::{message, uint64};
     let (entries, sessions, executed, refused_expired) = kv.export();
@@ -184,6 +235,7 @@ pub fn encode(
         entry.key = Some(match k {
             ConflictKey::Key(b) => proto::index_entry::Key::DataKey(b.clone()),
             ConflictKey::Session(c) => proto::index_entry::Key::Session(c.0),
+            ConflictKey::Cluster => proto::index_entry::Key::Cluster(true),
         });
         entry.any_plus_one.clear();
         entry.write_plus_one.clear();
@@ -204,6 +256,22 @@ pub fn encode(
     uint64::encode(6, &next_slot, &mut buf);
     uint64::encode(7, &executed, &mut buf);
     uint64::encode(8, &refused_expired, &mut buf);
+    for c in &configurations.epochs {
+        let epoch = proto::CheckpointEpoch {
+            members: c.members().iter().map(|m| m.0).collect(),
+        };
+        message::encode(9, &epoch, &mut buf);
+    }
+    let ever: Vec<u32> = configurations.ever.iter().map(|m| m.0).collect();
+    prost::encoding::uint32::encode_packed(10, &ever, &mut buf);
+    for m in &configurations.addresses {
+        let m = proto::ReconfigureMember {
+            id: m.id.0,
+            peer_addr: m.peer_addr.clone(),
+            client_addr: m.client_addr.clone(),
+        };
+        message::encode(11, &m, &mut buf);
+    }
     buf
 }
 
@@ -373,6 +441,7 @@ mod tests {
         );
         kv.apply(&get, ReplicaId(2));
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv,
             index: ConflictIndex::new(3),
             gc_prefix: vec![0; 3],
@@ -420,6 +489,7 @@ mod tests {
         get.time_ms = 2_000;
         kv.apply(&get, ReplicaId(2));
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv: kv.clone(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0; 3],

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use crate::core::ids::{ClientId, RequestId};
+use crate::core::epoch::{Change, ChangeError, Epoch};
+use crate::core::ids::{ClientId, ReplicaId, RequestId};
 
 pub use crate::core::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
@@ -31,6 +32,15 @@ pub enum Op {
     Expire {
         idle_since_ms: u64,
     },
+    /// Not a client request: a membership change proposed (by an admin call) in `epoch`. It
+    /// interferes with every command, so it executes at the same point of every replica's
+    /// order; executed while `epoch` is still current it makes epoch + 1, otherwise (another
+    /// change got in first) it changes nothing and answers `success: false` (see
+    /// `replica::reconfigure`).
+    Reconfigure {
+        change: Change,
+        epoch: Epoch,
+    },
 }
 
 impl Op {
@@ -41,7 +51,7 @@ impl Op {
             Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
                 Some(key)
             }
-            Op::Expire { .. } => None,
+            Op::Expire { .. } | Op::Reconfigure { .. } => None,
         }
     }
 
@@ -51,11 +61,17 @@ impl Op {
         !matches!(self, Op::Get { .. } | Op::Expire { .. })
     }
 
+    /// A membership change: it interferes with every command (see [`ops_interfere`]).
+    pub fn is_reconfigure(&self) -> bool {
+        matches!(self, Op::Reconfigure { .. })
+    }
+
     /// Key and value bytes the operation carries.
     pub fn size_bytes(&self) -> usize {
         self.key().map_or(0, |k| k.len())
             + match self {
                 Op::Get { .. } | Op::Delete { .. } | Op::Expire { .. } => 0,
+                Op::Reconfigure { change, .. } => change.size_bytes(),
                 Op::Put { value, .. } => value.len(),
                 Op::Cas { expected, new, .. } => {
                     new.len() + expected.as_ref().map_or(0, |e| e.len())
@@ -65,6 +81,9 @@ impl Op {
 
     /// Checks the limits on keys and values.
     pub fn validate(&self) -> Result<(), CommandError> {
+        if let Op::Reconfigure { change, .. } = self {
+            return change.validate().map_err(CommandError::Change);
+        }
         let key_len = self.key().map_or(0, |k| k.len());
         if key_len > KEY_BYTES_MAX {
             return Err(CommandError::KeyTooLarge(key_len));
@@ -83,9 +102,13 @@ impl Op {
     }
 }
 
-/// Whether two operations interfere: they touch the same key and at least one may write.
+/// Whether two operations interfere: they touch the same key and at least one may write, or
+/// one is a membership change (it writes a cluster-wide pseudo-key every command reads: see
+/// `deps::ConflictKey::Cluster`).
 pub fn ops_interfere(a: &Op, b: &Op) -> bool {
-    (a.is_write() || b.is_write()) && a.key().is_some() && a.key() == b.key()
+    a.is_reconfigure()
+        || b.is_reconfigure()
+        || ((a.is_write() || b.is_write()) && a.key().is_some() && a.key() == b.key())
 }
 
 /// The one interference predicate between commands, used for dependencies (`deps`) and checked
@@ -128,7 +151,27 @@ impl Command {
     pub fn expire(client: ClientId, idle_since_ms: u64) -> Command {
         Command::new(client, RequestId(0), Op::Expire { idle_since_ms })
     }
+
+    /// Replica `proposer`'s membership change proposed in `epoch`. It belongs to no client
+    /// session: its client is [`RECONFIGURE_CLIENT`] and its request names the proposer and
+    /// the epoch (one change at a time per replica, so the pair is unique while it waits).
+    pub fn reconfigure(proposer: ReplicaId, change: Change, epoch: Epoch) -> Command {
+        let request = epoch
+            .0
+            .saturating_mul(crate::core::limits::MEMBERS_EVER_MAX as u64)
+            .saturating_add(u64::from(proposer.0))
+            .saturating_add(1);
+        Command::new(
+            RECONFIGURE_CLIENT,
+            RequestId(request),
+            Op::Reconfigure { change, epoch },
+        )
+    }
 }
+
+/// The client id of every membership change (no client session: the change never enters the
+/// session table). A client using this id only shares the changes' interference.
+pub const RECONFIGURE_CLIENT: ClientId = ClientId(u64::MAX);
 
 /// The outcome of an executed command (see `OpResult` in the proto for each field's meaning).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -157,6 +200,12 @@ pub enum CommandError {
     /// request 0: one is a replica's, the other a client's, never mixed.
     #[error("a session expiry must carry request 0, and only a session expiry may")]
     MisplacedExpiry,
+    /// A client request with the client id of membership changes.
+    #[error("client_id 18446744073709551615 is reserved (membership changes)")]
+    ReservedClient,
+    /// A membership change out of bounds.
+    #[error("membership change: {0}")]
+    Change(ChangeError),
 }
 
 #[cfg(test)]

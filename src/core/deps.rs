@@ -171,6 +171,12 @@ impl fmt::Debug for Deps {
 pub enum ConflictKey {
     Key(Bytes),
     Session(ClientId),
+    /// The cluster-wide pseudo-key: every instance reads it, a membership change
+    /// (`Op::Reconfigure`) writes it, so a change interferes with every command and executes at
+    /// the same point everywhere. Unlike a real key it makes no chain of a row's own reads (a
+    /// read of it depends only on changes, in every row), and a change depends on every
+    /// instance known (its deps cover each row up to its latest slot).
+    Cluster,
 }
 
 /// Per-row latest slots for one key.
@@ -220,11 +226,16 @@ pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
         }
         keys.push((key, write));
     };
+    let mut reconfigures = false;
     for c in commands {
         if let Some(key) = c.op.key() {
             add(ConflictKey::Key(key.clone()), c.op.is_write());
         }
         add(ConflictKey::Session(c.client), true);
+        reconfigures |= c.op.is_reconfigure();
+    }
+    if !commands.is_empty() {
+        keys.push((ConflictKey::Cluster, reconfigures));
     }
     keys
 }
@@ -260,7 +271,18 @@ impl ConflictIndex {
             };
             for (row, latest) in rows.iter().enumerate() {
                 let row_id = ReplicaId(row as u32);
-                let slot = if row_id == instance.replica {
+                let slot = if key == ConflictKey::Cluster {
+                    // A change depends on everything, a read of the cluster only on changes,
+                    // its own row's included (see `ConflictKey::Cluster`).
+                    if row_id == instance.replica && !own_row {
+                        continue;
+                    }
+                    if write {
+                        latest.any
+                    } else {
+                        latest.write
+                    }
+                } else if row_id == instance.replica {
                     if !own_row {
                         continue;
                     }
@@ -444,6 +466,43 @@ mod tests {
         assert!(deps_of(&ix, id(1, 1), &[get("b")], true).is_empty());
     }
 
+    fn change() -> Command {
+        Command::reconfigure(
+            ReplicaId(0),
+            crate::core::epoch::Change::Remove(ReplicaId(2)),
+            crate::core::epoch::Epoch(0),
+        )
+    }
+
+    /// A membership change depends on the latest instance of every row whatever its keys, and
+    /// every instance depends on the latest change, its own row's included; instances that
+    /// share no key still do not depend on each other (no chain through the pseudo-key).
+    #[test]
+    fn a_change_interferes_with_everything_and_reads_do_not_chain() {
+        let mut ix = ConflictIndex::new(3);
+        ix.record(id(0, 4), &[put("a")]);
+        ix.record(id(1, 7), &[get("b")]);
+        ix.record(id(0, 5), &[get("c")]);
+        assert!(
+            deps_of(&ix, id(0, 6), &[get("z")], true).is_empty(),
+            "no change yet: an unrelated read depends on nothing, not even its own row"
+        );
+        assert_eq!(
+            deps_of(&ix, id(2, 0), &[change()], true),
+            vec![id(0, 5), id(1, 7)]
+        );
+        assert_eq!(
+            deps_of(&ix, id(0, 6), &[change()], true),
+            vec![id(0, 5), id(1, 7)],
+            "its own row at its leader"
+        );
+        ix.record(id(2, 0), &[change()]);
+        assert_eq!(deps_of(&ix, id(1, 8), &[get("z")], false), vec![id(2, 0)]);
+        assert_eq!(deps_of(&ix, id(2, 1), &[get("z")], true), vec![id(2, 0)]);
+        assert!(crate::core::command::interferes(&change(), &get("q")));
+        assert!(crate::core::command::interferes(&get("q"), &change()));
+    }
+
     #[test]
     fn out_of_order_records_keep_the_latest() {
         let mut ix = ConflictIndex::new(2);
@@ -564,6 +623,10 @@ mod tests {
                         None => expected.push((k, w)),
                     }
                 }
+            }
+            // Every batch reads the cluster-wide pseudo-key, last (see `ConflictKey::Cluster`).
+            if !batch.is_empty() {
+                expected.push((ConflictKey::Cluster, false));
             }
             assert_eq!(keys_of(&batch), expected, "{commands} commands");
         }

@@ -25,17 +25,22 @@
 //!   the instance may have been decided by; an answer from anyone else is refused.
 //! - *a crash in the middle of a change*: the epoch is in the instance's stored record, so an
 //!   instance restored from the log is finished under the same quorums as before the crash.
-//!   (Which epoch a replica is in after a restart is the shell's record of the decided
-//!   configuration: step 2.)
+//!   Which epoch a replica is in after a restart comes from executing its checkpoint and log
+//!   again (a checkpoint keeps every epoch's members, `checkpoint::Configurations`), or from
+//!   the shell's record of the decided configuration if the log ends before the change.
 //!
-//! A message naming an epoch this replica has not learnt is refused
-//! (`Contradiction::UnknownEpoch`) today; once changes are decided it will instead tell the
-//! replica it is behind.
+//! A message naming an epoch above this replica's tells it that it is behind (a change
+//! committed elsewhere has not executed here): it drops the message and pulls the Commits it
+//! misses from the sender (`replica::reconfigure`), never counting it a contradiction.
+//!
+//! Changes are commands (`Op::Reconfigure`, see `replica::reconfigure`): a change interferes
+//! with every command, so every replica executes it at the same point of its order and moves
+//! from epoch `e` to `e + 1` at the same point of its state.
 
 use std::fmt;
 
 use crate::core::ids::ReplicaId;
-use crate::core::limits::MEMBERS_EVER_MAX;
+use crate::core::limits::{ADDRESS_BYTES_MAX, MEMBERS_EVER_MAX};
 
 /// A configuration number: 0 is the one `config.json` seeds, each executed change makes the
 /// next. Ordered: a replica only moves to higher epochs.
@@ -46,6 +51,93 @@ impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "e{}", self.0)
     }
+}
+
+/// One member: its id (never reused) and its addresses, opaque to the core. They travel in the
+/// `Reconfigure` command that adds the member, so every replica learns them by executing it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub id: ReplicaId,
+    pub peer_addr: String,
+    pub client_addr: String,
+}
+
+/// One membership change, decided by consensus (`Op::Reconfigure`). Replace = add the new
+/// member, then remove the old one: one change at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    Add(Member),
+    Remove(ReplicaId),
+}
+
+impl Change {
+    /// Bytes of the addresses the change carries.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Change::Add(m) => m.peer_addr.len() + m.client_addr.len(),
+            Change::Remove(_) => 0,
+        }
+    }
+
+    /// Checks the bounds: an id below [`MEMBERS_EVER_MAX`], addresses of at most
+    /// [`ADDRESS_BYTES_MAX`] bytes, not empty.
+    pub fn validate(&self) -> Result<(), ChangeError> {
+        let id = match self {
+            Change::Add(m) => {
+                for addr in [&m.peer_addr, &m.client_addr] {
+                    if addr.is_empty() || addr.len() > ADDRESS_BYTES_MAX {
+                        return Err(ChangeError::Address(addr.len()));
+                    }
+                }
+                m.id
+            }
+            Change::Remove(id) => *id,
+        };
+        if id.index() >= MEMBERS_EVER_MAX {
+            return Err(ChangeError::IdTooLarge(id));
+        }
+        Ok(())
+    }
+
+    /// The configuration after this change to `current`, or why it cannot apply. `ever`: every
+    /// id that is or was a member (ids are never reused).
+    pub fn apply(
+        &self,
+        current: &Configuration,
+        ever: &std::collections::BTreeSet<ReplicaId>,
+    ) -> Result<Configuration, ChangeError> {
+        self.validate()?;
+        let mut members = current.members().to_vec();
+        match self {
+            Change::Add(m) if ever.contains(&m.id) || current.is_member(m.id) => {
+                return Err(ChangeError::Duplicate(m.id))
+            }
+            Change::Add(m) => members.push(m.id),
+            Change::Remove(id) if !current.is_member(*id) => {
+                return Err(ChangeError::NotMember(*id))
+            }
+            Change::Remove(_) if current.len() == 1 => return Err(ChangeError::LastMember),
+            Change::Remove(id) => members.retain(|m| m != id),
+        }
+        Configuration::new(Epoch(current.epoch().0 + 1), members).map_err(|_| ChangeError::Invalid)
+    }
+}
+
+/// Why a change cannot apply to a configuration (or is malformed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("an address is {0} bytes: it must be 1 to {ADDRESS_BYTES_MAX}")]
+    Address(usize),
+    #[error("member id {0} is not below the most ids ever handed out ({MEMBERS_EVER_MAX})")]
+    IdTooLarge(ReplicaId),
+    #[error("id {0} is or was a member: ids are never reused")]
+    Duplicate(ReplicaId),
+    #[error("{0} is not a member")]
+    NotMember(ReplicaId),
+    #[error("removing the last member would leave no configuration")]
+    LastMember,
+    #[error("not a configuration")]
+    Invalid,
 }
 
 /// Why a list of members is not a configuration.

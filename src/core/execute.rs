@@ -244,6 +244,22 @@ impl Unexecuted {
                 let Some(slots) = rows.get(dep.replica.index()) else {
                     continue;
                 };
+                if *key == ConflictKey::Cluster {
+                    // A change: an edge to every unexecuted instance its deps cover (they
+                    // need not chain on one key). A read of the cluster: to the latest change.
+                    if write {
+                        edges.extend(
+                            slots
+                                .any
+                                .range(..=dep.slot)
+                                .map(|s| InstanceId::new(dep.replica, *s))
+                                .filter(|e| *e != id),
+                        );
+                    } else if let Some(&slot) = slots.write.range(..=dep.slot).next_back() {
+                        edges.push(InstanceId::new(dep.replica, slot));
+                    }
+                    continue;
+                }
                 let set = if write || dep.replica == id.replica {
                     &slots.any
                 } else {
@@ -473,6 +489,36 @@ mod tests {
             u.remove(id(0, 1));
             let e = u.edges(id(2, 0), &[cmd(9, "a", true)], &Deps::from([id(0, 3)]));
             assert!(e.is_empty());
+        }
+
+        /// A change gets an edge to every unexecuted instance its deps cover (they need not
+        /// chain), and an instance that covers a change gets an edge to it.
+        #[test]
+        fn a_change_has_edges_to_everything_it_covers() {
+            let mut u = Unexecuted::new(2);
+            let (a, b) = (cmd(1, "a", true), cmd(2, "b", false));
+            u.insert(id(0, 1), std::slice::from_ref(&a));
+            u.insert(id(0, 2), std::slice::from_ref(&b));
+            let change = Command::reconfigure(
+                crate::core::ids::ReplicaId(1),
+                crate::core::epoch::Change::Remove(crate::core::ids::ReplicaId(0)),
+                crate::core::epoch::Epoch(0),
+            );
+            let deps: Deps = [id(0, 2)].into();
+            assert_eq!(
+                u.edges(id(1, 0), std::slice::from_ref(&change), &deps),
+                vec![id(0, 1), id(0, 2)]
+            );
+            u.insert(id(1, 0), std::slice::from_ref(&change));
+            let later = cmd(3, "z", false);
+            let deps: Deps = [id(1, 0)].into();
+            assert_eq!(u.edges(id(0, 3), &[later], &deps), vec![id(1, 0)]);
+            let no_cover: Deps = [id(0, 2)].into();
+            assert!(
+                u.edges(id(0, 3), &[cmd(3, "z", false)], &no_cover)
+                    .is_empty(),
+                "reads of the cluster do not chain"
+            );
         }
 
         #[test]

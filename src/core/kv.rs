@@ -62,6 +62,22 @@ pub fn fingerprint(op: &Op) -> u64 {
             h.field(b"expire");
             h.field(&idle_since_ms.to_le_bytes());
         }
+        Op::Reconfigure { change, epoch } => {
+            h.field(b"reconfigure");
+            h.field(&epoch.0.to_le_bytes());
+            match change {
+                crate::core::epoch::Change::Add(m) => {
+                    h.field(b"add");
+                    h.field(&m.id.0.to_le_bytes());
+                    h.field(m.peer_addr.as_bytes());
+                    h.field(m.client_addr.as_bytes());
+                }
+                crate::core::epoch::Change::Remove(id) => {
+                    h.field(b"remove");
+                    h.field(&id.0.to_le_bytes());
+                }
+            }
+        }
     }
     h.0.max(1)
 }
@@ -143,6 +159,11 @@ impl KvStore {
         if let Op::Expire { idle_since_ms } = cmd.op {
             let removed = self.sessions.expire(cmd.client, idle_since_ms);
             return Applied::Expiry { removed };
+        }
+        if cmd.op.is_reconfigure() {
+            // The replica applies membership changes itself (`replica::reconfigure`); one
+            // reaching the key/value state changes nothing and opens no session.
+            return Applied::Executed(OpResult::default());
         }
         let print = fingerprint(&cmd.op);
         if let Some(last) = self.sessions.get(&cmd.client) {
@@ -226,6 +247,9 @@ impl KvStore {
         if let Op::Expire { .. } = cmd.op {
             return Applied::Expiry { removed: false };
         }
+        if cmd.op.is_reconfigure() {
+            return Applied::Executed(OpResult::default());
+        }
         let result = self.execute(&cmd.op);
         self.executed += 1;
         Applied::Executed(result)
@@ -285,6 +309,9 @@ impl KvStore {
                 }
             }
             Op::Expire { .. } => unreachable!("apply_with handles expiries before executing"),
+            Op::Reconfigure { .. } => {
+                unreachable!("apply_with handles membership changes before executing")
+            }
         }
     }
 

@@ -193,6 +193,10 @@ pub const REPLICAS_MAX: usize = 15;
 /// vectors of membership changes) is as long as the highest id, so this bounds them: 64 rows
 /// of a few words each. Room for the largest cluster replaced member by member three times.
 pub const MEMBERS_EVER_MAX: usize = 64;
+/// Longest address (`host:port`, peer or client) a membership change may carry: a DNS name is
+/// at most 253 bytes, a port 6 more. Opaque to the core; bounded because every replica keeps
+/// the addresses of every member and the change travels in a command.
+pub const ADDRESS_BYTES_MAX: usize = 261;
 
 // The relations the code relies on, checked when it compiles.
 const _: () = {
@@ -255,4 +259,6 @@ const _: () = {
     // ids travel as u32 on the wire.
     assert!(REPLICAS_MAX < MEMBERS_EVER_MAX);
     assert!(MEMBERS_EVER_MAX <= u32::MAX as usize);
+    // A membership change (two addresses) is a command like any other.
+    assert!(2 * ADDRESS_BYTES_MAX + COMMAND_OVERHEAD_BYTES <= COMMAND_BYTES_MAX);
 };

@@ -11,13 +11,16 @@
 
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::Command;
+use crate::core::epoch::Change;
 use crate::core::epoch::Configuration;
 use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::Message;
-use crate::core::replica::{self, Options, Overloaded, Replica, Time, Token};
+use crate::core::replica::{
+    self, Decided, Options, Overloaded, ReconfigureRefusal, Replica, Time, Token,
+};
 
 /// Why the node refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +42,9 @@ pub enum Refusal {
     /// A snapshot asked by an incarnation that has not joined here.
     #[error("snapshot only for a replica that joined with this incarnation")]
     NotJoined,
+    /// This replica executed a change that removed it: ask the current members.
+    #[error("replica was removed from the cluster; the current members are {members:?}")]
+    Removed { members: Vec<ReplicaId> },
 }
 
 /// An encoded checkpoint and the instance records beside it: a checkpoint to write (the
@@ -72,6 +78,13 @@ pub struct Ready {
     pub install: Option<Image>,
     /// The membership changed: store it.
     pub membership: Option<Membership>,
+    /// A membership change executed here: the configuration (epoch, members, the addresses of
+    /// the members changes added, the ids ever members) this replica now acts in. **The shell
+    /// makes it durable (the metadata record) before it carries out anything else of this
+    /// `Ready`** (before `install`, `membership`, the core's messages and replies): a replica
+    /// must never act in an epoch that a restart would not give back through
+    /// `Restored::configuration`.
+    pub configuration: Option<Decided>,
     /// Answers to Joins, by the token the shell gave each.
     pub joins: Vec<(Token, Result<JoinAnswer, Refusal>)>,
     /// Batches refused since the last `Ready` (for logs and metrics).
@@ -84,6 +97,11 @@ pub struct Ready {
 #[derive(Debug)]
 pub struct Restored {
     pub membership: Membership,
+    /// The configuration the metadata record holds, if a change ever executed here (`None`:
+    /// epoch 0, `config.json`'s). Re-executing the log rebuilds the configurations too; this
+    /// one wins if the log ends before the change that made it (its record was lost with the
+    /// crash after the metadata was written).
+    pub configuration: Option<Decided>,
     /// Each peer's incarnation as recorded (`None`: not seen yet).
     pub peers: Vec<Option<Incarnation>>,
     pub checkpoint: Option<Checkpoint>,
@@ -101,6 +119,10 @@ pub struct Node {
     checkpointed_at: u64,
     /// A checkpoint is being written (the shell says when it is done).
     checkpointing: bool,
+    /// Ids beyond every configuration known here that asked to Join since the start (an added
+    /// replica waits this way): a change adding one of them counts it live. At most
+    /// `MEMBERS_EVER_MAX` entries.
+    knocking: std::collections::BTreeSet<ReplicaId>,
     out: Ready,
 }
 
@@ -118,6 +140,10 @@ impl Node {
             }
             Membership::Joining => Replica::new(opts),
         };
+        let mut replica = replica;
+        if let Some(decided) = restored.configuration {
+            replica.adopt_decided(decided);
+        }
         // One entry per row known (epoch 0's ids, and any a grown checkpoint or record holds):
         // an entry once recorded is never cut off, or its fence would be lost.
         let mut peers = restored.peers;
@@ -130,6 +156,7 @@ impl Node {
             peers,
             checkpoint_every,
             checkpointing: false,
+            knocking: std::collections::BTreeSet::new(),
             out: Ready::default(),
         }
     }
@@ -203,10 +230,44 @@ impl Node {
 
     // ---- inputs -------------------------------------------------------------------------
 
+    /// Whether this replica executed a change that removed it (it leads nothing new, refuses
+    /// clients with [`Refusal::Removed`], still answers peers on old instances).
+    pub fn removed(&self) -> bool {
+        self.replica.removed()
+    }
+
+    /// The current configuration with the added members' addresses (see [`Decided`]).
+    pub fn configuration_members(&self) -> Decided {
+        self.replica.decided()
+    }
+
+    /// A membership change asked by an admin call (`token` is answered like a client, with
+    /// the new epoch in `OpResult::value`, see `replica::epoch_of_result`), or why not now.
+    pub fn propose_reconfigure(
+        &mut self,
+        token: Token,
+        change: Change,
+        now: Time,
+    ) -> Result<(), ReconfigureRefusal> {
+        if self.joining() {
+            return Err(ReconfigureRefusal::Joining);
+        }
+        if self.catching_up().is_some() {
+            return Err(ReconfigureRefusal::CatchingUp);
+        }
+        self.replica
+            .propose_reconfigure(token, change, now, &self.knocking)
+    }
+
     /// A client's command. Refused while joining, or when the proposal queue is full.
     pub fn propose(&mut self, token: Token, cmd: Command) -> Result<(), Refusal> {
         if self.joining() {
             return Err(Refusal::Joining);
+        }
+        if self.removed() {
+            return Err(Refusal::Removed {
+                members: self.configuration().members().to_vec(),
+            });
         }
         if self.catching_up().is_some() {
             return Err(Refusal::CatchingUp);
@@ -312,6 +373,10 @@ impl Node {
             return Err(Refusal::BadJoin);
         };
         let Some(slot) = self.peer_slot(from) else {
+            if from.index() < MEMBERS_EVER_MAX {
+                // Not a member of anything known here: perhaps a replica started to be added.
+                self.knocking.insert(from);
+            }
             return Err(Refusal::BadJoin);
         };
         let previous = *slot;
@@ -482,6 +547,7 @@ impl Node {
     pub fn take_ready(&mut self) -> Ready {
         let mut ready = std::mem::take(&mut self.out);
         ready.core = self.replica.take_ready();
+        ready.configuration = ready.core.configuration.take();
         ready
     }
 
@@ -533,6 +599,7 @@ mod tests {
             Duration::ZERO,
             Restored {
                 membership,
+                configuration: None,
                 peers: vec![None; 3],
                 checkpoint: None,
                 records: Vec::new(),
@@ -583,6 +650,72 @@ mod tests {
             })
         );
         assert!(n.propose(1, put(1)).is_ok(), "joined: it takes proposals");
+    }
+
+    /// The node's side of membership changes: refused while joining; a removed replica refuses
+    /// clients naming the current members; a restart takes the configuration the shell kept
+    /// when the log ends before the change; an id asking to Join before it is known counts
+    /// live for the change that adds it.
+    #[test]
+    fn membership_changes_at_the_node() {
+        use crate::core::epoch::{Change, Epoch, Member};
+        let mut joining = node(0, Membership::Joining);
+        assert_eq!(
+            joining.propose_reconfigure(1, Change::Remove(ReplicaId(2)), Duration::ZERO),
+            Err(ReconfigureRefusal::Joining)
+        );
+        // Replica 3 asked to Join before it is known: it counts live for the change adding it.
+        let mut knocked = joined(0);
+        knocked.answer_join(9, ReplicaId(3), Some(inc(3)));
+        let _ = knocked.take_ready();
+        let m3 = Member {
+            id: ReplicaId(3),
+            peer_addr: "h3:1".into(),
+            client_addr: "h3:2".into(),
+        };
+        let late = knocked.replica().options().suspect_after * 2;
+        knocked.tick(late);
+        let _ = knocked.take_ready();
+        assert_eq!(
+            knocked.propose_reconfigure(1, Change::Add(m3), late),
+            Err(ReconfigureRefusal::NoLiveMajority {
+                members: vec![ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3)],
+                live: vec![ReplicaId(0), ReplicaId(3)],
+            }),
+            "1 and 2 are suspected, 3 knocked"
+        );
+        let mut nodes = vec![joined(0), joined(1), joined(2)];
+        let now = Duration::ZERO;
+        nodes[1]
+            .propose_reconfigure(5, Change::Remove(ReplicaId(0)), now)
+            .expect("{1, 2} live");
+        assert_eq!(settle(&mut nodes, now), vec![5]);
+        assert!(nodes[0].removed() && !nodes[1].removed());
+        assert_eq!(
+            nodes[0].propose(1, put(1)),
+            Err(Refusal::Removed {
+                members: vec![ReplicaId(1), ReplicaId(2)]
+            })
+        );
+        // The shell kept epoch 1 but the log lost the change: the record wins at the restart.
+        let decided = nodes[1].configuration_members();
+        assert_eq!(decided.configuration.epoch(), Epoch(1));
+        let back = Node::new(
+            opts(1),
+            0,
+            now,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                configuration: Some(decided.clone()),
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+            },
+        );
+        assert_eq!(*back.configuration(), decided.configuration);
+        assert_eq!(back.configuration_members(), decided);
     }
 
     #[test]
@@ -679,6 +812,7 @@ mod tests {
                     horizons: vec![0; 3],
                 },
                 peers: vec![None, None, None, Some(inc(5))],
+                configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
             },
@@ -758,6 +892,7 @@ mod tests {
                 horizons: vec![0; 3],
             },
             peers: vec![None; 3],
+            configuration: None,
             checkpoint: None,
             records: Vec::new(),
         };
@@ -808,6 +943,7 @@ mod tests {
                     horizons: vec![0; 3],
                 },
                 peers: vec![None; 3],
+                configuration: None,
                 checkpoint: None,
                 records,
             },
@@ -921,6 +1057,7 @@ mod tests {
                     horizons: vec![0; 3],
                 },
                 peers: vec![None; 3],
+                configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
             },
@@ -1002,6 +1139,7 @@ mod tests {
                             horizons: vec![0; 3],
                         },
                         peers: vec![None; 3],
+                        configuration: None,
                         checkpoint: None,
                         records: Vec::new(),
                     },
@@ -1138,6 +1276,7 @@ mod tests {
                     horizons: vec![0; 3],
                 },
                 peers: vec![None; 3],
+                configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
             },

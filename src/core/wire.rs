@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::core::command::{Command, CommandError, Op, OpResult};
+use crate::core::command::{Command, CommandError, Op, OpResult, RECONFIGURE_CLIENT};
 use crate::core::deps::Deps;
-use crate::core::epoch::Epoch;
+use crate::core::epoch::{Change, Epoch, Member};
 use crate::core::ids::{Ballot, ClientId, InstanceId, ReplicaId, RequestId, SLOT_LIMIT};
 use crate::core::instance::{Instance, Status};
 use crate::core::limits::MEMBERS_EVER_MAX;
@@ -68,12 +68,13 @@ pub fn op_from_proto(op: Option<proto::Operation>) -> Result<Op, CommandError> {
 }
 
 /// Converts a core operation to the contract. A session expiry is not an operation of the
-/// client contract: it travels beside it (see `commands_to_proto`); asked for one, this gives
+/// client contract (nor is a membership change): it travels beside it (see
+/// `commands_to_proto`); asked for one, this gives
 /// an empty operation.
 pub fn op_to_proto(op: &Op) -> proto::Operation {
     use proto::operation::Kind;
     let kind = match op {
-        Op::Expire { .. } => return proto::Operation { kind: None },
+        Op::Expire { .. } | Op::Reconfigure { .. } => return proto::Operation { kind: None },
         Op::Get { key } => Kind::Get(proto::Get { key: key.clone() }),
         Op::Put { key, value } => Kind::Put(proto::Put {
             key: key.clone(),
@@ -93,6 +94,9 @@ pub fn op_to_proto(op: &Op) -> proto::Operation {
 pub fn command_from_request(req: proto::ProposeRequest) -> Result<Command, CommandError> {
     if req.request_id == 0 {
         return Err(CommandError::ZeroRequestId);
+    }
+    if ClientId(req.client_id) == RECONFIGURE_CLIENT {
+        return Err(CommandError::ReservedClient);
     }
     Ok(Command {
         client: ClientId(req.client_id),
@@ -141,11 +145,14 @@ fn ballot_to_proto(b: Ballot) -> proto::Ballot {
 fn commands_to_proto(cmds: &[Command]) -> Vec<proto::Command> {
     cmds.iter()
         .map(|c| {
-            let (op, expire) = match c.op {
+            let (op, expire, reconfigure) = match c.op {
                 Op::Expire { idle_since_ms } => {
-                    (None, Some(proto::ExpireSession { idle_since_ms }))
+                    (None, Some(proto::ExpireSession { idle_since_ms }), None)
                 }
-                ref op => (Some(op_to_proto(op)), None),
+                Op::Reconfigure { ref change, epoch } => {
+                    (None, None, Some(reconfigure_to_proto(change, epoch)))
+                }
+                ref op => (Some(op_to_proto(op)), None, None),
             };
             proto::Command {
                 client_id: c.client.0,
@@ -154,6 +161,7 @@ fn commands_to_proto(cmds: &[Command]) -> Vec<proto::Command> {
                 time_ms: c.time_ms,
                 retry: c.retry,
                 expire,
+                reconfigure,
             }
         })
         .collect()
@@ -347,11 +355,21 @@ fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError>
         .into_iter()
         .map(|c| {
             // An expiry is a replica's (request 0, no operation); a client's request is not.
-            let op = match (c.expire, c.op) {
-                (Some(e), None) if c.request_id == 0 => Op::Expire {
+            let op = match (c.expire, c.reconfigure, c.op) {
+                (Some(e), None, None) if c.request_id == 0 => Op::Expire {
                     idle_since_ms: e.idle_since_ms,
                 },
-                (None, op) if c.request_id != 0 => op_from_proto(op)?,
+                (None, Some(r), None)
+                    if c.request_id != 0 && ClientId(c.client_id) == RECONFIGURE_CLIENT =>
+                {
+                    reconfigure_from_proto(r)?
+                }
+                (None, None, op) if c.request_id != 0 => op_from_proto(op)?,
+                (None, Some(_), _) => {
+                    return Err(WireError::Impossible(
+                        "a membership change with an operation, request 0 or a client's id",
+                    ))
+                }
                 _ => return Err(CommandError::MisplacedExpiry.into()),
             };
             Ok(Command {
@@ -364,6 +382,40 @@ fn commands_from(p: Vec<proto::Command>) -> Result<Arc<Vec<Command>>, WireError>
         })
         .collect::<Result<Vec<_>, WireError>>()?;
     Ok(Arc::new(cmds))
+}
+
+fn reconfigure_to_proto(change: &Change, epoch: Epoch) -> proto::Reconfigure {
+    use proto::reconfigure::Change as P;
+    proto::Reconfigure {
+        epoch: epoch.0,
+        change: Some(match change {
+            Change::Add(m) => P::Add(proto::ReconfigureMember {
+                id: m.id.0,
+                peer_addr: m.peer_addr.clone(),
+                client_addr: m.client_addr.clone(),
+            }),
+            Change::Remove(id) => P::Remove(id.0),
+        }),
+    }
+}
+
+/// A membership change from a peer or a record, within its bounds (`Change::validate`).
+fn reconfigure_from_proto(r: proto::Reconfigure) -> Result<Op, WireError> {
+    use proto::reconfigure::Change as P;
+    let change = match r.change.ok_or(WireError::Missing("membership change"))? {
+        P::Add(m) => Change::Add(Member {
+            id: ReplicaId(m.id),
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+        }),
+        P::Remove(id) => Change::Remove(ReplicaId(id)),
+    };
+    let op = Op::Reconfigure {
+        change,
+        epoch: Epoch(r.epoch),
+    };
+    op.validate()?;
+    Ok(op)
 }
 
 /// Converts and validates a peer message for a replica that knows `rows` rows: one past the
@@ -829,6 +881,68 @@ mod tests {
             decode(&encode(&m), 3),
             Err(WireError::Impossible(_))
         ));
+    }
+
+    /// A membership change travels and is stored whole; one with an operation beside it, a
+    /// client's id, request 0, no change, or an address beyond its bound is refused.
+    #[test]
+    fn membership_changes_round_trip_and_garbage_is_refused() {
+        let add = Command::reconfigure(
+            ReplicaId(1),
+            Change::Add(Member {
+                id: ReplicaId(4),
+                peer_addr: "h4:7000".into(),
+                client_addr: "h4:8000".into(),
+            }),
+            Epoch(2),
+        );
+        let remove = Command::reconfigure(ReplicaId(0), Change::Remove(ReplicaId(0)), Epoch(0));
+        let wire = commands_to_proto(&[add.clone(), remove.clone()]);
+        let back = commands_from(wire.clone()).expect("valid");
+        assert_eq!(*back, vec![add, remove]);
+        let refused = |c: proto::Command| commands_from(vec![c]).is_err();
+        let mut with_op = wire[0].clone();
+        with_op.op = Some(op_to_proto(&Op::Get {
+            key: Bytes::from_static(b"k"),
+        }));
+        assert!(refused(with_op), "an operation beside it");
+        let mut client = wire[0].clone();
+        client.client_id = 5;
+        assert!(refused(client), "a client's id");
+        let mut zero = wire[0].clone();
+        zero.request_id = 0;
+        assert!(refused(zero), "request 0");
+        let mut empty = wire[0].clone();
+        empty.reconfigure = Some(proto::Reconfigure {
+            epoch: 0,
+            change: None,
+        });
+        assert!(refused(empty), "no change");
+        let mut long = wire[0].clone();
+        long.reconfigure = Some(proto::Reconfigure {
+            epoch: 0,
+            change: Some(proto::reconfigure::Change::Add(proto::ReconfigureMember {
+                id: 4,
+                peer_addr: "x".repeat(crate::core::limits::ADDRESS_BYTES_MAX + 1),
+                client_addr: "h:1".into(),
+            })),
+        });
+        assert!(refused(long), "an address too long");
+        let mut far = wire[1].clone();
+        far.reconfigure = Some(proto::Reconfigure {
+            epoch: 0,
+            change: Some(proto::reconfigure::Change::Remove(MEMBERS_EVER_MAX as u32)),
+        });
+        assert!(refused(far), "an id no configuration can hold");
+        let client_request = proto::ProposeRequest {
+            client_id: RECONFIGURE_CLIENT.0,
+            request_id: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            command_from_request(client_request).err(),
+            Some(CommandError::ReservedClient)
+        );
     }
 
     #[test]

@@ -1030,6 +1030,7 @@ mod tests {
             &record(0, Status::Committed).1.commands,
         );
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv,
             index,
             gc_prefix: vec![0, 49, 0],
@@ -1323,6 +1324,7 @@ mod tests {
         use crate::core::deps::ConflictIndex;
         use crate::core::kv::KvStore;
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 40, 0],
@@ -1380,6 +1382,7 @@ mod tests {
         use crate::core::deps::ConflictIndex;
         use crate::core::kv::KvStore;
         Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 3, 0],
@@ -1555,6 +1558,7 @@ mod tests {
         let (mut log, _) = Log::open(&d, 3, Sync::Fsync).expect("open");
         log.append(&[record(0, Status::Committed)]).expect("append");
         let cp = Checkpoint {
+            configurations: Default::default(),
             kv: KvStore::new(),
             index: ConflictIndex::new(3),
             gc_prefix: vec![0, 1, 0],

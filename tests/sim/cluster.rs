@@ -128,6 +128,11 @@ impl Sim {
             self.invariant_broken(r, e);
         }
         let node_ready = self.nodes[r].take_ready();
+        // A configuration decided here is stored before anything else of the `Ready` (see
+        // `node::Ready::configuration`).
+        if let Some(decided) = node_ready.configuration {
+            self.configuration_disk[r] = Some(decided);
+        }
         // What the node stores besides instance records comes first (see `node::Ready`).
         if let Some(peers) = node_ready.peers {
             self.peers_disk[r] = peers;
@@ -248,6 +253,13 @@ impl Sim {
             );
         }
         for reply in ready.replies {
+            if self.admin_tokens.remove(&reply.token) {
+                match &reply.result {
+                    Ok(r) if r.success => self.stats.changes_executed += 1,
+                    _ => self.stats.changes_stale += 1,
+                }
+                continue;
+            }
             let Some(&(client, request, session)) = self.tokens.get(&reply.token) else {
                 self.violations.push(Violation {
                     check: Check::ExactlyOnce,
@@ -420,6 +432,7 @@ impl Sim {
             self.now,
             Restored {
                 membership: self.membership_disk[r].clone(),
+                configuration: self.configuration_disk[r].clone(),
                 peers: self.peers_disk[r].clone(),
                 checkpoint,
                 records,
@@ -526,6 +539,7 @@ impl Sim {
             self.now,
             Restored {
                 membership: Membership::Joining,
+                configuration: None,
                 peers: vec![None; n],
                 checkpoint: None,
                 records: Vec::new(),

@@ -360,6 +360,11 @@ pub enum Action {
     /// Replica `r` loses its disk and rejoins (see `Sim::wipe`): needs every other replica
     /// alive, and `r` not crashed for good (skipped otherwise, and traced).
     Wipe(usize),
+    /// An admin asks replica `replica` for a membership change (`Node::propose_reconfigure`).
+    Reconfigure {
+        replica: usize,
+        change: epaxos_kv::core::epoch::Change,
+    },
     /// Lose the next message of this type from `from` to `to`.
     DropNext {
         from: usize,

@@ -296,7 +296,7 @@ impl Sim {
             Op::Delete { .. } => None,
             Op::Cas { new, .. } if result.success => Some(new.clone()),
             Op::Cas { .. } => result.found.then(|| result.value.clone()),
-            Op::Expire { .. } => None,
+            Op::Expire { .. } | Op::Reconfigure { .. } => None,
         };
         client.last_seen.insert(key, seen);
         self.stamp += 1;

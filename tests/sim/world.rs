@@ -108,9 +108,18 @@ pub struct Stats {
     pub sessions_expired: u64,
     pub expired_answers: u64,
     pub late_retries: u64,
+    /// Membership changes: refused when asked, answered executed (success), answered stale.
+    pub changes_refused: u64,
+    pub changes_executed: u64,
+    pub changes_stale: u64,
+    /// The epoch every live replica ended in (checked equal, see `check_configurations`).
+    pub final_epoch: u64,
 }
 
 /// The result of one run.
+/// Tokens from here up are admin calls (membership changes), not clients'.
+pub(super) const ADMIN_TOKENS: Token = 1 << 62;
+
 #[derive(Debug)]
 pub struct Outcome {
     pub config: Config,
@@ -252,6 +261,11 @@ pub struct Sim {
     pub(super) keys: Vec<Bytes>,
     pub(super) clients: Vec<Client>,
     pub(super) tokens: BTreeMap<Token, (usize, u64, ClientId)>,
+    /// Tokens of the admin calls (membership changes) waiting for their answer.
+    pub(super) admin_tokens: std::collections::BTreeSet<Token>,
+    /// Each replica's durable configuration record (the metadata record of the runtime):
+    /// written first of every `Ready` that carries one, given back at a restart.
+    pub(super) configuration_disk: Vec<Option<epaxos_kv::core::replica::Decided>>,
     /// Per replica: how far its wall clock is off the simulated time, in milliseconds.
     pub(super) skew_ms: Vec<i64>,
     pub(super) next_token: Token,
@@ -308,6 +322,7 @@ impl Sim {
                     Duration::ZERO,
                     Restored {
                         membership: joined.clone(),
+                        configuration: None,
                         peers: vec![None; n],
                         checkpoint: None,
                         records: Vec::new(),
@@ -368,6 +383,8 @@ impl Sim {
             keys,
             clients,
             tokens: BTreeMap::new(),
+            admin_tokens: std::collections::BTreeSet::new(),
+            configuration_disk: vec![None; n],
             skew_ms,
             next_token: 1,
             history: Vec::new(),
@@ -583,6 +600,21 @@ impl Sim {
                 }
             }
             Action::DropNext { from, to, kind } => self.drop_next.push((from, to, kind)),
+            Action::Reconfigure { replica, change } => {
+                if !self.alive(replica) {
+                    self.stats.changes_refused += 1;
+                    return;
+                }
+                let token =
+                    ADMIN_TOKENS + self.admin_tokens.len() as u64 + self.stats.changes_refused;
+                match self.nodes[replica].propose_reconfigure(token, change, self.now) {
+                    Ok(()) => {
+                        self.admin_tokens.insert(token);
+                    }
+                    Err(_) => self.stats.changes_refused += 1,
+                }
+                self.after_input(replica);
+            }
             Action::CrashAtCheckpoint(r) => self.crash_at_checkpoint[r] = true,
             Action::Wipe(r) => self.wipe(r),
         }
@@ -630,6 +662,7 @@ impl Sim {
         self.stats.instances = graph.instances;
         self.stats.component_max = graph.component_max;
         self.check_convergence();
+        self.check_configurations();
         self.stats.final_digests = self
             .live()
             .map(|r| self.nodes[r].replica().kv().digest())

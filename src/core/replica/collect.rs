@@ -108,6 +108,7 @@ impl Replica {
             self.gc_prefix.as_slice(),
             &executed_above,
             self.next_slot,
+            &self.configurations_for_checkpoint(),
         );
         (encoded, live)
     }

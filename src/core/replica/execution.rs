@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::waiting::Waiting;
 use super::{Replica, Reply, ReplyError, Time};
-use crate::core::command::OpResult;
+use crate::core::command::{Op, OpResult};
 use crate::core::execute::{self, Node, Outcome};
 use crate::core::ids::{InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Status;
@@ -81,6 +81,18 @@ impl Replica {
         let commands = inst.commands.clone();
         self.to_execute.remove(id);
         for cmd in commands.iter() {
+            if let Op::Reconfigure { change, epoch } = &cmd.op {
+                let result = self.execute_reconfigure(change, *epoch);
+                if let Some(tokens) = self.clients.remove(&(cmd.client, cmd.request)) {
+                    for (token, _) in tokens {
+                        self.ready.replies.push(Reply {
+                            token,
+                            result: Ok(result.clone()),
+                        });
+                    }
+                }
+                continue;
+            }
             let applied = if self.opts.sabotage.skip_dedup() {
                 self.kv.apply_without_dedup(cmd)
             } else if self.opts.sabotage.retry_starts_session() {

@@ -17,6 +17,7 @@
 //! The files split the replica by role and phase: `leader` (PreAccept/Accept/Commit of the
 //! instances it leads), `acceptor` (answering them), `commit` (the one commit path),
 //! `execution` and `collect` (execution, watermarks, garbage collection, checkpoints),
+//! `reconfigure` (membership changes) and `seal_hook` (the epoch boundary's hooks),
 //! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `input`
 //! (what peer input is impossible), `send` (message builders); the stateful parts are nouns:
 //! `waiting` (what execution waits for), `recoveries` (recoveries in progress), and the
@@ -31,9 +32,11 @@ mod invariants;
 mod leader;
 mod options;
 mod ready;
+mod reconfigure;
 mod recoveries;
 mod recovering;
 mod rejoin;
+mod seal_hook;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -59,6 +62,7 @@ pub use ready::{
     Committed, Contradiction, Outgoing, Overloaded, Path, Ready, Refused, Reject, Rejected, Reply,
     ReplyError,
 };
+pub use reconfigure::{epoch_of_result, Decided, ReconfigureRefusal};
 use recoveries::Recovery;
 use waiting::Waiting;
 
@@ -75,6 +79,10 @@ pub struct Replica {
     /// `k`; today only epoch 0). Every instance's quorums and "is the sender a member?" come
     /// from its own epoch's entry, never from the current one (see `epoch`).
     configurations: Vec<Configuration>,
+    /// Every id that is or was a member (ids are never reused: an Add of one is refused).
+    ever: std::collections::BTreeSet<ReplicaId>,
+    /// The addresses of the members changes added, by id (opaque; for the shell).
+    addresses: BTreeMap<ReplicaId, crate::core::epoch::Member>,
     instances: HashMap<InstanceId, Instance>,
     index: ConflictIndex,
     kv: KvStore,
@@ -162,6 +170,12 @@ impl Replica {
             .expect("options are validated by the caller");
         Replica {
             configurations: vec![Configuration::initial(opts.n)],
+            ever: Configuration::initial(opts.n)
+                .members()
+                .iter()
+                .copied()
+                .collect(),
+            addresses: BTreeMap::new(),
             index: ConflictIndex::new(opts.n),
             instances: HashMap::new(),
             kv: KvStore::new(),
@@ -229,6 +243,7 @@ impl Replica {
         if let Some(c) = checkpoint {
             // A checkpoint taken after a configuration added ids has their rows too.
             r.grow_rows(c.rows());
+            r.restore_configurations(c.configurations);
             r.kv = c.kv;
             r.index = c.index;
             r.next_slot = c.next_slot;
@@ -425,6 +440,9 @@ impl Replica {
     /// around): whom to ask for votes on it.
     fn voters(&self, id: InstanceId) -> Vec<ReplicaId> {
         let me = self.opts.id;
+        if self.opts.sabotage.count_removed_votes() {
+            return self.peers();
+        }
         let members = self.deciding(id).members();
         let after = members.partition_point(|m| *m <= me);
         members[after..]
@@ -483,7 +501,7 @@ impl Replica {
     /// Whether `from`'s answer may count as a vote on `id`: it is a member of `id`'s epoch. A
     /// non-member's answer is never a vote (a quorum of a configuration counts its members).
     fn votes_on(&self, id: InstanceId, from: ReplicaId) -> bool {
-        self.deciding(id).is_member(from)
+        self.opts.sabotage.count_removed_votes() || self.deciding(id).is_member(from)
     }
 
     /// Commands that restoring this replica refused as expired while it executed its log
@@ -561,6 +579,7 @@ impl Replica {
         // are never refused for it.
         let sessions = self.kv.sessions();
         if cmd.request == RequestId(1)
+            && !cmd.op.is_reconfigure()
             && sessions.len() >= self.opts.sessions_max
             && sessions.get(&cmd.client).is_none()
         {
@@ -625,6 +644,8 @@ impl Replica {
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
         while !self.pending.is_empty()
+            && self.may_start_instances()
+            && !self.removed()
             && self.leading.len() < self.opts.inflight_max
             && self.next_slot < self.durable_slot_end + limits::OWN_SLOTS_UNSYNCED_MAX
         {
@@ -655,6 +676,16 @@ impl Replica {
             // Honest ballots grow by one round per takeover and never get near the top; a
             // ballot there leaves no successor for the next takeover (see `next_ballot`).
             self.refuse(from, Contradiction::BallotOverflow);
+            return;
+        }
+        if msg
+            .epoch()
+            .is_some_and(|e| e > self.configuration().epoch())
+        {
+            // A peer acts in an epoch this replica has not reached: it is behind (the change
+            // is committed somewhere and not executed here), not lied to. It drops the message
+            // (the peer resends) and pulls the Commits it misses from that peer.
+            self.behind_epoch(now, from);
             return;
         }
         if let Some(contradiction) = self.membership_contradiction(from, &msg) {
@@ -766,6 +797,9 @@ impl Replica {
     /// the expiries wait with the client proposals and batch with them. Whether an expiry
     /// removes the session is decided when it executes, alike everywhere (see `session`).
     fn propose_expiries(&mut self, now: Time) {
+        if self.removed() {
+            return; // it starts no instance any more: the members expire sessions
+        }
         let ttl = self.opts.session_ttl.as_millis() as u64;
         let (Some(own_since), true) = (self.wall_ms.checked_sub(ttl), self.wall_ms > 0) else {
             return; // no wall clock yet, or not one TTL past the epoch

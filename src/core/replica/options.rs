@@ -150,6 +150,9 @@ sabotage_switches! {
     /// A restart does not skip the slots its previous run may have started without their
     /// records reaching the disk: it proposes new commands in them at ballot 0.
     reuse_unsynced_slots,
+    /// Ask and count every replica ever a member, removed ones included, as voters on an
+    /// instance (quorums of two instances can then miss each other: visibility breaks).
+    count_removed_votes,
 }
 
 // Without the feature `Sabotage` is empty: the switches are not in the build at all.

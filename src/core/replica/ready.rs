@@ -84,7 +84,9 @@ pub enum Contradiction {
     /// is not a member of the instance's epoch, or a PreAccept led by one: its quorums count
     /// only that epoch's members (see `epoch`).
     NotMember,
-    /// A message naming an epoch this replica has not learnt (above its current one).
+    /// A message naming an epoch this replica does not know. Not produced since changes are
+    /// decided: an epoch above the current one means this replica is behind (it pulls the
+    /// Commits it misses, see `reconfigure::behind_epoch`), and every epoch below is known.
     UnknownEpoch,
 }
 
@@ -223,4 +225,7 @@ pub struct Ready {
     /// Commands refused as expired (`ReplyError::Expired`), with their instance, in execution
     /// order, whether or not a client waits for them here.
     pub refused_expired: Vec<(InstanceId, ClientId, RequestId)>,
+    /// A membership change executed here: the configuration it made (taken into
+    /// `node::Ready::configuration`, where the shell's duty is written).
+    pub configuration: Option<super::Decided>,
 }

@@ -817,17 +817,19 @@ fn an_instance_carries_its_leaders_epoch_and_asks_only_its_members() {
         "r2 is no member of epoch 1"
     );
     assert_eq!(pre_accepts[0].msg.epoch(), Some(Epoch(1)));
-    // r2 never learnt epoch 1: a message naming it is refused and creates nothing.
+    // r2 never learnt epoch 1: it is behind, not lied to. The message creates nothing, is
+    // not counted as a contradiction, and r2 asks the sender for the Commits it misses.
     rs[2].handle(t, ReplicaId(0), pre_accepts[0].msg.clone());
     let ready = rs[2].take_ready();
-    assert_eq!(
-        ready.refused,
-        vec![Refused {
-            peer: ReplicaId(0),
-            kind: Contradiction::UnknownEpoch
-        }]
-    );
+    assert!(ready.refused.is_empty());
     assert!(rs[2].instance(id).is_none());
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|o| o.to == vec![ReplicaId(0)] && matches!(o.msg, Message::Watermark { .. })),
+        "asks r0 to catch it up"
+    );
 }
 
 #[test]

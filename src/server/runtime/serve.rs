@@ -168,6 +168,8 @@ pub async fn serve(
         Duration::ZERO,
         Restored {
             membership,
+            // TODO(shell15): the configuration of the metadata record.
+            configuration: None,
             peers,
             checkpoint: recovered.checkpoint,
             records: recovered.records,

@@ -238,6 +238,28 @@ impl Sim {
     }
 
     /// Live replicas that executed the same instances must hold the same state.
+    /// Every live replica ends in one configuration (membership changes executed at the same
+    /// point everywhere), unless it was removed: a removed replica may stop short of the last
+    /// change.
+    pub(super) fn check_configurations(&mut self) {
+        let live: Vec<usize> = self.live().filter(|r| !self.nodes[*r].removed()).collect();
+        let Some(&first) = live.first() else {
+            return;
+        };
+        let want = self.nodes[first].configuration().clone();
+        self.stats.final_epoch = want.epoch().0;
+        for &r in &live[1..] {
+            let got = self.nodes[r].configuration();
+            if *got != want {
+                self.violations.push(Violation {
+                    check: Check::Convergence,
+                    detail: format!("r{first} ended in {want}, r{r} in {got}"),
+                    instances: Vec::new(),
+                });
+            }
+        }
+    }
+
     pub(super) fn check_convergence(&mut self) {
         let live: Vec<usize> = self.live().collect();
         for (i, &a) in live.iter().enumerate() {
@@ -302,7 +324,7 @@ impl Sim {
                     },
                 ),
                 // Clients never send expiries: the history holds client requests only.
-                Op::Expire { .. } => continue,
+                Op::Expire { .. } | Op::Reconfigure { .. } => continue,
             };
             let result = h.result.as_ref().map(|r| RegResult {
                 found: r.found,

@@ -1054,7 +1054,7 @@ fn tarjan(succ: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
 
 /// Whether a command is a client's request (a session expiry is a replica's, never answered).
 fn is_request(c: &Command) -> bool {
-    !matches!(c.op, Op::Expire { .. })
+    !matches!(c.op, Op::Expire { .. } | Op::Reconfigure { .. })
 }
 
 /// The requests instance `id` applies: its commands but session expiries and those refused as
