@@ -132,6 +132,10 @@ impl Sim {
         if let Some(peers) = node_ready.peers {
             self.peers_disk[r] = peers;
         }
+        // Seals are stored before any message of the Ready leaves (see `replica::Ready`).
+        if let Some(sealed) = &node_ready.core.sealed {
+            self.sealed_disk[r] = sealed.clone();
+        }
         assert!(
             node_ready.membership.is_none(),
             "joins happen only in `wipe`"
@@ -423,6 +427,7 @@ impl Sim {
                 peers: self.peers_disk[r].clone(),
                 checkpoint,
                 records,
+                sealed: self.sealed_disk[r].clone(),
             },
         );
         self.nodes[r].restarted(self.now);
@@ -529,6 +534,7 @@ impl Sim {
                 peers: vec![None; n],
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         let (s, horizons, covered) = match joiner.decision() {
@@ -566,6 +572,7 @@ impl Sim {
             horizons: installed.clone(),
         };
         self.peers_disk[r] = vec![None; n];
+        self.sealed_disk[r] = Vec::new();
         match ready.install {
             Some(install) => {
                 self.durable[r] = install.records.iter().cloned().collect();

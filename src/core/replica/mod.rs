@@ -34,6 +34,7 @@ mod ready;
 mod recoveries;
 mod recovering;
 mod rejoin;
+mod seal;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ pub use ready::{
     ReplyError,
 };
 use recoveries::Recovery;
+pub use seal::Seal;
 use waiting::Waiting;
 
 /// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
@@ -126,6 +128,8 @@ pub struct Replica {
     /// directory (all zeros for a replica that never lost its data). Below it, an earlier
     /// incarnation may have voted and forgotten: see `rejoin`.
     horizons: PerRow<u64>,
+    /// The seals of epochs this replica left and the boundary it learns (see `seal`).
+    seals: seal::Seals,
     /// A peer that collected instances this replica has not executed (see `collect`): this
     /// replica takes part in nothing more until it installed a snapshot (from that peer).
     left_behind: Option<ReplicaId>,
@@ -186,6 +190,7 @@ impl Replica {
             gc_prefix: PerRow::new(opts.n, 0),
             retained: PerRow::new(opts.n, collect::Retained::default()),
             horizons: PerRow::new(opts.n, 0),
+            seals: seal::Seals::default(),
             left_behind: None,
             next_watermark: Duration::ZERO,
             next_catch_up: Duration::ZERO,
@@ -615,7 +620,9 @@ impl Replica {
             });
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
+        // After a change, nothing starts before the old epoch's boundary is known (see `seal`).
         while !self.pending.is_empty()
+            && self.may_start_instances()
             && self.leading.len() < self.opts.inflight_max
             && self.next_slot < self.durable_slot_end + limits::OWN_SLOTS_UNSYNCED_MAX
         {
@@ -711,6 +718,8 @@ impl Replica {
                 conflicts,
             } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
             Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
+            Message::SealQuery { epoch } => self.handle_seal_query(from, epoch),
+            Message::Sealed { epoch, ends } => self.handle_sealed(from, epoch, ends),
         }
     }
 
@@ -737,6 +746,7 @@ impl Replica {
         }
         self.fetch_missing(now);
         self.recover_stuck(now);
+        self.tick_boundary(now);
         self.propose_expiries(now);
         if self.opts.gc_executed {
             self.collect_garbage();
