@@ -17,7 +17,8 @@
 //! The files split the replica by role and phase: `leader` (PreAccept/Accept/Commit of the
 //! instances it leads), `acceptor` (answering them), `commit` (the one commit path),
 //! `execution` and `collect` (execution, watermarks, garbage collection, checkpoints),
-//! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `input`
+//! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `seal`
+//! (an old epoch's seal and boundary after a membership change), `input`
 //! (what peer input is impossible), `send` (message builders); the stateful parts are nouns:
 //! `waiting` (what execution waits for), `recoveries` (recoveries in progress), and the
 //! inputs and outputs: `options`, `ready`.
