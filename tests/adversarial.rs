@@ -136,7 +136,7 @@ fn prefix() -> impl Strategy<Value = u64> {
 fn made() -> impl Strategy<Value = Made> {
     (
         (
-            0u8..13,
+            0u8..15,
             id_choice(),
             ballot_choice(),
             proptest::option::of(ballot_choice()),
@@ -311,9 +311,14 @@ impl Made {
                 ballot,
                 conflicts: deps.iter().map(|d| (*d, d.slot % 2 == 0)).collect(),
             },
-            _ => Message::Waiting {
+            12 => Message::Waiting {
                 instance,
                 matching: self.matching,
+            },
+            13 => Message::SealQuery { epoch: Epoch(0) },
+            _ => Message::Sealed {
+                epoch: Epoch(0),
+                ends: self.prefix.clone(),
             },
         }
     }
@@ -448,6 +453,16 @@ fn impossible(
         }),
         Message::Waiting { matching, .. } => {
             (*matching as usize > n).then_some(Reject::ImplausibleCount)
+        }
+        Message::SealQuery { .. } => None,
+        Message::Sealed { ends, .. } => {
+            if ends.len() > n {
+                Some(Reject::UnknownReplica)
+            } else if ends.iter().any(|e| *e > SLOT_LIMIT) {
+                Some(Reject::ImplausibleSlot)
+            } else {
+                None
+            }
         }
     }
 }

@@ -197,6 +197,11 @@ pub const MEMBERS_EVER_MAX: usize = 64;
 /// at most 253 bytes, a port 6 more. Opaque to the core; bounded because every replica keeps
 /// the addresses of every member and the change travels in a command.
 pub const ADDRESS_BYTES_MAX: usize = 261;
+/// Seals of old epochs a replica keeps (see `replica::seal`): one per change it executed, the
+/// oldest dropped first. On an instance of an epoch older than every seal kept it refuses every
+/// vote but a no-op's (stricter than its seal, so still safe): such instances were settled many
+/// changes ago.
+pub const SEALS_KEPT_MAX: usize = 8;
 
 // The relations the code relies on, checked when it compiles.
 const _: () = {
@@ -229,6 +234,8 @@ const _: () = {
     // With the default in-flight bound, the slots one iteration starts never wait for the
     // previous sync (the window is never what limits the start of instances).
     assert!(OWN_SLOTS_UNSYNCED_MAX >= INFLIGHT_MAX as u64);
+    // The newest seal is the one a replica must keep; the rest is slack for slow old instances.
+    assert!(SEALS_KEPT_MAX >= 2);
     // The largest peer batch and the largest command each fit bigChannel's byte budget (its
     // semaphore counts in u32), and the largest message fits a peer's queue.
     assert!(PEER_GRPC_MESSAGE_BYTES_MAX <= BIG_CHANNEL_BYTES_MAX);

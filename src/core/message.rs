@@ -100,6 +100,12 @@ pub enum Message {
     },
     /// The sender's recovery of `instance` waits, with `matching` pre-accepts that matched.
     Waiting { instance: InstanceId, matching: u32 },
+    /// The sender left `epoch` (executed the change that ends it) and asks for the receiver's
+    /// seal of it, to learn the epoch's boundary (see `replica::seal`).
+    SealQuery { epoch: Epoch },
+    /// The sender's seal of `epoch`: per row, one past the highest slot of that epoch it knew
+    /// when it sealed; it votes on nothing of the epoch above it.
+    Sealed { epoch: Epoch, ends: Vec<u64> },
 }
 
 /// A replica's state of an instance, as a RecoverOk carries it.
@@ -131,6 +137,8 @@ impl Message {
             Message::Validate { .. } => "Validate",
             Message::ValidateOk { .. } => "ValidateOk",
             Message::Waiting { .. } => "Waiting",
+            Message::SealQuery { .. } => "SealQuery",
+            Message::Sealed { .. } => "Sealed",
         }
     }
 
@@ -148,7 +156,10 @@ impl Message {
             | Message::Validate { instance, .. }
             | Message::ValidateOk { instance, .. }
             | Message::Waiting { instance, .. } => Some(*instance),
-            Message::CommitRequest { .. } | Message::Watermark { .. } => None,
+            Message::CommitRequest { .. }
+            | Message::Watermark { .. }
+            | Message::SealQuery { .. }
+            | Message::Sealed { .. } => None,
         }
     }
 
@@ -165,9 +176,11 @@ impl Message {
             | Message::Validate { ballot, .. }
             | Message::ValidateOk { ballot, .. } => Some(*ballot),
             Message::Nack { promised, .. } => Some(*promised),
-            Message::CommitRequest { .. } | Message::Watermark { .. } | Message::Waiting { .. } => {
-                None
-            }
+            Message::CommitRequest { .. }
+            | Message::Watermark { .. }
+            | Message::Waiting { .. }
+            | Message::SealQuery { .. }
+            | Message::Sealed { .. } => None,
         }
     }
 

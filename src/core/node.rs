@@ -19,7 +19,7 @@ use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::Message;
 use crate::core::replica::{
-    self, Decided, Options, Overloaded, ReconfigureRefusal, Replica, Time, Token,
+    self, Decided, Options, Overloaded, ReconfigureRefusal, Replica, Seal, Time, Token,
 };
 
 /// Why the node refused a request.
@@ -106,6 +106,9 @@ pub struct Restored {
     pub peers: Vec<Option<Incarnation>>,
     pub checkpoint: Option<Checkpoint>,
     pub records: Vec<(InstanceId, Instance)>,
+    /// The seals stored from `replica::Ready::sealed` (empty if none): a restarted replica
+    /// still refuses the votes they refuse (see `replica::seal`).
+    pub sealed: Vec<Seal>,
 }
 
 /// A replica's core, its membership, its peers' incarnations and its checkpoint cadence.
@@ -132,7 +135,7 @@ impl Node {
     /// takes part in nothing until it has joined.
     pub fn new(opts: Options, checkpoint_every: u64, now: Time, restored: Restored) -> Node {
         let n = opts.n;
-        let replica = match &restored.membership {
+        let mut replica = match &restored.membership {
             Membership::Joined { horizons } => {
                 let mut r = Replica::restore_from(opts, now, restored.checkpoint, restored.records);
                 r.set_horizons(horizons.clone());
@@ -144,6 +147,7 @@ impl Node {
         if let Some(decided) = restored.configuration {
             replica.adopt_decided(decided);
         }
+        replica.restore_seals(restored.sealed);
         // One entry per row known (epoch 0's ids, and any a grown checkpoint or record holds):
         // an entry once recorded is never cut off, or its fence would be lost.
         let mut peers = restored.peers;
@@ -495,8 +499,11 @@ impl Node {
             .max(collected.get(me).copied().unwrap_or(0));
         let encoded = checkpoint.encode();
         let horizons = self.replica.horizons().to_vec();
+        let seals = self.replica.seals().to_vec();
         let mut replica = Replica::restore_from(opts, now, Some(checkpoint), kept.clone());
         replica.set_horizons(horizons);
+        // Its seals stay (they are stored apart from the log); the boundary is learnt again.
+        replica.restore_seals(seals);
         // Its outputs (the resends of the instances of its own it goes on leading) stay.
         self.checkpointed_at = replica.collected();
         self.replica = replica;
@@ -603,6 +610,7 @@ mod tests {
                 peers: vec![None; 3],
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         )
     }
@@ -815,6 +823,7 @@ mod tests {
                 configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         assert_eq!(back.peer_incarnation(ReplicaId(3)), Some(inc(5)));
@@ -895,6 +904,7 @@ mod tests {
             configuration: None,
             checkpoint: None,
             records: Vec::new(),
+            sealed: Vec::new(),
         };
         let mut nodes = vec![
             Node::new(opts, 0, Duration::ZERO, restored()),
@@ -946,6 +956,7 @@ mod tests {
                 configuration: None,
                 checkpoint: None,
                 records,
+                sealed: Vec::new(),
             },
         )
     }
@@ -1060,6 +1071,7 @@ mod tests {
                 configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         // Each put is 2 bytes ("k" and "v"): the first always fits, the second would make 4.
@@ -1142,6 +1154,7 @@ mod tests {
                         configuration: None,
                         checkpoint: None,
                         records: Vec::new(),
+                        sealed: Vec::new(),
                     },
                 )
             })
@@ -1279,6 +1292,7 @@ mod tests {
                 configuration: None,
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         let mut now = load_without_r2(&mut nodes, 10, Duration::ZERO);

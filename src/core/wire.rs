@@ -300,6 +300,11 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
                 })
                 .collect(),
         }),
+        Message::SealQuery { epoch } => Kind::SealQuery(proto::SealQuery { epoch: epoch.0 }),
+        Message::Sealed { epoch, ends } => Kind::Sealed(proto::Sealed {
+            epoch: epoch.0,
+            ends: ends.clone(),
+        }),
         Message::Waiting { instance, matching } => Kind::Waiting(proto::Waiting {
             instance: Some(id_to_proto(*instance)),
             matching: *matching,
@@ -480,6 +485,22 @@ pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message,
                 committed_prefix: m.committed_prefix,
                 executed_prefix: m.executed_prefix,
                 collected_prefix: m.collected_prefix,
+            }
+        }
+        Kind::SealQuery(m) => Message::SealQuery {
+            epoch: Epoch(m.epoch),
+        },
+        Kind::Sealed(m) => {
+            // One entry per row known at most, as a Watermark (the core checks the slots).
+            if m.ends.len() > n {
+                return Err(not_known(
+                    u32::try_from(m.ends.len() - 1).unwrap_or(u32::MAX),
+                    n,
+                ));
+            }
+            Message::Sealed {
+                epoch: Epoch(m.epoch),
+                ends: m.ends,
             }
         }
         Kind::Recover(m) => Message::Recover {
@@ -744,10 +765,36 @@ mod tests {
                 instance: id,
                 matching: 2,
             },
+            Message::SealQuery { epoch: Epoch(4) },
+            Message::Sealed {
+                epoch: Epoch(4),
+                ends: vec![7, 0, 3],
+            },
         ];
         for m in msgs {
             assert_eq!(decode(&encode(&m), 3).expect("decodes"), m);
         }
+    }
+
+    #[test]
+    fn a_seal_with_more_rows_than_known_is_refused() {
+        let m = Message::Sealed {
+            epoch: Epoch(1),
+            ends: vec![1, 2, 3, 4],
+        };
+        assert!(matches!(
+            decode(&encode(&m), 3),
+            Err(WireError::UnknownReplica { .. })
+        ));
+        assert_eq!(decode(&encode(&m), 4).expect("row 3 known"), m);
+        let garbage = Message::Sealed {
+            epoch: Epoch(1),
+            ends: vec![0; MEMBERS_EVER_MAX + 1],
+        };
+        assert!(matches!(
+            decode(&encode(&garbage), 3),
+            Err(WireError::ImpossibleReplica(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::core::replica::Path;
 use crate::server::config::REPLICAS_MAX;
 
 /// Message types, in the order of [`kind_index`].
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 15] = [
     "PreAccept",
     "PreAcceptOk",
     "Accept",
@@ -26,6 +26,8 @@ pub const KINDS: [&str; 13] = [
     "Validate",
     "ValidateOk",
     "Waiting",
+    "SealQuery",
+    "Sealed",
 ];
 
 /// Peer ids as label values (labels must be `'static` to stay allocation-free).
@@ -49,6 +51,8 @@ pub fn kind_index(m: &Message) -> usize {
         Message::Validate { .. } => 10,
         Message::ValidateOk { .. } => 11,
         Message::Waiting { .. } => 12,
+        Message::SealQuery { .. } => 13,
+        Message::Sealed { .. } => 14,
     }
 }
 

@@ -137,6 +137,10 @@ impl Sim {
         if let Some(peers) = node_ready.peers {
             self.peers_disk[r] = peers;
         }
+        // Seals are stored before any message of the Ready leaves (see `replica::Ready`).
+        if let Some(sealed) = &node_ready.core.sealed {
+            self.sealed_disk[r] = sealed.clone();
+        }
         assert!(
             node_ready.membership.is_none(),
             "joins happen only in `wipe`"
@@ -436,6 +440,7 @@ impl Sim {
                 peers: self.peers_disk[r].clone(),
                 checkpoint,
                 records,
+                sealed: self.sealed_disk[r].clone(),
             },
         );
         self.nodes[r].restarted(self.now);
@@ -543,6 +548,7 @@ impl Sim {
                 peers: vec![None; n],
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         let (s, horizons, covered) = match joiner.decision() {
@@ -580,6 +586,7 @@ impl Sim {
             horizons: installed.clone(),
         };
         self.peers_disk[r] = vec![None; n];
+        self.sealed_disk[r] = Vec::new();
         match ready.install {
             Some(install) => {
                 self.durable[r] = install.records.iter().cloned().collect();

@@ -32,7 +32,7 @@ use epaxos_kv::core::instance::Instance;
 use epaxos_kv::core::membership::Membership;
 use epaxos_kv::core::message::{Message, ShowDeps};
 use epaxos_kv::core::node::{Node, Restored};
-use epaxos_kv::core::replica::{Options, Replica, ReplyError, Token};
+use epaxos_kv::core::replica::{Options, Replica, ReplyError, Seal, Token};
 use epaxos_kv::core::testkit::Links;
 
 use super::checkers::observer::Observer;
@@ -233,6 +233,8 @@ pub struct Sim {
     /// reads besides the log and the checkpoint).
     pub(super) peers_disk: Vec<Vec<Option<Incarnation>>>,
     pub(super) membership_disk: Vec<Membership>,
+    /// Per replica: the seals of the epochs it left, as last stored (`Ready::sealed`).
+    pub(super) sealed_disk: Vec<Vec<Seal>>,
     /// Per replica: a scripted crash waits for its next checkpoint.
     pub(super) crash_at_checkpoint: Vec<bool>,
     /// Decides the crashes between checkpoint and log cut, apart from `rng` so that the other
@@ -326,6 +328,7 @@ impl Sim {
                         peers: vec![None; n],
                         checkpoint: None,
                         records: Vec::new(),
+                        sealed: Vec::new(),
                     },
                 )
             })
@@ -368,6 +371,7 @@ impl Sim {
             checkpoint: vec![None; n],
             peers_disk: vec![vec![None; n]; n],
             membership_disk: vec![joined; n],
+            sealed_disk: vec![Vec::new(); n],
             crash_at_checkpoint: vec![false; n],
             checkpoint_rng: Rng::new(cfg.seed ^ 0xc4ec_4b01_47c0_ffee),
             durable: vec![HashMap::new(); n],

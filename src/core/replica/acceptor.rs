@@ -30,6 +30,14 @@ impl Replica {
         if self.abstains(id) {
             return; // not ours to vote on (see `rejoin`)
         }
+        let decided = self
+            .instances
+            .get(&id)
+            .is_some_and(|i| i.status.is_decided());
+        if !decided && self.above_seal(id, self.epoch_of(id, epoch)) {
+            self.refuse_above_seal(from, id, ballot);
+            return; // an old epoch's instance above what this replica sealed (see `seal`)
+        }
         if let Some(inst) = self.instances.get(&id) {
             if ballot < inst.ballot {
                 let promised = inst.ballot;
@@ -63,6 +71,7 @@ impl Replica {
         if !self.opts.sabotage.forget_deps() {
             self.index.collect(id, &commands, false, &mut deps);
             self.add_horizon_deps(&mut deps);
+            self.add_boundary_deps(epoch, &mut deps);
         }
         self.index.record(id, &commands);
         self.instances.insert(
@@ -105,6 +114,16 @@ impl Replica {
     ) {
         if self.forgotten(id) || self.abstains(id) {
             return; // executed everywhere (a stale message), or not ours to vote on (`rejoin`)
+        }
+        let decided = self
+            .instances
+            .get(&id)
+            .is_some_and(|i| i.status.is_decided());
+        if !decided && !commands.is_empty() && self.above_seal(id, self.epoch_of(id, epoch)) {
+            // A command above this replica's seal (see `seal`); a no-op is always accepted, so
+            // old instances can finish.
+            self.refuse_above_seal(from, id, ballot);
+            return;
         }
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => {

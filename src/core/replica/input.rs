@@ -170,6 +170,17 @@ impl Replica {
                 }
                 Ok(())
             }
+            Message::SealQuery { .. } => Ok(()),
+            Message::Sealed { ends, .. } => {
+                if ends.len() > n {
+                    return Err(Reject::UnknownReplica);
+                }
+                // One past a slot: at most `SLOT_LIMIT`.
+                if ends.iter().any(|e| *e > SLOT_LIMIT) {
+                    return Err(Reject::ImplausibleSlot);
+                }
+                Ok(())
+            }
         }
     }
 

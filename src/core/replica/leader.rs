@@ -61,6 +61,7 @@ impl Replica {
         if !self.opts.sabotage.forget_deps() {
             self.index.collect(id, &commands, true, &mut deps);
             self.add_horizon_deps(&mut deps);
+            self.add_boundary_deps(self.configuration().epoch(), &mut deps);
         }
         self.index.record(id, &commands);
         let commands: Commands = Arc::new(commands);

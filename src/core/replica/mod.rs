@@ -17,9 +17,10 @@
 //! The files split the replica by role and phase: `leader` (PreAccept/Accept/Commit of the
 //! instances it leads), `acceptor` (answering them), `commit` (the one commit path),
 //! `execution` and `collect` (execution, watermarks, garbage collection, checkpoints),
-//! `reconfigure` (membership changes) and `seal_hook` (the epoch boundary's hooks),
-//! `recovering` (taking over stuck instances), `rejoin` (horizons after a lost disk), `input`
-//! (what peer input is impossible), `send` (message builders); the stateful parts are nouns:
+//! `reconfigure` (membership changes), `recovering` (taking over stuck instances), `rejoin`
+//! (horizons after a lost disk), `seal` (an old epoch's seal and boundary after a membership
+//! change), `input` (what peer input is impossible), `send` (message builders); the stateful
+//! parts are nouns:
 //! `waiting` (what execution waits for), `recoveries` (recoveries in progress), and the
 //! inputs and outputs: `options`, `ready`.
 
@@ -36,7 +37,7 @@ mod reconfigure;
 mod recoveries;
 mod recovering;
 mod rejoin;
-mod seal_hook;
+mod seal;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,7 @@ pub use ready::{
 };
 pub use reconfigure::{epoch_of_result, Decided, ReconfigureRefusal};
 use recoveries::Recovery;
+pub use seal::Seal;
 use waiting::Waiting;
 
 /// Time as a value: the runtime's monotonic clock since its start; the simulator's virtual one.
@@ -134,6 +136,8 @@ pub struct Replica {
     /// directory (all zeros for a replica that never lost its data). Below it, an earlier
     /// incarnation may have voted and forgotten: see `rejoin`.
     horizons: PerRow<u64>,
+    /// The seals of epochs this replica left and the boundary it learns (see `seal`).
+    seals: seal::Seals,
     /// A peer that collected instances this replica has not executed (see `collect`): this
     /// replica takes part in nothing more until it installed a snapshot (from that peer).
     left_behind: Option<ReplicaId>,
@@ -200,6 +204,7 @@ impl Replica {
             gc_prefix: PerRow::new(opts.n, 0),
             retained: PerRow::new(opts.n, collect::Retained::default()),
             horizons: PerRow::new(opts.n, 0),
+            seals: seal::Seals::default(),
             left_behind: None,
             next_watermark: Duration::ZERO,
             next_catch_up: Duration::ZERO,
@@ -643,6 +648,7 @@ impl Replica {
             });
             self.pending_bytes = self.pending.iter().map(|c| c.op.size_bytes()).sum();
         }
+        // After a change, nothing starts before the old epoch's boundary is known (see `seal`).
         while !self.pending.is_empty()
             && self.may_start_instances()
             && !self.removed()
@@ -751,6 +757,8 @@ impl Replica {
                 conflicts,
             } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
             Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
+            Message::SealQuery { epoch } => self.handle_seal_query(from, epoch),
+            Message::Sealed { epoch, ends } => self.handle_sealed(from, epoch, ends),
         }
     }
 
@@ -777,6 +785,7 @@ impl Replica {
         }
         self.fetch_missing(now);
         self.recover_stuck(now);
+        self.tick_boundary(now);
         self.propose_expiries(now);
         if self.opts.gc_executed {
             self.collect_garbage();

@@ -105,6 +105,12 @@ macro_rules! sabotage_switches {
 sabotage_switches! {
     /// Compute no dependencies (visibility and execution order break).
     forget_deps,
+    /// A sealed replica votes on old-epoch instances above its seal, as if it had none (an
+    /// old instance may then commit a command above the boundary, unordered against new ones).
+    vote_above_seal,
+    /// New-epoch instances do not cover the old epoch's boundary in their deps (an old
+    /// instance a new one's quorum did not see is left unordered against it).
+    omit_boundary_deps,
     /// Execute a strongly connected component in reverse `InstanceId` order.
     reverse_component_order,
     /// On Commit, keep this replica's own deps instead of the decided ones (agreement breaks).

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Token;
+use super::{Seal, Token};
 use crate::core::command::OpResult;
 use crate::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
@@ -187,7 +187,8 @@ pub struct Rejected {
     pub reason: Reject,
 }
 
-/// Everything the runtime must carry out after feeding inputs, in this order: send the first
+/// Everything the runtime must carry out after feeding inputs, in this order: make `sealed`
+/// durable, send the first
 /// `early` of `messages` (they may leave before `persist` is durable), make `persist` durable,
 /// tell the core ([`Replica::persisted`](super::Replica::persisted)), then send the other
 /// `messages` and the `replies` (they may reveal what `persist` holds). A shell that sends
@@ -196,6 +197,11 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Ready {
+    /// This replica sealed an epoch (see `seal`): store these seals (every one kept, replacing
+    /// those stored) before any message of this `Ready` leaves, early ones included, and give
+    /// them back at start (`node::Restored::sealed`): a restarted replica must still refuse the
+    /// votes its seals refuse, and its answers to `SealQuery` reveal them.
+    pub sealed: Option<Vec<Seal>>,
     /// Instance states to make durable, in order (a later entry for the same instance
     /// supersedes an earlier one). Executed is never written: it is re-derived on restart.
     pub persist: Vec<(InstanceId, Instance)>,
@@ -216,6 +222,8 @@ pub struct Ready {
     pub batches: Vec<usize>,
     /// Recoveries started (each attempt counts).
     pub recoveries_started: u64,
+    /// Votes refused because the instance lies above this replica's seal of its epoch.
+    pub votes_refused_above_seal: u64,
     /// Peer messages refused (see [`Refused`]).
     pub refused: Vec<Refused>,
     /// Peer messages refused as impossible (nothing else came of them).

@@ -422,6 +422,11 @@ impl Replica {
             // Above our promise: as above, only a message to an old incarnation.
             return;
         }
+        if !commands.is_empty() && self.above_seal(id, inst.epoch) {
+            // Its record would be a vote for a command above this replica's seal (`seal`).
+            self.refuse_above_seal(from, id, ballot);
+            return;
+        }
         self.apply_validate(id, &commands, &deps);
         self.save(id);
         let conflicts = self.validate_conflicts(id, &commands, &deps);

@@ -78,11 +78,18 @@ impl Replica {
 
     /// Covers every row up to its horizon until this replica learnt it committed that far.
     pub(super) fn add_horizon_deps(&self, deps: &mut Deps) {
-        let cover = self
-            .horizons
-            .rows()
-            .filter(|(row, h)| **h > 0 && self.committed_prefix[*row] < **h)
-            .map(|(row, h)| InstanceId::new(row, h - 1));
+        self.cover_up_to(self.horizons.as_slice(), deps);
+    }
+
+    /// Makes `deps` cover every row `r` up to `ends[r]` (one past a slot) until this replica
+    /// learnt the row committed that far: the one "cover every row up to a vector" rule, for
+    /// the horizons here and for an old epoch's boundary (`seal`).
+    pub(super) fn cover_up_to(&self, ends: &[u64], deps: &mut Deps) {
+        let cover = ends
+            .iter()
+            .zip(self.committed_prefix.rows())
+            .filter(|(h, (_, committed))| **h > 0 && **committed < **h)
+            .map(|(h, (row, _))| InstanceId::new(row, h - 1));
         for id in cover {
             deps.raise(id);
         }

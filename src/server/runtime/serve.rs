@@ -173,6 +173,8 @@ pub async fn serve(
             peers,
             checkpoint: recovered.checkpoint,
             records: recovered.records,
+            // TODO(shell15): the seals stored from `Ready::sealed` in the metadata record.
+            sealed: Vec::new(),
         },
     );
     if !new_dir {

@@ -111,7 +111,9 @@ impl Sim {
                 Message::Nack { .. }
                 | Message::CommitRequest { .. }
                 | Message::Watermark { .. }
-                | Message::Waiting { .. },
+                | Message::Waiting { .. }
+                | Message::SealQuery { .. }
+                | Message::Sealed { .. },
                 _,
             ) => true,
             (_, None) => false,
