@@ -135,7 +135,7 @@ impl Node {
     /// takes part in nothing until it has joined.
     pub fn new(opts: Options, checkpoint_every: u64, now: Time, restored: Restored) -> Node {
         let n = opts.n;
-        let mut replica = match &restored.membership {
+        let replica = match &restored.membership {
             Membership::Joined { horizons } => {
                 let mut r = Replica::restore_from(opts, now, restored.checkpoint, restored.records);
                 r.set_horizons(horizons.clone());
@@ -720,6 +720,7 @@ mod tests {
                 peers: vec![None; 3],
                 checkpoint: None,
                 records: Vec::new(),
+                sealed: Vec::new(),
             },
         );
         assert_eq!(*back.configuration(), decided.configuration);

@@ -612,6 +612,7 @@ mod tests {
                 membership: Membership::Joined {
                     horizons: vec![0; 3],
                 },
+                configuration: None,
                 peers: vec![None; 3],
                 checkpoint: None,
                 records: Vec::new(),
