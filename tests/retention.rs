@@ -59,11 +59,19 @@ fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
 /// Bytes of every file in replica `i`'s data directory.
 fn data_bytes(cluster: &Cluster, i: usize) -> u64 {
     let dir = cluster.dir.join(format!("replica-{i}"));
+    // Up to each file's last non-zero byte: the log keeps a segment of zeros written ahead of
+    // its records (preallocation, up to `LOG_SEGMENT_BYTES`), which is not data held.
     std::fs::read_dir(&dir)
         .expect("read the data directory")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
+        .filter_map(|e| e.ok())
+        .filter(|e| e.metadata().is_ok_and(|m| m.is_file()))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| {
+            bytes
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(0, |p| p as u64 + 1)
+        })
         .sum()
 }
 
