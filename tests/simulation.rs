@@ -1086,6 +1086,14 @@ macro_rules! planted_bugs {
 }
 
 planted_bugs! {
+    // Replicas that sealed epoch 0 vote on r3's epoch-0 write above their seals: it commits
+    // beside r0's epoch-2 write on the same key, their quorums disjoint, neither seeing the
+    // other (see `old_write_after_the_seal_scenario`).
+    sabotage_vote_above_seal_breaks_visibility: Planted {
+        plant: |c| c.sabotage.vote_above_seal = true,
+        runs: Runs::Scenario(old_write_after_the_seal_scenario),
+        expect: Expect::Caught(&[Check::Visibility]),
+    },
     sabotage_count_removed_votes_breaks_visibility: Planted {
         plant: |c| c.sabotage.count_removed_votes = true,
         runs: Runs::Scenario(removed_votes_scenario),
@@ -1501,4 +1509,45 @@ fn scenario_membership_removed_replicas_do_not_vote() {
         "{:?}",
         o.stats
     );
+}
+
+/// The epoch boundary's first rule (`seal.rs`), under a 5 → 3 shrink: r3 is cut off while r0
+/// removes r4 (epoch 1, {r0..r3}) and r1 removes r3 (epoch 2, {r0, r1, r2}), so r3 still leads
+/// in epoch 0. Then the cluster splits {r0, r1} | {r2, r3, r4}, and at once r3 writes key 0 in
+/// epoch 0 (asking r2 and r4, both sealed) while r0 writes it in epoch 2 (r0 and r1 are a
+/// quorum there). Epoch 0's and epoch 2's quorums need not meet: only the seals keep r3's
+/// write from committing unseen by r0's. A sealed replica that votes above its seal (the
+/// sabotage) lets both commit, neither reaching the other.
+fn old_write_after_the_seal_scenario(name: &'static str, plant: fn(&mut Config)) -> Outcome {
+    let mut cfg = Config::scripted(name, 5, 2, 1, ms(2_500));
+    plant(&mut cfg);
+    cfg.settle_max = ms(20_000);
+    let script = vec![
+        (ms(50), Action::Partition(vec![vec![0, 1, 2, 4], vec![3]])),
+        (ms(100), remove(0, 4)),
+        (ms(600), remove(1, 3)),
+        (ms(1_200), Action::HealLinks),
+        (
+            ms(1_200),
+            Action::Partition(vec![vec![0, 1], vec![2, 3, 4]]),
+        ),
+        (ms(1_200), op(0, 3, put(0, "old-epoch"))),
+        (ms(1_200), op(1, 0, put(0, "new-epoch"))),
+        (ms(2_200), Action::HealLinks),
+    ];
+    Sim::scripted(cfg, script).run()
+}
+
+/// Without the sabotage the scenario above is clean: the sealed replicas refuse r3's write
+/// above their seals, so it ends as a no-op (its client is answered when it retries).
+#[test]
+fn scenario_membership_sealed_replicas_refuse_old_writes_above_the_seal() {
+    let o = old_write_after_the_seal_scenario(
+        "scenario_membership_sealed_replicas_refuse_old_writes_above_the_seal",
+        |_| {},
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!(o.stats.changes_executed, 2, "{:?}", o.stats);
+    assert_eq!(o.stats.final_epoch, 2);
+    assert!(o.stats.recovered_nop >= 1, "r3's write ended a no-op: {:?}", o.stats);
 }

@@ -81,7 +81,8 @@ impl Replica {
         if old.is_empty() && !inst.commands.is_empty() {
             let commands = inst.commands.clone();
             self.index.record(id, &commands);
-        } else if !old.is_empty() && inst.commands.is_empty() {
+        } else if !old.is_empty() && inst.commands.is_empty() && !self.removed() {
+            // (A removed replica starts no instance: its clients time out and retry elsewhere.)
             for cmd in old.iter() {
                 if self.clients.contains_key(&(cmd.client, cmd.request)) {
                     self.pending_bytes += cmd.op.size_bytes();
