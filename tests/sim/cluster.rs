@@ -48,6 +48,8 @@ pub(super) enum Fault {
     },
     /// Replica `r` loses its disk and rejoins.
     Wipe(usize),
+    /// A random live member asks for the removal of a member (see `Config::removals`).
+    Remove,
 }
 
 /// Where a replica stands.
@@ -394,7 +396,55 @@ impl Sim {
                 }
             }
             Fault::Wipe(r) => self.wipe(r),
+            Fault::Remove => self.remove_a_member(),
         }
+    }
+
+    /// A random live member asks for the removal of a member of its configuration: one crashed
+    /// for good if there is one (the usual reason), else any member while no permanent crash is
+    /// still to come (a crash after the removal of a live member could leave no majority).
+    fn remove_a_member(&mut self) {
+        if self.settling {
+            return;
+        }
+        let askers: Vec<usize> = (0..self.cfg.n)
+            .filter(|r| self.alive(*r) && !self.nodes[*r].removed())
+            .collect();
+        if askers.is_empty() {
+            return;
+        }
+        let asker = askers[self.rng.index(askers.len())];
+        let members: Vec<usize> = self.nodes[asker]
+            .configuration()
+            .members()
+            .iter()
+            .map(|m| m.index())
+            .collect();
+        let dead: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|m| self.life[*m] == Life::Dead)
+            .collect();
+        let target = if let Some(&d) = dead.first() {
+            d
+        } else if self.crashes_ahead == 0 && members.len() > 2 {
+            members[self.rng.index(members.len())]
+        } else {
+            self.trace.record(
+                self.now,
+                What::Fault("removal skipped (a permanent crash is still to come)".into()),
+            );
+            return;
+        };
+        self.trace.record(
+            self.now,
+            What::Fault(format!("r{asker} asked to remove r{target}")),
+        );
+        let id = ReplicaId(target as u32);
+        self.on_action(super::Action::Reconfigure {
+            replica: asker,
+            change: epaxos_kv::core::epoch::Change::Remove(id),
+        });
     }
 
     /// A crash that a restart can undo: between steps, or torn (during the next step).

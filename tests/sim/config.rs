@@ -86,6 +86,11 @@ pub struct Config {
     /// or when counting it as a failure until it catches up would leave no room for the
     /// permanent crashes still to come.
     pub wipes: usize,
+    /// Membership changes during chaos, each removing one member at a random moment (asked of
+    /// a random live member): a member crashed for good if there is one, else any member
+    /// while no permanent crash is still to come (skipped otherwise, and traced). 0 in
+    /// `Config::random`; `random_seeds_with_removals` sets it.
+    pub removals: usize,
     /// A simulator-side sabotage: a wiped replica rejoins without horizons (it votes as if its
     /// old incarnation never voted), to show that the checks catch an unsafe rejoin.
     pub sabotage_rejoin_without_horizons: bool,
@@ -166,6 +171,7 @@ impl Config {
             checkpoint_crash: *r.pick(&[0.0, 0.05, 0.2]),
             // Drawn after everything above, for the same reason.
             wipes: usize::from(r.chance(0.15)),
+            removals: 0,
             sabotage_rejoin_without_horizons: false,
             // Drawn after everything above, for the same reason.
             session_ttl: ms(r.range(200, 2000)),
@@ -227,6 +233,7 @@ impl Config {
             sabotage_disk: false,
             sabotage_garble: false,
             wipes: 0,
+            removals: 0,
             sabotage_rejoin_without_horizons: false,
             barrier: true,
             sabotage: Sabotage::default(),
@@ -244,7 +251,7 @@ impl Config {
     pub fn replay(&self) -> String {
         match self.scenario {
             // A random run of that test: it replays one seed like `random_seeds`.
-            Some(test @ "random_seeds_with_a_small_retention") => format!(
+            Some(test @ ("random_seeds_with_a_small_retention" | "random_seeds_with_removals")) => format!(
                 "SIM_SEED={} cargo test --release --test simulation {test} -- --exact --nocapture",
                 self.seed
             ),
@@ -291,6 +298,9 @@ impl fmt::Display for Config {
             self.gc_executed,
             self.barrier,
         )?;
+        if self.removals > 0 {
+            write!(f, " removals={}", self.removals)?;
+        }
         if self.gc_executed && self.checkpoint_every > 0 {
             write!(
                 f,

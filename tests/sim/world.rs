@@ -491,6 +491,11 @@ impl Sim {
             let at = faults.range(50, chaos_ms.max(51));
             self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Wipe(r)));
         }
+        // Drawn after everything above, for the same reason.
+        for _ in 0..self.cfg.removals {
+            let at = faults.range(100, chaos_ms.max(101));
+            self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Remove));
+        }
         self.schedule_at(self.cfg.chaos, Event::EndChaos);
     }
 

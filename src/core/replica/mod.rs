@@ -278,6 +278,7 @@ impl Replica {
             .max()
             .unwrap_or(0)
             .max(r.next_slot);
+        let mut resumed = Vec::new();
         for id in &ids {
             let inst = r.instances.get_mut(id).expect("ids come from the table");
             if inst.status.is_decided() && executed_above.contains(id) {
@@ -319,25 +320,33 @@ impl Replica {
                         },
                     ),
                 };
-                let peers = r.peers();
                 r.leading.insert(
                     *id,
                     Leading {
                         phase,
-                        asked: peers.clone(),
+                        asked: Vec::new(),
                         started_at: now,
                         sent_at: now,
                         retry_after: r.opts.retry,
                         recovery: false,
                     },
                 );
-                r.send(peers, msg);
+                resumed.push((*id, msg));
             }
         }
         for id in ids {
             if r.instances[&id].status == Status::Committed {
                 r.on_committed(now, id);
             }
+        }
+        // Resent once the log's membership changes are executed again: only the members of
+        // each instance's epoch are asked (a removed replica's answer is no vote).
+        for (id, msg) in resumed {
+            let voters = r.voters(id);
+            if let Some(lead) = r.leading.get_mut(&id) {
+                lead.asked = voters.clone();
+            }
+            r.send(voters, msg);
         }
         // Re-execution answers nobody: those clients are gone.
         r.ready.replies.clear();
@@ -425,6 +434,9 @@ impl Replica {
     /// table is decided under the current one (a recoverer that never heard of it names that
     /// epoch in its Recover; see `epoch`).
     fn deciding(&self, id: InstanceId) -> &Configuration {
+        if self.opts.sabotage.quorum_of_current_epoch() {
+            return self.configuration();
+        }
         self.instances
             .get(&id)
             .and_then(|inst| self.configuration_of(inst.epoch))

@@ -159,6 +159,10 @@ sabotage_switches! {
     /// Ask and count every replica ever a member, removed ones included, as voters on an
     /// instance (quorums of two instances can then miss each other: visibility breaks).
     count_removed_votes,
+    /// Decide every instance under the current epoch's configuration instead of its own: an
+    /// old-epoch instance is then asked of, and committed by, a quorum of the new members
+    /// (which need not meet the old epoch's quorums).
+    quorum_of_current_epoch,
 }
 
 // Without the feature `Sabotage` is empty: the switches are not in the build at all.
