@@ -251,10 +251,12 @@ impl Config {
     pub fn replay(&self) -> String {
         match self.scenario {
             // A random run of that test: it replays one seed like `random_seeds`.
-            Some(test @ ("random_seeds_with_a_small_retention" | "random_seeds_with_removals")) => format!(
+            Some(test @ ("random_seeds_with_a_small_retention" | "random_seeds_with_removals")) => {
+                format!(
                 "SIM_SEED={} cargo test --release --test simulation {test} -- --exact --nocapture",
                 self.seed
-            ),
+            )
+            }
             Some(test) => format!("cargo test --release --test simulation {test} -- --nocapture"),
             None => format!(
                 "{}SIM_SEED={} cargo test --release --test simulation random_seeds -- --nocapture",
