@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
+use crate::core::epoch::{self, Configuration, Epoch};
 use crate::core::ids::{Incarnation, ReplicaId};
 use crate::core::membership::Membership;
+use crate::core::replica::{Decided, Seal};
 use crate::proto;
 use crate::server::members::{Member, Members};
 use crate::server::storage::{frame, private_dir, replace_file, sync_dir, unframe, StorageError};
@@ -49,6 +51,12 @@ pub struct Metadata {
     pub epoch: u64,
     /// The members of `epoch` with their addresses (empty for epoch 0: config.json's).
     pub members: Vec<Member>,
+    /// Every id that is or was a member (empty in earlier records: `members`' ids then).
+    pub ever: Vec<ReplicaId>,
+    /// The members changes added, with their addresses (the core's `Decided::members`).
+    pub added: Vec<Member>,
+    /// The seals of the epochs this replica left (`replica::Ready::sealed`).
+    pub seals: Vec<Seal>,
     /// The text files of an earlier version are still there: removed after the next write.
     legacy: bool,
 }
@@ -90,6 +98,9 @@ impl Metadata {
                         }),
                         epoch: 0,
                         members: Vec::new(),
+                        ever: Vec::new(),
+                        added: Vec::new(),
+                        seals: Vec::new(),
                         legacy,
                     });
                 }
@@ -102,6 +113,9 @@ impl Metadata {
                     membership: Membership::Joining,
                     epoch: 0,
                     members: Vec::new(),
+                    ever: Vec::new(),
+                    added: Vec::new(),
+                    seals: Vec::new(),
                     legacy,
                 };
                 m.store()?;
@@ -136,6 +150,61 @@ impl Metadata {
         self.epoch = members.epoch();
         self.members = members.members().to_vec();
         self.store()
+    }
+
+    /// Makes what a `Ready` of the core decided about epochs durable, in one write: the
+    /// configuration a change made (`members`: all of its members with their addresses; and
+    /// the core's record of it), and the seals of the epochs left. Written before anything
+    /// else of that `Ready` is carried out.
+    pub fn store_epochs(
+        &mut self,
+        decided: Option<(&Members, &Decided)>,
+        seals: Option<&[Seal]>,
+    ) -> Result<(), StorageError> {
+        if let Some((members, decided)) = decided {
+            self.epoch = members.epoch();
+            self.members = members.members().to_vec();
+            self.ever = decided.ever.clone();
+            self.added = decided
+                .members
+                .iter()
+                .filter_map(|m| {
+                    Members::member_from_parts(m.id.0, &m.peer_addr, &m.client_addr).ok()
+                })
+                .collect();
+        }
+        if let Some(seals) = seals {
+            self.seals = seals.to_vec();
+        }
+        self.store()
+    }
+
+    /// The core's record of the configuration kept here (`node::Restored::configuration`), if
+    /// one past epoch 0 was; an earlier record without the ids ever members gives its
+    /// members' ids (the core adds what its log and checkpoint know).
+    pub fn decided(&self) -> Option<Decided> {
+        if self.epoch == 0 {
+            return None;
+        }
+        let ids: Vec<ReplicaId> = self.members.iter().map(|m| m.id).collect();
+        let configuration = Configuration::new(Epoch(self.epoch), ids.clone()).ok()?;
+        let mut ever = self.ever.clone();
+        ever.extend(ids);
+        ever.sort();
+        ever.dedup();
+        Some(Decided {
+            configuration,
+            members: self
+                .added
+                .iter()
+                .map(|m| epoch::Member {
+                    id: m.id,
+                    peer_addr: m.peer_addr.to_string(),
+                    client_addr: m.client_addr.to_string(),
+                })
+                .collect(),
+            ever,
+        })
     }
 
     /// Replaces the record atomically, then removes the text files of an earlier version.
@@ -179,13 +248,15 @@ impl Metadata {
                 }),
             }),
             epoch: self.epoch,
-            members: self
-                .members
+            members: self.members.iter().map(member_to_proto).collect(),
+            ever: self.ever.iter().map(|id| id.0).collect(),
+            added: self.added.iter().map(member_to_proto).collect(),
+            seals: self
+                .seals
                 .iter()
-                .map(|m| proto::metadata::Member {
-                    id: m.id.0,
-                    peer_addr: m.peer_addr.to_string(),
-                    client_addr: m.client_addr.to_string(),
+                .map(|s| proto::metadata::Seal {
+                    epoch: s.epoch.0,
+                    ends: s.ends.clone(),
                 })
                 .collect(),
         }
@@ -229,12 +300,14 @@ impl Metadata {
             },
             Kind::Joined(j) => return Err(format!("{} horizons, not {n}", j.horizons.len())),
         };
-        let members = p
-            .members
-            .iter()
-            .map(|m| Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr))
-            .collect::<Result<Vec<Member>, _>>()
-            .map_err(|e| e.to_string())?;
+        let parse = |list: &[proto::metadata::Member]| {
+            list.iter()
+                .map(|m| Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr))
+                .collect::<Result<Vec<Member>, _>>()
+                .map_err(|e| e.to_string())
+        };
+        let members = parse(&p.members)?;
+        let added = parse(&p.added)?;
         if p.epoch > 0 {
             Members::new(p.epoch, members.clone()).map_err(|e| e.to_string())?;
         }
@@ -250,8 +323,26 @@ impl Metadata {
             membership,
             epoch: p.epoch,
             members,
+            ever: p.ever.into_iter().map(ReplicaId).collect(),
+            added,
+            seals: p
+                .seals
+                .into_iter()
+                .map(|s| Seal {
+                    epoch: Epoch(s.epoch),
+                    ends: s.ends,
+                })
+                .collect(),
             legacy: false,
         })
+    }
+}
+
+fn member_to_proto(m: &Member) -> proto::metadata::Member {
+    proto::metadata::Member {
+        id: m.id.0,
+        peer_addr: m.peer_addr.to_string(),
+        client_addr: m.client_addr.to_string(),
     }
 }
 
@@ -559,6 +650,60 @@ mod tests {
         broken.store().expect("written");
         let err = Metadata::open(&d, ReplicaId(1), 3).expect_err("refused");
         assert!(err.to_string().contains("epoch 2 has no members"), "{err}");
+        std::fs::remove_dir_all(&d).expect("clean up");
+    }
+
+    /// What the core decided about epochs (a change, seals) comes back as it gave it; a record
+    /// written before seals and `ever` existed loads with none and its members as `ever`.
+    #[test]
+    fn a_change_and_seals_come_back_for_the_core() {
+        let d = dir();
+        let mut m = Metadata::open(&d, ReplicaId(0), 3).expect("new");
+        assert_eq!((m.decided(), m.seals.len()), (None, 0), "epoch 0, nothing sealed");
+        let member = |id: u32| {
+            Members::member_from_parts(id, &format!("db{id}.example:7170"), "10.0.0.9:7070")
+                .expect("valid")
+        };
+        // An earlier record: epoch 1 without `ever` or seals.
+        let earlier = Members::new(1, vec![member(0), member(1)]).expect("valid");
+        m.store_configuration(&earlier).expect("stored");
+        let again = Metadata::open(&d, ReplicaId(0), 3).expect("read");
+        let decided = again.decided().expect("epoch 1");
+        assert_eq!(decided.configuration.members(), &[ReplicaId(0), ReplicaId(1)]);
+        assert_eq!(decided.ever, vec![ReplicaId(0), ReplicaId(1)]);
+        assert!(again.seals.is_empty());
+
+        let next = Members::new(2, vec![member(0)]).expect("valid");
+        let decided = Decided {
+            configuration: next.configuration(),
+            members: vec![epoch::Member {
+                id: ReplicaId(3),
+                peer_addr: "db3.example:7170".into(),
+                client_addr: "10.0.0.3:7070".into(),
+            }],
+            ever: vec![ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3)],
+        };
+        let seals = vec![
+            Seal {
+                epoch: Epoch(0),
+                ends: vec![5, 0, 9],
+            },
+            Seal {
+                epoch: Epoch(1),
+                ends: vec![7, 2],
+            },
+        ];
+        m.store_epochs(Some((&next, &decided)), Some(&seals))
+            .expect("stored");
+        let again = Metadata::open(&d, ReplicaId(0), 3).expect("read");
+        assert_eq!(again.configuration(), Some(next));
+        assert_eq!(again.decided(), Some(decided));
+        assert_eq!(again.seals, seals);
+        // Seals alone keep the configuration.
+        let mut again = again;
+        again.store_epochs(None, Some(&seals[1..])).expect("stored");
+        let last = Metadata::open(&d, ReplicaId(0), 3).expect("read");
+        assert_eq!((last.epoch, &last.seals[..]), (2, &seals[1..]));
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 }

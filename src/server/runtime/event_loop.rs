@@ -409,9 +409,36 @@ impl EventLoop {
                     Err(e @ (Refusal::Joining | Refusal::CatchingUp)) => {
                         let _ = reply.send(Err(Status::unavailable(e.to_string())));
                     }
+                    Err(Refusal::Removed { members }) => {
+                        let _ = reply.send(Err(Status::failed_precondition(format!(
+                            "replica {} was removed from the cluster; send requests to a \
+                             member: {}",
+                            self.me.0,
+                            ids_text(&members)
+                        ))));
+                    }
                     Err(e) => {
                         self.m.rejected_overloaded.increment(1);
                         let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+                    }
+                }
+            }
+            Event::Reconfigure { change, reply, at } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let epoch = self.node.configuration().epoch();
+                let cmd = Command::reconfigure(self.me, change.clone(), epoch);
+                let request = (cmd.client, cmd.request);
+                tracing::info!(?change, %epoch, "membership change proposed");
+                match self.node.propose_reconfigure(token, change, now) {
+                    Ok(()) => {
+                        self.waiting.insert(token, Waiter { reply, at, request });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(reconfigure_refusal(
+                            e,
+                            self.node.configuration().members(),
+                        )));
                     }
                 }
             }
@@ -652,6 +679,7 @@ impl EventLoop {
     /// Makes durable what the node itself must store (see `node::Ready`: peers' incarnations,
     /// an installed snapshot, the membership), before anything of `ready` is carried out.
     pub(super) async fn persist_node(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
+        self.persist_epochs(ready).await?;
         if ready.peers.is_none() && ready.install.is_none() && ready.membership.is_none() {
             return Ok(());
         }
@@ -686,6 +714,62 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+
+    /// A change executed (`Ready::configuration`) or an epoch was sealed (`core.sealed`):
+    /// both are made durable in the metadata record, synchronously, before anything else of
+    /// `ready` is carried out (its early PreAccepts included), then the shell acts in the new
+    /// configuration. A replica must never act in an epoch, or vote past a seal, that a
+    /// restart would not give back (`Restored::configuration`, `Restored::sealed`).
+    async fn persist_epochs(&mut self, ready: &node::Ready) -> Result<(), RuntimeError> {
+        if ready.configuration.is_none() && ready.core.sealed.is_none() {
+            return Ok(());
+        }
+        let next = match &ready.configuration {
+            Some(decided) => match self.members_of(decided) {
+                Ok(members) => Some(members),
+                Err(e) => {
+                    tracing::error!(error = %e, "a decided configuration names members without \
+                        addresses; stopping the replica");
+                    return Err(RuntimeError::Members(e));
+                }
+            },
+            None => None,
+        };
+        let metadata = &mut self.metadata;
+        let decided = next.as_ref().zip(ready.configuration.as_ref());
+        let seals = ready.core.sealed.as_deref();
+        until_written(|| metadata.store_epochs(decided, seals))
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "cannot persist; stopping the replica"))?;
+        if let Some(next) = next {
+            tracing::info!(configuration = %next, removed = !next.is_member(self.me),
+                "membership change executed: acting in the new configuration");
+            self.apply_configuration(Arc::new(next));
+        }
+        Ok(())
+    }
+
+    /// The shell's view of a decided configuration: each member with its addresses, from the
+    /// change that added it or the configuration acted in so far.
+    fn members_of(&self, decided: &crate::core::replica::Decided) -> Result<Members, String> {
+        let c = &decided.configuration;
+        let members = c
+            .members()
+            .iter()
+            .map(|id| {
+                if let Some(m) = decided.members.iter().find(|m| m.id == *id) {
+                    return Members::member_from_parts(id.0, &m.peer_addr, &m.client_addr)
+                        .map_err(|e| e.to_string());
+                }
+                self.members
+                    .get(*id)
+                    .or_else(|| self.metadata.added.iter().find(|m| m.id == *id))
+                    .cloned()
+                    .ok_or_else(|| format!("no address known for replica {} of {c}", id.0))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Members::new(c.epoch().0, members).map_err(|e| e.to_string())
     }
 
     /// Forgets the clients whose calls the service has given up on (their `propose_timeout`
@@ -941,5 +1025,31 @@ impl EventLoop {
                 }));
             }
         }
+    }
+}
+
+/// `ids` as the text an error shows: `0, 1`.
+pub(super) fn ids_text(ids: &[ReplicaId]) -> String {
+    ids.iter()
+        .map(|id| id.0.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A refused membership change as the admin call's answer, naming the current members: a
+/// change that cannot be (a wrong id, the last member) is INVALID_ARGUMENT; one that cannot be
+/// now (another in progress, no live majority, this replica removed) FAILED_PRECONDITION.
+pub(super) fn reconfigure_refusal(e: ReconfigureRefusal, members: &[ReplicaId]) -> Status {
+    use ReconfigureRefusal as R;
+    let text = format!("{e}; the current members are {}", ids_text(members));
+    match e {
+        R::UnknownMember(_)
+        | R::DuplicateMember(_)
+        | R::TooMany
+        | R::LastMember
+        | R::Malformed(_) => Status::invalid_argument(text),
+        R::InFlight | R::NoLiveMajority { .. } | R::Removed => Status::failed_precondition(text),
+        R::Joining | R::CatchingUp => Status::unavailable(text),
+        R::Overloaded => Status::resource_exhausted(text),
     }
 }

@@ -33,7 +33,8 @@ use crate::core::instance::Instance;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::{Message, Show, ShowDeps};
 use crate::core::node::{self, Node, Refusal, Restored};
-use crate::core::replica::{Options, Path, Ready, ReplyError, Token};
+use crate::core::epoch::Change;
+use crate::core::replica::{Options, Path, Ready, ReconfigureRefusal, ReplyError, Token};
 use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};
 use crate::proto::peer_server::{Peer, PeerServer};
@@ -123,6 +124,13 @@ pub enum Event {
         at: Instant,
         /// Its share of bigChannel's byte budget, returned once the event is handled.
         budget: OwnedSemaphorePermit,
+    },
+    /// An admin's membership change (`MemberRemove`); answered like a client's command, with
+    /// the new epoch in `OpResult::value` once it executed.
+    Reconfigure {
+        change: Change,
+        reply: oneshot::Sender<Result<OpResult, Status>>,
+        at: Instant,
     },
     /// Messages from one peer (sent by its incarnation `incarnation`), decoded and validated.
     Peer {

@@ -168,13 +168,11 @@ pub async fn serve(
         Duration::ZERO,
         Restored {
             membership,
-            // TODO(shell15): the configuration of the metadata record.
-            configuration: None,
+            configuration: metadata.decided(),
             peers,
             checkpoint: recovered.checkpoint,
             records: recovered.records,
-            // TODO(shell15): the seals stored from `Ready::sealed` in the metadata record.
-            sealed: Vec::new(),
+            sealed: metadata.seals.clone(),
         },
     );
     if !new_dir {

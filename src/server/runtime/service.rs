@@ -201,8 +201,10 @@ impl ClientService {
 }
 
 impl ClientService {
-    /// `MemberAdd`: an admin's request to add a member, checked here (who asks, what it names);
-    /// deciding it is the core's (see `change_membership`).
+    /// `MemberAdd`: an admin's request to add a member, checked here (who asks, what it names),
+    /// then refused: the core decides an Add, but an added replica cannot catch up and vote
+    /// yet (issue 15, step 5), so a cluster that took one would count a member that never
+    /// answers. UNIMPLEMENTED, naming the configuration that stays; nothing is changed.
     pub(super) async fn member_add_call(
         &self,
         request: Request<proto::MemberAddRequest>,
@@ -214,34 +216,90 @@ impl ClientService {
             .ok_or_else(|| Status::invalid_argument("MemberAdd: no member given"))?;
         let member = Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr)
             .map_err(|e| Status::invalid_argument(format!("MemberAdd: {e}")))?;
-        self.change_membership(&format!(
-            "add replica {} (peer {}, client {})",
+        let members = self.members.borrow().clone();
+        Err(Status::unimplemented(format!(
+            "cannot add replica {} (peer {}, client {}): this version cannot add members yet \
+             (an added replica cannot catch up and vote: issue 15, step 5); removing one works. \
+             The configuration stays {members}",
             member.id.0, member.peer_addr, member.client_addr
-        ))
+        )))
     }
 
-    /// `MemberRemove`: as `MemberAdd`.
+    /// `MemberRemove`: proposed to the core as a membership change (`Node::propose_reconfigure`
+    /// through the event loop); answered once it executed here with the new epoch and members,
+    /// or with the core's refusal naming the current members.
     pub(super) async fn member_remove_call(
         &self,
         request: Request<proto::MemberRemoveRequest>,
     ) -> Result<Response<proto::MemberChangeReply>, Status> {
         self.admin.check(&request, "MemberRemove")?;
-        let id = request.into_inner().id;
-        self.change_membership(&format!("remove replica {id}"))
+        let id = ReplicaId(request.into_inner().id);
+        self.change_membership(Change::Remove(id), &format!("remove replica {}", id.0))
+            .await
     }
 
-    /// Hands a change to the core. Not wired yet: the core's `Node::propose_reconfigure`
-    /// (epochs, issue 15) has not landed, so the change is answered UNIMPLEMENTED, naming the
-    /// configuration that stays; nothing is changed.
-    fn change_membership(
+    /// Hands `change` to the event loop and waits (at most `propose_timeout`) until it executed
+    /// here and the shell acts in the configuration it made.
+    async fn change_membership(
         &self,
-        change: &str,
+        change: Change,
+        what: &str,
     ) -> Result<Response<proto::MemberChangeReply>, Status> {
-        let members = self.members.borrow().clone();
-        Err(Status::unimplemented(format!(
-            "cannot {change}: this version does not decide membership changes yet (epochs in \
-             the core, issue 15); the configuration stays {members}"
-        )))
+        let deadline = tokio::time::Instant::now() + self.propose_timeout;
+        let (tx, rx) = oneshot::channel();
+        let event = Event::Reconfigure {
+            change,
+            reply: tx,
+            at: Instant::now(),
+        };
+        match self.big.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(Status::resource_exhausted("replica overloaded; retry later"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Status::unavailable("replica is shutting down"))
+            }
+        }
+        let undecided = |why: &str| {
+            Status::deadline_exceeded(format!(
+                "{what}: {why}; it may still execute: see `client member list` before retrying"
+            ))
+        };
+        let result = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(result))) => result,
+            Ok(Ok(Err(status))) => {
+                return Err(Status::new(
+                    status.code(),
+                    format!("cannot {what}: {}", status.message()),
+                ))
+            }
+            Ok(Err(_)) | Err(_) => return Err(undecided("did not execute in time")),
+        };
+        let mut members = self.members.clone();
+        let epoch = match crate::core::replica::epoch_of_result(&result) {
+            Some(epoch) if result.success => epoch.0,
+            _ => {
+                let now = members.borrow().clone();
+                return Err(Status::failed_precondition(format!(
+                    "cannot {what}: another membership change executed first; the configuration \
+                     is now {now}; retry if the change is still wanted"
+                )));
+            }
+        };
+        // The event loop made the configuration durable and acts in it before it releases the
+        // answer: this finds it at once.
+        let acting = tokio::time::timeout_at(deadline, members.wait_for(|m| m.epoch() >= epoch))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|m| Arc::clone(&m)));
+        match acting {
+            Some(now) => Ok(Response::new(proto::MemberChangeReply {
+                epoch,
+                members: now.to_proto(),
+            })),
+            None => Err(undecided("executed, but this replica does not act in it yet")),
+        }
     }
 }
 
