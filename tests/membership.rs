@@ -2,16 +2,16 @@
 //! `client status` and the metrics say about the epoch and its members, and who may make the
 //! admin calls (`MemberAdd`, `MemberRemove`) on the client listener.
 //!
-//! Not here yet: changing the membership itself (grow, shrink, replace under load). The core's
-//! epochs have not landed, so the admin calls stop, after authorisation, with UNIMPLEMENTED
-//! naming the configuration that stays; the tests below pin that, so that they fail (and are
-//! rewritten) the day a change is decided.
+//! Removing a live member under load works end to end (`client member remove`); adding one is
+//! refused with UNIMPLEMENTED (an added replica cannot catch up and vote yet: issue 15, step 5).
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{metric_sum, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
+use common::{get, metric_sum, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
 use epaxos_kv::proto;
 use epaxos_kv::proto::kv_client::KvClient;
 use prost::Message as _;
@@ -146,8 +146,9 @@ async fn member_list_status_and_metrics_show_epoch_zero_and_config_json_replicas
     assert!(out.contains("epoch: 0 (as replica"), "{out}");
 }
 
-/// A call to MemberRemove on replica 0, presenting `identity` (a file name of the certificate
-/// directory, e.g. "client"), or no certificate.
+/// A call to MemberRemove of replica 9 (never a member: refused by the core once the call is
+/// authorised) on replica 0, presenting `identity` (a file name of the certificate directory,
+/// e.g. "client"), or no certificate.
 async fn remove_as(cluster: &Cluster, identity: Option<&str>) -> tonic::Status {
     let channel = cluster
         .endpoint(0, &cluster.addrs[0], identity)
@@ -156,9 +157,9 @@ async fn remove_as(cluster: &Cluster, identity: Option<&str>) -> tonic::Status {
         .expect("the client listener takes callers with or without a certificate");
     let mut client = KvClient::new(channel);
     client
-        .member_remove(proto::MemberRemoveRequest { id: 2 })
+        .member_remove(proto::MemberRemoveRequest { id: 9 })
         .await
-        .expect_err("no membership change is decided by this version")
+        .expect_err("replica 9 is not a member")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,25 +206,39 @@ async fn admin_calls_need_the_cluster_client_certificate() {
         "{text}"
     );
 
-    // The client certificate passes; what follows is the core's, not built yet.
+    // The client certificate passes; the core refuses a change that cannot be, naming the
+    // members.
     let answered = remove_as(&cluster, Some("client")).await;
-    assert_eq!(answered.code(), tonic::Code::Unimplemented, "{answered:?}");
+    assert_eq!(
+        answered.code(),
+        tonic::Code::InvalidArgument,
+        "{answered:?}"
+    );
     assert!(
-        answered
-            .message()
-            .contains("the configuration stays epoch 0: 0 (peer"),
+        answered.message().contains("cannot remove replica 9")
+            && answered.message().contains("is not a member")
+            && answered
+                .message()
+                .contains("the current members are 0, 1, 2"),
         "{answered:?}"
     );
     // So does the bundled client, which presents it; without it, it is refused.
-    let (code, out, err) = run_client(&cluster.config, &["member", "remove", "2"]);
+    let (code, out, err) = run_client(&cluster.config, &["member", "remove", "9"]);
     assert_eq!(code, Some(2), "{out}{err}");
-    assert!(err.contains("Unimplemented"), "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
+    // Adding a member is not built: refused, saying so, nothing changed.
     let (code, out, err) = run_client(
         &cluster.config,
         &["member", "add", "3", "127.0.0.1:1", "127.0.0.1:2"],
     );
     assert_eq!(code, Some(2), "{out}{err}");
-    assert!(err.contains("cannot add replica 3"), "{err}");
+    assert!(
+        err.contains("Unimplemented")
+            && err.contains("cannot add replica 3")
+            && err.contains("cannot add members yet")
+            && err.contains("the configuration stays epoch 0: 0 (peer"),
+        "{err}"
+    );
     let (code, _, err) = run_client(&cluster.config, &["member", "add", "3", "nohost", "x:1"]);
     assert_eq!(code, Some(2));
     assert!(
@@ -252,7 +267,11 @@ async fn admin_calls_need_the_cluster_client_certificate() {
 async fn with_insecure_anyone_may_make_admin_calls() {
     let cluster = Cluster::start(3, &["--insecure"]).await;
     let answered = remove_as(&cluster, None).await;
-    assert_eq!(answered.code(), tonic::Code::Unimplemented, "{answered:?}");
+    assert_eq!(
+        answered.code(),
+        tonic::Code::InvalidArgument,
+        "{answered:?}"
+    );
     let text = scrape_metrics(&cluster.metrics[0]).expect("scrape");
     assert_eq!(
         metric_sum(&text, "epaxos_admin_refused_total"),
@@ -261,31 +280,33 @@ async fn with_insecure_anyone_may_make_admin_calls() {
     );
 }
 
-/// A data directory that recorded a later epoch than config.json's (as a decided change
-/// leaves it) starts in that epoch: it says so once with both, shows it in Status, member list
-/// and metrics, and, not being a member of it, refuses client requests naming the members.
+/// Data directories that recorded a later epoch than config.json's (as a decided change
+/// leaves them, here the removal of replica 2, written by hand in every record as if the logs
+/// had lost the change) start in that epoch: replica 2 says so once with both, shows it in
+/// Status, member list and metrics, and, not being a member of it, refuses client requests
+/// naming the members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_with_a_later_epoch_wins_over_config_json() {
     let mut cluster = Cluster::start(3, &[]).await;
-    cluster.kill(2);
-    let dir2 = cluster.dir.join("replica-2");
-    let bytes = std::fs::read(dir2.join("metadata")).expect("read metadata");
-    let mut record = proto::Metadata::decode(&bytes[RECORD_AT..]).expect("decode metadata");
-    record.epoch = 1;
-    record.members = (0..2)
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let members: Vec<proto::metadata::Member> = (0..2)
         .map(|i| proto::metadata::Member {
             id: i as u32,
             peer_addr: cluster.peers[i].clone(),
             client_addr: cluster.addrs[i].clone(),
         })
         .collect();
-    let payload = record.encode_to_vec();
-    let mut out = bytes[..8].to_vec();
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    std::fs::write(dir2.join("metadata"), out).expect("write metadata");
-    cluster.restart(2).await;
+    for i in 0..3 {
+        rewrite_metadata(&cluster, i, |record| {
+            record.epoch = 1;
+            record.members = members.clone();
+        });
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
 
     let log = cluster.log(2);
     let told: Vec<&str> = log
@@ -683,4 +704,196 @@ async fn an_empty_replica_with_a_stale_config_json_learns_the_configuration_from
             && said.contains(&format!("1 (peer {}, client {moved})", cluster.peers[1])),
         "{said}"
     );
+}
+
+/// Status of replica `i` until `want` holds of it (bounded), returning it.
+async fn status_until(
+    cluster: &Cluster,
+    i: usize,
+    what: &str,
+    want: impl Fn(&proto::StatusReply) -> bool,
+) -> proto::StatusReply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cluster.try_status(i, Duration::from_secs(3)).await;
+        match s {
+            Ok(s) if want(&s) => return s,
+            _ => assert!(
+                Instant::now() < deadline,
+                "replica {i}: {what} not within 20 s: {s:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ids of a Status's members.
+fn ids(s: &proto::StatusReply) -> Vec<u32> {
+    s.members.iter().map(|m| m.id).collect()
+}
+
+/// Removing a live member while a client writes (issue 15): `client member remove 2` (with the
+/// client certificate) answers epoch 1 with members 0 and 1; writes at 0 and 1 keep being
+/// acknowledged; replica 2 then refuses clients naming the members; 0 and 1 converge and hold
+/// every acknowledged write; a restarted replica 0 comes back in epoch 1 and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_live_member_under_load_makes_epoch_1_without_it() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    // The writer: one session per replica 0 and 1, alternating; every acknowledged write kept.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = [
+        cluster.client(0).await.expect("connect 0"),
+        cluster.client(1).await.expect("connect 1"),
+    ];
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sessions = [Session::new(), Session::new()];
+            let mut failed = 0u64;
+            for i in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let at = (i % 2) as usize;
+                let (key, value) = (format!("w{i}"), format!("v{i}"));
+                let call = sessions[at].call(&mut clients[at], put(&key, &value));
+                match tokio::time::timeout(Duration::from_secs(10), call).await {
+                    Ok(Ok(r)) if r.success => {
+                        acked.lock().expect("not poisoned").push((key, value));
+                    }
+                    _ => {
+                        failed += 1;
+                        // Backoff before the next write (never more than a few failures).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            failed
+        })
+    };
+    let acked_count = || acked.lock().expect("not poisoned").len();
+    let wait_acked = |n: usize, what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let acked = acked.clone();
+        async move {
+            while acked.lock().expect("not poisoned").len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: fewer than {n} writes acknowledged within 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_acked(30, "before the change").await;
+
+    let config = cluster.config.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_client(&config, &["member", "remove", "2"]))
+            .await
+            .expect("client thread");
+    assert_eq!(code, Some(0), "{out}{err}");
+    let want = format!(
+        "epoch 1\n0 {} {}\n1 {} {}\n",
+        cluster.peers[0], cluster.addrs[0], cluster.peers[1], cluster.addrs[1]
+    );
+    assert_eq!(out, want, "{err}");
+
+    for i in 0..2 {
+        let s = status_until(&cluster, i, "epoch 1", |s| s.epoch == 1).await;
+        assert_eq!(ids(&s), [0, 1], "replica {i}");
+    }
+    let after = acked_count();
+    wait_acked(after + 30, "after the change").await;
+
+    // Replica 2 executed the change too: it refuses clients, naming the members.
+    let s2 = status_until(&cluster, 2, "epoch 1", |s| s.epoch == 1).await;
+    assert_eq!(ids(&s2), [0, 1]);
+    let mut c2 = cluster.client(2).await.expect("connect 2");
+    let refused = Session::new()
+        .call(&mut c2, put("k", "v"))
+        .await
+        .expect_err("removed");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let message = refused.message();
+    assert!(
+        message.contains("replica 2 is not a member")
+            && message.contains(&format!("0 (peer {}", cluster.peers[0]))
+            && message.contains(&format!("1 (peer {}", cluster.peers[1]))
+            && !message.contains("2 (peer"),
+        "{refused:?}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let failed = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the writer stops")
+        .expect("writer task");
+    cluster
+        .converged_among(&[0, 1], Duration::from_secs(20))
+        .await;
+    let acked = acked.lock().expect("not poisoned").clone();
+    let mut c0 = cluster.client(0).await.expect("connect 0");
+    let mut reader = Session::new();
+    for (key, value) in &acked {
+        let r = reader.call(&mut c0, get(key)).await.expect("read");
+        assert_eq!(
+            (r.found, r.value.as_ref()),
+            (true, value.as_bytes()),
+            "{key}"
+        );
+    }
+    eprintln!(
+        "acknowledged writes: {} ({} during or after the change), failed: {failed}",
+        acked.len(),
+        acked.len() - after
+    );
+
+    // The records hold the change and the seal of epoch 0 (what a restart gives the core).
+    for i in 0..3 {
+        let path = cluster.dir.join(format!("replica-{i}/metadata"));
+        let bytes = std::fs::read(&path).expect("read metadata");
+        let record = proto::Metadata::decode(&bytes[RECORD_AT..]).expect("decode metadata");
+        assert_eq!(record.epoch, 1, "replica {i}");
+        assert_eq!(
+            record.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [0, 1],
+            "replica {i}"
+        );
+        assert_eq!(record.ever, [0, 1, 2], "replica {i}");
+        assert!(
+            record
+                .seals
+                .iter()
+                .any(|s| s.epoch == 0 && !s.ends.is_empty()),
+            "replica {i}: {:?}",
+            record.seals
+        );
+    }
+
+    // A restart of replica 0 comes back in epoch 1 and serves.
+    cluster.restart(0).await;
+    let s0 = status_until(&cluster, 0, "epoch 1 after a restart", |s| s.epoch == 1).await;
+    assert_eq!(ids(&s0), [0, 1]);
+    let mut c0 = cluster.client(0).await.expect("connect 0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut session = Session::new();
+    loop {
+        match session.call(&mut c0, put("after", "restart")).await {
+            Ok(r) if r.success => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "no write after the restart within 20 s: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster
+        .converged_among(&[0, 1], Duration::from_secs(20))
+        .await;
 }

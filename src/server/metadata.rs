@@ -659,7 +659,11 @@ mod tests {
     fn a_change_and_seals_come_back_for_the_core() {
         let d = dir();
         let mut m = Metadata::open(&d, ReplicaId(0), 3).expect("new");
-        assert_eq!((m.decided(), m.seals.len()), (None, 0), "epoch 0, nothing sealed");
+        assert_eq!(
+            (m.decided(), m.seals.len()),
+            (None, 0),
+            "epoch 0, nothing sealed"
+        );
         let member = |id: u32| {
             Members::member_from_parts(id, &format!("db{id}.example:7170"), "10.0.0.9:7070")
                 .expect("valid")
@@ -669,7 +673,10 @@ mod tests {
         m.store_configuration(&earlier).expect("stored");
         let again = Metadata::open(&d, ReplicaId(0), 3).expect("read");
         let decided = again.decided().expect("epoch 1");
-        assert_eq!(decided.configuration.members(), &[ReplicaId(0), ReplicaId(1)]);
+        assert_eq!(
+            decided.configuration.members(),
+            &[ReplicaId(0), ReplicaId(1)]
+        );
         assert_eq!(decided.ever, vec![ReplicaId(0), ReplicaId(1)]);
         assert!(again.seals.is_empty());
 

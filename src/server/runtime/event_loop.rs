@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::links::PeerLinks;
 use super::*;
 use crate::core::replica::Outgoing;
-use crate::server::members::Members;
+use crate::server::members::{Member, Members};
 use crate::server::peer_ids::PeerIds;
 use crate::server::writer::Writer;
 
@@ -586,7 +586,18 @@ impl EventLoop {
     /// what Status and the admin calls show. The caller persists a decided configuration
     /// first (`Metadata::store_configuration`): nothing of a new epoch may happen before.
     pub(super) fn apply_configuration(&mut self, members: Arc<Members>) {
-        let (started, ended) = self.links.apply(&members);
+        self.apply_configuration_keeping(members, &[]);
+    }
+
+    /// As [`Self::apply_configuration`], still linked to `kept` too: the members a change took
+    /// out, which must still get the old epoch's messages (the Commit of the change itself,
+    /// from which a removed replica learns it was removed), until the next change or restart.
+    fn apply_configuration_keeping(&mut self, members: Arc<Members>, kept: &[Member]) {
+        let mut linked = members.members().to_vec();
+        linked.extend(kept.iter().filter(|m| !members.is_member(m.id)).cloned());
+        let linked = Members::new(members.epoch(), linked)
+            .expect("a configuration's members and others' ids: distinct, within bounds");
+        let (started, ended) = self.links.apply(&linked);
         self.ids.admit(&members);
         let rows = members
             .members()
@@ -745,7 +756,8 @@ impl EventLoop {
         if let Some(next) = next {
             tracing::info!(configuration = %next, removed = !next.is_member(self.me),
                 "membership change executed: acting in the new configuration");
-            self.apply_configuration(Arc::new(next));
+            let left = self.members.clone();
+            self.apply_configuration_keeping(Arc::new(next), left.members());
         }
         Ok(())
     }

@@ -28,12 +28,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::core::command::{Command, OpResult};
+use crate::core::epoch::Change;
 use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::membership::{JoinAnswer, Membership};
 use crate::core::message::{Message, Show, ShowDeps};
 use crate::core::node::{self, Node, Refusal, Restored};
-use crate::core::epoch::Change;
 use crate::core::replica::{Options, Path, Ready, ReconfigureRefusal, ReplyError, Token};
 use crate::core::wire;
 use crate::proto::kv_server::{Kv, KvServer};

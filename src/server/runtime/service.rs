@@ -219,8 +219,8 @@ impl ClientService {
         let members = self.members.borrow().clone();
         Err(Status::unimplemented(format!(
             "cannot add replica {} (peer {}, client {}): this version cannot add members yet \
-             (an added replica cannot catch up and vote: issue 15, step 5); removing one works. \
-             The configuration stays {members}",
+             (an added replica cannot catch up and vote: issue 15, step 5); removing one works; \
+             the configuration stays {members}",
             member.id.0, member.peer_addr, member.client_addr
         )))
     }
@@ -255,7 +255,9 @@ impl ClientService {
         match self.big.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(Status::resource_exhausted("replica overloaded; retry later"))
+                return Err(Status::resource_exhausted(
+                    "replica overloaded; retry later",
+                ))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(Status::unavailable("replica is shutting down"))
@@ -298,7 +300,9 @@ impl ClientService {
                 epoch,
                 members: now.to_proto(),
             })),
-            None => Err(undecided("executed, but this replica does not act in it yet")),
+            None => Err(undecided(
+                "executed, but this replica does not act in it yet",
+            )),
         }
     }
 }
