@@ -628,6 +628,33 @@ async fn an_empty_replica_with_a_stale_config_json_learns_the_configuration_from
     // The cluster acts in epoch 1: the same replicas, replica 1 reached by clients at an
     // address config.json does not have (what a decided configuration records).
     let moved = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    // Replicas 0 and 1 record replica 2's incarnation first (a write led by it), so that the
+    // wiped replica 2 rejoins from a snapshot, which carries the core's epoch 1: a fresh join
+    // (peers that never heard it) would leave its core in epoch 0, which no change in any log
+    // moves on, as the epoch here is written by hand rather than decided.
+    let mut c2 = cluster.client(2).await.expect("connect");
+    assert!(
+        Session::new()
+            .call(&mut c2, put("from-2", "x"))
+            .await
+            .expect("put")
+            .success
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(0..2).all(|i| {
+        let path = cluster.dir.join(format!("replica-{i}/metadata"));
+        std::fs::read(&path).ok().is_some_and(|bytes| {
+            bytes.len() > RECORD_AT
+                && proto::Metadata::decode(&bytes[RECORD_AT..])
+                    .is_ok_and(|r| r.peer_incarnations.get(2).is_some_and(|p| *p != 0))
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "replica 2's incarnation not recorded in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for i in 0..2 {
         cluster.kill(i);
         rewrite_metadata(&cluster, i, record_members(&cluster, 1, &[0, 1, 2], &moved));
@@ -895,5 +922,69 @@ async fn removing_a_live_member_under_load_makes_epoch_1_without_it() {
     }
     cluster
         .converged_among(&[0, 1], Duration::from_secs(20))
+        .await;
+}
+
+/// A change that would leave no live majority is refused, naming the members; removing the
+/// dead member instead works, and the survivors serve in epoch 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_dead_member_works_and_a_change_without_a_live_majority_is_refused() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.kill(1);
+    status_until(&cluster, 0, "replica 1 suspected", |s| {
+        s.peers_suspected.contains(&1)
+    })
+    .await;
+    let channel = cluster
+        .endpoint(0, &cluster.addrs[0], Some("client"))
+        .connect()
+        .await
+        .expect("connect with the client certificate");
+    let mut admin = KvClient::new(channel);
+    // {0, 1} with 1 dead has no live majority.
+    let refused = admin
+        .member_remove(proto::MemberRemoveRequest { id: 2 })
+        .await
+        .expect_err("no live majority");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("cannot remove replica 2")
+            && refused.message().contains("no live majority")
+            && refused
+                .message()
+                .contains("the current members are 0, 1, 2"),
+        "{refused:?}"
+    );
+    // {0, 2}: both live.
+    let reply = admin
+        .member_remove(proto::MemberRemoveRequest { id: 1 })
+        .await
+        .expect("removing the dead member")
+        .into_inner();
+    assert_eq!(reply.epoch, 1);
+    assert_eq!(
+        reply.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [0, 2]
+    );
+    let s2 = status_until(&cluster, 2, "epoch 1", |s| s.epoch == 1).await;
+    assert_eq!(ids(&s2), [0, 2]);
+    let mut session = Session::new();
+    for (i, c) in [0, 2].into_iter().enumerate() {
+        let mut client = cluster.client(c).await.expect("connect");
+        let r = Session::new()
+            .call(&mut client, put(&format!("k{i}"), "v"))
+            .await
+            .expect("a write in epoch 1");
+        assert!(r.success);
+    }
+    let mut c0 = cluster.client(0).await.expect("connect");
+    let r = session.call(&mut c0, get("k1")).await.expect("read");
+    assert_eq!((r.found, r.value.as_ref()), (true, &b"v"[..]));
+    cluster
+        .converged_among(&[0, 2], Duration::from_secs(20))
         .await;
 }
