@@ -362,34 +362,10 @@ pub(super) async fn run_loop(
 /// time out), one error line says why, and one line says when the replica serves again. Any
 /// other error is returned: the replica stops.
 pub(super) async fn until_written<T>(
-    mut write: impl FnMut() -> Result<T, StorageError>,
+    write: impl FnMut() -> Result<T, StorageError>,
 ) -> Result<T, StorageError> {
-    let mut blocked_since: Option<Instant> = None;
-    loop {
-        match tokio::task::block_in_place(&mut write) {
-            Ok(v) => {
-                if let Some(since) = blocked_since {
-                    metrics::gauge!("epaxos_storage_blocked").set(0.0);
-                    tracing::info!(
-                        blocked_ms = since.elapsed().as_millis() as u64,
-                        "data directory writable again: serving"
-                    );
-                }
-                return Ok(v);
-            }
-            Err(e) if e.is_out_of_space() => {
-                if blocked_since.is_none() {
-                    blocked_since = Some(Instant::now());
-                    metrics::gauge!("epaxos_storage_blocked").set(1.0);
-                    tracing::error!(error = %e,
-                        "cannot write the data directory (full or read-only): acknowledging \
-                         nothing that needs a write until it can; retrying every second");
-                }
-                tokio::time::sleep(STORAGE_RETRY).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // The loop has nothing else to do meanwhile: the writer thread's retry loop, run in place.
+    tokio::task::block_in_place(|| crate::server::writer::write_until(write))
 }
 
 impl EventLoop {

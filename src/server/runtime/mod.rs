@@ -50,9 +50,6 @@ use crate::server::{admission, incoming, join, tls, transport};
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 use crate::core::limits::{self, DRAIN_MAX};
-/// How often a write the data directory refused for lack of space (or a read-only remount) is
-/// tried again; see [`until_written`].
-const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 mod event_loop;
 mod links;
