@@ -12,6 +12,12 @@
 //!   *horizons*) bounds every instance the old incarnation may have voted on only if it comes
 //!   from all peers. It then starts from the snapshot of the peer that executed most and
 //!   abstains below the horizons (see `Replica::set_horizons`).
+//! - **added** (fresh, in a configuration past epoch 0): as fresh, nobody knew it and with it
+//!   a majority answered, but it starts from the snapshot of the peer that executed most, with
+//!   zero horizons (it never voted, so it has nothing to abstain from). `config.json` holds
+//!   epoch 0 only: the configurations decided since, and the commands before this replica was
+//!   added, exist only in its peers' state. A replica empty in epoch 0 would act in a
+//!   configuration the cluster left.
 
 use std::collections::BTreeMap;
 
@@ -153,30 +159,50 @@ impl Joiner {
     }
 
     /// The decision, once the answers suffice: fresh once the members that answered (with
-    /// this replica, if it is one) make a majority of the configuration; a rejoin once every
-    /// other member answered.
+    /// this replica, if it is one) make a majority of the configuration (from a snapshot with
+    /// zero horizons past epoch 0: see the module doc); a rejoin once every other member
+    /// answered.
     pub fn decision(&self) -> Option<JoinDecision> {
         if !self.rejoin() {
             let me = usize::from(self.configuration.is_member(self.me));
-            return (self.answers.len() + me >= self.configuration.slow_quorum())
-                .then_some(JoinDecision::Fresh);
+            if self.answers.len() + me < self.configuration.slow_quorum() {
+                return None;
+            }
+            if self.configuration.epoch().0 == 0 {
+                return Some(JoinDecision::Fresh);
+            }
+            return Some(JoinDecision::Rejoin {
+                horizons: vec![0; self.rows()],
+                sources: self.sources(),
+            });
         }
         if self.others().any(|p| !self.answers.contains_key(&p)) {
             return None;
         }
-        let rows = self
-            .answers
-            .values()
-            .map(|a| a.row_ends.len())
-            .max()
-            .unwrap_or(0)
-            .max(self.configuration.rows());
-        let mut horizons = vec![0; rows];
+        let mut horizons = vec![0; self.rows()];
         for a in self.answers.values() {
             for (h, e) in horizons.iter_mut().zip(&a.row_ends) {
                 *h = (*h).max(*e);
             }
         }
+        Some(JoinDecision::Rejoin {
+            horizons,
+            sources: self.sources(),
+        })
+    }
+
+    /// The rows the answers cover (a peer that learnt a later configuration may know more).
+    fn rows(&self) -> usize {
+        self.answers
+            .values()
+            .map(|a| a.row_ends.len())
+            .max()
+            .unwrap_or(0)
+            .max(self.configuration.rows())
+    }
+
+    /// The peers to take a snapshot from, best first (most executed); joining ones have none.
+    fn sources(&self) -> Vec<ReplicaId> {
         let mut ranked: Vec<(u64, ReplicaId)> = self
             .answers
             .iter()
@@ -184,10 +210,7 @@ impl Joiner {
             .map(|(p, a)| (a.executed_prefix.iter().sum(), *p))
             .collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
-        Some(JoinDecision::Rejoin {
-            horizons,
-            sources: ranked.into_iter().map(|(_, p)| p).collect(),
-        })
+        ranked.into_iter().map(|(_, p)| p).collect()
     }
 
     /// No snapshot could be had from any source: ask everyone again (their state moved on).
@@ -208,6 +231,37 @@ mod tests {
             executed_prefix: executed,
             joining: false,
         }
+    }
+
+    #[test]
+    fn an_added_replica_takes_a_snapshot_with_zero_horizons_once_a_majority_answered() {
+        // Epoch 1 added replica 3 to 0, 1, 2: four members, a majority is three.
+        let four = Configuration::new(Epoch(1), (0..4).map(ReplicaId).collect()).expect("valid");
+        let mut j = Joiner::of(ReplicaId(3), four, false);
+        j.answered(ReplicaId(0), answer(0, vec![9, 4, 7, 0], vec![8, 4, 7, 0]))
+            .expect("well formed");
+        assert_eq!(
+            j.decision(),
+            None,
+            "one answer and itself: not three of four"
+        );
+        // Not every member needs to answer (2 may be down): nobody knew it, it never voted.
+        j.answered(ReplicaId(1), answer(0, vec![9, 5, 7, 0], vec![9, 5, 7, 0]))
+            .expect("well formed");
+        let decided = Some(JoinDecision::Rejoin {
+            horizons: vec![0, 0, 0, 0],
+            sources: vec![ReplicaId(1), ReplicaId(0)],
+        });
+        assert_eq!(j.decision(), decided);
+        let mut idle = answer(0, vec![9, 5, 7, 0], vec![0, 0, 0, 0]);
+        idle.joining = true;
+        j.answered(ReplicaId(2), idle).expect("well formed");
+        assert_eq!(
+            j.decision(),
+            decided,
+            "from a snapshot (the configurations since epoch 0 are only in the peers' state), r1 \
+             executed most, r2 is joining itself and has none to give"
+        );
     }
 
     #[test]
@@ -293,7 +347,14 @@ mod tests {
         assert_eq!(j.decision(), None, "2 of 4 is no majority");
         j.answered(ReplicaId(2), answer(0, vec![5, 3, 1, 0], vec![5, 3, 1, 0]))
             .expect("well formed");
-        assert_eq!(j.decision(), Some(JoinDecision::Fresh));
+        assert_eq!(
+            j.decision(),
+            Some(JoinDecision::Rejoin {
+                horizons: vec![0, 0, 0, 0],
+                sources: vec![ReplicaId(2), ReplicaId(0)],
+            }),
+            "past epoch 0, fresh means from a snapshot"
+        );
         assert_eq!(j.missing(), vec![ReplicaId(1)]);
 
         let mut j = Joiner::of(ReplicaId(3), e1, false);
