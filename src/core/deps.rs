@@ -240,6 +240,26 @@ pub fn keys_of(commands: &[Command]) -> Vec<(ConflictKey, bool)> {
     keys
 }
 
+/// Calls `f` with each conflict key of a batch, command by command, with whether that command
+/// writes it; repeats included, the cluster-wide pseudo-key last (written if any command
+/// reconfigures). For `ConflictIndex`, whose updates and lookups are per-row maxima: a repeat
+/// changes nothing, and a key read by one command and written by another gives what the
+/// write alone gives (the latest of any kind is at or above the latest write), so this is the
+/// same as walking [`keys_of`] without building and deduplicating its list first.
+fn each_key(commands: &[Command], mut f: impl FnMut(ConflictKey, bool)) {
+    let mut reconfigures = false;
+    for c in commands {
+        if let Some(key) = c.op.key() {
+            f(ConflictKey::Key(key.clone()), c.op.is_write());
+        }
+        f(ConflictKey::Session(c.client), true);
+        reconfigures |= c.op.is_reconfigure();
+    }
+    if !commands.is_empty() {
+        f(ConflictKey::Cluster, reconfigures);
+    }
+}
+
 impl ConflictIndex {
     pub fn new(n: usize) -> Self {
         ConflictIndex {
@@ -265,9 +285,9 @@ impl ConflictIndex {
         own_row: bool,
         deps: &mut Deps,
     ) {
-        for (key, write) in keys_of(commands) {
+        each_key(commands, |key, write| {
             let Some(rows) = self.by_key.get(&key) else {
-                continue;
+                return;
             };
             for (row, latest) in rows.iter().enumerate() {
                 let row_id = ReplicaId(row as u32);
@@ -299,13 +319,13 @@ impl ConflictIndex {
                     }
                 }
             }
-        }
+        });
     }
 
     /// Records that `instance` touches the keys of `commands`.
     pub fn record(&mut self, instance: InstanceId, commands: &[Command]) {
         let n = self.n;
-        for (key, write) in keys_of(commands) {
+        each_key(commands, |key, write| {
             let rows = self
                 .by_key
                 .entry(key)
@@ -314,13 +334,13 @@ impl ConflictIndex {
                 rows.resize(n, Latest::default());
             }
             let Some(latest) = rows.get_mut(instance.replica.index()) else {
-                continue; // a row outside the cluster: wire validation rejects these first
+                return; // a row outside the cluster: wire validation rejects these first
             };
             latest.any = latest.any.max(Some(instance.slot));
             if write {
                 latest.write = latest.write.max(Some(instance.slot));
             }
-        }
+        });
     }
 
     /// Every entry, for a checkpoint: the key and, per row, (latest slot, latest write slot).
@@ -629,6 +649,109 @@ mod tests {
                 expected.push((ConflictKey::Cluster, false));
             }
             assert_eq!(keys_of(&batch), expected, "{commands} commands");
+        }
+    }
+
+    /// `record` and `collect` as they were before `each_key`: over `keys_of`, each key once.
+    fn record_by_keys_of(ix: &mut ConflictIndex, instance: InstanceId, commands: &[Command]) {
+        let n = ix.n;
+        for (key, write) in keys_of(commands) {
+            let rows = ix
+                .by_key
+                .entry(key)
+                .or_insert_with(|| vec![Latest::default(); n]);
+            let latest = &mut rows[instance.replica.index()];
+            latest.any = latest.any.max(Some(instance.slot));
+            if write {
+                latest.write = latest.write.max(Some(instance.slot));
+            }
+        }
+    }
+    fn collect_by_keys_of(
+        ix: &ConflictIndex,
+        instance: InstanceId,
+        commands: &[Command],
+        own_row: bool,
+    ) -> Deps {
+        let mut deps = Deps::new();
+        for (key, write) in keys_of(commands) {
+            let Some(rows) = ix.by_key.get(&key) else {
+                continue;
+            };
+            for (row, latest) in rows.iter().enumerate() {
+                let row_id = ReplicaId(row as u32);
+                let slot = if key == ConflictKey::Cluster {
+                    if row_id == instance.replica && !own_row {
+                        continue;
+                    }
+                    if write {
+                        latest.any
+                    } else {
+                        latest.write
+                    }
+                } else if row_id == instance.replica {
+                    if !own_row {
+                        continue;
+                    }
+                    latest.any
+                } else if write {
+                    latest.any
+                } else {
+                    latest.write
+                };
+                if let Some(slot) = slot {
+                    let dep = InstanceId::new(row_id, slot);
+                    if dep != instance {
+                        deps.raise(dep);
+                    }
+                }
+            }
+        }
+        deps
+    }
+
+    proptest::proptest! {
+        /// Walking a batch's keys command by command, repeats included (`each_key`), records
+        /// and collects exactly what walking its deduplicated `keys_of` did: batches with
+        /// repeated keys, reads and writes of one key, shared sessions and changes.
+        #[test]
+        fn each_key_records_and_collects_what_keys_of_did(
+            batches in proptest::collection::vec(
+                (0u32..3, 0u64..6, proptest::collection::vec((0u8..4, 0u64..3, 0u8..8), 1..6)),
+                1..12,
+            ),
+            probe in (0u32..3, 0u64..8, proptest::collection::vec((0u8..4, 0u64..3, 0u8..8), 1..6)),
+            own in proptest::bool::ANY,
+        ) {
+            let batch = |ops: &[(u8, u64, u8)]| -> Vec<Command> {
+                ops.iter()
+                    .map(|&(k, client, kind)| {
+                        let key = Bytes::from(vec![b'k', k]);
+                        let op = match kind {
+                            0..=2 => Op::Get { key },
+                            7 => return Command { client: ClientId(client), ..change() },
+                            _ => Op::Put { key, value: Bytes::new() },
+                        };
+                        Command { client: ClientId(client), request: RequestId(1), op, time_ms: 0, retry: false }
+                    })
+                    .collect()
+            };
+            let (mut new, mut old) = (ConflictIndex::new(3), ConflictIndex::new(3));
+            for (row, slot, ops) in &batches {
+                let cmds = batch(ops);
+                new.record(id(*row, *slot), &cmds);
+                record_by_keys_of(&mut old, id(*row, *slot), &cmds);
+            }
+            let mut keys: Vec<_> = new.export().map(|(k, r)| (format!("{k:?}"), r.collect::<Vec<_>>())).collect();
+            let mut old_keys: Vec<_> = old.export().map(|(k, r)| (format!("{k:?}"), r.collect::<Vec<_>>())).collect();
+            keys.sort();
+            old_keys.sort();
+            proptest::prop_assert_eq!(keys, old_keys);
+            let cmds = batch(&probe.2);
+            let inst = id(probe.0, probe.1);
+            let mut got = Deps::new();
+            new.collect(inst, &cmds, own, &mut got);
+            proptest::prop_assert_eq!(got, collect_by_keys_of(&old, inst, &cmds, own));
         }
     }
 
