@@ -15,7 +15,9 @@
 //! That also keeps execution from livelocking on a component that keeps growing under constant
 //! conflicts: whatever does not reach the growing frontier runs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::core::command::Command;
 use crate::core::deps::{keys_of, ConflictKey, Deps};
@@ -68,7 +70,7 @@ pub fn order(
         }
         Node::Ready(d) => d,
     };
-    let mut marks: HashMap<InstanceId, Mark> = HashMap::new();
+    let mut marks: IdMap<Mark> = IdMap::default();
     let mut stack: Vec<InstanceId> = Vec::new();
     // The explicit call stack: (instance, its deps, next dep to look at).
     let mut calls: Vec<(InstanceId, Vec<InstanceId>, usize)> = Vec::new();
@@ -76,7 +78,7 @@ pub fn order(
 
     let mut enter = |id: InstanceId,
                      deps: Vec<InstanceId>,
-                     marks: &mut HashMap<InstanceId, Mark>,
+                     marks: &mut IdMap<Mark>,
                      stack: &mut Vec<InstanceId>,
                      calls: &mut Vec<(InstanceId, Vec<InstanceId>, usize)>| {
         marks.insert(
@@ -139,11 +141,96 @@ pub fn order(
     Outcome::Complete
 }
 
+/// A map keyed by instance id with a multiplicative hash (FxHash's) instead of SipHash: ids
+/// are not chosen by clients (a row's slots are numbered by its leader, a member of the
+/// configuration, which the protocol trusts anyway), so the DoS resistance SipHash buys for
+/// client keys is not needed here, and ids are hashed several times per executed instance.
+pub type IdMap<V> = HashMap<InstanceId, V, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`]: FxHash's rotate-xor-multiply per word.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl IdHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits (hashbrown's bucket index) the weakest: bring the
+        // well-mixed high bits down.
+        self.0.rotate_left(26)
+    }
+}
+
+/// Ascending slots, as a deque: slots of one row are mostly committed in ascending order and
+/// executed oldest first, so inserts append and removals pop the front, with no tree nodes to
+/// allocate and free per instance (a key usually holds one or two unexecuted instances).
+#[derive(Debug, Clone, Default)]
+struct SlotSet(VecDeque<u64>);
+
+impl SlotSet {
+    fn insert(&mut self, slot: u64) {
+        match self.0.back() {
+            None => self.0.push_back(slot),
+            Some(&last) if last < slot => self.0.push_back(slot),
+            _ => {
+                let at = self.0.partition_point(|&s| s < slot);
+                if self.0.get(at) != Some(&slot) {
+                    self.0.insert(at, slot);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u64) {
+        if self.0.front() == Some(&slot) {
+            self.0.pop_front();
+        } else if let Ok(at) = self.0.binary_search(&slot) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The slots at or below `slot`, ascending.
+    fn up_to(&self, slot: u64) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .range(..self.0.partition_point(|&s| s <= slot))
+            .copied()
+    }
+
+    /// The highest slot at or below `slot`.
+    fn latest_up_to(&self, slot: u64) -> Option<u64> {
+        let end = self.0.partition_point(|&s| s <= slot);
+        end.checked_sub(1).and_then(|i| self.0.get(i).copied())
+    }
+}
+
 /// Per row, the slots of committed instances not executed yet that touch one key.
 #[derive(Debug, Clone, Default)]
 struct Slots {
-    any: BTreeSet<u64>,
-    write: BTreeSet<u64>,
+    any: SlotSet,
+    write: SlotSet,
 }
 
 /// The committed instances not executed yet, per conflict key and row: where the walk finds an
@@ -153,7 +240,7 @@ pub struct Unexecuted {
     n: usize,
     by_key: HashMap<ConflictKey, Vec<Slots>>,
     /// Each instance's conflict keys, computed once when it commits.
-    footprints: HashMap<InstanceId, Vec<(ConflictKey, bool)>>,
+    footprints: IdMap<Vec<(ConflictKey, bool)>>,
 }
 
 impl Unexecuted {
@@ -161,7 +248,7 @@ impl Unexecuted {
         Unexecuted {
             n,
             by_key: HashMap::new(),
-            footprints: HashMap::new(),
+            footprints: IdMap::default(),
         }
     }
 
@@ -176,12 +263,14 @@ impl Unexecuted {
         let keys = keys_of(commands);
         for (key, write) in &keys {
             let write = *write;
+            // Built, not cloned from one empty `Slots`: cloning an empty deque still costs
+            // about a hundred instructions, and this runs for every key of every instance.
             let rows = self
                 .by_key
                 .entry(key.clone())
-                .or_insert_with(|| vec![Slots::default(); n]);
+                .or_insert_with(|| std::iter::repeat_with(Slots::default).take(n).collect());
             if rows.len() < n {
-                rows.resize(n, Slots::default());
+                rows.resize_with(n, Slots::default);
             }
             if let Some(slots) = rows.get_mut(id.replica.index()) {
                 slots.any.insert(id.slot);
@@ -199,15 +288,16 @@ impl Unexecuted {
             return;
         };
         for (key, _) in keys {
-            let Some(rows) = self.by_key.get_mut(&key) else {
+            // One hash of the key for the lookup and the removal.
+            let Entry::Occupied(mut rows) = self.by_key.entry(key) else {
                 continue;
             };
-            if let Some(slots) = rows.get_mut(id.replica.index()) {
-                slots.any.remove(&id.slot);
-                slots.write.remove(&id.slot);
+            if let Some(slots) = rows.get_mut().get_mut(id.replica.index()) {
+                slots.any.remove(id.slot);
+                slots.write.remove(id.slot);
             }
-            if rows.iter().all(|s| s.any.is_empty()) {
-                self.by_key.remove(&key);
+            if rows.get().iter().all(|s| s.any.is_empty()) {
+                rows.remove();
             }
         }
     }
@@ -251,11 +341,11 @@ impl Unexecuted {
                         edges.extend(
                             slots
                                 .any
-                                .range(..=dep.slot)
-                                .map(|s| InstanceId::new(dep.replica, *s))
+                                .up_to(dep.slot)
+                                .map(|s| InstanceId::new(dep.replica, s))
                                 .filter(|e| *e != id),
                         );
-                    } else if let Some(&slot) = slots.write.range(..=dep.slot).next_back() {
+                    } else if let Some(slot) = slots.write.latest_up_to(dep.slot) {
                         edges.push(InstanceId::new(dep.replica, slot));
                     }
                     continue;
@@ -265,7 +355,7 @@ impl Unexecuted {
                 } else {
                     &slots.write
                 };
-                if let Some(&slot) = set.range(..=dep.slot).next_back() {
+                if let Some(slot) = set.latest_up_to(dep.slot) {
                     let e = InstanceId::new(dep.replica, slot);
                     if e != id {
                         edges.push(e);
@@ -519,6 +609,54 @@ mod tests {
                     .is_empty(),
                 "reads of the cluster do not chain"
             );
+        }
+
+        proptest::proptest! {
+            /// The deque of slots answers like an ordered set under any order of inserts
+            /// (ascending, out of order, repeated) and removals (oldest, middle, absent).
+            #[test]
+            fn slot_set_is_an_ordered_set(
+                ops in proptest::collection::vec((proptest::bool::weighted(0.6), 0u64..24), 0..80),
+                probes in proptest::collection::vec(0u64..26, 1..6),
+            ) {
+                let (mut set, mut model) = (SlotSet::default(), std::collections::BTreeSet::new());
+                for (insert, slot) in ops {
+                    if insert {
+                        set.insert(slot);
+                        model.insert(slot);
+                    } else {
+                        set.remove(slot);
+                        model.remove(&slot);
+                    }
+                    proptest::prop_assert_eq!(set.is_empty(), model.is_empty());
+                    for &p in &probes {
+                        proptest::prop_assert_eq!(
+                            set.up_to(p).collect::<Vec<_>>(),
+                            model.range(..=p).copied().collect::<Vec<_>>()
+                        );
+                        proptest::prop_assert_eq!(
+                            set.latest_up_to(p),
+                            model.range(..=p).next_back().copied()
+                        );
+                    }
+                }
+            }
+        }
+
+        /// Ids spread over the buckets: sequential slots of a few rows hash to distinct
+        /// values whose low bits (the bucket index) differ too.
+        #[test]
+        fn id_hashes_of_sequential_slots_spread() {
+            use std::hash::BuildHasher;
+            let build = BuildHasherDefault::<IdHasher>::default();
+            let mut low: std::collections::HashSet<u64> = std::collections::HashSet::new();
+            for r in 0..3 {
+                for s in 0..1024u64 {
+                    low.insert(build.hash_one(id(r, s)) & 4095);
+                }
+            }
+            // 3072 ids into 4096 buckets: a uniform hash leaves about 2,300 distinct.
+            assert!(low.len() > 2000, "{} distinct low bits", low.len());
         }
 
         #[test]
