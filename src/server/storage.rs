@@ -527,8 +527,20 @@ impl Log {
     }
 }
 
+/// Frames a record straight into `buf`: the header is written after the payload was encoded in
+/// place, so the record is not encoded into a vector of its own and copied (once per record
+/// appended, the writer's hot path).
 fn frame_record(buf: &mut Vec<u8>, id: InstanceId, inst: &Instance) {
-    frame(buf, &[], &wire::record_to_proto(id, inst).encode_to_vec());
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    wire::record_to_proto(id, inst)
+        .encode(buf)
+        .expect("a Vec grows to take any message");
+    let payload = &buf[start + HEADER_BYTES..];
+    let len = u32::try_from(payload.len()).expect("records are bounded far below 4 GiB");
+    let crc = checksum(&[], payload);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Appends one frame to `out`: `length: u32 LE | crc32c(salt | payload): u32 LE | payload`.
