@@ -123,9 +123,13 @@ pub fn encode(msg: &Message) -> Bytes {
 
 /// Decodes and validates one peer message for a replica that knows `rows` rows (see
 /// [`message_from_proto`]).
-pub fn decode(bytes: &[u8], rows: usize) -> Result<Message, WireError> {
+///
+/// Decoded from the `Bytes` it arrived in, not from a byte slice: prost then takes the keys and
+/// values as slices of it (no copy), and [`op_from_proto`] makes the one copy that owns them;
+/// from a slice, each would be copied twice.
+pub fn decode(bytes: &Bytes, rows: usize) -> Result<Message, WireError> {
     use prost::Message as _;
-    message_from_proto(proto::PeerMessage::decode(bytes)?, rows)
+    message_from_proto(proto::PeerMessage::decode(bytes.clone())?, rows)
 }
 
 fn id_to_proto(id: InstanceId) -> proto::InstanceId {
@@ -776,6 +780,43 @@ mod tests {
         }
     }
 
+    /// A decoded message owns its keys and values: none is a slice of the bytes it arrived
+    /// in (which hold a whole batch of messages, pinned for as long as the store keeps one).
+    #[test]
+    fn decoded_keys_and_values_do_not_pin_the_received_bytes() {
+        let cmds = Arc::new(vec![Command {
+            client: ClientId(9),
+            request: RequestId(3),
+            op: Op::Put {
+                key: Bytes::from_static(b"a-key-of-some-length"),
+                value: Bytes::from_static(b"a-value-of-some-length"),
+            },
+            time_ms: 0,
+            retry: false,
+        }]);
+        let m = Message::PreAccept {
+            epoch: Epoch(0),
+            instance: InstanceId::new(ReplicaId(1), 4),
+            ballot: Ballot::initial(ReplicaId(1)),
+            commands: cmds,
+            deps: Deps::new(),
+        };
+        let received = encode(&m);
+        let decoded = decode(&received, 3).expect("decodes");
+        assert_eq!(decoded, m);
+        let Message::PreAccept { commands, .. } = decoded else {
+            panic!("a PreAccept decodes as one");
+        };
+        let Op::Put { key, value } = &commands[0].op else {
+            panic!("a Put decodes as one");
+        };
+        let inside = |b: &Bytes| received.as_ptr_range().contains(&b.as_ptr());
+        assert!(
+            !inside(key) && !inside(value),
+            "copied out of the received bytes"
+        );
+    }
+
     #[test]
     fn a_seal_with_more_rows_than_known_is_refused() {
         let m = Message::Sealed {
@@ -994,7 +1035,7 @@ mod tests {
 
     #[test]
     fn garbage_and_bad_ids_are_errors() {
-        assert!(decode(&[0xff, 0xff, 0xff, 0x01], 3).is_err());
+        assert!(decode(&Bytes::from_static(&[0xff, 0xff, 0xff, 0x01]), 3).is_err());
         let m = Message::AcceptOk {
             instance: InstanceId::new(ReplicaId(7), 1),
             ballot: Ballot::initial(ReplicaId(0)),
@@ -1003,7 +1044,10 @@ mod tests {
             decode(&encode(&m), 3),
             Err(WireError::UnknownReplica { id: 7, rows: 3 })
         ));
-        assert!(matches!(decode(&[], 3), Err(WireError::Missing("kind"))));
+        assert!(matches!(
+            decode(&Bytes::new(), 3),
+            Err(WireError::Missing("kind"))
+        ));
     }
 
     /// Ids are checked against the rows the replica knows, not epoch 0's size: once a
