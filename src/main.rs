@@ -9,10 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 use epaxos_kv::core::limits;
 use epaxos_kv::core::replica::Options;
-use epaxos_kv::server::certs;
 use epaxos_kv::server::config::Config;
 use epaxos_kv::server::runtime::{self, RuntimeOptions};
 use epaxos_kv::server::storage::Sync;
+use epaxos_kv::server::{added, certs};
 
 /// One replica of the EPaxos* key/value service.
 #[derive(Parser, Debug)]
@@ -35,6 +35,18 @@ struct Args {
     /// This replica's id in the configuration.
     #[arg(long, required = true)]
     id: Option<u32>,
+    /// Where peers reach this replica: only for a replica being added (an id not in
+    /// config.json), with --client-addr and --metrics-addr; kept in its data directory for
+    /// later starts.
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// Where clients reach this replica (an added replica only, see --peer-addr).
+    #[arg(long)]
+    client_addr: Option<String>,
+    /// Where Prometheus reaches this replica's /metrics (an added replica only, see
+    /// --peer-addr).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Plaintext listeners and peer links, nobody authenticated (every replica and client of
     /// the cluster must then run with --insecure). For experiments only; the default is TLS.
     #[arg(long)]
@@ -135,6 +147,16 @@ enum Sub {
         /// Cluster configuration file.
         #[arg(long, default_value = "config.json")]
         config: String,
+        /// Also the certificate of replica ID, being added (not in config.json), reached at
+        /// --peer-addr and --client-addr.
+        #[arg(long, requires_all = ["peer_addr", "client_addr"])]
+        id: Option<u32>,
+        /// The added replica's peer address (with --id).
+        #[arg(long, requires = "id")]
+        peer_addr: Option<String>,
+        /// The added replica's client address (with --id).
+        #[arg(long, requires = "id")]
+        client_addr: Option<String>,
     },
 }
 
@@ -193,8 +215,29 @@ fn main() -> anyhow::Result<()> {
             .init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    if let Some(Sub::Certs { config }) = &args.command {
-        let config = Config::load(config).context("loading the cluster configuration")?;
+    if let Some(Sub::Certs {
+        config,
+        id,
+        peer_addr,
+        client_addr,
+    }) = &args.command
+    {
+        let mut config = Config::load(config).context("loading the cluster configuration")?;
+        if let Some(id) = *id {
+            // An added replica's entry, for its certificate only (see `server::added`).
+            let given = added::Given {
+                peer_addr: peer_addr.clone(),
+                client_addr: client_addr.clone(),
+                metrics_addr: Some("127.0.0.1:1".into()),
+            };
+            let nowhere = std::path::Path::new("/nonexistent-epaxos-certs");
+            let (entry, added) = added::own_entry(&config, id, &given, nowhere)
+                .map_err(anyhow::Error::msg)
+                .context("checking --id")?;
+            if added {
+                config.replicas.push(entry);
+            }
+        }
         let created = certs::ensure(&config).context("creating certificates")?;
         for path in &created {
             println!("created {}", path.display());
@@ -208,7 +251,21 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("--id is required");
     };
     let config = Config::load(&args.config).context("loading the cluster configuration")?;
-    let me = config.replica(id).context("checking --id")?.id;
+    let data_dir: std::path::PathBuf = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| format!("data/replica-{id}").into());
+    let given = added::Given {
+        peer_addr: args.peer_addr.clone(),
+        client_addr: args.client_addr.clone(),
+        metrics_addr: args.metrics_addr.clone(),
+    };
+    let (entry, is_added) = added::own_entry(&config, id, &given, &data_dir)
+        .map_err(anyhow::Error::msg)
+        .context("checking --id")?;
+    let me = entry.id;
+    // An added replica's core starts with epoch 0's rows like any other; it learns the
+    // configurations that added it from its peers (see `server::join`).
     let mut core = Options::new(me, config.n());
     core.thrifty = args.thrifty;
     core.batch_max = args.batch_max;
@@ -241,10 +298,7 @@ fn main() -> anyhow::Result<()> {
     opts.request_bytes_max = args.request_bytes_max;
     opts.checkpoint_every = args.checkpoint_every;
     opts.insecure = args.insecure;
-    opts.data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| format!("data/replica-{id}").into());
+    opts.data_dir = data_dir;
     opts.sync = match args.sync {
         SyncArg::Fsync => Sync::Fsync,
         SyncArg::None => {
@@ -255,7 +309,11 @@ fn main() -> anyhow::Result<()> {
         }
     };
     opts.validate().context("checking the options")?;
-    let entry = config.replica(id).context("checking --id")?;
+    if is_added {
+        added::keep(&opts.data_dir, &entry)
+            .map_err(anyhow::Error::msg)
+            .context("keeping the added replica's addresses")?;
+    }
     // What runs, from where, with what: the first line an operator looks for.
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -271,6 +329,7 @@ fn main() -> anyhow::Result<()> {
         tls = !opts.insecure,
         cert_dir = %config.tls.cert_dir.display(),
         thrifty = args.thrifty,
+        added = is_added,
         "starting replica"
     );
 
@@ -283,7 +342,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let result = rt.block_on(async move {
-        runtime::serve(config, me, opts, shutdown_signal())
+        runtime::serve(config, entry, opts, shutdown_signal())
             .await
             .with_context(|| format!("replica {id}"))
     });

@@ -14,6 +14,9 @@ pub enum Health {
     Serving,
     /// A new data directory waiting to join its cluster: it serves nothing.
     Joining,
+    /// A replica being added: not a member of the configuration it knows, it asks the members
+    /// to Join until an admin adds it (`client member add`). It serves nothing.
+    NotMember,
     /// Rejoined but below its horizons somewhere: it counts as a failed replica until it has
     /// caught up (see `Replica::abstaining`).
     Abstaining,
@@ -60,6 +63,11 @@ impl fmt::Display for Health {
             Health::Joining => write!(
                 f,
                 "joining: a new data directory waits to join its cluster and serves nothing yet"
+            ),
+            Health::NotMember => write!(
+                f,
+                "not a member yet: waits until an admin adds it (client member add), then joins \
+                 from a member's snapshot"
             ),
             Health::Abstaining => write!(
                 f,

@@ -69,6 +69,9 @@ pub async fn run(
     let mut joiner = Joiner::of(me, configuration, interrupted);
     let mut backoff = ASK_AGAIN;
     let mut reported = tokio::time::Instant::now();
+    // The last refusal of each peer, for the periodic report (a replica being added is told
+    // it is not a member until the change adding it executed).
+    let mut refused: std::collections::BTreeMap<ReplicaId, String> = Default::default();
     loop {
         for peer in joiner.missing() {
             let request = JoinRequest {
@@ -104,7 +107,10 @@ pub async fn run(
                         }
                     }
                 }
-                Err(e) => tracing::debug!(%peer, error = %e, "join not answered"),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "join not answered");
+                    refused.insert(peer, e);
+                }
             }
         }
         match joiner.decision() {
@@ -129,12 +135,27 @@ pub async fn run(
         if reported.elapsed() >= REPORT_EVERY {
             reported = tokio::time::Instant::now();
             let missing: Vec<String> = joiner.missing().iter().map(|p| p.to_string()).collect();
-            tracing::warn!(
-                missing = missing.join(","),
-                rejoin = joiner.rejoin(),
-                "joining: waiting for peers to answer (a replica that lost its data waits for \
-                 every peer, a new one for a majority)"
-            );
+            let answers: Vec<String> = refused
+                .iter()
+                .filter(|(p, _)| joiner.missing().contains(p))
+                .map(|(p, e)| format!("{p}: {e}"))
+                .collect();
+            if members.is_member(me) {
+                tracing::warn!(
+                    missing = missing.join(","),
+                    rejoin = joiner.rejoin(),
+                    refused = answers.join("; "),
+                    "joining: waiting for peers to answer (a replica that lost its data waits \
+                     for every peer, a new one for a majority)"
+                );
+            } else {
+                tracing::warn!(
+                    configuration = %members,
+                    refused = answers.join("; "),
+                    "not a member yet: asking the members to Join until an admin adds this \
+                     replica (client member add)"
+                );
+            }
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }

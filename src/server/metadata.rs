@@ -11,6 +11,7 @@ use prost::Message as _;
 
 use crate::core::epoch::{self, Configuration, Epoch};
 use crate::core::ids::{Incarnation, ReplicaId};
+use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::membership::Membership;
 use crate::core::replica::{Decided, Seal};
 use crate::proto;
@@ -126,15 +127,44 @@ impl Metadata {
     }
 
     /// Makes the peers' incarnations durable.
+    /// The record never covers fewer rows than it did (the node's table may be shorter than
+    /// rows a configuration stored here added: see [`Metadata::cover_rows`]).
     pub fn store_peers(&mut self, peers: &[Option<Incarnation>]) -> Result<(), StorageError> {
+        let rows = self.peers.len().max(peers.len());
         self.peers = peers.to_vec();
+        self.peers.resize(rows, None);
         self.store()
     }
 
     /// Makes the membership durable.
     pub fn store_membership(&mut self, membership: &Membership) -> Result<(), StorageError> {
+        if let Membership::Joined { horizons } = membership {
+            self.cover_rows(horizons.len());
+        }
         self.membership = membership.clone();
         self.store()
+    }
+
+    /// Makes the record cover `rows` rows (its cluster size: what the log and checkpoint are
+    /// read against at the next start). A configuration that added ids is stored before any
+    /// record of their rows can be (an added replica adopts it before it joins; a member
+    /// executes the change before it leads or learns their instances), so the log never holds
+    /// a row the record does not cover.
+    fn cover_rows(&mut self, rows: usize) {
+        let rows = rows.min(MEMBERS_EVER_MAX);
+        if self.peers.len() < rows {
+            self.peers.resize(rows, None);
+        }
+        if let Membership::Joined { horizons } = &mut self.membership {
+            if horizons.len() < rows {
+                horizons.resize(rows, 0);
+            }
+        }
+    }
+
+    /// One past the highest id of `members`.
+    fn rows_of(members: &[Member]) -> usize {
+        members.iter().map(|m| m.id.index() + 1).max().unwrap_or(0)
     }
 
     /// The configuration recorded here, if one past epoch 0 was (see `members::Members`).
@@ -149,6 +179,7 @@ impl Metadata {
     pub fn store_configuration(&mut self, members: &Members) -> Result<(), StorageError> {
         self.epoch = members.epoch();
         self.members = members.members().to_vec();
+        self.cover_rows(Self::rows_of(members.members()));
         self.store()
     }
 
@@ -172,6 +203,8 @@ impl Metadata {
                     Members::member_from_parts(m.id.0, &m.peer_addr, &m.client_addr).ok()
                 })
                 .collect();
+            let ever = decided.ever.iter().map(|id| id.index() + 1).max();
+            self.cover_rows(Self::rows_of(members.members()).max(ever.unwrap_or(0)));
         }
         if let Some(seals) = seals {
             self.seals = seals.to_vec();
@@ -497,6 +530,32 @@ mod tests {
         d
     }
 
+    /// An added replica (id 3 of a config.json of 3) adopts a configuration with its id, then
+    /// joins with 4 horizons while the node's incarnation table still has 3 entries: the record
+    /// covers 4 rows throughout, so a restart reads its log (rows of replica 3) with 4.
+    #[test]
+    fn the_record_covers_the_rows_of_the_configurations_it_stored() {
+        let d = dir();
+        let mut m = Metadata::open(&d, ReplicaId(3), 3).expect("new");
+        let member = |id: u32| {
+            Members::member_from_parts(id, &format!("127.0.0.1:{}", 7170 + id), "127.0.0.1:1")
+                .expect("valid")
+        };
+        let grown = Members::new(1, (0..4).map(member).collect()).expect("valid");
+        m.store_configuration(&grown).expect("store");
+        assert_eq!(recorded_size_and_epoch(&d).expect("read"), Some((4, 1)));
+        m.store_peers(&[Incarnation::new(7), None, None])
+            .expect("a shorter table");
+        assert_eq!(m.peers.len(), 4, "never fewer rows");
+        m.store_membership(&Membership::Joined {
+            horizons: vec![0; 4],
+        })
+        .expect("joined");
+        let again = Metadata::open(&d, ReplicaId(3), 4).expect("read with 4 rows");
+        assert_eq!(again.peers[0], Incarnation::new(7));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn metadata_is_drawn_once_then_each_change_is_durable() {
         let d = dir();
@@ -641,14 +700,15 @@ mod tests {
         };
         let decided = Members::new(2, vec![member(3), member(1), member(0)]).expect("valid");
         m.store_configuration(&decided).expect("stored");
-        let again = Metadata::open(&d, ReplicaId(1), 3).expect("read");
+        // It added replica 3: the record covers its row.
+        let again = Metadata::open(&d, ReplicaId(1), 4).expect("read");
         assert_eq!(again.configuration(), Some(decided));
         assert_eq!(again.epoch, 2);
         // A later epoch without its members is damage, not a configuration.
         let mut broken = again;
         broken.members.clear();
         broken.store().expect("written");
-        let err = Metadata::open(&d, ReplicaId(1), 3).expect_err("refused");
+        let err = Metadata::open(&d, ReplicaId(1), 4).expect_err("refused");
         assert!(err.to_string().contains("epoch 2 has no members"), "{err}");
         std::fs::remove_dir_all(&d).expect("clean up");
     }
@@ -702,14 +762,15 @@ mod tests {
         ];
         m.store_epochs(Some((&next, &decided)), Some(&seals))
             .expect("stored");
-        let again = Metadata::open(&d, ReplicaId(0), 3).expect("read");
+        // Replica 3 was a member: the record covers its row.
+        let again = Metadata::open(&d, ReplicaId(0), 4).expect("read");
         assert_eq!(again.configuration(), Some(next));
         assert_eq!(again.decided(), Some(decided));
         assert_eq!(again.seals, seals);
         // Seals alone keep the configuration.
         let mut again = again;
         again.store_epochs(None, Some(&seals[1..])).expect("stored");
-        let last = Metadata::open(&d, ReplicaId(0), 3).expect("read");
+        let last = Metadata::open(&d, ReplicaId(0), 4).expect("read");
         assert_eq!((last.epoch, &last.seals[..]), (2, &seals[1..]));
         std::fs::remove_dir_all(&d).expect("clean up");
     }

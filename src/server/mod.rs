@@ -2,6 +2,7 @@
 //! loop, per-peer links, the durable log and metrics. It decodes, stamps the time, feeds the
 //! core and carries out what the core decided; protocol decisions belong in [`crate::core`].
 
+pub mod added;
 pub mod admission;
 pub mod backoff;
 pub mod certs;

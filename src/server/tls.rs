@@ -379,6 +379,28 @@ impl PeerAuth {
     /// names no replica that is or was a member (a client's, another cluster's), or several, is
     /// refused.
     pub fn identify<T>(&self, req: &Request<T>, call: &str) -> Result<Option<ReplicaId>, Status> {
+        self.identify_among(req, call, |id| self.ids.was_member(id))
+    }
+
+    /// As [`identify`](Self::identify), for a Join: the certificate may name any id there can
+    /// be, a member or not (a replica being added asks to Join before it is one; the cluster
+    /// CA signed its certificate, which the handshake checked).
+    pub fn identify_joiner<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+    ) -> Result<Option<ReplicaId>, Status> {
+        self.identify_among(req, call, |id| {
+            (id as usize) < crate::core::limits::MEMBERS_EVER_MAX
+        })
+    }
+
+    fn identify_among<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+        known: impl Fn(u32) -> bool,
+    ) -> Result<Option<ReplicaId>, Status> {
         let Some(cluster) = &self.cluster_name else {
             return Ok(None);
         };
@@ -391,10 +413,7 @@ impl PeerAuth {
         };
         let named =
             named_replicas(leaf.as_ref(), cluster).map_err(|e| self.refuse(remote, call, e))?;
-        let mut ids: Vec<u32> = named
-            .into_iter()
-            .filter(|id| self.ids.was_member(*id))
-            .collect();
+        let mut ids: Vec<u32> = named.into_iter().filter(|id| known(*id)).collect();
         ids.sort_unstable();
         ids.dedup();
         match ids[..] {

@@ -200,7 +200,9 @@ impl Options {
 
     /// Checks the relations between the tunables.
     pub fn validate(&self) -> Result<(), OptionsError> {
-        if self.n == 0 || self.id.index() >= self.n {
+        // An id beyond epoch 0's `n` is a replica being added (issue 15): it joins from a
+        // peer's snapshot, which gives it the rows of the configuration that added it.
+        if self.n == 0 || self.id.index() >= limits::MEMBERS_EVER_MAX {
             return Err(OptionsError::Id(self.id, self.n));
         }
         // Quorums are sized for N = 2F+1; with N even they need not intersect.

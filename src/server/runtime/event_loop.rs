@@ -125,7 +125,15 @@ pub(super) struct EventLoop {
     pub(super) deferred_install: Option<Box<join::Snapshot>>,
     /// Why the replica must stop (the loop returns it once the current events are handled).
     pub(super) stop: Option<RuntimeError>,
+    /// Replicas not in the configuration that asked to Join, and when they last did (a replica
+    /// being added knocks this way): `MemberAdd` of an id that has not knocked lately is
+    /// refused ("start replica N first"). At most one entry per id there can be.
+    pub(super) knocked: HashMap<ReplicaId, Instant>,
 }
+
+/// A `MemberAdd` needs a Join from the new replica this recent (it asks at least every second
+/// while it waits to be added: see `join::ASK_AGAIN`).
+pub(super) const KNOCK_FRESH: Duration = Duration::from_secs(10);
 
 /// Round trips measured at once, at most (beyond, a send is not timed).
 pub(super) const RTT_PENDING_MAX: usize = 4096;
@@ -164,6 +172,7 @@ pub(super) async fn run_loop(
         checkpoint_writing: false,
         deferred_install: None,
         stop: None,
+        knocked: HashMap::new(),
         abstaining: false,
         heard: vec![Instant::now(); limits::MEMBERS_EVER_MAX],
         rtt_sent: HashMap::new(),
@@ -400,6 +409,27 @@ impl EventLoop {
                 }
             }
             Event::Reconfigure { change, reply, at } => {
+                if let Change::Add(m) = &change {
+                    let fresh = self
+                        .knocked
+                        .get(&m.id)
+                        .is_some_and(|at| at.elapsed() < KNOCK_FRESH);
+                    if !fresh && !self.node.configuration_members().ever.contains(&m.id) {
+                        let _ = reply.send(Err(Status::failed_precondition(format!(
+                            "start replica {id} first (replica --id {id} --config config.json \
+                             --peer-addr {} --client-addr {} --metrics-addr HOST:PORT): no Join \
+                             from it reached replica {} in the last {}s, and the new \
+                             configuration counts it; the current members are {}",
+                            m.peer_addr,
+                            m.client_addr,
+                            self.me.0,
+                            KNOCK_FRESH.as_secs(),
+                            ids_text(self.node.configuration().members()),
+                            id = m.id.0,
+                        ))));
+                        return;
+                    }
+                }
                 let token = self.next_token;
                 self.next_token += 1;
                 let epoch = self.node.configuration().epoch();
@@ -480,6 +510,17 @@ impl EventLoop {
                 incarnation,
                 reply,
             } => {
+                if from != self.me
+                    && !self.members.is_member(from)
+                    && from.index() >= self.node.rows()
+                {
+                    // Not a member of anything known here: a replica being added, perhaps.
+                    if self.knocked.insert(from, Instant::now()).is_none() {
+                        tracing::info!(peer = %from, configuration = %self.members,
+                            "a replica that is not a member asks to join: it counts as live for \
+                             a `client member add` of it");
+                    }
+                }
                 let token = self.next_token;
                 self.next_token += 1;
                 self.joins.insert(
@@ -608,7 +649,9 @@ impl EventLoop {
             "config.json is older than the cluster's configuration: the cluster's rules");
         if !later.is_member(self.me) {
             self.stop = Some(RuntimeError::Members(format!(
-                "replica {} is not a member of the cluster's configuration, {later}; config.json                  is stale ({}): start a member's id, or add this replica first (client member                  add)",
+                "replica {} is not a member of the cluster's configuration, {later}; config.json \
+                 is stale ({}): start a member's id, or add this replica first (client member \
+                 add)",
                 self.me.0, self.members
             )));
             return;
@@ -785,6 +828,9 @@ impl EventLoop {
             .iter()
             .filter(|m| m.id == self.me || self.reachable(m.id, now))
             .count();
+        if self.node.joining() && !self.members.is_member(self.me) {
+            return Health::NotMember;
+        }
         // Catching up from a snapshot serves nothing, like joining.
         let joining = self.node.joining() || self.node.catching_up().is_some();
         Health::assess(joining, core.abstaining(), reachable, n)
@@ -899,6 +945,14 @@ impl EventLoop {
                 answer
                     .map(|a| join_reply(a, &members))
                     .map_err(|e| match e {
+                        Refusal::BadJoin if self.knocked.contains_key(&from) => {
+                            Status::failed_precondition(format!(
+                                "replica {} is not a member of the cluster's configuration, \
+                                 {members}: it waits until an admin adds it (client member add \
+                                 {} PEER_ADDR CLIENT_ADDR)",
+                                from.0, from.0
+                            ))
+                        }
                         Refusal::BadJoin => Status::invalid_argument(e.to_string()),
                         _ => Status::unavailable(e.to_string()),
                     }),

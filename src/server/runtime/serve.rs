@@ -32,16 +32,17 @@ pub(super) async fn bind(
     Err(RuntimeError::Listen(addr.to_string(), errors.join("; ")))
 }
 
-/// Runs replica `id` of `config` until `shutdown` completes.
+/// Runs replica `me` (config.json's entry, or that of a replica being added: see
+/// `server::added`) of the cluster `config` seeds, until `shutdown` completes.
 pub async fn serve(
     config: Config,
-    id: ReplicaId,
+    me: crate::server::config::Replica,
     opts: RuntimeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     opts.validate()?;
     let new_dir = storage::is_new(&opts.data_dir);
-    let me = config.replicas[id.index()].clone();
+    let id = me.id;
     // Certificates first: a replica that cannot serve securely says so before anything else.
     let security = if opts.insecure {
         None
@@ -106,6 +107,12 @@ pub async fn serve(
     let (members, differs) = Members::at_start(&config, metadata.configuration());
     if let Some(both) = differs {
         tracing::warn!(%both, "the data directory's configuration wins over config.json's");
+    }
+    if !members.is_member(id) && membership == Membership::Joining {
+        tracing::warn!(replica = %id, configuration = %members,
+            "this replica is not a member of the configuration it knows: it asks the members to \
+             Join until an admin adds it (client member add {} {} {})",
+            id.0, me.peer_addr, me.addr);
     }
     let members = Arc::new(members);
     let (members_tx, members_rx) = watch::channel(members.clone());

@@ -201,10 +201,10 @@ impl ClientService {
 }
 
 impl ClientService {
-    /// `MemberAdd`: an admin's request to add a member, checked here (who asks, what it names),
-    /// then refused: the core decides an Add, but an added replica cannot catch up and vote
-    /// yet (issue 15, step 5), so a cluster that took one would count a member that never
-    /// answers. UNIMPLEMENTED, naming the configuration that stays; nothing is changed.
+    /// `MemberAdd`: an admin's request to add a member, checked here (who asks, what it
+    /// names), then proposed to the core like a removal (see [`Self::member_remove_call`]).
+    /// The new replica must have been started first: the event loop refuses an id whose Join
+    /// has not reached it lately (FAILED_PRECONDITION "start replica N first").
     pub(super) async fn member_add_call(
         &self,
         request: Request<proto::MemberAddRequest>,
@@ -216,13 +216,16 @@ impl ClientService {
             .ok_or_else(|| Status::invalid_argument("MemberAdd: no member given"))?;
         let member = Members::member_from_parts(m.id, &m.peer_addr, &m.client_addr)
             .map_err(|e| Status::invalid_argument(format!("MemberAdd: {e}")))?;
-        let members = self.members.borrow().clone();
-        Err(Status::unimplemented(format!(
-            "cannot add replica {} (peer {}, client {}): this version cannot add members yet \
-             (an added replica cannot catch up and vote: issue 15, step 5); removing one works; \
-             the configuration stays {members}",
+        let what = format!(
+            "add replica {} (peer {}, client {})",
             member.id.0, member.peer_addr, member.client_addr
-        )))
+        );
+        let change = Change::Add(crate::core::epoch::Member {
+            id: member.id,
+            peer_addr: member.peer_addr.to_string(),
+            client_addr: member.client_addr.to_string(),
+        });
+        self.change_membership(change, &what).await
     }
 
     /// `MemberRemove`: proposed to the core as a membership change (`Node::propose_reconfigure`
@@ -313,14 +316,17 @@ impl Peer for PeerService {
         &self,
         request: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinReply>, Status> {
-        let identity = self.auth.identify(&request, "Join")?;
+        // A replica not yet a member asks too (it is being added): it is let through, only
+        // here, so that the node records it knocking (see `Node::answer_join`).
+        let identity = self.auth.identify_joiner(&request, "Join")?;
         let remote = request.remote_addr();
         let req = request.into_inner();
         self.auth.check(identity, req.from, remote, "Join")?;
-        if !self.ids.was_member(req.from) {
+        if req.from as usize >= limits::MEMBERS_EVER_MAX {
             return Err(Status::invalid_argument(format!(
-                "replica {} is not in the configuration",
-                req.from
+                "replica {}: ids go up to {}",
+                req.from,
+                limits::MEMBERS_EVER_MAX - 1
             )));
         }
         if !self.joins.admit(req.from as usize, Instant::now()) {
