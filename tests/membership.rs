@@ -2,8 +2,9 @@
 //! `client status` and the metrics say about the epoch and its members, and who may make the
 //! admin calls (`MemberAdd`, `MemberRemove`) on the client listener.
 //!
-//! Removing a live member under load works end to end (`client member remove`); adding one is
-//! refused with UNIMPLEMENTED (an added replica cannot catch up and vote yet: issue 15, step 5).
+//! Under a client writing throughout: removing a live member; growing 3 → 5 by adding replicas
+//! started with their addresses on the command line (not in config.json), then shrinking back
+//! to 3; replacing a dead member by a new replica on a new address.
 
 mod common;
 
@@ -226,17 +227,28 @@ async fn admin_calls_need_the_cluster_client_certificate() {
     let (code, out, err) = run_client(&cluster.config, &["member", "remove", "9"]);
     assert_eq!(code, Some(2), "{out}{err}");
     assert!(err.contains("InvalidArgument"), "{err}");
-    // Adding a member is not built: refused, saying so, nothing changed.
+    // Adding a replica that was never started (never asked to Join): refused, saying what to
+    // do, nothing changed.
     let (code, out, err) = run_client(
         &cluster.config,
         &["member", "add", "3", "127.0.0.1:1", "127.0.0.1:2"],
     );
     assert_eq!(code, Some(2), "{out}{err}");
     assert!(
-        err.contains("Unimplemented")
+        err.contains("FailedPrecondition")
             && err.contains("cannot add replica 3")
-            && err.contains("cannot add members yet")
-            && err.contains("the configuration stays epoch 0: 0 (peer"),
+            && err.contains("start replica 3 first")
+            && err.contains("the current members are 0, 1, 2"),
+        "{err}"
+    );
+    // An id that is a member already: the core's refusal.
+    let (code, out, err) = run_client(
+        &cluster.config,
+        &["member", "add", "1", "127.0.0.1:1", "127.0.0.1:2"],
+    );
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("ids are never reused"),
         "{err}"
     );
     let (code, _, err) = run_client(&cluster.config, &["member", "add", "3", "nohost", "x:1"]);
@@ -986,5 +998,345 @@ async fn removing_a_dead_member_works_and_a_change_without_a_live_majority_is_re
     assert_eq!((r.found, r.value.as_ref()), (true, &b"v"[..]));
     cluster
         .converged_among(&[0, 2], Duration::from_secs(20))
+        .await;
+}
+
+/// A client writing throughout a test: one session per target replica, alternating, each
+/// acknowledged write kept (key, value).
+struct Load {
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    /// Starts writing keys `<prefix><i>` at the replicas `at`, in turn.
+    async fn start(cluster: &Cluster, at: &[usize], prefix: &str) -> Load {
+        let mut clients = Vec::new();
+        for &i in at {
+            clients.push(cluster.client(i).await.expect("connect"));
+        }
+        let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = prefix.to_string();
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut sessions: Vec<Session> = clients.iter().map(|_| Session::new()).collect();
+                let mut failed = 0u64;
+                for i in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let at = i as usize % clients.len();
+                    let (key, value) = (format!("{prefix}{i}"), format!("v{i}"));
+                    let call = sessions[at].call(&mut clients[at], put(&key, &value));
+                    match tokio::time::timeout(Duration::from_secs(10), call).await {
+                        Ok(Ok(r)) if r.success => {
+                            acked.lock().expect("not poisoned").push((key, value));
+                        }
+                        _ => {
+                            failed += 1;
+                            // Backoff before the next write.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                failed
+            })
+        };
+        Load { acked, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("not poisoned").len()
+    }
+
+    /// Waits (bounded) until `more` further writes were acknowledged.
+    async fn wait_more(&self, more: usize, what: &str) {
+        let want = self.count() + more;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count() < want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: fewer than {more} more writes acknowledged within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops writing: the acknowledged writes and the number of failed attempts.
+    async fn stop(self) -> (Vec<(String, String)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failed = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the writer stops")
+            .expect("writer task");
+        let acked = self.acked.lock().expect("not poisoned").clone();
+        (acked, failed)
+    }
+}
+
+/// Every write of `acked` reads back at replica `i`.
+async fn read_back(cluster: &Cluster, i: usize, acked: &[(String, String)]) {
+    let mut c = cluster.client(i).await.expect("connect");
+    let mut reader = Session::new();
+    for (key, value) in acked {
+        let r = reader.call(&mut c, get(key)).await.expect("read");
+        assert_eq!(
+            (r.found, r.value.as_ref()),
+            (true, value.as_bytes()),
+            "{key} at replica {i}"
+        );
+    }
+}
+
+/// `client member ARGS` off the async runtime, expected to succeed: its output.
+async fn member(cluster: &Cluster, args: &[&str]) -> String {
+    let config = cluster.config.clone();
+    let mut all = vec!["member".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_client(&config, &args)
+    })
+    .await
+    .expect("client thread");
+    assert_eq!(code, Some(0), "member {args:?}: {out}{err}");
+    out
+}
+
+/// What `client member add|remove` prints for `epoch` with the members `ids`.
+fn change_output(cluster: &Cluster, epoch: u64, ids: &[usize]) -> String {
+    let mut out = format!("epoch {epoch}\n");
+    for &i in ids {
+        out.push_str(&format!("{i} {} {}\n", cluster.peers[i], cluster.addrs[i]));
+    }
+    out
+}
+
+/// `client member add ID` of a replica started by `Cluster::start_added`.
+async fn add(cluster: &Cluster, id: usize) -> String {
+    let (peer, client) = (cluster.peers[id].clone(), cluster.addrs[id].clone());
+    member(cluster, &["add", &id.to_string(), &peer, &client]).await
+}
+
+/// A write at replica `i`, retried (bounded) until it is acknowledged: how long that took.
+async fn first_write(cluster: &Cluster, i: usize, key: &str) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    let mut session = Session::new();
+    loop {
+        if let Ok(mut c) = cluster.client(i).await {
+            match session.call(&mut c, put(key, "x")).await {
+                Ok(r) if r.success => return started.elapsed(),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "replica {i}: no write within 20 s: {other:?}\n{}",
+                    cluster.log_tail(i, 30)
+                ),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A started replica that was not added yet says so: in its log, in Status (joining, not
+/// serving, the members without it, health "not a member yet"), and to clients.
+async fn not_a_member_yet(cluster: &Cluster, id: usize, members: &[u32]) {
+    let s = cluster.status(id).await;
+    assert!(s.joining && !s.serving, "{s:?}");
+    assert!(s.health.contains("not a member yet"), "{s:?}");
+    assert_eq!(ids(&s), members);
+    let log = cluster.log(id);
+    assert!(
+        log.contains("is not a member of the configuration it knows"),
+        "{log}"
+    );
+    let mut c = cluster.client(id).await.expect("connect");
+    let refused = Session::new()
+        .call(&mut c, put("k", "v"))
+        .await
+        .expect_err("not a member");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::FailedPrecondition | tonic::Code::Unavailable
+        ),
+        "{refused:?}"
+    );
+}
+
+/// A removed replica refuses writes, naming the members (and not itself).
+async fn refuses_naming(cluster: &Cluster, id: usize, members: &[usize]) {
+    let mut c = cluster.client(id).await.expect("connect");
+    let refused = Session::new()
+        .call(&mut c, put("k", "v"))
+        .await
+        .expect_err("removed");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let message = refused.message();
+    assert!(
+        message.contains(&format!("replica {id} is not a member")),
+        "{refused:?}"
+    );
+    for &m in members {
+        assert!(
+            message.contains(&format!("{m} (peer {}", cluster.peers[m])),
+            "{refused:?}"
+        );
+    }
+    assert!(!message.contains(&format!("{id} (peer")), "{refused:?}");
+}
+
+/// Growing 3 → 5 and shrinking back to 3 while a client writes (issue 15): replicas 3 and 4,
+/// not in config.json, are started with their addresses on the command line, say they are not
+/// members, and are added one at a time (`client member add`, epochs 1 and 2); each joins from a
+/// peer's snapshot and takes writes; the five converge to one digest and every acknowledged
+/// write reads back at each. Then `member remove 4` and `member remove 3` (epochs 3 and 4): the
+/// removed replicas refuse writes naming 0, 1, 2, and the three converge with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_3_to_5_and_shrinking_back_under_load() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let load = Load::start(&cluster, &[0, 1], "grow").await;
+    load.wait_more(20, "before the changes").await;
+
+    let three = cluster.start_added().await;
+    assert_eq!(three, 3);
+    not_a_member_yet(&cluster, 3, &[0, 1, 2]).await;
+    assert_eq!(
+        add(&cluster, 3).await,
+        change_output(&cluster, 1, &[0, 1, 2, 3])
+    );
+    let s3 = status_until(&cluster, 3, "joined epoch 1", |s| {
+        !s.joining && s.epoch == 1
+    })
+    .await;
+    assert_eq!(ids(&s3), [0, 1, 2, 3]);
+    first_write(&cluster, 3, "at-3").await;
+    load.wait_more(20, "after adding 3").await;
+
+    let four = cluster.start_added().await;
+    assert_eq!(four, 4);
+    not_a_member_yet(&cluster, 4, &[0, 1, 2]).await;
+    assert_eq!(
+        add(&cluster, 4).await,
+        change_output(&cluster, 2, &[0, 1, 2, 3, 4])
+    );
+    status_until(&cluster, 4, "joined epoch 2", |s| {
+        !s.joining && s.epoch == 2
+    })
+    .await;
+    first_write(&cluster, 4, "at-4").await;
+    load.wait_more(20, "after adding 4").await;
+    let (grown, failed) = load.stop().await;
+    let all = [0, 1, 2, 3, 4];
+    cluster.converged_among(&all, Duration::from_secs(30)).await;
+    for i in all {
+        let s = cluster.status(i).await;
+        assert_eq!((s.epoch, ids(&s)), (2, vec![0, 1, 2, 3, 4]), "replica {i}");
+        read_back(&cluster, i, &grown).await;
+    }
+    eprintln!(
+        "grow 3 -> 5: {} writes acknowledged, {failed} failed attempts",
+        grown.len()
+    );
+
+    // Shrink back to 3, removing the added replicas, under a new writer.
+    let load = Load::start(&cluster, &[0, 1, 2], "shrink").await;
+    load.wait_more(20, "before shrinking").await;
+    assert_eq!(
+        member(&cluster, &["remove", "4"]).await,
+        change_output(&cluster, 3, &[0, 1, 2, 3])
+    );
+    load.wait_more(20, "after removing 4").await;
+    assert_eq!(
+        member(&cluster, &["remove", "3"]).await,
+        change_output(&cluster, 4, &[0, 1, 2])
+    );
+    load.wait_more(20, "after removing 3").await;
+    let (shrunk, failed) = load.stop().await;
+    status_until(&cluster, 3, "epoch 4", |s| s.epoch == 4).await;
+    refuses_naming(&cluster, 3, &[0, 1, 2]).await;
+    status_until(&cluster, 4, "removed", |s| s.epoch >= 3).await;
+    refuses_naming(&cluster, 4, &[0, 1, 2]).await;
+    cluster
+        .converged_among(&[0, 1, 2], Duration::from_secs(30))
+        .await;
+    for i in 0..3 {
+        read_back(&cluster, i, &grown).await;
+        read_back(&cluster, i, &shrunk).await;
+    }
+    eprintln!(
+        "shrink 5 -> 3: {} writes acknowledged, {failed} failed attempts",
+        shrunk.len()
+    );
+}
+
+/// Replacing a dead member while a client writes (issue 15): replica 2 is killed for good and
+/// removed (epoch 1: 0, 1); replica 3 is started on new addresses and added (epoch 2: 0, 1, 3);
+/// the cluster keeps completing requests, replica 3 joins, serves writes, and converges with
+/// every acknowledged write. Prints how long the replacement took from `member add` returning
+/// to joining (voting) and to its first write served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_dead_member_by_a_new_replica_under_load() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let load = Load::start(&cluster, &[0, 1], "rep").await;
+    load.wait_more(20, "before the kill").await;
+    cluster.kill(2);
+    status_until(&cluster, 0, "replica 2 suspected", |s| {
+        s.peers_suspected.contains(&2)
+    })
+    .await;
+    assert_eq!(
+        member(&cluster, &["remove", "2"]).await,
+        change_output(&cluster, 1, &[0, 1])
+    );
+    load.wait_more(20, "after removing 2").await;
+
+    let three = cluster.start_added().await;
+    not_a_member_yet(&cluster, three, &[0, 1, 2]).await;
+    assert_eq!(
+        add(&cluster, three).await,
+        change_output(&cluster, 2, &[0, 1, 3])
+    );
+    let added = Instant::now();
+    status_until(&cluster, three, "joined epoch 2", |s| {
+        !s.joining && s.epoch == 2
+    })
+    .await;
+    let joined = added.elapsed();
+    let served = added.elapsed() + first_write(&cluster, three, "at-3").await;
+    eprintln!(
+        "replacement: `member add` returned -> replica 3 joined (votes) in {} ms, first write \
+         served at it in {} ms",
+        joined.as_millis(),
+        served.as_millis()
+    );
+    load.wait_more(20, "after adding 3").await;
+    let (acked, failed) = load.stop().await;
+    cluster
+        .converged_among(&[0, 1, 3], Duration::from_secs(30))
+        .await;
+    read_back(&cluster, three, &acked).await;
+    read_back(&cluster, 0, &acked).await;
+    eprintln!(
+        "replace: {} writes acknowledged, {failed} failed attempts",
+        acked.len()
+    );
+
+    // The added replica restarts like any other, without its flags (its data directory kept
+    // its addresses and recorded the configuration), in epoch 2, and serves.
+    cluster.drop_own_flags(three);
+    cluster.restart(three).await;
+    let s = status_until(&cluster, three, "epoch 2 after a restart", |s| s.epoch == 2).await;
+    assert_eq!(ids(&s), [0, 1, 3]);
+    first_write(&cluster, three, "after-restart").await;
+    cluster
+        .converged_among(&[0, 1, 3], Duration::from_secs(30))
         .await;
 }

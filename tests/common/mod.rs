@@ -31,6 +31,8 @@ pub struct Cluster {
     /// TLS on (no `--insecure` among the flags).
     pub tls: bool,
     flags: Vec<String>,
+    /// Per replica, the flags only it starts with (an added replica's addresses).
+    own_flags: Vec<Vec<String>>,
     children: Vec<Option<Child>>,
 }
 
@@ -115,6 +117,7 @@ impl Cluster {
             metrics,
             tls,
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            own_flags: vec![Vec::new(); n],
             children: Vec::new(),
         };
         if tls {
@@ -144,11 +147,76 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join(format!("replica-{i}")))
             .args(&self.flags)
+            .args(&self.own_flags[i])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn replica")
+    }
+
+    /// Starts a replica being added (issue 15): the next id, not in config.json, on fresh
+    /// ports given on its command line (`--peer-addr`, `--client-addr`, `--metrics-addr`),
+    /// with its certificate made first (`replica certs --id`). It is not a member: it asks the
+    /// members to Join until `client member add` adds it. Waits (bounded) until it answers
+    /// Status; returns its id.
+    pub async fn start_added(&mut self) -> usize {
+        let id = self.addrs.len();
+        let ports = free_ports(3);
+        let (client, peer, metrics) = (
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+            format!("127.0.0.1:{}", ports[2]),
+        );
+        if self.tls {
+            let out = Command::new(env!("CARGO_BIN_EXE_replica"))
+                .arg("certs")
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--id", &id.to_string(), "--peer-addr", &peer])
+                .args(["--client-addr", &client])
+                .output()
+                .expect("run replica certs --id");
+            assert!(
+                out.status.success(),
+                "replica certs --id {id} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.own_flags.push(vec![
+            "--peer-addr".into(),
+            peer.clone(),
+            "--client-addr".into(),
+            client.clone(),
+            "--metrics-addr".into(),
+            metrics.clone(),
+        ]);
+        self.addrs.push(client);
+        self.peers.push(peer);
+        self.metrics.push(metrics);
+        let child = self.spawn(id);
+        self.children.push(Some(child));
+        self.wait_answering(id).await;
+        id
+    }
+
+    /// Replica `i` starts without its own flags from now on (an added replica restarted
+    /// without its addresses: its data directory kept them).
+    pub fn drop_own_flags(&mut self, i: usize) {
+        self.own_flags[i].clear();
+    }
+
+    /// Waits (bounded) until replica `i` answers Status (joined or not).
+    pub async fn wait_answering(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_status(i, Duration::from_secs(2)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} does not answer; log:\n{}",
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (bounded) until replica `i` answers Status and has joined its cluster.
