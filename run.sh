@@ -8,6 +8,11 @@
 #   ./run.sh status          which replicas run, and their Status (via the client); exit 1 if
 #                            one is down or unhealthy
 #   ./run.sh logs ID         follow a replica's log
+#   ./run.sh add ID PEER_ADDR CLIENT_ADDR METRICS_ADDR
+#                            add a replica not in config.json (a fresh id): make its
+#                            certificate, start it in the background with these addresses
+#                            (kept in its data directory: later starts need none), run
+#                            `client member add` once it asks to join, wait until it joined
 #
 # Files: data/replica-<id>.pid, data/replica-<id>.log, data/replica-<id>/ (the replica's data
 # directory), and the TLS certificates (config.json's tls.cert_dir, default data/certs/), which
@@ -29,12 +34,27 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 [ -f "$CONFIG" ] || die "config file $CONFIG not found"
 
-# Replica ids listed in the config, one per line (python3 parses the JSON; no jq needed).
+# Replica ids listed in the config, then those added with `run.sh add` (whose data directory
+# keeps their addresses), one per line (python3 parses the JSON; no jq needed).
 all_ids() {
-  python3 - "$CONFIG" <<'PY' || die "cannot read replica ids from $CONFIG"
+  python3 - "$CONFIG" "$DATA" <<'PY' || die "cannot read replica ids from $CONFIG"
+import glob, json, os, sys
+listed = [r["id"] for r in json.load(open(sys.argv[1]))["replicas"]]
+added = []
+for path in glob.glob(os.path.join(sys.argv[2], "replica-*", "addresses")):
+    name = os.path.basename(os.path.dirname(path))[len("replica-"):]
+    if name.isdigit() and int(name) not in listed:
+        added.append(int(name))
+for i in listed + sorted(added):
+    print(i)
+PY
+}
+
+# Whether replica $1 is listed in the config (not added with `run.sh add`).
+listed() {
+  python3 - "$CONFIG" "$1" <<'PY'
 import json, sys
-for r in json.load(open(sys.argv[1]))["replicas"]:
-    print(r["id"])
+sys.exit(0 if int(sys.argv[2]) in [r["id"] for r in json.load(open(sys.argv[1]))["replicas"]] else 1)
 PY
 }
 
@@ -80,7 +100,7 @@ launch() {
       if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
     done
     # shellcheck disable=SC2086
-    exec nohup "$BIN/replica" --config "$CONFIG" --id "$id" --data-dir "$DATA/replica-$id" ${REPLICA_FLAGS:-}
+    exec nohup "$BIN/replica" --config "$CONFIG" --id "$id" --data-dir "$DATA/replica-$id" ${REPLICA_FLAGS:-} "${@:2}"
   ) >>"$DATA/replica-$id.log" 2>&1 </dev/null &
   echo $! >"$DATA/replica-$id.pid"
 }
@@ -120,6 +140,16 @@ start() {
   local joining="" failed=() up=()
   for id in "${started[@]}"; do
     local ok="" answered=""
+    if ! listed "$id"; then
+      # An added replica (not in the config, which the client reads): its process stays up.
+      sleep 1
+      if kill -0 "$(cat "$DATA/replica-$id.pid")" 2>/dev/null; then up+=("$id"); continue; fi
+      failed+=("$id")
+      echo "replica $id did not come up; last log lines:" >&2
+      tail -n 20 "$DATA/replica-$id.log" >&2
+      rm -f "$DATA/replica-$id.pid"
+      continue
+    fi
     for _ in $(seq 1 100); do
       local out
       # shellcheck disable=SC2086
@@ -210,6 +240,48 @@ status() {
   return $rc
 }
 
+# Adds replica $1 (not in the config) reached at peer $2 and client $3, metrics at $4.
+add() {
+  [ $# -eq 4 ] || die "usage: run.sh add ID PEER_ADDR CLIENT_ADDR METRICS_ADDR"
+  local id=$1 peer=$2 client=$3 metrics=$4
+  [[ "$id" =~ ^[0-9]+$ ]] || die "replica id $id is not a number"
+  ! grep -qx -- "$id" <<<"$(all_ids)" || die "replica $id exists already (in $CONFIG or added): an added replica takes a fresh id"
+  build
+  mkdir -p "$DATA/replica-$id"
+  case " ${REPLICA_FLAGS:-} " in
+    *" --insecure "*) ;;
+    *) "$BIN/replica" certs --config "$CONFIG" --id "$id" --peer-addr "$peer" --client-addr "$client" >/dev/null ||
+         die "cannot create replica $id's certificate (see above)" ;;
+  esac
+  launch "$id" --peer-addr "$peer" --client-addr "$client" --metrics-addr "$metrics"
+  echo "replica $id started (pid $(cat "$DATA/replica-$id.pid")), log $DATA/replica-$id.log"
+  # The members refuse the change until the new replica's Join reached them: retry (10 s).
+  local out="" added=""
+  for _ in $(seq 1 50); do
+    kill -0 "$(cat "$DATA/replica-$id.pid")" 2>/dev/null || { tail -n 20 "$DATA/replica-$id.log" >&2; die "replica $id stopped"; }
+    # shellcheck disable=SC2086
+    if out=$("$BIN/client" --config "$CONFIG" $CLIENT_FLAGS member add "$id" "$peer" "$client" 2>&1); then
+      added=1; break
+    fi
+    grep -q "start replica $id first" <<<"$out" || break
+    sleep 0.2
+  done
+  if [ -z "$added" ]; then
+    echo "$out" >&2
+    die "client member add $id failed; replica $id still runs (./run.sh stop $id)"
+  fi
+  echo "$out"
+  # It joins from a member's snapshot (bounded: 30 s).
+  for _ in $(seq 1 300); do
+    if grep -q "joined the cluster as an added member" "$DATA/replica-$id.log"; then
+      echo "replica $id joined: it votes and serves"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "replica $id was added but has not joined within 30 s (see $DATA/replica-$id.log)"
+}
+
 logs() {
   [ $# -eq 1 ] || die "usage: run.sh logs ID"
   ids_or_all "$1"
@@ -225,6 +297,7 @@ case "$cmd" in
   kill) kill_replicas "$@" ;;
   status) status ;;
   logs) logs "$@" ;;
-  "") sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
-  *) echo "run.sh: unknown command '$cmd'" >&2; sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  add) add "$@" ;;
+  "") sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) echo "run.sh: unknown command '$cmd'" >&2; sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

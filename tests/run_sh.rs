@@ -248,3 +248,49 @@ fn a_changed_cluster_size_on_existing_data_is_named_as_such() {
     );
     assert!(!err.contains("corrupt"), "{err}");
 }
+
+/// `run.sh add` starts a replica that config.json does not list, with its addresses, and adds
+/// it (`client member add`); `stop`, `status` and `start` then include it, and it restarts
+/// without its addresses (its data directory keeps them).
+#[test]
+fn run_sh_adds_a_replica_not_in_the_config() {
+    let d = Deployment::new(3);
+    let out = d.run(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_status(&d, 0, Duration::from_secs(15));
+    let ports = common::free_ports(3);
+    let [peer, client, metrics] = [0, 1, 2].map(|i| format!("127.0.0.1:{}", ports[i]));
+    let out = d.run(&["add", "3", &peer, &client, &metrics]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("epoch 1\n")
+            && said.contains(&format!("3 {peer} {client}\n"))
+            && said.contains("replica 3 joined"),
+        "{said}"
+    );
+    // A second add of the same id is refused before anything starts.
+    let out = d.run(&["add", "3", &peer, &client, &metrics]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("replica 3 exists already"),
+        "{}",
+        text(&out)
+    );
+    let out = d.run(&["status"]);
+    assert!(text(&out).contains("replica 3: running"), "{}", text(&out));
+    // Stop takes it too; start brings all four back, replica 3 without its flags.
+    let pid = d.pid(3).expect("pid of replica 3");
+    let out = d.run(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid), "replica 3 still runs after stop");
+    let out = d.run(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = d.pid(3).expect("replica 3 started again");
+    assert!(alive(pid), "{}", text(&out));
+    let log = std::fs::read_to_string(d.dir.join("data/replica-3.log")).expect("log");
+    assert!(
+        log.matches("starting replica").count() == 2 && log.contains("added=true"),
+        "{log}"
+    );
+}

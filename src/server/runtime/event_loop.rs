@@ -579,9 +579,18 @@ impl EventLoop {
                     self.node
                         .join_from_snapshot(now, horizons.clone(), checkpoint, records);
                     let core = self.node.replica();
+                    // An id beyond config.json's: a replica being added, now a voting member.
+                    let added = self.me.index() >= core.options().n;
                     tracing::info!(%from, keys = core.kv().len(),
-                        committed = core.committed_count(), executed = core.kv().executed(),
-                        horizons = ?horizons, "rejoined the cluster from a peer's snapshot");
+                    committed = core.committed_count(), executed = core.kv().executed(),
+                    horizons = ?horizons, added,
+                    since_start_ms = self.start.elapsed().as_millis() as u64,
+                    "{}", if added {
+                        "joined the cluster as an added member from a peer's snapshot: it \
+                         votes from now on"
+                    } else {
+                        "rejoined the cluster from a peer's snapshot"
+                    });
                     metrics::counter!("epaxos_rejoins_total").increment(1);
                 }
             },
