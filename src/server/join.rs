@@ -26,6 +26,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Asking the peers that have not answered again: from 50 ms, doubling up to 1 s.
 const ASK_AGAIN: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+/// A replica being added (not a member of the configuration it knows) asks more often: its
+/// Join is refused at once without walking any state (`Node::answer_join`), and the sooner
+/// it asks after the change that adds it executed, the sooner it votes.
+const KNOCK_AGAIN_MAX: Duration = Duration::from_millis(250);
+const KNOCK_AGAIN: Backoff = Backoff::new(Duration::from_millis(50), KNOCK_AGAIN_MAX);
+/// How recent a replica's Join must be for `MemberAdd` to count it live: a knocking replica
+/// asks each member at least every `KNOCK_AGAIN_MAX` plus a call timeout per member it cannot
+/// reach (it asks them in turn), so this covers four unreachable members.
+pub const KNOCK_FRESH: Duration = Duration::from_secs(30);
+const _: () =
+    assert!(KNOCK_FRESH.as_millis() > 4 * CALL_TIMEOUT.as_millis() + KNOCK_AGAIN_MAX.as_millis());
 /// How often the wait for peers is reported in the log.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -67,7 +78,11 @@ pub async fn run(
     let configuration = members.configuration();
     let rows = configuration.rows();
     let mut joiner = Joiner::of(me, configuration, interrupted);
-    let mut backoff = ASK_AGAIN;
+    let mut backoff = if members.is_member(me) {
+        ASK_AGAIN
+    } else {
+        KNOCK_AGAIN
+    };
     let mut reported = tokio::time::Instant::now();
     // The last refusal of each peer, for the periodic report (a replica being added is told
     // it is not a member until the change adding it executed).

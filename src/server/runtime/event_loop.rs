@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use super::links::PeerLinks;
 use super::*;
 use crate::core::replica::Outgoing;
+use crate::server::join::KNOCK_FRESH;
 use crate::server::members::{Member, Members};
 use crate::server::peer_ids::PeerIds;
 use crate::server::writer::Writer;
@@ -130,10 +131,6 @@ pub(super) struct EventLoop {
     /// refused ("start replica N first"). At most one entry per id there can be.
     pub(super) knocked: HashMap<ReplicaId, Instant>,
 }
-
-/// A `MemberAdd` needs a Join from the new replica this recent (it asks at least every second
-/// while it waits to be added: see `join::ASK_AGAIN`).
-pub(super) const KNOCK_FRESH: Duration = Duration::from_secs(10);
 
 /// Round trips measured at once, at most (beyond, a send is not timed).
 pub(super) const RTT_PENDING_MAX: usize = 4096;
