@@ -101,8 +101,8 @@ pub fn own_entry(
     match kept(data_dir, id)? {
         Some(entry) => Ok((entry, true)),
         None => Err(format!(
-            "replica {id} is not in config.json: to add a replica, start it with --peer-addr, \
-             --client-addr and --metrics-addr (its data directory {} keeps them for later \
+            "replica id {id} is not in the config: to add a replica, start it with \
+             --peer-addr, --client-addr and --metrics-addr (its data directory {} keeps them for later \
              starts), then run `client member add {id} PEER_ADDR CLIENT_ADDR`",
             data_dir.display()
         )),
@@ -264,7 +264,7 @@ mod tests {
     fn an_added_id_needs_its_addresses_once_and_restarts_without_them() {
         let d = temp();
         let e = own_entry(&config(), 3, &Given::default(), &d).expect_err("no flags");
-        assert!(e.contains("replica 3 is not in config.json") && e.contains("--peer-addr"));
+        assert!(e.contains("replica id 3 is not in the config") && e.contains("--peer-addr"));
         let partial = Given {
             peer_addr: Some("127.0.0.1:7173".into()),
             ..Given::default()
