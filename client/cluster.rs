@@ -53,6 +53,11 @@ pub struct Cluster {
     /// Which replicas round-robin traffic avoids for now, because they refused a connection,
     /// said they are unavailable or did not answer in time (see [`DOWN_FOR`]).
     down: Avoidance,
+    /// How to reach a member the cluster added (not in config.json): see
+    /// [`Cluster::member_client`].
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    cluster_name: String,
+    connect_timeout: Duration,
 }
 
 /// How long round-robin requests avoid a replica that answered UNAVAILABLE or timed out, at
@@ -102,7 +107,28 @@ impl Cluster {
             down: Avoidance::new(addrs.len(), down_for, down_for, down_for),
             addrs,
             clients,
+            tls,
+            cluster_name: config.tls.cluster_name.clone(),
+            connect_timeout,
         })
+    }
+
+    /// A client for replica `id` at `addr`, a member that a change added (config.json does not
+    /// list it; a member's Status names it), checked under its own name like the others.
+    pub fn member_client(&self, id: u32, addr: &str) -> Result<KvClient<Channel>> {
+        let addr = HostPort::parse(addr).map_err(|e| anyhow!("replica {id}: {addr}: {e}"))?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .with_context(|| format!("replica {id}: bad address {addr}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            let name = tls::replica_name(&self.cluster_name, id);
+            endpoint = endpoint
+                .tls_config(tls.clone().domain_name(name))
+                .with_context(|| format!("replica {id}: TLS settings"))?;
+        }
+        Ok(KvClient::new(endpoint.connect_lazy()))
     }
 
     /// Notes that replica `idx` is unreachable or shutting down: round-robin requests skip it

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use epaxos_kv::proto::kv_client::KvClient;
 use epaxos_kv::proto::{StatusReply, StatusRequest};
 use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::cluster::{describe_status, is_local_timeout, Cluster};
 use crate::Format;
@@ -22,7 +24,12 @@ pub(crate) struct Row {
 
 /// Asks replica `idx` for its Status within `timeout`.
 pub(crate) async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) -> Row {
-    let mut client = cluster.client(idx);
+    let addr = cluster.addr(idx).to_string();
+    ask(cluster.client(idx), idx, addr, timeout).await
+}
+
+/// Asks replica `id` at `addr` through `client` for its Status within `timeout`.
+async fn ask(mut client: KvClient<Channel>, id: usize, addr: String, timeout: Duration) -> Row {
     let mut req = tonic::Request::new(StatusRequest {});
     req.set_timeout(timeout);
     let start = Instant::now();
@@ -32,11 +39,52 @@ pub(crate) async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) 
         _ => Err(format!("no answer within {} ms", timeout.as_millis())),
     };
     Row {
-        id: idx,
-        addr: cluster.addr(idx).to_string(),
+        id,
+        addr,
         reply,
         rtt: start.elapsed(),
     }
+}
+
+/// The members of the highest epoch `rows` report that config.json does not list (ids from
+/// `n` on: added by changes), asked too, so that `status` covers every member.
+async fn added_members(cluster: &Cluster, rows: &[Row], timeout: Duration) -> Vec<Row> {
+    let latest = rows
+        .iter()
+        .filter_map(|r| r.reply.as_ref().ok())
+        .max_by_key(|s| s.epoch);
+    let Some(latest) = latest else {
+        return Vec::new();
+    };
+    let mut asked = Vec::new();
+    for m in latest
+        .members
+        .iter()
+        .filter(|m| m.id as usize >= cluster.n())
+    {
+        let id = m.id as usize;
+        match cluster.member_client(m.id, &m.client_addr) {
+            Ok(client) => asked.push(tokio::spawn(ask(
+                client,
+                id,
+                m.client_addr.clone(),
+                timeout,
+            ))),
+            Err(e) => asked.push(tokio::spawn(std::future::ready(Row {
+                id,
+                addr: m.client_addr.clone(),
+                reply: Err(e.to_string()),
+                rtt: Duration::ZERO,
+            }))),
+        }
+    }
+    let mut out = Vec::new();
+    for h in asked {
+        if let Ok(row) = h.await {
+            out.push(row);
+        }
+    }
+    out
 }
 
 /// Queries replicas `which` concurrently and prints them in `format`. Exit code 0 when all of
@@ -62,6 +110,11 @@ pub async fn run(
         }));
     }
 
+    // Asked for every replica: the members changes added are shown too.
+    if which.len() == cluster.n() {
+        let more = added_members(&cluster, &rows, timeout).await;
+        rows.extend(more);
+    }
     let up: Vec<&StatusReply> = rows.iter().filter_map(|r| r.reply.as_ref().ok()).collect();
     let agree = up.windows(2).all(|w| w[0].digest == w[1].digest);
     let problems = problems(&rows);

@@ -1241,6 +1241,25 @@ async fn growing_3_to_5_and_shrinking_back_under_load() {
         assert_eq!((s.epoch, ids(&s)), (2, vec![0, 1, 2, 3, 4]), "replica {i}");
         read_back(&cluster, i, &grown).await;
     }
+    // `client status` (config.json lists 0, 1, 2) covers the added members too: five replicas
+    // serving, one digest.
+    let config = cluster.config.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_client(&config, &["status"]))
+        .await
+        .expect("client thread");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for i in all {
+        assert_eq!(
+            out.lines()
+                .filter(
+                    |l| l.starts_with(&format!("{i} {} up serving", cluster.addrs[i]))
+                        && l.ends_with("epoch=2 members=0,1,2,3,4")
+                )
+                .count(),
+            1,
+            "replica {i}: {out}"
+        );
+    }
     eprintln!(
         "grow 3 -> 5: {} writes acknowledged, {failed} failed attempts",
         grown.len()
