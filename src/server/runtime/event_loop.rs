@@ -407,6 +407,20 @@ impl EventLoop {
             }
             Event::Reconfigure { change, reply, at } => {
                 if let Change::Add(m) = &change {
+                    let rows = self.node.rows();
+                    let ever = self.node.configuration_members().ever;
+                    // An id below the rows known that was never a member (skipped by an
+                    // earlier add) has a row the core answers Joins for as if it were one:
+                    // ids are handed out above every row known.
+                    if m.id.index() < rows && !ever.contains(&m.id) {
+                        let _ = reply.send(Err(Status::invalid_argument(format!(
+                            "replica {} cannot be added: ids are handed out above every id the \
+                             cluster has known (pick {rows} or above); the current members are {}",
+                            m.id.0,
+                            ids_text(self.node.configuration().members()),
+                        ))));
+                        return;
+                    }
                     let fresh = self
                         .knocked
                         .get(&m.id)
