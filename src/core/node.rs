@@ -421,9 +421,9 @@ impl Node {
 
     /// Nobody knew this replica: it joins empty and takes part from now on.
     pub fn join_fresh(&mut self) {
-        let n = self.replica.options().n;
+        let rows = self.replica.rows();
         self.set_membership(Membership::Joined {
-            horizons: vec![0; n],
+            horizons: vec![0; rows],
         });
     }
 
@@ -1309,5 +1309,240 @@ mod tests {
             nodes[2].replica().kv().executed() < 10,
             "the Commits it lacks are gone: it never executes them"
         );
+    }
+
+    // ---- an added member (issue 15) -----------------------------------------------------
+
+    /// The Joins of replica 3's incarnation `inc` answered by the members of `nodes[0]`'s
+    /// configuration (the shell's JoinReply carries it), and the snapshot the `Joiner`'s
+    /// decision names, installed into a new joining node.
+    fn join_added(nodes: &mut [Node], incarnation: u64, now: Time) -> Node {
+        use crate::core::membership::{JoinDecision, Joiner};
+        let me = ReplicaId(3);
+        let configuration = nodes[0].configuration().clone();
+        let mut joiner = Joiner::of(me, configuration.clone(), false);
+        for p in configuration.members().iter().filter(|p| **p != me) {
+            nodes[p.index()].answer_join(1, me, Some(inc(incarnation)));
+            let ready = nodes[p.index()].take_ready();
+            let answer = ready.joins[0].1.clone().expect("a member answers");
+            joiner.answered(*p, answer).expect("well formed");
+        }
+        let Some(JoinDecision::Rejoin { horizons, sources }) = joiner.decision() else {
+            panic!("every member answered: {:?}", joiner.decision());
+        };
+        let image = nodes[sources[0].index()]
+            .snapshot_for(me, Some(inc(incarnation)))
+            .expect("the source answered this incarnation's Join");
+        let checkpoint = Checkpoint::decode(&image.checkpoint, 3).expect("decodes");
+        let mut added = node(3, Membership::Joining);
+        added.join_from_snapshot(now, horizons, checkpoint, image.records);
+        added
+    }
+
+    /// Whether `n` sent a PreAccept of an instance of its own.
+    fn leads(ready: &Ready, me: u32) -> bool {
+        ready.core.messages.iter().any(|o| {
+            matches!(o.msg, Message::PreAccept { instance, .. } if instance.replica == ReplicaId(me))
+        })
+    }
+
+    /// The add path of `docs/membership.md`: replica 3 (an id beyond epoch 0's three) knocks
+    /// and is refused; a change adds it; it joins from a peer's snapshot in epoch 1, votes at
+    /// once (with r2 down, epoch 1's quorum of three needs it), and leads nothing before it
+    /// learnt the boundary of epoch 0 from a majority of epoch 0's members.
+    #[test]
+    fn an_added_member_votes_at_once_and_leads_once_it_learnt_the_boundary() {
+        use crate::core::epoch::{Change, Epoch, Member};
+        let mut nodes = vec![joined(0), joined(1), joined(2)];
+        let now = Duration::ZERO;
+        nodes[0].propose(10, put(10)).expect("room");
+        assert_eq!(settle(&mut nodes, now), vec![10]);
+        // Not a member yet: refused, and remembered as knocking.
+        nodes[0].answer_join(1, ReplicaId(3), Some(inc(4)));
+        assert_eq!(nodes[0].take_ready().joins[0].1, Err(Refusal::BadJoin));
+        let m3 = Member {
+            id: ReplicaId(3),
+            peer_addr: "h3:1".into(),
+            client_addr: "h3:2".into(),
+        };
+        nodes[0]
+            .propose_reconfigure(11, Change::Add(m3), now)
+            .expect("0, 1, 2 live and 3 knocking");
+        assert_eq!(settle(&mut nodes, now), vec![11]);
+        let mut added = join_added(&mut nodes, 4, now);
+        let r = added.take_ready();
+        assert!(
+            r.install.is_some(),
+            "the snapshot is its checkpoint and log"
+        );
+        assert_eq!(
+            r.membership,
+            Some(Membership::Joined {
+                horizons: vec![0; 4]
+            })
+        );
+        assert_eq!(added.configuration().epoch(), Epoch(1));
+        assert_eq!(
+            added.replica().kv().executed(),
+            nodes[0].replica().kv().executed()
+        );
+        assert_eq!(
+            added.replica().kv().digest(),
+            nodes[0].replica().kv().digest()
+        );
+        assert!(
+            added.replica().seals().is_empty(),
+            "never a member of epoch 0"
+        );
+        assert!(!added.replica().may_start_instances());
+        // Its own proposal waits for the boundary.
+        added
+            .propose(12, put(12))
+            .expect("joined: it takes proposals");
+        added.flush(now);
+        assert!(
+            !leads(&added.take_ready(), 3),
+            "nothing led before B is known"
+        );
+        nodes.push(added);
+        // r2 is down: epoch 1 = {0, 1, 2, 3} needs three, so r0's write commits only with r3's
+        // vote; r3 learns B from r0 and r1 (two of epoch 0's three) on its next query.
+        nodes[0].propose(13, put(13)).expect("room");
+        let later = Duration::from_secs(1);
+        nodes[3].tick(now);
+        nodes[3].tick(later);
+        let mut answered = settle_without(&mut nodes, later, Some(2));
+        answered.sort_unstable();
+        assert_eq!(answered, vec![12, 13], "both writes commit without r2");
+        assert_eq!(nodes[3].replica().boundary().map(|b| b.0), Some(Epoch(0)));
+        assert!(nodes[3].replica().may_start_instances());
+        let own = InstanceId::new(ReplicaId(3), 0);
+        let inst = nodes[0].replica().instance(own).expect("r3 led it");
+        assert_eq!(inst.epoch, Epoch(1));
+        for n in &nodes {
+            n.check_invariants().expect("invariants");
+        }
+        assert_eq!(
+            nodes[3].replica().kv().digest(),
+            nodes[0].replica().kv().digest()
+        );
+    }
+
+    /// An added member restarts from its own disk (the installed snapshot as its checkpoint,
+    /// no seal): it comes back in epoch 1, votes, and learns the boundary again before it leads.
+    /// Wiped later, its new incarnation rejoins (every member answers, horizons from their row
+    /// ends) and again leads only once it learnt the boundary, continuing its row at its
+    /// horizon.
+    #[test]
+    fn an_added_member_restarted_or_wiped_learns_the_boundary_again() {
+        use crate::core::epoch::{Change, Epoch, Member};
+        let mut nodes = vec![joined(0), joined(1), joined(2)];
+        let now = Duration::ZERO;
+        nodes[0].answer_join(1, ReplicaId(3), Some(inc(4)));
+        let _ = nodes[0].take_ready();
+        let m3 = Member {
+            id: ReplicaId(3),
+            peer_addr: "h3:1".into(),
+            client_addr: "h3:2".into(),
+        };
+        nodes[0]
+            .propose_reconfigure(11, Change::Add(m3), now)
+            .expect("live");
+        assert_eq!(settle(&mut nodes, now), vec![11]);
+        let mut added = join_added(&mut nodes, 4, now);
+        let disk = added.take_ready().install.expect("installed");
+        // The restart, from that disk.
+        let mut back = Node::new(
+            opts(3),
+            2,
+            now,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 4],
+                },
+                configuration: None,
+                peers: vec![None; 4],
+                checkpoint: Some(Checkpoint::decode(&disk.checkpoint, 3).expect("decodes")),
+                records: disk.records,
+                sealed: Vec::new(),
+            },
+        );
+        back.restarted(now);
+        assert_eq!(back.configuration().epoch(), Epoch(1));
+        assert!(!back.replica().may_start_instances(), "B is learnt again");
+        back.propose(12, put(12)).expect("room");
+        back.flush(now);
+        let r = back.take_ready();
+        assert!(!leads(&r, 3));
+        nodes.push(back);
+        // Its query goes out (restoring sent it); the answers let it lead.
+        for out in r.core.messages {
+            for to in out.to {
+                assert!(nodes[to.index()].hear(ReplicaId(3), inc(4)));
+                nodes[to.index()].handle(now, ReplicaId(3), out.msg.clone());
+            }
+        }
+        assert_eq!(settle(&mut nodes, now), vec![12]);
+        assert!(nodes[3].replica().may_start_instances());
+        let row_end = nodes[0]
+            .replica()
+            .instances()
+            .filter(|(id, _)| id.replica == ReplicaId(3))
+            .map(|(id, _)| id.slot + 1)
+            .max()
+            .expect("r3 led an instance");
+        // Wiped: a new incarnation; every member knew the old one.
+        let mut fresh = join_added(&mut nodes, 5, now);
+        let r = fresh.take_ready();
+        let Some(Membership::Joined { horizons }) = r.membership else {
+            panic!("joined");
+        };
+        assert!(horizons[3] >= row_end, "its row continues at its horizon");
+        assert!(!fresh.replica().may_start_instances());
+        fresh.propose(14, put(14)).expect("room");
+        fresh.flush(now);
+        assert!(!leads(&fresh.take_ready(), 3));
+        nodes[3] = fresh;
+        let later = Duration::from_secs(1);
+        nodes[3].tick(now);
+        nodes[3].tick(later);
+        // The peers hear only the new incarnation from now on.
+        // Time passes: the slots the restart skipped end as no-ops by recovery.
+        let mut answered = Vec::new();
+        for step in 0..2_000u64 {
+            let later = later + Duration::from_millis(10 * (step / 10));
+            if step % 10 == 0 {
+                for n in nodes.iter_mut() {
+                    n.tick(later);
+                }
+            }
+            let mut sent = false;
+            for from in 0..nodes.len() {
+                nodes[from].flush(later);
+                let ready = nodes[from].take_ready();
+                answered.extend(ready.core.replies.iter().map(|r| r.token));
+                for out in ready.core.messages {
+                    for to in out.to {
+                        sent = true;
+                        let peer = ReplicaId(from as u32);
+                        let i = if from == 3 { 5 } else { from as u64 + 1 };
+                        assert!(nodes[to.index()].hear(peer, inc(i)));
+                        nodes[to.index()].handle(later, peer, out.msg.clone());
+                    }
+                }
+            }
+            if !sent && !answered.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(answered, vec![14]);
+        let led = InstanceId::new(ReplicaId(3), horizons[3]);
+        assert!(
+            nodes[0].replica().instance(led).is_some(),
+            "led at its horizon"
+        );
+        for n in &nodes {
+            n.check_invariants().expect("invariants");
+        }
     }
 }

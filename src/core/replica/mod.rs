@@ -172,7 +172,9 @@ impl Replica {
     pub fn new(opts: Options) -> Replica {
         opts.validate()
             .expect("options are validated by the caller");
-        Replica {
+        // An added member (an id beyond epoch 0's) has its own row from the start.
+        let rows = opts.n.max(opts.id.index() + 1);
+        let mut r = Replica {
             configurations: vec![Configuration::initial(opts.n)],
             ever: Configuration::initial(opts.n)
                 .members()
@@ -217,7 +219,9 @@ impl Replica {
             early: Vec::new(),
             ready: Ready::default(),
             opts,
-        }
+        };
+        r.grow_rows(rows);
+        r
     }
 
     /// Rebuilds a replica from its durable log (instance states in the order they were
@@ -348,6 +352,9 @@ impl Replica {
             }
             r.send(voters, msg);
         }
+        // A member added by the last change holds no seal of the epoch it ended: it still
+        // learns that boundary before it leads (see `seal`).
+        r.learn_last_boundary();
         // Re-execution answers nobody: those clients are gone.
         r.ready.replies.clear();
         r.ready.executed.clear();

@@ -246,7 +246,9 @@ impl Options {
 /// Invalid [`Options`].
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    #[error("replica id {0} is not in a cluster of {1}")]
+    #[error(
+        "replica id {0} is neither one of epoch 0's {1} nor below the most ids ever handed out"
+    )]
     Id(ReplicaId, usize),
     #[error("a cluster of {0} replicas: the number of replicas must be odd (quorums need not intersect otherwise)")]
     Even(usize),
