@@ -1639,3 +1639,120 @@ fn scenario_membership_sealed_replicas_refuse_old_writes_above_the_seal() {
         o.stats
     );
 }
+
+// ---- adding members (issue 15) ----------------------------------------------------------------
+
+fn add(replica: usize, id: u32) -> Action {
+    Action::Reconfigure {
+        replica,
+        change: epaxos_kv::core::epoch::Change::Add(epaxos_kv::core::epoch::Member {
+            id: epaxos_kv::core::ids::ReplicaId(id),
+            peer_addr: format!("sim-{id}:1"),
+            client_addr: format!("sim-{id}:2"),
+        }),
+    }
+}
+
+/// A scripted run under random load with `spares` replicas beyond epoch 0's `n` that knock
+/// until a change in `script` adds them (see `Sim::try_join`).
+fn adding_scenario(
+    name: &'static str,
+    n: usize,
+    spares: usize,
+    script: Vec<(Duration, Action)>,
+    plant: fn(&mut Config),
+) -> Outcome {
+    let mut cfg = Config::scripted(name, n, 6, 3, ms(3_000));
+    cfg.random_ops = true;
+    cfg.think_max = ms(5);
+    cfg.settle_max = ms(20_000);
+    cfg.spares = spares;
+    plant(&mut cfg);
+    Sim::scripted(cfg, script).run()
+}
+
+/// 3 → 5 under load, one change at a time: r3 and r4 start empty and knock; each joins from a
+/// peer's snapshot once its change executed there, votes, and leads once it learnt the
+/// boundary. Every check holds and all five end in epoch 2.
+#[test]
+fn scenario_membership_grow_three_to_five_under_load() {
+    let o = adding_scenario(
+        "scenario_membership_grow_three_to_five_under_load",
+        3,
+        2,
+        vec![(ms(300), add(0, 3)), (ms(1_200), add(1, 4))],
+        |_| {},
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!(o.stats.changes_executed, 2, "{:?}", o.stats);
+    assert_eq!(o.stats.joins, 2, "{:?}", o.stats);
+    assert_eq!(o.stats.final_epoch, 2);
+    assert_eq!(o.stats.final_digests.len(), 5, "{:?}", o.stats);
+    assert!(o.stats.ops_done > 0, "{:?}", o.stats);
+}
+
+/// Replace a dead member: r2 crashes for good, r0 removes it (epoch 1, {r0, r1}), then r1
+/// adds r3 (epoch 2, {r0, r1, r3}); r3 joins and the three go on under load.
+#[test]
+fn scenario_membership_replace_a_dead_member_under_load() {
+    let o = adding_scenario(
+        "scenario_membership_replace_a_dead_member_under_load",
+        3,
+        1,
+        vec![
+            (ms(300), Action::Crash(2)),
+            (ms(700), remove(0, 2)),
+            (ms(1_500), add(1, 3)),
+        ],
+        |_| {},
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!(o.stats.changes_executed, 2, "{:?}", o.stats);
+    assert_eq!(o.stats.joins, 1, "{:?}", o.stats);
+    assert_eq!(o.stats.final_epoch, 2);
+    assert!(o.stats.ops_done > 0, "{:?}", o.stats);
+}
+
+/// r0 adds r3 while r2 is cut off ({r0, r1, r3} | {r2}): the change executes at r0 and r1,
+/// r3 joins among them; r2 learns epoch 1 after the heal and all four end in it.
+#[test]
+fn scenario_membership_add_during_a_partition() {
+    let o = adding_scenario(
+        "scenario_membership_add_during_a_partition",
+        3,
+        1,
+        vec![
+            (ms(200), Action::Partition(vec![vec![0, 1, 3], vec![2]])),
+            (ms(400), add(0, 3)),
+            (ms(2_000), Action::HealLinks),
+        ],
+        |_| {},
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    assert_eq!(o.stats.changes_executed, 1, "{:?}", o.stats);
+    assert_eq!(o.stats.joins, 1, "{:?}", o.stats);
+    assert_eq!(o.stats.final_epoch, 1);
+    assert_eq!(o.stats.final_digests.len(), 4, "{:?}", o.stats);
+}
+
+/// r0 proposes adding r3 and crashes right after (its PreAccept may be out): the change is
+/// recovered by r1 and r2 (with its command or as a no-op). r0 restarts later. Every check
+/// holds; r3 joined if and only if the change executed.
+#[test]
+fn scenario_membership_add_with_the_proposer_crashing() {
+    let o = adding_scenario(
+        "scenario_membership_add_with_the_proposer_crashing",
+        3,
+        1,
+        vec![
+            (ms(400), add(0, 3)),
+            (ms(401), Action::CrashForRestart(0)),
+            (ms(1_500), Action::Restart(0)),
+        ],
+        |_| {},
+    );
+    assert!(o.violations.is_empty(), "{}", o.report);
+    let epoch = o.stats.final_epoch;
+    assert!(epoch <= 1, "{:?}", o.stats);
+    assert_eq!(o.stats.joins, epoch, "{:?}", o.stats);
+}

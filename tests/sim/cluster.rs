@@ -100,9 +100,17 @@ impl Sim {
             return;
         }
         self.set_wall_clock(r);
+        self.ticks[r] += 1;
+        if self.nodes[r].joining() {
+            // A spare knocks every 10 ticks until a change adds it (see `try_join`).
+            if self.ticks[r].is_multiple_of(10) {
+                self.try_join(r);
+            }
+            self.schedule(TICK, Event::Tick(r, incarnation));
+            return;
+        }
         self.nodes[r].tick(self.now);
         self.after_input(r);
-        self.ticks[r] += 1;
         // The full check walks every instance: every 10th tick keeps it affordable (every step
         // gets the cheap one, see `after_input`).
         if self.ticks[r].is_multiple_of(10) {
@@ -322,7 +330,7 @@ impl Sim {
         if !self.alive(r) {
             return;
         }
-        let n = self.cfg.n;
+        let n = self.nodes.len();
         let me = ReplicaId(r as u32);
         let incarnation = incarnation_of(self.generation[r]);
         let mut order = vec![source.index()];
@@ -740,13 +748,137 @@ impl Sim {
     /// Replicas other than `r` that are down, or abstain after a rejoin: what counts against
     /// the F failures.
     pub(super) fn impaired_except(&mut self, r: usize) -> usize {
-        (0..self.cfg.n)
+        (0..self.nodes.len())
             .filter(|&p| p != r)
             .filter(|&p| self.life[p] != Life::Up || self.abstaining(p))
             .count()
     }
 
+    /// Replicas running that joined (a spare knocking to be added takes part in nothing).
     pub(super) fn live(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.cfg.n).filter(|r| self.alive(*r))
+        (0..self.nodes.len()).filter(|r| self.alive(*r) && !self.nodes[*r].joining())
+    }
+
+    /// Spare `r` (an id beyond epoch 0's, see `Config::spares`) asks every replica it reaches
+    /// to Join, as the runtime's joiner does: those that know no configuration with its id
+    /// refuse (and remember it knocked, so a change adding it counts it live). Once replicas
+    /// that know it answer and make, with it, a majority of the newest configuration among
+    /// them (the runtime's JoinReply carries it), the production `Joiner` decides, and `r`
+    /// installs the snapshot of the best source (`Node::join_from_snapshot`) and takes part.
+    /// Atomic here, like `wipe`; peers are asked only when the answers suffice, so a spare's
+    /// incarnation is recorded by its peers only by the join that succeeds.
+    pub(super) fn try_join(&mut self, r: usize) {
+        use epaxos_kv::core::epoch::Configuration;
+        let me = ReplicaId(r as u32);
+        let incarnation = incarnation_of(self.generation[r]);
+        let reachable: Vec<usize> = (0..self.nodes.len())
+            .filter(|&p| {
+                p != r
+                    && self.alive(p)
+                    && !self.nodes[p].joining()
+                    && !self.links.is_cut(p, r)
+                    && !self.links.is_cut(r, p)
+            })
+            .collect();
+        let knowing: Vec<usize> = reachable
+            .iter()
+            .copied()
+            .filter(|&p| self.nodes[p].rows() > r)
+            .collect();
+        let newest: Option<Configuration> = knowing
+            .iter()
+            .map(|&p| self.nodes[p].configuration().clone())
+            .max_by_key(|c| c.epoch());
+        let ready = newest.as_ref().is_some_and(|c| {
+            c.is_member(me)
+                && knowing
+                    .iter()
+                    .filter(|&&p| c.is_member(ReplicaId(p as u32)))
+                    .count()
+                    + 1
+                    >= c.slow_quorum()
+        });
+        let Some(configuration) = newest.filter(|_| ready) else {
+            // Knock: refused by those that do not know it yet.
+            for &p in reachable.iter().filter(|p| !knowing.contains(p)) {
+                self.nodes[p].answer_join(0, me, Some(incarnation));
+                let answer = self.nodes[p].take_ready();
+                assert!(
+                    answer.peers.is_none() && answer.core.messages.is_empty(),
+                    "a refused Join changes nothing but the knocking set"
+                );
+            }
+            return;
+        };
+        let mut joiner = Joiner::of(me, configuration.clone(), false);
+        for &p in &knowing {
+            let id = ReplicaId(p as u32);
+            self.nodes[p].answer_join(0, me, Some(incarnation));
+            let ready = self.nodes[p].take_ready();
+            assert!(
+                ready.core.persist.is_empty() && ready.core.messages.is_empty(),
+                "answering a Join changes no instance"
+            );
+            if let Some(peers) = ready.peers {
+                self.peers_disk[p] = peers;
+            }
+            let answer = ready
+                .joins
+                .into_iter()
+                .next()
+                .and_then(|(_, a)| a.ok())
+                .expect("a replica that knows the row answers");
+            if configuration.is_member(id) {
+                joiner
+                    .answered(id, answer)
+                    .expect("answers of members over the rows known");
+            }
+        }
+        let Some(JoinDecision::Rejoin { horizons, sources }) = joiner.decision() else {
+            unreachable!(
+                "a majority answered and nobody knew it: {:?}",
+                joiner.decision()
+            );
+        };
+        let s = sources[0].index();
+        let image = self.nodes[s]
+            .snapshot_for(me, Some(incarnation))
+            .expect("the source answered this incarnation's Join");
+        let checkpoint = Checkpoint::decode(&image.checkpoint, self.cfg.n)
+            .expect("a snapshot the core encoded decodes");
+        let covered = (
+            checkpoint.gc_prefix.clone(),
+            checkpoint.executed_above.clone(),
+        );
+        self.nodes[r].join_from_snapshot(self.now, horizons, checkpoint, image.records);
+        let ready = self.nodes[r].take_ready();
+        let installed = match ready.membership {
+            Some(Membership::Joined { horizons }) => horizons,
+            other => unreachable!("a join ends joined, not {other:?}"),
+        };
+        self.membership_disk[r] = Membership::Joined {
+            horizons: installed.clone(),
+        };
+        let install = ready.install.expect("a join from a snapshot installs it");
+        self.durable[r] = install.records.iter().cloned().collect();
+        self.disk[r] = install.records;
+        self.checkpoint[r] = Some(install.checkpoint);
+        self.horizons[r] = Some(installed);
+        self.digest[r] = self.nodes[r].replica().kv().digest();
+        self.stats.joins += 1;
+        self.trace.record(
+            self.now,
+            What::Fault(format!(
+                "r{r} was added: it joins {configuration} from r{s}'s snapshot ({} records, {} \
+                 executed)",
+                self.disk[r].len(),
+                self.nodes[r].replica().kv().executed(),
+            )),
+        );
+        let source_digest = self.nodes[s].replica().kv().digest();
+        self.observer
+            .on_rejoin(r, self.nodes[r].replica(), s, source_digest, covered);
+        self.check_invariants(r);
+        self.after_input(r);
     }
 }

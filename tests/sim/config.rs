@@ -91,6 +91,10 @@ pub struct Config {
     /// while no permanent crash is still to come (skipped otherwise, and traced). 0 in
     /// `Config::random`; `random_seeds_with_removals` sets it.
     pub removals: usize,
+    /// Replicas beyond epoch 0's `n` (ids `n..n + spares`) that start with a new data
+    /// directory and knock (Join) until a change adds them (`Action::Reconfigure` with
+    /// `Change::Add`; see `Sim::try_join`).
+    pub spares: usize,
     /// A simulator-side sabotage: a wiped replica rejoins without horizons (it votes as if its
     /// old incarnation never voted), to show that the checks catch an unsafe rejoin.
     pub sabotage_rejoin_without_horizons: bool,
@@ -172,6 +176,7 @@ impl Config {
             // Drawn after everything above, for the same reason.
             wipes: usize::from(r.chance(0.15)),
             removals: 0,
+            spares: 0,
             sabotage_rejoin_without_horizons: false,
             // Drawn after everything above, for the same reason.
             session_ttl: ms(r.range(200, 2000)),
@@ -234,6 +239,7 @@ impl Config {
             sabotage_garble: false,
             wipes: 0,
             removals: 0,
+            spares: 0,
             sabotage_rejoin_without_horizons: false,
             barrier: true,
             sabotage: Sabotage::default(),
@@ -302,6 +308,9 @@ impl fmt::Display for Config {
         )?;
         if self.removals > 0 {
             write!(f, " removals={}", self.removals)?;
+        }
+        if self.spares > 0 {
+            write!(f, " spares={}", self.spares)?;
         }
         if self.gc_executed && self.checkpoint_every > 0 {
             write!(

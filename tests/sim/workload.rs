@@ -123,7 +123,8 @@ impl Sim {
     /// replica; a retry goes to the same replica once in a while (the first retry only), and
     /// otherwise to the next one, so that a client finds a live replica within F+1 retries.
     pub(super) fn send_attempt(&mut self, c: usize, replica: Option<usize>) {
-        let n = self.cfg.n;
+        // Spares too: a client may ask one before it is added (refused, it retries elsewhere).
+        let n = self.nodes.len();
         let token = self.next_token;
         self.next_token += 1;
         let same = self.rng.chance(0.3);
@@ -331,7 +332,7 @@ impl Sim {
     pub(super) fn on_wake(&mut self, c: usize) {
         if let Some(cmd) = self.clients[c].last_done.clone() {
             let cmd = Command { retry: true, ..cmd };
-            let replica = self.rng.index(self.cfg.n);
+            let replica = self.rng.index(self.nodes.len());
             let token = self.next_token;
             self.next_token += 1;
             self.tokens.insert(token, (c, cmd.request.0, cmd.client));

@@ -114,6 +114,8 @@ pub struct Stats {
     pub changes_stale: u64,
     /// The epoch every live replica ended in (checked equal, see `check_configurations`).
     pub final_epoch: u64,
+    /// Spares that joined once a change added them (see `Sim::try_join`).
+    pub joins: u64,
 }
 
 /// The result of one run.
@@ -292,7 +294,9 @@ impl Sim {
     /// A run of `cfg` with `script` steps at the given times.
     pub fn scripted(cfg: Config, script: Vec<(Duration, Action)>) -> Sim {
         let n = cfg.n;
-        let opts: Vec<Options> = (0..n)
+        // Epoch 0's replicas, then the spares a change may add (see `Config::spares`).
+        let total = n + cfg.spares;
+        let opts: Vec<Options> = (0..total)
             .map(|i| {
                 let mut o = Options::new(ReplicaId(i as u32), n);
                 o.thrifty = cfg.thrifty;
@@ -315,15 +319,23 @@ impl Sim {
         let joined = Membership::Joined {
             horizons: vec![0; n],
         };
+        let membership = |i: usize| {
+            if i < n {
+                joined.clone()
+            } else {
+                Membership::Joining
+            }
+        };
         let nodes: Vec<Node> = opts
             .iter()
-            .map(|o| {
+            .enumerate()
+            .map(|(i, o)| {
                 Node::new(
                     o.clone(),
                     cfg.checkpoint_every,
                     Duration::ZERO,
                     Restored {
-                        membership: joined.clone(),
+                        membership: membership(i),
                         configuration: None,
                         peers: vec![None; n],
                         checkpoint: None,
@@ -351,7 +363,7 @@ impl Sim {
         // Apart from `rng`, so that the other draws of a run stay what they were.
         let mut skew_rng = Rng::new(cfg.seed ^ 0x5c3e_0c10_c4ab_1e55);
         let skew_max = cfg.skew_max.as_millis() as u64;
-        let skew_ms = (0..n)
+        let skew_ms = (0..total)
             .map(|_| skew_rng.range(0, 2 * skew_max) as i64 - skew_max as i64)
             .collect();
         let mut sim = Sim {
@@ -361,25 +373,25 @@ impl Sim {
             seq: 0,
             nodes,
             opts,
-            life: vec![Life::Up; n],
-            incarnation: vec![0; n],
-            generation: vec![0; n],
-            horizons: vec![None; n],
-            caught_up: vec![true; n],
-            learnt: vec![vec![0; n]; n],
-            disk: vec![Vec::new(); n],
-            checkpoint: vec![None; n],
-            peers_disk: vec![vec![None; n]; n],
-            membership_disk: vec![joined; n],
-            sealed_disk: vec![Vec::new(); n],
-            crash_at_checkpoint: vec![false; n],
+            life: vec![Life::Up; total],
+            incarnation: vec![0; total],
+            generation: vec![0; total],
+            horizons: vec![None; total],
+            caught_up: vec![true; total],
+            learnt: vec![vec![0; total]; total],
+            disk: vec![Vec::new(); total],
+            checkpoint: vec![None; total],
+            peers_disk: vec![vec![None; n]; total],
+            membership_disk: (0..total).map(membership).collect(),
+            sealed_disk: vec![Vec::new(); total],
+            crash_at_checkpoint: vec![false; total],
             checkpoint_rng: Rng::new(cfg.seed ^ 0xc4ec_4b01_47c0_ffee),
-            durable: vec![HashMap::new(); n],
+            durable: vec![HashMap::new(); total],
             started: HashSet::new(),
             digest,
             crashes_ahead: 0,
-            links: Links::new(n),
-            collected_seen: vec![vec![0; n]; n],
+            links: Links::new(total),
+            collected_seen: vec![vec![0; total]; total],
             loss: cfg.loss,
             dup: cfg.dup,
             settling: false,
@@ -388,18 +400,18 @@ impl Sim {
             clients,
             tokens: BTreeMap::new(),
             admin_tokens: std::collections::BTreeSet::new(),
-            configuration_disk: vec![None; n],
+            configuration_disk: vec![None; total],
             skew_ms,
             next_token: 1,
             history: Vec::new(),
             stamp: 0,
-            observer: Observer::new(n, cfg.gc_executed),
+            observer: Observer::new(total, cfg.gc_executed),
             trace: Trace::default(),
             stats: Stats::default(),
             drop_next: Vec::new(),
             violations: Vec::new(),
             done: false,
-            ticks: vec![0; n],
+            ticks: vec![0; total],
             cfg,
         };
         for (at, action) in script {
@@ -446,7 +458,7 @@ impl Sim {
 
     pub(super) fn start(&mut self) {
         let n = self.cfg.n;
-        for r in 0..n {
+        for r in 0..self.nodes.len() {
             // Staggered so that the replicas' timers do not fire in lockstep.
             self.schedule_at(Duration::from_micros(1 + 997 * r as u64), Event::Tick(r, 0));
         }
@@ -631,7 +643,7 @@ impl Sim {
 
     pub(super) fn end_chaos(&mut self) {
         self.heal_links();
-        for r in 0..self.cfg.n {
+        for r in 0..self.nodes.len() {
             if matches!(self.life[r], Life::Down(_) | Life::Torn(_)) {
                 self.restart(r);
             }
@@ -660,7 +672,7 @@ impl Sim {
     }
 
     pub(super) fn finish(mut self, wall: Instant) -> Outcome {
-        for r in 0..self.cfg.n {
+        for r in 0..self.nodes.len() {
             self.check_invariants(r);
             if self.alive(r) && self.abstaining(r) {
                 self.stats.still_abstaining += 1;
