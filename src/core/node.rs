@@ -228,8 +228,10 @@ impl Node {
     /// Whether a batch from `peer`'s incarnation `incarnation` would be heard: it is the one
     /// recorded, or none is recorded yet. Changes nothing (see [`Node::hear`]).
     pub fn would_hear(&self, peer: ReplicaId, incarnation: Incarnation) -> bool {
-        self.peer_incarnation(peer)
-            .is_none_or(|recorded| recorded == incarnation)
+        peer.index() < self.replica.rows()
+            && self
+                .peer_incarnation(peer)
+                .is_none_or(|recorded| recorded == incarnation)
     }
 
     // ---- inputs -------------------------------------------------------------------------

@@ -50,6 +50,8 @@ pub(super) enum Fault {
     Wipe(usize),
     /// A random live member asks for the removal of a member (see `Config::removals`).
     Remove,
+    /// A random live member asks to add the lowest spare not added yet (see `Config::adds`).
+    Add,
 }
 
 /// Where a replica stands.
@@ -346,7 +348,7 @@ impl Sim {
             let Ok(image) = self.nodes[s].snapshot_for(me, Some(incarnation)) else {
                 continue;
             };
-            let checkpoint = Checkpoint::decode(&image.checkpoint, n)
+            let checkpoint = Checkpoint::decode(&image.checkpoint, self.cfg.n)
                 .expect("a snapshot the core encoded decodes");
             let covered = (
                 checkpoint.gc_prefix.clone(),
@@ -405,6 +407,7 @@ impl Sim {
             }
             Fault::Wipe(r) => self.wipe(r),
             Fault::Remove => self.remove_a_member(),
+            Fault::Add => self.add_a_member(),
         }
     }
 
@@ -452,6 +455,38 @@ impl Sim {
         self.on_action(super::Action::Reconfigure {
             replica: asker,
             change: epaxos_kv::core::epoch::Change::Remove(id),
+        });
+    }
+
+    /// A random live member (joined, not removed) asks to add the lowest spare that is not
+    /// and never was a member as far as it knows (see `Config::adds`).
+    fn add_a_member(&mut self) {
+        if self.settling {
+            return;
+        }
+        let askers: Vec<usize> = self.live().filter(|r| !self.nodes[*r].removed()).collect();
+        if askers.is_empty() {
+            return;
+        }
+        let asker = askers[self.rng.index(askers.len())];
+        let ever = self.nodes[asker].replica().members_ever();
+        let Some(target) =
+            (self.cfg.n..self.nodes.len()).find(|s| !ever.contains(&ReplicaId(*s as u32)))
+        else {
+            return;
+        };
+        self.trace.record(
+            self.now,
+            What::Fault(format!("r{asker} asked to add r{target}")),
+        );
+        let id = target as u32;
+        self.on_action(super::Action::Reconfigure {
+            replica: asker,
+            change: epaxos_kv::core::epoch::Change::Add(epaxos_kv::core::epoch::Member {
+                id: ReplicaId(id),
+                peer_addr: format!("sim-{id}:1"),
+                client_addr: format!("sim-{id}:2"),
+            }),
         });
     }
 

@@ -95,6 +95,9 @@ pub struct Config {
     /// directory and knock (Join) until a change adds them (`Action::Reconfigure` with
     /// `Change::Add`; see `Sim::try_join`).
     pub spares: usize,
+    /// How many times, at random moments, a random live member asks to add the lowest spare
+    /// not yet added (`random_seeds_with_changes` sets it).
+    pub adds: usize,
     /// A simulator-side sabotage: a wiped replica rejoins without horizons (it votes as if its
     /// old incarnation never voted), to show that the checks catch an unsafe rejoin.
     pub sabotage_rejoin_without_horizons: bool,
@@ -177,6 +180,7 @@ impl Config {
             wipes: usize::from(r.chance(0.15)),
             removals: 0,
             spares: 0,
+            adds: 0,
             sabotage_rejoin_without_horizons: false,
             // Drawn after everything above, for the same reason.
             session_ttl: ms(r.range(200, 2000)),
@@ -240,6 +244,7 @@ impl Config {
             wipes: 0,
             removals: 0,
             spares: 0,
+            adds: 0,
             sabotage_rejoin_without_horizons: false,
             barrier: true,
             sabotage: Sabotage::default(),
@@ -257,7 +262,11 @@ impl Config {
     pub fn replay(&self) -> String {
         match self.scenario {
             // A random run of that test: it replays one seed like `random_seeds`.
-            Some(test @ ("random_seeds_with_a_small_retention" | "random_seeds_with_removals")) => {
+            Some(
+                test @ ("random_seeds_with_a_small_retention"
+                | "random_seeds_with_removals"
+                | "random_seeds_with_changes"),
+            ) => {
                 format!(
                 "SIM_SEED={} cargo test --release --test simulation {test} -- --exact --nocapture",
                 self.seed
@@ -310,7 +319,7 @@ impl fmt::Display for Config {
             write!(f, " removals={}", self.removals)?;
         }
         if self.spares > 0 {
-            write!(f, " spares={}", self.spares)?;
+            write!(f, " spares={} adds={}", self.spares, self.adds)?;
         }
         if self.gc_executed && self.checkpoint_every > 0 {
             write!(

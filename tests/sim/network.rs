@@ -70,6 +70,9 @@ impl Sim {
     pub(super) fn on_deliver(&mut self, from: usize, to: usize, msg: Message, generation: u64) {
         let why = if !self.alive(to) {
             Some("crashed")
+        } else if from >= self.nodes[to].rows() {
+            // From a member added by a change `to` has not executed yet.
+            Some("unknown row")
         } else if !self.nodes[to].would_hear(ReplicaId(from as u32), incarnation_of(generation)) {
             // Sent by an incarnation that lost its disk: every peer refuses it since the wipe.
             Some("old incarnation")
@@ -85,7 +88,9 @@ impl Sim {
         }
         self.stats.delivered += 1;
         let msg = if self.cfg.sabotage_garble && self.stats.delivered.is_multiple_of(20) {
-            let nobody = ReplicaId(self.cfg.n as u32);
+            // Beyond every id ever handed out (a row merely not known yet may be a member
+            // added by a change the receiver has not executed: not impossible).
+            let nobody = ReplicaId(epaxos_kv::core::limits::MEMBERS_EVER_MAX as u32);
             Message::CommitRequest {
                 instances: vec![InstanceId::new(nobody, 0)],
             }

@@ -405,7 +405,7 @@ impl Sim {
             next_token: 1,
             history: Vec::new(),
             stamp: 0,
-            observer: Observer::new(total, cfg.gc_executed),
+            observer: Observer::new(n, total, cfg.gc_executed),
             trace: Trace::default(),
             stats: Stats::default(),
             drop_next: Vec::new(),
@@ -507,6 +507,11 @@ impl Sim {
         for _ in 0..self.cfg.removals {
             let at = faults.range(100, chaos_ms.max(101));
             self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Remove));
+        }
+        // Drawn after everything above, for the same reason.
+        for _ in 0..self.cfg.adds {
+            let at = faults.range(100, chaos_ms.max(101));
+            self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Add));
         }
         self.schedule_at(self.cfg.chaos, Event::EndChaos);
     }
@@ -626,8 +631,11 @@ impl Sim {
                     self.stats.changes_refused += 1;
                     return;
                 }
-                let token =
-                    ADMIN_TOKENS + self.admin_tokens.len() as u64 + self.stats.changes_refused;
+                // Unique: one per change asked (a count of those still waiting would repeat).
+                let asked = self.stats.changes_executed
+                    + self.stats.changes_stale
+                    + self.admin_tokens.len() as u64;
+                let token = ADMIN_TOKENS + asked + self.stats.changes_refused;
                 match self.nodes[replica].propose_reconfigure(token, change, self.now) {
                     Ok(()) => {
                         self.admin_tokens.insert(token);

@@ -266,6 +266,16 @@ impl Replica {
             r.gc_prefix = gc_prefix;
             executed_above = c.executed_above.into_iter().collect();
         }
+        // A log written after a change added ids holds instances of their rows, and the change
+        // that made them rows executes only below: the rows grow first.
+        let records: Vec<(InstanceId, Instance)> = records.into_iter().collect();
+        let rows = records
+            .iter()
+            .map(|(id, _)| id.replica.index() + 1)
+            .filter(|rows| *rows <= crate::core::limits::MEMBERS_EVER_MAX)
+            .max()
+            .unwrap_or(0);
+        r.grow_rows(rows);
         for (id, inst) in records {
             if id.replica.index() >= r.rows() || r.forgotten(id) {
                 continue;
@@ -727,6 +737,16 @@ impl Replica {
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
         let msg = self.rows_known(now, from, msg);
         if let Err(reason) = self.check_input(from, &msg) {
+            if reason == Reject::UnknownReplica
+                && from.index() < self.rows()
+                && self.names_a_later_row(from, &msg)
+            {
+                // A row this replica does not know yet: one a change it has not executed
+                // added (`wire` bounds ids by the most ever handed out). It is behind: it pulls
+                // the Commits it misses from the sender, and this message waits for a resend.
+                self.behind_epoch(now, from);
+                return;
+            }
             self.ready.rejected.push(Rejected {
                 from,
                 kind: msg.kind(),

@@ -88,19 +88,21 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(n: usize, gc: bool) -> Observer {
+    /// `n` replicas in epoch 0 (the majority collection is checked against), `total` with the
+    /// spares a change may add (see `Config::spares`).
+    pub fn new(n: usize, total: usize, gc: bool) -> Observer {
         Observer {
             decided: BTreeMap::new(),
             gc,
-            executed: vec![Vec::new(); n],
+            executed: vec![Vec::new(); total],
             incarnations: Vec::new(),
-            began: vec![Vec::new(); n],
-            restarts: vec![0; n],
-            executed_set: vec![HashSet::new(); n],
-            committed: vec![HashSet::new(); n],
-            applied: vec![HashSet::new(); n],
-            kv_executed: vec![0; n],
-            kv_refused: vec![0; n],
+            began: vec![Vec::new(); total],
+            restarts: vec![0; total],
+            executed_set: vec![HashSet::new(); total],
+            committed: vec![HashSet::new(); total],
+            applied: vec![HashSet::new(); total],
+            kv_executed: vec![0; total],
+            kv_refused: vec![0; total],
             refused_in: HashSet::new(),
             violations: Vec::new(),
             clock: 0,
