@@ -320,6 +320,16 @@ impl Node {
         }
     }
 
+    /// A message from `peer` named a row this replica does not know (the shell's decoding
+    /// refused it, `wire::WireError::UnknownReplica`): `peer` executed a change adding an id
+    /// that this replica has not executed yet. It asks `peer` for the Commits it misses (the
+    /// change among them; at most once per `catch_up_every`), after which it knows the row.
+    pub fn peer_knows_more_rows(&mut self, now: Time, peer: ReplicaId) {
+        if self.active() && peer.index() < self.replica.rows() {
+            self.replica.behind_epoch(now, peer);
+        }
+    }
+
     /// The wall clock, in Unix milliseconds: see [`Replica::set_wall_clock_ms`].
     pub fn set_wall_clock_ms(&mut self, wall_ms: u64) {
         self.replica.set_wall_clock_ms(wall_ms);

@@ -70,8 +70,9 @@ impl Sim {
     pub(super) fn on_deliver(&mut self, from: usize, to: usize, msg: Message, generation: u64) {
         let why = if !self.alive(to) {
             Some("crashed")
-        } else if from >= self.nodes[to].rows() {
-            // From a member added by a change `to` has not executed yet.
+        } else if self.cfg.spares > 0 && !self.decodes_at(to, &msg) {
+            // Naming a member added by a change `to` has not executed yet: the runtime's
+            // decoding refuses it (`WireError::UnknownReplica`) before the core sees it.
             Some("unknown row")
         } else if !self.nodes[to].would_hear(ReplicaId(from as u32), incarnation_of(generation)) {
             // Sent by an incarnation that lost its disk: every peer refuses it since the wipe.
@@ -84,13 +85,16 @@ impl Sim {
         let (kind, instance) = (msg.kind(), msg.instance());
         if let Some(why) = why {
             self.drop_message(from, to, kind, instance, why);
+            if why == "unknown row" {
+                // As the runtime does on that decoding error: `to` pulls what it misses.
+                self.nodes[to].peer_knows_more_rows(self.now, ReplicaId(from as u32));
+                self.after_input(to);
+            }
             return;
         }
         self.stats.delivered += 1;
         let msg = if self.cfg.sabotage_garble && self.stats.delivered.is_multiple_of(20) {
-            // Beyond every id ever handed out (a row merely not known yet may be a member
-            // added by a change the receiver has not executed: not impossible).
-            let nobody = ReplicaId(epaxos_kv::core::limits::MEMBERS_EVER_MAX as u32);
+            let nobody = ReplicaId(self.cfg.n as u32);
             Message::CommitRequest {
                 instances: vec![InstanceId::new(nobody, 0)],
             }
@@ -113,6 +117,13 @@ impl Sim {
         assert!(heard, "would_hear said it would");
         self.nodes[to].handle(self.now, peer, msg);
         self.after_input(to);
+    }
+
+    /// Whether `msg` decodes at replica `to` (its ids within the rows `to` knows), as the
+    /// runtime's `wire::decode` checks it.
+    fn decodes_at(&self, to: usize, msg: &Message) -> bool {
+        use epaxos_kv::core::wire::{decode, encode};
+        decode(&encode(msg), self.nodes[to].rows()).is_ok()
     }
 
     pub(super) fn latency(&mut self) -> Duration {

@@ -15,20 +15,7 @@ impl Replica {
     /// directly (simulator, tests) and because the rest needs its state (its next slot).
     pub(super) fn check_input(&self, from: ReplicaId, msg: &Message) -> Result<(), Reject> {
         // Ids are checked against every row known here (epoch 0's ids and those added since).
-        self.check_input_over(from, msg, self.rows())
-    }
-
-    /// Whether `msg`, refused for naming a row not known here, would pass whole with every row that
-    /// can ever be handed out: then it may come from a peer that executed a change adding ids
-    /// this replica has not executed yet (see `Replica::dispatch`).
-    pub(super) fn names_a_later_row(&self, from: ReplicaId, msg: &Message) -> bool {
-        self.check_input_over(from, msg, crate::core::limits::MEMBERS_EVER_MAX)
-            .is_ok()
-    }
-
-    /// [`Replica::check_input`] with ids checked against `n` rows.
-    fn check_input_over(&self, from: ReplicaId, msg: &Message, n: usize) -> Result<(), Reject> {
-        let me = self.opts.id;
+        let (n, me) = (self.rows(), self.opts.id);
         if from.index() >= n || from == me {
             return Err(Reject::Sender);
         }

@@ -689,43 +689,6 @@ impl Replica {
         self.debug_check_invariants();
     }
 
-    /// A Watermark over more rows than known here (at most the most ids ever handed out) comes
-    /// from a peer that executed a change adding ids this replica has not executed yet (it was
-    /// cut off, or down): only the rows known count, and it pulls the Commits it misses (the
-    /// change among them) from that peer, as for any message of a later epoch.
-    fn rows_known(&mut self, now: Time, from: ReplicaId, msg: Message) -> Message {
-        let rows = self.rows();
-        match msg {
-            Message::Watermark {
-                mut committed_prefix,
-                mut executed_prefix,
-                mut collected_prefix,
-            } if [&committed_prefix, &executed_prefix, &collected_prefix]
-                .iter()
-                .any(|p| p.len() > rows)
-                && [&committed_prefix, &executed_prefix, &collected_prefix]
-                    .iter()
-                    .all(|p| p.len() <= crate::core::limits::MEMBERS_EVER_MAX)
-                && from.index() < rows =>
-            {
-                self.behind_epoch(now, from);
-                for p in [
-                    &mut committed_prefix,
-                    &mut executed_prefix,
-                    &mut collected_prefix,
-                ] {
-                    p.truncate(rows);
-                }
-                Message::Watermark {
-                    committed_prefix,
-                    executed_prefix,
-                    collected_prefix,
-                }
-            }
-            other => other,
-        }
-    }
-
     /// Handles one message from peer `from`. A message that names a replica, instance, ballot
     /// or dependency that cannot exist (see [`Reject`]) changes nothing, not even when the
     /// sender was last heard: it is only reported in [`Ready::rejected`].
@@ -735,18 +698,7 @@ impl Replica {
     }
 
     fn dispatch(&mut self, now: Time, from: ReplicaId, msg: Message) {
-        let msg = self.rows_known(now, from, msg);
         if let Err(reason) = self.check_input(from, &msg) {
-            if reason == Reject::UnknownReplica
-                && from.index() < self.rows()
-                && self.names_a_later_row(from, &msg)
-            {
-                // A row this replica does not know yet: one a change it has not executed
-                // added (`wire` bounds ids by the most ever handed out). It is behind: it pulls
-                // the Commits it misses from the sender, and this message waits for a resend.
-                self.behind_epoch(now, from);
-                return;
-            }
             self.ready.rejected.push(Rejected {
                 from,
                 kind: msg.kind(),

@@ -156,7 +156,7 @@ impl Replica {
 
     /// A message of an epoch above this replica's came from `from`: ask it for the Commits this
     /// replica misses (a Watermark, answered with them), at most once per `catch_up_every`.
-    pub(super) fn behind_epoch(&mut self, now: Time, from: ReplicaId) {
+    pub(crate) fn behind_epoch(&mut self, now: Time, from: ReplicaId) {
         if now < self.next_catch_up {
             return;
         }
