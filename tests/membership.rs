@@ -1359,3 +1359,36 @@ async fn replacing_a_dead_member_by_a_new_replica_under_load() {
         .converged_among(&[0, 1, 3], Duration::from_secs(30))
         .await;
 }
+
+/// Adding a member while another is down: the new configuration {0, 1, 2, 3} has a live
+/// majority (0, 1 and the new 3), and the added replica joins once that majority answered: its
+/// Join asked again after it adopted epoch 1 is a retry of the same incarnation, not a rejoin
+/// that would wait for every member (replica 2 too, down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_member_while_another_is_down_joins_with_a_majority() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let load = Load::start(&cluster, &[0, 1], "down").await;
+    load.wait_more(20, "before the kill").await;
+    cluster.kill(2);
+    status_until(&cluster, 0, "replica 2 suspected", |s| {
+        s.peers_suspected.contains(&2)
+    })
+    .await;
+    let three = cluster.start_added().await;
+    not_a_member_yet(&cluster, three, &[0, 1, 2]).await;
+    assert_eq!(
+        add(&cluster, three).await,
+        change_output(&cluster, 1, &[0, 1, 2, 3])
+    );
+    status_until(&cluster, three, "joined epoch 1 with 2 down", |s| {
+        !s.joining && s.epoch == 1
+    })
+    .await;
+    first_write(&cluster, three, "at-3").await;
+    load.wait_more(20, "after adding 3").await;
+    let (acked, _failed) = load.stop().await;
+    cluster
+        .converged_among(&[0, 1, 3], Duration::from_secs(30))
+        .await;
+    read_back(&cluster, three, &acked).await;
+}

@@ -395,8 +395,12 @@ impl Node {
             }
             return Err(Refusal::BadJoin);
         };
-        let previous = *slot;
-        if previous != Some(incarnation) {
+        // The same incarnation asking again (its join retried, or restarted after adopting a
+        // later configuration) is no earlier incarnation: it took part in nothing yet (a
+        // joining replica does not vote, and one whose join was interrupted says so itself),
+        // so it must not be taken for a rejoin that waits for every member.
+        let previous = slot.filter(|p| *p != incarnation);
+        if *slot != Some(incarnation) {
             *slot = Some(incarnation);
             self.out.peers = Some(self.peers.clone());
         }
@@ -776,6 +780,12 @@ mod tests {
         let answer = answer.as_ref().expect("answered");
         assert_eq!(answer.previous, Some(inc(3)));
         assert_eq!(answer.row_ends.len(), 3);
+        // The same incarnation asking again (a retried join) is no earlier one: not a rejoin.
+        n.answer_join(41, ReplicaId(2), Some(inc(4)));
+        let r = n.take_ready();
+        assert_eq!(r.peers, None, "nothing new to record");
+        let again = r.joins[0].1.as_ref().expect("answered");
+        assert_eq!(again.previous, None, "a retry of the same join");
         assert!(
             !n.hear(ReplicaId(2), inc(3)),
             "the old incarnation is fenced"
