@@ -463,10 +463,14 @@ impl EventLoop {
                 from,
                 incarnation,
                 messages,
+                behind,
                 ..
             } => {
                 if !self.node.hear(from, incarnation) {
                     return;
+                }
+                if behind {
+                    self.node.peer_knows_more_rows(now, from);
                 }
                 if let Some(h) = self.heard.get_mut(from.index()) {
                     *h = Instant::now();

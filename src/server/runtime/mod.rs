@@ -134,6 +134,9 @@ pub enum Event {
         from: ReplicaId,
         incarnation: Incarnation,
         messages: Vec<Message>,
+        /// Some of its messages named a row this replica does not know (dropped): the peer
+        /// executed a change adding an id that this replica has not executed yet.
+        behind: bool,
         /// Its share of bigChannel's byte budget, returned once the event is handled.
         budget: OwnedSemaphorePermit,
     },

@@ -465,6 +465,7 @@ impl Peer for PeerService {
                     }
                 };
                 let mut messages = Vec::with_capacity(batch.messages.len());
+                let mut behind = false;
                 for bytes in &batch.messages {
                     match wire::decode(bytes, ids.rows()) {
                         Ok(m) => messages.push(m),
@@ -472,7 +473,15 @@ impl Peer for PeerService {
                             metrics::counter!("epaxos_wire_errors_total",
                                 "peer" => crate::server::metrics::peer_label(from.0))
                             .increment(1);
-                            tracing::warn!(%from, error = %e, "dropping malformed peer message");
+                            if let wire::WireError::UnknownReplica { .. } = e {
+                                // Expected behind an add: the core pulls the change's Commit.
+                                behind = true;
+                                tracing::debug!(%from, error = %e,
+                                    "dropping a peer message naming a row not known yet");
+                            } else {
+                                tracing::warn!(%from, error = %e,
+                                    "dropping malformed peer message");
+                            }
                         }
                     }
                 }
@@ -488,6 +497,7 @@ impl Peer for PeerService {
                     from,
                     incarnation,
                     messages,
+                    behind,
                     budget,
                 };
                 if big.send(event).await.is_err() {
