@@ -476,14 +476,26 @@ pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message,
                 .map(|i| id_from(Some(i), n))
                 .collect::<Result<Vec<_>, _>>()?,
         },
-        Kind::Watermark(m) => {
+        Kind::Watermark(mut m) => {
             let rows = m
                 .committed_prefix
                 .len()
                 .max(m.executed_prefix.len())
                 .max(m.collected_prefix.len());
-            if rows > n {
+            if rows > MEMBERS_EVER_MAX {
                 return Err(not_known(u32::try_from(rows - 1).unwrap_or(u32::MAX), n));
+            }
+            // A peer that executed an add reports rows this replica has not learnt: they are
+            // cut off and the rest counts. A replica behind an add must still read its peers'
+            // collected prefixes: left behind by their collection, it learns so only from a
+            // Watermark and catches up by snapshot, which brings the change (refusing the
+            // whole Watermark left it waiting forever for Commits nobody holds any more).
+            for prefix in [
+                &mut m.committed_prefix,
+                &mut m.executed_prefix,
+                &mut m.collected_prefix,
+            ] {
+                prefix.truncate(n);
             }
             Message::Watermark {
                 committed_prefix: m.committed_prefix,
@@ -1089,10 +1101,11 @@ mod tests {
             collected_prefix: vec![],
         };
         assert!(decode(&encode(&watermark(4)), 4).is_ok());
-        assert!(matches!(
-            decode(&encode(&watermark(4)), 3),
-            Err(WireError::UnknownReplica { id: 3, rows: 3 })
-        ));
+        assert_eq!(
+            decode(&encode(&watermark(4)), 3).expect("an added row is cut off"),
+            watermark(3),
+            "a Watermark from a peer that executed an add is read for the rows known here"
+        );
         assert!(matches!(
             decode(&encode(&watermark(MEMBERS_EVER_MAX + 1)), 3),
             Err(WireError::ImpossibleReplica(_))

@@ -68,9 +68,19 @@ impl Sim {
     }
 
     pub(super) fn on_deliver(&mut self, from: usize, to: usize, msg: Message, generation: u64) {
+        // What `to` receives is what the runtime's decoding makes of the bytes (a Watermark
+        // from a peer that knows more rows is cut to the rows `to` knows).
+        let (msg, decodes) = if self.cfg.spares > 0 && self.alive(to) {
+            match self.decoded_at(to, &msg) {
+                Some(decoded) => (decoded, true),
+                None => (msg, false),
+            }
+        } else {
+            (msg, true)
+        };
         let why = if !self.alive(to) {
             Some("crashed")
-        } else if self.cfg.spares > 0 && !self.decodes_at(to, &msg) {
+        } else if !decodes {
             // Naming a member added by a change `to` has not executed yet: the runtime's
             // decoding refuses it (`WireError::UnknownReplica`) before the core sees it.
             Some("unknown row")
@@ -119,11 +129,11 @@ impl Sim {
         self.after_input(to);
     }
 
-    /// Whether `msg` decodes at replica `to` (its ids within the rows `to` knows), as the
-    /// runtime's `wire::decode` checks it.
-    fn decodes_at(&self, to: usize, msg: &Message) -> bool {
+    /// `msg` as replica `to` decodes it (its ids within the rows `to` knows), as the runtime's
+    /// `wire::decode` does; `None` if refused.
+    fn decoded_at(&self, to: usize, msg: &Message) -> Option<Message> {
         use epaxos_kv::core::wire::{decode, encode};
-        decode(&encode(msg), self.nodes[to].rows()).is_ok()
+        decode(&encode(msg), self.nodes[to].rows()).ok()
     }
 
     pub(super) fn latency(&mut self) -> Duration {
