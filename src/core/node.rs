@@ -520,6 +520,8 @@ impl Node {
         replica.set_horizons(horizons);
         // Its seals stay (they are stored apart from the log); the boundary is learnt again.
         replica.restore_seals(seals);
+        // A change the snapshot brought and this replica never executed: seal what it left.
+        replica.seal_missed_boundary();
         // Its outputs (the resends of the instances of its own it goes on leading) stay.
         self.checkpointed_at = replica.collected();
         self.replica = replica;

@@ -252,6 +252,28 @@ impl Replica {
         self.ask_seals();
     }
 
+    /// After a peer's snapshot brought this replica past a change it never executed (it was
+    /// left behind, `Node::install_caught_up`): if it was a member of the epoch that change
+    /// ended and holds no seal of it, it seals it now with what it holds. Sealing late is as
+    /// safe as sealing when executing the change: a seal bounds only the votes given from then
+    /// on, and every vote given before is for an instance held here (catching up keeps them).
+    /// Without it, that epoch's other members could wait forever for its `Sealed`: they learn
+    /// `B` from a majority of the epoch, and it answers a `SealQuery` only with a seal (seed
+    /// 758 of `random_seeds_with_changes`: the epoch's two members, one of them this).
+    pub(crate) fn seal_missed_boundary(&mut self) {
+        let current = self.configuration().clone();
+        let Some(left) = current.epoch().0.checked_sub(1).map(Epoch) else {
+            return; // epoch 0: no boundary
+        };
+        let Some(old) = self.configuration_of(left).cloned() else {
+            return;
+        };
+        if !old.is_member(self.opts.id) || self.seals.kept.iter().any(|s| s.epoch == left) {
+            return;
+        }
+        self.seal_epoch(&old, &current);
+    }
+
     /// Per row, one past the highest slot of an instance of `epoch` (or older) held here, or
     /// held once (committed, collected; this replica's own next slot).
     #[allow(dead_code)]
