@@ -828,7 +828,11 @@ impl Sim {
             c.is_member(me)
                 && knowing
                     .iter()
-                    .filter(|&&p| c.is_member(ReplicaId(p as u32)))
+                    .filter(|&&p| {
+                        // A peer that has not learnt every row of `c` (a later add) gives an
+                        // answer the Joiner refuses (the runtime asks it again): not counted.
+                        c.is_member(ReplicaId(p as u32)) && self.nodes[p].rows() >= c.rows()
+                    })
                     .count()
                     + 1
                     >= c.slow_quorum()
@@ -863,7 +867,7 @@ impl Sim {
                 .next()
                 .and_then(|(_, a)| a.ok())
                 .expect("a replica that knows the row answers");
-            if configuration.is_member(id) {
+            if configuration.is_member(id) && answer.row_ends.len() >= configuration.rows() {
                 joiner
                     .answered(id, answer)
                     .expect("answers of members over the rows known");

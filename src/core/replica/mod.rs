@@ -266,12 +266,15 @@ impl Replica {
             r.gc_prefix = gc_prefix;
             executed_above = c.executed_above.into_iter().collect();
         }
-        // A log written after a change added ids holds instances of their rows, and the change
-        // that made them rows executes only below: the rows grow first.
+        // A log written after a change added ids holds instances of their rows, and deps naming
+        // them (the record of such an instance may be cut off with a checkpoint while a later
+        // one's deps still name it), and the change that made them rows executes only below:
+        // the rows grow first.
         let records: Vec<(InstanceId, Instance)> = records.into_iter().collect();
         let rows = records
             .iter()
-            .map(|(id, _)| id.replica.index() + 1)
+            .flat_map(|(id, inst)| std::iter::once(*id).chain(inst.deps.iter().copied()))
+            .map(|id| id.replica.index() + 1)
             .filter(|rows| *rows <= crate::core::limits::MEMBERS_EVER_MAX)
             .max()
             .unwrap_or(0);
