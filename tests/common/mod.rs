@@ -36,11 +36,16 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
 }
 
+/// Every port `free_ports` handed out in this test process: never handed out again.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Reserves `count` distinct free loopback ports, drawn at random below the kernel's ephemeral
 /// range: an outgoing connection (the replicas dial each other while they start) never takes
 /// one of those, which with ports from the ephemeral range happened between this reservation
-/// and the replica's bind. The listeners are dropped just before the replicas bind; another
-/// test picking the same port in between is possible but unlikely, and `start` reports it.
+/// and the replica's bind. The listeners are dropped just before the replicas bind; a port is
+/// handed out at most once per test process (`HANDED_OUT`), so a test running at the same time
+/// cannot pick it in between (that happened: "Address already in use" at a replica's start).
 pub fn free_ports(count: usize) -> Vec<u16> {
     let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -53,7 +58,14 @@ pub fn free_ports(count: usize) -> Vec<u16> {
         attempts += 1;
         assert!(attempts < 10_000, "no free loopback ports in {low}..{high}");
         let port = low + (rand::random::<u16>() % (high - low));
+        let mut handed = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed.contains(&port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            handed.insert(port);
             listeners.push(l);
         }
     }
