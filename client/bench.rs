@@ -456,8 +456,14 @@ async fn targets(setup: &Setup, load: &LoadArgs, plan: &Plan) -> Result<Arc<Targ
                 attempt_timeout,
                 setup.insecure,
             )?);
+            // The current members, not only config.json's replicas (see endpoints.rs).
+            let sync_timeout = attempt_timeout.max(Duration::from_secs(3));
+            let cluster =
+                crate::endpoints::sync(cluster, sync_timeout, Some(crate::endpoints::GRACE))
+                    .await?
+                    .cluster;
             let names = (0..cluster.n())
-                .map(|i| format!("replica {i} at {}", cluster.addr(i)))
+                .map(|i| format!("replica {} at {}", cluster.id(i), cluster.addr(i)))
                 .collect();
             (Backend::Ours(cluster), names)
         }
@@ -480,15 +486,18 @@ async fn targets(setup: &Setup, load: &LoadArgs, plan: &Plan) -> Result<Arc<Targ
         Backend::Ours(c) => c.n(),
         Backend::Etcd(c) => c.len(),
     };
-    let single = match (setup.target, setup.replica) {
-        (TargetMode::Single, Some(id)) if id as usize >= n => bail!(
+    let single = match (setup.target, setup.replica, &backend) {
+        (TargetMode::Single, Some(id), Backend::Ours(c)) => c.check_replica(id)?,
+        (TargetMode::Single, Some(id), _) if id as usize >= n => bail!(
             "--replica {id}: there are only {n} targets (ids 0..={})",
             n - 1
         ),
-        (TargetMode::Single, Some(id)) => id as usize,
-        (TargetMode::Single, None) => 0,
-        (TargetMode::RoundRobin, Some(_)) => bail!("--replica applies only to --target single"),
-        (TargetMode::RoundRobin, None) => 0,
+        (TargetMode::Single, Some(id), _) => id as usize,
+        (TargetMode::Single, None, _) => 0,
+        (TargetMode::RoundRobin, Some(_), _) => {
+            bail!("--replica applies only to --target single")
+        }
+        (TargetMode::RoundRobin, None, _) => 0,
     };
     let targets = Arc::new(Targets {
         backend,

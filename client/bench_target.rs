@@ -20,7 +20,7 @@ use rand::Rng;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::cluster::{describe_status, is_local_timeout, Cluster, TargetMode};
+use crate::cluster::{describe_status, is_local_timeout, is_removed_refusal, Cluster, TargetMode};
 use crate::etcd::{pb as etcdpb, EtcdClient};
 use crate::session::{fresh_client_id, retryable_status};
 
@@ -119,18 +119,22 @@ enum AttemptError {
 }
 
 impl AttemptError {
+    /// A removed member's refusal is retried at the next replica too: nothing of the request
+    /// entered the protocol there, so the same request id is safe.
     fn retryable(&self) -> bool {
         match self {
             AttemptError::Timeout => true,
-            AttemptError::Status(s) => retryable_status(s),
+            AttemptError::Status(s) => retryable_status(s) || is_removed_refusal(s),
         }
     }
 
-    /// Whether the replica itself looks slow or gone (rather than the request being bad).
+    /// Whether the replica itself looks slow or gone (rather than the request being bad); a
+    /// member removed during the run too, so that round-robin workers avoid it (the members
+    /// the change added are not sent load before the next run: the bench syncs at its start).
     fn replica_unwell(&self) -> bool {
         match self {
             AttemptError::Timeout => true,
-            AttemptError::Status(s) => s.code() == Code::Unavailable,
+            AttemptError::Status(s) => s.code() == Code::Unavailable || is_removed_refusal(s),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use epaxos_kv::proto::kv_client::KvClient;
-use epaxos_kv::proto::StatusRequest;
+use epaxos_kv::proto::{Member, StatusRequest};
 use epaxos_kv::server::backoff::Avoidance;
 use epaxos_kv::server::config::{Config, HostPort};
 use epaxos_kv::server::tls;
@@ -45,7 +45,13 @@ impl TargetMode {
 
 /// One lazily connected channel per replica. Channels multiplex any number of concurrent
 /// requests over one HTTP/2 connection; clients are cheap clones of them.
+///
+/// The replicas are those of the configuration file (or `--endpoints`) at first; once
+/// [`crate::endpoints::sync`] heard the cluster's configuration, its current members (ids need
+/// not be contiguous after changes: index `idx` is replica `id(idx)`).
 pub struct Cluster {
+    /// The replica id at each index.
+    ids: Vec<u32>,
     /// Where each replica's client listener is reached. A host name is resolved by the channel
     /// on each (re)connect, so a replica that moved is found at its new address.
     addrs: Vec<HostPort>,
@@ -54,7 +60,11 @@ pub struct Cluster {
     /// said they are unavailable or did not answer in time (see [`DOWN_FOR`]).
     down: Avoidance,
     /// How to reach a member the cluster added (not in config.json): see
-    /// [`Cluster::member_client`].
+    /// [`Cluster::member_client`]. The CA is the cluster's (config.json's certificate
+    /// directory) and each replica is checked under its own name in that cluster, so a member
+    /// learnt from a replica's Status, or an address config.json names that another cluster
+    /// now uses, is never talked to unless it proves it is that replica of this cluster.
+    /// (`--insecure` has no such check: plaintext trusts whoever answers.)
     tls: Option<tonic::transport::ClientTlsConfig>,
     cluster_name: String,
     connect_timeout: Duration,
@@ -80,43 +90,38 @@ impl Cluster {
     /// `insecure`: plaintext (the replicas run `--insecure`); otherwise TLS with the CA (and
     /// the client certificate, if any) the configuration names.
     pub fn new(config: &Config, connect_timeout: Duration, insecure: bool) -> Result<Cluster> {
-        let mut addrs = Vec::with_capacity(config.n());
-        let mut clients = Vec::with_capacity(config.n());
         let tls = if insecure {
             None
         } else {
             Some(tls::client_config(&config.tls).map_err(|e| anyhow!("{e}"))?)
         };
-        for r in &config.replicas {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", r.addr))
-                .with_context(|| format!("replica {}: bad address {}", r.id.0, r.addr))?
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true);
-            if let Some(tls) = &tls {
-                let name = tls::replica_name(&config.tls.cluster_name, r.id.0);
-                endpoint = endpoint
-                    .tls_config(tls.clone().domain_name(name))
-                    .with_context(|| format!("replica {}: TLS settings", r.id.0))?;
-            }
-            addrs.push(r.addr.clone());
-            clients.push(KvClient::new(endpoint.connect_lazy()));
-        }
-        let down_for = DOWN_FOR.max(connect_timeout.saturating_mul(2));
-        Ok(Cluster {
-            down: Avoidance::new(addrs.len(), down_for, down_for, down_for),
-            addrs,
-            clients,
+        let mut cluster = Cluster {
+            ids: Vec::with_capacity(config.n()),
+            addrs: Vec::with_capacity(config.n()),
+            clients: Vec::with_capacity(config.n()),
+            down: Avoidance::new(0, DOWN_FOR, DOWN_FOR, DOWN_FOR),
             tls,
             cluster_name: config.tls.cluster_name.clone(),
             connect_timeout,
-        })
+        };
+        for r in &config.replicas {
+            let client = cluster.channel(r.id.0, &r.addr)?;
+            cluster.ids.push(r.id.0);
+            cluster.addrs.push(r.addr.clone());
+            cluster.clients.push(client);
+        }
+        cluster.down = cluster.avoidance();
+        Ok(cluster)
     }
 
-    /// A client for replica `id` at `addr`, a member that a change added (config.json does not
-    /// list it; a member's Status names it), checked under its own name like the others.
-    pub fn member_client(&self, id: u32, addr: &str) -> Result<KvClient<Channel>> {
-        let addr = HostPort::parse(addr).map_err(|e| anyhow!("replica {id}: {addr}: {e}"))?;
+    /// Round-robin's avoidance of this cluster's replicas (see [`DOWN_FOR`]).
+    fn avoidance(&self) -> Avoidance {
+        let down_for = DOWN_FOR.max(self.connect_timeout.saturating_mul(2));
+        Avoidance::new(self.ids.len(), down_for, down_for, down_for)
+    }
+
+    /// A lazily connected channel to replica `id` at `addr`, checked under its own name.
+    fn channel(&self, id: u32, addr: &HostPort) -> Result<KvClient<Channel>> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .with_context(|| format!("replica {id}: bad address {addr}"))?
@@ -129,6 +134,57 @@ impl Cluster {
                 .with_context(|| format!("replica {id}: TLS settings"))?;
         }
         Ok(KvClient::new(endpoint.connect_lazy()))
+    }
+
+    /// A client for replica `id` at `addr`, a member that a change added (config.json does not
+    /// list it; a member's Status names it), checked under its own name like the others.
+    pub fn member_client(&self, id: u32, addr: &str) -> Result<KvClient<Channel>> {
+        let addr = HostPort::parse(addr).map_err(|e| anyhow!("replica {id}: {addr}: {e}"))?;
+        self.channel(id, &addr)
+    }
+
+    /// The same cluster over `members` (a configuration a replica reported), in id order. A
+    /// member this cluster already has keeps its address and channel (the one config.json or
+    /// `--endpoints` gave: it may be a name, or reachable only so from here); one it does not
+    /// have is reached at the client address the configuration records for it.
+    pub fn with_members(&self, members: &[Member]) -> Result<Cluster> {
+        let mut members: Vec<&Member> = members.iter().collect();
+        members.sort_by_key(|m| m.id);
+        let mut out = Cluster {
+            ids: Vec::with_capacity(members.len()),
+            addrs: Vec::with_capacity(members.len()),
+            clients: Vec::with_capacity(members.len()),
+            down: Avoidance::new(0, DOWN_FOR, DOWN_FOR, DOWN_FOR),
+            tls: self.tls.clone(),
+            cluster_name: self.cluster_name.clone(),
+            connect_timeout: self.connect_timeout,
+        };
+        for m in members {
+            let (addr, client) = match self.index_of(m.id) {
+                Some(idx) => (self.addrs[idx].clone(), self.clients[idx].clone()),
+                None => {
+                    let addr = HostPort::parse(&m.client_addr)
+                        .map_err(|e| anyhow!("replica {}: {}: {e}", m.id, m.client_addr))?;
+                    let client = out.channel(m.id, &addr)?;
+                    (addr, client)
+                }
+            };
+            out.ids.push(m.id);
+            out.addrs.push(addr);
+            out.clients.push(client);
+        }
+        out.down = out.avoidance();
+        Ok(out)
+    }
+
+    /// The index of replica `id`, if this cluster has it.
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.ids.iter().position(|&i| i == id)
+    }
+
+    /// The id of replica `idx`.
+    pub fn id(&self, idx: usize) -> u32 {
+        self.ids[idx]
     }
 
     /// Notes that replica `idx` is unreachable or shutting down: round-robin requests skip it
@@ -165,16 +221,20 @@ impl Cluster {
         self.clients[idx].clone()
     }
 
-    /// Checks that `--replica` names a replica of the config and returns its index.
+    /// Checks that `--replica` names a replica of this cluster (the config's, or the current
+    /// members once synced) and returns its index.
     pub fn check_replica(&self, id: u32) -> Result<usize> {
-        let idx = id as usize;
-        if idx >= self.n() {
-            bail!(
-                "--replica {id}: replica id {id} is not in the config (it lists ids 0..={})",
-                self.n() - 1
-            );
+        match self.index_of(id) {
+            Some(idx) => Ok(idx),
+            None => bail!(
+                "--replica {id}: replica {id} is not a member of the cluster (the members are {})",
+                self.ids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
-        Ok(idx)
     }
 
     /// Asks replica `idx` for its status (which also opens the connection), within `timeout`.
@@ -189,13 +249,15 @@ impl Cluster {
                     self.mark_down(idx);
                 }
                 bail!(
-                    "replica {idx} at {}: {}",
+                    "replica {} at {}: {}",
+                    self.id(idx),
                     self.addr(idx),
                     describe_status(&status)
                 )
             }
             _ => bail!(
-                "replica {idx} at {}: no answer within {} ms",
+                "replica {} at {}: no answer within {} ms",
+                self.id(idx),
                 self.addr(idx),
                 timeout.as_millis()
             ),
@@ -220,6 +282,21 @@ impl Picker {
             n,
             next: start % n.max(1),
         }
+    }
+
+    /// The picker of a command: in single mode at `--replica ID` (which must be a member) or
+    /// the first member; in round-robin mode from a random member, so that repeated one-shot
+    /// commands spread out.
+    pub fn choose(cluster: &Cluster, mode: TargetMode, replica: Option<u32>) -> Result<Picker> {
+        let start = match (mode, replica) {
+            (TargetMode::Single, Some(id)) => cluster.check_replica(id)?,
+            (TargetMode::Single, None) => 0,
+            (TargetMode::RoundRobin, Some(_)) => {
+                bail!("--replica applies only to --target single")
+            }
+            (TargetMode::RoundRobin, None) => rand::random_range(0..cluster.n().max(1)),
+        };
+        Ok(Picker::new(mode, cluster.n(), start))
     }
 
     /// The replica for a new request. Round-robin skips replicas recently marked down (unless
@@ -252,6 +329,16 @@ impl Picker {
             .find(|&r| cluster.try_use(r))
             .unwrap_or(start)
     }
+}
+
+/// Whether a replica refused a request because it is not a member of the configuration it acts
+/// in (removed: FAILED_PRECONDITION, naming the members; `runtime/service.rs` words it). Nothing
+/// of the request entered the protocol there, so it may go to a member under the same id.
+pub fn is_removed_refusal(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && status
+            .message()
+            .contains("is not a member of the cluster's configuration")
 }
 
 /// Whether tonic itself gave up waiting: its channel enforces the request's grpc-timeout and

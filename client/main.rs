@@ -6,6 +6,7 @@
 mod bench;
 mod bench_target;
 mod cluster;
+mod endpoints;
 mod etcd;
 mod member;
 mod oneshot;
@@ -22,9 +23,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::{Cluster, Picker, TargetMode};
+use crate::cluster::{Cluster, TargetMode};
 use crate::oneshot::Request;
 use crate::session::RetryPolicy;
+
+/// The most an admin call waits for the replicas' Status while learning the current members
+/// (the call itself may take longer: `--timeout-ms`).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How results are printed (`-w`, as etcdctl's `--write-out`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -358,8 +363,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             status_timeout_ms,
         } => {
             let t = Duration::from_millis((*status_timeout_ms).max(1));
-            let cluster = Arc::new(load_cluster(&cli, t)?);
-            let which = match replica.or(cli.early.replica) {
+            let mut cluster = Arc::new(load_cluster(&cli, t)?);
+            let replica = replica.or(cli.early.replica);
+            if let Some(id) = replica.filter(|&id| cluster.index_of(id).is_none()) {
+                // Not a configured replica: perhaps a member a change added.
+                cluster = endpoints::sync(cluster, t, None).await?.cluster;
+                cluster.check_replica(id)?;
+            }
+            let which = match replica {
                 Some(id) => vec![cluster.check_replica(id)?],
                 None => (0..cluster.n()).collect(),
             };
@@ -392,6 +403,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let t = Duration::from_millis((*ms).max(1));
             let cluster = Arc::new(load_cluster(&cli, t)?);
+            let cluster = endpoints::sync(cluster, t.min(SYNC_TIMEOUT), Some(endpoints::GRACE))
+                .await?
+                .cluster;
             return member::change(cluster, change, t, format).await;
         }
         Command::Get { key, request } => (request, Request::Get { key: key.clone() }),
@@ -431,19 +445,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let timeout = Duration::from_millis(timeout_ms);
     let target = request_args.target.unwrap_or(TargetMode::Single);
+    if target == TargetMode::RoundRobin && request_args.replica.is_some() {
+        bail!("--replica applies only to --target single");
+    }
+    // A bad request is named before any replica is asked.
+    command.validate()?;
     let cluster = Arc::new(load_cluster(&cli, timeout)?);
-    let start = match (target, request_args.replica) {
-        (TargetMode::Single, Some(id)) => cluster.check_replica(id)?,
-        (TargetMode::Single, None) => 0,
-        (TargetMode::RoundRobin, Some(_)) => {
-            bail!("--replica applies only to --target single")
-        }
-        // One-shot commands start at a random replica, so that repeated calls spread out.
-        (TargetMode::RoundRobin, None) => rand::random_range(0..cluster.n()),
-    };
+    // The current members, not only the configured replicas (see endpoints.rs).
+    let cluster = endpoints::sync(cluster, timeout, Some(endpoints::GRACE))
+        .await?
+        .cluster;
     let policy = RetryPolicy::new(timeout, request_args.retries.unwrap_or(3));
-    let picker = Picker::new(target, cluster.n(), start);
-    oneshot::run(cluster, picker, target, &policy, command, format).await
+    oneshot::run(
+        cluster,
+        target,
+        request_args.replica,
+        &policy,
+        command,
+        format,
+    )
+    .await
 }
 
 /// `put KEY` without a value: standard input to its end, at most one value's worth.

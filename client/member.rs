@@ -13,7 +13,8 @@ use epaxos_kv::proto::{
 use serde_json::json;
 
 use crate::cluster::{describe_status, is_local_timeout, Cluster};
-use crate::status::{query, Row};
+use crate::endpoints::{answers, latest, sync};
+use crate::status::Row;
 use crate::Format;
 
 /// One line of `member list`: a member of the reported epoch, or a replica of the client's
@@ -31,12 +32,8 @@ struct Line {
 /// each member is reachable: it answered this client, or that replica hears it. Replicas of the
 /// client's configuration outside it are listed as not members.
 fn lines(rows: &[Row]) -> Option<(&StatusReply, Vec<Line>)> {
-    let up: Vec<&StatusReply> = rows.iter().filter_map(|r| r.reply.as_ref().ok()).collect();
-    // The first of the highest epoch: the latest configuration any replica acts in.
-    let best = up
-        .iter()
-        .copied()
-        .reduce(|a, b| if b.epoch > a.epoch { b } else { a })?;
+    let up: Vec<&StatusReply> = answers(rows).collect();
+    let best = latest(up.iter().copied())?;
     let answered = |id: u32| up.iter().any(|s| s.id == id);
     let reachable = |id: u32| answered(id) || best.id == id || best.peers_heard.contains(&id);
     let mut out: Vec<Line> = best
@@ -66,23 +63,14 @@ fn lines(rows: &[Row]) -> Option<(&StatusReply, Vec<Line>)> {
     Some((best, out))
 }
 
-/// `member list`: asks every replica of the client's configuration, prints one line per member
-/// (id, peer address, client address, member or not, reachable or not). Exit code 0 when a
-/// replica answered, 2 when none did.
+/// `member list`: asks every replica of the client's configuration and the members they name
+/// (see [`crate::endpoints::sync`]), prints one line per member (id, peer address, client
+/// address, member or not, reachable or not). Exit code 0 when a replica answered, 2 when none
+/// did.
 pub async fn list(cluster: Arc<Cluster>, timeout: Duration, format: Format) -> Result<ExitCode> {
-    let handles: Vec<_> = (0..cluster.n())
-        .map(|idx| tokio::spawn(query(cluster.clone(), idx, timeout)))
-        .collect();
-    let mut rows = Vec::with_capacity(handles.len());
-    for h in handles {
-        rows.push(h.await?);
-    }
+    let rows = sync(cluster, timeout, None).await?.rows;
     let Some((best, lines)) = lines(&rows) else {
-        let why: Vec<String> = rows
-            .iter()
-            .filter_map(|r| r.reply.as_ref().err().map(|e| format!("{}: {e}", r.id)))
-            .collect();
-        bail!("no replica answered: {}", why.join("; "));
+        bail!("no replica answered");
     };
     let mut out = std::io::stdout().lock();
     let word = |b: bool, yes: &'static str, no: &'static str| if b { yes } else { no };
@@ -160,9 +148,10 @@ pub enum Change {
     },
 }
 
-/// `member add` / `member remove`: sends the change to the first replica that takes the call
-/// (one that cannot be reached, or answers UNAVAILABLE, passes it to the next) and prints the
-/// configuration it answers with, once the change executed there.
+/// `member add` / `member remove`: sends the change to the first current member (`cluster` is
+/// synced: see [`crate::endpoints::sync`]) that takes the call (one that cannot be reached, or
+/// answers UNAVAILABLE, passes it to the next) and prints the configuration it answers with,
+/// once the change executed there.
 pub async fn change(
     cluster: Arc<Cluster>,
     change: Change,
@@ -201,19 +190,25 @@ pub async fn change(
             }
             // Never reached the protocol there: the next replica may take it.
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                failures.push(format!("replica {idx}: {}", describe_status(&status)));
+                failures.push(format!(
+                    "replica {}: {}",
+                    cluster.id(idx),
+                    describe_status(&status)
+                ));
             }
             Ok(Err(status)) if !is_local_timeout(&status) => {
                 bail!(
-                    "replica {idx} at {}: {}",
+                    "replica {} at {}: {}",
+                    cluster.id(idx),
                     cluster.addr(idx),
                     describe_status(&status)
                 )
             }
             // The change may still execute: say so rather than send it again elsewhere.
             _ => bail!(
-                "replica {idx} at {}: no answer within {} ms; the change may still take effect \
+                "replica {} at {}: no answer within {} ms; the change may still take effect \
                  (see `client member list`)",
+                cluster.id(idx),
                 cluster.addr(idx),
                 timeout.as_millis()
             ),

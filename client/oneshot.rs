@@ -11,8 +11,9 @@ use epaxos_kv::core::command::Op;
 use epaxos_kv::core::wire;
 use epaxos_kv::proto::{OpResult, Operation};
 
-use crate::cluster::{Cluster, Picker, TargetMode};
-use crate::session::{execute, Failure, RetryPolicy, Session};
+use crate::cluster::{is_removed_refusal, Cluster, Picker, TargetMode};
+use crate::endpoints::{sync, GRACE};
+use crate::session::{execute, AttemptError, Failure, RetryPolicy, Session};
 use crate::Format;
 
 /// A key/value command given on the command line.
@@ -68,7 +69,7 @@ impl Request {
     /// the user gets a clear message rather than an INVALID_ARGUMENT from a replica; and,
     /// the client's own rule, that the key is not empty (an empty key is legal in the
     /// protocol, but on a command line it is a mistake: an unset shell variable).
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if self.key().is_empty() {
             bail!("the key is empty; keys have at least one byte");
         }
@@ -81,14 +82,25 @@ impl Request {
     }
 }
 
+/// How often a removed member's refusal makes a command learn the members again and send the
+/// request to one of them (after the retry backoff).
+const RELEARN_MAX: u32 = 3;
+
 /// Sends one request (retrying as the policy allows) and prints its result. Returns exit code
 /// 0, or 1 when a GET found nothing or a CAS did not swap. A request that got no answer (every
 /// attempt timed out or found its replica unavailable) is reported with which replicas answer a
 /// status probe, so that a cluster without a majority up is named as such.
+///
+/// `cluster` holds the members synced at start ([`crate::endpoints::sync`]). A replica that
+/// refuses because it was removed since (a change during the command, or a stale answer in the
+/// sync) makes the command sync again, from the replicas it knows (the removed one reports the
+/// epoch that removed it), and send the request to a member of that, at most [`RELEARN_MAX`]
+/// times; never when an attempt may have executed a write (sending it again in a new session
+/// could execute it twice).
 pub async fn run(
-    cluster: Arc<Cluster>,
-    mut picker: Picker,
+    mut cluster: Arc<Cluster>,
     mode: TargetMode,
+    replica: Option<u32>,
     policy: &RetryPolicy,
     request: Request,
     format: Format,
@@ -97,16 +109,29 @@ pub async fn run(
     let mut session = Session::new();
     let mut rng = rand::rng();
     let started = Instant::now();
-    let result = execute(
-        &cluster,
-        &mut session,
-        &mut picker,
-        request.to_operation(),
-        policy,
-        None,
-        &mut rng,
-    )
-    .await;
+    let mut backoff = policy.backoff.clone();
+    let mut relearnt = 0;
+    let result = loop {
+        let mut picker = Picker::choose(&cluster, mode, replica)?;
+        let result = execute(
+            &cluster,
+            &mut session,
+            &mut picker,
+            request.to_operation(),
+            policy,
+            None,
+            &mut rng,
+        )
+        .await;
+        match &result {
+            Err(failure) if relearnt < RELEARN_MAX && removed_refusal(failure) => {
+                relearnt += 1;
+                tokio::time::sleep(backoff.next_delay_with(&mut rng)).await;
+                cluster = sync(cluster, policy.timeout, Some(GRACE)).await?.cluster;
+            }
+            _ => break result,
+        }
+    };
     let success = match result {
         Ok(s) => s,
         Err(failure) if failure.last.retryable() => {
@@ -131,6 +156,13 @@ pub async fn run(
     print_result(&request, &result, success.reply.replica, format)
 }
 
+/// Whether `failure` is a removed member's refusal of a request that cannot have executed.
+fn removed_refusal(failure: &Failure) -> bool {
+    let refused =
+        matches!(&failure.last, AttemptError::Status { status, .. } if is_removed_refusal(status));
+    refused && !failure.may_have_executed
+}
+
 /// Asks every replica for its status at once; per replica (by index), `None` if it answered
 /// within `timeout`, else why not.
 async fn probe_all(cluster: &Arc<Cluster>, timeout: Duration) -> Vec<Option<String>> {
@@ -152,7 +184,11 @@ async fn probe_all(cluster: &Arc<Cluster>, timeout: Duration) -> Vec<Option<Stri
                     // Cluster::probe's errors start with "replica N at ADDR: ".
                     text.split_once(": ").map_or(text.as_str(), |(_, r)| r)
                 };
-                format!("replica {idx} at {} ({reason})", cluster.addr(idx))
+                format!(
+                    "replica {} at {} ({reason})",
+                    cluster.id(idx),
+                    cluster.addr(idx)
+                )
             });
         }
     }
@@ -172,7 +208,7 @@ fn no_reply_message(
     let up = probes.iter().filter(|p| p.is_none()).count();
     let majority = n / 2 + 1;
     let whom = match mode {
-        TargetMode::Single => format!("from replica {}", failure.last.replica()),
+        TargetMode::Single => format!("from replica {}", failure.last.id()),
         TargetMode::RoundRobin => "from any replica".to_string(),
     };
     let mut msg = format!(

@@ -13,7 +13,7 @@ use epaxos_kv::proto::{Operation, ProposeReply, ProposeRequest};
 use rand::Rng;
 use tonic::Code;
 
-use crate::cluster::{describe_status, is_local_timeout, Cluster, Picker};
+use crate::cluster::{describe_status, is_local_timeout, is_removed_refusal, Cluster, Picker};
 
 /// One client session: a random id and the next request number.
 #[derive(Debug)]
@@ -123,10 +123,15 @@ pub fn retryable_status(status: &tonic::Status) -> bool {
 #[derive(Debug, Clone)]
 pub enum AttemptError {
     /// No answer within the per-attempt timeout.
-    Timeout { replica: usize, addr: HostPort },
+    Timeout {
+        replica: usize,
+        id: u32,
+        addr: HostPort,
+    },
     /// The replica (or the transport) answered with an error status.
     Status {
         replica: usize,
+        id: u32,
         addr: HostPort,
         status: tonic::Status,
     },
@@ -151,6 +156,13 @@ impl AttemptError {
         }
     }
 
+    /// The replica id of the attempt.
+    pub fn id(&self) -> u32 {
+        match self {
+            AttemptError::Timeout { id, .. } | AttemptError::Status { id, .. } => *id,
+        }
+    }
+
     /// Whether the same request may succeed when sent again.
     pub fn retryable(&self) -> bool {
         match self {
@@ -163,18 +175,12 @@ impl AttemptError {
 impl fmt::Display for AttemptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AttemptError::Timeout { replica, addr } => {
-                write!(f, "replica {replica} at {addr}: no answer in time")
+            AttemptError::Timeout { id, addr, .. } => {
+                write!(f, "replica {id} at {addr}: no answer in time")
             }
             AttemptError::Status {
-                replica,
-                addr,
-                status,
-            } => write!(
-                f,
-                "replica {replica} at {addr}: {}",
-                describe_status(status)
-            ),
+                id, addr, status, ..
+            } => write!(f, "replica {id} at {addr}: {}", describe_status(status)),
         }
     }
 }
@@ -187,6 +193,9 @@ pub struct Failure {
     /// Whether a retry was still allowed but was not made because `stop_retrying_at` passed.
     #[allow(dead_code)] // read by the bench until it got its own attempt loop (bench_target)
     pub stopped: bool,
+    /// Whether an attempt may have executed a command that changes state: sending it again
+    /// under a new session could execute it twice.
+    pub may_have_executed: bool,
 }
 
 impl fmt::Display for Failure {
@@ -216,8 +225,9 @@ pub fn is_session_expired(status: &tonic::Status) -> bool {
 
 /// Whether an attempt that failed so may have executed: anything but a refusal before the
 /// command entered the protocol. Those are RESOURCE_EXHAUSTED (a full replica or session
-/// table) and UNAVAILABLE sent by a replica (shutting down, joining, no majority: see
-/// client.proto), and a connection that could not be made (nothing was sent). A retry after
+/// table), UNAVAILABLE sent by a replica (shutting down, joining, no majority: see
+/// client.proto), a removed member's FAILED_PRECONDITION, and a connection that could not be
+/// made (nothing was sent). A retry after
 /// those is still a first attempt, so a session's first request survives a dead replica.
 fn may_have_executed(err: &AttemptError) -> bool {
     let AttemptError::Status { status, .. } = err else {
@@ -225,6 +235,8 @@ fn may_have_executed(err: &AttemptError) -> bool {
     };
     match status.code() {
         Code::ResourceExhausted => false,
+        // A removed member serves no client: refused before the protocol.
+        Code::FailedPrecondition if is_removed_refusal(status) => false,
         Code::Unavailable => {
             std::error::Error::source(status).is_some() && !failed_to_connect(status)
         }
@@ -285,6 +297,7 @@ pub async fn execute(
         req.set_timeout(policy.timeout);
         let mut client = cluster.client(replica);
         let addr = cluster.addr(replica).clone();
+        let id = cluster.id(replica);
         let err = match tokio::time::timeout(policy.timeout, client.propose(req)).await {
             Ok(Ok(reply)) => {
                 cluster.mark_up(replica);
@@ -294,13 +307,16 @@ pub async fn execute(
                     replica,
                 });
             }
-            Ok(Err(status)) if is_local_timeout(&status) => AttemptError::Timeout { replica, addr },
+            Ok(Err(status)) if is_local_timeout(&status) => {
+                AttemptError::Timeout { replica, id, addr }
+            }
             Ok(Err(status)) => AttemptError::Status {
                 replica,
+                id,
                 addr,
                 status,
             },
-            Err(_) => AttemptError::Timeout { replica, addr },
+            Err(_) => AttemptError::Timeout { replica, id, addr },
         };
         match &err {
             AttemptError::Status { status, .. } if status.code() == Code::Unavailable => {
@@ -332,6 +348,7 @@ pub async fn execute(
                 attempts: attempt,
                 last: err,
                 stopped,
+                may_have_executed: sent_before && !read_only,
             });
         }
         tokio::time::sleep(backoff.next_delay_with(rng)).await;
@@ -358,6 +375,7 @@ mod tests {
         let addr = HostPort::parse("127.0.0.1:1").expect("addr");
         let err = |status| AttemptError::Status {
             replica: 0,
+            id: 0,
             addr: addr.clone(),
             status,
         };
@@ -383,6 +401,7 @@ mod tests {
         )));
         let err = |status| AttemptError::Status {
             replica: 0,
+            id: 0,
             addr: addr.clone(),
             status,
         };
@@ -391,11 +410,22 @@ mod tests {
         ))));
         // UNAVAILABLE from a replica is a refusal before the command entered the protocol.
         assert!(!may_have_executed(&err(tonic::Status::unavailable("down"))));
+        // So is a removed member's refusal (worded by runtime/service.rs).
+        assert!(!may_have_executed(&err(
+            tonic::Status::failed_precondition(
+                "replica 2 is not a member of the cluster's configuration; send requests to a \
+             member: epoch 1: 0 (peer a:1, client a:2)"
+            )
+        )));
+        assert!(may_have_executed(&err(tonic::Status::failed_precondition(
+            "request id already used"
+        ))));
         assert!(may_have_executed(&err(tonic::Status::aborted(
             "replica stopped while the command was in progress"
         ))));
         assert!(may_have_executed(&AttemptError::Timeout {
             replica: 0,
+            id: 0,
             addr: addr.clone()
         }));
     }

@@ -12,6 +12,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::cluster::{describe_status, is_local_timeout, Cluster};
+use crate::endpoints::{answers, latest};
 use crate::Format;
 
 /// One replica's answer, or why there was none.
@@ -25,7 +26,7 @@ pub(crate) struct Row {
 /// Asks replica `idx` for its Status within `timeout`.
 pub(crate) async fn query(cluster: Arc<Cluster>, idx: usize, timeout: Duration) -> Row {
     let addr = cluster.addr(idx).to_string();
-    ask(cluster.client(idx), idx, addr, timeout).await
+    ask(cluster.client(idx), cluster.id(idx) as usize, addr, timeout).await
 }
 
 /// Asks replica `id` at `addr` through `client` for its Status within `timeout`.
@@ -46,21 +47,17 @@ async fn ask(mut client: KvClient<Channel>, id: usize, addr: String, timeout: Du
     }
 }
 
-/// The members of the highest epoch `rows` report that config.json does not list (ids from
-/// `n` on: added by changes), asked too, so that `status` covers every member.
+/// The members of the highest epoch `rows` report that config.json does not list (added by
+/// changes), asked too, so that `status` covers every member.
 async fn added_members(cluster: &Cluster, rows: &[Row], timeout: Duration) -> Vec<Row> {
-    let latest = rows
-        .iter()
-        .filter_map(|r| r.reply.as_ref().ok())
-        .max_by_key(|s| s.epoch);
-    let Some(latest) = latest else {
+    let Some(best) = latest(answers(rows)) else {
         return Vec::new();
     };
     let mut asked = Vec::new();
-    for m in latest
+    for m in best
         .members
         .iter()
-        .filter(|m| m.id as usize >= cluster.n())
+        .filter(|m| cluster.index_of(m.id).is_none())
     {
         let id = m.id as usize;
         match cluster.member_client(m.id, &m.client_addr) {
@@ -103,7 +100,7 @@ pub async fn run(
     let mut rows = Vec::with_capacity(handles.len());
     for (h, &idx) in handles.into_iter().zip(&which) {
         rows.push(h.await.unwrap_or_else(|e| Row {
-            id: idx,
+            id: cluster.id(idx) as usize,
             addr: cluster.addr(idx).to_string(),
             reply: Err(format!("status task failed: {e}")),
             rtt: Duration::ZERO,
