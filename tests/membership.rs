@@ -779,114 +779,27 @@ fn ids(s: &proto::StatusReply) -> Vec<u32> {
 async fn removing_a_live_member_under_load_makes_epoch_1_without_it() {
     let mut cluster = Cluster::start(3, &[]).await;
     // The writer: one session per replica 0 and 1, alternating; every acknowledged write kept.
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = [
-        cluster.client(0).await.expect("connect 0"),
-        cluster.client(1).await.expect("connect 1"),
-    ];
-    let writer = {
-        let (acked, stop) = (acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut sessions = [Session::new(), Session::new()];
-            let mut failed = 0u64;
-            for i in 0u64.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let at = (i % 2) as usize;
-                let (key, value) = (format!("w{i}"), format!("v{i}"));
-                let call = sessions[at].call(&mut clients[at], put(&key, &value));
-                match tokio::time::timeout(Duration::from_secs(10), call).await {
-                    Ok(Ok(r)) if r.success => {
-                        acked.lock().expect("not poisoned").push((key, value));
-                    }
-                    _ => {
-                        failed += 1;
-                        // Backoff before the next write (never more than a few failures).
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            failed
-        })
-    };
-    let acked_count = || acked.lock().expect("not poisoned").len();
-    let wait_acked = |n: usize, what: &'static str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let acked = acked.clone();
-        async move {
-            while acked.lock().expect("not poisoned").len() < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: fewer than {n} writes acknowledged within 20 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait_acked(30, "before the change").await;
+    let load = Load::start(&cluster, &[0, 1], "w").await;
+    load.wait_more(30, "before the change").await;
 
-    let config = cluster.config.clone();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || run_client(&config, &["member", "remove", "2"]))
-            .await
-            .expect("client thread");
-    assert_eq!(code, Some(0), "{out}{err}");
-    let want = format!(
-        "epoch 1\n0 {} {}\n1 {} {}\n",
-        cluster.peers[0], cluster.addrs[0], cluster.peers[1], cluster.addrs[1]
+    assert_eq!(
+        member(&cluster, &["remove", "2"]).await,
+        change_output(&cluster, 1, &[0, 1])
     );
-    assert_eq!(out, want, "{err}");
-
     for i in 0..2 {
         let s = status_until(&cluster, i, "epoch 1", |s| s.epoch == 1).await;
         assert_eq!(ids(&s), [0, 1], "replica {i}");
     }
-    let after = acked_count();
-    wait_acked(after + 30, "after the change").await;
+    let after = load.count();
+    load.wait_more(30, "after the change").await;
 
     // Replica 2 executed the change too: it refuses clients, naming the members.
     let s2 = status_until(&cluster, 2, "epoch 1", |s| s.epoch == 1).await;
     assert_eq!(ids(&s2), [0, 1]);
-    let mut c2 = cluster.client(2).await.expect("connect 2");
-    let refused = Session::new()
-        .call(&mut c2, put("k", "v"))
-        .await
-        .expect_err("removed");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
-    let message = refused.message();
-    assert!(
-        message.contains("replica 2 is not a member")
-            && message.contains(&format!("0 (peer {}", cluster.peers[0]))
-            && message.contains(&format!("1 (peer {}", cluster.peers[1]))
-            && !message.contains("2 (peer"),
-        "{refused:?}"
-    );
+    refuses_naming(&cluster, 2, &[0, 1]).await;
 
-    stop.store(true, Ordering::Relaxed);
-    let failed = tokio::time::timeout(Duration::from_secs(30), writer)
-        .await
-        .expect("the writer stops")
-        .expect("writer task");
-    cluster
-        .converged_among(&[0, 1], Duration::from_secs(20))
-        .await;
-    let acked = acked.lock().expect("not poisoned").clone();
-    let mut c0 = cluster.client(0).await.expect("connect 0");
-    let mut reader = Session::new();
-    for (key, value) in &acked {
-        let r = reader.call(&mut c0, get(key)).await.expect("read");
-        assert_eq!(
-            (r.found, r.value.as_ref()),
-            (true, value.as_bytes()),
-            "{key}"
-        );
-    }
+    let (acked, failed) = stop_and_converge(&cluster, load, &[0, 1]).await;
+    read_back(&cluster, 0, &acked).await;
     eprintln!(
         "acknowledged writes: {} ({} during or after the change), failed: {failed}",
         acked.len(),
@@ -942,11 +855,7 @@ async fn removing_a_live_member_under_load_makes_epoch_1_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_dead_member_works_and_a_change_without_a_live_majority_is_refused() {
     let mut cluster = Cluster::start(3, &[]).await;
-    cluster.kill(1);
-    status_until(&cluster, 0, "replica 1 suspected", |s| {
-        s.peers_suspected.contains(&1)
-    })
-    .await;
+    kill_until_suspected(&mut cluster, 1).await;
     let channel = cluster
         .endpoint(0, &cluster.addrs[0], Some("client"))
         .connect()
@@ -1091,17 +1000,24 @@ async fn read_back(cluster: &Cluster, i: usize, acked: &[(String, String)]) {
     }
 }
 
-/// `client member ARGS` off the async runtime, expected to succeed: its output.
-async fn member(cluster: &Cluster, args: &[&str]) -> String {
+/// `client ARGS` (with `--config` config.json) off the async runtime: (exit code, stdout,
+/// stderr).
+async fn client(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String, String) {
     let config = cluster.config.clone();
-    let mut all = vec!["member".to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_client(&config, &args)
     })
     .await
-    .expect("client thread");
+    .expect("client thread")
+}
+
+/// `client member ARGS` off the async runtime, expected to succeed: its output.
+async fn member(cluster: &Cluster, args: &[&str]) -> String {
+    let mut all = vec!["member"];
+    all.extend(args);
+    let (code, out, err) = client(cluster, &all).await;
     assert_eq!(code, Some(0), "member {args:?}: {out}{err}");
     out
 }
@@ -1193,6 +1109,69 @@ async fn refuses_naming(cluster: &Cluster, id: usize, members: &[usize]) {
     assert!(!message.contains(&format!("{id} (peer")), "{refused:?}");
 }
 
+/// Stops `load` and waits (bounded) until the replicas `members` converge to one digest: the
+/// acknowledged writes and the failed attempts.
+async fn stop_and_converge(
+    cluster: &Cluster,
+    load: Load,
+    members: &[usize],
+) -> (Vec<(String, String)>, u64) {
+    let (acked, failed) = load.stop().await;
+    cluster
+        .converged_among(members, Duration::from_secs(30))
+        .await;
+    (acked, failed)
+}
+
+/// Kills replica `id` for good and waits (bounded) until replica 0 suspects it.
+async fn kill_until_suspected(cluster: &mut Cluster, id: usize) {
+    cluster.kill(id);
+    status_until(cluster, 0, &format!("replica {id} suspected"), |s| {
+        s.peers_suspected.contains(&(id as u32))
+    })
+    .await;
+}
+
+/// How an added replica came in: its id, and from `member add` returning, how long until it
+/// joined (votes) and until it served its first write.
+struct Added {
+    id: usize,
+    joined: Duration,
+    served: Duration,
+}
+
+/// Starts the next added replica (`Cluster::start_added`), checks that it says it is not a
+/// member yet, adds it with `client member add`, which must answer `epoch` with `members` (it
+/// included), and waits (bounded) until it joined that epoch and served a write.
+async fn add_and_join(cluster: &mut Cluster, epoch: u64, members: &[usize]) -> Added {
+    let id = cluster.start_added().await;
+    assert_eq!(
+        members.last(),
+        Some(&id),
+        "the added replica takes the next id"
+    );
+    // It knows only config.json's epoch 0 until it is added.
+    not_a_member_yet(cluster, id, &[0, 1, 2]).await;
+    assert_eq!(
+        add(cluster, id).await,
+        change_output(cluster, epoch, members)
+    );
+    let added = Instant::now();
+    let s = status_until(cluster, id, &format!("joined epoch {epoch}"), |s| {
+        !s.joining && s.epoch == epoch
+    })
+    .await;
+    let joined = added.elapsed();
+    let want: Vec<u32> = members.iter().map(|&m| m as u32).collect();
+    assert_eq!(ids(&s), want);
+    first_write(cluster, id, &format!("at-{id}")).await;
+    Added {
+        id,
+        joined,
+        served: added.elapsed(),
+    }
+}
+
 /// Growing 3 → 5 and shrinking back to 3 while a client writes (issue 15): replicas 3 and 4,
 /// not in config.json, are started with their addresses on the command line, say they are not
 /// members, and are added one at a time (`client member add`, epochs 1 and 2); each joins from a
@@ -1205,37 +1184,12 @@ async fn growing_3_to_5_and_shrinking_back_under_load() {
     let load = Load::start(&cluster, &[0, 1], "grow").await;
     load.wait_more(20, "before the changes").await;
 
-    let three = cluster.start_added().await;
-    assert_eq!(three, 3);
-    not_a_member_yet(&cluster, 3, &[0, 1, 2]).await;
-    assert_eq!(
-        add(&cluster, 3).await,
-        change_output(&cluster, 1, &[0, 1, 2, 3])
-    );
-    let s3 = status_until(&cluster, 3, "joined epoch 1", |s| {
-        !s.joining && s.epoch == 1
-    })
-    .await;
-    assert_eq!(ids(&s3), [0, 1, 2, 3]);
-    first_write(&cluster, 3, "at-3").await;
+    add_and_join(&mut cluster, 1, &[0, 1, 2, 3]).await;
     load.wait_more(20, "after adding 3").await;
-
-    let four = cluster.start_added().await;
-    assert_eq!(four, 4);
-    not_a_member_yet(&cluster, 4, &[0, 1, 2]).await;
-    assert_eq!(
-        add(&cluster, 4).await,
-        change_output(&cluster, 2, &[0, 1, 2, 3, 4])
-    );
-    status_until(&cluster, 4, "joined epoch 2", |s| {
-        !s.joining && s.epoch == 2
-    })
-    .await;
-    first_write(&cluster, 4, "at-4").await;
+    add_and_join(&mut cluster, 2, &[0, 1, 2, 3, 4]).await;
     load.wait_more(20, "after adding 4").await;
-    let (grown, failed) = load.stop().await;
     let all = [0, 1, 2, 3, 4];
-    cluster.converged_among(&all, Duration::from_secs(30)).await;
+    let (grown, failed) = stop_and_converge(&cluster, load, &all).await;
     for i in all {
         let s = cluster.status(i).await;
         assert_eq!((s.epoch, ids(&s)), (2, vec![0, 1, 2, 3, 4]), "replica {i}");
@@ -1278,14 +1232,11 @@ async fn growing_3_to_5_and_shrinking_back_under_load() {
         change_output(&cluster, 4, &[0, 1, 2])
     );
     load.wait_more(20, "after removing 3").await;
-    let (shrunk, failed) = load.stop().await;
+    let (shrunk, failed) = stop_and_converge(&cluster, load, &[0, 1, 2]).await;
     status_until(&cluster, 3, "epoch 4", |s| s.epoch == 4).await;
     refuses_naming(&cluster, 3, &[0, 1, 2]).await;
     status_until(&cluster, 4, "removed", |s| s.epoch >= 3).await;
     refuses_naming(&cluster, 4, &[0, 1, 2]).await;
-    cluster
-        .converged_among(&[0, 1, 2], Duration::from_secs(30))
-        .await;
     for i in 0..3 {
         read_back(&cluster, i, &grown).await;
         read_back(&cluster, i, &shrunk).await;
@@ -1306,30 +1257,18 @@ async fn replacing_a_dead_member_by_a_new_replica_under_load() {
     let mut cluster = Cluster::start(3, &[]).await;
     let load = Load::start(&cluster, &[0, 1], "rep").await;
     load.wait_more(20, "before the kill").await;
-    cluster.kill(2);
-    status_until(&cluster, 0, "replica 2 suspected", |s| {
-        s.peers_suspected.contains(&2)
-    })
-    .await;
+    kill_until_suspected(&mut cluster, 2).await;
     assert_eq!(
         member(&cluster, &["remove", "2"]).await,
         change_output(&cluster, 1, &[0, 1])
     );
     load.wait_more(20, "after removing 2").await;
 
-    let three = cluster.start_added().await;
-    not_a_member_yet(&cluster, three, &[0, 1, 2]).await;
-    assert_eq!(
-        add(&cluster, three).await,
-        change_output(&cluster, 2, &[0, 1, 3])
-    );
-    let added = Instant::now();
-    status_until(&cluster, three, "joined epoch 2", |s| {
-        !s.joining && s.epoch == 2
-    })
-    .await;
-    let joined = added.elapsed();
-    let served = added.elapsed() + first_write(&cluster, three, "at-3").await;
+    let Added {
+        id: three,
+        joined,
+        served,
+    } = add_and_join(&mut cluster, 2, &[0, 1, 3]).await;
     eprintln!(
         "replacement: `member add` returned -> replica 3 joined (votes) in {} ms, first write \
          served at it in {} ms",
@@ -1337,10 +1276,7 @@ async fn replacing_a_dead_member_by_a_new_replica_under_load() {
         served.as_millis()
     );
     load.wait_more(20, "after adding 3").await;
-    let (acked, failed) = load.stop().await;
-    cluster
-        .converged_among(&[0, 1, 3], Duration::from_secs(30))
-        .await;
+    let (acked, failed) = stop_and_converge(&cluster, load, &[0, 1, 3]).await;
     read_back(&cluster, three, &acked).await;
     read_back(&cluster, 0, &acked).await;
     eprintln!(
@@ -1360,6 +1296,104 @@ async fn replacing_a_dead_member_by_a_new_replica_under_load() {
         .await;
 }
 
+/// A client given the old config.json follows the members (issue 15): after growing 3 → 5 and
+/// shrinking back to 3 by removing two of config.json's replicas (members 0, 3, 4; replica 1
+/// removed and still running, so refusing clients; replica 2 removed and dead), `client put`
+/// and `get` (round-robin, and at `--replica 3`, which config.json does not list), `member
+/// list` and a short round-robin `client bench` complete against the current members only,
+/// without an error; a removed replica named with `--replica` is refused by the client; and
+/// endpoints naming no reachable replica get a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_config_json_reaches_the_current_members() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    add_and_join(&mut cluster, 1, &[0, 1, 2, 3]).await;
+    add_and_join(&mut cluster, 2, &[0, 1, 2, 3, 4]).await;
+    assert_eq!(
+        member(&cluster, &["remove", "1"]).await,
+        change_output(&cluster, 3, &[0, 2, 3, 4])
+    );
+    assert_eq!(
+        member(&cluster, &["remove", "2"]).await,
+        change_output(&cluster, 4, &[0, 3, 4])
+    );
+    status_until(&cluster, 1, "removed", |s| s.epoch >= 3).await;
+    refuses_naming(&cluster, 1, &[0, 2, 3, 4]).await;
+    cluster.kill(2);
+
+    // Without following the members a round-robin client would hit replica 1 (refused) or 2
+    // (dead) two times in three: here every command completes at once.
+    for i in 0..6 {
+        let (k, v) = (format!("old-config-{i}"), format!("v{i}"));
+        let (code, out, err) = client(&cluster, &["--target", "round-robin", "put", &k, &v]).await;
+        assert_eq!((code, out.as_str()), (Some(0), "OK\n"), "put {k}: {err}");
+        let (code, out, err) = client(&cluster, &["--target", "round-robin", "get", &k]).await;
+        assert_eq!((code, out), (Some(0), format!("{v}\n")), "get {k}: {err}");
+    }
+    let (code, out, err) = client(
+        &cluster,
+        &["-w", "json", "--replica", "3", "get", "old-config-0"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(doc["value"], "v0", "{doc}");
+    assert_eq!(doc["replica"], 3, "answered by replica 3: {doc}");
+    let (code, _, err) = client(&cluster, &["--replica", "1", "get", "old-config-0"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("replica 1 is not a member"), "{err}");
+
+    // member list: the members with their own addresses, config.json's others as not members.
+    let out = member(&cluster, &["list"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    let line =
+        |i: usize, what: &str| format!("{i} {} {} {what}", cluster.peers[i], cluster.addrs[i]);
+    assert_eq!(
+        lines,
+        [
+            line(0, "member reachable"),
+            format!("1 - {} not-member reachable", cluster.addrs[1]),
+            format!("2 - {} not-member unreachable", cluster.addrs[2]),
+            line(3, "member reachable"),
+            line(4, "member reachable"),
+        ],
+        "{out}"
+    );
+
+    // A short round-robin bench: every request answered, by the three members only.
+    let (code, out, err) = client(
+        &cluster,
+        &[
+            "--target",
+            "round-robin",
+            "bench",
+            "--duration",
+            "2",
+            "--concurrency",
+            "6",
+            "--quiet",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(out.trim()).expect("bench json");
+    assert_eq!(doc["errors"], 0, "{doc}");
+    let by = doc["ops_by_replica"].as_array().expect("ops_by_replica");
+    assert_eq!(by.len(), 3, "the three members: {doc}");
+    assert!(by.iter().all(|n| n.as_u64() > Some(0)), "{doc}");
+
+    // Endpoints naming no reachable replica: a clear error, at once.
+    let dead = cluster.addrs[2].clone();
+    let (code, _, err) = client(&cluster, &["--endpoints", &dead, "put", "k", "v"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no replica answered, so no current member is known")
+            && err.contains(&dead)
+            && err.contains("--endpoints"),
+        "{err}"
+    );
+}
+
 /// Adding a member while another is down: the new configuration {0, 1, 2, 3} has a live
 /// majority (0, 1 and the new 3), and the added replica joins once that majority answered: its
 /// Join asked again after it adopted epoch 1 is a retry of the same incarnation, not a rejoin
@@ -1369,26 +1403,10 @@ async fn adding_a_member_while_another_is_down_joins_with_a_majority() {
     let mut cluster = Cluster::start(3, &[]).await;
     let load = Load::start(&cluster, &[0, 1], "down").await;
     load.wait_more(20, "before the kill").await;
-    cluster.kill(2);
-    status_until(&cluster, 0, "replica 2 suspected", |s| {
-        s.peers_suspected.contains(&2)
-    })
-    .await;
-    let three = cluster.start_added().await;
-    not_a_member_yet(&cluster, three, &[0, 1, 2]).await;
-    assert_eq!(
-        add(&cluster, three).await,
-        change_output(&cluster, 1, &[0, 1, 2, 3])
-    );
-    status_until(&cluster, three, "joined epoch 1 with 2 down", |s| {
-        !s.joining && s.epoch == 1
-    })
-    .await;
-    first_write(&cluster, three, "at-3").await;
+    kill_until_suspected(&mut cluster, 2).await;
+    // 2 is down: the new configuration's live majority is 0, 1 and the new 3.
+    let three = add_and_join(&mut cluster, 1, &[0, 1, 2, 3]).await.id;
     load.wait_more(20, "after adding 3").await;
-    let (acked, _failed) = load.stop().await;
-    cluster
-        .converged_among(&[0, 1, 3], Duration::from_secs(30))
-        .await;
+    let (acked, _failed) = stop_and_converge(&cluster, load, &[0, 1, 3]).await;
     read_back(&cluster, three, &acked).await;
 }
