@@ -7,7 +7,8 @@
 # A fresh 3-replica cluster of the real binaries (target/release, or $BIN) on free loopback
 # ports in a temporary directory, TLS on (certificates from `replica certs`). One
 # `client bench --target round-robin --concurrency 64 --json` runs throughout (it sends to
-# config.json's replicas 0, 1, 2) while the script, GAP seconds apart:
+# the members at its start, config.json's replicas 0, 1, 2; a member removed meanwhile is
+# avoided) while the script, GAP seconds apart:
 #   grow 3 -> 5:     starts replica 3 (not in config.json, its addresses on the command line),
 #                    `member add 3`; then the same for replica 4;
 #   shrink 5 -> 3:   `member remove 4`, then `member remove 3` (each the removal of a live member);
@@ -20,7 +21,8 @@
 # from then on).
 # Environment (defaults): GAP=10, CONCURRENCY=64, WRITE_PCT=50, KEYS=100000, VALUE_SIZE=100,
 # BIN=target/release, KEEP=0 (1: keep the temporary directory, logs included).
-# Every process and file it makes is removed on exit, however it exits. Needs bash, python3.
+# Every process and file it makes is removed on exit, however it exits (bench/lib.sh). Needs
+# bash, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,54 +34,18 @@ VALUE_SIZE=${VALUE_SIZE:-100}
 KEEP=${KEEP:-0}
 BIN=${BIN:-target/release}
 
-die() { echo "membership.sh: $*" >&2; exit 2; }
-for v in GAP CONCURRENCY WRITE_PCT KEYS VALUE_SIZE; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
-done
+NAME=membership.sh
+. bench/lib.sh
+whole_numbers GAP CONCURRENCY WRITE_PCT KEYS VALUE_SIZE
 [ "$GAP" -ge 4 ] || die "need GAP >= 4"
-[ -x "$BIN/replica" ] && [ -x "$BIN/client" ] || die "$BIN lacks replica or client (cargo build --release)"
+need_binaries
 
-WORK=$(mktemp -d /tmp/epaxos-membership.XXXXXX)
-declare -A PID=()
-bench_pid=""
-cleanup() {
-  local rc=$?
-  [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null || true
-  for id in "${!PID[@]}"; do kill -9 "${PID[$id]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ]; then echo "membership.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'echo "membership.sh: interrupted" >&2; exit 130' INT TERM
-
+make_work
 # Eighteen free loopback ports: three per replica 0..5.
-read -r -a P <<<"$(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(18):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)"
-addr() { echo "127.0.0.1:${P[$((3 * $1))]}"; }
-peer() { echo "127.0.0.1:${P[$((3 * $1 + 1))]}"; }
-metrics() { echo "127.0.0.1:${P[$((3 * $1 + 2))]}"; }
-cat >"$WORK/config.json" <<JSON
-{ "replicas": [
-  { "id": 0, "addr": "$(addr 0)", "peer_addr": "$(peer 0)", "metrics_addr": "$(metrics 0)" },
-  { "id": 1, "addr": "$(addr 1)", "peer_addr": "$(peer 1)", "metrics_addr": "$(metrics 1)" },
-  { "id": 2, "addr": "$(addr 2)", "peer_addr": "$(peer 2)", "metrics_addr": "$(metrics 2)" } ],
-  "tls": { "cert_dir": "certs" } }
-JSON
+free_ports 18
+write_config
 "$BIN/replica" certs --config "$WORK/config.json" >/dev/null
 CLIENT=("$BIN/client" --config "$WORK/config.json")
-
-start_replica() {
-  "$BIN/replica" --config "$WORK/config.json" --id "$1" --data-dir "$WORK/r$1" "${@:2}" \
-    >>"$WORK/r$1.log" 2>&1 &
-  PID[$1]=$!
-}
 
 # Starts replica $1, not in config.json, with its addresses (its certificate made first).
 start_added() {
@@ -109,11 +75,7 @@ EVENTS="$WORK/events"
 mark() { echo "$1 $2 $(now)" >>"$EVENTS"; }
 
 for id in 0 1 2; do start_replica "$id"; done
-deadline=$((SECONDS + 60))
-until "${CLIENT[@]}" status >/dev/null 2>&1; do
-  [ $SECONDS -lt "$deadline" ] || die "the cluster did not come up: $(tail -n 3 "$WORK/r0.log")"
-  sleep 1
-done
+wait_converged 60 || die "the cluster did not come up: $(tail -n 3 "$WORK/r0.log")"
 
 DURATION=$((GAP * 8))
 bench_start=$(now)

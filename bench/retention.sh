@@ -19,7 +19,8 @@
 # VALUE_SIZE=100, RETURN_TIMEOUT=300, REPLICA_FLAGS (extra replica flags, e.g.
 # "--retention-instances 20000"), INSECURE=0, BIN=target/release, KEEP=0 (1: keep the
 # temporary directory, logs included).
-# Every process and file it makes is removed on exit, however it exits. Needs bash, python3.
+# Every process and file it makes is removed on exit, however it exits (bench/lib.sh). Needs
+# bash, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,43 +36,15 @@ INSECURE=${INSECURE:-0}
 KEEP=${KEEP:-0}
 BIN=${BIN:-target/release}
 
-die() { echo "retention.sh: $*" >&2; exit 2; }
-for v in MINUTES SAMPLE WARMUP CONCURRENCY WRITE_PCT KEYS VALUE_SIZE RETURN_TIMEOUT; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
-done
+NAME=retention.sh
+. bench/lib.sh
+whole_numbers MINUTES SAMPLE WARMUP CONCURRENCY WRITE_PCT KEYS VALUE_SIZE RETURN_TIMEOUT
 [ "$MINUTES" -ge 1 ] && [ "$SAMPLE" -ge 1 ] || die "need MINUTES >= 1 and SAMPLE >= 1"
-[ -x "$BIN/replica" ] && [ -x "$BIN/client" ] || die "$BIN lacks replica or client (cargo build --release)"
+need_binaries
 
-WORK=$(mktemp -d /tmp/epaxos-retention.XXXXXX)
-declare -A PID=()
-bench_pid=""
-cleanup() {
-  local rc=$?
-  [ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null || true
-  for id in "${!PID[@]}"; do kill -9 "${PID[$id]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$KEEP" = 1 ]; then echo "retention.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'echo "retention.sh: interrupted" >&2; exit 130' INT TERM
-
-# Nine free loopback ports (python3 binds port 0 and reports what the kernel chose).
-read -r -a P <<<"$(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(9):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)"
-cat >"$WORK/config.json" <<JSON
-{ "replicas": [
-  { "id": 0, "addr": "127.0.0.1:${P[0]}", "peer_addr": "127.0.0.1:${P[1]}", "metrics_addr": "127.0.0.1:${P[2]}" },
-  { "id": 1, "addr": "127.0.0.1:${P[3]}", "peer_addr": "127.0.0.1:${P[4]}", "metrics_addr": "127.0.0.1:${P[5]}" },
-  { "id": 2, "addr": "127.0.0.1:${P[6]}", "peer_addr": "127.0.0.1:${P[7]}", "metrics_addr": "127.0.0.1:${P[8]}" } ],
-  "tls": { "cert_dir": "certs" } }
-JSON
+make_work
+free_ports 9
+write_config
 METRICS=("${P[2]}" "${P[5]}" "${P[8]}")
 FLAGS=()
 CLIENT=("$BIN/client" --config "$WORK/config.json")
@@ -81,22 +54,6 @@ else
   "$BIN/replica" certs --config "$WORK/config.json" >/dev/null
 fi
 read -r -a EXTRA <<<"${REPLICA_FLAGS:-}"
-
-start_replica() {
-  "$BIN/replica" --config "$WORK/config.json" --id "$1" --data-dir "$WORK/r$1" \
-    "${FLAGS[@]}" "${EXTRA[@]}" >>"$WORK/r$1.log" 2>&1 &
-  PID[$1]=$!
-}
-
-# Waits (at most $1 s) until `client status` exits 0: every replica serving, one digest.
-wait_converged() {
-  local deadline=$((SECONDS + $1))
-  while [ $SECONDS -lt "$deadline" ]; do
-    if "${CLIENT[@]}" status >"$WORK/status.txt" 2>&1; then return 0; fi
-    sleep 1
-  done
-  return 1
-}
 
 metric() { # PORT NAME -> value (0 when absent or unreachable)
   python3 - "$1" "$2" <<'PY'
@@ -128,7 +85,7 @@ sample() { # LABEL IDS... -> one line: label, then rss_mb disk_mb instances per 
   echo "$line" >>"$WORK/samples"
 }
 
-for id in 0 1 2; do start_replica "$id"; done
+for id in 0 1 2; do start_replica "$id" "${FLAGS[@]}" "${EXTRA[@]}"; done
 wait_converged 60 || die "the cluster did not come up: $(tail -n 3 "$WORK/r0.log")"
 
 BENCH=(bench --duration "$((MINUTES * 60 + WARMUP))" --concurrency "$CONCURRENCY" --keys "$KEYS"
@@ -151,7 +108,7 @@ done
 wait "$bench_pid" || die "the bench failed: $(tail -n 5 "$WORK/bench.log")"
 bench_pid=""
 
-start_replica 2
+start_replica 2 "${FLAGS[@]}" "${EXTRA[@]}"
 back_at=$SECONDS
 wait_converged "$RETURN_TIMEOUT" || die "replica 2 did not catch up in ${RETURN_TIMEOUT}s: $(tail -n 5 "$WORK/status.txt")"
 caught_up_s=$((SECONDS - back_at))
