@@ -217,17 +217,7 @@ fn check_distinct(config: &Config, entry: &Replica) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config() -> Config {
-        Config::parse(
-            r#"{"replicas": [
-              {"id": 0, "addr": "127.0.0.1:7070", "peer_addr": "127.0.0.1:7170", "metrics_addr": "127.0.0.1:9070"},
-              {"id": 1, "addr": "127.0.0.1:7071", "peer_addr": "127.0.0.1:7171", "metrics_addr": "127.0.0.1:9071"},
-              {"id": 2, "addr": "127.0.0.1:7072", "peer_addr": "127.0.0.1:7172", "metrics_addr": "127.0.0.1:9072"}
-            ]}"#,
-        )
-        .expect("valid config")
-    }
+    use crate::server::members::three_local_replicas as config;
 
     fn given(peer: &str, client: &str, metrics: &str) -> Given {
         Given {

@@ -174,20 +174,24 @@ impl fmt::Display for Members {
     }
 }
 
+/// A config.json of three local replicas (replica i at client port 7070 + i, peer port
+/// 7170 + i, metrics port 9070 + i), for the tests here and in `added`.
+#[cfg(test)]
+pub(crate) fn three_local_replicas() -> Config {
+    Config::parse(
+        r#"{"replicas": [
+          {"id": 0, "addr": "127.0.0.1:7070", "peer_addr": "127.0.0.1:7170", "metrics_addr": "127.0.0.1:9070"},
+          {"id": 1, "addr": "127.0.0.1:7071", "peer_addr": "127.0.0.1:7171", "metrics_addr": "127.0.0.1:9071"},
+          {"id": 2, "addr": "127.0.0.1:7072", "peer_addr": "127.0.0.1:7172", "metrics_addr": "127.0.0.1:9072"}
+        ]}"#,
+    )
+    .expect("valid config")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::three_local_replicas as config;
     use super::*;
-
-    fn config() -> Config {
-        Config::parse(
-            r#"{"replicas": [
-              {"id": 0, "addr": "127.0.0.1:7070", "peer_addr": "127.0.0.1:7170", "metrics_addr": "127.0.0.1:9070"},
-              {"id": 1, "addr": "127.0.0.1:7071", "peer_addr": "127.0.0.1:7171", "metrics_addr": "127.0.0.1:9071"},
-              {"id": 2, "addr": "127.0.0.1:7072", "peer_addr": "127.0.0.1:7172", "metrics_addr": "127.0.0.1:9072"}
-            ]}"#,
-        )
-        .expect("valid config")
-    }
 
     fn member(id: u32) -> Member {
         Members::member_from_parts(
