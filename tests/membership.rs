@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{get, metric_sum, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
+use common::{get, metric_sum, output_within, put, scrape_metrics, Cluster, Session, CLUSTER_NAME};
 use epaxos_kv::proto;
 use epaxos_kv::proto::kv_client::KvClient;
 use prost::Message as _;
@@ -22,31 +22,12 @@ const RECORD_AT: usize = 16;
 
 /// `client ARGS` with `--config config`, bounded in time: (exit code, stdout, stderr).
 fn run_client(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match child.try_wait().expect("wait for client") {
-            Some(_) => break,
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("client {args:?} did not finish within 20 s");
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let out = child.wait_with_output().expect("client output");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+            .arg("--config")
+            .arg(config)
+            .args(args),
+        Duration::from_secs(20),
     )
 }
 

@@ -5,36 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{metric_sum, put, scrape_metrics, Cluster, Session};
+use common::{metric_sum, output_within, put, scrape_metrics, Cluster, Session};
 use epaxos_kv::proto;
 
 /// `client ARGS` against the cluster's config, bounded in time: (exit code, stdout, stderr).
 fn run_client(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_client"))
-        .arg("--config")
-        .arg(&cluster.config)
-        .args(["--timeout-ms", "2000", "--retries", "0"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match child.try_wait().expect("wait for client") {
-            Some(_) => break,
-            None if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                panic!("client {args:?} did not finish within 20 s");
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let out = child.wait_with_output().expect("client output");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_client"))
+            .arg("--config")
+            .arg(&cluster.config)
+            .args(["--timeout-ms", "2000", "--retries", "0"])
+            .args(args),
+        Duration::from_secs(20),
     )
 }
 

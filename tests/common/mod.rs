@@ -527,6 +527,37 @@ impl Cluster {
     }
 }
 
+/// Runs `command` to its end with stdout and stderr captured, bounded in time: one that runs
+/// longer than `limit` is killed and fails the test. (exit code, stdout, stderr)
+pub fn output_within(
+    command: &mut std::process::Command,
+    limit: Duration,
+) -> (Option<i32>, String, String) {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("wait for the child") {
+            Some(_) => break,
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command:?} did not finish within {limit:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let out = child.wait_with_output().expect("the child's output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Fetches the Prometheus text of `/metrics` at `addr` over plain HTTP/1.0, with bounded connect,
 /// write and read times.
 pub fn scrape_metrics(addr: &str) -> Result<String, String> {
