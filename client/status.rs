@@ -107,14 +107,45 @@ pub async fn run(
         }));
     }
 
-    // Asked for every replica: the members changes added are shown too.
-    if which.len() == cluster.n() {
+    // Asked for every replica: the members changes added are shown too, and the replicas of
+    // the client's configuration that are not members of the latest epoch (removed: they may
+    // be down for good, or refuse clients and stop executing) are shown but not judged.
+    let all = which.len() == cluster.n();
+    if all {
         let more = added_members(&cluster, &rows, timeout).await;
         rows.extend(more);
     }
-    let up: Vec<&StatusReply> = rows.iter().filter_map(|r| r.reply.as_ref().ok()).collect();
+    let members: Option<(u64, Vec<u32>)> = latest(answers(&rows))
+        .filter(|s| all && !s.members.is_empty())
+        .map(|s| (s.epoch, s.members.iter().map(|m| m.id).collect()));
+    let judged = |r: &&Row| {
+        members
+            .as_ref()
+            .is_none_or(|(_, ids)| ids.contains(&(r.id as u32)))
+    };
+    let up: Vec<&StatusReply> = rows
+        .iter()
+        .filter(judged)
+        .filter_map(|r| r.reply.as_ref().ok())
+        .collect();
     let agree = up.windows(2).all(|w| w[0].digest == w[1].digest);
-    let problems = problems(&rows);
+    let problems = problems(rows.iter().filter(judged));
+    let asked = rows.iter().filter(judged).count();
+    let others: Vec<usize> = rows.iter().filter(|r| !judged(r)).map(|r| r.id).collect();
+    let verdict = |up: &[&StatusReply]| {
+        let mut v = verdict(up, asked, &problems);
+        if let (Some((epoch, _)), false) = (&members, others.is_empty()) {
+            v.push_str(&format!(
+                "; not members of epoch {epoch}, not judged: {}",
+                others
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        v
+    };
 
     let mut out = std::io::stdout().lock();
     match format {
@@ -124,6 +155,7 @@ pub async fn run(
                 "replicas": arr,
                 "digests_agree": agree,
                 "problems": problems,
+                "not_members": others,
             });
             writeln!(out, "{doc}")?;
         }
@@ -155,7 +187,7 @@ pub async fn run(
                     Err(e) => writeln!(out, "{} {} DOWN {e}", r.id, r.addr)?,
                 }
             }
-            writeln!(out, "{}", verdict(&up, rows.len(), &problems))?;
+            writeln!(out, "{}", verdict(&up))?;
         }
         Format::Table => {
             writeln!(
@@ -205,7 +237,7 @@ pub async fn run(
                     }
                 }
             }
-            writeln!(out, "{}", verdict(&up, rows.len(), &problems))?;
+            writeln!(out, "{}", verdict(&up))?;
         }
     }
     out.flush()?;
@@ -259,7 +291,7 @@ fn row_json(r: &Row) -> serde_json::Value {
 
 /// What makes `status` fail besides differing digests: replicas that did not answer, cannot
 /// serve, or refuse an old incarnation of a peer (which is then fenced out but running).
-fn problems(rows: &[Row]) -> Vec<String> {
+fn problems<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<String> {
     let mut out = Vec::new();
     for r in rows {
         match &r.reply {

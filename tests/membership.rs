@@ -1282,8 +1282,9 @@ async fn replacing_a_dead_member_by_a_new_replica_under_load() {
 /// removed and still running, so refusing clients; replica 2 removed and dead), `client put`
 /// and `get` (round-robin, and at `--replica 3`, which config.json does not list), `member
 /// list` and a short round-robin `client bench` complete against the current members only,
-/// without an error; a removed replica named with `--replica` is refused by the client; and
-/// endpoints naming no reachable replica get a clear error.
+/// without an error; `client status` judges the members only (exit 0); a removed replica named
+/// with `--replica` is refused by the client; and endpoints naming no reachable replica get a
+/// clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_config_json_reaches_the_current_members() {
     let mut cluster = Cluster::start(3, &[]).await;
@@ -1362,6 +1363,28 @@ async fn an_old_config_json_reaches_the_current_members() {
     let by = doc["ops_by_replica"].as_array().expect("ops_by_replica");
     assert_eq!(by.len(), 3, "the three members: {doc}");
     assert!(by.iter().all(|n| n.as_u64() > Some(0)), "{doc}");
+
+    // status: the members answer, serve and agree; config.json's others are shown, not judged.
+    cluster
+        .converged_among(&[0, 3, 4], Duration::from_secs(30))
+        .await;
+    let (code, out, err) = client(&cluster, &["status"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    for i in [0, 3, 4] {
+        let prefix = format!("{i} {} up serving", cluster.addrs[i]);
+        assert!(out.lines().any(|l| l.starts_with(&prefix)), "{i}: {out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("2 {} DOWN", cluster.addrs[2]))),
+        "{out}"
+    );
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("digests agree: all 3 up replicas")
+            && last.ends_with("; not members of epoch 4, not judged: 1, 2"),
+        "{out}"
+    );
 
     // Endpoints naming no reachable replica: a clear error, at once.
     let dead = cluster.addrs[2].clone();
