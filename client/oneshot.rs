@@ -393,6 +393,40 @@ mod tests {
     }
 
     #[test]
+    fn only_a_removed_members_refusal_of_what_cannot_have_executed_is_sent_again() {
+        let failure = |status, may_have_executed| Failure {
+            attempts: 1,
+            last: AttemptError::Status {
+                replica: 0,
+                id: 1,
+                addr: epaxos_kv::server::config::HostPort::parse("127.0.0.1:1").expect("addr"),
+                status,
+            },
+            stopped: false,
+            may_have_executed,
+        };
+        let removed = || {
+            tonic::Status::failed_precondition(
+                "replica 1 is not a member of the cluster's configuration; send requests to a \
+                 member: epoch 2: 0 (peer a:1, client a:2)",
+            )
+        };
+        assert!(removed_refusal(&failure(removed(), false)));
+        assert!(
+            !removed_refusal(&failure(removed(), true)),
+            "an earlier attempt may have executed the write"
+        );
+        assert!(!removed_refusal(&failure(
+            tonic::Status::failed_precondition("request id already used"),
+            false
+        )));
+        assert!(!removed_refusal(&failure(
+            tonic::Status::unavailable("down"),
+            false
+        )));
+    }
+
+    #[test]
     fn base64_pads() {
         assert_eq!(base64(b""), "");
         assert_eq!(base64(b"f"), "Zg==");
