@@ -528,7 +528,8 @@ impl Cluster {
 }
 
 /// Runs `command` to its end with stdout and stderr captured, bounded in time: one that runs
-/// longer than `limit` is killed and fails the test. (exit code, stdout, stderr)
+/// longer than `limit` is killed and fails the test, showing what it wrote to stderr. (exit
+/// code, stdout, stderr; the code is None when a signal ended it)
 pub fn output_within(
     command: &mut std::process::Command,
     limit: Duration,
@@ -544,8 +545,11 @@ pub fn output_within(
             Some(_) => break,
             None if std::time::Instant::now() > deadline => {
                 let _ = child.kill();
-                let _ = child.wait();
-                panic!("{command:?} did not finish within {limit:?}");
+                let said = child
+                    .wait_with_output()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default();
+                panic!("{command:?} did not finish within {limit:?}; its stderr: {said}");
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
