@@ -1369,6 +1369,13 @@ async fn an_old_config_json_reaches_the_current_members() {
             && last.ends_with("; not members of epoch 4, not judged: 1, 2"),
         "{out}"
     );
+    // A member config.json does not list, asked alone.
+    let (code, out, err) = client(&cluster, &["status", "--replica", "4"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with(&format!("4 {} up serving", cluster.addrs[4])),
+        "{out}"
+    );
 
     // Endpoints naming no reachable replica: a clear error, at once.
     let dead = cluster.addrs[2].clone();
