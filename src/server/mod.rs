@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peer_ids;
 pub mod queue;
+pub mod record;
 pub mod runtime;
 pub mod storage;
 pub mod tls;

@@ -533,9 +533,7 @@ impl Log {
 fn frame_record(buf: &mut Vec<u8>, id: InstanceId, inst: &Instance) {
     let start = buf.len();
     buf.extend_from_slice(&[0; HEADER_BYTES]);
-    wire::record_to_proto(id, inst)
-        .encode(buf)
-        .expect("a Vec grows to take any message");
+    crate::server::record::encode(buf, id, inst);
     let payload = &buf[start + HEADER_BYTES..];
     let len = u32::try_from(payload.len()).expect("records are bounded far below 4 GiB");
     let crc = checksum(&[], payload);
