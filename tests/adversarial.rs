@@ -136,7 +136,7 @@ fn prefix() -> impl Strategy<Value = u64> {
 fn made() -> impl Strategy<Value = Made> {
     (
         (
-            0u8..15,
+            0u8..19,
             id_choice(),
             ballot_choice(),
             proptest::option::of(ballot_choice()),
@@ -315,8 +315,32 @@ impl Made {
                 instance,
                 matching: self.matching,
             },
-            13 => Message::SealQuery { epoch: Epoch(0) },
-            _ => Message::Sealed {
+            13 => Message::BoundaryPrepare {
+                epoch: Epoch(0),
+                ballot,
+            },
+            14 => Message::BoundaryPromise {
+                epoch: Epoch(0),
+                ballot,
+                ends: self.prefix.clone(),
+                accepted: self
+                    .other_ballot
+                    .map(|b| (ballot_of(b), self.prefix.iter().map(|p| p / 2).collect())),
+            },
+            15 => Message::BoundaryNack {
+                epoch: Epoch(0),
+                promised: ballot,
+            },
+            16 => Message::BoundaryAccept {
+                epoch: Epoch(0),
+                ballot,
+                ends: self.prefix.clone(),
+            },
+            17 => Message::BoundaryAccepted {
+                epoch: Epoch(0),
+                ballot,
+            },
+            _ => Message::BoundaryDecided {
                 epoch: Epoch(0),
                 ends: self.prefix.clone(),
             },
@@ -353,6 +377,18 @@ fn impossible(
             Some(Reject::UnknownReplica)
         } else if b.round == 0 && b.replica != id.replica {
             Some(Reject::Ballot)
+        } else {
+            None
+        }
+    };
+    // A boundary's ballot (any round: it names no instance) and its per-row ends.
+    let bad_boundary_ballot =
+        |b: &Ballot| (b.replica.index() >= n).then_some(Reject::UnknownReplica);
+    let bad_ends = |ends: &[u64]| {
+        if ends.len() > n {
+            Some(Reject::UnknownReplica)
+        } else if ends.iter().any(|e| *e > SLOT_LIMIT) {
+            Some(Reject::ImplausibleSlot)
         } else {
             None
         }
@@ -454,16 +490,27 @@ fn impossible(
         Message::Waiting { matching, .. } => {
             (*matching as usize > n).then_some(Reject::ImplausibleCount)
         }
-        Message::SealQuery { .. } => None,
-        Message::Sealed { ends, .. } => {
-            if ends.len() > n {
-                Some(Reject::UnknownReplica)
-            } else if ends.iter().any(|e| *e > SLOT_LIMIT) {
-                Some(Reject::ImplausibleSlot)
-            } else {
-                None
-            }
+        Message::BoundaryPrepare { ballot, .. }
+        | Message::BoundaryNack {
+            promised: ballot, ..
         }
+        | Message::BoundaryAccepted { ballot, .. } => bad_boundary_ballot(ballot),
+        Message::BoundaryPromise {
+            ballot,
+            ends,
+            accepted,
+            ..
+        } => bad_boundary_ballot(ballot)
+            .or_else(|| bad_ends(ends))
+            .or_else(|| {
+                accepted
+                    .as_ref()
+                    .and_then(|(b, ends)| bad_boundary_ballot(b).or_else(|| bad_ends(ends)))
+            }),
+        Message::BoundaryAccept { ballot, ends, .. } => {
+            bad_boundary_ballot(ballot).or_else(|| bad_ends(ends))
+        }
+        Message::BoundaryDecided { ends, .. } => bad_ends(ends),
     }
 }
 

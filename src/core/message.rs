@@ -100,12 +100,29 @@ pub enum Message {
     },
     /// The sender's recovery of `instance` waits, with `matching` pre-accepts that matched.
     Waiting { instance: InstanceId, matching: u32 },
-    /// The sender left `epoch` (executed the change that ends it) and asks for the receiver's
-    /// seal of it, to learn the epoch's boundary (see `replica::seal`).
-    SealQuery { epoch: Epoch },
-    /// The sender's seal of `epoch`: per row, one past the highest slot of that epoch it knew
-    /// when it sealed; it votes on nothing of the epoch above it.
-    Sealed { epoch: Epoch, ends: Vec<u64> },
+    /// Phase 1 of deciding `epoch`'s boundary (single-decree Paxos among the epoch's members,
+    /// see `replica::seal`): the sender asks for a promise at `ballot`.
+    BoundaryPrepare { epoch: Epoch, ballot: Ballot },
+    /// The sender, a member that sealed `epoch`, promises `ballot`: its seal (per row, one past
+    /// the highest slot of that epoch it held when it sealed) and what it accepted last.
+    BoundaryPromise {
+        epoch: Epoch,
+        ballot: Ballot,
+        ends: Vec<u64>,
+        accepted: Option<(Ballot, Vec<u64>)>,
+    },
+    /// The sender refuses a boundary Prepare or Accept below `promised`.
+    BoundaryNack { epoch: Epoch, promised: Ballot },
+    /// Phase 2: accept `ends` as `epoch`'s boundary at `ballot`.
+    BoundaryAccept {
+        epoch: Epoch,
+        ballot: Ballot,
+        ends: Vec<u64>,
+    },
+    /// The sender accepted the boundary proposed at `ballot`.
+    BoundaryAccepted { epoch: Epoch, ballot: Ballot },
+    /// `epoch`'s boundary is decided: `ends`.
+    BoundaryDecided { epoch: Epoch, ends: Vec<u64> },
 }
 
 /// A replica's state of an instance, as a RecoverOk carries it.
@@ -137,8 +154,12 @@ impl Message {
             Message::Validate { .. } => "Validate",
             Message::ValidateOk { .. } => "ValidateOk",
             Message::Waiting { .. } => "Waiting",
-            Message::SealQuery { .. } => "SealQuery",
-            Message::Sealed { .. } => "Sealed",
+            Message::BoundaryPrepare { .. } => "BoundaryPrepare",
+            Message::BoundaryPromise { .. } => "BoundaryPromise",
+            Message::BoundaryNack { .. } => "BoundaryNack",
+            Message::BoundaryAccept { .. } => "BoundaryAccept",
+            Message::BoundaryAccepted { .. } => "BoundaryAccepted",
+            Message::BoundaryDecided { .. } => "BoundaryDecided",
         }
     }
 
@@ -158,8 +179,12 @@ impl Message {
             | Message::Waiting { instance, .. } => Some(*instance),
             Message::CommitRequest { .. }
             | Message::Watermark { .. }
-            | Message::SealQuery { .. }
-            | Message::Sealed { .. } => None,
+            | Message::BoundaryPrepare { .. }
+            | Message::BoundaryPromise { .. }
+            | Message::BoundaryNack { .. }
+            | Message::BoundaryAccept { .. }
+            | Message::BoundaryAccepted { .. }
+            | Message::BoundaryDecided { .. } => None,
         }
     }
 
@@ -179,8 +204,12 @@ impl Message {
             Message::CommitRequest { .. }
             | Message::Watermark { .. }
             | Message::Waiting { .. }
-            | Message::SealQuery { .. }
-            | Message::Sealed { .. } => None,
+            | Message::BoundaryPrepare { .. }
+            | Message::BoundaryPromise { .. }
+            | Message::BoundaryNack { .. }
+            | Message::BoundaryAccept { .. }
+            | Message::BoundaryAccepted { .. }
+            | Message::BoundaryDecided { .. } => None,
         }
     }
 

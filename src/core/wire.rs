@@ -304,11 +304,52 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
                 })
                 .collect(),
         }),
-        Message::SealQuery { epoch } => Kind::SealQuery(proto::SealQuery { epoch: epoch.0 }),
-        Message::Sealed { epoch, ends } => Kind::Sealed(proto::Sealed {
+        Message::BoundaryPrepare { epoch, ballot } => {
+            Kind::BoundaryPrepare(proto::BoundaryPrepare {
+                epoch: epoch.0,
+                ballot: Some(ballot_to_proto(*ballot)),
+            })
+        }
+        Message::BoundaryPromise {
+            epoch,
+            ballot,
+            ends,
+            accepted,
+        } => Kind::BoundaryPromise(proto::BoundaryPromise {
             epoch: epoch.0,
+            ballot: Some(ballot_to_proto(*ballot)),
+            ends: ends.clone(),
+            accepted_ballot: accepted.as_ref().map(|(b, _)| ballot_to_proto(*b)),
+            accepted_ends: accepted
+                .as_ref()
+                .map(|(_, ends)| ends.clone())
+                .unwrap_or_default(),
+        }),
+        Message::BoundaryNack { epoch, promised } => Kind::BoundaryNack(proto::BoundaryNack {
+            epoch: epoch.0,
+            promised: Some(ballot_to_proto(*promised)),
+        }),
+        Message::BoundaryAccept {
+            epoch,
+            ballot,
+            ends,
+        } => Kind::BoundaryAccept(proto::BoundaryAccept {
+            epoch: epoch.0,
+            ballot: Some(ballot_to_proto(*ballot)),
             ends: ends.clone(),
         }),
+        Message::BoundaryAccepted { epoch, ballot } => {
+            Kind::BoundaryAccepted(proto::BoundaryAccepted {
+                epoch: epoch.0,
+                ballot: Some(ballot_to_proto(*ballot)),
+            })
+        }
+        Message::BoundaryDecided { epoch, ends } => {
+            Kind::BoundaryDecided(proto::BoundaryDecided {
+                epoch: epoch.0,
+                ends: ends.clone(),
+            })
+        }
         Message::Waiting { instance, matching } => Kind::Waiting(proto::Waiting {
             instance: Some(id_to_proto(*instance)),
             matching: *matching,
@@ -341,6 +382,18 @@ fn id_from(p: Option<proto::InstanceId>, n: usize) -> Result<InstanceId, WireErr
         return Err(WireError::Impossible("a slot beyond any row"));
     }
     Ok(InstanceId::new(replica(p.replica, n)?, p.slot))
+}
+
+/// A seal's or boundary's per-row ends: one entry per row known at most, as a Watermark (the
+/// core checks the slots).
+fn ends_from(ends: Vec<u64>, n: usize) -> Result<Vec<u64>, WireError> {
+    if ends.len() > n {
+        return Err(not_known(
+            u32::try_from(ends.len() - 1).unwrap_or(u32::MAX),
+            n,
+        ));
+    }
+    Ok(ends)
 }
 
 fn ballot_from(p: Option<proto::Ballot>, n: usize) -> Result<Ballot, WireError> {
@@ -503,22 +556,36 @@ pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message,
                 collected_prefix: m.collected_prefix,
             }
         }
-        Kind::SealQuery(m) => Message::SealQuery {
+        Kind::BoundaryPrepare(m) => Message::BoundaryPrepare {
             epoch: Epoch(m.epoch),
+            ballot: ballot_from(m.ballot, n)?,
         },
-        Kind::Sealed(m) => {
-            // One entry per row known at most, as a Watermark (the core checks the slots).
-            if m.ends.len() > n {
-                return Err(not_known(
-                    u32::try_from(m.ends.len() - 1).unwrap_or(u32::MAX),
-                    n,
-                ));
-            }
-            Message::Sealed {
-                epoch: Epoch(m.epoch),
-                ends: m.ends,
-            }
-        }
+        Kind::BoundaryPromise(m) => Message::BoundaryPromise {
+            epoch: Epoch(m.epoch),
+            ballot: ballot_from(m.ballot, n)?,
+            ends: ends_from(m.ends, n)?,
+            accepted: match m.accepted_ballot {
+                Some(b) => Some((ballot_from(Some(b), n)?, ends_from(m.accepted_ends, n)?)),
+                None => None,
+            },
+        },
+        Kind::BoundaryNack(m) => Message::BoundaryNack {
+            epoch: Epoch(m.epoch),
+            promised: ballot_from(m.promised, n)?,
+        },
+        Kind::BoundaryAccept(m) => Message::BoundaryAccept {
+            epoch: Epoch(m.epoch),
+            ballot: ballot_from(m.ballot, n)?,
+            ends: ends_from(m.ends, n)?,
+        },
+        Kind::BoundaryAccepted(m) => Message::BoundaryAccepted {
+            epoch: Epoch(m.epoch),
+            ballot: ballot_from(m.ballot, n)?,
+        },
+        Kind::BoundaryDecided(m) => Message::BoundaryDecided {
+            epoch: Epoch(m.epoch),
+            ends: ends_from(m.ends, n)?,
+        },
         Kind::Recover(m) => Message::Recover {
             instance: id_from(m.instance, n)?,
             epoch: Epoch(m.epoch),
@@ -781,10 +848,38 @@ mod tests {
                 instance: id,
                 matching: 2,
             },
-            Message::SealQuery { epoch: Epoch(4) },
-            Message::Sealed {
+            Message::BoundaryPrepare {
                 epoch: Epoch(4),
+                ballot: b,
+            },
+            Message::BoundaryPromise {
+                epoch: Epoch(4),
+                ballot: b,
                 ends: vec![7, 0, 3],
+                accepted: None,
+            },
+            Message::BoundaryPromise {
+                epoch: Epoch(4),
+                ballot: b,
+                ends: vec![7, 0, 3],
+                accepted: Some((Ballot::initial(ReplicaId(2)), vec![8, 0, 3])),
+            },
+            Message::BoundaryNack {
+                epoch: Epoch(4),
+                promised: b,
+            },
+            Message::BoundaryAccept {
+                epoch: Epoch(4),
+                ballot: b,
+                ends: vec![8, 0, 3],
+            },
+            Message::BoundaryAccepted {
+                epoch: Epoch(4),
+                ballot: b,
+            },
+            Message::BoundaryDecided {
+                epoch: Epoch(4),
+                ends: vec![8, 0, 3],
             },
         ];
         for m in msgs {
@@ -830,23 +925,68 @@ mod tests {
     }
 
     #[test]
-    fn a_seal_with_more_rows_than_known_is_refused() {
-        let m = Message::Sealed {
-            epoch: Epoch(1),
-            ends: vec![1, 2, 3, 4],
+    fn a_seal_or_boundary_with_more_rows_than_known_is_refused() {
+        let b = Ballot::initial(ReplicaId(1));
+        let wide = vec![1, 2, 3, 4];
+        let made = |ends: Vec<u64>| {
+            vec![
+                Message::BoundaryPromise {
+                    epoch: Epoch(1),
+                    ballot: b,
+                    ends: ends.clone(),
+                    accepted: None,
+                },
+                Message::BoundaryPromise {
+                    epoch: Epoch(1),
+                    ballot: b,
+                    ends: vec![0],
+                    accepted: Some((b, ends.clone())),
+                },
+                Message::BoundaryAccept {
+                    epoch: Epoch(1),
+                    ballot: b,
+                    ends: ends.clone(),
+                },
+                Message::BoundaryDecided { epoch: Epoch(1), ends },
+            ]
         };
-        assert!(matches!(
-            decode(&encode(&m), 3),
-            Err(WireError::UnknownReplica { .. })
-        ));
-        assert_eq!(decode(&encode(&m), 4).expect("row 3 known"), m);
-        let garbage = Message::Sealed {
+        for m in made(wide) {
+            assert!(
+                matches!(
+                    decode(&encode(&m), 3),
+                    Err(WireError::UnknownReplica { .. })
+                ),
+                "{m:?}"
+            );
+            assert_eq!(decode(&encode(&m), 4).expect("row 3 known"), m);
+        }
+        for garbage in made(vec![0; MEMBERS_EVER_MAX + 1]) {
+            assert!(
+                matches!(
+                    decode(&encode(&garbage), 3),
+                    Err(WireError::ImpossibleReplica(_))
+                ),
+                "{garbage:?}"
+            );
+        }
+        // A ballot naming a replica that does not exist, or none at all.
+        let stranger = Message::BoundaryPrepare {
             epoch: Epoch(1),
-            ends: vec![0; MEMBERS_EVER_MAX + 1],
+            ballot: Ballot::initial(ReplicaId(7)),
         };
+        assert!(decode(&encode(&stranger), 3).is_err());
+        let bare = proto::PeerMessage {
+            kind: Some(proto::peer_message::Kind::BoundaryAccepted(
+                proto::BoundaryAccepted {
+                    epoch: 1,
+                    ballot: None,
+                },
+            )),
+        };
+        let bytes = Bytes::from(prost::Message::encode_to_vec(&bare));
         assert!(matches!(
-            decode(&encode(&garbage), 3),
-            Err(WireError::ImpossibleReplica(_))
+            decode(&bytes, 3),
+            Err(WireError::Missing("ballot"))
         ));
     }
 

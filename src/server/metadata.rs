@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use prost::Message as _;
 
 use crate::core::epoch::{self, Configuration, Epoch};
-use crate::core::ids::{Incarnation, ReplicaId};
+use crate::core::ids::{Ballot, Incarnation, ReplicaId};
 use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::membership::Membership;
 use crate::core::replica::{Decided, Seal};
@@ -287,10 +287,7 @@ impl Metadata {
             seals: self
                 .seals
                 .iter()
-                .map(|s| proto::metadata::Seal {
-                    epoch: s.epoch.0,
-                    ends: s.ends.clone(),
-                })
+                .map(seal_to_proto)
                 .collect(),
         }
     }
@@ -361,10 +358,7 @@ impl Metadata {
             seals: p
                 .seals
                 .into_iter()
-                .map(|s| Seal {
-                    epoch: Epoch(s.epoch),
-                    ends: s.ends,
-                })
+                .map(seal_from_proto)
                 .collect(),
             legacy: false,
         })
@@ -518,6 +512,45 @@ fn legacy_peers(dir: &Path, n: usize) -> Result<Vec<Option<Incarnation>>, Storag
         Err(source) => return Err(StorageError::Io { path, source }),
     }
     Ok(known)
+}
+
+/// A seal as stored: its ends and the replica's acceptor state for the epoch's boundary.
+fn seal_to_proto(s: &Seal) -> proto::metadata::Seal {
+    let ballot = |b: Ballot| proto::Ballot {
+        round: b.round,
+        replica: b.replica.0,
+    };
+    proto::metadata::Seal {
+        epoch: s.epoch.0,
+        ends: s.ends.clone(),
+        promised: s.promised.map(ballot),
+        accepted_ballot: s.accepted.as_ref().map(|(b, _)| ballot(*b)),
+        accepted_ends: s
+            .accepted
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
+        decided: s
+            .decided
+            .as_ref()
+            .map(|ends| proto::metadata::Boundary { ends: ends.clone() }),
+    }
+}
+
+/// A stored seal; an earlier version's holds no acceptor state (nothing promised, accepted or
+/// known decided: the boundary is decided again).
+fn seal_from_proto(s: proto::metadata::Seal) -> Seal {
+    let ballot = |b: proto::Ballot| Ballot {
+        round: b.round,
+        replica: ReplicaId(b.replica),
+    };
+    Seal {
+        epoch: Epoch(s.epoch),
+        ends: s.ends,
+        promised: s.promised.map(ballot),
+        accepted: s.accepted_ballot.map(|b| (ballot(b), s.accepted_ends)),
+        decided: s.decided.map(|d| d.ends),
+    }
 }
 
 #[cfg(test)]
@@ -750,14 +783,20 @@ mod tests {
             }],
             ever: vec![ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3)],
         };
+        let promised = Ballot {
+            round: 3,
+            replica: ReplicaId(1),
+        };
         let seals = vec![
             Seal {
-                epoch: Epoch(0),
-                ends: vec![5, 0, 9],
+                promised: Some(promised),
+                accepted: Some((promised, vec![6, 0, 9])),
+                decided: Some(vec![6, 0, 9]),
+                ..Seal::new(Epoch(0), vec![5, 0, 9])
             },
             Seal {
-                epoch: Epoch(1),
-                ends: vec![7, 2],
+                promised: Some(promised),
+                ..Seal::new(Epoch(1), vec![7, 2])
             },
         ];
         m.store_epochs(Some((&next, &decided)), Some(&seals))

@@ -12,7 +12,7 @@ use crate::core::replica::Path;
 use crate::server::config::REPLICAS_MAX;
 
 /// Message types, in the order of [`kind_index`].
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 19] = [
     "PreAccept",
     "PreAcceptOk",
     "Accept",
@@ -26,8 +26,12 @@ pub const KINDS: [&str; 15] = [
     "Validate",
     "ValidateOk",
     "Waiting",
-    "SealQuery",
-    "Sealed",
+    "BoundaryPrepare",
+    "BoundaryPromise",
+    "BoundaryNack",
+    "BoundaryAccept",
+    "BoundaryAccepted",
+    "BoundaryDecided",
 ];
 
 /// Peer ids as label values (labels must be `'static` to stay allocation-free).
@@ -51,8 +55,12 @@ pub fn kind_index(m: &Message) -> usize {
         Message::Validate { .. } => 10,
         Message::ValidateOk { .. } => 11,
         Message::Waiting { .. } => 12,
-        Message::SealQuery { .. } => 13,
-        Message::Sealed { .. } => 14,
+        Message::BoundaryPrepare { .. } => 13,
+        Message::BoundaryPromise { .. } => 14,
+        Message::BoundaryNack { .. } => 15,
+        Message::BoundaryAccept { .. } => 16,
+        Message::BoundaryAccepted { .. } => 17,
+        Message::BoundaryDecided { .. } => 18,
     }
 }
 

@@ -48,6 +48,24 @@ impl Replica {
             }
             Ok(())
         };
+        // A boundary's ballot names a replica known here; its ends (a seal, or a boundary) one
+        // entry per row known at most, each one past a slot: at most `SLOT_LIMIT`.
+        let boundary_ballot_ok = |b: Ballot| {
+            if b.replica.index() >= n {
+                Err(Reject::UnknownReplica)
+            } else {
+                Ok(())
+            }
+        };
+        let ends_ok = |ends: &[u64]| {
+            if ends.len() > n {
+                Err(Reject::UnknownReplica)
+            } else if ends.iter().any(|e| *e > SLOT_LIMIT) {
+                Err(Reject::ImplausibleSlot)
+            } else {
+                Ok(())
+            }
+        };
         // Phase messages come from the ballot's owner; recovery never uses round 0.
         let sent_by_owner = |id: InstanceId, b: Ballot, recovery: bool| {
             if self.owns(id, b, from) && !(recovery && b.round == 0) {
@@ -170,17 +188,30 @@ impl Replica {
                 }
                 Ok(())
             }
-            Message::SealQuery { .. } => Ok(()),
-            Message::Sealed { ends, .. } => {
-                if ends.len() > n {
-                    return Err(Reject::UnknownReplica);
-                }
-                // One past a slot: at most `SLOT_LIMIT`.
-                if ends.iter().any(|e| *e > SLOT_LIMIT) {
-                    return Err(Reject::ImplausibleSlot);
+            Message::BoundaryPrepare { ballot, .. }
+            | Message::BoundaryNack {
+                promised: ballot, ..
+            }
+            | Message::BoundaryAccepted { ballot, .. } => boundary_ballot_ok(*ballot),
+            Message::BoundaryPromise {
+                ballot,
+                ends,
+                accepted,
+                ..
+            } => {
+                boundary_ballot_ok(*ballot)?;
+                ends_ok(ends)?;
+                if let Some((b, ends)) = accepted {
+                    boundary_ballot_ok(*b)?;
+                    ends_ok(ends)?;
                 }
                 Ok(())
             }
+            Message::BoundaryAccept { ballot, ends, .. } => {
+                boundary_ballot_ok(*ballot)?;
+                ends_ok(ends)
+            }
+            Message::BoundaryDecided { ends, .. } => ends_ok(ends),
         }
     }
 

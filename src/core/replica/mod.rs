@@ -789,8 +789,25 @@ impl Replica {
                 conflicts,
             } => self.handle_validate_ok(now, from, instance, ballot, conflicts),
             Message::Waiting { instance, matching } => self.handle_waiting(now, instance, matching),
-            Message::SealQuery { epoch } => self.handle_seal_query(from, epoch),
-            Message::Sealed { epoch, ends } => self.handle_sealed(from, epoch, ends),
+            Message::BoundaryPrepare { epoch, ballot } => {
+                self.handle_boundary_prepare(from, epoch, ballot)
+            }
+            Message::BoundaryPromise {
+                epoch,
+                ballot,
+                ends,
+                accepted,
+            } => self.handle_boundary_promise(from, epoch, ballot, ends, accepted),
+            Message::BoundaryNack { epoch, promised } => self.handle_boundary_nack(epoch, promised),
+            Message::BoundaryAccept {
+                epoch,
+                ballot,
+                ends,
+            } => self.handle_boundary_accept(from, epoch, ballot, ends),
+            Message::BoundaryAccepted { epoch, ballot } => {
+                self.handle_boundary_accepted(from, epoch, ballot)
+            }
+            Message::BoundaryDecided { epoch, ends } => self.handle_boundary_decided(epoch, ends),
         }
     }
 

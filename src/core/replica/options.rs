@@ -108,6 +108,10 @@ sabotage_switches! {
     /// A sealed replica votes on old-epoch instances above its seal, as if it had none (an
     /// old instance may then commit a command above the boundary, unordered against new ones).
     vote_above_seal,
+    /// A sealed replica takes the boundary it merely read (the maximum of the seals of the
+    /// first majority that promised) as decided, without Paxos's second phase, and votes below
+    /// it (another replica may read another majority's, which does not cover that vote).
+    vote_below_read_boundary,
     /// New-epoch instances do not cover the old epoch's boundary in their deps (an old
     /// instance a new one's quorum did not see is left unordered against it).
     omit_boundary_deps,

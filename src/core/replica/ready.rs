@@ -197,10 +197,11 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Ready {
-    /// This replica sealed an epoch (see `seal`): store these seals (every one kept, replacing
+    /// This replica sealed an epoch, or its part in deciding a boundary changed (a promise, an
+    /// accepted value, the decision: see `seal`): store these seals (every one kept, replacing
     /// those stored) before any message of this `Ready` leaves, early ones included, and give
     /// them back at start (`node::Restored::sealed`): a restarted replica must still refuse the
-    /// votes its seals refuse, and its answers to `SealQuery` reveal them.
+    /// votes its seals refuse and keep its promises (its Paxos answers reveal them).
     pub sealed: Option<Vec<Seal>>,
     /// Instance states to make durable, in order (a later entry for the same instance
     /// supersedes an earlier one). Executed is never written: it is re-derived on restart.

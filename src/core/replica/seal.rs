@@ -1,4 +1,4 @@
-//! Sealing an old epoch, learning its boundary, and covering it (issue 15; the long form is
+//! Sealing an old epoch, deciding its boundary, and covering it (issue 15; the long form is
 //! "The epoch boundary" in `docs/membership.md`).
 //!
 //! The danger: an old-epoch instance `y` and a new-epoch instance `x` that interfere may be
@@ -9,29 +9,51 @@
 //!    records, durably (`Ready::sealed`, given back at start), `sealed[r]`: one past the highest
 //!    slot of row `r` of an epoch-`e` instance it holds (or held: committed, collected, its own
 //!    next slot). From then on it votes on no epoch-`e` instance `(r, k)` with
-//!    `k >= sealed[r]`: no PreAcceptOk, no AcceptOk for a command, no Validate record; it
-//!    answers a Nack instead (`refuse_above_seal`). It still answers Recover and accepts
-//!    no-ops, so every old instance can finish.
-//! 2. **The boundary** (`SealQuery` / `Sealed`): before it starts any instance of `e+1`
-//!    (`may_start_instances`) the replica learns the seals of a majority `S` of `e`'s members;
-//!    `B[r]` is their maximum.
+//!    `k >= max(sealed[r], B[r])` (`B` the decided boundary below, once it knows it): no
+//!    PreAcceptOk, no AcceptOk for a command, no Validate record; it answers a Nack instead
+//!    (`refuse_above_seal`). It still answers Recover and accepts no-ops, so every old
+//!    instance can finish.
+//! 2. **The boundary, decided once** (`BoundaryPrepare` ... `BoundaryDecided`): `B` is chosen
+//!    by single-decree Paxos whose acceptors are `e`'s members, and whose proposers are all
+//!    that need `B` (members of `e`, and members the change added). Ballots are (round,
+//!    replica). Phase 1: an acceptor that sealed `e` promises the ballot (stored before the
+//!    answer leaves) and answers its seal and the value it accepted last; one that did not
+//!    seal yet answers its Watermark (the asker sends the Commits it lacks, the change among
+//!    them). With a majority of promises the proposer proposes the value accepted at the
+//!    highest ballot, if any, else the per-row maximum of the majority's seals. Phase 2: a
+//!    majority accepting it decides it; the proposer tells the old and new members
+//!    (`BoundaryDecided`), and an acceptor that knows the decision answers any later round
+//!    with it. Before it knows `B` a replica starts no instance of `e+1`
+//!    (`may_start_instances`).
 //! 3. **Covering**: every epoch-`e+1` instance's deps, initial ones at the leader and those any
 //!    replica computes when it votes, cover every row `r` up to `B[r]` (the rejoin horizons'
 //!    rule, `cover_up_to`), until this replica knows row `r` committed up to `B[r]`.
 //!
-//! *Why it is safe.* An epoch-`e` instance `y = (r, k)` that commits with a command was voted for
-//! by a majority of `e` (a fast quorum is one too), which meets `S` in some `s`. If `s` voted
-//! before sealing, it held `y` then, so `k < sealed_s[r] <= B[r]`; after sealing it refused unless
-//! `k < sealed_s[r]`. So `k < B[r]`: every new-epoch instance `x` depends on `y` (through the
-//! cover while `y` is not known committed here, through the conflict index once it is, as for
-//! any committed instance), and the two are never left unordered. Instances of `e` above `B` end
-//! as no-ops; their leaders propose the commands again (`commands_changed`), in `e+1` once they
-//! executed the change, and the session table absorbs a command that also survived elsewhere.
+//! *Why one `B`.* Every value Paxos accepts is either the maximum of some majority's seals or
+//! a value accepted before (by induction: so computed), and once a majority accepted a value
+//! at ballot `b`, every higher round's phase 1 meets that majority and proposes it again. So
+//! every replica that knows `B` knows the same `B`, computed from the seals of some majority
+//! `S` of `e`. Reading `B` from *some* majority, as this module first did, gave no such thing:
+//! r1 may seal holding `y` and r2 without it; a reader of {r1, r2} gets a `B` above `y`, a
+//! reader of {r0, r2} one below (`two_learners_of_different_majorities` in the tests).
+//!
+//! *Why it is safe.* An epoch-`e` instance `y = (r, k)` that commits with a command was voted
+//! for by a majority `Q` of `e` (a fast quorum is one too). If some vote in `Q` was given
+//! because `k < B[r]` (a sealed voter that knows `B`), then `k < B[r]`. Otherwise every vote in
+//! `Q` was given before its voter sealed or below its own seal, and `Q` meets `S` in some `s`:
+//! if `s` voted before sealing, it held `y` then, so `k < sealed_s[r] <= B[r]`; after sealing
+//! it voted only if `k < sealed_s[r]`. So `k < B[r]` in every case: every new-epoch instance
+//! `x` depends on `y` (through the cover while `y` is not known committed here, through the
+//! conflict index once it is, as for any committed instance), and the two are never left
+//! unordered. Voting below a `B` merely read would break the first case: the reader's `B` may
+//! lie above `y` while another replica's does not, and that one's `x` would not cover `y`
+//! (the sabotage `vote_below_read_boundary`). Instances of `e` at or above `B` end as no-ops;
+//! their leaders propose the commands again (`commands_changed`), in `e+1` once they executed
+//! the change, and the session table absorbs a command that also survived elsewhere.
 //!
 //! *Retirement.* Row `r`'s cover stops once this replica knows the row committed up to `B[r]`:
 //! from then on its conflict index holds every instance there with its commands, so the deps it
-//! computes name the interfering ones anyway. Each replica decides that for itself; different
-//! replicas may also learn different `B`s (other majorities): each satisfies the claim above.
+//! computes name the interfering ones anyway.
 //!
 //! *Why only instances held, not slots named in deps.* The claim needs `sealed_s` to exceed every
 //! instance `s` voted on, which it held. Slots named only in deps may be of the new epoch (a
@@ -40,24 +62,25 @@
 //! themselves. At sealing a replica holds no instance of `e+1` (it refused every message of an
 //! epoch it had not learnt).
 //!
-//! *Liveness.* A replica that has not executed the change yet answers a `SealQuery` with its
-//! Watermark, so the asker sends it the Commits it lacks (the change among them); queries are
-//! resent with a doubling interval, capped at `retry_max`. A recovery that would accept a
-//! command above a replica's seal gets a Nack from it: such an instance can only have been
-//! decided by replicas whose seals lie above it, so it finishes once enough of those answer.
+//! *Liveness.* An old instance `y` above the survivors' seals but held by one of them (seed
+//! 1459 of `random_seeds_with_removals`: r4 leads `y`, r0 alone pre-accepts it, everyone but
+//! the dead r1 seals, r2 and r3 without `y`, r4 dies) may have committed on the fast path with
+//! {r4, r0, r1} as far as the survivors can tell, so recovery must accept its command; with
+//! votes only below their own seals r2 and r3 refused it forever. Every majority of the
+//! survivors' promises holds r0's seal, so `B` lies above `y`, and r2 and r3 now vote on it.
+//! Paxos rounds: an acceptor's Nack (a higher promise) ends the round; the next starts after a
+//! doubling backoff, capped at `retry_max`, above every round seen; a due round still under
+//! way is asked again of those that did not answer. The decision's broadcast ends everyone's
+//! rounds. A member that never executed the change seals once a snapshot brings it past it
+//! (`seal_missed_boundary`).
 //!
-//! *A known liveness gap* (seed 1459 of `random_seeds_with_removals`): when the old epoch loses
-//! `f` members, an instance `y` above the survivors' seals but held by one of them (pre-accepted
-//! before it sealed) may be stuck. Epoch 0 = {r0..r4}; r1 dies; r4 leads `y` = 4.13, r0
-//! pre-accepts it, then everyone but r1 seals and r2, r3 refuse `y`; r4 dies. `y` may have
-//! committed on the fast path with {r4, r0, r1} (the survivors cannot tell r1 never heard of
-//! it), so recovery must not make it a no-op; but its Accept needs r2 or r3, which refuse above
-//! their seals. Letting a sealed replica vote below the boundary *it learnt* (not only below its
-//! own seal) is not safe in general: replicas learn `B` from different majorities, and another
-//! replica's `B'` from {r1, r2, r3} (had r1 sealed without `y`) would not cover `y`, whose
-//! commit would then rest on r2's post-seal vote. It is safe only when every majority of the old
-//! epoch holds a member whose seal lies above `y` (or that holds `y` and has not sealed), which
-//! the survivors here cannot know. Left open: the test stays ignored.
+//! *Durability.* The promise, the value accepted and the decision live in the seal
+//! (`Seal::promised`, `accepted`, `decided`), stored through `Ready::sealed` before anything of
+//! that `Ready` leaves. An acceptor that lost its disk holds no seal of the epoch and so
+//! promises nothing there again unless a snapshot makes it seal late; it would then promise
+//! afresh while its earlier accept is forgotten: the usual Paxos caveat on lost acceptor state,
+//! not fenced yet (an open point of `docs/membership.md`; the instances' votes have the
+//! horizons for it).
 
 use std::time::Duration;
 
@@ -69,18 +92,39 @@ use crate::core::limits::SEALS_KEPT_MAX;
 use crate::core::message::Message;
 
 /// A replica's seal of an epoch: per row, one past the highest slot of an instance of that
-/// epoch it held when it left the epoch. What the shell stores (see `Ready::sealed`).
+/// epoch it held when it left the epoch; and its part, as an acceptor, in deciding the epoch's
+/// boundary. What the shell stores (see `Ready::sealed`) before any answer revealing it leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seal {
     pub epoch: Epoch,
     pub ends: Vec<u64>,
+    /// The highest boundary ballot promised: no Prepare or Accept below it is answered.
+    pub promised: Option<Ballot>,
+    /// The boundary accepted last, with its ballot.
+    pub accepted: Option<(Ballot, Vec<u64>)>,
+    /// The decided boundary, once known here.
+    pub decided: Option<Vec<u64>>,
 }
 
 impl Seal {
-    /// Whether a vote on `id` (an instance of this seal's epoch) is refused: at or above the
-    /// row's end (a row the seal lacks had no instance of the epoch here).
+    /// A seal of `epoch` at `ends`, nothing promised, accepted or decided yet.
+    pub fn new(epoch: Epoch, ends: Vec<u64>) -> Self {
+        Seal {
+            epoch,
+            ends,
+            promised: None,
+            accepted: None,
+            decided: None,
+        }
+    }
+
+    /// Whether a vote on `id` (an instance of this seal's epoch) is refused: at or above both
+    /// the row's end and the decided boundary's (a row either lacks had no instance there).
     fn refuses(&self, id: InstanceId) -> bool {
-        id.slot >= self.ends.get(id.replica.index()).copied().unwrap_or(0)
+        let row = id.replica.index();
+        let end = self.ends.get(row).copied().unwrap_or(0);
+        let decided = self.decided.as_ref().and_then(|d| d.get(row).copied());
+        id.slot >= end.max(decided.unwrap_or(0))
     }
 }
 
@@ -93,19 +137,47 @@ pub(super) struct Seals {
     boundary: Option<Boundary>,
 }
 
-/// Learning (then knowing) the boundary of an epoch this replica left.
+/// Learning (then knowing) the boundary of an epoch this replica left, as a proposer.
 #[derive(Debug)]
 struct Boundary {
-    /// The epoch left: its members are asked.
+    /// The epoch left: its members are the acceptors.
     epoch: Epoch,
-    /// Members' seals received (this replica's own first, if it is a member).
-    answers: Vec<(ReplicaId, Vec<u64>)>,
-    /// `B`: per row, the maximum of a majority's seals; `None` while learnt.
+    /// `B`, once decided: per row, one past the highest slot an instance of the epoch can have
+    /// committed a command at.
     known: Option<Vec<u64>>,
-    /// When to ask again those that did not answer (`None`: at the next tick, which sets it).
+    /// The round under way (`None`: none, the next due tick starts one).
+    round: Option<Round>,
+    /// The highest round seen, this replica's or another's (a Nack's): the next one is above.
+    highest_round: u32,
+    /// When to start the next round (`None`: at the next tick, which sets it).
     ask_at: Option<Time>,
-    /// The wait before the next query after that (doubles, capped at `retry_max`).
+    /// The wait before the next round after that (doubles, capped at `retry_max`).
     backoff: Duration,
+}
+
+/// One round of the boundary's Paxos, at `ballot`.
+#[derive(Debug)]
+struct Round {
+    ballot: Ballot,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Promises received: from whom, its seal, what it accepted last.
+    Prepare(Vec<(ReplicaId, Vec<u64>, Option<(Ballot, Vec<u64>)>)>),
+    /// The value proposed, and who accepted it.
+    Accept(Vec<u64>, Vec<ReplicaId>),
+}
+
+/// An acceptor's answer to a boundary Prepare or Accept.
+enum Answer {
+    Promise(Vec<u64>, Option<(Ballot, Vec<u64>)>),
+    Accepted,
+    Nack(Ballot),
+    Decided(Vec<u64>),
+    /// The epoch is not sealed here (not left yet, or its seal was dropped long ago).
+    NotSealed,
 }
 
 impl Seals {
@@ -118,55 +190,49 @@ impl Seals {
         }
         self.kept.iter().find(|s| s.epoch == epoch).map(Some)
     }
+
+    fn kept_mut(&mut self, epoch: Epoch) -> Option<&mut Seal> {
+        self.kept.iter_mut().find(|s| s.epoch == epoch)
+    }
+}
+
+impl Boundary {
+    fn new(epoch: Epoch, known: Option<Vec<u64>>, backoff: Duration) -> Self {
+        Boundary {
+            epoch,
+            known,
+            round: None,
+            highest_round: 0,
+            ask_at: None,
+            backoff,
+        }
+    }
 }
 
 impl Replica {
     /// This replica executed the change from `old` to `new`: seals `old`'s epoch (if it is a
-    /// member of it: only members vote there) and starts learning its boundary. New instances
-    /// wait for the boundary (`may_start_instances`). Called once per change, by its execution
-    /// (core15's `Reconfigure`; the tests call it directly until then).
-    #[allow(dead_code)]
+    /// member of it: only members vote there) and starts deciding its boundary. New instances
+    /// wait for the boundary (`may_start_instances`). Called once per change, by its execution.
     pub(crate) fn seal_epoch(&mut self, old: &Configuration, new: &Configuration) {
         debug_assert!(
             new.epoch() > old.epoch(),
             "sealing {old} for {new}, not a later epoch"
         );
-        let me = self.opts.id;
         let epoch = old.epoch();
-        let mut answers = Vec::new();
-        if old.is_member(me) {
-            let ends = match self.seals.kept.iter().find(|s| s.epoch == epoch) {
-                Some(seal) => seal.ends.clone(), // sealed before a restart: keep it
-                None => {
-                    let ends = self.reach_of(epoch);
-                    self.seals.kept.push(Seal {
-                        epoch,
-                        ends: ends.clone(),
-                    });
-                    if self.seals.kept.len() > SEALS_KEPT_MAX {
-                        self.seals.kept.remove(0);
-                    }
-                    self.ready.sealed = Some(self.seals.kept.clone());
-                    ends
-                }
-            };
-            answers.push((me, ends));
+        if old.is_member(self.opts.id) && self.seals.kept_mut(epoch).is_none() {
+            // (Sealed before a restart: the stored seal stays.)
+            let ends = self.reach_of(epoch);
+            self.seals.kept.push(Seal::new(epoch, ends));
+            if self.seals.kept.len() > SEALS_KEPT_MAX {
+                self.seals.kept.remove(0);
+            }
+            self.persist_seals();
         }
-        self.seals.boundary = Some(Boundary {
-            epoch,
-            answers,
-            known: None,
-            ask_at: None,
-            backoff: self.opts.retry,
-        });
-        self.settle_boundary();
-        if self
-            .seals
-            .boundary
-            .as_ref()
-            .is_some_and(|b| b.known.is_none())
-        {
-            self.ask_seals();
+        let known = self.seals.kept_mut(epoch).and_then(|s| s.decided.clone());
+        let undecided = known.is_none();
+        self.seals.boundary = Some(Boundary::new(epoch, known, self.opts.retry));
+        if undecided {
+            self.propose_boundary();
         }
     }
 
@@ -179,8 +245,8 @@ impl Replica {
             .is_none_or(|b| b.known.is_some())
     }
 
-    /// The boundary of the last epoch left, once known: per row, one past the highest slot an
-    /// instance of that epoch can have committed a command at.
+    /// The decided boundary of the last epoch left, once known: per row, one past the highest
+    /// slot an instance of that epoch can have committed a command at.
     pub fn boundary(&self) -> Option<(Epoch, &[u64])> {
         let b = self.seals.boundary.as_ref()?;
         Some((b.epoch, b.known.as_deref()?))
@@ -192,7 +258,8 @@ impl Replica {
     }
 
     /// Takes back the seals stored before a restart (`node::Restored::sealed`): votes above
-    /// them stay refused, and the boundary of the newest is learnt again (it is not stored).
+    /// them stay refused, promises stay kept, and the boundary of the newest is known again if
+    /// it was decided (else decided again, from the next tick on).
     pub fn restore_seals(&mut self, mut seals: Vec<Seal>) {
         seals.sort_by_key(|s| s.epoch);
         seals.dedup_by_key(|s| s.epoch);
@@ -201,7 +268,6 @@ impl Replica {
         let Some(newest) = seals.last() else {
             return;
         };
-        let me = self.opts.id;
         // A later boundary being learnt already (of an epoch this replica was added in, see
         // `learn_last_boundary`) stays.
         if self
@@ -210,24 +276,22 @@ impl Replica {
             .as_ref()
             .is_none_or(|b| b.epoch <= newest.epoch)
         {
-            self.seals.boundary = Some(Boundary {
-                epoch: newest.epoch,
-                answers: vec![(me, newest.ends.clone())],
-                known: None,
-                ask_at: None,
-                backoff: self.opts.retry,
-            });
+            self.seals.boundary = Some(Boundary::new(
+                newest.epoch,
+                newest.decided.clone(),
+                self.opts.retry,
+            ));
         }
         self.seals.kept = seals;
-        self.settle_boundary();
     }
 
     /// Starts learning the boundary of the epoch before the current one if nothing here learns
     /// it yet: the case of a member that change added (restored from a peer's snapshot, or
     /// from its own disk after a restart). It never was a member of that epoch, so it holds no
     /// seal of it and never voted there; but the new epoch's instances it leads must still
-    /// cover `B` (rule 3), so it leads none before it learnt `B` from a majority of that
-    /// epoch's members. It votes meanwhile: the leaders' initial deps carry the cover.
+    /// cover `B` (rule 3), so it leads none before it knows the decided `B` (it proposes, as
+    /// anyone who needs `B` does; an acceptor that knows the decision answers with it). It
+    /// votes meanwhile: the leaders' initial deps carry the cover.
     pub(crate) fn learn_last_boundary(&mut self) {
         let current = self.configuration().epoch();
         let Some(left) = current.0.checked_sub(1).map(Epoch) else {
@@ -242,14 +306,8 @@ impl Replica {
         {
             return;
         }
-        self.seals.boundary = Some(Boundary {
-            epoch: left,
-            answers: Vec::new(),
-            known: None,
-            ask_at: None,
-            backoff: self.opts.retry,
-        });
-        self.ask_seals();
+        self.seals.boundary = Some(Boundary::new(left, None, self.opts.retry));
+        self.propose_boundary();
     }
 
     /// After a peer's snapshot brought this replica past a change it never executed (it was
@@ -257,9 +315,9 @@ impl Replica {
     /// ended and holds no seal of it, it seals it now with what it holds. Sealing late is as
     /// safe as sealing when executing the change: a seal bounds only the votes given from then
     /// on, and every vote given before is for an instance held here (catching up keeps them).
-    /// Without it, that epoch's other members could wait forever for its `Sealed`: they learn
-    /// `B` from a majority of the epoch, and it answers a `SealQuery` only with a seal (seed
-    /// 758 of `random_seeds_with_changes`: the epoch's two members, one of them this).
+    /// Without it, that epoch's other members could wait forever for its promise: the boundary
+    /// needs a majority of the epoch's acceptors, and only a sealed one promises (seed 758 of
+    /// `random_seeds_with_changes`: the epoch's two members, one of them this).
     pub(crate) fn seal_missed_boundary(&mut self) {
         let current = self.configuration().clone();
         let Some(left) = current.epoch().0.checked_sub(1).map(Epoch) else {
@@ -276,7 +334,6 @@ impl Replica {
 
     /// Per row, one past the highest slot of an instance of `epoch` (or older) held here, or
     /// held once (committed, collected; this replica's own next slot).
-    #[allow(dead_code)]
     fn reach_of(&self, epoch: Epoch) -> Vec<u64> {
         let mut ends = self.committed_end.clone();
         for (end, gc) in ends.iter_mut().zip(&self.gc_prefix) {
@@ -293,7 +350,8 @@ impl Replica {
     }
 
     /// Whether this replica refuses to vote on `id`, an instance of `epoch`, with a command:
-    /// the epoch is sealed here and `id` lies above the seal (see the module doc).
+    /// the epoch is sealed here and `id` lies at or above both the seal and the decided
+    /// boundary (see the module doc).
     pub(super) fn above_seal(&self, id: InstanceId, epoch: Epoch) -> bool {
         if self.opts.sabotage.vote_above_seal() {
             return false;
@@ -328,7 +386,7 @@ impl Replica {
     }
 
     /// Covers, in the deps of an instance of `epoch`, the boundary of an older epoch this
-    /// replica left: `B` once known, its own seal while it learns `B` (it only votes then: it
+    /// replica left: `B` once decided, its own seal while it learns `B` (it only votes then: it
     /// starts nothing before `B` is known).
     pub(super) fn add_boundary_deps(&self, epoch: Epoch, deps: &mut Deps) {
         if self.opts.sabotage.omit_boundary_deps() {
@@ -340,56 +398,330 @@ impl Replica {
         if epoch <= b.epoch {
             return; // an instance of the epoch left, or older: no boundary to cover
         }
-        let me = self.opts.id;
         let ends = b.known.as_deref().or_else(|| {
-            b.answers
+            self.seals
+                .kept
                 .iter()
-                .find(|(r, _)| *r == me)
-                .map(|(_, ends)| ends.as_slice())
+                .find(|s| s.epoch == b.epoch)
+                .map(|s| s.ends.as_slice())
         });
         if let Some(ends) = ends {
             self.cover_up_to(ends, deps);
         }
     }
 
-    /// A peer asks for this replica's seal of `epoch`.
-    pub(super) fn handle_seal_query(&mut self, from: ReplicaId, epoch: Epoch) {
-        if let Some(seal) = self.seals.kept.iter().find(|s| s.epoch == epoch) {
-            let msg = Message::Sealed {
-                epoch,
-                ends: seal.ends.clone(),
-            };
-            self.send(vec![from], msg);
-        } else if epoch >= self.configuration().epoch() {
-            // Not left yet here: the asker executed a change this replica has not. Its
-            // Watermark makes the asker send the Commits it lacks; it seals once it executes
-            // the change, and answers the next query.
-            let msg = self.watermark();
-            self.send(vec![from], msg);
-        }
-        // An epoch whose seal was dropped long ago: that boundary was learnt long ago too.
+    /// The seals and this replica's acceptor state changed: the shell stores them before any
+    /// message of this `Ready` leaves (Paxos's promises and accepted values must survive).
+    fn persist_seals(&mut self) {
+        self.ready.sealed = Some(self.seals.kept.clone());
     }
 
-    /// A peer's seal of `epoch`: counted towards the boundary if it is what is being learnt and
-    /// the peer a member of the epoch.
-    pub(super) fn handle_sealed(&mut self, from: ReplicaId, epoch: Epoch, ends: Vec<u64>) {
+    /// The acceptor's phase 1: promise `ballot` unless a higher one was promised.
+    fn promise_boundary(&mut self, epoch: Epoch, ballot: Ballot) -> Answer {
+        // (A boundary merely read, under the sabotage, is this replica's alone.)
+        let read_only = self.opts.sabotage.vote_below_read_boundary();
+        let Some(seal) = self.seals.kept_mut(epoch) else {
+            return Answer::NotSealed;
+        };
+        if let Some(decided) = seal.decided.as_ref().filter(|_| !read_only) {
+            return Answer::Decided(decided.clone());
+        }
+        match seal.promised {
+            Some(p) if p > ballot => return Answer::Nack(p),
+            Some(p) if p == ballot => {}
+            _ => {
+                seal.promised = Some(ballot);
+                let answer = Answer::Promise(seal.ends.clone(), seal.accepted.clone());
+                self.persist_seals();
+                return answer;
+            }
+        }
+        Answer::Promise(seal.ends.clone(), seal.accepted.clone())
+    }
+
+    /// The acceptor's phase 2: accept `ends` at `ballot` unless a higher ballot was promised.
+    fn accept_boundary(&mut self, epoch: Epoch, ballot: Ballot, ends: Vec<u64>) -> Answer {
+        let read_only = self.opts.sabotage.vote_below_read_boundary();
+        let Some(seal) = self.seals.kept_mut(epoch) else {
+            return Answer::NotSealed;
+        };
+        if let Some(decided) = seal.decided.as_ref().filter(|_| !read_only) {
+            return Answer::Decided(decided.clone());
+        }
+        if let Some(p) = seal.promised.filter(|p| *p > ballot) {
+            return Answer::Nack(p);
+        }
+        if seal.accepted.as_ref().is_some_and(|(b, e)| *b == ballot && *e == ends) {
+            return Answer::Accepted; // a duplicate
+        }
+        seal.promised = Some(ballot);
+        seal.accepted = Some((ballot, ends));
+        self.persist_seals();
+        Answer::Accepted
+    }
+
+    /// Sends an acceptor's answer to `to` (nothing for an epoch not sealed here but one left
+    /// long ago: that boundary was decided long ago too).
+    fn answer_boundary(&mut self, to: ReplicaId, epoch: Epoch, ballot: Ballot, answer: Answer) {
+        let msg = match answer {
+            Answer::Promise(ends, accepted) => Message::BoundaryPromise {
+                epoch,
+                ballot,
+                ends,
+                accepted,
+            },
+            Answer::Accepted => Message::BoundaryAccepted { epoch, ballot },
+            Answer::Nack(promised) => Message::BoundaryNack { epoch, promised },
+            Answer::Decided(ends) => Message::BoundaryDecided { epoch, ends },
+            Answer::NotSealed if epoch >= self.configuration().epoch() => {
+                // Not left yet here: the asker executed a change this replica has not. Its
+                // Watermark makes the asker send the Commits it lacks; it seals once it
+                // executes the change, and answers the next round.
+                self.watermark()
+            }
+            Answer::NotSealed => return,
+        };
+        self.send(vec![to], msg);
+    }
+
+    /// A peer asks this replica, as an acceptor of `epoch`'s boundary, for a promise.
+    pub(super) fn handle_boundary_prepare(&mut self, from: ReplicaId, epoch: Epoch, ballot: Ballot) {
+        let answer = self.promise_boundary(epoch, ballot);
+        self.answer_boundary(from, epoch, ballot, answer);
+    }
+
+    /// A peer asks this replica, as an acceptor of `epoch`'s boundary, to accept `ends`.
+    pub(super) fn handle_boundary_accept(
+        &mut self,
+        from: ReplicaId,
+        epoch: Epoch,
+        ballot: Ballot,
+        ends: Vec<u64>,
+    ) {
+        let answer = self.accept_boundary(epoch, ballot, ends);
+        self.answer_boundary(from, epoch, ballot, answer);
+    }
+
+    /// Whether `from` is an acceptor of `epoch` (a member of it) and `epoch`'s boundary is
+    /// what this replica is deciding now, at `ballot`'s round.
+    fn in_round(&self, from: ReplicaId, epoch: Epoch, ballot: Ballot) -> bool {
         let member = self
             .configuration_of(epoch)
             .is_some_and(|c| c.is_member(from));
-        let Some(b) = &mut self.seals.boundary else {
-            return;
-        };
-        if b.epoch != epoch || b.known.is_some() || !member {
-            return; // not learnt here (now), or not a member's: no part of the boundary
-        }
-        if b.answers.iter().any(|(r, _)| *r == from) {
-            return; // a duplicate
-        }
-        b.answers.push((from, ends));
-        self.settle_boundary();
+        member
+            && self.seals.boundary.as_ref().is_some_and(|b| {
+                b.epoch == epoch
+                    && b.known.is_none()
+                    && b.round.as_ref().is_some_and(|r| r.ballot == ballot)
+            })
     }
 
-    /// Resends the query to the members that did not answer, when due (see the module doc).
+    /// An acceptor's promise (a peer's, or this replica's own).
+    pub(super) fn handle_boundary_promise(
+        &mut self,
+        from: ReplicaId,
+        epoch: Epoch,
+        ballot: Ballot,
+        ends: Vec<u64>,
+        accepted: Option<(Ballot, Vec<u64>)>,
+    ) {
+        if !self.in_round(from, epoch, ballot) {
+            return; // another epoch, round or phase, or not an acceptor's: no part of it
+        }
+        let rows = self.rows();
+        let Some(majority) = self.configuration_of(epoch).map(|c| c.slow_quorum()) else {
+            return;
+        };
+        let Some(Round {
+            phase: Phase::Prepare(promises),
+            ..
+        }) = self.seals.boundary.as_mut().and_then(|b| b.round.as_mut())
+        else {
+            return; // phase 2 already
+        };
+        if promises.iter().any(|(r, ..)| *r == from) {
+            return; // a duplicate
+        }
+        promises.push((from, ends, accepted));
+        if promises.len() < majority {
+            return;
+        }
+        // Paxos: the value accepted at the highest ballot, if any; else today's read, the
+        // per-row maximum of the majority's seals.
+        let value = match promises
+            .iter()
+            .filter_map(|(_, _, a)| a.as_ref())
+            .max_by_key(|(b, _)| *b)
+        {
+            Some((_, value)) => value.clone(),
+            None => {
+                let mut bound = vec![0; rows];
+                for (_, ends, _) in promises.iter() {
+                    for (row, end) in ends.iter().enumerate().take(rows) {
+                        bound[row] = bound[row].max((*end).min(SLOT_LIMIT));
+                    }
+                }
+                bound
+            }
+        };
+        if self.opts.sabotage.vote_below_read_boundary() {
+            self.boundary_decided(epoch, value, false);
+            return;
+        }
+        if let Some(round) = self.seals.boundary.as_mut().and_then(|b| b.round.as_mut()) {
+            round.phase = Phase::Accept(value.clone(), Vec::new());
+        }
+        let me = self.opts.id;
+        let acceptors = self.acceptors_but_me(epoch);
+        self.send(
+            acceptors,
+            Message::BoundaryAccept {
+                epoch,
+                ballot,
+                ends: value.clone(),
+            },
+        );
+        if self.is_member_of(epoch) {
+            match self.accept_boundary(epoch, ballot, value) {
+                Answer::Accepted => self.handle_boundary_accepted(me, epoch, ballot),
+                Answer::Nack(promised) => self.handle_boundary_nack(epoch, promised),
+                Answer::Decided(ends) => self.handle_boundary_decided(epoch, ends),
+                Answer::Promise(..) | Answer::NotSealed => {}
+            }
+        }
+    }
+
+    /// An acceptor accepted this replica's proposal at `ballot`.
+    pub(super) fn handle_boundary_accepted(&mut self, from: ReplicaId, epoch: Epoch, ballot: Ballot) {
+        if !self.in_round(from, epoch, ballot) {
+            return;
+        }
+        let Some(majority) = self.configuration_of(epoch).map(|c| c.slow_quorum()) else {
+            return;
+        };
+        let Some(Round {
+            phase: Phase::Accept(value, accepted),
+            ..
+        }) = self.seals.boundary.as_mut().and_then(|b| b.round.as_mut())
+        else {
+            return;
+        };
+        if accepted.contains(&from) {
+            return;
+        }
+        accepted.push(from);
+        if accepted.len() >= majority {
+            let value = value.clone();
+            self.boundary_decided(epoch, value, true);
+        }
+    }
+
+    /// An acceptor promised a higher ballot: this round is over; the next one, at the next due
+    /// tick (after the backoff), goes above it.
+    pub(super) fn handle_boundary_nack(&mut self, epoch: Epoch, promised: Ballot) {
+        let Some(b) = self.seals.boundary.as_mut() else {
+            return;
+        };
+        if b.epoch != epoch || b.known.is_some() {
+            return;
+        }
+        b.highest_round = b.highest_round.max(promised.round);
+        if b.round.as_ref().is_some_and(|r| r.ballot < promised) {
+            b.round = None;
+        }
+    }
+
+    /// `epoch`'s boundary is decided (a peer says so; peers are authenticated): recorded in this
+    /// replica's seal of it, if any, and known if it is the one learnt here.
+    pub(super) fn handle_boundary_decided(&mut self, epoch: Epoch, ends: Vec<u64>) {
+        self.boundary_decided(epoch, ends, false);
+    }
+
+    /// Records `epoch`'s decided boundary; `tell`: this replica decided it (a majority
+    /// accepted its proposal) and tells the epoch's and the current configuration's members.
+    fn boundary_decided(&mut self, epoch: Epoch, mut ends: Vec<u64>, tell: bool) {
+        ends.resize(self.rows().max(ends.len()), 0);
+        if let Some(seal) = self.seals.kept_mut(epoch) {
+            if seal.decided.is_none() {
+                seal.decided = Some(ends.clone());
+                self.persist_seals();
+            }
+        }
+        if let Some(b) = self.seals.boundary.as_mut() {
+            if b.epoch == epoch && b.known.is_none() {
+                b.known = Some(ends.clone());
+                b.round = None;
+            }
+        }
+        if tell {
+            let me = self.opts.id;
+            let mut to = self.acceptors_but_me(epoch);
+            to.extend(self.configuration().members().iter().copied());
+            to.sort_unstable();
+            to.dedup();
+            to.retain(|r| *r != me);
+            self.send(to, Message::BoundaryDecided { epoch, ends });
+        }
+    }
+
+    /// Starts the next round for the boundary being learnt, above every round seen: Prepare
+    /// to the epoch's members, this replica's own promise at once if it is one.
+    fn propose_boundary(&mut self) {
+        let me = self.opts.id;
+        let own_promise = self.seals.boundary.as_ref().and_then(|b| {
+            let seal = self.seals.kept.iter().find(|s| s.epoch == b.epoch)?;
+            seal.promised.map(|p| p.round)
+        });
+        let Some(b) = self.seals.boundary.as_mut() else {
+            return;
+        };
+        // Above this replica's own promise too (kept across a restart).
+        b.highest_round = b.highest_round.max(own_promise.unwrap_or(0));
+        if b.known.is_some() {
+            return;
+        }
+        let Some(round) = b.highest_round.checked_add(1).filter(|r| *r < u32::MAX) else {
+            return; // no round above a top one: only impossible input gets here
+        };
+        b.highest_round = round;
+        let ballot = Ballot { round, replica: me };
+        b.round = Some(Round {
+            ballot,
+            phase: Phase::Prepare(Vec::new()),
+        });
+        let epoch = b.epoch;
+        if self.configuration_of(epoch).is_none() {
+            return; // an epoch not known here (a restart before its configuration came back)
+        }
+        let acceptors = self.acceptors_but_me(epoch);
+        self.send(acceptors, Message::BoundaryPrepare { epoch, ballot });
+        if self.is_member_of(epoch) {
+            match self.promise_boundary(epoch, ballot) {
+                Answer::Promise(ends, accepted) => {
+                    self.handle_boundary_promise(me, epoch, ballot, ends, accepted)
+                }
+                Answer::Nack(promised) => self.handle_boundary_nack(epoch, promised),
+                Answer::Decided(ends) => self.handle_boundary_decided(epoch, ends),
+                Answer::Accepted | Answer::NotSealed => {}
+            }
+        }
+    }
+
+    /// The members of `epoch` other than this replica: the boundary's other acceptors.
+    fn acceptors_but_me(&self, epoch: Epoch) -> Vec<ReplicaId> {
+        let me = self.opts.id;
+        self.configuration_of(epoch).map_or_else(Vec::new, |c| {
+            c.members().iter().copied().filter(|m| *m != me).collect()
+        })
+    }
+
+    fn is_member_of(&self, epoch: Epoch) -> bool {
+        self.configuration_of(epoch)
+            .is_some_and(|c| c.is_member(self.opts.id))
+    }
+
+    /// When due, until the boundary is decided: asks again the acceptors that did not answer
+    /// the round under way, or starts a higher round if a Nack ended it (see the module doc).
     pub(super) fn tick_boundary(&mut self, now: Time) {
         let retry_max = self.opts.retry_max;
         let Some(b) = &mut self.seals.boundary else {
@@ -403,55 +735,35 @@ impl Replica {
             Some(at) if now >= at => {
                 b.backoff = (b.backoff * 2).min(retry_max);
                 b.ask_at = Some(now + b.backoff);
-                self.ask_seals();
+                let epoch = b.epoch;
+                let again = b.round.as_ref().map(|r| match &r.phase {
+                    Phase::Prepare(promises) => {
+                        let answered: Vec<_> = promises.iter().map(|(p, ..)| *p).collect();
+                        (answered, Message::BoundaryPrepare {
+                            epoch,
+                            ballot: r.ballot,
+                        })
+                    }
+                    Phase::Accept(value, accepted) => (
+                        accepted.clone(),
+                        Message::BoundaryAccept {
+                            epoch,
+                            ballot: r.ballot,
+                            ends: value.clone(),
+                        },
+                    ),
+                });
+                match again {
+                    None => self.propose_boundary(),
+                    Some((answered, msg)) => {
+                        let mut to = self.acceptors_but_me(epoch);
+                        to.retain(|a| !answered.contains(a));
+                        self.send(to, msg);
+                    }
+                }
             }
             Some(_) => {}
         }
-    }
-
-    /// Asks the members of the epoch left that have not answered for their seals.
-    fn ask_seals(&mut self) {
-        let Some(b) = &self.seals.boundary else {
-            return;
-        };
-        let Some(config) = self.configuration_of(b.epoch) else {
-            return; // an epoch not known here (a restart before its configuration came back)
-        };
-        let me = self.opts.id;
-        let asked: Vec<ReplicaId> = config
-            .members()
-            .iter()
-            .copied()
-            .filter(|m| *m != me && !b.answers.iter().any(|(r, _)| r == m))
-            .collect();
-        let epoch = b.epoch;
-        if !asked.is_empty() {
-            self.send(asked, Message::SealQuery { epoch });
-        }
-    }
-
-    /// Takes the boundary as known once a majority of the epoch's members answered.
-    fn settle_boundary(&mut self) {
-        let rows = self.rows();
-        let Some(epoch) = self.seals.boundary.as_ref().map(|b| b.epoch) else {
-            return;
-        };
-        let Some(majority) = self.configuration_of(epoch).map(|c| c.slow_quorum()) else {
-            return;
-        };
-        let Some(b) = &mut self.seals.boundary else {
-            return;
-        };
-        if b.known.is_some() || b.answers.len() < majority {
-            return;
-        }
-        let mut bound = vec![0; rows];
-        for (_, ends) in &b.answers {
-            for (row, end) in ends.iter().enumerate().take(rows) {
-                bound[row] = bound[row].max((*end).min(SLOT_LIMIT));
-            }
-        }
-        b.known = Some(bound);
     }
 }
 
@@ -585,9 +897,13 @@ mod tests {
         let _ = rs[1].take_ready();
         change(&mut rs[1], &[0, 1, 2]);
         let ready = rs[1].take_ready();
+        // With its own promise to its first boundary round (it proposes at once).
         let seal = Seal {
-            epoch: Epoch(0),
-            ends: vec![1, 0, 0],
+            promised: Some(Ballot {
+                round: 1,
+                replica: r(1),
+            }),
+            ..Seal::new(Epoch(0), vec![1, 0, 0])
         };
         assert_eq!(ready.sealed, Some(vec![seal]), "the seal goes to the disk");
         assert!(
@@ -712,7 +1028,7 @@ mod tests {
     }
 
     #[test]
-    fn the_boundary_waits_for_a_majority_of_the_old_epochs_members() {
+    fn the_boundary_waits_for_a_majority_of_the_old_epochs_members_to_accept_it() {
         let mut rs = cluster(3);
         // r1 leads 1.0 and 1.1, which only r2 hears.
         let mut out = Vec::new();
@@ -732,46 +1048,377 @@ mod tests {
             ready.batches.is_empty(),
             "nothing starts before the boundary"
         );
-        let query = Message::SealQuery { epoch: Epoch(0) };
+        let first = Ballot {
+            round: 1,
+            replica: r(0),
+        };
+        let prepare = Message::BoundaryPrepare {
+            epoch: Epoch(0),
+            ballot: first,
+        };
         assert!(ready
             .messages
             .iter()
-            .any(|o| o.msg == query && o.to == ids(&[1, 2])));
-        // r2 has not executed the change: it answers with its Watermark, not a seal.
-        rs[2].handle(T, r(0), query.clone());
+            .any(|o| o.msg == prepare && o.to == ids(&[1, 2])));
+        // r2 has not executed the change: it answers with its Watermark, not a promise.
+        rs[2].handle(T, r(0), prepare);
         assert!(matches!(answer(&mut rs[2]), (_, Message::Watermark { .. })));
-        // A seal from id 3, not a member of epoch 0, does not count.
+        // A promise from id 3, not a member of epoch 0, does not count.
         rs[0].handle(
             T,
             r(3),
-            Message::Sealed {
+            Message::BoundaryPromise {
                 epoch: Epoch(0),
+                ballot: first,
                 ends: vec![0, 9, 0, 0],
+                accepted: None,
             },
         );
         assert!(!rs[0].may_start_instances());
-        // r2 executes the change; r0 asks again after its backoff and gets the seal.
+        assert!(rs[0].take_ready().messages.is_empty(), "no phase 2");
+        // r2 executes the change (its own round goes nowhere here). r0 asks again after its
+        // backoff; r2 promised its own round, above r0's: a Nack ends r0's round.
         change(&mut rs[2], &[0, 1, 2, 3]);
         let _ = rs[2].take_ready();
-        rs[0].tick(T); // sets the next query's time
+        rs[0].tick(T); // sets the next round's time
         let _ = rs[0].take_ready();
-        let later = Duration::from_secs(1);
+        let soon = Duration::from_secs(1);
+        rs[0].tick(soon);
+        let out = rs[0].take_ready().messages;
+        let again = Message::BoundaryPrepare {
+            epoch: Epoch(0),
+            ballot: first,
+        };
+        assert!(out.iter().any(|o| o.msg == again && o.to == ids(&[1, 2])));
+        rs[2].handle(soon, r(0), again);
+        let (_, nack) = answer(&mut rs[2]);
+        assert!(matches!(nack, Message::BoundaryNack { promised, .. } if promised.replica == r(2)));
+        rs[0].handle(soon, r(2), nack);
+        // The next round, above r2's, gets r2's promise.
+        let later = Duration::from_secs(3);
         rs[0].tick(later);
         let out = rs[0].take_ready().messages;
-        assert!(out.iter().any(|o| o.msg == query && o.to == ids(&[1, 2])));
-        rs[2].handle(later, r(0), query);
-        let (to, sealed) = answer(&mut rs[2]);
+        let second = Ballot {
+            round: 2,
+            replica: r(0),
+        };
+        let prepare = Message::BoundaryPrepare {
+            epoch: Epoch(0),
+            ballot: second,
+        };
+        assert!(out.iter().any(|o| o.msg == prepare && o.to == ids(&[1, 2])));
+        rs[2].handle(later, r(0), prepare);
+        let (to, promise) = answer(&mut rs[2]);
         assert_eq!(to, vec![r(0)]);
-        rs[0].handle(later, r(2), sealed);
-        // r0 and r2: a majority of epoch 0. B is the maximum of their seals.
+        assert!(
+            rs[2].take_ready().sealed.is_none(),
+            "the promise was stored with the answer's Ready"
+        );
+        rs[0].handle(later, r(2), promise);
+        // r0 and r2 promised, a majority of epoch 0: the maximum of their seals is proposed,
+        // but a value read is not a value decided.
+        assert!(!rs[0].may_start_instances());
+        let (to, accept) = answer(&mut rs[0]);
+        assert_eq!(to, ids(&[1, 2]));
+        assert_eq!(
+            accept,
+            Message::BoundaryAccept {
+                epoch: Epoch(0),
+                ballot: second,
+                ends: vec![0, 2, 0, 0],
+            }
+        );
+        rs[2].handle(later, r(0), accept);
+        let (_, accepted) = answer(&mut rs[2]);
+        rs[0].handle(later, r(2), accepted);
         assert!(rs[0].may_start_instances());
         assert_eq!(rs[0].boundary(), Some((Epoch(0), [0, 2, 0, 0].as_slice())));
+        // Decided: r0 tells epoch 0's and epoch 1's members, and starts the proposal.
         rs[0].flush(later);
-        assert_eq!(
-            rs[0].take_ready().batches,
-            vec![1],
-            "the proposal starts now"
+        let ready = rs[0].take_ready();
+        assert_eq!(ready.batches, vec![1], "the proposal starts now");
+        assert!(ready.messages.iter().any(|o| o.msg
+            == Message::BoundaryDecided {
+                epoch: Epoch(0),
+                ends: vec![0, 2, 0, 0],
+            }
+            && o.to == ids(&[1, 2, 3])));
+    }
+
+    /// r1, a member of epoch 0 that sealed it, restarts from what it stored last.
+    fn restarted(sealed: Option<Vec<Seal>>) -> Node {
+        let sealed = sealed.expect("stored");
+        Node::new(
+            Options::new(r(1), 3),
+            0,
+            T,
+            Restored {
+                membership: Membership::Joined {
+                    horizons: vec![0; 3],
+                },
+                configuration: None,
+                peers: vec![None; 3],
+                checkpoint: None,
+                records: Vec::new(),
+                sealed,
+            },
+        )
+    }
+
+    #[test]
+    fn a_restarted_acceptor_keeps_its_promise_and_what_it_accepted() {
+        let mut rs = cluster(3);
+        change(&mut rs[1], &[0, 1, 2]);
+        let high = Ballot {
+            round: 5,
+            replica: r(2),
+        };
+        rs[1].handle(
+            T,
+            r(2),
+            Message::BoundaryAccept {
+                epoch: Epoch(0),
+                ballot: high,
+                ends: vec![3, 0, 0],
+            },
         );
+        let ready = rs[1].take_ready();
+        assert!(matches!(
+            ready.messages.last(),
+            Some(Outgoing {
+                msg: Message::BoundaryAccepted { .. },
+                ..
+            })
+        ));
+        let mut node = restarted(ready.sealed);
+        // A lower ballot is refused with the promise...
+        let low = Ballot {
+            round: 3,
+            replica: r(0),
+        };
+        node.handle(
+            T,
+            r(0),
+            Message::BoundaryPrepare {
+                epoch: Epoch(0),
+                ballot: low,
+            },
+        );
+        let out = node.take_ready().core.messages;
+        assert_eq!(
+            out.iter().map(|o| o.msg.clone()).collect::<Vec<_>>(),
+            vec![Message::BoundaryNack {
+                epoch: Epoch(0),
+                promised: high,
+            }]
+        );
+        // ... and a higher one learns what was accepted.
+        let higher = Ballot {
+            round: 6,
+            replica: r(0),
+        };
+        node.handle(
+            T,
+            r(0),
+            Message::BoundaryPrepare {
+                epoch: Epoch(0),
+                ballot: higher,
+            },
+        );
+        let out = node.take_ready().core.messages;
+        assert_eq!(
+            out.iter().map(|o| o.msg.clone()).collect::<Vec<_>>(),
+            vec![Message::BoundaryPromise {
+                epoch: Epoch(0),
+                ballot: higher,
+                ends: vec![0, 0, 0],
+                accepted: Some((high, vec![3, 0, 0])),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_restarted_replica_knows_the_decided_boundary_and_votes_below_it() {
+        let mut rs = cluster(3);
+        change(&mut rs[1], &[0, 1, 2]);
+        let _ = rs[1].take_ready();
+        rs[1].handle(
+            T,
+            r(2),
+            Message::BoundaryDecided {
+                epoch: Epoch(0),
+                ends: vec![2, 0, 0],
+            },
+        );
+        assert_eq!(rs[1].boundary(), Some((Epoch(0), [2, 0, 0].as_slice())));
+        let mut node = restarted(rs[1].take_ready().sealed);
+        assert_eq!(
+            node.replica().boundary(),
+            Some((Epoch(0), [2, 0, 0].as_slice()))
+        );
+        // Its own seal is empty, the decided boundary holds 0.0 and 0.1: it votes there...
+        node.handle(T, r(0), pre_accept(id(0, 1), 0, commands(1, "a")));
+        let out = node.take_ready().core.messages;
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Outgoing {
+                    msg: Message::PreAcceptOk { .. },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        // ... and not above it.
+        node.handle(T, r(0), pre_accept(id(0, 2), 0, commands(2, "b")));
+        let out = node.take_ready().core.messages;
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Outgoing {
+                    msg: Message::Nack { .. },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+    }
+
+    /// The counter-example to a boundary merely read (the module doc): {r0, r1, r2} becomes
+    /// {r0, r1, r3}. r1 leads the old-epoch write `y` = 1.0 and seals holding it; r2 seals
+    /// without it. r2 proposes a boundary and reads the majority {r2, r1} (`B` holds `y`); r0
+    /// then reads {r0, r2} (`B'` does not). Then `y`'s PreAccept reaches r2, and r0 leads the
+    /// new-epoch write `x` = 0.0 on the same key that r3 (by hand, empty) alone answers.
+    /// Returns r0's and r2's boundaries, whether `y` committed, and whether `x` and `y` are
+    /// ordered.
+    fn two_learners_of_different_majorities(
+        read_is_enough: bool,
+    ) -> (Vec<u64>, Vec<u64>, bool, bool) {
+        let mut rs = cluster(3);
+        if read_is_enough {
+            #[cfg(feature = "sabotage")]
+            {
+                for r in rs.iter_mut() {
+                    r.opts.sabotage.vote_below_read_boundary = true;
+                }
+            }
+        }
+        let y = id(1, 0);
+        rs[1].propose(1, put(1, "k")).expect("room");
+        rs[1].flush(T);
+        let y_pre_accepts = rs[1].take_ready().messages;
+        change(&mut rs[1], &[0, 1, 3]);
+        let _ = rs[1].take_ready(); // r1's own round reaches nobody
+        // r2 reads {r2, r1}; its Accept (if it sends one) reaches nobody.
+        change(&mut rs[2], &[0, 1, 3]);
+        let out = rs[2].take_ready().messages;
+        deliver(&mut rs, r(2), out, |to, _| to == r(1));
+        let out = rs[1].take_ready().messages;
+        deliver(&mut rs, r(1), out, |to, _| to == r(2));
+        let _ = rs[2].take_ready();
+        // r0: its first round meets r2's higher promise; its second reads {r0, r2}.
+        change(&mut rs[0], &[0, 1, 3]);
+        for step in 0..4 {
+            let now = Duration::from_secs(step);
+            rs[0].tick(now);
+            let out = rs[0].take_ready().messages;
+            deliver(&mut rs, r(0), out, |to, _| to == r(2));
+            let out = rs[2].take_ready().messages;
+            deliver(&mut rs, r(2), out, |to, _| to == r(0));
+        }
+        let b0 = rs[0].boundary().expect("r0 learnt one").1.to_vec();
+        let b2 = rs[2].boundary().expect("r2 learnt one").1.to_vec();
+        // y's PreAccept reaches r2; the answers and Commit go where they go, but to r0.
+        deliver(&mut rs, r(1), y_pre_accepts, |to, _| to == r(2));
+        settle(&mut rs, T, |_, to| to == r(0));
+        let y_inst = rs[1].instance(y).expect("led");
+        let y_committed = y_inst.status.is_decided() && !y_inst.commands.is_empty();
+        let y_deps = y_inst.deps.clone();
+        // x: r0's PreAccept reaches only r3, whose empty table adds nothing.
+        rs[0].propose(2, put(2, "k")).expect("room");
+        rs[0].flush(T);
+        let out = rs[0].take_ready().messages;
+        let x = id(0, 0);
+        for (to, msg) in deliver(&mut rs, r(0), out, |_, _| false) {
+            if let Message::PreAccept {
+                instance,
+                ballot,
+                deps,
+                ..
+            } = msg
+            {
+                let ok = Message::PreAcceptOk {
+                    instance,
+                    ballot,
+                    deps,
+                };
+                rs[0].handle(T, to, ok);
+            }
+        }
+        let x_inst = rs[0].instance(x).expect("led");
+        assert!(x_inst.status.is_decided(), "x commits with r0 and r3");
+        let ordered = ordered((x, &x_inst.deps), (y, &y_deps));
+        (b0, b2, y_committed, ordered)
+    }
+
+    #[test]
+    fn two_proposers_reading_different_majorities_decide_one_boundary() {
+        let (b0, b2, y_committed, ordered) = two_learners_of_different_majorities(false);
+        assert_eq!(b0, b2, "one boundary for everyone");
+        assert_eq!(b0, vec![0, 1, 0, 0], "r2's accepted value won r0's round");
+        assert!(y_committed, "r2 voted on y, below the decided boundary");
+        assert!(ordered, "x covers the decided boundary, so y");
+    }
+
+    #[cfg(feature = "sabotage")]
+    #[test]
+    fn sabotage_voting_below_a_boundary_merely_read_leaves_old_and_new_unordered() {
+        let (b0, b2, y_committed, ordered) = two_learners_of_different_majorities(true);
+        assert_eq!((b0, b2), (vec![0, 0, 0, 0], vec![0, 1, 0, 0]), "two reads");
+        assert!(y_committed, "r2 voted on y below the boundary it read");
+        assert!(
+            !ordered,
+            "the Visibility check fails: x and y interfere, neither sees the other"
+        );
+    }
+
+    /// Seed 1459 of `random_seeds_with_removals`, by hand: epoch 0 = {r0..r4} removes r1 (dead
+    /// from the start). r4 leads `y` = 4.0, which r0 alone pre-accepts; r0, r2, r3 and r4
+    /// seal (r2 and r3 without `y`), then r4 dies. `y` may have committed on the fast path
+    /// with {r4, r0, r1} as far as the survivors know, so recovery must accept its command;
+    /// with the decided boundary (r0's seal holds `y`) r2 and r3 vote on it, and it commits.
+    #[test]
+    fn an_old_instance_above_the_survivors_seals_but_below_the_decided_boundary_is_decided() {
+        let mut rs = cluster(5);
+        let dead = |from: ReplicaId, to: ReplicaId| from == r(1) || to == r(1);
+        rs[4].propose(1, put(1, "k")).expect("room");
+        rs[4].flush(T);
+        let out = rs[4].take_ready().messages;
+        deliver(&mut rs, r(4), out, |to, _| to == r(0));
+        let _ = rs[0].take_ready(); // its PreAcceptOk is lost
+        let y = id(4, 0);
+        let old = Configuration::initial(5);
+        let new = Configuration::new(Epoch(1), ids(&[0, 2, 3, 4])).expect("valid");
+        for i in [0, 2, 3, 4] {
+            assert!(rs[i].adopt_configuration(new.clone()));
+            rs[i].seal_epoch(&old, &new);
+        }
+        assert_eq!(rs[2].seals()[0].ends[4], 0, "r2 sealed without y");
+        let gone = |from: ReplicaId, to: ReplicaId| dead(from, to) || from == r(4) || to == r(4);
+        let mut now = T;
+        for step in 1..=100u64 {
+            now = Duration::from_millis(100 * step);
+            for r in rs.iter_mut() {
+                r.tick(now);
+            }
+            settle(&mut rs, now, gone);
+        }
+        assert_eq!(rs[2].boundary(), Some((Epoch(0), [0, 0, 0, 0, 1].as_slice())));
+        for i in [0, 2, 3] {
+            let inst = rs[i].instance(y).expect("held");
+            assert!(inst.status.is_decided(), "r{i} at {now:?}: {inst:?}");
+            assert_eq!(inst.commands, commands(1, "k"), "y's command, not a no-op");
+        }
     }
 
     /// The danger of `docs/membership.md`: {r0, r1, r2} becomes {r0, r1, r3}. r1 leads an

@@ -112,8 +112,12 @@ impl Sim {
                 | Message::CommitRequest { .. }
                 | Message::Watermark { .. }
                 | Message::Waiting { .. }
-                | Message::SealQuery { .. }
-                | Message::Sealed { .. },
+                | Message::BoundaryPrepare { .. }
+                | Message::BoundaryPromise { .. }
+                | Message::BoundaryNack { .. }
+                | Message::BoundaryAccept { .. }
+                | Message::BoundaryAccepted { .. }
+                | Message::BoundaryDecided { .. },
                 _,
             ) => true,
             (_, None) => false,
