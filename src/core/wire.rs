@@ -344,12 +344,10 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
                 ballot: Some(ballot_to_proto(*ballot)),
             })
         }
-        Message::BoundaryDecided { epoch, ends } => {
-            Kind::BoundaryDecided(proto::BoundaryDecided {
-                epoch: epoch.0,
-                ends: ends.clone(),
-            })
-        }
+        Message::BoundaryDecided { epoch, ends } => Kind::BoundaryDecided(proto::BoundaryDecided {
+            epoch: epoch.0,
+            ends: ends.clone(),
+        }),
         Message::Waiting { instance, matching } => Kind::Waiting(proto::Waiting {
             instance: Some(id_to_proto(*instance)),
             matching: *matching,
@@ -947,7 +945,10 @@ mod tests {
                     ballot: b,
                     ends: ends.clone(),
                 },
-                Message::BoundaryDecided { epoch: Epoch(1), ends },
+                Message::BoundaryDecided {
+                    epoch: Epoch(1),
+                    ends,
+                },
             ]
         };
         for m in made(wide) {

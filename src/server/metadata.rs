@@ -284,11 +284,7 @@ impl Metadata {
             members: self.members.iter().map(member_to_proto).collect(),
             ever: self.ever.iter().map(|id| id.0).collect(),
             added: self.added.iter().map(member_to_proto).collect(),
-            seals: self
-                .seals
-                .iter()
-                .map(seal_to_proto)
-                .collect(),
+            seals: self.seals.iter().map(seal_to_proto).collect(),
         }
     }
 
@@ -355,11 +351,7 @@ impl Metadata {
             members,
             ever: p.ever.into_iter().map(ReplicaId).collect(),
             added,
-            seals: p
-                .seals
-                .into_iter()
-                .map(seal_from_proto)
-                .collect(),
+            seals: p.seals.into_iter().map(seal_from_proto).collect(),
             legacy: false,
         })
     }

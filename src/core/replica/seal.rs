@@ -451,7 +451,11 @@ impl Replica {
         if let Some(p) = seal.promised.filter(|p| *p > ballot) {
             return Answer::Nack(p);
         }
-        if seal.accepted.as_ref().is_some_and(|(b, e)| *b == ballot && *e == ends) {
+        if seal
+            .accepted
+            .as_ref()
+            .is_some_and(|(b, e)| *b == ballot && *e == ends)
+        {
             return Answer::Accepted; // a duplicate
         }
         seal.promised = Some(ballot);
@@ -485,7 +489,12 @@ impl Replica {
     }
 
     /// A peer asks this replica, as an acceptor of `epoch`'s boundary, for a promise.
-    pub(super) fn handle_boundary_prepare(&mut self, from: ReplicaId, epoch: Epoch, ballot: Ballot) {
+    pub(super) fn handle_boundary_prepare(
+        &mut self,
+        from: ReplicaId,
+        epoch: Epoch,
+        ballot: Ballot,
+    ) {
         let answer = self.promise_boundary(epoch, ballot);
         self.answer_boundary(from, epoch, ballot, answer);
     }
@@ -592,7 +601,12 @@ impl Replica {
     }
 
     /// An acceptor accepted this replica's proposal at `ballot`.
-    pub(super) fn handle_boundary_accepted(&mut self, from: ReplicaId, epoch: Epoch, ballot: Ballot) {
+    pub(super) fn handle_boundary_accepted(
+        &mut self,
+        from: ReplicaId,
+        epoch: Epoch,
+        ballot: Ballot,
+    ) {
         if !self.in_round(from, epoch, ballot) {
             return;
         }
@@ -739,10 +753,13 @@ impl Replica {
                 let again = b.round.as_ref().map(|r| match &r.phase {
                     Phase::Prepare(promises) => {
                         let answered: Vec<_> = promises.iter().map(|(p, ..)| *p).collect();
-                        (answered, Message::BoundaryPrepare {
-                            epoch,
-                            ballot: r.ballot,
-                        })
+                        (
+                            answered,
+                            Message::BoundaryPrepare {
+                                epoch,
+                                ballot: r.ballot,
+                            },
+                        )
                     }
                     Phase::Accept(value, accepted) => (
                         accepted.clone(),
@@ -1309,7 +1326,7 @@ mod tests {
         let y_pre_accepts = rs[1].take_ready().messages;
         change(&mut rs[1], &[0, 1, 3]);
         let _ = rs[1].take_ready(); // r1's own round reaches nobody
-        // r2 reads {r2, r1}; its Accept (if it sends one) reaches nobody.
+                                    // r2 reads {r2, r1}; its Accept (if it sends one) reaches nobody.
         change(&mut rs[2], &[0, 1, 3]);
         let out = rs[2].take_ready().messages;
         deliver(&mut rs, r(2), out, |to, _| to == r(1));
@@ -1413,7 +1430,10 @@ mod tests {
             }
             settle(&mut rs, now, gone);
         }
-        assert_eq!(rs[2].boundary(), Some((Epoch(0), [0, 0, 0, 0, 1].as_slice())));
+        assert_eq!(
+            rs[2].boundary(),
+            Some((Epoch(0), [0, 0, 0, 0, 1].as_slice()))
+        );
         for i in [0, 2, 3] {
             let inst = rs[i].instance(y).expect("held");
             assert!(inst.status.is_decided(), "r{i} at {now:?}: {inst:?}");
