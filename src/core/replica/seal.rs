@@ -162,10 +162,13 @@ struct Round {
     phase: Phase,
 }
 
+/// A boundary accepted, with the ballot it was accepted at.
+type Accepted = Option<(Ballot, Vec<u64>)>;
+
 #[derive(Debug)]
 enum Phase {
     /// Promises received: from whom, its seal, what it accepted last.
-    Prepare(Vec<(ReplicaId, Vec<u64>, Option<(Ballot, Vec<u64>)>)>),
+    Prepare(Vec<(ReplicaId, Vec<u64>, Accepted)>),
     /// The value proposed, and who accepted it.
     Accept(Vec<u64>, Vec<ReplicaId>),
 }
