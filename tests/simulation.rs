@@ -1172,9 +1172,9 @@ planted_bugs! {
     // counted among the new members only, whose quorums need not meet the old epoch's.
     sabotage_quorum_of_current_epoch_is_caught: Planted {
         plant: |c| c.sabotage.quorum_of_current_epoch = true,
-        // Caught by Visibility in seed 307 of the first 1,000 (and by Refusal, a vote of a
+        // Caught by Visibility in seed 961 of the first 1,500 (and by Refusal, a vote of a
         // non-member counted where the receiver holds the instance in its own epoch, in most).
-        runs: Runs::SeedsWithRemovals(300..320),
+        runs: Runs::SeedsWithRemovals(955..975),
         expect: Expect::Caught(&[Check::Visibility, Check::Refusal]),
     },
     sabotage_forget_deps_breaks_visibility: Planted {
