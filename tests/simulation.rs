@@ -1818,10 +1818,12 @@ fn random_seeds_with_changes() {
 /// log held no record of (the rows now grow to cover deps too). 4217: the simulator's join
 /// counted a peer that had not learnt a later add, whose answer the Joiner refuses. 340, 792,
 /// 1201: Liveness at the epoch boundary, fixed by deciding it by Paxos (`replica::seal`); and
-/// seed 1459 of `random_seeds_with_removals`, the same gap.
+/// seed 1459 of `random_seeds_with_removals`, the same gap. 3175: a change proposed at a
+/// replica waited there (for the boundary) while another's change removing it executed, and
+/// stayed pending forever (a removed replica now drops every proposal waiting).
 #[test]
 fn changes_regression_seeds() {
-    let list = vec![18, 340, 758, 792, 1201, 1398, 1439, 4217, 9273];
+    let list = vec![18, 340, 758, 792, 1201, 1398, 1439, 3175, 4217, 9273];
     let mut outcomes = run_seeds(list, |seed| random_changes(seed, |_| {}));
     outcomes.extend(run_seeds(vec![1459], |seed| random_removals(seed, |_| {})));
     for o in &outcomes {

@@ -227,8 +227,20 @@ impl Sim {
             }
         }
         for r in self.live() {
-            if self.nodes[r].replica().pending() > 0 {
-                gaps.push((None, format!("r{r} has proposals pending")));
+            let replica = self.nodes[r].replica();
+            if replica.pending() > 0 {
+                // Why nothing starts: a removed replica, or a boundary not known yet.
+                gaps.push((
+                    None,
+                    format!(
+                        "r{r} has proposals pending (epoch {}, removed {}, boundary known {:?}, \
+                         sealed {:?})",
+                        replica.configuration().epoch(),
+                        replica.removed(),
+                        replica.boundary().map(|b| b.0),
+                        replica.seals().iter().map(|s| s.epoch).collect::<Vec<_>>(),
+                    ),
+                ));
             }
         }
         for id in &known {
