@@ -738,6 +738,18 @@ mod tests {
         std::fs::remove_dir_all(&d).expect("clean up");
     }
 
+    /// A seal stored by a version before the boundary was decided by Paxos holds no acceptor
+    /// state: it loads with nothing promised, accepted or known decided.
+    #[test]
+    fn an_earlier_versions_seal_loads_without_acceptor_state() {
+        let earlier = proto::metadata::Seal {
+            epoch: 1,
+            ends: vec![3, 0],
+            ..Default::default()
+        };
+        assert_eq!(seal_from_proto(earlier), Seal::new(Epoch(1), vec![3, 0]));
+    }
+
     /// What the core decided about epochs (a change, seals) comes back as it gave it; a record
     /// written before seals and `ever` existed loads with none and its members as `ever`.
     #[test]
