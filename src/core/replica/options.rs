@@ -128,6 +128,10 @@ sabotage_switches! {
     /// Recovery commits a no-op unless it finds the instance committed (agreement breaks: a
     /// command committed outside the recovery's quorum loses its instance).
     recovery_always_nop,
+    /// Recovery of an old-epoch instance at or above its epoch's decided boundary follows
+    /// the answers (Validate, Accept) instead of ending it as a no-op (liveness breaks: the
+    /// sealed replicas refuse its command forever, so the recovery never ends).
+    keep_recovering_above_boundary,
     /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
     /// the command may never have been committed, and a conflicting one went ahead without it).
     recovery_skips_validate,

@@ -233,6 +233,11 @@ impl Replica {
         let decision = match decision {
             Decision::Commit(..) => decision,
             _ if self.opts.sabotage.recovery_always_nop() => Decision::Nop,
+            // At or above the decided boundary of the epoch it belongs to, the instance cannot
+            // have committed a command (see `seal`'s "Why it is safe"), whatever pre-accepts
+            // the answers show: the sealed replicas would refuse a Validate or an Accept of
+            // its command forever (seed 6324 of `random_seeds_with_changes`).
+            _ if self.above_decided_boundary(id) => Decision::Nop,
             Decision::Validate { commands, deps, .. }
                 if self.opts.sabotage.recovery_skips_validate() =>
             {

@@ -68,7 +68,11 @@
 //! {r4, r0, r1} as far as the survivors can tell, so recovery must accept its command; with
 //! votes only below their own seals r2 and r3 refused it forever. Every majority of the
 //! survivors' promises holds r0's seal, so `B` lies above `y`, and r2 and r3 now vote on it.
-//! Paxos rounds: an acceptor's Nack (a higher promise) ends the round; the next starts after a
+//! The other way round (seed 6324 of `random_seeds_with_changes`): if `B` was decided without
+//! r0 (cut off meanwhile), `y` lies above it, so it cannot have committed a command (see "Why
+//! it is safe"); a recovery that knows `B` ends it as a no-op (`above_decided_boundary`), where
+//! the answers alone would have it validate a possible fast path forever, refused by every
+//! survivor sealed below `y`. Paxos rounds: an acceptor's Nack (a higher promise) ends the round; the next starts after a
 //! doubling backoff, capped at `retry_max`, above every round seen; a due round still under
 //! way is asked again of those that did not answer. The decision's broadcast ends everyone's
 //! rounds. A member that never executed the change seals once a snapshot brings it past it
@@ -364,6 +368,32 @@ impl Replica {
             Some(None) => true,
             Some(Some(seal)) => seal.refuses(id),
         }
+    }
+
+    /// Whether `id`, an instance held here of an epoch whose decided boundary this replica
+    /// knows, lies at or above that boundary. No such instance committed a command: every one
+    /// that did lies below `B` (the module doc's "Why it is safe"), so its recovery ends it as
+    /// a no-op (`apply_decision`), which sealed replicas accept. Without this, an instance
+    /// pre-accepted only by a survivor and members now dead (a fast quorum as far as the
+    /// survivors can tell) would be validated forever, its Validate refused by every survivor
+    /// sealed below it.
+    pub(super) fn above_decided_boundary(&self, id: InstanceId) -> bool {
+        if self.opts.sabotage.keep_recovering_above_boundary() {
+            return false;
+        }
+        let Some(epoch) = self.instances.get(&id).map(|i| i.epoch) else {
+            return false; // nothing held: the answers decide as usual
+        };
+        let decided = match &self.seals.boundary {
+            Some(b) if b.epoch == epoch && b.known.is_some() => b.known.as_deref(),
+            _ => self
+                .seals
+                .kept
+                .iter()
+                .find(|s| s.epoch == epoch)
+                .and_then(|s| s.decided.as_deref()),
+        };
+        decided.is_some_and(|b| id.slot >= b.get(id.replica.index()).copied().unwrap_or(0))
     }
 
     /// The epoch `id` belongs to as far as this replica knows: its own record's, else `named`
@@ -1442,6 +1472,79 @@ mod tests {
             assert!(inst.status.is_decided(), "r{i} at {now:?}: {inst:?}");
             assert_eq!(inst.commands, commands(1, "k"), "y's command, not a no-op");
         }
+    }
+
+    /// Seed 6324 of `random_seeds_with_changes`, by hand: r2 leads `y` = 2.0, r0 alone
+    /// pre-accepts it; the change removing r2 executes; r1, r3 and r4 (sealed without `y`)
+    /// decide `B` while r0 is cut off, so `y` lies above `B`; then r3 dies too and r0 comes
+    /// back. {r2, r0, r3} may have been `y`'s fast quorum as far as r0, r1 and r4 can tell, so
+    /// the answers alone say Validate, which r1 and r4 refuse above their seals. Returns, after
+    /// 10 s of ticks, how r0, r1 and r4 hold `y` (`None`: not decided).
+    fn old_instance_above_the_decided_boundary(keep_recovering: bool) -> Vec<Option<Commands>> {
+        let mut rs = cluster(5);
+        if keep_recovering {
+            #[cfg(feature = "sabotage")]
+            for r in rs.iter_mut() {
+                r.opts.sabotage.keep_recovering_above_boundary = true;
+            }
+        }
+        rs[2].propose(1, put(1, "k")).expect("room");
+        rs[2].flush(T);
+        let out = rs[2].take_ready().messages;
+        deliver(&mut rs, r(2), out, |to, _| to == r(0));
+        let _ = rs[0].take_ready(); // its PreAcceptOk is lost
+        let y = id(2, 0);
+        let old = Configuration::initial(5);
+        let new = Configuration::new(Epoch(1), ids(&[0, 1, 3, 4])).expect("valid");
+        for i in [0, 1, 3, 4] {
+            assert!(rs[i].adopt_configuration(new.clone()));
+            rs[i].seal_epoch(&old, &new);
+        }
+        assert_eq!(rs[0].seals()[0].ends[2], 1, "r0 sealed holding y");
+        let mut now = T;
+        let mut run = |rs: &mut Vec<Replica>, steps: u64, cut: &dyn Fn(ReplicaId) -> bool| {
+            for _ in 0..steps {
+                now += Duration::from_millis(100);
+                for r in rs.iter_mut() {
+                    r.tick(now);
+                }
+                settle(rs, now, |from, to| cut(from) || cut(to));
+            }
+        };
+        run(&mut rs, 20, &|x| x == r(0) || x == r(2));
+        assert_eq!(
+            rs[1].boundary(),
+            Some((Epoch(0), [0, 0, 0, 0, 0].as_slice())),
+            "decided by r1, r3 and r4, without r0's seal"
+        );
+        run(&mut rs, 100, &|x| x == r(2) || x == r(3));
+        assert_eq!(rs[0].boundary(), rs[1].boundary(), "r0 learnt the decision");
+        [0, 1, 4]
+            .iter()
+            .map(|i| {
+                rs[*i]
+                    .instance(y)
+                    .filter(|inst| inst.status.is_decided())
+                    .map(|inst| inst.commands.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_old_instance_above_the_decided_boundary_is_recovered_as_a_no_op() {
+        let held = old_instance_above_the_decided_boundary(false);
+        assert_eq!(
+            held,
+            vec![Some(Commands::default()); 3],
+            "y ends as a no-op"
+        );
+    }
+
+    #[cfg(feature = "sabotage")]
+    #[test]
+    fn sabotage_recovery_that_follows_the_answers_above_the_boundary_never_ends() {
+        let held = old_instance_above_the_decided_boundary(true);
+        assert_eq!(held[0], None, "r0 still recovering y: {held:?}");
     }
 
     /// The danger of `docs/membership.md`: {r0, r1, r2} becomes {r0, r1, r3}. r1 leads an
