@@ -15,7 +15,9 @@
 # prints the catch-up time and samples all three once more.
 # Prints a table (start, middle and end of the outage, after the return), the bench's summary
 # and whether replica 2 caught up by snapshot (epaxos_catch_ups_total).
-# Environment (defaults): SAMPLE=30, WARMUP=20, CONCURRENCY=64, WRITE_PCT=50, KEYS=100000,
+# With THEN=remove, replica 2 does not return: `client member remove 2` removes it instead,
+# and the survivors are sampled SAMPLE seconds after the removal returned ("removed").
+# Environment (defaults): THEN=return, SAMPLE=30, WARMUP=20, CONCURRENCY=64, WRITE_PCT=50, KEYS=100000,
 # VALUE_SIZE=100, RETURN_TIMEOUT=300, REPLICA_FLAGS (extra replica flags, e.g.
 # "--retention-instances 20000"), INSECURE=0, BIN=target/release, KEEP=0 (1: keep the
 # temporary directory, logs included).
@@ -25,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MINUTES=${1:-10}
+THEN=${THEN:-return}
 SAMPLE=${SAMPLE:-30}
 WARMUP=${WARMUP:-20}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -40,6 +43,7 @@ NAME=retention.sh
 . bench/lib.sh
 whole_numbers MINUTES SAMPLE WARMUP CONCURRENCY WRITE_PCT KEYS VALUE_SIZE RETURN_TIMEOUT
 [ "$MINUTES" -ge 1 ] && [ "$SAMPLE" -ge 1 ] || die "need MINUTES >= 1 and SAMPLE >= 1"
+[ "$THEN" = return ] || [ "$THEN" = remove ] || die "THEN must be return or remove, not $THEN"
 need_binaries
 
 make_work
@@ -108,15 +112,25 @@ done
 wait "$bench_pid" || die "the bench failed: $(tail -n 5 "$WORK/bench.log")"
 bench_pid=""
 
-start_replica 2 "${FLAGS[@]}" "${EXTRA[@]}"
-back_at=$SECONDS
-wait_converged "$RETURN_TIMEOUT" || die "replica 2 did not catch up in ${RETURN_TIMEOUT}s: $(tail -n 5 "$WORK/status.txt")"
-caught_up_s=$((SECONDS - back_at))
-sleep "$SAMPLE"
-sample "returned" 0 1 2
-catch_ups=$(metric "${METRICS[2]}" epaxos_catch_ups_total)
+if [ "$THEN" = remove ]; then
+  removed_at=$SECONDS
+  "${CLIENT[@]}" member remove 2 >"$WORK/remove.txt" 2>&1 ||
+    die "member remove 2 failed: $(cat "$WORK/remove.txt")"
+  caught_up_s=$((SECONDS - removed_at))
+  sleep "$SAMPLE"
+  sample "removed" 0 1
+  catch_ups=-
+else
+  start_replica 2 "${FLAGS[@]}" "${EXTRA[@]}"
+  back_at=$SECONDS
+  wait_converged "$RETURN_TIMEOUT" || die "replica 2 did not catch up in ${RETURN_TIMEOUT}s: $(tail -n 5 "$WORK/status.txt")"
+  caught_up_s=$((SECONDS - back_at))
+  sleep "$SAMPLE"
+  sample "returned" 0 1 2
+  catch_ups=$(metric "${METRICS[2]}" epaxos_catch_ups_total)
+fi
 
-python3 - "$WORK/samples" "$WORK/bench.json" "$caught_up_s" "$catch_ups" <<'PY'
+python3 - "$WORK/samples" "$WORK/bench.json" "$caught_up_s" "$catch_ups" "$THEN" <<'PY'
 import json, sys
 rows = [l.split() for l in open(sys.argv[1])]
 # Labels hold a space ("down 30s"): the last nine fields are the figures.
@@ -139,6 +153,9 @@ for i in (0, 1):
 r = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 print(f"bench: {r['ops']} ops in {r['elapsed_s']:.0f} s, {r['ops_per_sec']:.0f} ops/s, "
       f"{r['errors']} errors, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
-print(f"replica 2 back: every replica serving with one digest after {sys.argv[3]} s; "
-      f"snapshots installed by it (epaxos_catch_ups_total): {sys.argv[4]}")
+if sys.argv[5] == "remove":
+    print(f"replica 2 removed: `member remove 2` took {sys.argv[3]} s")
+else:
+    print(f"replica 2 back: every replica serving with one digest after {sys.argv[3]} s; "
+          f"snapshots installed by it (epaxos_catch_ups_total): {sys.argv[4]}")
 PY

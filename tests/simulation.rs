@@ -1176,9 +1176,10 @@ planted_bugs! {
     // counted among the new members only, whose quorums need not meet the old epoch's.
     sabotage_quorum_of_current_epoch_is_caught: Planted {
         plant: |c| c.sabotage.quorum_of_current_epoch = true,
-        // Caught by Visibility in seed 961 of the first 1,500 (and by Refusal, a vote of a
-        // non-member counted where the receiver holds the instance in its own epoch, in most).
-        runs: Runs::SeedsWithRemovals(955..975),
+        // Caught by Visibility in seed 979 of the first 3,000 (the first such seed; 961 before
+        // collection counted each instance's own epoch), and by Refusal (a vote of a non-member
+        // counted where the receiver holds the instance in its own epoch) in most.
+        runs: Runs::SeedsWithRemovals(970..990),
         expect: Expect::Caught(&[Check::Visibility, Check::Refusal]),
     },
     sabotage_forget_deps_breaks_visibility: Planted {
@@ -1346,6 +1347,20 @@ planted_bugs! {
             c.sabotage.collect_without_majority = true;
         },
         runs: Runs::Seeds(20),
+        expect: Expect::Caught(&[Check::Invariant]),
+    },
+    // Collection ranks every peer's executed prefix, removed members included, against the
+    // current configuration's quorum (the rule before epochs): after a removal, an old
+    // instance is collected once the removed member and this replica executed it, too few of
+    // its own epoch's members (seed 13649 of `random_seeds_with_removals` with the default
+    // retention; with a retention of 2 instances, most seeds).
+    sabotage_collecting_by_the_current_epoch_is_caught: Planted {
+        plant: |c| {
+            c.gc_executed = true;
+            c.retention_instances = 2;
+            c.sabotage.collect_by_current_epoch = true;
+        },
+        runs: Runs::SeedsWithRemovals(0..20),
         expect: Expect::Caught(&[Check::Invariant]),
     },
     // A voter answers a PreAccept before its record is durable (like the leader's own early

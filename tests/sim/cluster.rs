@@ -316,7 +316,11 @@ impl Sim {
             *seen = (*seen).max(*end);
         }
         if !ids.is_empty() {
-            self.observer.on_collected(r, &ids);
+            let replica = self.nodes[r].replica();
+            self.observer.on_collected(r, &ids, |epoch| {
+                let config = replica.configuration_of(epoch)?;
+                Some(config.members().iter().map(|m| m.index()).collect())
+            });
         }
     }
 

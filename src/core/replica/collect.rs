@@ -61,10 +61,29 @@
 //! quorum that all collected X, racing the member's return; the simulator's execution-order
 //! check holds every replica's execution (before and after its snapshot) to one order per
 //! key, and found no such run in thousands of seeds with a retention of 2 instances, but it
-//! is not proved impossible. Epochs (issue 15's next step) close it: a removed member
-//! executes nothing.
+//! is not proved impossible.
+//!
+//! **Epochs.** Whose execution counts is decided per instance, by its own epoch (`epoch`): it
+//! may be collected once a slow quorum *of its epoch's members* executed it, since only those
+//! members' quorums can decide it again; and without the retention once, besides, every member
+//! of the current configuration executed it. Ranking every peer against the current
+//! configuration, as this module first did, went wrong after a removal: a 3-member epoch-0
+//! instance executed by the removed member and this one only was collected against the
+//! 2-member epoch 1's quorum (seed 13649 of `random_seeds_with_removals`; the sabotage
+//! `collect_by_current_epoch`). A removed member does not count among "every member": down for
+//! good it would otherwise hold every instance it did not execute in memory up to the
+//! retention, and alive it never executes what is ordered after its removal. One that is
+//! alive and behind is in the position of a member left behind (above): the first Watermark
+//! showing a collection past it sends it to a snapshot, where it learns it was removed.
+//! A row's slots are walked in order, each ranked by the epoch of the instance held there (one
+//! not held by the current configuration's, as `deciding` does); whether a slot was executed
+//! at a quorum of its epoch only turns from no to yes, so the walk resumes where it stopped
+//! (`Retained::end`). A wiped peer's prefixes drop to zero when it rejoins, but a slot once
+//! executed at a quorum stays safe to collect: the new incarnation votes on nothing below its
+//! horizons (`rejoin`).
 
 use super::Replica;
+use crate::core::epoch::Configuration;
 use crate::core::ids::{InstanceId, ReplicaId};
 use crate::core::instance::{Instance, Status};
 
@@ -145,32 +164,76 @@ impl Replica {
         }
     }
 
-    /// Per row: the prefix executed here and at every peer, and the prefix executed at a
-    /// majority, this replica included (never above what it executed itself).
+    /// Per row: the prefix that every current member executed (within the next), and the
+    /// prefix whose every instance a quorum of its own epoch executed (see the module's doc,
+    /// "Epochs"); neither above what this replica executed itself.
     fn executed_bounds(&self, row: ReplicaId) -> (u64, u64) {
         let mine = self.executed_prefix[row].min(self.committed_prefix[row]);
-        // Descending: the first `slow_quorum - 1` peers and this replica make a majority.
-        let mut peers: Vec<u64> = self
-            .peer_executed
-            .rows()
-            .filter(|(p, _)| *p != self.opts.id)
-            .map(|(_, prefixes)| prefixes[row])
+        let gc = self.gc_prefix[row];
+        let everyone = self
+            .executed_among(self.configuration(), row, mine)
+            .0
+            .min(mine)
+            .max(gc);
+        if self.opts.sabotage.collect_without_majority() {
+            return (everyone, mine.max(gc));
+        }
+        if self.opts.sabotage.collect_by_current_epoch() {
+            let mut peers: Vec<u64> = (self.peer_executed.rows())
+                .filter(|(p, _)| *p != self.opts.id)
+                .map(|(_, prefixes)| prefixes[row])
+                .collect();
+            peers.sort_unstable_by(|a, b| b.cmp(a));
+            let i = self.configuration().slow_quorum().saturating_sub(2);
+            return (everyone, peers.get(i).map_or(mine, |p| (*p).min(mine)));
+        }
+        // Per epoch known: the prefix of `row` a quorum of its members executed.
+        let quorums: Vec<u64> = (self.configurations.iter())
+            .map(|c| self.executed_among(c, row, mine).1)
             .collect();
-        peers.sort_unstable_by(|a, b| b.cmp(a));
-        // Executed everywhere, not just committed: recovery's Validate cannot see forgotten
-        // instances, and ignoring them is safe only if every replica that takes part executed
-        // them before anything recovered after them (see `recovery` and the module's doc).
-        let everyone = peers.last().copied().unwrap_or(mine).min(mine);
-        let majority = if self.opts.sabotage.collect_without_majority() {
-            mine
-        } else {
-            (self.configuration().slow_quorum())
-                .checked_sub(2)
-                .and_then(|i| peers.get(i).copied())
-                .unwrap_or(mine)
-                .min(mine)
-        };
-        (everyone, majority)
+        let current = *quorums.last().expect("a replica always knows epoch 0");
+        // Whether a slot was executed at a quorum of its epoch only turns from no to yes, so
+        // the walk resumes where the last one stopped (`Retained::end`).
+        let mut majority = self.retained[row].end.min(mine).max(gc);
+        while majority < mine {
+            // An instance not held is decided under the current configuration (`deciding`).
+            let quorum = (self.instances.get(&InstanceId::new(row, majority)))
+                .and_then(|i| usize::try_from(i.epoch.0).ok())
+                .and_then(|e| quorums.get(e).copied())
+                .unwrap_or(current);
+            if majority >= quorum {
+                break;
+            }
+            majority += 1;
+        }
+        // Every current member, and a quorum of the instance's own epoch (a removed member
+        // need not have executed it, but the quorums that may still decide it meet one that
+        // did: see the module's doc).
+        (everyone.min(majority), majority)
+    }
+
+    /// Among the members of `config`: the prefix of `row` executed at all of them, and at a
+    /// slow quorum of them (this replica's own prefix is `mine`, whether it is a member or
+    /// not; a member not heard from counts as having executed nothing).
+    fn executed_among(&self, config: &Configuration, row: ReplicaId, mine: u64) -> (u64, u64) {
+        let mut prefixes: Vec<u64> = config
+            .members()
+            .iter()
+            .map(|&m| {
+                if m == self.opts.id {
+                    mine
+                } else {
+                    self.peer_executed.get(m).map_or(0, |p| p[row])
+                }
+            })
+            .collect();
+        prefixes.sort_unstable_by(|a, b| b.cmp(a));
+        let all = prefixes.last().copied().unwrap_or(0);
+        let quorum = prefixes
+            .get(config.slow_quorum().saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        (all, quorum)
     }
 
     /// Brings `row`'s byte retention up to `majority`: counts the instances in memory that a
@@ -309,8 +372,18 @@ mod tests {
     /// `puts` puts of `value_bytes` through r0 with r2 down, then Watermarks for a while (so
     /// that r0 and r1 learn each other's executed prefixes).
     fn load(rs: &mut [Replica], puts: u64, value_bytes: usize) {
-        let mut now = Duration::ZERO;
-        for client in 1..=puts {
+        load_from(rs, Duration::ZERO, 1..=puts, value_bytes);
+    }
+
+    /// `load` from time `now` with one put from each client in `clients`; returns the time
+    /// it ends at.
+    fn load_from(
+        rs: &mut [Replica],
+        mut now: Time,
+        clients: std::ops::RangeInclusive<u64>,
+        value_bytes: usize,
+    ) -> Time {
+        for client in clients {
             rs[0]
                 .propose(client, put(client, value_bytes))
                 .expect("room");
@@ -323,6 +396,7 @@ mod tests {
             }
             settle_without_r2(rs, now);
         }
+        now
     }
 
     #[test]
@@ -362,5 +436,37 @@ mod tests {
         assert_eq!(rs[0].collected_prefix(), &[4, 0, 0]);
         assert_eq!(rs[0].retained_bytes(), [0, 0, 0]);
         assert_eq!(rs[0].instances_in_memory(), 0);
+    }
+
+    /// A member down for good holds what it did not execute in memory (up to the retention)
+    /// only while it is a member: once removed, the survivors collect everything both of them
+    /// executed, the old epoch's instances (a quorum of epoch 0, {r0, r1}, executed them) and
+    /// the new epoch's.
+    #[test]
+    fn removing_a_member_down_for_good_lets_the_survivors_collect_what_they_executed() {
+        let mut rs = cluster(1000, 1 << 20);
+        let now = load_from(&mut rs, Duration::ZERO, 1..=10, 100);
+        assert_eq!(rs[0].collected_prefix(), &[0, 0, 0], "r2 executed nothing");
+        rs[0]
+            .propose_reconfigure(
+                99,
+                crate::core::epoch::Change::Remove(ReplicaId(2)),
+                now,
+                &Default::default(),
+            )
+            .expect("{r0, r1} is a live majority of epoch 1");
+        load_from(&mut rs, now, 11..=15, 100);
+        for r in &rs[..2] {
+            assert_eq!(r.configuration().members(), &[ReplicaId(0), ReplicaId(1)]);
+            assert_eq!(r.kv().executed(), 15, "every put at {}", r.id());
+            assert_eq!(
+                r.instances_in_memory(),
+                0,
+                "{}: collected up to {:?}",
+                r.id(),
+                r.collected_prefix()
+            );
+            assert_eq!(r.retained_bytes().iter().sum::<u64>(), 0);
+        }
     }
 }

@@ -154,6 +154,11 @@ sabotage_switches! {
     /// without waiting for a majority (a minority's execution is then all that remains of
     /// instances a recovery must not decide again).
     collect_without_majority,
+    /// Collect by ranking every peer's executed prefix, removed members included, against the
+    /// current configuration's quorum (the rule before epochs) instead of by the members of
+    /// each instance's own epoch (an old instance is then collected when too few of its own
+    /// epoch's members executed it).
+    collect_by_current_epoch,
     /// A member told that peers collected instances it has not executed goes on from its own
     /// stale state instead of installing a snapshot (it waits forever for Commits nobody
     /// holds any more).

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 
 use epaxos_kv::core::command::{interferes, Command, Op};
+use epaxos_kv::core::epoch::Epoch;
 use epaxos_kv::core::ids::{ClientId, InstanceId, ReplicaId, RequestId};
 use epaxos_kv::core::instance::{Instance, Status};
 use epaxos_kv::core::message::{Commands, ShowDeps};
@@ -84,6 +85,8 @@ pub struct Observer {
     executed_by: HashMap<InstanceId, (u64, Option<u64>)>,
     /// Per instance: when some replica first dropped it from memory.
     collected_at: HashMap<InstanceId, u64>,
+    /// Per instance: its epoch, from its first commit seen.
+    epochs: HashMap<InstanceId, Epoch>,
     n: usize,
 }
 
@@ -109,29 +112,39 @@ impl Observer {
             first_commit: HashMap::new(),
             executed_by: HashMap::new(),
             collected_at: HashMap::new(),
+            epochs: HashMap::new(),
             n,
         }
     }
 
-    /// Replica `r` dropped `ids` from memory (garbage collection). Only what a majority
-    /// executed may be collected (see `epaxos_kv::core::replica::collect`): a collected instance
-    /// is never decided again, because every quorum meets a replica that executed it.
-    pub fn on_collected(&mut self, r: usize, ids: &[InstanceId]) {
-        let majority = self.n / 2 + 1;
+    /// Replica `r` dropped `ids` from memory (garbage collection). Only what a majority of the
+    /// instance's epoch executed may be collected (see `epaxos_kv::core::replica::collect`): a
+    /// collected instance is never decided again, because every quorum of its epoch meets a
+    /// member that executed it. `members_of` gives an epoch's members as `r` knows them.
+    pub fn on_collected(
+        &mut self,
+        r: usize,
+        ids: &[InstanceId],
+        members_of: impl Fn(Epoch) -> Option<Vec<usize>>,
+    ) {
         for &id in ids {
             self.clock += 1;
             self.collected_at.entry(id).or_insert(self.clock);
-            let executed = self
-                .executed_by
-                .get(&id)
-                .map_or(0, |(mask, _)| mask.count_ones() as usize);
-            if executed < majority {
+            let epoch = self.epochs.get(&id).copied().unwrap_or_default();
+            let members = members_of(epoch).unwrap_or_else(|| (0..self.n).collect());
+            let mask = self.executed_by.get(&id).map_or(0, |(mask, _)| *mask);
+            let executed: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|m| mask & (1 << m) != 0)
+                .collect();
+            if executed.len() <= members.len() / 2 {
                 self.report(
                     Check::Invariant,
                     format!(
-                        "r{r} collected {id}, executed at only {executed} of {} replicas (a \
-                         majority must have executed what is collected)",
-                        self.n
+                        "r{r} collected {id} of {epoch}, executed only at {executed:?} of its \
+                         members {members:?} (a majority of the instance's epoch must have \
+                         executed what is collected)"
                     ),
                     vec![id],
                 );
@@ -197,6 +210,7 @@ impl Observer {
             return;
         }
         self.committed[r].insert(id);
+        self.epochs.entry(id).or_insert(inst.epoch);
         self.compare(r, id, &inst.commands, inst.deps.as_slice());
     }
 
