@@ -12,7 +12,7 @@
 use crate::core::checkpoint::Checkpoint;
 use crate::core::command::Command;
 use crate::core::epoch::Change;
-use crate::core::epoch::Configuration;
+use crate::core::epoch::{Configuration, Epoch};
 use crate::core::ids::{ClientId, Incarnation, InstanceId, ReplicaId, RequestId};
 use crate::core::instance::Instance;
 use crate::core::limits::MEMBERS_EVER_MAX;
@@ -446,10 +446,14 @@ impl Node {
     /// This replica lost its data: it starts from a peer's snapshot (`checkpoint` and the
     /// decided `records` beside it), continues its own row at its horizon, abstains below
     /// `horizons`, and takes part from now on. Re-executing the snapshot answers nobody, so
-    /// what restoring produced is discarded.
+    /// what restoring produced is discarded. `joined_in`: the epoch of the configuration whose
+    /// members answered the join; a rejoin (some horizon above 0) is no acceptor of an older
+    /// epoch's boundary (`replica::seal`, "A wiped acceptor is fenced"; stored through
+    /// `Ready::sealed`). An added member's first join (zero horizons) never voted: no fence.
     pub fn join_from_snapshot(
         &mut self,
         now: Time,
+        joined_in: Epoch,
         horizons: Vec<u64>,
         mut checkpoint: Checkpoint,
         records: Vec<(InstanceId, Instance)>,
@@ -466,6 +470,9 @@ impl Node {
         let mut replica = Replica::restore_from(opts, now, Some(checkpoint), records.clone());
         replica.set_horizons(installed.clone());
         drop(replica.take_ready());
+        if installed.iter().any(|h| *h > 0) {
+            replica.fence_rejoined(joined_in);
+        }
         self.checkpointed_at = replica.collected();
         self.replica = replica;
         self.out.install = Some(Image {
@@ -861,7 +868,7 @@ mod tests {
         let (encoded, records) = source.replica().snapshot();
         let checkpoint = Checkpoint::decode(&encoded, 3).expect("decodes");
         let mut n = node(0, Membership::Joining);
-        n.join_from_snapshot(Duration::ZERO, vec![12, 3, 0], checkpoint, records);
+        n.join_from_snapshot(Duration::ZERO, Epoch(0), vec![12, 3, 0], checkpoint, records);
         let r = n.take_ready();
         assert!(r.install.is_some(), "written as its checkpoint and log");
         assert_eq!(
@@ -1360,7 +1367,7 @@ mod tests {
             .expect("the source answered this incarnation's Join");
         let checkpoint = Checkpoint::decode(&image.checkpoint, 3).expect("decodes");
         let mut added = node(3, Membership::Joining);
-        added.join_from_snapshot(now, horizons, checkpoint, image.records);
+        added.join_from_snapshot(now, configuration.epoch(), horizons, checkpoint, image.records);
         added
     }
 

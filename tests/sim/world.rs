@@ -91,6 +91,10 @@ pub struct Stats {
     /// `Config::wipes`).
     pub wipes: u64,
     pub wipes_skipped: u64,
+    /// Wipes of a replica removed meanwhile (it refused to start), and of a spare still
+    /// knocking (it knocks afresh).
+    pub wipes_removed: u64,
+    pub wipes_knocking: u64,
     /// Instances executed (and reported) by replicas after they rejoined, and restarts of
     /// replicas that had rejoined (from the snapshot's checkpoint and what they logged since).
     pub executed_after_rejoin: u64,
@@ -499,7 +503,8 @@ impl Sim {
         }
         // Drawn after the faults above, which stay what they were before wipes existed.
         for _ in 0..self.cfg.wipes {
-            let r = faults.index(n);
+            // Spares too (none unless a membership runner plants them: the draw is unchanged).
+            let r = faults.index(self.nodes.len());
             let at = faults.range(50, chaos_ms.max(51));
             self.schedule_at(Duration::from_millis(at), Event::Fault(Fault::Wipe(r)));
         }

@@ -135,6 +135,10 @@ sabotage_switches! {
     /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
     /// the command may never have been committed, and a conflicting one went ahead without it).
     recovery_skips_validate,
+    /// A replica that lost its data is not fenced as an acceptor of the older epochs'
+    /// boundaries: sealing one again, it promises afresh though its old incarnation may have
+    /// promised and accepted there (two boundaries may be decided).
+    promise_again_after_wipe,
     /// A replica that lost its data rejoins without horizons: it votes as if its old
     /// incarnation never voted (agreement breaks).
     rejoin_without_horizons,

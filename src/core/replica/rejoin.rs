@@ -23,7 +23,7 @@
 use super::recoveries::RecoveryPhase;
 use super::Replica;
 use crate::core::deps::Deps;
-use crate::core::ids::{InstanceId, ReplicaId};
+use crate::core::ids::{InstanceId, ReplicaId, SLOT_LIMIT};
 use crate::core::instance::Phase;
 use crate::core::limits::MEMBERS_EVER_MAX;
 use crate::core::per_row::PerRow;
@@ -101,7 +101,8 @@ impl Replica {
     /// next slot for this replica's own row, **and every slot named here only as a dependency**
     /// (in an instance's deps or initial deps, in a PreAcceptOk or RecoverOk this replica holds
     /// while it leads or recovers, in a conflict a ValidateOk reported, in an instance it waits
-    /// for).
+    /// for), **and every boundary known here** (its seals' ends, the boundaries it accepted or
+    /// knows decided).
     ///
     /// Why the dependencies: a replica's answers carry its own instances in their deps, also
     /// ones whose PreAccepts reached nobody (lost, cut off). If the old incarnation of `peer`
@@ -113,6 +114,12 @@ impl Replica {
     /// Commit (`CommitUnproposed`) is what shows it. Counting what deps name keeps every slot
     /// any peer may need below the horizon, where peers decide it and the new incarnation only
     /// learns it.
+    ///
+    /// Why the boundaries: an old-epoch instance the old incarnation voted on may be known now
+    /// only through an epoch's boundary (`seal`): the member whose seal raised `B` above it may
+    /// have been removed since, and only the members of the configuration the rejoin joins
+    /// answer. Every such instance that committed a command lies below `B` (the boundary's
+    /// claim), so a horizon at or above `B` keeps the new incarnation from answering for it.
     pub fn peer_rejoined(&mut self, peer: ReplicaId) -> Vec<u64> {
         if let Some(p) = self.peer_committed.get_mut(peer) {
             p.iter_mut().for_each(|s| *s = 0);
@@ -120,6 +127,11 @@ impl Replica {
         if let Some(p) = self.peer_executed.get_mut(peer) {
             p.iter_mut().for_each(|s| *s = 0);
         }
+        self.row_reach()
+    }
+
+    /// Per row, how far it reaches here: what `peer_rejoined` answers (see there), read only.
+    pub fn row_reach(&self) -> Vec<u64> {
         let mut ends = self.committed_end.clone();
         for (end, gc) in ends.iter_mut().zip(&self.gc_prefix) {
             *end = (*end).max(*gc);
@@ -169,6 +181,12 @@ impl Replica {
             }
         }
         self.waiting.keys().for_each(&mut reach);
-        ends.into_vec()
+        let mut ends = ends.into_vec();
+        for boundary in self.boundary_vectors() {
+            for (end, b) in ends.iter_mut().zip(boundary) {
+                *end = (*end).max((*b).min(SLOT_LIMIT));
+            }
+        }
+        ends
     }
 }

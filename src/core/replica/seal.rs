@@ -80,11 +80,33 @@
 //!
 //! *Durability.* The promise, the value accepted and the decision live in the seal
 //! (`Seal::promised`, `accepted`, `decided`), stored through `Ready::sealed` before anything of
-//! that `Ready` leaves. An acceptor that lost its disk holds no seal of the epoch and so
-//! promises nothing there again unless a snapshot makes it seal late; it would then promise
-//! afresh while its earlier accept is forgotten: the usual Paxos caveat on lost acceptor state,
-//! not fenced yet (an open point of `docs/membership.md`; the instances' votes have the
-//! horizons for it).
+//! that `Ready` leaves.
+//!
+//! *A wiped acceptor is fenced.* A replica that lost its disk forgot its promises and what it
+//! accepted; were it to seal an epoch again (a snapshot bringing it past a change late, or
+//! executing again a change its old incarnation executed) it would promise afresh, and a new
+//! majority with it could decide a second boundary while the first is forgotten (the usual
+//! Paxos caveat on lost acceptor state; `a_wiped_acceptor_that_promised_afresh_...` in the
+//! tests). The rule (`fence_rejoined`): a replica that rejoined in the configuration of epoch
+//! `F` is an acceptor only for the boundaries of epochs `F` and later. For every older epoch
+//! it answers a Prepare or Accept only with a decided boundary it learnt (a fact anyone may
+//! repeat), else not at all; it still proposes (it learns `B` like an added member). The fence
+//! is a stored seal of epoch `F - 1` that has promised the top ballot (`FENCE`), which no round
+//! can exceed, and no epoch older than a seal kept is sealed again (`seal_epoch`); so it
+//! survives restarts in the seals' own record.
+//!
+//! Why `F` itself needs no fence: the join settles on the newest configuration its peers know
+//! and a rejoin waits for every member of it. Had the old incarnation promised in a round of
+//! `F`'s boundary other than its own, a member of `F` would have sealed `F`, so executed the
+//! change ending it, and the join would have settled on the later epoch. Its own round's
+//! promise is harmless: with no other sealed member no value was accepted anywhere.
+//!
+//! Why it is safe: the safety argument above needs only that `S`, the majority whose seals
+//! make `B`, be acceptors that kept their state; a fenced replica is in no `S`. Its votes on
+//! old instances do not matter either: any majority `Q` that voted meets `S` in a member that
+//! kept its seal. Why it is live: the other members of the epoch are a majority of it whenever
+//! the wiped one counts as a failure (n = 3, one wiped: the two others decide `B`), as the
+//! horizons ask of instance votes (`rejoin`).
 
 use std::time::Duration;
 
@@ -94,6 +116,10 @@ use crate::core::epoch::{Configuration, Epoch};
 use crate::core::ids::{Ballot, InstanceId, ReplicaId, SLOT_LIMIT};
 use crate::core::limits::SEALS_KEPT_MAX;
 use crate::core::message::Message;
+
+/// The promise of a fenced acceptor (see the module doc, "A wiped acceptor is fenced"): the top
+/// round, above every ballot a proposer can use, so it takes part in no round; never sent.
+const FENCE_ROUND: u32 = u32::MAX;
 
 /// A replica's seal of an epoch: per row, one past the highest slot of an instance of that
 /// epoch it held when it left the epoch; and its part, as an acceptor, in deciding the epoch's
@@ -120,6 +146,12 @@ impl Seal {
             accepted: None,
             decided: None,
         }
+    }
+
+    /// Whether this seal is a wiped replica's fence: it promised the top round, no Prepare or
+    /// Accept gets an answer but the decided boundary.
+    pub fn fenced(&self) -> bool {
+        self.promised.is_some_and(|p| p.round == FENCE_ROUND)
     }
 
     /// Whether a vote on `id` (an instance of this seal's epoch) is refused: at or above both
@@ -185,6 +217,9 @@ enum Answer {
     Decided(Vec<u64>),
     /// The epoch is not sealed here (not left yet, or its seal was dropped long ago).
     NotSealed,
+    /// This replica lost its disk since it may have promised there, and knows no decision:
+    /// no answer (see the module doc, "A wiped acceptor is fenced").
+    Fenced,
 }
 
 impl Seals {
@@ -226,7 +261,10 @@ impl Replica {
             "sealing {old} for {new}, not a later epoch"
         );
         let epoch = old.epoch();
-        if old.is_member(self.opts.id) && self.seals.kept_mut(epoch).is_none() {
+        // A seal of a later epoch kept already (a wiped replica's fence, see the module doc):
+        // this one is not sealed afresh, its acceptor state may have been lost.
+        let moved_on = self.seals.kept.last().is_some_and(|s| s.epoch > epoch);
+        if old.is_member(self.opts.id) && !moved_on && self.seals.kept_mut(epoch).is_none() {
             // (Sealed before a restart: the stored seal stays.)
             let ends = self.reach_of(epoch);
             self.seals.kept.push(Seal::new(epoch, ends));
@@ -259,6 +297,25 @@ impl Replica {
         Some((b.epoch, b.known.as_deref()?))
     }
 
+    /// Every per-row vector of the boundaries known here: the seals' ends, the values accepted,
+    /// the decided boundaries (a rejoining peer's horizons cover them, see `peer_rejoined`).
+    pub(super) fn boundary_vectors(&self) -> Vec<&[u64]> {
+        let mut all: Vec<&[u64]> = Vec::new();
+        for seal in &self.seals.kept {
+            all.push(&seal.ends);
+            if let Some((_, accepted)) = &seal.accepted {
+                all.push(accepted);
+            }
+            if let Some(decided) = &seal.decided {
+                all.push(decided);
+            }
+        }
+        if let Some(known) = self.seals.boundary.as_ref().and_then(|b| b.known.as_deref()) {
+            all.push(known);
+        }
+        all
+    }
+
     /// The seals kept, oldest first.
     pub fn seals(&self) -> &[Seal] {
         &self.seals.kept
@@ -267,11 +324,27 @@ impl Replica {
     /// Takes back the seals stored before a restart (`node::Restored::sealed`): votes above
     /// them stay refused, promises stay kept, and the boundary of the newest is known again if
     /// it was decided (else decided again, from the next tick on).
+    ///
+    /// Restoring re-executes the log, whose changes seal their epochs afresh (a new seal, a
+    /// promise of this replica's own first round): the stored seal of an epoch wins, and only
+    /// a seal of an epoch above every stored one (its change executed, its seal not stored
+    /// before the crash) is kept from re-execution. What goes to the disk is that merge, never
+    /// the fresh seals alone: they would overwrite the promise, the accepted value and the
+    /// decision stored (seed 788 of `random_seeds_with_changes`: a restarted acceptor forgot
+    /// the decided boundary, and with its peer fenced after a wipe nobody decided it again).
     pub fn restore_seals(&mut self, mut seals: Vec<Seal>) {
         seals.sort_by_key(|s| s.epoch);
         seals.dedup_by_key(|s| s.epoch);
+        let stored = seals.clone();
+        let newest_stored = seals.last().map(|s| s.epoch);
+        for fresh in std::mem::take(&mut self.seals.kept) {
+            if newest_stored.is_none_or(|n| fresh.epoch > n) {
+                seals.push(fresh);
+            }
+        }
         let drop = seals.len().saturating_sub(SEALS_KEPT_MAX);
         seals.drain(..drop);
+        self.ready.sealed = (seals != stored).then(|| seals.clone());
         let Some(newest) = seals.last() else {
             return;
         };
@@ -290,6 +363,39 @@ impl Replica {
             ));
         }
         self.seals.kept = seals;
+    }
+
+    /// This replica lost its disk and rejoined in the configuration of epoch `joined_in`: it is
+    /// no acceptor of any older epoch's boundary (see the module doc, "A wiped acceptor is
+    /// fenced"). Stored as a seal of the epoch before, promised at the top round, with nothing
+    /// held (it votes on that epoch's instances only below the decided boundary), replacing
+    /// the seals a snapshot cannot bring (it brings none). Called once, by the rejoin.
+    pub(crate) fn fence_rejoined(&mut self, joined_in: Epoch) {
+        if self.opts.sabotage.promise_again_after_wipe() {
+            return;
+        }
+        let Some(before) = joined_in.0.checked_sub(1).map(Epoch) else {
+            return; // epoch 0: no boundary was ever decided, nothing to fence
+        };
+        let decided = self
+            .seals
+            .boundary
+            .as_ref()
+            .filter(|b| b.epoch == before)
+            .and_then(|b| b.known.clone());
+        let fence = Seal {
+            epoch: before,
+            ends: vec![0; self.rows()],
+            promised: Some(Ballot {
+                round: FENCE_ROUND,
+                replica: self.opts.id,
+            }),
+            accepted: None,
+            decided,
+        };
+        self.seals.kept.retain(|s| s.epoch > before);
+        self.seals.kept.insert(0, fence);
+        self.persist_seals();
     }
 
     /// Starts learning the boundary of the epoch before the current one if nothing here learns
@@ -459,6 +565,9 @@ impl Replica {
         if let Some(decided) = seal.decided.as_ref().filter(|_| !read_only) {
             return Answer::Decided(decided.clone());
         }
+        if seal.fenced() {
+            return Answer::Fenced;
+        }
         match seal.promised {
             Some(p) if p > ballot => return Answer::Nack(p),
             Some(p) if p == ballot => {}
@@ -480,6 +589,9 @@ impl Replica {
         };
         if let Some(decided) = seal.decided.as_ref().filter(|_| !read_only) {
             return Answer::Decided(decided.clone());
+        }
+        if seal.fenced() {
+            return Answer::Fenced;
         }
         if let Some(p) = seal.promised.filter(|p| *p > ballot) {
             return Answer::Nack(p);
@@ -516,7 +628,7 @@ impl Replica {
                 // executes the change, and answers the next round.
                 self.watermark()
             }
-            Answer::NotSealed => return,
+            Answer::NotSealed | Answer::Fenced => return,
         };
         self.send(vec![to], msg);
     }
@@ -628,7 +740,7 @@ impl Replica {
                 Answer::Accepted => self.handle_boundary_accepted(me, epoch, ballot),
                 Answer::Nack(promised) => self.handle_boundary_nack(epoch, promised),
                 Answer::Decided(ends) => self.handle_boundary_decided(epoch, ends),
-                Answer::Promise(..) | Answer::NotSealed => {}
+                Answer::Promise(..) | Answer::NotSealed | Answer::Fenced => {}
             }
         }
     }
@@ -717,7 +829,7 @@ impl Replica {
         let me = self.opts.id;
         let own_promise = self.seals.boundary.as_ref().and_then(|b| {
             let seal = self.seals.kept.iter().find(|s| s.epoch == b.epoch)?;
-            seal.promised.map(|p| p.round)
+            seal.promised.filter(|_| !seal.fenced()).map(|p| p.round)
         });
         let Some(b) = self.seals.boundary.as_mut() else {
             return;
@@ -749,7 +861,7 @@ impl Replica {
                 }
                 Answer::Nack(promised) => self.handle_boundary_nack(epoch, promised),
                 Answer::Decided(ends) => self.handle_boundary_decided(epoch, ends),
-                Answer::Accepted | Answer::NotSealed => {}
+                Answer::Accepted | Answer::NotSealed | Answer::Fenced => {}
             }
         }
     }

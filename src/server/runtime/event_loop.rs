@@ -591,8 +591,15 @@ impl EventLoop {
                         checkpoint,
                         records,
                     } = *snapshot;
-                    self.node
-                        .join_from_snapshot(now, horizons.clone(), checkpoint, records);
+                    // The configuration the join settled on (it adopted any later one).
+                    let joined_in = crate::core::epoch::Epoch(self.members.epoch());
+                    self.node.join_from_snapshot(
+                        now,
+                        joined_in,
+                        horizons.clone(),
+                        checkpoint,
+                        records,
+                    );
                     let core = self.node.replica();
                     // An id beyond config.json's: a replica being added, now a voting member.
                     let added = self.me.index() >= core.options().n;
