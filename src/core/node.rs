@@ -868,7 +868,13 @@ mod tests {
         let (encoded, records) = source.replica().snapshot();
         let checkpoint = Checkpoint::decode(&encoded, 3).expect("decodes");
         let mut n = node(0, Membership::Joining);
-        n.join_from_snapshot(Duration::ZERO, Epoch(0), vec![12, 3, 0], checkpoint, records);
+        n.join_from_snapshot(
+            Duration::ZERO,
+            Epoch(0),
+            vec![12, 3, 0],
+            checkpoint,
+            records,
+        );
         let r = n.take_ready();
         assert!(r.install.is_some(), "written as its checkpoint and log");
         assert_eq!(
@@ -1367,7 +1373,13 @@ mod tests {
             .expect("the source answered this incarnation's Join");
         let checkpoint = Checkpoint::decode(&image.checkpoint, 3).expect("decodes");
         let mut added = node(3, Membership::Joining);
-        added.join_from_snapshot(now, configuration.epoch(), horizons, checkpoint, image.records);
+        added.join_from_snapshot(
+            now,
+            configuration.epoch(),
+            horizons,
+            checkpoint,
+            image.records,
+        );
         added
     }
 

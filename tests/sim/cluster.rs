@@ -604,7 +604,9 @@ impl Sim {
             self.stats.wipes_knocking += 1;
             self.trace.record(
                 self.now,
-                What::Fault(format!("wipe r{r}, a spare not added yet: it knocks afresh")),
+                What::Fault(format!(
+                    "wipe r{r}, a spare not added yet: it knocks afresh"
+                )),
             );
             let incarnation = self.incarnation[r];
             self.schedule(TICK, Event::Tick(r, incarnation));
@@ -658,9 +660,7 @@ impl Sim {
             c.members()
                 .iter()
                 .map(|m| m.index())
-                .filter(|&p| {
-                    p != r && (self.nodes[p].joining() || self.nodes[p].rows() < c.rows())
-                })
+                .filter(|&p| p != r && (self.nodes[p].joining() || self.nodes[p].rows() < c.rows()))
                 .collect()
         });
         // A removed replica still running is asked nothing by the join, but may know more of a
@@ -680,9 +680,11 @@ impl Sim {
             }
             ends
         };
-        let (members, removed): (Vec<usize>, Vec<usize>) = live
-            .iter()
-            .partition(|&&p| newest.as_ref().is_some_and(|c| c.is_member(ReplicaId(p as u32))));
+        let (members, removed): (Vec<usize>, Vec<usize>) = live.iter().partition(|&&p| {
+            newest
+                .as_ref()
+                .is_some_and(|c| c.is_member(ReplicaId(p as u32)))
+        });
         let known = reach(&mut members.into_iter());
         let beyond: Vec<usize> = removed
             .into_iter()
@@ -746,7 +748,12 @@ impl Sim {
         // reports its row ends; what the sent answers decide is the production `Joiner`'s.
         let new_incarnation = incarnation_of(self.generation[r]);
         let mut joiner = Joiner::of(me, newest.clone(), false);
-        for p in newest.members().iter().map(|m| m.index()).filter(|&p| p != r) {
+        for p in newest
+            .members()
+            .iter()
+            .map(|m| m.index())
+            .filter(|&p| p != r)
+        {
             self.nodes[p].answer_join(0, me, Some(new_incarnation));
             let ready = self.nodes[p].take_ready();
             assert!(
@@ -769,7 +776,11 @@ impl Sim {
         // The live replicas outside it (removed, still running) fence the old incarnation too,
         // as in the runtime those the join asked before it learnt the later configuration do
         // (it asks `config.json`'s first); their answers do not count.
-        for p in live.iter().copied().filter(|&p| !newest.is_member(ReplicaId(p as u32))) {
+        for p in live
+            .iter()
+            .copied()
+            .filter(|&p| !newest.is_member(ReplicaId(p as u32)))
+        {
             self.nodes[p].answer_join(0, me, Some(new_incarnation));
             let ready = self.nodes[p].take_ready();
             assert!(

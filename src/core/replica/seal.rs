@@ -310,7 +310,12 @@ impl Replica {
                 all.push(decided);
             }
         }
-        if let Some(known) = self.seals.boundary.as_ref().and_then(|b| b.known.as_deref()) {
+        if let Some(known) = self
+            .seals
+            .boundary
+            .as_ref()
+            .and_then(|b| b.known.as_deref())
+        {
             all.push(known);
         }
         all
@@ -1542,6 +1547,138 @@ mod tests {
             !ordered,
             "the Visibility check fails: x and y interfere, neither sees the other"
         );
+    }
+
+    /// A wiped acceptor (the module doc's "A wiped acceptor is fenced"), by hand. r0 leads
+    /// `y` = 0.0, which r1 alone hears; r0 and r1 seal holding it. r1's round gets r0's
+    /// promise and decides `V1` = [1, 0, 0] with r0's accept; its Decided reaches nobody. r1
+    /// loses its disk and rejoins in epoch 1 (empty: its peers' snapshot lacks `y`), then seals
+    /// epoch 0 late, as a snapshot bringing it past the change makes it (`seal_missed_boundary`).
+    /// r2, sealed without `y`, proposes while cut off from r0, then with r0 reachable. Returns
+    /// `V1`, r2's boundary while cut off from r0, and r2's once r0 answers.
+    fn wiped_acceptor(promise_afresh: bool) -> (Vec<u64>, Option<Vec<u64>>, Option<Vec<u64>>) {
+        let mut rs = cluster(3);
+        rs[0].propose(1, put(1, "a")).expect("room");
+        rs[0].flush(T);
+        let out = rs[0].take_ready().messages;
+        deliver(&mut rs, r(0), out, |to, _| to == r(1));
+        let _ = rs[1].take_ready();
+        change(&mut rs[0], &[0, 1, 2]);
+        let _ = rs[0].take_ready(); // r0's own round reaches nobody
+        change(&mut rs[1], &[0, 1, 2]);
+        // r1's round, with r0 only: promise, accept, decided at r1.
+        for _ in 0..3 {
+            let out = rs[1].take_ready().messages;
+            deliver(&mut rs, r(1), out, |to, _| to == r(0));
+            let out = rs[0].take_ready().messages;
+            deliver(&mut rs, r(0), out, |to, _| to == r(1));
+        }
+        let v1 = rs[1].boundary().expect("r1 decided").1.to_vec();
+        let _ = rs[1].take_ready(); // the Decided is lost with r1's disk
+
+        // r1 rejoins in epoch 1 (as `Node::join_from_snapshot` does), then seals epoch 0 late.
+        let mut wiped = Replica::new(Options::new(r(1), 3));
+        #[cfg(feature = "sabotage")]
+        {
+            wiped.opts.sabotage.promise_again_after_wipe = promise_afresh;
+        }
+        #[cfg(not(feature = "sabotage"))]
+        let _ = promise_afresh;
+        let e1 = Configuration::new(Epoch(1), ids(&[0, 1, 2])).expect("valid");
+        assert!(wiped.adopt_configuration(e1));
+        wiped.fence_rejoined(Epoch(1));
+        wiped.seal_missed_boundary();
+        let _ = wiped.take_ready();
+        rs[1] = wiped;
+
+        // r2 proposes; r0 is cut off.
+        change(&mut rs[2], &[0, 1, 2]);
+        for _ in 0..3 {
+            let out = rs[2].take_ready().messages;
+            deliver(&mut rs, r(2), out, |to, _| to == r(1));
+            let out = rs[1].take_ready().messages;
+            deliver(&mut rs, r(1), out, |to, _| to == r(2));
+        }
+        let cut_off = rs[2].boundary().map(|b| b.1.to_vec());
+        // r0 reachable again: r2's rounds go on (ticks), everyone talks.
+        for step in 1..8 {
+            let now = Duration::from_secs(step);
+            rs[2].tick(now);
+            settle(&mut rs, now, |_, _| false);
+        }
+        let healed = rs[2].boundary().map(|b| b.1.to_vec());
+        (v1, cut_off, healed)
+    }
+
+    #[test]
+    fn a_wiped_acceptor_is_fenced_and_the_two_others_decide_the_first_boundary() {
+        let (v1, cut_off, healed) = wiped_acceptor(false);
+        assert_eq!(v1, vec![1, 0, 0], "r1 and r0 decided a boundary holding y");
+        assert_eq!(
+            cut_off, None,
+            "the rejoined r1 promises nothing in epoch 0: r2 alone is no majority"
+        );
+        assert_eq!(
+            healed,
+            Some(v1),
+            "r0 and r2, a majority of three without the wiped r1, decide B: the one decided"
+        );
+    }
+
+    #[cfg(feature = "sabotage")]
+    #[test]
+    fn sabotage_a_wiped_acceptor_that_promised_afresh_decides_a_second_boundary() {
+        let (v1, cut_off, _) = wiped_acceptor(true);
+        assert_eq!(v1, vec![1, 0, 0]);
+        assert_eq!(
+            cut_off,
+            Some(vec![0, 0, 0]),
+            "r2 and the wiped r1 decide a second boundary, below y: an old instance that \
+             may have committed would be left unordered against new ones"
+        );
+    }
+
+    /// A restart re-executes the log: its change seals epoch 0 afresh (a new promise, nothing
+    /// accepted or decided). The stored seal must win, on the disk too (seed 788 of
+    /// `random_seeds_with_changes`: the fresh seal overwrote the stored decision).
+    #[test]
+    fn a_restart_keeps_the_stored_seal_over_the_one_its_log_makes_again() {
+        let mut rs = cluster(3);
+        let stored = Seal {
+            promised: Some(Ballot {
+                round: 3,
+                replica: r(2),
+            }),
+            accepted: Some((
+                Ballot {
+                    round: 3,
+                    replica: r(2),
+                },
+                vec![2, 0, 0],
+            )),
+            decided: Some(vec![2, 0, 0]),
+            ..Seal::new(Epoch(0), vec![2, 0, 0])
+        };
+        change(&mut rs[1], &[0, 1, 2]); // what re-executing the change does
+        rs[1].restore_seals(vec![stored.clone()]);
+        assert_eq!(rs[1].seals(), [stored].as_slice());
+        assert_eq!(
+            rs[1].take_ready().sealed,
+            None,
+            "nothing overwrites the stored seal"
+        );
+        assert_eq!(rs[1].boundary(), Some((Epoch(0), [2, 0, 0].as_slice())));
+        // A seal of a later epoch than any stored (its change executed, the seal not stored
+        // before the crash) is kept, and stored. (`change` made epoch 1 already.)
+        let e1 = Configuration::new(Epoch(1), ids(&[0, 1, 2])).expect("valid");
+        let e2 = Configuration::new(Epoch(2), ids(&[0, 1, 2])).expect("valid");
+        assert!(rs[1].adopt_configuration(e2.clone()));
+        rs[1].seal_epoch(&e1, &e2);
+        let fresh = rs[1].seals().to_vec();
+        let stored = fresh[..1].to_vec();
+        rs[1].restore_seals(stored);
+        assert_eq!(rs[1].seals(), fresh.as_slice());
+        assert_eq!(rs[1].take_ready().sealed, Some(fresh));
     }
 
     /// Seed 1459 of `random_seeds_with_removals`, by hand: epoch 0 = {r0..r4} removes r1 (dead
