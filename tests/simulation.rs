@@ -930,9 +930,10 @@ fn random_seeds_with_a_small_retention() {
 }
 
 /// Random seeds with membership changes (issue 15): one or two removals at random moments
-/// (one with 3 replicas), a permanent crash's victim first, among every fault but wipes (a
-/// rejoin across a membership change is not simulated yet). Every check holds, and every live
-/// member ends in one configuration (see `Sim::check_configurations`).
+/// (one with 3 replicas), a permanent crash's victim first, among every fault, one wipe
+/// included (a replica loses its disk and rejoins the newest configuration, or refuses to
+/// start if it was removed; see `Sim::wipe` for when a wipe is skipped). Every check holds, and
+/// every live member ends in one configuration (see `Sim::check_configurations`).
 ///
 /// Seed 1459 failed Liveness until the boundary was decided by Paxos (see `replica::seal`,
 /// "Liveness"): r4 leads 4.13 in epoch 0, r0 pre-accepts it before sealing, r2 and r3 seal
@@ -1799,8 +1800,9 @@ fn scenario_membership_add_with_the_proposer_crashing() {
 /// Random seeds with membership changes both ways (issue 15): one or two spares (ids beyond
 /// epoch 0's) knock from the start; at random moments random live members ask to add the next
 /// spare (once or twice) and to remove a member (once; a permanent crash's victim first), among
-/// loss, partitions, crashes, torn crashes and restarts (no wipes: a rejoin across a change is
-/// not simulated). Every check holds, and every live member ends in one configuration.
+/// loss, partitions, crashes, torn crashes, restarts and one wipe (a member, a removed replica
+/// or a spare, before or after it was added, loses its disk: see `Sim::wipe`). Every check
+/// holds, and every live member ends in one configuration.
 ///
 /// Until the boundary was decided by Paxos (`replica::seal`), 11 of seeds 0..2,000 failed
 /// Liveness (340, 606, 792, 1201, 1218, 1240, 1484, 1558, 1616, 1763, 1856; 1201 the gap of
