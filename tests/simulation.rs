@@ -1891,6 +1891,41 @@ fn changes_regression_seeds() {
     }
 }
 
+/// Seeds of the membership runners that failed once wipes ran across changes, kept passing.
+/// `random_seeds_with_changes`: 242, the wiped r0's new incarnation used again slots of its
+/// row that only a removed replica still running held (the wipe now waits until no removed
+/// replica knows a row further than the members); 629, 646, 846, a rejoined member fenced in
+/// a two-member epoch whose boundary was not decided yet, which then never was (the wipe
+/// counts against that epoch's F); 788, a restart's log re-execution sealed afresh and
+/// overwrote the stored decision (`Replica::restore_seals`); 1554, the old incarnation's
+/// PreAccept, still in flight, reached a removed replica the join did not ask, whose seal then
+/// raised the boundary above the new incarnation's first slot (every live replica fences it
+/// now). `random_seeds_with_removals`: 371 and 839, a removal executed after the wipe left a
+/// two-member configuration with the rejoined member still abstaining (a removal to come
+/// counts against F). 788 and 1554 rejoin; the others now skip their wipe (traced), which
+/// keeps those skip rules in place.
+#[test]
+fn wipes_regression_seeds() {
+    let mut outcomes = run_seeds(vec![242, 629, 646, 788, 846, 1554], |seed| {
+        random_changes(seed, |_| {})
+    });
+    outcomes.extend(run_seeds(vec![371, 839], |seed| {
+        random_removals(seed, |_| {})
+    }));
+    for o in &outcomes {
+        assert!(
+            o.violations.is_empty(),
+            "seed {} failed:\n{}",
+            o.config.seed,
+            o.report
+        );
+    }
+    assert!(
+        outcomes.iter().any(|o| o.stats.wipes > 0),
+        "the seeds no longer wipe anything"
+    );
+}
+
 /// Random seeds `random_seeds_with_changes` runs by default.
 const CHANGES_SEEDS: u64 = 300;
 
