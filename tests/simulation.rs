@@ -1377,10 +1377,12 @@ planted_bugs! {
     // its own epoch's members (seed 13649 of `random_seeds_with_removals` with the default
     // retention; with a retention of 2 instances, most seeds).
     sabotage_collecting_by_the_current_epoch_is_caught: Planted {
+        // (Without the runner's wipe: the seeds keep the schedules they were picked by.)
         plant: |c| {
             c.gc_executed = true;
             c.retention_instances = 2;
             c.sabotage.collect_by_current_epoch = true;
+            c.wipes = 0;
         },
         runs: Runs::SeedsWithRemovals(0..20),
         expect: Expect::Caught(&[Check::Invariant]),
