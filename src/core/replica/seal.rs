@@ -86,14 +86,15 @@
 //! accepted; were it to seal an epoch again (a snapshot bringing it past a change late, or
 //! executing again a change its old incarnation executed) it would promise afresh, and a new
 //! majority with it could decide a second boundary while the first is forgotten (the usual
-//! Paxos caveat on lost acceptor state; `a_wiped_acceptor_that_promised_afresh_...` in the
-//! tests). The rule (`fence_rejoined`): a replica that rejoined in the configuration of epoch
-//! `F` is an acceptor only for the boundaries of epochs `F` and later. For every older epoch
-//! it answers a Prepare or Accept only with a decided boundary it learnt (a fact anyone may
-//! repeat), else not at all; it still proposes (it learns `B` like an added member). The fence
-//! is a stored seal of epoch `F - 1` that has promised the top ballot (`FENCE`), which no round
-//! can exceed, and no epoch older than a seal kept is sealed again (`seal_epoch`); so it
-//! survives restarts in the seals' own record.
+//! Paxos caveat on lost acceptor state; in the tests,
+//! `sabotage_a_wiped_acceptor_that_promised_afresh_decides_a_second_boundary`). The rule
+//! (`fence_rejoined`): a replica that rejoined in the configuration of epoch `F` is an
+//! acceptor only for the boundaries of epochs `F` and later. For every older epoch it answers
+//! a Prepare or Accept only with a decided boundary it learnt (a fact anyone may repeat), else
+//! not at all; it still proposes (it learns `B` like an added member). The fence is a stored
+//! seal of epoch `F - 1` that has promised the top round (`FENCE_ROUND`), which no round can
+//! exceed, and no epoch older than a seal kept is sealed again (`seal_epoch`); so it survives
+//! restarts in the seals' own record.
 //!
 //! Why `F` itself needs no fence: the join settles on the newest configuration its peers know
 //! and a rejoin waits for every member of it. Had the old incarnation promised in a round of
@@ -106,7 +107,9 @@
 //! old instances do not matter either: any majority `Q` that voted meets `S` in a member that
 //! kept its seal. Why it is live: the other members of the epoch are a majority of it whenever
 //! the wiped one counts as a failure (n = 3, one wiped: the two others decide `B`), as the
-//! horizons ask of instance votes (`rejoin`).
+//! horizons ask of instance votes (`rejoin`); a wipe while the boundary of `F - 1` is not
+//! decided counts against that epoch's F too (a two-member epoch has none: the simulator
+//! skips such a wipe, as it skips one beyond F).
 
 use std::time::Duration;
 
