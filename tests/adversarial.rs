@@ -298,10 +298,12 @@ impl Made {
                     } else {
                         None
                     },
+                    epoch: None,
                 },
             },
             10 => Message::Validate {
                 instance,
+                epoch: Epoch(0),
                 ballot,
                 commands,
                 deps,
@@ -1070,6 +1072,7 @@ fn a_ballot_that_cannot_exist_is_rejected() {
             commands: Arc::new(vec![]),
             deps: Deps::new(),
             init_deps: None,
+            epoch: None,
         },
     };
     assert_rejected(&mut rs[0], 1, msg, Reject::Ballot);

@@ -73,6 +73,14 @@ impl Instance {
         }
     }
 
+    /// Whether the recorded epoch is the one its leader fixed: the record holds the commands
+    /// the leader sent (pre-accepted, or accepted or committed with a command). A record that
+    /// holds nothing (`Initial`) or a no-op may carry the epoch a recoverer guessed for an
+    /// instance it knew only as a dependency (see `replica::recovering`).
+    pub fn epoch_fixed(&self) -> bool {
+        self.status >= Status::PreAccepted && !self.commands.is_empty()
+    }
+
     /// Committed (or accepted) as a no-op by recovery: no command.
     pub fn is_nop(&self) -> bool {
         self.status >= Status::Accepted && self.commands.is_empty()

@@ -87,6 +87,9 @@ pub enum Message {
     /// Recovery checks whether `commands` with `deps` may have been committed on the fast path.
     Validate {
         instance: InstanceId,
+        /// The instance's epoch, as an answer revealed it or the recoverer holds it (see
+        /// `RecoverReply::epoch`): which seal the receiver checks the vote against.
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -135,6 +138,11 @@ pub struct RecoverReply {
     pub commands: Commands,
     pub deps: Deps,
     pub init_deps: Option<Deps>,
+    /// The instance's epoch, where the sender holds its commands as its leader fixed them
+    /// (pre-accepted, accepted or committed with a command: every holder names the same);
+    /// `None` where it holds nothing or a no-op, whose epoch may be a recoverer's guess. A
+    /// recoverer that does not know the epoch learns it here (`replica::recovering`).
+    pub epoch: Option<Epoch>,
 }
 
 impl Message {
@@ -214,13 +222,16 @@ impl Message {
     }
 
     /// The epoch of the instance the message is about, where the message names it (the phase
-    /// messages that may create the instance at the receiver, and Commit and Recover).
+    /// messages that may create the instance at the receiver, Commit, Recover and Validate,
+    /// and a RecoverOk from a holder of the instance's commands).
     pub fn epoch(&self) -> Option<Epoch> {
         match self {
             Message::PreAccept { epoch, .. }
             | Message::Accept { epoch, .. }
             | Message::Commit { epoch, .. }
-            | Message::Recover { epoch, .. } => Some(*epoch),
+            | Message::Recover { epoch, .. }
+            | Message::Validate { epoch, .. } => Some(*epoch),
+            Message::RecoverOk { reply, .. } => reply.epoch,
             _ => None,
         }
     }

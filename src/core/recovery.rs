@@ -197,6 +197,7 @@ mod tests {
             },
             deps,
             init_deps: init.then(|| Deps::from([id(1, 1)])),
+            epoch: None,
         }
     }
     const R0: ReplicaId = ReplicaId(0);

@@ -277,9 +277,12 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
                 .as_ref()
                 .map(deps_to_proto)
                 .unwrap_or_default(),
+            epoch_known: reply.epoch.is_some(),
+            epoch: reply.epoch.map_or(0, |e| e.0),
         }),
         Message::Validate {
             instance,
+            epoch,
             ballot,
             commands,
             deps,
@@ -288,6 +291,7 @@ pub fn message_to_proto(msg: &Message) -> proto::PeerMessage {
             ballot: Some(ballot_to_proto(*ballot)),
             commands: commands_to_proto(commands),
             deps: deps_to_proto(deps),
+            epoch: epoch.0,
         }),
         Message::ValidateOk {
             instance,
@@ -591,6 +595,15 @@ pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message,
         },
         Kind::RecoverOk(m) => {
             let status = status_from_proto(m.status)?;
+            // Only a holder of the commands names the epoch (`RecoverReply::epoch`).
+            let epoch = match (m.epoch_known, m.epoch) {
+                (false, 0) => None,
+                (false, _) => return Err(WireError::Impossible("an epoch not marked known")),
+                (true, _) if status == Status::Initial || m.commands.is_empty() => {
+                    return Err(WireError::Impossible("an epoch named without the commands"))
+                }
+                (true, e) => Some(Epoch(e)),
+            };
             Message::RecoverOk {
                 instance: id_from(m.instance, n)?,
                 ballot: ballot_from(m.ballot, n)?,
@@ -607,11 +620,13 @@ pub fn message_from_proto(p: proto::PeerMessage, rows: usize) -> Result<Message,
                     } else {
                         None
                     },
+                    epoch,
                 },
             }
         }
         Kind::Validate(m) => Message::Validate {
             instance: id_from(m.instance, n)?,
+            epoch: Epoch(m.epoch),
             ballot: ballot_from(m.ballot, n)?,
             commands: commands_from(m.commands)?,
             deps: deps_from(m.deps, n)?,
@@ -818,6 +833,7 @@ mod tests {
                     commands: cmds.clone(),
                     deps: deps.clone(),
                     init_deps: Some(Deps::new()),
+                    epoch: Some(Epoch(2)),
                 },
             },
             Message::RecoverOk {
@@ -829,10 +845,12 @@ mod tests {
                     commands: Arc::new(vec![]),
                     deps: Deps::new(),
                     init_deps: None,
+                    epoch: None,
                 },
             },
             Message::Validate {
                 instance: id,
+                epoch: Epoch(3),
                 ballot: b,
                 commands: cmds.clone(),
                 deps: deps.clone(),
@@ -1201,6 +1219,62 @@ mod tests {
             decode(&Bytes::new(), 3),
             Err(WireError::Missing("kind"))
         ));
+    }
+
+    /// A RecoverOk names an epoch only with the commands its leader fixed it with: an epoch
+    /// from a replica that holds nothing (or a no-op), or one not marked known, is garbage.
+    #[test]
+    fn a_recover_ok_names_an_epoch_only_with_commands() {
+        use proto::peer_message::Kind;
+        let id = InstanceId::new(ReplicaId(1), 4);
+        let held = Message::RecoverOk {
+            instance: id,
+            ballot: Ballot::initial(ReplicaId(0)),
+            reply: RecoverReply {
+                status: Status::Accepted,
+                accepted_ballot: Some(Ballot::initial(ReplicaId(0))),
+                commands: Arc::new(vec![Command {
+                    client: ClientId(1),
+                    request: RequestId(1),
+                    op: Op::Delete {
+                        key: Bytes::from_static(b"k"),
+                    },
+                    time_ms: 0,
+                    retry: false,
+                }]),
+                deps: Deps::new(),
+                init_deps: None,
+                epoch: Some(Epoch(0)),
+            },
+        };
+        assert_eq!(decode(&encode(&held), 3).expect("decodes"), held);
+        let tampered = |change: &dyn Fn(&mut proto::RecoverOk)| {
+            let mut p = message_to_proto(&held);
+            let Some(Kind::RecoverOk(m)) = p.kind.as_mut() else {
+                panic!("a RecoverOk encodes as one");
+            };
+            change(m);
+            message_from_proto(p, 3)
+        };
+        assert!(matches!(
+            tampered(&|m| m.commands.clear()),
+            Err(WireError::Impossible(_))
+        ));
+        assert!(matches!(
+            tampered(&|m| m.status = proto::InstanceStatus::Initial as i32),
+            Err(WireError::Impossible(_))
+        ));
+        assert!(matches!(
+            tampered(&|m| {
+                m.epoch_known = false;
+                m.epoch = 2;
+            }),
+            Err(WireError::Impossible(_))
+        ));
+        let Ok(Message::RecoverOk { reply, .. }) = tampered(&|m| m.epoch_known = false) else {
+            panic!("a RecoverOk without an epoch decodes");
+        };
+        assert_eq!(reply.epoch, None);
     }
 
     /// Ids are checked against the rows the replica knows, not epoch 0's size: once a

@@ -137,6 +137,11 @@ impl Replica {
             }
             Some(inst) => {
                 let raised = ballot > inst.ballot;
+                if !commands.is_empty() && !inst.epoch_fixed() {
+                    // A command's Accept names the epoch its leader fixed (`recovering`); the
+                    // record may hold a recoverer's guess.
+                    inst.epoch = epoch;
+                }
                 inst.status = Status::Accepted;
                 inst.ballot = ballot;
                 inst.accepted_ballot = Some(ballot);

@@ -32,6 +32,11 @@ impl Replica {
         match self.instances.get_mut(&id) {
             Some(inst) if inst.status.is_decided() => return,
             Some(inst) => {
+                if !commands.is_empty() && !inst.epoch_fixed() {
+                    // A command's Commit names the epoch its leader fixed; the record may hold
+                    // a recoverer's guess (`recovering`).
+                    inst.epoch = epoch;
+                }
                 inst.status = Status::Committed;
                 inst.ballot = inst.ballot.max(ballot);
                 let old = std::mem::replace(&mut inst.commands, commands.clone());

@@ -242,7 +242,21 @@ impl Replica {
                 | Message::ValidateOk { .. }
         );
         let id = msg.instance()?;
-        if vote && self.instances.contains_key(&id) && !self.votes_on(id, from) {
+        // Judged only where it would count (a recovery or a phase led here): a late answer to
+        // a recovery that asked every epoch an instance might be of, or one reaching a
+        // replica that restarted since, counts nowhere (see `recovering`).
+        let counted = match msg {
+            Message::RecoverOk { .. } | Message::ValidateOk { .. } => {
+                self.recovering.contains_key(&id)
+            }
+            _ => self.leading.contains_key(&id),
+        };
+        let asked = self.unknown_epochs.get(&id).is_some_and(|u| {
+            u.asked
+                .iter()
+                .any(|e| self.configuration_of(*e).is_some_and(|c| c.is_member(from)))
+        });
+        if vote && counted && !asked && !self.votes_on(id, from) {
             return Some(Contradiction::NotMember);
         }
         None

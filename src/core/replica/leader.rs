@@ -114,7 +114,8 @@ impl Replica {
     /// Only members of `id`'s epoch are asked: nobody else's answer is a vote.
     fn targets(&self, now: Time, id: InstanceId, needed: usize) -> Vec<ReplicaId> {
         let mut peers = self.voters(id);
-        let count = if self.opts.thrifty {
+        // While the epoch is unknown (a recovery's no-op), every epoch's quorum must accept.
+        let count = if self.opts.thrifty && self.unrevealed(id).is_none() {
             needed
         } else {
             peers.len()
@@ -261,7 +262,9 @@ impl Replica {
             panic!("deciding the Accept of {id}, which is not led here");
         };
         if let Phase::Accepting { acks } = &lead.phase {
-            if 1 + acks.len() >= self.slow_quorum_of(id) {
+            let mut answered = acks.clone();
+            answered.push(self.opts.id);
+            if self.quorums_answered(id, &answered) {
                 let path = if lead.recovery {
                     Path::Recovered
                 } else {

@@ -64,7 +64,7 @@ pub use ready::{
     ReplyError,
 };
 pub use reconfigure::{epoch_of_result, Decided, ReconfigureRefusal};
-use recoveries::Recovery;
+use recoveries::{EpochUnknown, Recovery};
 pub use seal::Seal;
 use waiting::Waiting;
 
@@ -124,6 +124,10 @@ pub struct Replica {
     peer_executed: PerRow<PerRow<u64>>,
     /// Recoveries this replica runs.
     recovering: BTreeMap<InstanceId, Recovery>,
+    /// Instances this replica recovered without knowing their epoch (known only as a
+    /// dependency): the epochs asked, and the one an answer revealed (see `recovering`).
+    /// Dropped once the instance leaves the table.
+    unknown_epochs: BTreeMap<InstanceId, EpochUnknown>,
     /// Per uncommitted instance: the highest matching count a recoverer of it announced in a
     /// Waiting message (breaks waiting cycles, see `recovery`). Dropped at commit.
     announced: HashMap<InstanceId, u32>,
@@ -202,6 +206,7 @@ impl Replica {
             peer_committed: PerRow::new(opts.n, PerRow::new(opts.n, 0)),
             peer_executed: PerRow::new(opts.n, PerRow::new(opts.n, 0)),
             recovering: BTreeMap::new(),
+            unknown_epochs: BTreeMap::new(),
             announced: HashMap::new(),
             gc_prefix: PerRow::new(opts.n, 0),
             retained: PerRow::new(opts.n, collect::Retained::default()),
@@ -480,7 +485,14 @@ impl Replica {
         if self.opts.sabotage.count_removed_votes() {
             return self.peers();
         }
-        let members = self.deciding(id).members();
+        let union;
+        let members = match self.unrevealed(id) {
+            Some(candidates) => {
+                union = self.members_of(candidates);
+                union.as_slice()
+            }
+            None => self.deciding(id).members(),
+        };
         let after = members.partition_point(|m| *m <= me);
         members[after..]
             .iter()
@@ -537,8 +549,52 @@ impl Replica {
 
     /// Whether `from`'s answer may count as a vote on `id`: it is a member of `id`'s epoch. A
     /// non-member's answer is never a vote (a quorum of a configuration counts its members).
+    /// While `id`'s epoch is unknown here (a recovery of an instance known only as a
+    /// dependency), a member of any epoch it may be of.
     fn votes_on(&self, id: InstanceId, from: ReplicaId) -> bool {
-        self.opts.sabotage.count_removed_votes() || self.deciding(id).is_member(from)
+        if self.opts.sabotage.count_removed_votes() {
+            return true;
+        }
+        match self.unrevealed(id) {
+            Some(candidates) => candidates
+                .iter()
+                .any(|e| self.configuration_of(*e).is_some_and(|c| c.is_member(from))),
+            None => self.deciding(id).is_member(from),
+        }
+    }
+
+    /// Whether `answered` (this replica included if it counts) make a slow quorum for `id`:
+    /// of its epoch; while the epoch is unknown here, of *every* epoch it may be of, so that
+    /// whichever it is, a quorum of it answered (see `recovering`).
+    fn quorums_answered(&self, id: InstanceId, answered: &[ReplicaId]) -> bool {
+        let Some(candidates) = self.unrevealed(id) else {
+            return answered.len() >= self.slow_quorum_of(id);
+        };
+        candidates.iter().all(|e| {
+            self.configuration_of(*e).is_some_and(|c| {
+                answered.iter().filter(|r| c.is_member(**r)).count() >= c.slow_quorum()
+            })
+        })
+    }
+
+    /// The epochs `id` may be of, while a recovery of it here has not learnt which.
+    fn unrevealed(&self, id: InstanceId) -> Option<&[Epoch]> {
+        self.unknown_epochs
+            .get(&id)
+            .filter(|u| u.revealed.is_none())
+            .map(|u| u.candidates.as_slice())
+    }
+
+    /// The members of any of `epochs`, sorted.
+    fn members_of(&self, epochs: &[Epoch]) -> Vec<ReplicaId> {
+        let mut members: Vec<ReplicaId> = epochs
+            .iter()
+            .filter_map(|e| self.configuration_of(*e))
+            .flat_map(|c| c.members().iter().copied())
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        members
     }
 
     /// Commands that restoring this replica refused as expired while it executed its log
@@ -779,10 +835,11 @@ impl Replica {
             } => self.handle_recover_ok(now, from, instance, ballot, reply),
             Message::Validate {
                 instance,
+                epoch,
                 ballot,
                 commands,
                 deps,
-            } => self.handle_validate(from, instance, ballot, commands, deps),
+            } => self.handle_validate(from, instance, epoch, ballot, commands, deps),
             Message::ValidateOk {
                 instance,
                 ballot,

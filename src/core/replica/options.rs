@@ -132,6 +132,11 @@ sabotage_switches! {
     /// the answers (Validate, Accept) instead of ending it as a no-op (liveness breaks: the
     /// sealed replicas refuse its command forever, so the recovery never ends).
     keep_recovering_above_boundary,
+    /// A recoverer that does not hold an instance (it knows it only as a dependency) names
+    /// its own current epoch for it and counts that epoch's members, as if the instance could
+    /// be of no older one (agreement breaks: a no-op decided by the current epoch's quorum
+    /// for an old instance a quorum of its own epoch committed with a command).
+    recover_unknown_in_current_epoch,
     /// Recovery accepts a possibly fast-committed command without Validate (visibility breaks:
     /// the command may never have been committed, and a conflicting one went ahead without it).
     recovery_skips_validate,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::recoveries::{Recovery, RecoveryPhase};
+use super::recoveries::{EpochUnknown, Recovery, RecoveryPhase};
 use super::{Path, Replica, Time};
 use crate::core::deps::{keys_of, ConflictKey, Deps};
 use crate::core::epoch::Epoch;
@@ -41,6 +41,10 @@ impl Replica {
         for id in due {
             self.start_recovery(now, id);
         }
+        // An instance that left the table (collected) needs no epoch any more.
+        let instances = &self.instances;
+        self.unknown_epochs
+            .retain(|id, _| instances.contains_key(id));
     }
 
     /// Every uncommitted instance known here is eventually needed, even if nothing waits for
@@ -77,22 +81,54 @@ impl Replica {
         }
         let me = self.opts.id;
         let current = self.configuration().epoch();
+        let held = self.instances.get(&id);
+        if held.is_some_and(|i| i.status.is_decided()) {
+            return; // committed since it was needed: nothing to recover
+        }
+        let revealed = self.unknown_epochs.get(&id).and_then(|u| u.revealed);
+        let candidates = match held {
+            // Its leader fixed the epoch, or an answer to an earlier recovery revealed it.
+            Some(i) if i.epoch_fixed() || revealed == Some(i.epoch) => vec![i.epoch],
+            // The sabotage: the epoch a recoverer that never held it guessed, its own current.
+            _ if self.opts.sabotage.recover_unknown_in_current_epoch() => {
+                vec![held.map_or(current, |i| i.epoch)]
+            }
+            _ => self.candidate_epochs(id),
+        };
         // A recoverer counts its own answer (and, in the Accept phase it may lead, itself) as
         // a vote: only a member of the instance's epoch may recover it. Members do (an
-        // instance's epoch always has a live majority to make progress at all).
-        let epoch = self.instances.get(&id).map_or(current, |i| i.epoch);
-        if !self
-            .configuration_of(epoch)
-            .is_some_and(|c| c.is_member(me))
-        {
+        // instance's epoch always has a live majority to make progress at all). While the
+        // epoch is unknown, a member of one it may be of (it stops if another is revealed).
+        let member = |e: &Epoch| self.configuration_of(*e).is_some_and(|c| c.is_member(me));
+        let Some(&newest) = candidates.last() else {
+            return; // of no epoch this replica knows its leader was a member of
+        };
+        if !candidates.iter().any(member) {
             return;
         }
+        if candidates.len() > 1 {
+            let asked = self.unknown_epochs.remove(&id).map(|u| u.asked);
+            let mut asked = asked.unwrap_or_default();
+            asked.extend(candidates.iter().copied());
+            asked.sort_unstable();
+            asked.dedup();
+            self.unknown_epochs.insert(
+                id,
+                EpochUnknown {
+                    candidates,
+                    asked,
+                    revealed: None,
+                },
+            );
+        }
+        // The record's epoch, unless its leader fixed it, is the newest it may be of: never
+        // below the true one (a seal counts the record's slot in the epochs at or above it).
         let inst = self
             .instances
             .entry(id)
-            .or_insert_with(|| Instance::unknown(id, current));
-        if inst.status.is_decided() {
-            return; // committed since it was needed: nothing to recover
+            .or_insert_with(|| Instance::unknown(id, newest));
+        if !inst.epoch_fixed() {
+            inst.epoch = newest;
         }
         let Some(ballot) = next_ballot(inst.ballot, me) else {
             // Only a promise from before ballots at the top round were refused can get here:
@@ -115,7 +151,8 @@ impl Replica {
             },
         );
         self.ready.recoveries_started += 1;
-        // Only the members of the instance's epoch: nobody else's answer counts.
+        // Only the members of the instance's epoch (of every epoch it may be of, while that
+        // is unknown): nobody else's answer counts.
         let asked = self
             .peers()
             .into_iter()
@@ -185,23 +222,39 @@ impl Replica {
         ballot: Ballot,
         reply: RecoverReply,
     ) {
-        let e = self.e(id);
-        let slow_quorum = self.slow_quorum_of(id);
-        let Some(rec) = self.recovering.get_mut(&id) else {
+        let Some(rec) = self.recovering.get(&id) else {
             return; // a late answer: the recovery ended (decided, or taken over by another)
         };
         if rec.ballot != ballot {
             return; // an answer to an earlier recovery of ours at a lower ballot
         }
+        if let (Some(epoch), RecoveryPhase::Recovering { .. }) = (reply.epoch, &rec.phase) {
+            if self.unrevealed(id).is_some() && !self.reveal(now, id, epoch) {
+                return; // an epoch this replica is not a member of: the recovery stopped
+            }
+        }
+        if !self.votes_on(id, from) {
+            return; // asked while the epoch was unknown; not a member of the one revealed
+        }
+        let e = self.e(id);
+        let Some(rec) = self.recovering.get_mut(&id) else {
+            return;
+        };
         match &mut rec.phase {
             RecoveryPhase::Recovering { replies } => {
                 if replies.iter().any(|(r, _)| *r == from) {
                     return; // a duplicate
                 }
                 replies.push((from, reply));
-                if replies.len() >= slow_quorum {
+                let quorum: Vec<ReplicaId> = replies.iter().map(|(r, _)| *r).collect();
+                if self.quorums_answered(id, &quorum) {
+                    let Some(RecoveryPhase::Recovering { replies }) =
+                        self.recovering.get(&id).map(|r| &r.phase)
+                    else {
+                        return;
+                    };
+                    // Unrevealed, no answer holds a command: the rules end in a no-op.
                     let decision = recovery::decide(id.replica, e, replies);
-                    let quorum: Vec<ReplicaId> = replies.iter().map(|(r, _)| *r).collect();
                     self.apply_decision(now, id, decision, quorum);
                 }
             }
@@ -221,6 +274,75 @@ impl Replica {
             // Late (Validating) or duplicate (Waiting, from the quorum) answers.
             _ => {}
         }
+    }
+
+    /// An answer to the recovery of `id` revealed its epoch: from now on that epoch's quorums
+    /// count, and the answers of others are dropped. `false` if the recovery stopped: this
+    /// replica is not a member of that epoch, so it cannot vote there (its members recover).
+    fn reveal(&mut self, now: Time, id: InstanceId, epoch: Epoch) -> bool {
+        let me = self.opts.id;
+        let Some(config) = self.configuration_of(epoch).cloned() else {
+            return false; // unreachable: an epoch above this replica's is dropped on arrival
+        };
+        if let Some(unknown) = self.unknown_epochs.get_mut(&id) {
+            unknown.revealed = Some(epoch);
+        }
+        if let Some(inst) = self.instances.get_mut(&id) {
+            inst.epoch = epoch; // a guess until now (`start_recovery`)
+        }
+        self.save(id);
+        if !config.is_member(me) {
+            self.recovering.remove(&id);
+            self.postpone_recovery(now, id);
+            return false;
+        }
+        if let Some(Recovery {
+            phase: RecoveryPhase::Recovering { replies },
+            ..
+        }) = self.recovering.get_mut(&id)
+        {
+            replies.retain(|(r, _)| config.is_member(*r));
+        }
+        true
+    }
+
+    /// The epochs `id`, an instance this replica holds no fixed epoch for (it knows it only as
+    /// a dependency), may be of, oldest first: those its leader was a member of (only members
+    /// lead), at most the epoch a record held names (an upper bound: `start_recovery`), below
+    /// the last epoch left if the slot lies below that epoch's decided boundary (at sealing no
+    /// replica held an instance of a later epoch), and between the epochs of the row's
+    /// instances held around it (a row's epochs only grow with its slots). Slots at or above
+    /// the boundary may still be of the epoch left (as no-ops), so it stays a candidate there.
+    fn candidate_epochs(&self, id: InstanceId) -> Vec<Epoch> {
+        let mut hi = self.configuration().epoch();
+        let mut lo = Epoch(0);
+        if let Some(inst) = self.instances.get(&id) {
+            hi = hi.min(inst.epoch);
+        }
+        if let Some((left, b)) = self.boundary() {
+            if id.slot < b.get(id.replica.index()).copied().unwrap_or(0) {
+                hi = hi.min(left);
+            }
+        }
+        if lo < hi {
+            for (other, inst) in &self.instances {
+                if other.replica != id.replica || !inst.epoch_fixed() {
+                    continue;
+                }
+                if other.slot < id.slot {
+                    lo = lo.max(inst.epoch);
+                } else if other.slot > id.slot {
+                    hi = hi.min(inst.epoch);
+                }
+            }
+        }
+        (lo.0..=hi.0)
+            .map(Epoch)
+            .filter(|e| {
+                self.configuration_of(*e)
+                    .is_some_and(|c| c.is_member(id.replica))
+            })
+            .collect()
     }
 
     fn apply_decision(
@@ -260,6 +382,7 @@ impl Replica {
                     panic!("validating {id}, which no recovery of ours carries");
                 };
                 let ballot = rec.ballot;
+                let epoch = self.deciding(id).epoch();
                 self.apply_validate(id, &commands, &deps);
                 self.save(id);
                 let mine = self.validate_conflicts(id, &commands, &deps);
@@ -277,6 +400,7 @@ impl Replica {
                     others,
                     Message::Validate {
                         instance: id,
+                        epoch,
                         ballot,
                         commands,
                         deps,
@@ -403,6 +527,7 @@ impl Replica {
         &mut self,
         from: ReplicaId,
         id: InstanceId,
+        epoch: Epoch,
         ballot: Ballot,
         commands: Commands,
         deps: Deps,
@@ -427,10 +552,16 @@ impl Replica {
             // Above our promise: as above, only a message to an old incarnation.
             return;
         }
-        if !commands.is_empty() && self.above_seal(id, inst.epoch) {
+        // The recoverer learnt the epoch from a holder of the commands (or holds them): a
+        // record that holds no command here may carry a guess.
+        let epoch = self.epoch_of(id, epoch);
+        if !commands.is_empty() && self.above_seal(id, epoch) {
             // Its record would be a vote for a command above this replica's seal (`seal`).
             self.refuse_above_seal(from, id, ballot);
             return;
+        }
+        if let Some(inst) = self.instances.get_mut(&id) {
+            inst.epoch = epoch;
         }
         self.apply_validate(id, &commands, &deps);
         self.save(id);
@@ -621,5 +752,6 @@ fn reply_of(inst: &Instance) -> RecoverReply {
         commands: inst.commands.clone(),
         deps: inst.deps.clone(),
         init_deps: inst.init_deps.clone(),
+        epoch: inst.epoch_fixed().then_some(inst.epoch),
     }
 }

@@ -510,10 +510,14 @@ impl Replica {
         decided.is_some_and(|b| id.slot >= b.get(id.replica.index()).copied().unwrap_or(0))
     }
 
-    /// The epoch `id` belongs to as far as this replica knows: its own record's, else `named`
-    /// (what the message says).
+    /// The epoch `id` belongs to as far as this replica knows: its own record's where its
+    /// leader fixed it, else `named` (what the message says; a record holding no command may
+    /// carry a recoverer's guess, see `recovering`).
     pub(super) fn epoch_of(&self, id: InstanceId, named: Epoch) -> Epoch {
-        self.instances.get(&id).map_or(named, |i| i.epoch)
+        self.instances
+            .get(&id)
+            .filter(|i| i.epoch_fixed())
+            .map_or(named, |i| i.epoch)
     }
 
     /// Refuses a vote above this replica's seal: a Nack at a ballot above the one asked, so the
@@ -1130,6 +1134,7 @@ mod tests {
             r(2),
             Message::Validate {
                 instance: id(2, 0),
+                epoch: Epoch(0),
                 ballot: b,
                 commands: commands(3, "c"),
                 deps: Deps::new(),

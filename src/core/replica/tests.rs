@@ -976,9 +976,22 @@ fn a_replica_outside_an_instances_epoch_does_not_recover_it() {
     rs[2].adopt_configuration(
         Configuration::new(Epoch(1), vec![ReplicaId(0), ReplicaId(1)]).expect("valid"),
     );
-    // r2 learns of r0's epoch-1 instance 0.0 only as a dependency of a commit, and waits.
+    // r2 learns of r0's epoch-1 instance 0.1 only as a dependency of a commit, and waits. It
+    // holds 0.0 of epoch 1, so 0.1 is of epoch 1 too (a row's epochs only grow with its
+    // slots), though r2 was a member of epoch 0.
     let t = Duration::ZERO;
-    let stuck = InstanceId::new(ReplicaId(0), 0);
+    rs[2].handle(
+        t,
+        ReplicaId(0),
+        Message::Commit {
+            instance: InstanceId::new(ReplicaId(0), 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(0)),
+            commands: Arc::new(vec![put(3, "b")]),
+            deps: Deps::new(),
+        },
+    );
+    let stuck = InstanceId::new(ReplicaId(0), 1);
     rs[2].handle(
         t,
         ReplicaId(1),
@@ -1008,6 +1021,17 @@ fn a_replica_outside_an_instances_epoch_does_not_recover_it() {
         t,
         ReplicaId(0),
         Message::PreAccept {
+            instance: InstanceId::new(ReplicaId(0), 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(ReplicaId(0)),
+            commands: Arc::new(vec![put(3, "b")]),
+            deps: Deps::new(),
+        },
+    );
+    rs[1].handle(
+        t,
+        ReplicaId(0),
+        Message::PreAccept {
             instance: stuck,
             epoch: Epoch(1),
             ballot: Ballot::initial(ReplicaId(0)),
@@ -1026,4 +1050,191 @@ fn a_replica_outside_an_instances_epoch_does_not_recover_it() {
             .any(|o| matches!(o.msg, Message::Recover { .. }));
     }
     assert!(recovered, "a member recovers the stuck instance");
+}
+
+/// The open point of `docs/membership.md` ("Recovering an instance whose epoch the recoverer
+/// does not know"). Epoch 0 is {r0, r1, r2}; r1 leads `y` = 1.0 there and commits it on the
+/// fast path with r2's pre-accept (r0 never hears of it, r1's Commit is lost). Then everyone
+/// moves to epoch 1 = {r0 .. r4} (r3 and r4, empty, are simulated by hand) and r1 goes
+/// down. r0 learns `y` only as a dependency of r3's epoch-1 Commit and recovers it, not
+/// knowing `y`'s epoch; r3's and r4's answers (they hold nothing) arrive before r2's.
+/// Returns how `y` ends at r0 (`None`: undecided) and whether r0 decided before r2 answered.
+fn recover_an_old_instance_known_only_as_a_dependency(
+    in_current_epoch: bool,
+) -> (Option<Commands>, bool) {
+    let mut rs = cluster(3);
+    if in_current_epoch {
+        #[cfg(feature = "sabotage")]
+        for r in rs.iter_mut() {
+            r.opts.sabotage.recover_unknown_in_current_epoch = true;
+        }
+    }
+    let (r0, r1, r2, r3) = (ReplicaId(0), ReplicaId(1), ReplicaId(2), ReplicaId(3));
+    let t = Duration::ZERO;
+    let y = InstanceId::new(r1, 0);
+    let command: Commands = Arc::new(vec![put(1, "k")]);
+    rs[1].propose(1, command[0].clone()).expect("room");
+    // r1's PreAccept reaches r2 only; r2's answer makes the fast quorum; the Commit is lost.
+    rs[1].flush(t);
+    for o in rs[1].take_ready().messages {
+        if o.to.contains(&r2) {
+            rs[2].handle(t, r1, o.msg);
+        }
+    }
+    for o in rs[2].take_ready().messages {
+        if o.to.contains(&r1) {
+            rs[1].handle(t, r2, o.msg);
+        }
+    }
+    let _ = rs[1].take_ready();
+    assert_eq!(
+        rs[1]
+            .instance(y)
+            .filter(|i| i.status.is_decided())
+            .map(|i| i.commands.clone()),
+        Some(command.clone()),
+        "r1 committed y on the fast path"
+    );
+    assert_eq!(
+        rs[2].instance(y).map(|i| i.status),
+        Some(Status::PreAccepted)
+    );
+    assert!(rs[0].instance(y).is_none());
+    let e1 = Configuration::new(Epoch(1), (0..5).map(ReplicaId).collect()).expect("valid");
+    for r in rs.iter_mut() {
+        assert!(r.adopt_configuration(e1.clone()));
+        let _ = r.take_ready();
+    }
+    rs[0].handle(
+        t,
+        r3,
+        Message::Commit {
+            instance: InstanceId::new(r3, 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(r3),
+            commands: Arc::new(vec![put(2, "k")]),
+            deps: Deps::from([y]),
+        },
+    );
+    let _ = rs[0].take_ready();
+    // r0's recovery of y starts once y is overdue; what goes to r2 is held back.
+    let mut queue: std::collections::VecDeque<(ReplicaId, ReplicaId, Message)> =
+        std::collections::VecDeque::new();
+    let mut held = Vec::new();
+    let mut now = t;
+    while held.is_empty() {
+        now += Duration::from_millis(100);
+        assert!(now < Duration::from_secs(30), "r0 never recovered y");
+        rs[0].tick(now);
+        for o in rs[0].take_ready().messages {
+            let recover = matches!(o.msg, Message::Recover { instance, .. } if instance == y);
+            for to in o.to {
+                if recover && to == r2 {
+                    held.push((r0, to, o.msg.clone()));
+                } else if recover {
+                    queue.push_back((r0, to, o.msg.clone()));
+                }
+            }
+        }
+    }
+    let mut decided_before_r2 = false;
+    for round in 0..2 {
+        if round == 1 {
+            decided_before_r2 = rs[0].instance(y).is_some_and(|i| i.status.is_decided());
+            queue.extend(held.drain(..));
+        }
+        let mut steps = 0;
+        while let Some((from, to, msg)) = queue.pop_front() {
+            steps += 1;
+            assert!(steps < 1000, "messages kept flowing");
+            let answer = match (to.0, &msg) {
+                (1, _) => None, // down
+                // r3 and r4 hold nothing of y: they promise, accept and find no conflict.
+                (
+                    3 | 4,
+                    Message::Recover {
+                        instance, ballot, ..
+                    },
+                ) => Some(Message::RecoverOk {
+                    instance: *instance,
+                    ballot: *ballot,
+                    reply: crate::core::message::RecoverReply {
+                        status: Status::Initial,
+                        accepted_ballot: None,
+                        commands: Commands::default(),
+                        deps: Deps::new(),
+                        init_deps: None,
+                        epoch: None,
+                    },
+                }),
+                (
+                    3 | 4,
+                    Message::Accept {
+                        instance, ballot, ..
+                    },
+                ) => Some(Message::AcceptOk {
+                    instance: *instance,
+                    ballot: *ballot,
+                }),
+                (
+                    3 | 4,
+                    Message::Validate {
+                        instance, ballot, ..
+                    },
+                ) => Some(Message::ValidateOk {
+                    instance: *instance,
+                    ballot: *ballot,
+                    conflicts: Vec::new(),
+                }),
+                (3 | 4, _) => None,
+                (_, _) => {
+                    rs[to.index()].handle(now, from, msg);
+                    for o in rs[to.index()].take_ready().messages {
+                        for next in o.to {
+                            queue.push_back((to, next, o.msg.clone()));
+                        }
+                    }
+                    None
+                }
+            };
+            if let Some(answer) = answer {
+                rs[0].handle(now, to, answer);
+                let ready = rs[0].take_ready();
+                assert!(ready.refused.is_empty(), "{:?}", ready.refused);
+                for o in ready.messages {
+                    for next in o.to {
+                        queue.push_back((r0, next, o.msg.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let decided = rs[0]
+        .instance(y)
+        .filter(|i| i.status.is_decided())
+        .map(|i| i.commands.clone());
+    (decided, decided_before_r2)
+}
+
+#[test]
+fn an_old_instance_known_only_as_a_dependency_is_recovered_under_its_own_epoch() {
+    let (decided, early) = recover_an_old_instance_known_only_as_a_dependency(false);
+    assert!(!early, "r0 waited for a quorum of epoch 0 too");
+    assert_eq!(
+        decided,
+        Some(Arc::new(vec![put(1, "k")])),
+        "r2's answer revealed epoch 0, whose quorum {{r0, r2}} finds y's command"
+    );
+}
+
+#[cfg(feature = "sabotage")]
+#[test]
+fn sabotage_recovering_an_unknown_instance_in_the_current_epoch_loses_a_committed_command() {
+    let (decided, early) = recover_an_old_instance_known_only_as_a_dependency(true);
+    assert!(early, "r0 counted epoch 1's quorum {{r0, r3, r4}} alone");
+    assert_eq!(
+        decided,
+        Some(Commands::default()),
+        "y, committed with its command at r1, ends a no-op at r0 (agreement breaks)"
+    );
 }
