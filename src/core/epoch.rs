@@ -22,7 +22,10 @@
 //!   covering deps, `docs/membership.md`; not built yet).
 //! - *recovery in flight*: a recoverer asks and counts the members of the instance's epoch,
 //!   not its own current one, so a recovery that straddles a change still meets every quorum
-//!   the instance may have been decided by; an answer from anyone else is refused.
+//!   the instance may have been decided by; an answer from anyone else is refused. A recoverer
+//!   that knows the instance only as a dependency does not know its epoch: it asks every epoch
+//!   it may be of and counts a quorum of each until an answer reveals it
+//!   (`replica::recovering`).
 //! - *a crash in the middle of a change*: the epoch is in the instance's stored record, so an
 //!   instance restored from the log is finished under the same quorums as before the crash.
 //!   Which epoch a replica is in after a restart comes from executing its checkpoint and log

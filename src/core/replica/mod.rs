@@ -455,9 +455,10 @@ impl Replica {
             .and_then(|e| self.configurations.get(e))
     }
 
-    /// The configuration whose quorums decide `id`: its own epoch's. An instance not in the
-    /// table is decided under the current one (a recoverer that never heard of it names that
-    /// epoch in its Recover; see `epoch`).
+    /// The configuration whose quorums decide `id`: its own epoch's (an instance not in the
+    /// table: the current one's). While a recovery here does not know `id`'s epoch, its record
+    /// names the newest it may be of, and `votes_on`, `voters` and `quorums_answered` count
+    /// every candidate instead (see `recovering`).
     fn deciding(&self, id: InstanceId) -> &Configuration {
         if self.opts.sabotage.quorum_of_current_epoch() {
             return self.configuration();

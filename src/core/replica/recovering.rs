@@ -1,5 +1,26 @@
 //! Recovery bookkeeping (EPaxos* explicit prepare): taking over stuck instances, Recover,
 //! Validate and Waiting. The rules and why each is safe live in `core::recovery`.
+//!
+//! **An instance whose epoch the recoverer does not know** (issue 15, `docs/membership.md`).
+//! An instance's quorums are its own epoch's (`epoch`), but a replica that knows an instance
+//! only as a dependency (a Commit's deps, the boundary's cover) holds no epoch for it, and
+//! counting its current epoch's members may miss every holder of a command a quorum of an
+//! older epoch committed (the sabotage `recover_unknown_in_current_epoch`; with one change at
+//! a time the quorums meet, but the current epoch's sizes read the answers wrongly: a fast path
+//! of {r1, r2} among three looks like a lone pre-accept among four, a no-op). So:
+//! - a RecoverOk names the epoch where its sender holds the instance's commands as its leader
+//!   fixed them (`Instance::epoch_fixed`; every holder names the same); a record holding
+//!   nothing or a no-op may carry a recoverer's guess, and names none;
+//! - a recoverer without a fixed epoch asks the members of every epoch the instance may be of
+//!   (`candidate_epochs`) and, until an answer reveals the epoch, waits for a quorum of *each*:
+//!   whichever the epoch, its quorum answered, and as no answer holds a command, the rules
+//!   end in a no-op, accepted by a quorum of each too (a later recovery may count any one of
+//!   them). An answer that reveals the epoch makes its quorums rule from then on; a recoverer
+//!   not a member of it stops and leaves the instance to the members;
+//! - the epoch a record without a command names, and the one a Recover names for it, is the
+//!   newest candidate, never below the true one (a seal counts the slot of every record of
+//!   its epoch or older); a command's Accept, Commit or Validate, whose senders learnt the
+//!   epoch from a holder, sets it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -307,21 +328,38 @@ impl Replica {
     }
 
     /// The epochs `id`, an instance this replica holds no fixed epoch for (it knows it only as
-    /// a dependency), may be of, oldest first: those its leader was a member of (only members
-    /// lead), at most the epoch a record held names (an upper bound: `start_recovery`), below
-    /// the last epoch left if the slot lies below that epoch's decided boundary (at sealing no
-    /// replica held an instance of a later epoch), and between the epochs of the row's
-    /// instances held around it (a row's epochs only grow with its slots). Slots at or above
-    /// the boundary may still be of the epoch left (as no-ops), so it stays a candidate there.
+    /// a dependency), may be of *with a command*, oldest first:
+    /// - those its leader was a member of (only members lead);
+    /// - at most the epoch a record held names (an upper bound, see `start_recovery`);
+    /// - for each epoch `x` whose decided boundary `B_x` is known here: below `B_x[r]`, `x` or
+    ///   older (at sealing `x` no replica held an instance of a later epoch); at or above it,
+    ///   later than `x`. An instance of `x` or older there may exist, but only as a no-op: one
+    ///   of `x` by `seal`'s "Why it is safe"; one of an older `x'` because `B_x'[r] <= B_x[r]`
+    ///   (a member of the majority that decided `B_x` executed the change ending `x` before
+    ///   sealing, and that change's deps cover `B_x'`). Whatever the recovery decides for it
+    ///   then (a no-op, as nobody among the candidates' quorums holds a command), agrees;
+    /// - between the epochs of the row's instances held around it (a row's epochs only grow
+    ///   with its slots).
     fn candidate_epochs(&self, id: InstanceId) -> Vec<Epoch> {
         let mut hi = self.configuration().epoch();
         let mut lo = Epoch(0);
         if let Some(inst) = self.instances.get(&id) {
             hi = hi.min(inst.epoch);
         }
-        if let Some((left, b)) = self.boundary() {
-            if id.slot < b.get(id.replica.index()).copied().unwrap_or(0) {
-                hi = hi.min(left);
+        let row = id.replica.index();
+        let decided = self
+            .seals()
+            .iter()
+            .filter_map(|s| Some((s.epoch, s.decided.as_deref()?)))
+            .chain(self.boundary());
+        // Above a boundary: later, unless nothing later is left (a no-op of that epoch, say
+        // one this replica recovered before the change: its record names that epoch).
+        let mut above = Epoch(0);
+        for (x, b) in decided {
+            if id.slot < b.get(row).copied().unwrap_or(0) {
+                hi = hi.min(x);
+            } else {
+                above = above.max(Epoch(x.0 + 1));
             }
         }
         if lo < hi {
@@ -336,13 +374,16 @@ impl Replica {
                 }
             }
         }
-        (lo.0..=hi.0)
-            .map(Epoch)
-            .filter(|e| {
-                self.configuration_of(*e)
-                    .is_some_and(|c| c.is_member(id.replica))
-            })
-            .collect()
+        let led_by = |e: &Epoch| {
+            self.configuration_of(*e)
+                .is_some_and(|c| c.is_member(id.replica))
+        };
+        let with_commands: Vec<Epoch> =
+            (lo.max(above).0..=hi.0).map(Epoch).filter(led_by).collect();
+        if !with_commands.is_empty() {
+            return with_commands;
+        }
+        (lo.0..=hi.0).map(Epoch).filter(led_by).collect()
     }
 
     fn apply_decision(

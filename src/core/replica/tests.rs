@@ -1238,3 +1238,87 @@ fn sabotage_recovering_an_unknown_instance_in_the_current_epoch_loses_a_committe
         "y, committed with its command at r1, ends a no-op at r0 (agreement breaks)"
     );
 }
+
+/// Epoch 0 is {r0, r1, r2}, epoch 1 {r0, r1, r3} (r2 replaced). r1 leads `y` in epoch 1,
+/// pre-accepted at r0; r2 knows `y` only as a dependency. `y` may be of epoch 0 as far as r2
+/// knows, where r2 is a member, so it recovers it; r0's answer reveals epoch 1, where r2 cannot
+/// vote: it stops, and does not try again.
+#[test]
+fn a_recoverer_stops_once_an_answer_reveals_an_epoch_it_is_not_a_member_of() {
+    let mut rs = cluster(3);
+    let (r0, r1, r2) = (ReplicaId(0), ReplicaId(1), ReplicaId(2));
+    let e1 = Configuration::new(Epoch(1), vec![r0, r1, ReplicaId(3)]).expect("valid");
+    for r in rs.iter_mut() {
+        assert!(r.adopt_configuration(e1.clone()));
+    }
+    let t = Duration::ZERO;
+    let y = InstanceId::new(r1, 0);
+    rs[0].handle(
+        t,
+        r1,
+        Message::PreAccept {
+            instance: y,
+            epoch: Epoch(1),
+            ballot: Ballot::initial(r1),
+            commands: Arc::new(vec![put(1, "k")]),
+            deps: Deps::new(),
+        },
+    );
+    let _ = rs[0].take_ready();
+    rs[2].handle(
+        t,
+        r0,
+        Message::Commit {
+            instance: InstanceId::new(r0, 0),
+            epoch: Epoch(1),
+            ballot: Ballot::initial(r0),
+            commands: Arc::new(vec![put(2, "k")]),
+            deps: Deps::from([y]),
+        },
+    );
+    let _ = rs[2].take_ready();
+    let recovers = |out: &[Outgoing]| {
+        out.iter()
+            .filter(|o| matches!(o.msg, Message::Recover { instance, .. } if instance == y))
+            .cloned()
+            .collect::<Vec<Outgoing>>()
+    };
+    let mut now = t;
+    let asked = loop {
+        now += Duration::from_millis(100);
+        assert!(now < Duration::from_secs(30), "r2 never recovered y");
+        rs[2].tick(now);
+        let out = recovers(&rs[2].take_ready().messages);
+        if !out.is_empty() {
+            break out;
+        }
+    };
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].to,
+        vec![r0, r1, ReplicaId(3)],
+        "the members of epochs 0 and 1"
+    );
+    rs[0].handle(now, r2, asked[0].msg.clone());
+    let answer = rs[0].take_ready().messages;
+    assert!(matches!(
+        &answer[..],
+        [Outgoing { msg: Message::RecoverOk { reply, .. }, .. }] if reply.epoch == Some(Epoch(1))
+    ));
+    rs[2].handle(now, r0, answer[0].msg.clone());
+    let ready = rs[2].take_ready();
+    assert!(ready.refused.is_empty() && ready.rejected.is_empty());
+    assert!(
+        ready.messages.is_empty(),
+        "no Validate or Accept: r2 cannot vote in epoch 1"
+    );
+    assert_eq!(rs[2].instance(y).map(|i| i.epoch), Some(Epoch(1)));
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        rs[2].tick(now);
+        assert!(
+            recovers(&rs[2].take_ready().messages).is_empty(),
+            "r2 leaves y to epoch 1's members"
+        );
+    }
+}
