@@ -1375,7 +1375,7 @@ planted_bugs! {
     // current configuration's quorum (the rule before epochs): after a removal, an old
     // instance is collected once the removed member and this replica executed it, too few of
     // its own epoch's members (seed 13649 of `random_seeds_with_removals` with the default
-    // retention; with a retention of 2 instances, most seeds).
+    // retention; with a retention of 2 instances, some seeds).
     sabotage_collecting_by_the_current_epoch_is_caught: Planted {
         // (Without the runner's wipe: the seeds keep the schedules they were picked by.)
         plant: |c| {
@@ -1384,7 +1384,9 @@ planted_bugs! {
             c.sabotage.collect_by_current_epoch = true;
             c.wipes = 0;
         },
-        runs: Runs::SeedsWithRemovals(0..20),
+        // (Seed 43 catches it; seed 8 did before recoveries of instances of an unknown epoch
+        // asked every epoch they may be of, which moved the schedules.)
+        runs: Runs::SeedsWithRemovals(0..100),
         expect: Expect::Caught(&[Check::Invariant]),
     },
     // A voter answers a PreAccept before its record is durable (like the leader's own early

@@ -780,6 +780,12 @@ impl Replica {
             // A peer acts in an epoch this replica has not reached: it is behind (the change
             // is committed somewhere and not executed here), not lied to. It drops the message
             // (the peer resends) and pulls the Commits it misses from that peer.
+            if let Message::RecoverOk { instance, .. } = &msg {
+                // A holder names an epoch this replica has not learnt for an instance it
+                // recovers: its candidates missed it (`recovering`). The recovery ends; it
+                // starts again, knowing more, once due.
+                self.recovering.remove(instance);
+            }
             self.behind_epoch(now, from);
             return;
         }

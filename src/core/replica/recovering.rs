@@ -362,7 +362,22 @@ impl Replica {
                 above = above.max(Epoch(x.0 + 1));
             }
         }
-        if lo < hi {
+        let led_by = |e: &Epoch| {
+            self.configuration_of(*e)
+                .is_some_and(|c| c.is_member(id.replica))
+        };
+        let select = |lo: Epoch, hi: Epoch| -> Vec<Epoch> {
+            let with_commands: Vec<Epoch> =
+                (lo.max(above).0..=hi.0).map(Epoch).filter(led_by).collect();
+            if !with_commands.is_empty() {
+                return with_commands;
+            }
+            (lo.0..=hi.0).map(Epoch).filter(led_by).collect()
+        };
+        let candidates = select(lo, hi);
+        if candidates.len() > 1 {
+            // Only then the walk over the table (recoveries of instances known only as
+            // dependencies, after a change).
             for (other, inst) in &self.instances {
                 if other.replica != id.replica || !inst.epoch_fixed() {
                     continue;
@@ -373,17 +388,9 @@ impl Replica {
                     hi = hi.min(inst.epoch);
                 }
             }
+            return select(lo, hi);
         }
-        let led_by = |e: &Epoch| {
-            self.configuration_of(*e)
-                .is_some_and(|c| c.is_member(id.replica))
-        };
-        let with_commands: Vec<Epoch> =
-            (lo.max(above).0..=hi.0).map(Epoch).filter(led_by).collect();
-        if !with_commands.is_empty() {
-            return with_commands;
-        }
-        (lo.0..=hi.0).map(Epoch).filter(led_by).collect()
+        candidates
     }
 
     fn apply_decision(
