@@ -642,6 +642,23 @@ impl Sim {
             (undecided && config.is_member(me)).then_some(config)
         });
         let f = f.min(previous.map_or(usize::MAX, |c| c.max_failures()));
+        // Every epoch `r` was a member of: an instance of it still undecided is recovered by
+        // that epoch's members only, and the rejoined replica abstains below its horizons, so
+        // the wipe is a failure of each (a 2-member epoch has F = 0: wiping one of its members
+        // leaves its undecided instances without a quorum for good, seed 3210).
+        let f = newest.as_ref().map_or(f, |c| {
+            let holder = live
+                .iter()
+                .copied()
+                .find(|&p| self.nodes[p].configuration().epoch() == c.epoch());
+            (0..=c.epoch().0)
+                .filter_map(|e| {
+                    holder.and_then(|p| self.nodes[p].replica().configuration_of(Epoch(e)).cloned())
+                })
+                .filter(|config| config.is_member(me))
+                .map(|config| config.max_failures())
+                .fold(f, usize::min)
+        });
         // A removal still to come (asked or not) shrinks the configuration it rejoins, and with
         // it F, while the rejoined replica may still abstain.
         let f = newest.as_ref().map_or(f, |c| {
