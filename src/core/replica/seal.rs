@@ -313,13 +313,26 @@ impl Replica {
                 all.push(decided);
             }
         }
-        if let Some(known) = self
-            .seals
-            .boundary
-            .as_ref()
-            .and_then(|b| b.known.as_deref())
-        {
-            all.push(known);
+        if let Some(boundary) = &self.seals.boundary {
+            if let Some(known) = boundary.known.as_deref() {
+                all.push(known);
+            }
+            // A round under way: the seals and values promised to it (a wiped peer's old
+            // incarnation among them, seed 11652 of `random_seeds_with_changes`: its promise
+            // reached this proposer before the rejoin, and the boundary decided from it lay
+            // above the new incarnation's horizon, which then started that slot again).
+            match boundary.round.as_ref().map(|r| &r.phase) {
+                Some(Phase::Prepare(promises)) => {
+                    for (_, ends, accepted) in promises {
+                        all.push(ends);
+                        if let Some((_, value)) = accepted {
+                            all.push(value);
+                        }
+                    }
+                }
+                Some(Phase::Accept(value, _)) => all.push(value),
+                None => {}
+            }
         }
         all
     }
