@@ -1907,12 +1907,19 @@ fn changes_regression_seeds() {
 /// now). `random_seeds_with_removals`: 371 and 839, a removal executed after the wipe left a
 /// two-member configuration with the rejoined member still abstaining (a removal to come
 /// counts against F). 788 and 1554 rejoin; the others now skip their wipe (traced), which
-/// keeps those skip rules in place.
+/// keeps those skip rules in place. Once recovery counted each instance's own epoch: 5128,
+/// an instance fast-committed by a wiped leader and recovered as a no-op under the
+/// recoverer's smaller current epoch (Agreement; fixed by that); 3210, a wipe of one member of
+/// a finished two-member epoch with an instance of it undecided (the wipe now counts against
+/// the F of every epoch the replica was a member of); 11652, promises of the old incarnation
+/// reached boundary proposers just before the wipe, the boundary decided from them lay above
+/// the new incarnation's horizon (horizons now cover the rounds under way).
 #[test]
 fn wipes_regression_seeds() {
-    let mut outcomes = run_seeds(vec![242, 629, 646, 788, 846, 1554], |seed| {
-        random_changes(seed, |_| {})
-    });
+    let mut outcomes = run_seeds(
+        vec![242, 629, 646, 788, 846, 1554, 3210, 5128, 11652],
+        |seed| random_changes(seed, |_| {}),
+    );
     outcomes.extend(run_seeds(vec![371, 839], |seed| {
         random_removals(seed, |_| {})
     }));
