@@ -1389,6 +1389,20 @@ planted_bugs! {
         runs: Runs::SeedsWithRemovals(0..100),
         expect: Expect::Caught(&[Check::Invariant]),
     },
+    // Recovery of an instance the recoverer does not hold counts its own current epoch's
+    // members instead of every candidate epoch's: seed 5128 of `random_seeds_with_changes`
+    // (r1 fast-commits 1.22 in epoch 0 with {r1, r3, r4} and is wiped; r0, in the 4-member
+    // epoch 1, recovers it from {r0, r2, r4}, reads r4's lone pre-accept as no fast path, and
+    // commits a no-op where r1 had committed the command).
+    sabotage_recovering_an_unknown_instance_in_the_current_epoch_breaks_agreement: Planted {
+        plant: |c| c.sabotage.recover_unknown_in_current_epoch = true,
+        runs: Runs::Scenario(|name, plant| {
+            let mut cfg = random_changes(5128, plant);
+            cfg.scenario = Some(name);
+            run_one(cfg)
+        }),
+        expect: Expect::Caught(&[Check::Agreement]),
+    },
     // A voter answers a PreAccept before its record is durable (like the leader's own early
     // PreAccept): the answer reveals a vote a crash can lose.
     sabotage_voter_answering_before_its_record_is_durable_breaks_durability: Planted {
