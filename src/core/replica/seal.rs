@@ -1039,6 +1039,31 @@ mod tests {
         beyond
     }
 
+    /// r0 proposes a put on "k"; its PreAccepts reach no replica in `rs`, and each one sent
+    /// beyond them (to an id with no replica here, an empty table that adds no deps) comes
+    /// back as a PreAcceptOk with the leader's own deps.
+    fn propose_answered_beyond(rs: &mut [Replica]) {
+        rs[0].propose(2, put(2, "k")).expect("room");
+        rs[0].flush(T);
+        let out = rs[0].take_ready().messages;
+        for (to, msg) in deliver(rs, r(0), out, |_, _| false) {
+            if let Message::PreAccept {
+                instance,
+                ballot,
+                deps,
+                ..
+            } = msg
+            {
+                let ok = Message::PreAcceptOk {
+                    instance,
+                    ballot,
+                    deps,
+                };
+                rs[0].handle(T, to, ok);
+            }
+        }
+    }
+
     fn pre_accept(instance: InstanceId, epoch: u64, cmds: Commands) -> Message {
         Message::PreAccept {
             instance,
@@ -1523,26 +1548,8 @@ mod tests {
         let y_committed = y_inst.status.is_decided() && !y_inst.commands.is_empty();
         let y_deps = y_inst.deps.clone();
         // x: r0's PreAccept reaches only r3, whose empty table adds nothing.
-        rs[0].propose(2, put(2, "k")).expect("room");
-        rs[0].flush(T);
-        let out = rs[0].take_ready().messages;
+        propose_answered_beyond(&mut rs);
         let x = id(0, 0);
-        for (to, msg) in deliver(&mut rs, r(0), out, |_, _| false) {
-            if let Message::PreAccept {
-                instance,
-                ballot,
-                deps,
-                ..
-            } = msg
-            {
-                let ok = Message::PreAcceptOk {
-                    instance,
-                    ballot,
-                    deps,
-                };
-                rs[0].handle(T, to, ok);
-            }
-        }
         let x_inst = rs[0].instance(x).expect("led");
         assert!(x_inst.status.is_decided(), "x commits with r0 and r3");
         let ordered = ordered((x, &x_inst.deps), (y, &y_deps));
@@ -1841,29 +1848,8 @@ mod tests {
         settle(&mut rs, T, |from, to| from == r(2) || to == r(2));
         assert_eq!(rs[0].boundary(), Some((Epoch(0), [0, 1, 0, 0].as_slice())));
         // x: r0's PreAccept reaches only r3, whose empty table adds nothing.
-        rs[0].propose(2, put(2, "k")).expect("room");
-        rs[0].flush(T);
-        let out = rs[0].take_ready().messages;
+        propose_answered_beyond(&mut rs);
         let x = id(0, 0);
-        for (to, msg) in deliver(&mut rs, r(0), out, |_, _| false) {
-            if let Message::PreAccept {
-                instance,
-                ballot,
-                deps,
-                ..
-            } = msg
-            {
-                rs[0].handle(
-                    T,
-                    to,
-                    Message::PreAcceptOk {
-                        instance,
-                        ballot,
-                        deps,
-                    },
-                );
-            }
-        }
         let inst = rs[0].instance(x).expect("led");
         assert!(inst.status.is_decided(), "x commits with r0 and r3");
         assert_eq!(inst.epoch, Epoch(1));
@@ -1935,25 +1921,7 @@ mod tests {
         rs[1].propose(1, put(1, "k")).expect("room");
         settle(&mut rs, T, |from, to| from == r(0) || to == r(0));
         let y = id(1, 0);
-        rs[0].propose(2, put(2, "k")).expect("room");
-        rs[0].flush(T);
-        let out = rs[0].take_ready().messages;
-        for (to, msg) in deliver(&mut rs, r(0), out, |_, _| false) {
-            if let Message::PreAccept {
-                instance,
-                ballot,
-                deps,
-                ..
-            } = msg
-            {
-                let ok = Message::PreAcceptOk {
-                    instance,
-                    ballot,
-                    deps,
-                };
-                rs[0].handle(T, to, ok);
-            }
-        }
+        propose_answered_beyond(&mut rs);
         let x = id(0, 0);
         let x_inst = rs[0].instance(x).expect("led");
         assert!(x_inst.status.is_decided());
