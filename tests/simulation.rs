@@ -920,9 +920,7 @@ fn random_seeds_with_a_small_retention() {
     });
     let catch_ups: u64 = outcomes.iter().map(|o| o.stats.catch_ups).sum();
     println!("{seeds} seeds, {catch_ups} snapshots installed by replicas left behind");
-    if let Some(o) = outcomes.iter().find(|o| !o.violations.is_empty()) {
-        panic!("seed {} failed:\n{}", o.config.seed, o.report);
-    }
+    assert_every_seed_passes(&outcomes);
     assert!(
         single.is_some() || catch_ups >= seeds / 20,
         "too few catch-ups to test anything"
@@ -1899,13 +1897,13 @@ fn changes_regression_seeds() {
     outcomes.extend(run_seeds(vec![1459], |seed| {
         random_removals(seed, |c| c.wipes = 0)
     }));
-    for o in &outcomes {
-        assert!(
-            o.violations.is_empty(),
-            "seed {} failed:\n{}",
-            o.config.seed,
-            o.report
-        );
+    assert_every_seed_passes(&outcomes);
+}
+
+/// Panics with the first failing seed's report.
+fn assert_every_seed_passes(outcomes: &[Outcome]) {
+    if let Some(o) = outcomes.iter().find(|o| !o.violations.is_empty()) {
+        panic!("seed {} failed:\n{}", o.config.seed, o.report);
     }
 }
 
@@ -1937,14 +1935,7 @@ fn wipes_regression_seeds() {
     outcomes.extend(run_seeds(vec![371, 839], |seed| {
         random_removals(seed, |_| {})
     }));
-    for o in &outcomes {
-        assert!(
-            o.violations.is_empty(),
-            "seed {} failed:\n{}",
-            o.config.seed,
-            o.report
-        );
-    }
+    assert_every_seed_passes(&outcomes);
     assert!(
         outcomes.iter().any(|o| o.stats.wipes > 0),
         "the seeds no longer wipe anything"
